@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: GPL-2.0
+//! vmdedup guest module.
+//!
+//! Finds the two vmdedup shared regions (ivshmem-plain PCI devices): the per-VM
+//! ring region and the pool region that every VM maps read-only. Each region is
+//! told apart by the magic and version the host writes at offset 0; a device with
+//! anything else is refused and never dereferenced beyond its prefix.
+//!
+//! Layout of this crate:
+//! - `abi`: the shared-memory ABI, the very file the host compiles
+//!   (`protocol/src/abi.rs`);
+//! - [`regions`]: the table of mapped regions and their validation;
+//! - [`ffi`]: every C function this crate calls and every Rust entry point the
+//!   C glue (`glue.c`: PCI driver, sysfs) calls, in one place.
+
+use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex};
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../protocol/src/abi.rs"]
+mod abi;
+mod ffi;
+mod regions;
+
+module! {
+    type: Vmdedup,
+    name: "vmdedup",
+    author: "vmdedup developers",
+    description: "vmdedup: serve files from host frames shared by all VMs (guest side)",
+    license: "GPL",
+}
+
+/// The module: owns the region table; the glue registrations borrow it and are
+/// torn down in [`Drop`] before the table goes away.
+struct Vmdedup {
+    _regions: Arc<Mutex<regions::Regions>>,
+}
+
+impl kernel::Module for Vmdedup {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        let table = Arc::pin_init(
+            kernel::new_mutex!(regions::Regions::new(), "vmdedup::regions"),
+            GFP_KERNEL,
+        )?;
+        ffi::glue_init(&table)?;
+        pr_info!("loaded; ivshmem driver registered\n");
+        Ok(Vmdedup { _regions: table })
+    }
+}
+
+impl Drop for Vmdedup {
+    fn drop(&mut self) {
+        // Unregisters the PCI driver (detaching every region) and the sysfs
+        // tree; nothing calls into the table after this returns.
+        ffi::glue_exit();
+        pr_info!("unloaded\n");
+    }
+}

@@ -1,0 +1,124 @@
+//! Creating and inspecting shared region files (ring and pool regions).
+//!
+//! A region is a plain file (normally under `/dev/shm`) that QEMU exposes to a
+//! guest as an `ivshmem-plain` device. Only its [`RegionPrefix`] is written here;
+//! the ring and pool layouts behind it belong to their own modules.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use vmdedup_protocol::abi::{
+    PrefixError, RegionKind, RegionPrefix, POOL_MAGIC, POOL_VERSION, RING_MAGIC, RING_VERSION,
+};
+
+/// Errors from region file handling.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// The file could not be created, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The region file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The size is not usable for an ivshmem BAR.
+    #[error("region size {0} is not a power of two of at least 4096 bytes (ivshmem BARs must be)")]
+    BadSize(u64),
+    /// The file does not carry a valid prefix.
+    #[error("{path}: not a valid vmdedup region: {reason:?}")]
+    Invalid {
+        /// The region file.
+        path: String,
+        /// Why it was refused.
+        reason: PrefixError,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
+    move |source| RegionError::Io { path: path.display().to_string(), source }
+}
+
+/// Creates (or truncates) a region file of `size` bytes and writes its prefix.
+///
+/// `generation` distinguishes successive initialisations of the same file.
+pub fn init(path: &Path, kind: RegionKind, size: u64, generation: u64) -> Result<RegionPrefix, RegionError> {
+    if size < 4096 || !size.is_power_of_two() {
+        return Err(RegionError::BadSize(size));
+    }
+    let (magic, version) = match kind {
+        RegionKind::Ring => (RING_MAGIC, RING_VERSION),
+        RegionKind::Pool => (POOL_MAGIC, POOL_VERSION),
+    };
+    let prefix = RegionPrefix {
+        magic,
+        version,
+        header_size: core::mem::size_of::<RegionPrefix>() as u32,
+        region_size: size,
+        generation,
+    };
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.set_len(size).map_err(io_err(path))?;
+    f.write_all(&prefix.to_le_bytes()).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
+    Ok(prefix)
+}
+
+/// Reads and validates the prefix of an existing region file.
+pub fn inspect(path: &Path) -> Result<(RegionKind, RegionPrefix), RegionError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let len = f.seek(SeekFrom::End(0)).map_err(io_err(path))?;
+    f.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    let mut b = [0u8; 32];
+    if len < 32 {
+        return Err(RegionError::Invalid { path: path.display().to_string(), reason: PrefixError::TooSmall });
+    }
+    f.read_exact(&mut b).map_err(io_err(path))?;
+    let prefix = RegionPrefix::from_le_bytes(&b);
+    let kind = prefix
+        .validate(len)
+        .map_err(|reason| RegionError::Invalid { path: path.display().to_string(), reason })?;
+    Ok((kind, prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_inspect_round_trips() {
+        let dir = std::env::temp_dir().join(format!("vmdedup-region-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (kind, name) in [(RegionKind::Ring, "ring"), (RegionKind::Pool, "pool")] {
+            let p = dir.join(name);
+            let written = init(&p, kind, 1 << 20, 7).unwrap();
+            let (k, read) = inspect(&p).unwrap();
+            assert_eq!(k, kind);
+            assert_eq!(read, written);
+            assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_sizes_and_garbage_are_refused() {
+        let dir = std::env::temp_dir().join(format!("vmdedup-region-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("r");
+        assert!(matches!(init(&p, RegionKind::Ring, 5000, 1), Err(RegionError::BadSize(5000))));
+        assert!(matches!(init(&p, RegionKind::Ring, 0, 1), Err(RegionError::BadSize(0))));
+        std::fs::write(&p, vec![0xA5u8; 8192]).unwrap();
+        assert!(matches!(
+            inspect(&p),
+            Err(RegionError::Invalid { reason: PrefixError::UnknownMagic(_), .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

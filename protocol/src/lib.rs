@@ -1,0 +1,10 @@
+//! vmdedup protocol: the shared-memory ABI between guest module and host agent.
+//!
+//! [`abi`] depends on `core` only. The guest kernel module compiles the very same
+//! file through Kbuild (`#[path = ...] mod abi;`), so it is the one source of truth
+//! for the layout of every shared region.
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod abi;

@@ -16,11 +16,29 @@
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 
+// The shared-memory ABI: the very files the host agent compiles with cargo.
+// Items the module does not use yet are allowed to be dead.
 #[allow(dead_code, unreachable_pub)]
 #[path = "../protocol/src/abi.rs"]
 mod abi;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../protocol/src/pool.rs"]
+mod pool;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../protocol/src/spsc.rs"]
+mod spsc;
 mod ffi;
 mod regions;
+
+// The layout the module is built against, checked again in kernel terms: a
+// change to the ABI that breaks these fails the module build, not a guest.
+static_assert!(core::mem::size_of::<abi::RegionPrefix>() == 32);
+static_assert!(core::mem::size_of::<abi::RingHeader>() == abi::RING_HEADER_SIZE as usize);
+static_assert!(core::mem::size_of::<abi::SubmissionEntry>() == abi::SQE_INLINE_PATH_OFF as usize);
+static_assert!(core::mem::size_of::<abi::CompletionEntry>() == abi::CQE_SIZE as usize);
+static_assert!(core::mem::size_of::<abi::EventEntry>() == abi::EQE_SIZE as usize);
+static_assert!(core::mem::size_of::<pool::PoolHeader>() == pool::POOL_HEADER_SIZE);
+static_assert!(core::mem::size_of::<pool::TableHeader>() == pool::TABLE_HEADER_SIZE);
 
 module! {
     type: Vmdedup,

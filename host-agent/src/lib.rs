@@ -2,4 +2,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod region;
+pub mod ring;
+pub mod pool;
+pub mod store;
+pub mod namespace;
+pub mod stats;
+pub mod control;

@@ -1,14 +1,26 @@
 //! `vmdedup`: the vmdedup host agent and its command-line interface.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vmdedup_host_agent::agent::{Agent, AgentOptions};
+use vmdedup_host_agent::control::{self, Caller, ControlContext};
+use vmdedup_host_agent::namespace::config::{parse_size, AgentConfig, VmConfig};
 use vmdedup_host_agent::region;
+use vmdedup_host_agent::ring::poller::PollerConfig;
+use vmdedup_host_agent::stats;
 use vmdedup_protocol::abi::RegionKind;
+use vmdedup_protocol::control::{Request, Response, StatusReport};
 
 /// vmdedup host agent: serves file pages shared by all VMs from one pool.
+///
+/// Guests tell the agent which file they open, by name, over a shared-memory
+/// ring; the agent answers with references to frames in one pool that every
+/// VM maps read-only, so identical file pages are kept once on the host.
 #[derive(Parser)]
 #[command(name = "vmdedup", version, about, long_about = None)]
 struct Cli {
@@ -16,11 +28,189 @@ struct Cli {
     command: Command,
 }
 
+/// Where the configuration comes from (shared by `serve` and `qemu-args`).
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file (namespaces, trust domains, VMs, pool).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// A namespace NAME=HOSTDIR: an immutable tree guests also have as their
+    /// read-only lower directory (repeatable; adds to the config file's).
+    #[arg(long = "ns", value_name = "NAME=HOSTDIR")]
+    ns: Vec<String>,
+    /// Register a VM at start (repeatable; adds to the config file's).
+    #[arg(long = "vm", value_name = "NAME")]
+    vm: Vec<String>,
+    /// Pool memory file (default /dev/shm/vmdedup.pool).
+    #[arg(long)]
+    pool: Option<PathBuf>,
+    /// Pool size, a power of two (e.g. 256M, 1G).
+    #[arg(long, value_parser = size_arg)]
+    pool_size: Option<u64>,
+    /// Most memory used for frames (default: the whole pool).
+    #[arg(long, value_parser = size_arg)]
+    budget: Option<u64>,
+    /// Directory of the VMs' ring region files (default /dev/shm).
+    #[arg(long)]
+    ring_dir: Option<PathBuf>,
+    /// Size of each VM's ring region, a power of two of at least 64K.
+    #[arg(long, value_parser = size_arg, default_value = "1M")]
+    ring_size: u64,
+    /// Control socket path (default /run/vmdedup/control.sock).
+    #[arg(long)]
+    control: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<AgentConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => AgentConfig::load(p)?,
+            None => AgentConfig::default(),
+        };
+        for ns in &self.ns {
+            cfg.add_ns_arg(ns).with_context(|| format!("--ns {ns}"))?;
+        }
+        for vm in &self.vm {
+            if cfg.vms.iter().any(|v| &v.name == vm) {
+                continue;
+            }
+            cfg.vms.push(VmConfig {
+                name: vm.clone(),
+                domain: "default".into(),
+                guest_socket: None,
+                cid: None,
+            });
+        }
+        if let Some(p) = &self.pool {
+            cfg.pool = p.clone();
+        }
+        if let Some(s) = self.pool_size {
+            cfg.pool_size = s;
+        }
+        if let Some(b) = self.budget {
+            cfg.budget = b;
+        }
+        if let Some(d) = &self.ring_dir {
+            cfg.ring_dir = d.clone();
+        }
+        if let Some(c) = &self.control {
+            cfg.control_socket = c.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Where the running agent is.
+#[derive(Args, Clone)]
+struct ControlArg {
+    /// Control socket of the running agent.
+    #[arg(long, default_value = "/run/vmdedup/control.sock")]
+    control: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Create or inspect shared region files (the ring and pool ivshmem backings).
+    /// Run the agent: create the pool and the VMs' ring regions, poll the
+    /// rings, answer hints, and serve the control socket until SIGINT/SIGTERM.
+    ///
+    /// Example: vmdedup serve --ns debian=/srv/images/debian12 --vm vm1 --vm vm2 --pool-size 1G
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Poller threads.
+        #[arg(long, default_value_t = 1)]
+        pollers: usize,
+    },
+    /// Show pool use, savings and hint counters of the running agent.
+    ///
+    /// Example: vmdedup status --json
+    Status {
+        #[command(flatten)]
+        control: ControlArg,
+        /// Print the stable JSON document (keys documented in README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the registered VMs with their counters.
+    ///
+    /// Example: vmdedup vms
+    Vms {
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// List the files of a namespace that are in the pool.
+    ///
+    /// Example: vmdedup files debian --limit 16
+    Files {
+        #[command(flatten)]
+        control: ControlArg,
+        /// Namespace name.
+        ns: String,
+        /// Skip this many files.
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+        /// Show at most this many files.
+        #[arg(long, default_value_t = 16)]
+        limit: u16,
+    },
+    /// Preload a namespace tree (or a subtree) into the pool, so the first VM
+    /// hits as well and hit/miss timing reveals nothing about other VMs.
+    ///
+    /// Example: vmdedup warm debian usr/lib
+    Warm {
+        #[command(flatten)]
+        control: ControlArg,
+        /// Namespace name.
+        ns: String,
+        /// Namespace-relative path (default: the whole tree).
+        #[arg(default_value = "")]
+        path: String,
+    },
+    /// Drop a file (or a subtree) from the pool; VMs holding it are told to
+    /// let go first.
+    ///
+    /// Example: vmdedup evict debian usr/lib/x86_64-linux-gnu/libc.so.6
+    Evict {
+        #[command(flatten)]
+        control: ControlArg,
+        /// Namespace name.
+        ns: String,
+        /// Namespace-relative path.
+        path: String,
+    },
+    /// Manage VMs of the running agent.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Print the QEMU arguments that attach a VM to its ring region and the
+    /// pool (one argument per line; use with `mapfile` or `xargs`).
+    ///
+    /// Example: vmdedup qemu-args vm1 --pool /dev/shm/vmdedup.pool --pool-size 1G
+    QemuArgs {
+        /// The VM.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Create or inspect shared region files (developer tool).
     #[command(subcommand)]
     Region(RegionCommand),
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// Register a VM with the running agent and create its ring region.
+    ///
+    /// Example: vmdedup vm add vm3 --domain tenant-a
+    Add {
+        #[command(flatten)]
+        control: ControlArg,
+        /// VM name: 1-32 of [A-Za-z0-9_.-].
+        name: String,
+        /// Trust domain (which namespaces it may use).
+        #[arg(long, default_value = "default")]
+        domain: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -33,15 +223,16 @@ enum KindArg {
 
 #[derive(Subcommand)]
 enum RegionCommand {
-    /// Create (or re-initialise) a region file and write its header.
+    /// Create (or re-initialise) a region file with a complete header and
+    /// empty rings or an empty pool. Never use it on a region a VM maps.
     ///
     /// Example: vmdedup region init --kind ring --size 1M /dev/shm/vm1.ring
     Init {
         /// Which kind of region to create.
         #[arg(long, value_enum)]
         kind: KindArg,
-        /// Size of the region: a power of two of at least 4K (suffixes K, M, G).
-        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        /// Size of the region: a power of two (suffixes K, M, G).
+        #[arg(long, default_value = "1M", value_parser = size_arg)]
         size: u64,
         /// Generation number to write (default: derived from the current time).
         #[arg(long)]
@@ -58,34 +249,194 @@ enum RegionCommand {
     },
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&s[..i], 1u64 << 10),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&s[..i], 1u64 << 20),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&s[..i], 1u64 << 30),
-        _ => (s, 1),
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn time_generation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Copies user input into a bounded protocol string; too long is an error,
+/// never a silent cut.
+fn bounded<const N: usize>(s: &str, what: &str) -> anyhow::Result<heapless::String<N>> {
+    let mut out = heapless::String::new();
+    out.push_str(s).map_err(|_| anyhow::anyhow!("{what}: at most {N} bytes"))?;
+    Ok(out)
+}
+
+fn rpc(control: &Path, req: &Request) -> anyhow::Result<Response> {
+    let resp = control::request(control, req).with_context(|| {
+        format!("cannot reach the agent at {} (is `vmdedup serve` running? --control/VMDEDUP_CONTROL)", control.display())
+    })?;
+    match resp {
+        Response::Error { code, message } => bail!("the agent refused ({code:?}): {}", message.as_str()),
+        other => Ok(other),
+    }
+}
+
+fn print_status(r: &StatusReport) {
+    let c = &r.counters;
+    println!("pool: {} of {} frames used (budget {}), {} file maps, generation {}", r.frames_used, r.frames_total, r.frames_budget, r.file_maps, r.pool_generation);
+    println!("saved: {} MiB ({} pages mapped by VMs, {} frames held)", r.bytes_saved >> 20, c.pages_mapped, r.frames_used);
+    println!("hints: {}  hits: {}  misses: {}  latency p50/p99: {}/{} us", c.hints, c.hits, c.hints.saturating_sub(c.hits), c.hint_latency_us_p50, c.hint_latency_us_p99);
+    let m = &c.misses;
+    println!(
+        "misses by reason: loading {} identity {} not-found {} not-regular {} bad-path {} no-namespace {} pool-full {} too-large {} cut-off {} io {}",
+        m.loading, m.identity_mismatch, m.not_found, m.not_regular, m.bad_path, m.no_namespace, m.pool_full, m.too_large, m.cut_off, m.io_error
+    );
+    if !r.vms.is_empty() {
+        println!("{:<16} {:<12} {:>8} {:>8} {:>8} {:>10} {:>6}", "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "PAGES", "STATE");
+        for v in &r.vms {
+            println!(
+                "{:<16} {:<12} {:>8} {:>8} {:>8} {:>10} {:>6}",
+                v.name.as_str(), v.domain.as_str(), v.counters.hints, v.counters.hits, v.maps_held, v.counters.pages_mapped,
+                if v.cut_off { "cut" } else { "ok" }
+            );
+        }
+    }
+}
+
+fn serve(config: ConfigArgs, pollers: usize) -> anyhow::Result<()> {
+    let cfg = config.load()?;
+    let agent = Agent::start(
+        cfg.clone(),
+        AgentOptions {
+            ring_size: config.ring_size,
+            pollers: PollerConfig { threads: pollers.max(1), ..PollerConfig::default() },
+            generation: time_generation(),
+        },
+    )?;
+    let group = match &cfg.control_group {
+        Some(g) => Some(control::group_id(g).with_context(|| format!("control group {g:?} does not exist"))?),
+        None => None,
     };
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (examples: 4096, 64K, 16M, 1G)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+    if let Some(dir) = cfg.control_socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let hook_agent = agent.clone();
+    let ctx = Arc::new(ControlContext {
+        service: agent.service().clone(),
+        vm_add: Some(Box::new(move |name: &str, domain: &str| {
+            hook_agent.add_vm(name, domain).map_err(|e| e.to_string())
+        })),
+    });
+    let socket = cfg.control_socket.clone();
+    let result = rt.block_on(async {
+        let listener = control::bind(&socket, group).with_context(|| format!("binding {}", socket.display()))?;
+        tracing::info!(socket = %socket.display(), "control socket ready");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = control::serve(listener, ctx, Caller::Host, group) => {}
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        }
+        anyhow::Ok(())
+    });
+    agent.shutdown();
+    let _ = std::fs::remove_file(&socket);
+    result
 }
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { config, pollers } => serve(config, pollers)?,
+        Command::Status { control, json } => {
+            let Response::Status(r) = rpc(&control.control, &Request::Status)? else { bail!("unexpected answer") };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats::status_json(&r))?);
+            } else {
+                print_status(&r);
+            }
+        }
+        Command::Vms { control } => {
+            let Response::Vms(vms) = rpc(&control.control, &Request::Vms)? else { bail!("unexpected answer") };
+            println!("{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}", "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "STATE");
+            for v in &vms {
+                println!("{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}", v.name.as_str(), v.domain.as_str(), v.counters.hints, v.counters.hits, v.maps_held, if v.cut_off { "cut" } else { "ok" });
+            }
+        }
+        Command::Files { control, ns, offset, limit } => {
+            let Response::Namespaces(known) = rpc(&control.control, &Request::Namespaces)? else { bail!("unexpected answer") };
+            if !known.iter().any(|n| n.name.as_str() == ns) {
+                let names: Vec<&str> = known.iter().map(|n| n.name.as_str()).collect();
+                bail!("no namespace {ns:?} (known: {})", names.join(", "));
+            }
+            let req = Request::Files { ns: bounded(&ns, "namespace name too long")?, offset, limit };
+            let Response::Files { total, files } = rpc(&control.control, &req)? else { bail!("unexpected answer") };
+            println!("{total} files of {ns} in the pool (showing {} from {offset})", files.len());
+            for f in &files {
+                println!("{:>10} {:>7}p  {}", f.size, f.pages, f.path.as_str());
+            }
+        }
+        Command::Warm { control, ns, path } => {
+            let req = Request::Warm {
+                ns: bounded(&ns, "namespace name too long")?,
+                path: bounded(&path, "path too long")?,
+            };
+            // The agent does the loading; meanwhile show the pool filling up.
+            let start = Instant::now();
+            let sock = control.control.clone();
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let done2 = Arc::clone(&done);
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let progress = std::thread::spawn(move || {
+                let mut first = None;
+                while tty && !done2.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(Response::Status(r)) = control::request(&sock, &Request::Status) {
+                        let base = *first.get_or_insert(r.frames_used);
+                        eprint!("\rwarming: {} frames loaded, {} MiB, {:.0}s   ", r.frames_used.saturating_sub(base), (r.frames_used.saturating_sub(base) * 4096) >> 20, start.elapsed().as_secs_f64());
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            });
+            let resp = rpc(&control.control, &req);
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = progress.join();
+            if tty {
+                eprintln!();
+            }
+            let Response::Warmed { files, pages, skipped } = resp? else { bail!("unexpected answer") };
+            println!("warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped, in {:.1}s", start.elapsed().as_secs_f64());
+        }
+        Command::Evict { control, ns, path } => {
+            let req = Request::Evict {
+                ns: bounded(&ns, "namespace name too long")?,
+                path: bounded(&path, "path too long")?,
+            };
+            let Response::Evicted { dropped, revoking } = rpc(&control.control, &req)? else { bail!("unexpected answer") };
+            println!("evicted {ns}/{path}: {dropped} file maps dropped, {revoking} being revoked from VMs");
+        }
+        Command::Vm(VmCommand::Add { control, name, domain }) => {
+            let req = Request::VmAdd {
+                name: bounded(&name, "VM name too long")?,
+                domain: bounded(&domain, "domain name too long")?,
+            };
+            match rpc(&control.control, &req)? {
+                Response::VmAdded { name, ring_path } => println!("{}: ring region {}", name.as_str(), ring_path.as_str()),
+                _ => bail!("unexpected answer"),
+            }
+        }
+        Command::QemuArgs { name, config } => {
+            let cfg = config.load()?;
+            for a in cfg.qemu_args(&name, config.ring_size) {
+                println!("{a}");
+            }
+        }
         Command::Region(RegionCommand::Init { kind, size, generation, path }) => {
             let kind = match kind {
                 KindArg::Ring => RegionKind::Ring,
                 KindArg::Pool => RegionKind::Pool,
             };
-            let generation = generation.unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-            let p = region::init(&path, kind, size, generation)
-                .with_context(|| format!("creating region {}", path.display()))?;
+            let generation = generation.unwrap_or_else(time_generation);
+            region::init(&path, kind, size, generation).with_context(|| format!("creating region {}", path.display()))?;
+            let (kind, p) = region::inspect(&path)?;
             println!("{}: {:?} region, version {}, {} bytes, generation {}", path.display(), kind, p.version, p.region_size, p.generation);
         }
         Command::Region(RegionCommand::Show { path }) => {
@@ -97,6 +448,13 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMDEDUP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

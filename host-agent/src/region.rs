@@ -5,12 +5,10 @@
 //! the ring and pool layouts behind it belong to their own modules.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use vmdedup_protocol::abi::{
-    PrefixError, RegionKind, RegionPrefix, POOL_MAGIC, POOL_VERSION, RING_MAGIC, RING_VERSION,
-};
+use vmdedup_protocol::abi::{PrefixError, RegionKind, RegionPrefix};
 
 /// Errors from region file handling.
 #[derive(Debug, thiserror::Error)]
@@ -40,34 +38,41 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
     move |source| RegionError::Io { path: path.display().to_string(), source }
 }
 
-/// Creates (or truncates) a region file of `size` bytes and writes its prefix.
+/// Creates (or re-creates) a region file of `size` bytes with a complete
+/// header: a ring region with empty rings ([`crate::ring::init_ring_file`]),
+/// or an empty pool ([`crate::pool::PoolMemory::create`]). Never use it on a
+/// region a running VM maps: a pool file is replaced, a ring is reset.
 ///
 /// `generation` distinguishes successive initialisations of the same file.
 pub fn init(path: &Path, kind: RegionKind, size: u64, generation: u64) -> Result<RegionPrefix, RegionError> {
     if size < 4096 || !size.is_power_of_two() {
         return Err(RegionError::BadSize(size));
     }
-    let (magic, version) = match kind {
-        RegionKind::Ring => (RING_MAGIC, RING_VERSION),
-        RegionKind::Pool => (POOL_MAGIC, POOL_VERSION),
-    };
-    let prefix = RegionPrefix {
-        magic,
-        version,
-        header_size: core::mem::size_of::<RegionPrefix>() as u32,
-        region_size: size,
-        generation,
-    };
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    f.set_len(size).map_err(io_err(path))?;
-    f.write_all(&prefix.to_le_bytes()).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))?;
+    let other = |e: String| RegionError::Io { path: path.display().to_string(), source: std::io::Error::other(e) };
+    match kind {
+        RegionKind::Ring => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .map_err(io_err(path))?;
+            f.set_len(size).map_err(io_err(path))?;
+            drop(f);
+            crate::ring::init_ring_file(path, generation).map_err(|e| other(e.to_string()))?;
+        }
+        RegionKind::Pool => {
+            crate::pool::PoolMemory::create(&crate::pool::PoolSpec {
+                backing: crate::pool::PoolBacking::File { path: path.to_path_buf(), mode: 0o644 },
+                size,
+                table_area: 0,
+                generation,
+            })
+            .map_err(|e| other(e.to_string()))?;
+        }
+    }
+    let (_, prefix) = inspect(path)?;
     Ok(prefix)
 }
 

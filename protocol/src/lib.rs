@@ -2,9 +2,14 @@
 //!
 //! [`abi`] depends on `core` only. The guest kernel module compiles the very same
 //! file through Kbuild (`#[path = ...] mod abi;`), so it is the one source of truth
-//! for the layout of every shared region.
+//! for the layout of every shared region. [`spsc`] (also `core` only, also
+//! compiled into the module) is the ring index protocol both sides run.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod spsc;
+pub mod pool;
+#[cfg(feature = "control")]
+pub mod control;

@@ -1,0 +1,285 @@
+//! The running agent: the pool, the page store and hint service, one ring
+//! region per VM served by the poller threads, and the event sink that turns
+//! revocations into event-ring entries. `vmdedup serve` is a thin shell around
+//! [`Agent`].
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use vmdedup_protocol::abi::{EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_HOST_RESTARTING};
+
+use crate::namespace::config::AgentConfig;
+use crate::namespace::{Namespace, NamespaceError};
+use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec};
+use crate::ring::handler::RingId;
+use crate::ring::host::{HostRing, RingConfig, RingShared};
+use crate::ring::mapping::SharedMapping;
+use crate::ring::poller::{PollerConfig, PollerPool};
+use crate::ring::RingError;
+use crate::store::service::{EventSink, HintService, ServiceConfig, ServiceError};
+use crate::store::{PageStore, StoreConfig, TableLocation, VmId};
+
+/// Errors while starting or changing the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is not usable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The pool could not be created.
+    #[error("pool: {0}")]
+    Pool(#[from] PoolMemoryError),
+    /// A namespace could not be opened.
+    #[error("namespace: {0}")]
+    Namespace(#[from] NamespaceError),
+    /// A ring region could not be created or mapped.
+    #[error("ring region {path}: {source}")]
+    Ring {
+        /// The ring region file.
+        path: PathBuf,
+        /// Why.
+        source: RingError,
+    },
+    /// A ring region file could not be created.
+    #[error("ring region {path}: {source}")]
+    RingFile {
+        /// The ring region file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The service refused (e.g. a VM name in use).
+    #[error("{0}")]
+    Service(#[from] ServiceError),
+}
+
+/// How to run the agent, beyond [`AgentConfig`].
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// Size of each VM's ring region (a power of two).
+    pub ring_size: u64,
+    /// Poller threads and their back-off.
+    pub pollers: PollerConfig,
+    /// Generation written into the pool and every ring region. It must differ
+    /// from the previous agent's so guests notice a restart.
+    pub generation: u64,
+}
+
+/// Ring regions by VM, shared with the event sink.
+type RingMap = Arc<Mutex<BTreeMap<VmId, Arc<RingShared>>>>;
+
+/// Writes revocations and notices into the VMs' event rings.
+struct RingEvents {
+    rings: RingMap,
+}
+
+impl RingEvents {
+    fn post(&self, vm: VmId, ev: EventEntry) {
+        let ring = self.rings.lock().ok().and_then(|m| m.get(&vm).cloned());
+        match ring {
+            Some(r) => {
+                if !r.post_event(ev) {
+                    tracing::warn!(vm, "event ring full: event dropped, the guest is told to drop every map");
+                }
+            }
+            None => tracing::warn!(vm, "event for a VM without a ring"),
+        }
+    }
+}
+
+impl EventSink for RingEvents {
+    fn revoke(&self, vm: VmId, map: &TableLocation) {
+        tracing::info!(vm, map = map.file_map_id, "revoking file map");
+        self.post(
+            vm,
+            EventEntry {
+                kind: EVENT_REVOKE,
+                file_map_id: map.file_map_id,
+                table_offset: map.table_offset,
+                map_generation: map.map_generation,
+                ..EventEntry::default()
+            },
+        );
+    }
+
+    fn cut_off(&self, vm: VmId) {
+        tracing::warn!(vm, "VM did not acknowledge a revocation in time: cut off from the pool");
+        if let Some(r) = self.rings.lock().ok().and_then(|m| m.get(&vm).cloned()) {
+            r.close();
+        }
+    }
+}
+
+struct Inner {
+    config: AgentConfig,
+    opts: AgentOptions,
+    service: HintService,
+    pollers: Mutex<Option<PollerPool>>,
+    rings: RingMap,
+    ring_paths: Mutex<BTreeMap<VmId, PathBuf>>,
+}
+
+/// The running agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("pool", &self.inner.config.pool).finish_non_exhaustive()
+    }
+}
+
+/// Creates the ring region file of `size` bytes, or reuses an existing one of
+/// that size (a VM may still have it mapped: it is never truncated).
+fn ensure_ring_file(path: &Path, size: u64) -> Result<(), AgentError> {
+    let io = |source| AgentError::RingFile { path: path.to_path_buf(), source };
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    if len == 0 {
+        f.set_len(size).map_err(io)?;
+    } else if len != size {
+        return Err(AgentError::Config(format!(
+            "ring region {} exists with {len} bytes, not {size}: a VM may still map it; remove it or use --ring-size {len}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+impl Agent {
+    /// Creates the pool, opens every namespace, starts the loader and poller
+    /// threads and a ring region for every configured VM.
+    pub fn start(config: AgentConfig, opts: AgentOptions) -> Result<Agent, AgentError> {
+        config.validate().map_err(|e| AgentError::Config(e.to_string()))?;
+        if !opts.ring_size.is_power_of_two() || opts.ring_size < 64 * 1024 {
+            return Err(AgentError::Config(format!(
+                "ring size {} must be a power of two of at least 64K",
+                opts.ring_size
+            )));
+        }
+        let pool = PoolMemory::create(&PoolSpec {
+            backing: PoolBacking::File { path: config.pool.clone(), mode: 0o644 },
+            size: config.pool_size,
+            table_area: 0,
+            generation: opts.generation,
+        })?;
+        let frames_total = pool.geometry().frame_count;
+        let budget_frames = if config.budget == 0 { 0 } else { config.budget / 4096 };
+        let store = PageStore::new(
+            pool,
+            StoreConfig { budget_frames, ack_timeout_ms: config.ack_timeout_ms },
+        );
+        let mut namespaces = Vec::new();
+        for ns in &config.namespaces {
+            namespaces.push(Namespace::open(ns.clone())?);
+        }
+        let service = HintService::new(
+            store,
+            namespaces,
+            ServiceConfig { workers: config.workers, ..ServiceConfig::default() },
+        );
+        let rings: RingMap = Arc::new(Mutex::new(BTreeMap::new()));
+        service.set_event_sink(Arc::new(RingEvents { rings: Arc::clone(&rings) }));
+        service.spawn_ticker(std::time::Duration::from_millis(100));
+        let pollers = PollerPool::start(opts.pollers, service.clone())
+            .map_err(|source| AgentError::Ring { path: PathBuf::from("(pollers)"), source })?;
+        tracing::info!(
+            pool = %config.pool.display(),
+            pool_size = config.pool_size,
+            frames_total,
+            namespaces = config.namespaces.len(),
+            pollers = opts.pollers.threads,
+            generation = opts.generation,
+            "agent started"
+        );
+        let agent = Agent {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                opts,
+                service,
+                pollers: Mutex::new(Some(pollers)),
+                rings,
+                ring_paths: Mutex::new(BTreeMap::new()),
+            }),
+        };
+        for vm in &config.vms {
+            agent.add_vm(&vm.name, &vm.domain)?;
+        }
+        Ok(agent)
+    }
+
+    /// The hint service (status, files, warm, evict).
+    pub fn service(&self) -> &HintService {
+        &self.inner.service
+    }
+
+    /// The configuration the agent runs with.
+    pub fn config(&self) -> &AgentConfig {
+        &self.inner.config
+    }
+
+    /// Registers a VM: creates (or re-initialises) its ring region and hands
+    /// it to a poller. Returns the ring region's path.
+    pub fn add_vm(&self, name: &str, domain: &str) -> Result<PathBuf, AgentError> {
+        if name.is_empty() || name.len() > 32 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(AgentError::Config(format!("VM name {name:?}: use 1-32 of [A-Za-z0-9_.-]")));
+        }
+        let id: VmId = {
+            let paths = self.inner.ring_paths.lock().map_err(|_| AgentError::Config("lock poisoned".into()))?;
+            paths.keys().next_back().map_or(1, |k| k + 1)
+        };
+        self.inner.service.add_vm(id, name, domain)?;
+        let path = self.inner.config.ring_path(name);
+        let setup = || -> Result<HostRing, AgentError> {
+            ensure_ring_file(&path, self.inner.opts.ring_size)?;
+            let ring_err = |source| AgentError::Ring { path: path.clone(), source };
+            let map = SharedMapping::open(&path).map_err(ring_err)?;
+            HostRing::create(map, RingConfig::new(RingId(id), self.inner.opts.generation)).map_err(ring_err)
+        };
+        let ring = match setup() {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner.service.remove_vm(id);
+                return Err(e);
+            }
+        };
+        let shared = Arc::clone(ring.shared());
+        let pollers = self.inner.pollers.lock().map_err(|_| AgentError::Config("lock poisoned".into()))?;
+        let Some(pollers) = pollers.as_ref() else {
+            self.inner.service.remove_vm(id);
+            return Err(AgentError::Config("the agent is shutting down".into()));
+        };
+        let handle = pollers.add_ring(ring);
+        if let Ok(mut m) = self.inner.rings.lock() {
+            m.insert(id, shared);
+        }
+        if let Ok(mut p) = self.inner.ring_paths.lock() {
+            p.insert(id, path.clone());
+        }
+        tracing::info!(vm = name, id, domain, ring = %path.display(), poller = handle.poller(), "VM added");
+        Ok(path)
+    }
+
+    /// Stops the pollers and loader threads. Ring region files stay (the VMs
+    /// may still map them); each ring is told the host is going away.
+    pub fn shutdown(&self) {
+        if let Ok(rings) = self.inner.rings.lock() {
+            for r in rings.values() {
+                let _ = r.post_event(EventEntry {
+                    kind: EVENT_NOTICE,
+                    notice: NOTICE_HOST_RESTARTING,
+                    ..EventEntry::default()
+                });
+                r.close();
+            }
+        }
+        if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
+            p.shutdown();
+        }
+        self.inner.service.shutdown();
+        tracing::info!("agent stopped");
+    }
+}

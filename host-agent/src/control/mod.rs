@@ -1,0 +1,255 @@
+//! The control channel: request/response frames
+//! ([`vmdedup_protocol::control`]) over stream sockets.
+//!
+//! - The host socket (CLI): mode 0660, optionally group-owned by a configured
+//!   group; a peer must be root, the agent's own user, or in that group
+//!   (checked again with `SO_PEERCRED`). It may do everything.
+//! - Guest sockets: one listener per VM (hybrid vsock: the Unix socket
+//!   `<uds>_<port>` that vhost-user-vsock / Firecracker connect for that VM).
+//!   The VM is the one the listener belongs to, never what a message says;
+//!   it sees its own stats and the namespaces it may use, may warm those,
+//!   and nothing else. AF_VSOCK (tokio-vsock) is not wired yet.
+//!
+//! A frame that is oversized, truncated, of another version or malformed is
+//! answered with [`ErrorCode::BadRequest`] and the connection is closed.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use vmdedup_protocol::control::{
+    bounded_str, frame_body_len, ControlError, ErrorCode, Request, Response, MAX_FILES,
+    MAX_FRAME_LEN,
+};
+
+use crate::store::service::HintService;
+use crate::store::VmId;
+
+/// Who sent a request, as told by the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The host CLI (control socket).
+    Host,
+    /// A guest, by the listener it connected to.
+    Vm(VmId),
+}
+
+/// Creates a VM's ring region and registers it; returns the ring path. Given
+/// by the binary (the ring layout is the ring layer's).
+pub type VmAddHook = dyn Fn(&str, &str) -> Result<PathBuf, String> + Send + Sync;
+
+/// What requests act on.
+pub struct ControlContext {
+    /// The service.
+    pub service: HintService,
+    /// `vm add`; `None`: refused.
+    pub vm_add: Option<Box<VmAddHook>>,
+}
+
+impl std::fmt::Debug for ControlContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlContext").finish_non_exhaustive()
+    }
+}
+
+/// Control-channel errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlChannelError {
+    /// Socket I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A frame could not be encoded or decoded.
+    #[error("{0}")]
+    Frame(ControlError),
+    /// The socket path is in use by something that is not a socket.
+    #[error("{0}: exists and is not a socket")]
+    NotASocket(PathBuf),
+}
+
+/// Answers one request. Pure dispatch: no I/O besides what the service does.
+pub fn handle_request(ctx: &ControlContext, caller: Caller, req: Request) -> Response {
+    let svc = &ctx.service;
+    let vm = match caller {
+        Caller::Host => None,
+        Caller::Vm(v) => Some(v),
+    };
+    match req {
+        Request::Status => Response::Status(svc.status(vm)),
+        Request::Vms => Response::Vms(svc.vms(vm).into_iter().collect()),
+        Request::Namespaces => Response::Namespaces(svc.namespaces(vm).into_iter().collect()),
+        Request::Files { ns, offset, limit } => {
+            let (total, files) =
+                svc.files(&ns, vm, offset as usize, (limit as usize).min(MAX_FILES));
+            Response::Files {
+                total,
+                files: files.into_iter().collect(),
+            }
+        }
+        Request::Warm { ns, path } => match svc.warm(&ns, path.as_bytes(), vm, &mut |_| {}) {
+            Ok(p) => Response::Warmed {
+                files: p.files_done - p.skipped,
+                pages: p.pages,
+                skipped: p.skipped,
+            },
+            Err(e) => Response::error(ErrorCode::NotFound, &e.to_string()),
+        },
+        Request::Evict { ns, path } => {
+            if vm.is_some() {
+                return Response::error(ErrorCode::Denied, "evict is for the host only");
+            }
+            match svc.evict(&ns, &path) {
+                Ok((dropped, revoking)) => Response::Evicted { dropped, revoking },
+                Err(e) => Response::error(ErrorCode::NotFound, &e.to_string()),
+            }
+        }
+        Request::VmAdd { name, domain } => {
+            if vm.is_some() {
+                return Response::error(ErrorCode::Denied, "vm add is for the host only");
+            }
+            let Some(hook) = &ctx.vm_add else {
+                return Response::error(ErrorCode::Denied, "vm add is not enabled");
+            };
+            let domain = if domain.is_empty() {
+                crate::namespace::DEFAULT_DOMAIN
+            } else {
+                domain.as_str()
+            };
+            match hook(&name, domain) {
+                Ok(ring) => Response::VmAdded {
+                    name,
+                    ring_path: bounded_str(&ring.display().to_string()),
+                },
+                Err(e) => Response::error(ErrorCode::Exists, &e),
+            }
+        }
+    }
+}
+
+fn encode(resp: &Response) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    match resp.encode(&mut buf) {
+        Ok(n) => buf.truncate(n),
+        Err(e) => {
+            let n = Response::error(ErrorCode::Internal, &e.to_string())
+                .encode(&mut buf)
+                .unwrap_or(0);
+            buf.truncate(n);
+        }
+    }
+    buf
+}
+
+/// Serves one connection: requests until EOF or a bad frame.
+pub async fn serve_connection(ctx: Arc<ControlContext>, caller: Caller, mut s: UnixStream) {
+    loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let req = match frame_body_len(len) {
+            Err(e) => Err(e),
+            Ok(n) => {
+                let mut body = vec![0u8; n];
+                let read =
+                    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body)).await;
+                match read {
+                    Ok(Ok(_)) => Request::decode_body(&body),
+                    _ => Err(ControlError::Truncated),
+                }
+            }
+        };
+        let (resp, close) = match req {
+            Ok(r) => {
+                let c = ctx.clone();
+                // Warm and friends do file I/O: keep them off the reactor.
+                let resp = tokio::task::spawn_blocking(move || handle_request(&c, caller, r))
+                    .await
+                    .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "request failed"));
+                (resp, false)
+            }
+            Err(e) => (Response::error(ErrorCode::BadRequest, &e.to_string()), true),
+        };
+        if s.write_all(&encode(&resp)).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+fn peer_allowed(s: &UnixStream, group: Option<u32>) -> bool {
+    let Ok(cred) = s.peer_cred() else {
+        return false;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    cred.uid() == 0 || cred.uid() == me || group.is_some_and(|g| g == cred.gid())
+}
+
+/// Accepts connections on `listener` for `caller` until the task is dropped.
+/// For [`Caller::Host`], peers other than root, the agent's user or
+/// `group` members (primary group) are refused.
+pub async fn serve(
+    listener: UnixListener,
+    ctx: Arc<ControlContext>,
+    caller: Caller,
+    group: Option<u32>,
+) {
+    loop {
+        let Ok((s, _)) = listener.accept().await else {
+            continue;
+        };
+        if caller == Caller::Host && !peer_allowed(&s, group) {
+            continue;
+        }
+        tokio::spawn(serve_connection(ctx.clone(), caller, s));
+    }
+}
+
+/// Binds a control socket at `path` with mode 0660 (group `group` if given).
+/// A stale socket file is replaced; any other file is an error. Must be
+/// called inside a tokio runtime.
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ControlChannelError> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => return Err(ControlChannelError::NotASocket(path.to_path_buf())),
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(g) = group {
+        std::os::unix::fs::chown(path, None, Some(g))?;
+    }
+    Ok(l)
+}
+
+/// Looks a group name up (for `control_group`).
+pub fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is NUL-terminated; getgrnam returns null or a pointer to static data
+    // that we read at once (the agent calls this once at start, single-threaded).
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    if g.is_null() {
+        return None;
+    }
+    // SAFETY: non-null result of getgrnam.
+    Some(unsafe { (*g).gr_gid })
+}
+
+/// Blocking client: sends one request and reads one response (the CLI).
+pub fn request(path: &Path, req: &Request) -> Result<Response, ControlChannelError> {
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(600)))?;
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let n = req.encode(&mut buf).map_err(ControlChannelError::Frame)?;
+    s.write_all(&buf[..n])?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let body_len = frame_body_len(len).map_err(ControlChannelError::Frame)?;
+    let mut body = vec![0u8; body_len];
+    s.read_exact(&mut body)?;
+    Response::decode_body(&body).map_err(ControlChannelError::Frame)
+}

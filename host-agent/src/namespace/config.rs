@@ -1,0 +1,371 @@
+//! Agent configuration: namespaces, trust domains, VMs, pool and control
+//! settings, from a TOML file and/or `--ns NAME=HOSTDIR` arguments.
+//!
+//! ```toml
+//! pool = "/dev/shm/vmdedup.pool"     # pool memory file (hugetlbfs path works too)
+//! pool_size = "1G"                   # power of two
+//! budget = "512M"                    # most memory used by frames (default: all)
+//! ack_timeout_ms = 5000              # revocation acknowledgement deadline
+//! workers = 2                        # loader threads
+//! control_socket = "/run/vmdedup/control.sock"
+//! control_group = "kvm"              # may use the control socket (mode 0660)
+//! ring_dir = "/dev/shm"              # where `vm add` creates ring regions
+//!
+//! [[namespace]]
+//! name = "debian12"
+//! id = 1                             # what hints carry; default: position (1-based)
+//! dir = "/srv/images/debian12"
+//! domains = ["tenant-a"]             # default ["default"]; "*" = every VM
+//! mtime_granularity_ns = 1           # 1_000_000_000 if the guest keeps seconds only
+//!
+//! [[vm]]
+//! name = "vm1"
+//! domain = "tenant-a"                # default "default"
+//! guest_socket = "/run/vmdedup/vm1.vsock_5555"   # hybrid vsock listener for this VM
+//! cid = 3                            # AF_VSOCK CID (hosts with vhost-vsock)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{valid_name, NamespaceConfig, DEFAULT_DOMAIN};
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{0}")]
+    Parse(String),
+    /// A value is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One VM in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Name.
+    pub name: String,
+    /// Trust domain.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// Unix socket on which this VM's guest tools reach the agent (hybrid vsock).
+    #[serde(default)]
+    pub guest_socket: Option<PathBuf>,
+    /// AF_VSOCK context id.
+    #[serde(default)]
+    pub cid: Option<u32>,
+}
+
+fn default_domain() -> String {
+    DEFAULT_DOMAIN.to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamespace {
+    name: String,
+    id: Option<u32>,
+    dir: PathBuf,
+    #[serde(default)]
+    domains: Option<Vec<String>>,
+    #[serde(default)]
+    mtime_granularity_ns: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    pool: Option<PathBuf>,
+    pool_size: Option<String>,
+    budget: Option<String>,
+    ack_timeout_ms: Option<u64>,
+    workers: Option<usize>,
+    control_socket: Option<PathBuf>,
+    control_group: Option<String>,
+    ring_dir: Option<PathBuf>,
+    #[serde(default)]
+    namespace: Vec<RawNamespace>,
+    #[serde(default)]
+    vm: Vec<VmConfig>,
+}
+
+/// The whole agent configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Pool memory file.
+    pub pool: PathBuf,
+    /// Pool size in bytes (power of two).
+    pub pool_size: u64,
+    /// Frame memory budget in bytes (0: the whole pool).
+    pub budget: u64,
+    /// Revocation acknowledgement deadline.
+    pub ack_timeout_ms: u64,
+    /// Loader threads.
+    pub workers: usize,
+    /// Host control socket.
+    pub control_socket: PathBuf,
+    /// Group allowed on the control socket (besides root and the agent's user).
+    pub control_group: Option<String>,
+    /// Directory of ring region files.
+    pub ring_dir: PathBuf,
+    /// Namespaces.
+    pub namespaces: Vec<NamespaceConfig>,
+    /// VMs.
+    pub vms: Vec<VmConfig>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            pool: PathBuf::from("/dev/shm/vmdedup.pool"),
+            pool_size: 1 << 30,
+            budget: 0,
+            ack_timeout_ms: 5_000,
+            workers: 2,
+            control_socket: PathBuf::from("/run/vmdedup/control.sock"),
+            control_group: None,
+            ring_dir: PathBuf::from("/dev/shm"),
+            namespaces: Vec::new(),
+            vms: Vec::new(),
+        }
+    }
+}
+
+/// Parses `4096`, `64K`, `16M`, `1G`, `1T` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let s = s.trim();
+    let (num, shift) = match s.as_bytes().last().map(|c| c.to_ascii_uppercase()) {
+        Some(b'K') => (&s[..s.len() - 1], 10),
+        Some(b'M') => (&s[..s.len() - 1], 20),
+        Some(b'G') => (&s[..s.len() - 1], 30),
+        Some(b'T') => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::Invalid(format!("{s:?} is not a size")))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| ConfigError::Invalid(format!("{s:?} is too large")))
+}
+
+/// Parses a `--ns NAME=HOSTDIR` argument.
+pub fn parse_ns_arg(arg: &str) -> Result<(String, PathBuf), ConfigError> {
+    let (name, dir) = arg
+        .split_once('=')
+        .ok_or_else(|| ConfigError::Invalid(format!("--ns {arg:?}: expected NAME=HOSTDIR")))?;
+    if !valid_name(name) {
+        return Err(ConfigError::Invalid(format!("--ns {arg:?}: invalid name")));
+    }
+    if dir.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "--ns {arg:?}: empty directory"
+        )));
+    }
+    Ok((name.to_string(), PathBuf::from(dir)))
+}
+
+impl AgentConfig {
+    /// Parses a TOML configuration.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let d = AgentConfig::default();
+        let mut cfg = AgentConfig {
+            pool: raw.pool.unwrap_or(d.pool),
+            pool_size: raw
+                .pool_size
+                .as_deref()
+                .map(parse_size)
+                .transpose()?
+                .unwrap_or(d.pool_size),
+            budget: raw
+                .budget
+                .as_deref()
+                .map(parse_size)
+                .transpose()?
+                .unwrap_or(0),
+            ack_timeout_ms: raw.ack_timeout_ms.unwrap_or(d.ack_timeout_ms),
+            workers: raw.workers.unwrap_or(d.workers),
+            control_socket: raw.control_socket.unwrap_or(d.control_socket),
+            control_group: raw.control_group,
+            ring_dir: raw.ring_dir.unwrap_or(d.ring_dir),
+            namespaces: Vec::new(),
+            vms: raw.vm,
+        };
+        for (i, n) in raw.namespace.into_iter().enumerate() {
+            cfg.namespaces.push(NamespaceConfig {
+                id: n.id.unwrap_or(i as u32 + 1),
+                name: n.name,
+                dir: n.dir,
+                domains: n
+                    .domains
+                    .unwrap_or_else(|| vec![DEFAULT_DOMAIN.to_string()]),
+                mtime_granularity_ns: n.mtime_granularity_ns.unwrap_or(1),
+            });
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a TOML configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Adds a `--ns NAME=HOSTDIR` namespace (domain `default`, next free id).
+    pub fn add_ns_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let (name, dir) = parse_ns_arg(arg)?;
+        let id = self.namespaces.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        self.namespaces.push(NamespaceConfig {
+            name,
+            id,
+            dir,
+            domains: vec![DEFAULT_DOMAIN.to_string()],
+            mtime_granularity_ns: 1,
+        });
+        self.validate()
+    }
+
+    /// Checks names, ids and sizes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.pool_size.is_power_of_two() || self.pool_size < (64 << 10) {
+            return Err(ConfigError::Invalid(format!(
+                "pool_size {} is not a power of two >= 64K",
+                self.pool_size
+            )));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut ids = std::collections::BTreeSet::new();
+        for n in &self.namespaces {
+            if !valid_name(&n.name) {
+                return Err(ConfigError::Invalid(format!("namespace name {:?}", n.name)));
+            }
+            if !names.insert(n.name.as_str()) || !ids.insert(n.id) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {:?} (id {}) declared twice",
+                    n.name, n.id
+                )));
+            }
+        }
+        let mut vms = std::collections::BTreeSet::new();
+        for v in &self.vms {
+            if !valid_name(&v.name) || !valid_name(&v.domain) {
+                return Err(ConfigError::Invalid(format!(
+                    "VM {:?} / domain {:?}",
+                    v.name, v.domain
+                )));
+            }
+            if !vms.insert(v.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "VM {:?} declared twice",
+                    v.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Path of a VM's ring region file.
+    pub fn ring_path(&self, vm: &str) -> PathBuf {
+        self.ring_dir.join(format!("vmdedup-{vm}.ring"))
+    }
+
+    /// The QEMU arguments that attach a VM to its ring region (read-write)
+    /// and to the pool (read-only), one argument per element.
+    pub fn qemu_args(&self, vm: &str, ring_size: u64) -> Vec<String> {
+        vec![
+            "-object".into(),
+            format!(
+                "memory-backend-file,id=vmdedup-ring,mem-path={},size={},share=on",
+                self.ring_path(vm).display(),
+                ring_size
+            ),
+            "-device".into(),
+            "ivshmem-plain,memdev=vmdedup-ring".into(),
+            "-object".into(),
+            format!(
+                "memory-backend-file,id=vmdedup-pool,mem-path={},size={},share=on,readonly=on",
+                self.pool.display(),
+                self.pool_size
+            ),
+            "-device".into(),
+            "ivshmem-plain,memdev=vmdedup-pool".into(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_parses() {
+        let cfg = AgentConfig::from_toml(
+            r#"
+pool = "/dev/shm/p"
+pool_size = "64M"
+budget = "16M"
+control_group = "kvm"
+[[namespace]]
+name = "deb"
+dir = "/srv/deb"
+domains = ["a", "b"]
+[[namespace]]
+name = "alpine"
+id = 7
+dir = "/srv/alpine"
+[[vm]]
+name = "vm1"
+domain = "a"
+cid = 3
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.pool_size, 64 << 20);
+        assert_eq!(cfg.budget, 16 << 20);
+        assert_eq!(cfg.namespaces[0].id, 1);
+        assert_eq!(cfg.namespaces[1].id, 7);
+        assert_eq!(cfg.namespaces[1].domains, vec!["default"]);
+        assert_eq!(cfg.vms[0].cid, Some(3));
+        assert!(cfg
+            .qemu_args("vm1", 1 << 20)
+            .iter()
+            .any(|a| a.contains("readonly=on")));
+    }
+
+    #[test]
+    fn bad_configs_are_errors() {
+        for bad in [
+            "pool_size = \"3M\"",
+            "unknown = 1",
+            "[[namespace]]\nname = \"../x\"\ndir = \"/\"",
+            "[[namespace]]\nname = \"a\"\ndir = \"/\"\n[[namespace]]\nname = \"a\"\ndir = \"/tmp\"",
+            "[[vm]]\nname = \"a b\"",
+            "budget = \"lots\"",
+        ] {
+            assert!(AgentConfig::from_toml(bad).is_err(), "{bad}");
+        }
+        let mut c = AgentConfig::default();
+        c.add_ns_arg("deb=/srv/deb").unwrap();
+        c.add_ns_arg("alp=/srv/alp").unwrap();
+        assert_eq!(c.namespaces[1].id, 2);
+        assert!(c.add_ns_arg("deb=/x").is_err());
+        assert!(c.add_ns_arg("nodir").is_err());
+        assert!(c.add_ns_arg("x=").is_err());
+    }
+}

@@ -1,0 +1,551 @@
+//! Namespaces: named, immutable host trees that guests hint paths into, and
+//! the resolver that keeps every lookup strictly beneath a namespace root.
+//!
+//! A hint path is guest input. It is checked structurally first
+//! ([`check_rel_path`]), then opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` relative to
+//! the root's directory fd; on kernels without `openat2` an equivalent walk
+//! opens one component at a time with `O_NOFOLLOW` and refuses symlinks and
+//! mount crossings. Only regular files are served; they are opened
+//! `O_NONBLOCK | O_NOCTTY` so that a FIFO or a terminal can never stall or
+//! grab the agent, and the opened file is checked to be the one inspected.
+
+pub mod config;
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vmdedup_protocol::control::MissReason;
+
+/// Longest hint path the resolver accepts, in bytes.
+pub const MAX_REL_PATH: usize = 4096;
+/// Longest path component, in bytes.
+pub const MAX_COMPONENT: usize = 255;
+/// Name of the default trust domain.
+pub const DEFAULT_DOMAIN: &str = "default";
+
+/// Why a path was not resolved to a regular file.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// Structurally invalid: empty, absolute, NUL, `.`/`..`/empty components, too long.
+    #[error("invalid path: {0}")]
+    BadPath(&'static str),
+    /// A symlink on the way (refused: symlinks are resolved by the guest).
+    #[error("symlink in path")]
+    Symlink,
+    /// The lookup would leave the namespace (mount crossing, magic link, escape).
+    #[error("path leaves the namespace")]
+    Escape,
+    /// No such file.
+    #[error("not found")]
+    NotFound,
+    /// Not a regular file.
+    #[error("not a regular file")]
+    NotRegular,
+    /// Another OS error.
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+impl ResolveError {
+    /// The miss a guest is told.
+    pub fn miss_reason(&self) -> MissReason {
+        match self {
+            ResolveError::BadPath(_) | ResolveError::Symlink | ResolveError::Escape => {
+                MissReason::BadPath
+            }
+            ResolveError::NotFound => MissReason::NotFound,
+            ResolveError::NotRegular => MissReason::NotRegular,
+            ResolveError::Io(_) => MissReason::IoError,
+        }
+    }
+}
+
+/// Errors setting up a namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    /// The name is empty, too long or has characters other than `[A-Za-z0-9._-]`.
+    #[error("invalid namespace name {0:?}")]
+    BadName(String),
+    /// The root directory cannot be opened.
+    #[error("namespace {name}: {dir}: {source}")]
+    Root {
+        /// Namespace.
+        name: String,
+        /// Its directory.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Checks a namespace-relative path before any lookup: 1..=[`MAX_REL_PATH`]
+/// bytes, relative, no NUL, no empty, `.` or `..` component, components of
+/// at most [`MAX_COMPONENT`] bytes.
+pub fn check_rel_path(path: &[u8]) -> Result<(), ResolveError> {
+    if path.is_empty() {
+        return Err(ResolveError::BadPath("empty"));
+    }
+    if path.len() > MAX_REL_PATH {
+        return Err(ResolveError::BadPath("too long"));
+    }
+    if path[0] == b'/' {
+        return Err(ResolveError::BadPath("absolute"));
+    }
+    if path.contains(&0) {
+        return Err(ResolveError::BadPath("NUL byte"));
+    }
+    for c in path.split(|&b| b == b'/') {
+        match c {
+            b"" => return Err(ResolveError::BadPath("empty component")),
+            b"." | b".." => return Err(ResolveError::BadPath("dot component")),
+            c if c.len() > MAX_COMPONENT => {
+                return Err(ResolveError::BadPath("component too long"))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks a namespace or VM name: 1..=64 bytes of `[A-Za-z0-9._-]`, not `.`/`..`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// What the host knows about a file version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HostIdentity {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+}
+
+/// What the guest says about its copy (from the hint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestIdentity {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+}
+
+impl HostIdentity {
+    /// Whether the guest's copy is this version: same size, and the same
+    /// mtime at `granularity_ns` (1 = exact; 1_000_000_000 for file systems
+    /// that keep seconds only).
+    pub fn matches(&self, g: &GuestIdentity, granularity_ns: u64) -> bool {
+        let gran = granularity_ns.clamp(1, i64::MAX as u64) as i64;
+        self.size == g.size && self.mtime_ns.div_euclid(gran) == g.mtime_ns.div_euclid(gran)
+    }
+
+    // time_t and the nsec field are i64 on 64-bit targets only.
+    #[allow(clippy::unnecessary_cast)]
+    fn from_stat(st: &libc::stat) -> Self {
+        HostIdentity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: (st.st_mtime as i64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(st.st_mtime_nsec as i64),
+        }
+    }
+}
+
+/// An opened regular file inside a namespace.
+#[derive(Debug)]
+pub struct ResolvedFile {
+    /// Open for reading.
+    pub file: File,
+    /// Its identity at open time.
+    pub identity: HostIdentity,
+}
+
+/// How a namespace resolves paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResolveMode {
+    /// `openat2` with resolve flags, falling back to [`ResolveMode::Walk`] on `ENOSYS`.
+    Openat2,
+    /// Component by component with `O_NOFOLLOW`.
+    Walk,
+}
+
+/// Settings of one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceConfig {
+    /// Name (what the CLI and control messages use).
+    pub name: String,
+    /// Id (what hints carry: `namespace_id`).
+    pub id: u32,
+    /// Host directory.
+    pub dir: PathBuf,
+    /// Trust domains whose VMs may use it (`*`: every VM).
+    pub domains: Vec<String>,
+    /// mtime comparison granularity in ns (1: exact).
+    pub mtime_granularity_ns: u64,
+}
+
+/// An open namespace.
+#[derive(Debug)]
+pub struct Namespace {
+    cfg: NamespaceConfig,
+    root: OwnedFd,
+    root_dev: u64,
+    mode: ResolveMode,
+    no_openat2: AtomicBool,
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor owned by the caller; `st` is a valid out-pointer.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by a successful open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn openat(dir: RawFd, name: &CString, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; `dir` is an open descriptor.
+    owned(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })
+}
+
+fn openat2(dir: RawFd, path: &CString, flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve,
+    };
+    // SAFETY: `path` is NUL-terminated, `how` is a valid open_how of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    owned(r as libc::c_int)
+}
+
+const RESOLVE: u64 = libc::RESOLVE_BENEATH
+    | libc::RESOLVE_NO_MAGICLINKS
+    | libc::RESOLVE_NO_SYMLINKS
+    | libc::RESOLVE_NO_XDEV;
+const READ_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+
+fn map_open_err(e: io::Error) -> ResolveError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => ResolveError::NotFound,
+        Some(libc::ELOOP) => ResolveError::Symlink,
+        Some(libc::EXDEV) => ResolveError::Escape,
+        Some(libc::ENAMETOOLONG) => ResolveError::BadPath("too long"),
+        Some(libc::ENXIO) | Some(libc::ENODEV) => ResolveError::NotRegular,
+        _ => ResolveError::Io(e),
+    }
+}
+
+impl Namespace {
+    /// Opens the namespace root.
+    pub fn open(cfg: NamespaceConfig) -> Result<Self, NamespaceError> {
+        Self::open_with(cfg, ResolveMode::Openat2)
+    }
+
+    /// Opens the namespace root with a chosen resolve mode (tests use both).
+    pub fn open_with(cfg: NamespaceConfig, mode: ResolveMode) -> Result<Self, NamespaceError> {
+        if !valid_name(&cfg.name) {
+            return Err(NamespaceError::BadName(cfg.name));
+        }
+        let root_err = |source| NamespaceError::Root {
+            name: cfg.name.clone(),
+            dir: cfg.dir.clone(),
+            source,
+        };
+        let dir = CString::new(cfg.dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| root_err(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        // SAFETY: `dir` is NUL-terminated.
+        let root = owned(unsafe {
+            libc::open(
+                dir.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })
+        .map_err(root_err)?;
+        let st = fstat(root.as_raw_fd()).map_err(root_err)?;
+        Ok(Namespace {
+            cfg,
+            root,
+            root_dev: st.st_dev,
+            mode,
+            no_openat2: AtomicBool::new(false),
+        })
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &NamespaceConfig {
+        &self.cfg
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// Its id.
+    pub fn id(&self) -> u32 {
+        self.cfg.id
+    }
+
+    /// Its host directory.
+    pub fn dir(&self) -> &Path {
+        &self.cfg.dir
+    }
+
+    /// Whether VMs of trust domain `domain` may use it.
+    pub fn allows(&self, domain: &str) -> bool {
+        self.cfg.domains.iter().any(|d| d == "*" || d == domain)
+    }
+
+    /// Opens the regular file at `rel` strictly beneath the root.
+    pub fn resolve(&self, rel: &[u8]) -> Result<ResolvedFile, ResolveError> {
+        check_rel_path(rel)?;
+        let c = CString::new(rel).map_err(|_| ResolveError::BadPath("NUL byte"))?;
+        if self.mode == ResolveMode::Openat2 && !self.no_openat2.load(Ordering::Relaxed) {
+            match self.resolve_openat2(&c) {
+                Err(ResolveError::Io(e)) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    self.no_openat2.store(true, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        self.resolve_walk(rel)
+    }
+
+    fn finish(
+        &self,
+        probe: OwnedFd,
+        open: impl FnOnce() -> io::Result<OwnedFd>,
+    ) -> Result<ResolvedFile, ResolveError> {
+        let st = fstat(probe.as_raw_fd()).map_err(ResolveError::Io)?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {}
+            libc::S_IFLNK => return Err(ResolveError::Symlink),
+            _ => return Err(ResolveError::NotRegular),
+        }
+        if st.st_dev != self.root_dev {
+            return Err(ResolveError::Escape);
+        }
+        let fd = open().map_err(map_open_err)?;
+        let st2 = fstat(fd.as_raw_fd()).map_err(ResolveError::Io)?;
+        if st2.st_mode & libc::S_IFMT != libc::S_IFREG
+            || st2.st_dev != st.st_dev
+            || st2.st_ino != st.st_ino
+        {
+            // Replaced between the check and the open: the tree is not immutable.
+            return Err(ResolveError::NotRegular);
+        }
+        Ok(ResolvedFile {
+            file: File::from(fd),
+            identity: HostIdentity::from_stat(&st2),
+        })
+    }
+
+    fn resolve_openat2(&self, c: &CString) -> Result<ResolvedFile, ResolveError> {
+        let root = self.root.as_raw_fd();
+        let probe =
+            openat2(root, c, libc::O_PATH | libc::O_NOFOLLOW, RESOLVE).map_err(map_open_err)?;
+        self.finish(probe, || openat2(root, c, READ_FLAGS, RESOLVE))
+    }
+
+    fn resolve_walk(&self, rel: &[u8]) -> Result<ResolvedFile, ResolveError> {
+        let mut parts = rel.split(|&b| b == b'/').peekable();
+        // SAFETY: duplicating our own open root descriptor.
+        let mut dir =
+            owned(unsafe { libc::fcntl(self.root.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })
+                .map_err(ResolveError::Io)?;
+        while let Some(part) = parts.next() {
+            let name = CString::new(part).map_err(|_| ResolveError::BadPath("NUL byte"))?;
+            let probe = openat(dir.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW)
+                .map_err(map_open_err)?;
+            if parts.peek().is_none() {
+                let parent = dir.as_raw_fd();
+                return self.finish(probe, || openat(parent, &name, READ_FLAGS));
+            }
+            let st = fstat(probe.as_raw_fd()).map_err(ResolveError::Io)?;
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => {}
+                libc::S_IFLNK => return Err(ResolveError::Symlink),
+                _ => return Err(ResolveError::NotFound),
+            }
+            if st.st_dev != self.root_dev {
+                return Err(ResolveError::Escape);
+            }
+            dir = probe;
+        }
+        Err(ResolveError::BadPath("empty"))
+    }
+
+    /// Lists the regular files beneath `start` (a relative directory or file;
+    /// empty for the root), as namespace-relative paths, sorted. Symlinks and
+    /// mount points are not followed. Each file must still be opened through
+    /// [`resolve`](Self::resolve).
+    pub fn list_files(&self, start: &[u8]) -> Result<Vec<Vec<u8>>, ResolveError> {
+        let mut out = Vec::new();
+        let base = if start.is_empty() {
+            self.cfg.dir.clone()
+        } else {
+            check_rel_path(start)?;
+            use std::os::unix::ffi::OsStrExt;
+            self.cfg.dir.join(std::ffi::OsStr::from_bytes(start))
+        };
+        let meta = std::fs::symlink_metadata(&base).map_err(map_open_err)?;
+        if meta.file_type().is_file() {
+            out.push(start.to_vec());
+            return Ok(out);
+        }
+        if !meta.is_dir() {
+            return Err(ResolveError::NotRegular);
+        }
+        let mut stack = vec![(base, start.to_vec())];
+        while let Some((dir, rel)) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let Ok(ft) = e.file_type() else { continue };
+                let name = e.file_name();
+                let mut r = rel.clone();
+                if !r.is_empty() {
+                    r.push(b'/');
+                }
+                r.extend_from_slice(name.as_encoded_bytes());
+                if ft.is_file() {
+                    out.push(r);
+                } else if ft.is_dir() {
+                    use std::os::unix::fs::MetadataExt;
+                    if e.metadata().is_ok_and(|m| m.dev() == self.root_dev) {
+                        stack.push((e.path(), r));
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structural_checks() {
+        for bad in [
+            &b""[..],
+            b"/etc/passwd",
+            b"..",
+            b"a/../b",
+            b"a/..",
+            b"./a",
+            b"a/./b",
+            b"a//b",
+            b"a/",
+            b"a\0b",
+            &[b'a'; 256][..],
+        ] {
+            assert!(
+                check_rel_path(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(check_rel_path(&vec![b'a'; MAX_REL_PATH + 1]).is_err());
+        for good in [
+            &b"a"[..],
+            b"usr/lib/libc.so.6",
+            b"...",
+            b"a..b",
+            b".hidden/x",
+        ] {
+            assert!(check_rel_path(good).is_ok());
+        }
+    }
+
+    #[test]
+    fn identity_granularity() {
+        let h = HostIdentity {
+            dev: 1,
+            ino: 2,
+            size: 10,
+            mtime_ns: 1_500_000_123,
+        };
+        assert!(h.matches(
+            &GuestIdentity {
+                size: 10,
+                mtime_ns: 1_500_000_123
+            },
+            1
+        ));
+        assert!(!h.matches(
+            &GuestIdentity {
+                size: 10,
+                mtime_ns: 1_500_000_124
+            },
+            1
+        ));
+        assert!(h.matches(
+            &GuestIdentity {
+                size: 10,
+                mtime_ns: 1_000_000_000
+            },
+            1_000_000_000
+        ));
+        assert!(!h.matches(
+            &GuestIdentity {
+                size: 11,
+                mtime_ns: 1_500_000_123
+            },
+            1
+        ));
+        assert!(h.matches(
+            &GuestIdentity {
+                size: 10,
+                mtime_ns: 1_500_000_123
+            },
+            0
+        ));
+    }
+}

@@ -1,0 +1,465 @@
+//! The pool region on the host: one memory file, mapped read-write by the
+//! agent only, attached read-only to every guest.
+//!
+//! Layout and field writers: [`vmdedup_protocol::pool`]. This module only owns
+//! the mapping and writes into it; what goes where is the page store's choice.
+//!
+//! A pool file is never rewritten in place: [`PoolMemory::create_file`] unlinks
+//! an existing file first, so a VM that still maps the old one keeps its bytes
+//! (and sees, by the generation, that answers from the new agent are not for
+//! its pool).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vmdedup_protocol::pool::{
+    header_off, PoolError, PoolGeometry, TableHeader, FRAME_SIZE, POOL_HEADER_SIZE, TABLE_ALIGN,
+    TABLE_HEADER_SIZE, TABLE_MAGIC,
+};
+
+/// Errors creating a pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolMemoryError {
+    /// Creating, sizing or mapping the memory file failed.
+    #[error("pool {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The geometry is impossible.
+    #[error("pool geometry: {0:?}")]
+    Geometry(PoolError),
+    /// The size is not usable.
+    #[error("pool size {0} must be a power of two of at least 64 KiB (ivshmem BARs are)")]
+    BadSize(u64),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PoolMemoryError {
+    let what = what.into();
+    move |source| PoolMemoryError::Io { what, source }
+}
+
+/// Where the pool lives.
+#[derive(Clone, Debug)]
+pub enum PoolBacking {
+    /// A file (normally under `/dev/shm`, or on hugetlbfs). An existing file
+    /// is unlinked first, never truncated.
+    File {
+        /// The file path QEMU's `memory-backend-file` will name.
+        path: PathBuf,
+        /// Permission bits of the new file (e.g. `0o640`).
+        mode: u32,
+    },
+    /// An anonymous memfd (tests, or QEMU started with an inherited fd).
+    Memfd,
+}
+
+/// How to build a pool.
+#[derive(Clone, Debug)]
+pub struct PoolSpec {
+    /// Where it lives.
+    pub backing: PoolBacking,
+    /// Region size in bytes: a power of two.
+    pub size: u64,
+    /// Bytes reserved for frame tables (rounded up to pages); 0 picks 1/32 of
+    /// the region.
+    pub table_area: u64,
+    /// Pool generation; must differ from every earlier pool's.
+    pub generation: u64,
+}
+
+/// The mapped pool.
+///
+/// # Invariants
+/// `ptr..ptr+len` is a live `MAP_SHARED` read-write mapping of `file` for the
+/// lifetime of the value, `len == geometry.region_size`, and only this value
+/// writes to it (guests map it read-only, no other host process writes it).
+pub struct PoolMemory {
+    ptr: NonNull<u8>,
+    len: usize,
+    geometry: PoolGeometry,
+    file: File,
+    path: Option<PathBuf>,
+    punch_holes: bool,
+}
+
+// SAFETY: the mapping is owned by the value and only written through `&mut
+// self`; sharing `&PoolMemory` across threads only allows reads.
+unsafe impl Send for PoolMemory {}
+// SAFETY: see `Send`: every method that writes takes `&mut self`.
+unsafe impl Sync for PoolMemory {}
+
+impl std::fmt::Debug for PoolMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolMemory")
+            .field("geometry", &self.geometry)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+impl PoolMemory {
+    /// Creates the memory file, maps it and writes the pool header.
+    pub fn create(spec: &PoolSpec) -> Result<Self, PoolMemoryError> {
+        if spec.size < 64 * 1024 || !spec.size.is_power_of_two() || spec.size > isize::MAX as u64 {
+            return Err(PoolMemoryError::BadSize(spec.size));
+        }
+        let table_area = if spec.table_area == 0 {
+            (spec.size / 32).max(FRAME_SIZE)
+        } else {
+            spec.table_area
+        };
+        let geometry = PoolGeometry::plan(spec.size, table_area, spec.generation)
+            .map_err(PoolMemoryError::Geometry)?;
+        let (file, path) = match &spec.backing {
+            PoolBacking::File { path, mode } => {
+                (Self::create_file(path, *mode)?, Some(path.clone()))
+            }
+            PoolBacking::Memfd => (Self::create_memfd()?, None),
+        };
+        file.set_len(spec.size).map_err(io_err("set size"))?;
+        let punch_holes = !is_hugetlbfs(&file);
+        // SAFETY: a fresh shared mapping of a file we own, of exactly its size;
+        // nothing else in this process refers to that address range.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                spec.size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io_err("mmap")(io::Error::last_os_error()));
+        }
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io_err("mmap")(io::Error::other("null mapping")))?;
+        // INVARIANT: mapped above with len == region_size, owned by this value.
+        let mut pool = PoolMemory {
+            ptr,
+            len: spec.size as usize,
+            geometry,
+            file,
+            path,
+            punch_holes,
+        };
+        let header = geometry.header().to_le_bytes();
+        pool.write(0, &header);
+        Ok(pool)
+    }
+
+    fn create_file(path: &Path, mode: u32) -> Result<File, PoolMemoryError> {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("unlink old {}", path.display()))(e)),
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io_err(format!("create {}", path.display())))?;
+        // The umask may have cut the mode; the caller asked for exactly this.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
+        Ok(f)
+    }
+
+    fn create_memfd() -> Result<File, PoolMemoryError> {
+        let name =
+            CString::new("vmdedup-pool").map_err(|e| io_err("memfd")(io::Error::other(e)))?;
+        // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io_err("memfd_create")(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    /// The geometry written in the header.
+    pub fn geometry(&self) -> &PoolGeometry {
+        &self.geometry
+    }
+
+    /// The pool file's path, if it has one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The memory file (e.g. to hand a memfd to QEMU).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The whole region, read-only (for tests and fake guests).
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: by the invariant the mapping is live for `self`'s lifetime
+        // and only written through `&mut self`, which this borrow excludes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let end = offset.checked_add(data.len() as u64);
+        assert!(
+            end.is_some_and(|e| e <= self.len as u64),
+            "pool write out of range"
+        );
+        // SAFETY: the range was checked to lie in the mapping; `&mut self`
+        // excludes any other reference into it on the host side.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.ptr.as_ptr().add(offset as usize),
+                data.len(),
+            )
+        }
+    }
+
+    fn store_u64(&self, offset: u64, value: u64, order: Ordering) {
+        assert!(
+            offset.is_multiple_of(8) && offset + 8 <= self.len as u64,
+            "pool atomic store out of range"
+        );
+        // SAFETY: the address is in the mapping and 8-aligned (the mapping is
+        // page-aligned); the location is only accessed atomically or by
+        // guests' reads, and lives as long as `self`.
+        let a =
+            unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset as usize).cast::<u64>()) };
+        a.store(value, order);
+    }
+
+    /// The bytes of frame `frame`. Panics on a frame number the store never
+    /// allocated (a bug, not guest input).
+    pub fn frame(&self, frame: u32) -> &[u8] {
+        let off = self
+            .geometry
+            .frame_offset(frame)
+            .expect("frame number from the store") as usize;
+        &self.bytes()[off..off + FRAME_SIZE as usize]
+    }
+
+    /// Writes a whole frame; a short `data` is padded with zeros.
+    pub fn write_frame(&mut self, frame: u32, data: &[u8]) {
+        let off = self
+            .geometry
+            .frame_offset(frame)
+            .expect("frame number from the store");
+        let n = data.len().min(FRAME_SIZE as usize);
+        self.write(off, &data[..n]);
+        if n < FRAME_SIZE as usize {
+            self.write(off + n as u64, &[0u8; FRAME_SIZE as usize][n..]);
+        }
+    }
+
+    /// Returns the memory of a frame that is free again to the OS (a no-op on
+    /// hugetlbfs, whose pages are bigger than a frame).
+    pub fn discard_frame(&mut self, frame: u32) {
+        if !self.punch_holes {
+            return;
+        }
+        let Ok(off) = self.geometry.frame_offset(frame) else {
+            return;
+        };
+        // SAFETY: punching a hole in our own file over a frame no table
+        // references; the mapping stays valid and reads back zeros.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off as libc::off_t,
+                FRAME_SIZE as libc::off_t,
+            )
+        };
+        if r != 0 {
+            // Not fatal: the frame keeps its memory until it is reused.
+            self.punch_holes = false;
+        }
+    }
+
+    /// Writes a complete frame table at `offset` and publishes it: header with
+    /// magic 0 and frame numbers first, then the magic with release ordering.
+    pub fn publish_table(&mut self, offset: u64, mut header: TableHeader, frames: &[u32]) {
+        assert!(
+            offset.is_multiple_of(TABLE_ALIGN),
+            "table offset misaligned"
+        );
+        let mut sum = header.checksum_start();
+        let mut bytes = Vec::with_capacity(frames.len() * 4);
+        for f in frames {
+            sum.update_u32(*f);
+            bytes.extend_from_slice(&f.to_le_bytes());
+        }
+        header.checksum = sum.finish();
+        header.magic = 0;
+        self.write(offset, &header.to_le_bytes());
+        self.write(offset + TABLE_HEADER_SIZE as u64, &bytes);
+        self.store_u64(offset, TABLE_MAGIC, Ordering::Release);
+    }
+
+    /// Marks the table at `offset` dead (magic 0) and bumps the revocation epoch.
+    pub fn revoke_table(&mut self, offset: u64) {
+        self.store_u64(offset, 0, Ordering::Release);
+        let epoch = self
+            .read_u64(header_off::REVOCATION_EPOCH as u64)
+            .wrapping_add(1);
+        self.store_u64(
+            header_off::REVOCATION_EPOCH as u64,
+            epoch,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Publishes the informational `frames_used` counter.
+    pub fn set_frames_used(&mut self, n: u64) {
+        self.store_u64(header_off::FRAMES_USED as u64, n, Ordering::Relaxed);
+    }
+
+    fn read_u64(&self, offset: u64) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&self.bytes()[offset as usize..offset as usize + 8]);
+        u64::from_le_bytes(a)
+    }
+
+    /// The header bytes as a guest would copy them.
+    pub fn header_bytes(&self) -> [u8; POOL_HEADER_SIZE] {
+        let mut b = [0u8; POOL_HEADER_SIZE];
+        b.copy_from_slice(&self.bytes()[..POOL_HEADER_SIZE]);
+        b
+    }
+}
+
+impl Drop for PoolMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping this value owns; no reference into it
+        // can outlive `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+fn is_hugetlbfs(f: &File) -> bool {
+    // SAFETY: an all-zero statfs is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and a valid out-pointer.
+    let r = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) };
+    r == 0 && st.f_type as i64 == HUGETLBFS_MAGIC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmdedup_protocol::pool::{verify_table, TableRef};
+
+    #[test]
+    fn header_and_tables_read_back_as_a_guest_checks_them() {
+        let mut p = PoolMemory::create(&PoolSpec {
+            backing: PoolBacking::Memfd,
+            size: 1 << 20,
+            table_area: 8192,
+            generation: 9,
+        })
+        .unwrap();
+        let g = PoolGeometry::from_header_bytes(&p.header_bytes(), 1 << 20).unwrap();
+        assert_eq!(&g, p.geometry());
+        p.write_frame(3, b"hello");
+        assert_eq!(&p.frame(3)[..5], b"hello");
+        assert!(p.frame(3)[5..].iter().all(|&b| b == 0));
+        let off = g.table_area_offset + 64;
+        let h = TableHeader {
+            magic: 0,
+            file_map_id: 5,
+            file_size: 5,
+            page_count: 1,
+            flags: 0,
+            pool_generation: 9,
+            checksum: 0,
+            reserved: [0; 2],
+        };
+        p.publish_table(off, h, &[3]);
+        let r = TableRef {
+            offset: off,
+            page_count: 1,
+            file_map_id: 5,
+            file_size: 5,
+            map_generation: 9,
+        };
+        let b = p.bytes();
+        let hb: [u8; 64] = b[off as usize..off as usize + 64].try_into().unwrap();
+        assert_eq!(
+            verify_table(&g, &r, &hb, &b[off as usize + 64..off as usize + 68]),
+            Ok(())
+        );
+        p.revoke_table(off);
+        let hb: [u8; 64] = p.bytes()[off as usize..off as usize + 64]
+            .try_into()
+            .unwrap();
+        assert_eq!(
+            verify_table(
+                &g,
+                &r,
+                &hb,
+                &p.bytes()[off as usize + 64..off as usize + 68]
+            ),
+            Err(PoolError::TableNotLive)
+        );
+        p.discard_frame(3);
+        assert!(p.frame(3).iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn file_pool_replaces_never_truncates() {
+        let dir = std::env::temp_dir().join(format!("vmdedup-pool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pool");
+        let spec = PoolSpec {
+            backing: PoolBacking::File {
+                path: path.clone(),
+                mode: 0o640,
+            },
+            size: 1 << 16,
+            table_area: 0,
+            generation: 1,
+        };
+        let old = PoolMemory::create(&spec).unwrap();
+        let new = PoolMemory::create(&PoolSpec {
+            generation: 2,
+            ..spec
+        })
+        .unwrap();
+        // the old mapping still shows the old generation: its file was unlinked, not rewritten
+        assert_eq!(
+            PoolGeometry::from_header_bytes(&old.header_bytes(), 1 << 16)
+                .unwrap()
+                .generation,
+            1
+        );
+        assert_eq!(
+            PoolGeometry::from_header_bytes(&new.header_bytes(), 1 << 16)
+                .unwrap()
+                .generation,
+            2
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

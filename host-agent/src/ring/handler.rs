@@ -1,0 +1,72 @@
+//! What a poller does with a hint: the [`Handler`] trait.
+
+use vmdedup_protocol::abi::AnswerStatus;
+
+/// Identifies a ring (a VM) to the handler, e.g. for namespace permissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RingId(pub u32);
+
+/// A validated hint, copied out of the ring. The path has passed
+/// [`check_path`](vmdedup_protocol::abi::check_path); it is still untrusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hint<'a> {
+    /// Guest-chosen id (echoed by the poller, not by the handler).
+    pub request_id: u64,
+    /// The namespace the path is relative to.
+    pub namespace_id: u32,
+    /// The namespace-relative path.
+    pub path: &'a [u8],
+    /// Guest copy: size in bytes.
+    pub file_size: u64,
+    /// Guest copy: mtime in ns.
+    pub mtime_ns: i64,
+    /// Guest copy: ctime in ns (0 if unknown).
+    pub ctime_ns: i64,
+    /// Guest copy: inode number (0 if unknown).
+    pub inode: u64,
+    /// First page wanted.
+    pub first_page: u64,
+    /// Pages wanted (0: to the end).
+    pub page_count: u32,
+}
+
+/// Where a file served from the pool is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileMapRef {
+    /// Byte offset of the file's frame table in the pool region.
+    pub table_offset: u64,
+    /// Pages in the frame table.
+    pub page_count: u32,
+    /// Host id of the file map.
+    pub file_map_id: u64,
+    /// Generation of the file map.
+    pub map_generation: u64,
+    /// File size served.
+    pub file_size: u64,
+}
+
+/// A handler's answer to a hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Served from the pool.
+    Hit(FileMapRef),
+    /// Not served, with the reason. `Miss(AnswerStatus::Hit)` is turned into
+    /// [`AnswerStatus::HostError`].
+    Miss(AnswerStatus),
+}
+
+/// Turns hints into answers. Called on the poller threads, so it must be quick
+/// (issue 4's resolver plugs in here); it must not panic on any hint.
+pub trait Handler: Send + Sync {
+    /// Answers one hint from ring `ring`.
+    fn handle(&self, ring: RingId, hint: &Hint<'_>) -> Answer;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(RingId, &Hint<'_>) -> Answer + Send + Sync,
+{
+    fn handle(&self, ring: RingId, hint: &Hint<'_>) -> Answer {
+        self(ring, hint)
+    }
+}

@@ -1,0 +1,485 @@
+//! The host end of one ring region: consumer of the submission ring, producer
+//! of the completion and event rings.
+
+use std::collections::VecDeque;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmdedup_protocol::abi::{
+    check_path, prefix_off, ring_off, AnswerStatus, CompletionEntry, EventEntry, RingLayout,
+    RingSizes, SubmissionEntry, CQE_SIZE, EQE_SIZE, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP,
+    MAX_PATH_LEN, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
+};
+use vmdedup_protocol::spsc::{self, Consumer, Producer};
+
+use super::eventfd::EventFd;
+use super::handler::{Answer, Handler, Hint, RingId};
+use super::mapping::SharedMapping;
+use super::stats::RingStats;
+use super::RingError;
+
+/// Most events queued on the host while the event ring is full; beyond that
+/// events are dropped and the guest is told ([`HOST_FLAG_EVENTS_LOST`]).
+pub const MAX_PENDING_EVENTS: usize = 4096;
+
+/// Writes a complete ring header (prefix, layout with default sizes, zeroed
+/// indices) into an existing region file, e.g. for `vmdedup region init
+/// --kind ring`. Returns the layout written.
+pub fn init_ring_file(path: &std::path::Path, generation: u64) -> Result<RingLayout, RingError> {
+    let ring = HostRing::create(
+        SharedMapping::open(path)?,
+        RingConfig::new(RingId(0), generation),
+    )?;
+    Ok(*ring.layout())
+}
+
+/// How to lay out and initialise a ring region.
+#[derive(Clone, Copy, Debug)]
+pub struct RingConfig {
+    /// The ring's identity, passed to the handler.
+    pub id: RingId,
+    /// Capacities; `None` picks [`RingSizes::for_region`].
+    pub sizes: Option<RingSizes>,
+    /// Region generation written to the prefix (must change on every re-init).
+    pub generation: u64,
+    /// Start value of every index (0 normally; tests start near `u32::MAX`).
+    pub initial_index: u32,
+}
+
+impl RingConfig {
+    /// Default sizes, indices starting at 0.
+    pub fn new(id: RingId, generation: u64) -> RingConfig {
+        RingConfig {
+            id,
+            sizes: None,
+            generation,
+            initial_index: 0,
+        }
+    }
+}
+
+/// State shared between a ring's poller and the rest of the host: counters,
+/// the doorbell and the queue of events to send.
+#[derive(Debug)]
+pub struct RingShared {
+    /// Counters.
+    pub stats: RingStats,
+    /// The doorbell the guest rings when it sees NEED_WAKEUP.
+    pub doorbell: EventFd,
+    events: Mutex<VecDeque<EventEntry>>,
+    events_pending: AtomicBool,
+    events_lost: AtomicBool,
+    closed: AtomicBool,
+    /// Poller wake-up, set when the ring is added to a poller.
+    waker: Mutex<Option<Arc<EventFd>>>,
+    /// Identifies the ring inside its poller (epoll token).
+    pub(crate) key: AtomicU64,
+}
+
+impl RingShared {
+    /// Queues an event for the guest. The poller writes it to the event ring
+    /// at its next round. Returns `false` (and makes the guest revoke
+    /// everything) if too many events are already waiting.
+    pub fn post_event(&self, ev: EventEntry) -> bool {
+        let ok = {
+            let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= MAX_PENDING_EVENTS {
+                self.events_lost.store(true, Ordering::Relaxed);
+                self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            } else {
+                q.push_back(ev);
+                true
+            }
+        };
+        self.events_pending.store(true, Ordering::Release);
+        self.wake_poller();
+        ok
+    }
+
+    /// Asks the poller to drop the ring (and unmap it) at its next round.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake_poller();
+    }
+
+    /// Whether [`RingShared::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn wake_poller(&self) {
+        if let Some(w) = self
+            .waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            w.notify();
+        }
+    }
+
+    pub(crate) fn set_waker(&self, w: Arc<EventFd>) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+    }
+}
+
+/// The atomic words of the header the host uses.
+///
+/// # Invariants
+/// Every pointer points into the mapping owned by the same [`HostRing`], in
+/// bounds and 4-aligned (made from [`SharedMapping::word`]).
+#[derive(Clone, Copy, Debug)]
+struct Words {
+    sq_head: NonNull<AtomicU32>,
+    sq_tail: NonNull<AtomicU32>,
+    cq_head: NonNull<AtomicU32>,
+    cq_tail: NonNull<AtomicU32>,
+    eq_head: NonNull<AtomicU32>,
+    eq_tail: NonNull<AtomicU32>,
+    host_flags: NonNull<AtomicU32>,
+}
+
+/// The host end of one ring region.
+///
+/// It keeps its own copy of the layout it wrote and never reads offsets or
+/// sizes back from the region. It is driven by one thread at a time (a
+/// poller, or a test).
+#[derive(Debug)]
+pub struct HostRing {
+    id: RingId,
+    map: Arc<SharedMapping>,
+    layout: RingLayout,
+    words: Words,
+    sq: Consumer,
+    cq: Producer,
+    eq: Producer,
+    corrupt: bool,
+    path_buf: Box<[u8]>,
+    shared: Arc<RingShared>,
+}
+
+// SAFETY: the raw pointers in `words` point into `map`, which is Send + Sync
+// and owned (via Arc) by the ring itself; nothing in HostRing is tied to a thread.
+unsafe impl Send for HostRing {}
+
+macro_rules! word {
+    ($self:ident . $w:ident) => {
+        // SAFETY: by the `Words` invariant the pointer is valid and aligned
+        // while `self.map` lives, which it does for as long as `self`.
+        unsafe { $self.words.$w.as_ref() }
+    };
+}
+
+impl HostRing {
+    /// Lays out and initialises a ring region in `map` (everything the guest
+    /// can see: prefix, layout, indices, flags), then returns its host end.
+    pub fn create(map: SharedMapping, cfg: RingConfig) -> Result<HostRing, RingError> {
+        let region_size = map.len() as u64;
+        let sizes = match cfg.sizes {
+            Some(s) => s,
+            None => RingSizes::for_region(region_size).ok_or(RingError::BadSize(region_size))?,
+        };
+        let layout = RingLayout::compute(region_size, &sizes).map_err(RingError::Layout)?;
+        let map = Arc::new(map);
+        // Magic last: a reader that sees the magic sees a complete header.
+        if !map.zero(0, RING_HEADER_SIZE as usize)
+            || !map.write_bytes(32, &layout.to_le_bytes())
+            || !map.write_bytes(prefix_off::VERSION, &RING_VERSION.to_le_bytes())
+            || !map.write_bytes(prefix_off::HEADER_SIZE, &RING_HEADER_SIZE.to_le_bytes())
+            || !map.write_bytes(prefix_off::REGION_SIZE, &region_size.to_le_bytes())
+            || !map.write_bytes(prefix_off::GENERATION, &cfg.generation.to_le_bytes())
+        {
+            return Err(RingError::BadSize(region_size));
+        }
+        let words = Words {
+            sq_head: Self::word_ptr(&map, ring_off::SQ_HEAD)?,
+            sq_tail: Self::word_ptr(&map, ring_off::SQ_TAIL)?,
+            cq_head: Self::word_ptr(&map, ring_off::CQ_HEAD)?,
+            cq_tail: Self::word_ptr(&map, ring_off::CQ_TAIL)?,
+            eq_head: Self::word_ptr(&map, ring_off::EQ_HEAD)?,
+            eq_tail: Self::word_ptr(&map, ring_off::EQ_TAIL)?,
+            host_flags: Self::word_ptr(&map, ring_off::HOST_FLAGS)?,
+        };
+        for off in [
+            ring_off::SQ_HEAD,
+            ring_off::SQ_TAIL,
+            ring_off::CQ_HEAD,
+            ring_off::CQ_TAIL,
+            ring_off::EQ_HEAD,
+            ring_off::EQ_TAIL,
+        ] {
+            if let Some(w) = map.word(off) {
+                w.store(cfg.initial_index, Ordering::Relaxed);
+            }
+        }
+        std::sync::atomic::fence(Ordering::Release);
+        map.write_bytes(prefix_off::MAGIC, &RING_MAGIC.to_le_bytes());
+        let i = cfg.initial_index;
+        let bad = || RingError::Layout(vmdedup_protocol::abi::LayoutError::BadEntries(0));
+        Ok(HostRing {
+            id: cfg.id,
+            layout,
+            words,
+            sq: Consumer::new(layout.sq.entries, i).ok_or_else(bad)?,
+            cq: Producer::new(layout.cq.entries, i, i).ok_or_else(bad)?,
+            eq: Producer::new(layout.eq.entries, i, i).ok_or_else(bad)?,
+            corrupt: false,
+            path_buf: vec![0u8; MAX_PATH_LEN as usize].into_boxed_slice(),
+            shared: Arc::new(RingShared {
+                stats: RingStats::default(),
+                doorbell: EventFd::new()?,
+                events: Mutex::new(VecDeque::new()),
+                events_pending: AtomicBool::new(false),
+                events_lost: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                waker: Mutex::new(None),
+                key: AtomicU64::new(0),
+            }),
+            map,
+        })
+    }
+
+    fn word_ptr(map: &SharedMapping, off: usize) -> Result<NonNull<AtomicU32>, RingError> {
+        map.word(off)
+            .map(NonNull::from)
+            .ok_or(RingError::BadSize(map.len() as u64))
+    }
+
+    /// The ring's identity.
+    pub fn id(&self) -> RingId {
+        self.id
+    }
+
+    /// The layout the host wrote (its trusted copy).
+    pub fn layout(&self) -> &RingLayout {
+        &self.layout
+    }
+
+    /// The mapping (shared, e.g. with an in-process fake guest in tests).
+    pub fn mapping(&self) -> &Arc<SharedMapping> {
+        &self.map
+    }
+
+    /// Counters, doorbell and event queue, shared with the rest of the host.
+    pub fn shared(&self) -> &Arc<RingShared> {
+        &self.shared
+    }
+
+    /// One poll round: writes pending events, then answers up to `budget`
+    /// hints (fewer if the completion ring lacks room). Returns the number of
+    /// hints answered. Never panics and never loops beyond `budget`, whatever
+    /// the region holds.
+    pub fn poll_round<H: Handler + ?Sized>(&mut self, handler: &H, budget: u32) -> u32 {
+        if self.shared.events_pending.load(Ordering::Acquire) {
+            self.flush_events();
+        }
+        let avail = match self.sq.available(word!(self.sq_tail)) {
+            Ok(n) => n,
+            Err(_) => {
+                self.mark_corrupt();
+                return 0;
+            }
+        };
+        if avail == 0 {
+            self.corrupt = false;
+            return 0;
+        }
+        let want = avail.min(budget);
+        let free = match self.cq.free(word!(self.cq_head), want) {
+            Ok(n) => n,
+            Err(_) => {
+                self.mark_corrupt();
+                return 0;
+            }
+        };
+        self.corrupt = false;
+        let n = want.min(free);
+        if n == 0 {
+            self.shared
+                .stats
+                .completion_full
+                .fetch_add(1, Ordering::Relaxed);
+            return 0;
+        }
+        let (mut hits, mut bad) = (0u64, 0u64);
+        for i in 0..n {
+            let sqe_off = self.layout.sqe_offset(self.sq.slot(i)) as usize;
+            let mut words = [0u64; SQE_INLINE_PATH_OFF as usize / 8];
+            let cqe = if self.map.read_words(sqe_off, &mut words) {
+                let mut bytes = [0u8; SQE_INLINE_PATH_OFF as usize];
+                for (d, w) in bytes.chunks_exact_mut(8).zip(words.iter()) {
+                    d.copy_from_slice(&w.to_le_bytes());
+                }
+                let entry = SubmissionEntry::from_le_bytes(&bytes);
+                self.answer(&entry, sqe_off, handler, &mut bad)
+            } else {
+                // Unreachable with a validated layout; answered anyway.
+                CompletionEntry::miss(0, AnswerStatus::HostError)
+            };
+            if cqe.status == AnswerStatus::Hit as u16 {
+                hits += 1;
+            }
+            let cqe_off = self.layout.cqe_offset(self.cq.slot(i)) as usize;
+            let b = cqe.to_le_bytes();
+            let mut out = [0u64; CQE_SIZE as usize / 8];
+            for (w, s) in out.iter_mut().zip(b.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(s);
+                *w = u64::from_le_bytes(a);
+            }
+            self.map.write_words(cqe_off, &out);
+        }
+        // Answers first, so the guest sees them as early as possible; the
+        // submission slots (and their path slots' contents) were copied out.
+        self.cq.publish(word!(self.cq_tail), n);
+        self.sq.release(word!(self.sq_head), n);
+        let st = &self.shared.stats;
+        st.hints.fetch_add(n as u64, Ordering::Relaxed);
+        if hits > 0 {
+            st.hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        if bad > 0 {
+            st.bad_entries.fetch_add(bad, Ordering::Relaxed);
+        }
+        n
+    }
+
+    fn mark_corrupt(&mut self) {
+        if !self.corrupt {
+            self.corrupt = true;
+            self.shared
+                .stats
+                .corrupt_indices
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn answer<H: Handler + ?Sized>(
+        &mut self,
+        e: &SubmissionEntry,
+        sqe_off: usize,
+        handler: &H,
+        bad: &mut u64,
+    ) -> CompletionEntry {
+        let loc = match e.check(self.layout.slots.count) {
+            Ok(l) => l,
+            Err(err) => {
+                *bad += 1;
+                return CompletionEntry::miss(e.request_id, err.status());
+            }
+        };
+        let src = match loc {
+            vmdedup_protocol::abi::PathLocation::Inline { .. } => {
+                Some((sqe_off + SQE_INLINE_PATH_OFF as usize) as u64)
+            }
+            vmdedup_protocol::abi::PathLocation::Slot { index, .. } => {
+                self.layout.path_slot_offset(index)
+            }
+        };
+        let len = loc.len() as usize;
+        let Some(path) = self.path_buf.get_mut(..len) else {
+            *bad += 1;
+            return CompletionEntry::miss(e.request_id, AnswerStatus::PathTooLong);
+        };
+        let copied = src.is_some_and(|off| self.map.read_bytes(off as usize, path));
+        if !copied || check_path(path).is_err() {
+            *bad += 1;
+            return CompletionEntry::miss(e.request_id, AnswerStatus::BadRequest);
+        }
+        let hint = Hint {
+            request_id: e.request_id,
+            namespace_id: e.namespace_id,
+            path,
+            file_size: e.file_size,
+            mtime_ns: e.mtime_ns,
+            ctime_ns: e.ctime_ns,
+            inode: e.inode,
+            first_page: e.first_page,
+            page_count: e.page_count,
+        };
+        match handler.handle(self.id, &hint) {
+            Answer::Hit(r) => CompletionEntry {
+                request_id: e.request_id,
+                status: AnswerStatus::Hit as u16,
+                flags: 0,
+                page_count: r.page_count,
+                table_offset: r.table_offset,
+                file_map_id: r.file_map_id,
+                map_generation: r.map_generation,
+                file_size: r.file_size,
+                reserved: [0; 2],
+            },
+            Answer::Miss(AnswerStatus::Hit) => {
+                CompletionEntry::miss(e.request_id, AnswerStatus::HostError)
+            }
+            Answer::Miss(s) => CompletionEntry::miss(e.request_id, s),
+        }
+    }
+
+    fn flush_events(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let mut q = shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.events_lost.swap(false, Ordering::Relaxed) {
+            word!(self.host_flags).fetch_or(HOST_FLAG_EVENTS_LOST, Ordering::Release);
+        }
+        let want = q.len().min(self.layout.eq.entries as usize) as u32;
+        let free = match self.eq.free(word!(self.eq_head), want) {
+            Ok(n) => n,
+            Err(_) => {
+                self.mark_corrupt();
+                return;
+            }
+        };
+        let n = free.min(want);
+        for i in 0..n {
+            let Some(ev) = q.pop_front() else { break };
+            let off = self.layout.eqe_offset(self.eq.slot(i)) as usize;
+            self.map.write_bytes(off, &ev.to_le_bytes());
+        }
+        self.eq.publish(word!(self.eq_tail), n);
+        shared
+            .stats
+            .events_sent
+            .fetch_add(n as u64, Ordering::Relaxed);
+        if q.is_empty() {
+            shared.events_pending.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a poll round would do something: hints waiting with room for
+    /// their answers, or events waiting with room in the event ring. Corrupt
+    /// indices count as no work. Used for the re-check before parking.
+    pub fn has_work(&mut self) -> bool {
+        if self.sq.has_work(word!(self.sq_tail))
+            && self.cq.free(word!(self.cq_head), 1).unwrap_or(0) > 0
+        {
+            return true;
+        }
+        self.shared.events_pending.load(Ordering::Acquire)
+            && self.eq.free(word!(self.eq_head), 1).unwrap_or(0) > 0
+    }
+
+    /// Parking step 1 for this ring: set NEED_WAKEUP (see
+    /// [`spsc::announce_park`]); the caller then fences and re-checks.
+    pub fn announce_park(&self) {
+        spsc::announce_park(word!(self.host_flags), HOST_FLAG_NEED_WAKEUP);
+    }
+
+    /// Clears NEED_WAKEUP.
+    pub fn cancel_park(&self) {
+        spsc::cancel_park(word!(self.host_flags), HOST_FLAG_NEED_WAKEUP);
+    }
+
+    /// Drains the doorbell and counts what it held.
+    pub fn drain_doorbell(&self) -> u64 {
+        let n = self.shared.doorbell.drain();
+        if n > 0 {
+            self.shared.stats.doorbells.fetch_add(n, Ordering::Relaxed);
+        }
+        n
+    }
+}
+
+const _: () = assert!(EQE_SIZE.is_multiple_of(8) && CQE_SIZE.is_multiple_of(8));

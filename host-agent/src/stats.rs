@@ -1,0 +1,292 @@
+//! Hint counters and latency histograms, and the `status --json` document.
+//!
+//! Counters are relaxed atomics: pollers bump them per hint without a lock.
+//!
+//! # `status --json` keys (stable)
+//! ```text
+//! pool_generation   u64  generation of the pool file
+//! frames_total      u64  frames in the pool
+//! frames_budget     u64  frames the memory budget allows
+//! frames_used       u64  frames holding data
+//! file_maps         u64  file maps in the pool (loading, live or being revoked)
+//! pages_mapped      u64  sum over VMs of the pages of the file maps they hold
+//! bytes_saved       u64  max(0, pages_mapped - frames_used) * 4096
+//! hints             u64  hints answered
+//! hits              u64  hints answered with a file map
+//! misses            {identity_mismatch, not_found, not_regular, bad_path,
+//!                    no_namespace, loading, pool_full, too_large, cut_off,
+//!                    io_error: u64}
+//! hint_latency_us   {p50, p99: u64}  time the agent took to answer, upper
+//!                                    bucket bounds (buckets grow by 1/4 octave)
+//! vms               [ {name, domain, cut_off: bool, maps_held, revocations_pending,
+//!                      pages_mapped, hints, hits, misses {...}, hint_latency_us {...}} ]
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use vmdedup_protocol::control::{HintCounters, MissCounts, MissReason, StatusReport};
+use vmdedup_protocol::pool::FRAME_SIZE;
+
+const SUB: usize = 4;
+const BUCKETS: usize = 40 * SUB;
+
+/// A latency histogram in microseconds with quarter-octave buckets.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+fn bucket_of(us: u64) -> usize {
+    if us < SUB as u64 {
+        return us as usize;
+    }
+    let octave = 63 - us.leading_zeros() as usize; // >= 2
+    let sub = ((us >> (octave - 2)) & 3) as usize;
+    (octave * SUB + sub).min(BUCKETS - 1)
+}
+
+fn bucket_upper(b: usize) -> u64 {
+    if b < 2 * SUB {
+        // Buckets SUB..2*SUB are never used (octaves start at 2).
+        return b.min(SUB - 1) as u64;
+    }
+    let octave = b / SUB;
+    let sub = (b % SUB) as u64;
+    ((4 + sub + 1) << (octave - 2)) - 1
+}
+
+impl LatencyHistogram {
+    /// Records one sample.
+    pub fn record(&self, us: u64) {
+        self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `pct`-th percentile (0..=100), as a bucket's upper bound; 0 when empty.
+    pub fn percentile(&self, pct: u64) -> u64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = (total * pct.min(100)).div_ceil(100).max(1);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return bucket_upper(i);
+            }
+        }
+        bucket_upper(BUCKETS - 1)
+    }
+}
+
+/// Counters of one VM or of the whole agent.
+#[derive(Debug, Default)]
+pub struct HintStats {
+    hints: AtomicU64,
+    hits: AtomicU64,
+    misses: [AtomicU64; 10],
+    latency: LatencyHistogram,
+}
+
+const REASONS: [MissReason; 10] = [
+    MissReason::IdentityMismatch,
+    MissReason::NotFound,
+    MissReason::NotRegular,
+    MissReason::BadPath,
+    MissReason::NoNamespace,
+    MissReason::Loading,
+    MissReason::PoolFull,
+    MissReason::TooLarge,
+    MissReason::CutOff,
+    MissReason::IoError,
+];
+
+fn reason_index(r: MissReason) -> usize {
+    REASONS
+        .iter()
+        .position(|x| *x == r)
+        .unwrap_or(REASONS.len() - 1)
+}
+
+impl HintStats {
+    /// Records one answered hint: `None` for a hit.
+    pub fn record(&self, miss: Option<MissReason>, latency_us: u64) {
+        self.hints.fetch_add(1, Ordering::Relaxed);
+        match miss {
+            None => self.hits.fetch_add(1, Ordering::Relaxed),
+            Some(r) => self.misses[reason_index(r)].fetch_add(1, Ordering::Relaxed),
+        };
+        self.latency.record(latency_us);
+    }
+
+    /// A plain copy (`pages_mapped` is filled in by the caller).
+    pub fn snapshot(&self) -> HintCounters {
+        let mut misses = MissCounts::default();
+        for (i, r) in REASONS.iter().enumerate() {
+            *misses.get_mut(*r) = self.misses[i].load(Ordering::Relaxed);
+        }
+        HintCounters {
+            hints: self.hints.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses,
+            pages_mapped: 0,
+            hint_latency_us_p50: self.latency.percentile(50),
+            hint_latency_us_p99: self.latency.percentile(99),
+        }
+    }
+}
+
+/// All counters of the agent.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Over all VMs.
+    pub total: HintStats,
+    per_vm: RwLock<BTreeMap<u32, Arc<HintStats>>>,
+}
+
+impl Stats {
+    /// The counters of VM `vm` (created on first use).
+    pub fn vm(&self, vm: u32) -> Arc<HintStats> {
+        if let Some(s) = self
+            .per_vm
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&vm)
+        {
+            return s.clone();
+        }
+        self.per_vm
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(vm)
+            .or_default()
+            .clone()
+    }
+
+    /// Records one answered hint of `vm`.
+    pub fn record(&self, vm: u32, miss: Option<MissReason>, latency_us: u64) {
+        self.total.record(miss, latency_us);
+        self.vm(vm).record(miss, latency_us);
+    }
+}
+
+/// `max(0, pages_mapped - frames_used) * 4096`.
+pub fn bytes_saved(pages_mapped: u64, frames_used: u64) -> u64 {
+    pages_mapped
+        .saturating_sub(frames_used)
+        .saturating_mul(FRAME_SIZE)
+}
+
+fn counters_json(c: &HintCounters) -> serde_json::Map<String, serde_json::Value> {
+    let m = &c.misses;
+    let mut o = serde_json::Map::new();
+    o.insert("pages_mapped".into(), c.pages_mapped.into());
+    o.insert("hints".into(), c.hints.into());
+    o.insert("hits".into(), c.hits.into());
+    o.insert(
+        "misses".into(),
+        serde_json::json!({
+            "identity_mismatch": m.identity_mismatch,
+            "not_found": m.not_found,
+            "not_regular": m.not_regular,
+            "bad_path": m.bad_path,
+            "no_namespace": m.no_namespace,
+            "loading": m.loading,
+            "pool_full": m.pool_full,
+            "too_large": m.too_large,
+            "cut_off": m.cut_off,
+            "io_error": m.io_error,
+        }),
+    );
+    o.insert(
+        "hint_latency_us".into(),
+        serde_json::json!({ "p50": c.hint_latency_us_p50, "p99": c.hint_latency_us_p99 }),
+    );
+    o
+}
+
+/// The documented `status --json` document of a status report.
+pub fn status_json(r: &StatusReport) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    o.insert("pool_generation".into(), r.pool_generation.into());
+    o.insert("frames_total".into(), r.frames_total.into());
+    o.insert("frames_budget".into(), r.frames_budget.into());
+    o.insert("frames_used".into(), r.frames_used.into());
+    o.insert("file_maps".into(), r.file_maps.into());
+    o.insert("bytes_saved".into(), r.bytes_saved.into());
+    o.extend(counters_json(&r.counters));
+    let vms: Vec<serde_json::Value> = r
+        .vms
+        .iter()
+        .map(|v| {
+            let mut m = serde_json::Map::new();
+            m.insert("name".into(), v.name.as_str().into());
+            m.insert("domain".into(), v.domain.as_str().into());
+            m.insert("cut_off".into(), v.cut_off.into());
+            m.insert("maps_held".into(), v.maps_held.into());
+            m.insert("revocations_pending".into(), v.revocations_pending.into());
+            m.extend(counters_json(&v.counters));
+            serde_json::Value::Object(m)
+        })
+        .collect();
+    o.insert("vms".into(), vms.into());
+    serde_json::Value::Object(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_cover_their_samples() {
+        let mut last = 0;
+        for us in 0..100_000u64 {
+            let b = bucket_of(us);
+            assert!(b >= last);
+            last = b;
+            assert!(
+                bucket_upper(b) >= us,
+                "{us} in bucket {b} up to {}",
+                bucket_upper(b)
+            );
+            if b > 0 {
+                assert!(bucket_upper(b - 1) < us);
+            }
+        }
+    }
+
+    #[test]
+    fn percentiles() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.percentile(50), 0);
+        for _ in 0..98 {
+            h.record(10);
+        }
+        h.record(1000);
+        h.record(1000);
+        assert_eq!(h.percentile(50), bucket_upper(bucket_of(10)));
+        assert_eq!(h.percentile(99), bucket_upper(bucket_of(1000)));
+        assert!(bucket_upper(bucket_of(1000)) < 1000 * 5 / 4);
+    }
+
+    #[test]
+    fn bytes_saved_is_never_negative() {
+        assert_eq!(bytes_saved(3, 5), 0);
+        assert_eq!(bytes_saved(5, 3), 2 * 4096);
+    }
+}

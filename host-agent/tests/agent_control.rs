@@ -1,0 +1,312 @@
+//! The control channel over Unix sockets (host-side AF_VSOCK loopback is not
+//! available on the build machine; a guest's per-VM listener is a Unix
+//! socket, as with vhost-user-vsock's `<uds>_<port>`).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vmdedup_host_agent::control::{self, Caller, ControlContext};
+use vmdedup_host_agent::namespace::{Namespace, NamespaceConfig};
+use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
+use vmdedup_host_agent::store::service::{HintService, ServiceConfig};
+use vmdedup_host_agent::store::{PageStore, StoreConfig};
+use vmdedup_protocol::control::*;
+
+struct Agent {
+    dir: PathBuf,
+    host: PathBuf,
+    vm1: PathBuf,
+    _rt: std::thread::JoinHandle<()>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(tag: &str) -> Agent {
+    let dir = std::env::temp_dir().join(format!("vmdedup-ctl-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("a/sub")).unwrap();
+    std::fs::create_dir_all(dir.join("b")).unwrap();
+    std::fs::write(dir.join("a/sub/f"), vec![7u8; 10_000]).unwrap();
+    std::fs::write(dir.join("b/g"), vec![8u8; 5_000]).unwrap();
+    let ns = |name: &str, id, dom: &str| {
+        Namespace::open(NamespaceConfig {
+            name: name.into(),
+            id,
+            dir: dir.join(name),
+            domains: vec![dom.into()],
+            mtime_granularity_ns: 1,
+        })
+        .unwrap()
+    };
+    let pool = PoolMemory::create(&PoolSpec {
+        backing: PoolBacking::Memfd,
+        size: 1 << 20,
+        table_area: 0,
+        generation: 5,
+    })
+    .unwrap();
+    let svc = HintService::new(
+        PageStore::new(pool, StoreConfig::default()),
+        vec![ns("a", 1, "default"), ns("b", 2, "other")],
+        ServiceConfig {
+            workers: 0,
+            ..ServiceConfig::default()
+        },
+    );
+    svc.add_vm(1, "vm1", "default").unwrap();
+    let svc2 = svc.clone();
+    let ctx = Arc::new(ControlContext {
+        service: svc,
+        vm_add: Some(Box::new(move |name: &str, domain: &str| {
+            svc2.add_vm(100, name, domain).map_err(|e| e.to_string())?;
+            Ok(PathBuf::from(format!("/dev/shm/vmdedup-{name}.ring")))
+        })),
+    });
+    let host = dir.join("control.sock");
+    let vm1 = dir.join("vm1.vsock_5555");
+    let (h, v) = (host.clone(), vm1.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rt = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let hl = control::bind(&h, None).unwrap();
+            let vl = control::bind(&v, None).unwrap();
+            tx.send(()).unwrap();
+            tokio::join!(
+                control::serve(hl, ctx.clone(), Caller::Host, None),
+                control::serve(vl, ctx, Caller::Vm(1), None)
+            );
+        });
+    });
+    rx.recv().unwrap();
+    Agent {
+        dir,
+        host,
+        vm1,
+        _rt: rt,
+    }
+}
+
+fn raw(path: &PathBuf, bytes: &[u8]) -> (Option<Response>, bool) {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    s.write_all(bytes).unwrap();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let resp = Response::decode(&out).ok();
+    (resp, true)
+}
+
+fn name(s: &str) -> Name {
+    bounded_str(s)
+}
+
+#[test]
+fn agent_control_host_and_vm_views() {
+    let a = start("views");
+    let st = match control::request(&a.host, &Request::Status).unwrap() {
+        Response::Status(s) => s,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(st.pool_generation, 5);
+    // warm over the host socket, then list
+    let w = control::request(
+        &a.host,
+        &Request::Warm {
+            ns: name("a"),
+            path: bounded_str(""),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        w,
+        Response::Warmed {
+            files: 1,
+            pages: 3,
+            skipped: 0
+        }
+    );
+    match control::request(
+        &a.host,
+        &Request::Files {
+            ns: name(""),
+            offset: 0,
+            limit: 100,
+        },
+    )
+    .unwrap()
+    {
+        Response::Files { total, files } => {
+            assert_eq!(total, 1);
+            assert_eq!(files[0].path.as_str(), "sub/f");
+        }
+        r => panic!("{r:?}"),
+    }
+    // VM add from the host
+    let r = control::request(
+        &a.host,
+        &Request::VmAdd {
+            name: name("vm9"),
+            domain: name(""),
+        },
+    )
+    .unwrap();
+    assert!(matches!(r, Response::VmAdded { .. }), "{r:?}");
+    let r = control::request(
+        &a.host,
+        &Request::VmAdd {
+            name: name("vm9"),
+            domain: name(""),
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::Exists,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // The VM sees itself only, its namespaces only, and may not evict or add VMs.
+    match control::request(&a.vm1, &Request::Vms).unwrap() {
+        Response::Vms(v) => {
+            assert_eq!(v.len(), 1);
+            assert_eq!(v[0].name.as_str(), "vm1");
+        }
+        r => panic!("{r:?}"),
+    }
+    match control::request(&a.vm1, &Request::Namespaces).unwrap() {
+        Response::Namespaces(n) => assert_eq!(
+            n.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        ),
+        r => panic!("{r:?}"),
+    }
+    for denied in [
+        Request::Evict {
+            ns: name(""),
+            path: bounded_str(""),
+        },
+        Request::VmAdd {
+            name: name("evil"),
+            domain: name("other"),
+        },
+    ] {
+        let r = control::request(&a.vm1, &denied).unwrap();
+        assert!(
+            matches!(
+                r,
+                Response::Error {
+                    code: ErrorCode::Denied,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    let r = control::request(
+        &a.vm1,
+        &Request::Warm {
+            ns: name("b"),
+            path: bounded_str(""),
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ),
+        "foreign namespace: {r:?}"
+    );
+    let r = control::request(
+        &a.vm1,
+        &Request::Warm {
+            ns: name("a"),
+            path: bounded_str("../b"),
+        },
+    )
+    .unwrap();
+    assert!(matches!(r, Response::Error { .. }), "escape: {r:?}");
+    // evict from the host
+    let r = control::request(
+        &a.host,
+        &Request::Evict {
+            ns: name("a"),
+            path: bounded_str("sub"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        r,
+        Response::Evicted {
+            dropped: 1,
+            revoking: 0
+        }
+    );
+}
+
+#[test]
+fn agent_control_malformed_frames_are_rejected_and_the_agent_survives() {
+    let a = start("bad");
+    let mut good = vec![0u8; MAX_FRAME_LEN];
+    let n = Request::Status.encode(&mut good).unwrap();
+    good.truncate(n);
+    let mut wrong_version = good.clone();
+    wrong_version[4] = 99;
+    let mut trailing = good.clone();
+    trailing[0] += 1;
+    trailing.push(0);
+    let mut bad_variant = good.clone();
+    bad_variant[6] = 200;
+    let cases: Vec<Vec<u8>> = vec![
+        u32::MAX.to_le_bytes().to_vec(), // oversized length
+        ((MAX_FRAME_LEN as u32) + 1).to_le_bytes().to_vec(), // just over
+        vec![1, 0, 0, 0, 1],             // too short for a version
+        wrong_version,
+        trailing,
+        bad_variant,
+        vec![0xff; 64],
+    ];
+    for c in cases {
+        let (resp, _) = raw(&a.host, &c);
+        assert!(
+            matches!(
+                resp,
+                Some(Response::Error {
+                    code: ErrorCode::BadRequest,
+                    ..
+                })
+            ),
+            "{c:?} -> {resp:?}"
+        );
+    }
+    // A truncated frame (the peer goes away) gets no answer, and the agent lives on.
+    let (resp, _) = raw(&a.host, &good[..n - 1]);
+    assert!(resp.is_none() || matches!(resp, Some(Response::Error { .. })));
+    assert!(matches!(
+        control::request(&a.host, &Request::Status).unwrap(),
+        Response::Status(_)
+    ));
+    assert!(matches!(
+        control::request(&a.vm1, &Request::Status).unwrap(),
+        Response::Status(_)
+    ));
+}

@@ -1,0 +1,547 @@
+//! The hint service end to end with fake guests: real files in temporary
+//! namespaces, answers read back out of the pool the way a guest reads them
+//! (header, table, checksum, bounds), and compared byte for byte with the
+//! host file.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vmdedup_host_agent::namespace::{GuestIdentity, Namespace, NamespaceConfig, ResolveMode};
+use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
+use vmdedup_host_agent::store::service::{
+    EventSink, HintRequest, HintResult, HintService, ServiceConfig,
+};
+use vmdedup_host_agent::store::{PageStore, StoreConfig, TableLocation, VmId};
+use vmdedup_protocol::control::MissReason;
+use vmdedup_protocol::pool::{PoolGeometry, TableHeader, TableRef, TABLE_HEADER_SIZE};
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "vmdedup-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn content(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Events(Mutex<Vec<(char, VmId, u64)>>);
+impl EventSink for Events {
+    fn revoke(&self, vm: VmId, map: &TableLocation) {
+        self.0.lock().unwrap().push(('r', vm, map.file_map_id));
+    }
+    fn cut_off(&self, vm: VmId) {
+        self.0.lock().unwrap().push(('c', vm, 0));
+    }
+}
+
+struct Setup {
+    svc: HintService,
+    dirs: Vec<TempDir>,
+    events: Arc<Events>,
+}
+
+/// Namespace 1 "a" (domain default), namespace 2 "b" (domain other); VMs 1 and 2 in
+/// domain default, VM 3 in domain other.
+fn setup(budget_frames: u64, mode: ResolveMode) -> Setup {
+    let a = TempDir::new("ns-a");
+    let b = TempDir::new("ns-b");
+    let ns = |name: &str, id, dir: &Path, dom: &str| {
+        Namespace::open_with(
+            NamespaceConfig {
+                name: name.into(),
+                id,
+                dir: dir.to_path_buf(),
+                domains: vec![dom.into()],
+                mtime_granularity_ns: 1,
+            },
+            mode,
+        )
+        .unwrap()
+    };
+    let namespaces = vec![ns("a", 1, &a.0, "default"), ns("b", 2, &b.0, "other")];
+    let pool = PoolMemory::create(&PoolSpec {
+        backing: PoolBacking::Memfd,
+        size: 4 << 20,
+        table_area: 64 << 10,
+        generation: 77,
+    })
+    .unwrap();
+    let store = PageStore::new(
+        pool,
+        StoreConfig {
+            budget_frames,
+            ack_timeout_ms: 1_000_000,
+        },
+    );
+    let svc = HintService::new(
+        store,
+        namespaces,
+        ServiceConfig {
+            workers: 0,
+            chunk_pages: 3,
+            retry_after_ms: 0,
+        },
+    );
+    svc.add_vm(1, "vm1", "default").unwrap();
+    svc.add_vm(2, "vm2", "default").unwrap();
+    svc.add_vm(3, "vm3", "other").unwrap();
+    let events = Arc::new(Events::default());
+    svc.set_event_sink(events.clone());
+    Setup {
+        svc,
+        dirs: vec![a, b],
+        events,
+    }
+}
+
+fn ident(p: &Path) -> GuestIdentity {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    GuestIdentity {
+        size: m.size(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+    }
+}
+
+/// Hints until the answer is no longer "loading" (running the loader in between).
+fn hint(svc: &HintService, vm: VmId, ns: u32, path: &[u8], id: GuestIdentity) -> HintResult {
+    for _ in 0..3 {
+        let r = svc.answer(
+            vm,
+            &HintRequest {
+                namespace_id: ns,
+                path,
+                identity: id,
+            },
+        );
+        if r != HintResult::Miss(MissReason::Loading) {
+            return r;
+        }
+        svc.load_pending();
+    }
+    panic!("still loading");
+}
+
+/// What a guest does with a hit: validate the table and read the file out of the frames.
+fn guest_read(svc: &HintService, loc: &TableLocation) -> (Vec<u8>, Vec<u32>) {
+    svc.inspect_store(|s| {
+        let pool = s.pool().bytes();
+        let hb: [u8; 128] = pool[..128].try_into().unwrap();
+        let g = PoolGeometry::from_header_bytes(&hb, pool.len() as u64).unwrap();
+        let r = TableRef {
+            offset: loc.table_offset,
+            page_count: loc.page_count,
+            file_map_id: loc.file_map_id,
+            file_size: loc.file_size,
+            map_generation: loc.map_generation,
+        };
+        let (start, len) = g.table_span(&r).unwrap();
+        let th: [u8; TABLE_HEADER_SIZE] = pool
+            [loc.table_offset as usize..loc.table_offset as usize + TABLE_HEADER_SIZE]
+            .try_into()
+            .unwrap();
+        let mut v = g
+            .check_table_header(&r, &TableHeader::from_le_bytes(&th))
+            .unwrap();
+        let fb = &pool[start as usize..(start + len) as usize];
+        v.update(fb).unwrap();
+        v.finish().unwrap();
+        let mut out = Vec::new();
+        let mut frames = Vec::new();
+        for i in 0..loc.page_count {
+            let f = vmdedup_protocol::pool::frame_at(fb, i).unwrap();
+            frames.push(f);
+            let off = g.frame_offset(f).unwrap() as usize;
+            out.extend_from_slice(&pool[off..off + 4096]);
+        }
+        out.truncate(loc.file_size as usize);
+        (out, frames)
+    })
+}
+
+fn expect_hit(r: HintResult) -> TableLocation {
+    match r {
+        HintResult::Hit(l) => l,
+        other => panic!("expected a hit, got {other:?}"),
+    }
+}
+
+#[test]
+fn agent_two_guests_share_frames_byte_for_byte() {
+    let s = setup(0, ResolveMode::Openat2);
+    let dir = &s.dirs[0].0;
+    std::fs::create_dir_all(dir.join("usr/lib")).unwrap();
+    let data = content(1, 5 * 4096 + 123);
+    std::fs::write(dir.join("usr/lib/libx.so"), &data).unwrap();
+    let p = dir.join("usr/lib/libx.so");
+    let first = s.svc.answer(
+        1,
+        &HintRequest {
+            namespace_id: 1,
+            path: b"usr/lib/libx.so",
+            identity: ident(&p),
+        },
+    );
+    assert_eq!(
+        first,
+        HintResult::Miss(MissReason::Loading),
+        "the poller never loads"
+    );
+    let l1 = expect_hit(hint(&s.svc, 1, 1, b"usr/lib/libx.so", ident(&p)));
+    // The second VM is answered from the index: no load runs.
+    let l2 = expect_hit(s.svc.answer(
+        2,
+        &HintRequest {
+            namespace_id: 1,
+            path: b"usr/lib/libx.so",
+            identity: ident(&p),
+        },
+    ));
+    assert_eq!(s.svc.load_pending(), 0);
+    assert_eq!(l1, l2);
+    let (bytes1, frames1) = guest_read(&s.svc, &l1);
+    let (bytes2, frames2) = guest_read(&s.svc, &l2);
+    assert_eq!(bytes1, data);
+    assert_eq!(bytes2, data);
+    assert_eq!(frames1, frames2);
+    let st = s.svc.status(None);
+    assert_eq!(st.frames_used, 6);
+    assert_eq!(st.counters.pages_mapped, 12);
+    assert_eq!(st.bytes_saved, 6 * 4096);
+    assert_eq!(st.counters.hits, 2);
+    assert_eq!(st.counters.misses.loading, 2);
+    assert_eq!(st.vms.len(), 3);
+    let json = vmdedup_host_agent::stats::status_json(&st);
+    for k in [
+        "frames_total",
+        "frames_used",
+        "pages_mapped",
+        "bytes_saved",
+        "hints",
+        "hits",
+        "misses",
+        "hint_latency_us",
+        "vms",
+    ] {
+        assert!(json.get(k).is_some(), "{k}");
+    }
+    assert_eq!(json["vms"][0]["pages_mapped"], 6);
+    // A VM's own status shows only itself.
+    let mine = s.svc.status(Some(2));
+    assert_eq!(mine.vms.len(), 1);
+    assert_eq!(mine.counters.hits, 1);
+}
+
+#[test]
+fn agent_identical_pages_in_different_files_and_namespaces_share_frames() {
+    let s = setup(0, ResolveMode::Openat2);
+    let common = content(7, 3 * 4096);
+    let mut x = common.clone();
+    x.extend_from_slice(&content(8, 4096));
+    let mut y = content(9, 4096);
+    y.extend_from_slice(&common);
+    std::fs::write(s.dirs[0].0.join("x"), &x).unwrap();
+    std::fs::write(s.dirs[0].0.join("y"), &y).unwrap();
+    std::fs::write(s.dirs[1].0.join("z"), &common).unwrap();
+    let lx = expect_hit(hint(&s.svc, 1, 1, b"x", ident(&s.dirs[0].0.join("x"))));
+    let ly = expect_hit(hint(&s.svc, 2, 1, b"y", ident(&s.dirs[0].0.join("y"))));
+    let lz = expect_hit(hint(&s.svc, 3, 2, b"z", ident(&s.dirs[1].0.join("z"))));
+    let (bx, fx) = guest_read(&s.svc, &lx);
+    let (by, fy) = guest_read(&s.svc, &ly);
+    let (bz, fz) = guest_read(&s.svc, &lz);
+    assert_eq!((bx, by, bz), (x, y, common));
+    assert_eq!(fx[..3], fy[1..]);
+    assert_eq!(fx[..3], fz[..]);
+    assert_eq!(s.svc.status(None).frames_used, 5);
+}
+
+#[test]
+fn agent_identity_mismatch_is_a_miss() {
+    let s = setup(0, ResolveMode::Openat2);
+    let p = s.dirs[0].0.join("f");
+    std::fs::write(&p, content(3, 10_000)).unwrap();
+    let good = ident(&p);
+    let _ = hint(&s.svc, 1, 1, b"f", good);
+    for bad in [
+        GuestIdentity {
+            size: good.size + 1,
+            ..good
+        },
+        GuestIdentity {
+            mtime_ns: good.mtime_ns + 1,
+            ..good
+        },
+        GuestIdentity {
+            size: 0,
+            mtime_ns: 0,
+        },
+    ] {
+        assert_eq!(
+            hint(&s.svc, 2, 1, b"f", bad),
+            HintResult::Miss(MissReason::IdentityMismatch)
+        );
+    }
+    assert!(matches!(hint(&s.svc, 2, 1, b"f", good), HintResult::Hit(_)));
+    assert_eq!(s.svc.status(Some(2)).counters.misses.identity_mismatch, 3);
+}
+
+fn escapes(mode: ResolveMode) {
+    let s = setup(0, mode);
+    let root = &s.dirs[0].0;
+    let outside = TempDir::new("outside");
+    std::fs::write(outside.0.join("secret"), b"secret").unwrap();
+    std::fs::write(s.dirs[1].0.join("other-ns"), b"other namespace").unwrap();
+    std::fs::create_dir_all(root.join("d/e")).unwrap();
+    std::fs::write(root.join("d/ok"), b"ok").unwrap();
+    symlink(outside.0.join("secret"), root.join("abs-link")).unwrap();
+    symlink("../../etc/passwd", root.join("d/rel-link")).unwrap();
+    symlink("ok", root.join("d/inner-link")).unwrap();
+    symlink(&outside.0, root.join("dir-link")).unwrap();
+    symlink("loop2", root.join("loop1")).unwrap();
+    symlink("loop1", root.join("loop2")).unwrap();
+    symlink("/proc/self/root/etc/passwd", root.join("proc-link")).unwrap();
+    symlink("/proc/self/cwd", root.join("proc-cwd")).unwrap();
+    let nulldev = root.join("null");
+    // A device node and a FIFO (mknod needs root; skip the device if refused).
+    let c = std::ffi::CString::new(nulldev.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid path; creates a char device 1:3 like /dev/null.
+    let dev_ok =
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0;
+    let f = std::ffi::CString::new(root.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(f.as_ptr(), 0o600) }, 0);
+    let any = GuestIdentity {
+        size: 0,
+        mtime_ns: 0,
+    };
+    let cases: Vec<(&[u8], MissReason)> = vec![
+        (b"../b/other-ns", MissReason::BadPath),
+        (b"d/../../secret", MissReason::BadPath),
+        (b"..", MissReason::BadPath),
+        (b"/etc/passwd", MissReason::BadPath),
+        (b"d/ok\0/../x", MissReason::BadPath),
+        (b"d//ok", MissReason::BadPath),
+        (b"./d/ok", MissReason::BadPath),
+        (b"d/ok/", MissReason::BadPath),
+        (b"", MissReason::BadPath),
+        (b"abs-link", MissReason::BadPath),
+        (b"d/rel-link", MissReason::BadPath),
+        (b"d/inner-link", MissReason::BadPath),
+        (b"dir-link/secret", MissReason::BadPath),
+        (b"loop1", MissReason::BadPath),
+        (b"proc-link", MissReason::BadPath),
+        (b"proc-cwd/Cargo.toml", MissReason::BadPath),
+        (b"d", MissReason::NotRegular),
+        (b"d/e", MissReason::NotRegular),
+        (b"fifo", MissReason::NotRegular),
+        (b"nope", MissReason::NotFound),
+        (b"d/ok/x", MissReason::NotFound),
+    ];
+    for (path, want) in cases {
+        assert_eq!(
+            hint(&s.svc, 1, 1, path, any),
+            HintResult::Miss(want),
+            "{}",
+            String::from_utf8_lossy(path)
+        );
+    }
+    if dev_ok {
+        assert_eq!(
+            hint(&s.svc, 1, 1, b"null", any),
+            HintResult::Miss(MissReason::NotRegular)
+        );
+    }
+    let long = vec![b'a'; 5000];
+    assert_eq!(
+        hint(&s.svc, 1, 1, &long, any),
+        HintResult::Miss(MissReason::BadPath)
+    );
+    // The inside file still works.
+    let l = expect_hit(hint(&s.svc, 1, 1, b"d/ok", ident(&root.join("d/ok"))));
+    assert_eq!(guest_read(&s.svc, &l).0, b"ok");
+    assert_eq!(
+        s.svc.status(None).frames_used,
+        1,
+        "nothing from outside was loaded"
+    );
+}
+
+#[test]
+fn agent_path_escapes_are_refused_openat2() {
+    escapes(ResolveMode::Openat2);
+}
+
+#[test]
+fn agent_path_escapes_are_refused_walk() {
+    escapes(ResolveMode::Walk);
+}
+
+#[test]
+fn agent_vm_may_not_use_foreign_namespace() {
+    let s = setup(0, ResolveMode::Openat2);
+    std::fs::write(s.dirs[1].0.join("f"), b"tenant b").unwrap();
+    let id = ident(&s.dirs[1].0.join("f"));
+    // VM 1 (domain default) asks for namespace 2 (domain other): same answer as a
+    // namespace that does not exist, and nothing is loaded.
+    assert_eq!(
+        hint(&s.svc, 1, 2, b"f", id),
+        HintResult::Miss(MissReason::NoNamespace)
+    );
+    assert_eq!(
+        hint(&s.svc, 1, 99, b"f", id),
+        HintResult::Miss(MissReason::NoNamespace)
+    );
+    assert_eq!(
+        hint(&s.svc, 42, 1, b"f", id),
+        HintResult::Miss(MissReason::NoNamespace),
+        "unknown VM"
+    );
+    assert_eq!(s.svc.status(None).file_maps, 0);
+    assert!(matches!(hint(&s.svc, 3, 2, b"f", id), HintResult::Hit(_)));
+    // Listings are filtered the same way.
+    assert_eq!(s.svc.files("", Some(1), 0, 64).0, 0);
+    assert_eq!(s.svc.files("", Some(3), 0, 64).0, 1);
+    assert_eq!(s.svc.namespaces(Some(1)).len(), 1);
+    assert!(s.svc.warm("b", b"", Some(1), &mut |_| {}).is_err());
+}
+
+#[test]
+fn agent_pool_exhaustion_revokes_and_reuses_only_after_acks() {
+    // 8 frames of budget.
+    let s = setup(8, ResolveMode::Openat2);
+    let d = &s.dirs[0].0;
+    std::fs::write(d.join("big"), content(1, 6 * 4096)).unwrap();
+    std::fs::write(d.join("other"), content(2, 4 * 4096)).unwrap();
+    let lb = expect_hit(hint(&s.svc, 1, 1, b"big", ident(&d.join("big"))));
+    let _ = expect_hit(hint(&s.svc, 2, 1, b"big", ident(&d.join("big"))));
+    assert_eq!(
+        hint(&s.svc, 1, 1, b"other", ident(&d.join("other"))),
+        HintResult::Miss(MissReason::PoolFull)
+    );
+    let ev = s.events.0.lock().unwrap().clone();
+    assert_eq!(ev, vec![('r', 1, lb.file_map_id), ('r', 2, lb.file_map_id)]);
+    // Still revoking: the frames of "big" keep their bytes for the VM that has not acked.
+    assert!(s.svc.ack(1, lb.file_map_id));
+    assert_eq!(
+        hint(&s.svc, 1, 1, b"other", ident(&d.join("other"))),
+        HintResult::Miss(MissReason::PoolFull)
+    );
+    let still = s
+        .svc
+        .inspect_store(|st| st.frames_of(lb.file_map_id).map(|f| f.to_vec()))
+        .unwrap();
+    s.svc.inspect_store(|st| {
+        let data = content(1, 6 * 4096);
+        for (i, f) in still.iter().enumerate() {
+            assert_eq!(st.pool().frame(*f), &data[i * 4096..(i + 1) * 4096]);
+        }
+    });
+    // VM 2 never acks: cut off after the deadline; then the load succeeds.
+    s.svc.tick_at(u64::MAX / 2);
+    assert!(s.events.0.lock().unwrap().contains(&('c', 2, 0)));
+    let lo = expect_hit(hint(&s.svc, 1, 1, b"other", ident(&d.join("other"))));
+    assert_eq!(guest_read(&s.svc, &lo).0, content(2, 4 * 4096));
+    assert_eq!(
+        hint(&s.svc, 2, 1, b"other", ident(&d.join("other"))),
+        HintResult::Miss(MissReason::CutOff)
+    );
+    let st = s.svc.status(None);
+    assert!(st.vms.iter().any(|v| v.name == "vm2" && v.cut_off));
+}
+
+#[test]
+fn agent_warm_then_first_hint_hits_and_evict() {
+    let s = setup(0, ResolveMode::Openat2);
+    let d = &s.dirs[0].0;
+    std::fs::create_dir_all(d.join("t/u")).unwrap();
+    for (i, name) in ["t/a", "t/u/b", "c"].iter().enumerate() {
+        std::fs::write(d.join(name), content(i as u32 + 10, 5000 * (i + 1))).unwrap();
+    }
+    symlink("c", d.join("t/link")).unwrap();
+    let mut seen = Vec::new();
+    let p = s.svc.warm("a", b"t", None, &mut |p| seen.push(*p)).unwrap();
+    assert_eq!((p.files_total, p.files_done, p.skipped), (2, 2, 0));
+    assert_eq!(seen.len(), 3);
+    let l = expect_hit(s.svc.answer(
+        1,
+        &HintRequest {
+            namespace_id: 1,
+            path: b"t/u/b",
+            identity: ident(&d.join("t/u/b")),
+        },
+    ));
+    assert_eq!(
+        guest_read(&s.svc, &l).0,
+        std::fs::read(d.join("t/u/b")).unwrap()
+    );
+    let (total, files) = s.svc.files("a", None, 0, 10);
+    assert_eq!(total, 2);
+    assert_eq!(files[0].path.as_str(), "t/a");
+    // t/a is unreferenced: dropped; t/u/b is held: revocation started.
+    assert_eq!(s.svc.evict("a", "t").unwrap(), (1, 1));
+    assert_eq!(s.svc.load_pending(), 0);
+    assert!(s.svc.wait_idle(Duration::from_secs(1)));
+}
+
+#[test]
+fn agent_loader_threads_serve_hints() {
+    let a = TempDir::new("threads");
+    std::fs::write(a.0.join("f"), content(5, 70_000)).unwrap();
+    let ns = Namespace::open(NamespaceConfig {
+        name: "a".into(),
+        id: 1,
+        dir: a.0.clone(),
+        domains: vec!["*".into()],
+        mtime_granularity_ns: 1,
+    })
+    .unwrap();
+    let pool = PoolMemory::create(&PoolSpec {
+        backing: PoolBacking::Memfd,
+        size: 1 << 20,
+        table_area: 0,
+        generation: 1,
+    })
+    .unwrap();
+    let svc = HintService::new(
+        PageStore::new(pool, StoreConfig::default()),
+        vec![ns],
+        ServiceConfig::default(),
+    );
+    svc.add_vm(1, "vm1", "anything").unwrap();
+    let id = ident(&a.0.join("f"));
+    let req = HintRequest {
+        namespace_id: 1,
+        path: b"f",
+        identity: id,
+    };
+    assert_eq!(svc.answer(1, &req), HintResult::Miss(MissReason::Loading));
+    assert!(svc.wait_idle(Duration::from_secs(30)));
+    let l = expect_hit(svc.answer(1, &req));
+    assert_eq!(guest_read(&svc, &l).0, content(5, 70_000));
+    svc.shutdown();
+}

@@ -1,0 +1,87 @@
+//! Helpers shared by the ring tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use vmdedup_host_agent::ring::{
+    Answer, EventFd, FileMapRef, GuestRing, Hint, HostRing, RingConfig, RingId, SharedMapping,
+};
+use vmdedup_protocol::abi::{AnswerStatus, CompletionEntry, RingSizes, SubmissionEntry};
+
+/// Namespace the echo handler refuses.
+pub const FORBIDDEN_NS: u32 = 9;
+
+/// FNV-1a, to make answers depend on every path byte.
+pub fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
+        (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// A handler whose hits are a checkable function of the hint.
+pub fn echo(ring: RingId, h: &Hint<'_>) -> Answer {
+    if h.namespace_id == FORBIDDEN_NS {
+        return Answer::Miss(AnswerStatus::NamespaceNotAllowed);
+    }
+    Answer::Hit(FileMapRef {
+        table_offset: fnv(h.path),
+        page_count: h.path.len() as u32,
+        file_map_id: h.request_id ^ ring.0 as u64,
+        map_generation: h.mtime_ns as u64,
+        file_size: h.file_size,
+    })
+}
+
+/// The hit `echo` gives for this hint.
+pub fn check_echo(ring: RingId, c: &CompletionEntry, req: u64, path: &[u8], mtime: i64, size: u64) {
+    assert_eq!(c.request_id, req);
+    assert_eq!(c.status, AnswerStatus::Hit as u16, "request {req}");
+    assert_eq!(c.table_offset, fnv(path));
+    assert_eq!(c.page_count, path.len() as u32);
+    assert_eq!(c.file_map_id, req ^ ring.0 as u64);
+    assert_eq!(c.map_generation, mtime as u64);
+    assert_eq!(c.file_size, size);
+}
+
+/// A hint entry (path fields are filled in by `GuestRing::stage`).
+pub fn hint(req: u64, ns: u32, mtime: i64, size: u64) -> SubmissionEntry {
+    SubmissionEntry {
+        request_id: req,
+        namespace_id: ns,
+        mtime_ns: mtime,
+        file_size: size,
+        page_count: 1,
+        ..Default::default()
+    }
+}
+
+/// A path of exactly `len` bytes, varied by `seed`.
+pub fn path_of(len: usize, seed: u64) -> Vec<u8> {
+    let mut p = format!("usr/lib/f{seed}/").into_bytes();
+    while p.len() < len {
+        p.push(b'a' + (p.len() as u8 % 26));
+    }
+    p.truncate(len);
+    p
+}
+
+/// A ring region on a memfd with the host end initialised, and a fake guest
+/// attached to the same mapping.
+pub fn ring_pair(
+    size: usize,
+    sizes: Option<RingSizes>,
+    start: u32,
+    id: u32,
+) -> (HostRing, GuestRing) {
+    let (map, _fd) = SharedMapping::memfd("vmdedup-test", size).unwrap();
+    let mut cfg = RingConfig::new(RingId(id), 77);
+    cfg.sizes = sizes;
+    cfg.initial_index = start;
+    let host = HostRing::create(map, cfg).unwrap();
+    let bell = host.shared().doorbell.try_clone().unwrap();
+    let guest = GuestRing::attach(Arc::clone(host.mapping()), Some(bell)).unwrap();
+    (host, guest)
+}
+
+/// Unused doorbell type re-export for tests that build their own.
+pub type Bell = EventFd;

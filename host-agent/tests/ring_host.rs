@@ -1,0 +1,421 @@
+//! The host end of the ring driven in-process: answers, malformed input,
+//! corrupt indices, back-pressure, fairness, events, and the pollers'
+//! park/doorbell behaviour.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use vmdedup_host_agent::ring::*;
+use vmdedup_protocol::abi::*;
+
+fn word(m: &SharedMapping, off: usize) -> &AtomicU32 {
+    m.word(off).unwrap()
+}
+
+#[test]
+fn hints_are_answered_inline_in_slots_and_refused_when_bad() {
+    // Indices start just below u32::MAX, so they wrap during the test.
+    let (mut host, mut guest) = ring_pair(1 << 20, None, u32::MAX - 2, 3);
+    let id = host.id();
+    let short = path_of(40, 1);
+    let long = path_of(3000, 2);
+    let max = path_of(MAX_PATH_LEN as usize, 3);
+    let too_long = path_of(MAX_PATH_LEN as usize + 1, 4);
+    guest.stage(hint(1, 0, 11, 100), &short).unwrap();
+    guest.stage(hint(2, 0, 12, 200), &long).unwrap();
+    guest.stage(hint(3, 0, 13, 300), &max).unwrap();
+    guest.stage(hint(4, 0, 14, 400), &too_long).unwrap();
+    guest
+        .stage(hint(5, 0, 15, 500), b"usr/../../etc/shadow")
+        .unwrap();
+    guest.stage(hint(6, FORBIDDEN_NS, 16, 600), &short).unwrap();
+    guest.stage(hint(7, 0, 17, 700), b"/etc/passwd").unwrap();
+    assert!(
+        !guest.publish(),
+        "no doorbell while the poller is not parked"
+    );
+    assert_eq!(host.poll_round(&echo, 64), 7);
+    let mut got = Vec::new();
+    assert_eq!(guest.reap(|c| got.push(c)), 7);
+    check_echo(id, &got[0], 1, &short, 11, 100);
+    check_echo(id, &got[1], 2, &long, 12, 200);
+    check_echo(id, &got[2], 3, &max, 13, 300);
+    let status = |i: usize| AnswerStatus::from_u16(got[i].status);
+    assert_eq!(status(3), Some(AnswerStatus::PathTooLong));
+    assert_eq!(status(4), Some(AnswerStatus::BadRequest));
+    assert_eq!(status(5), Some(AnswerStatus::NamespaceNotAllowed));
+    assert_eq!(status(6), Some(AnswerStatus::BadRequest));
+    assert_eq!(
+        got.iter().map(|c| c.request_id).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+    let st = host.shared().stats.snapshot();
+    assert_eq!((st.hints, st.hits, st.bad_entries), (7, 3, 3));
+    // The slots were given back: many more long paths fit.
+    for i in 0..200u64 {
+        guest
+            .stage(hint(100 + i, 0, 1, 1), &long)
+            .or_else(|_| {
+                host.poll_round(&echo, 64);
+                guest.reap(|c| assert_eq!(c.status, 0));
+                guest.stage(hint(100 + i, 0, 1, 1), &long)
+            })
+            .unwrap();
+        guest.publish();
+    }
+}
+
+#[test]
+fn malformed_entries_get_error_answers_and_are_counted() {
+    let (mut host, mut guest) = ring_pair(64 << 10, None, 0, 1);
+    let m = Arc::clone(host.mapping());
+    let l = *host.layout();
+    let good = hint(1, 0, 0, 0);
+    let mut entries = Vec::new();
+    let mut e = good;
+    e.opcode = 99;
+    entries.push((e, AnswerStatus::Unsupported));
+    let mut e = good;
+    e.opcode = OP_HINT;
+    e.path_len = 3;
+    e.reserved0 = 1;
+    entries.push((e, AnswerStatus::BadRequest));
+    let mut e = good;
+    e.opcode = OP_HINT;
+    e.path_len = 300;
+    e.flags = HINT_FLAG_PATH_IN_SLOT;
+    e.path_slot = l.slots.count;
+    entries.push((e, AnswerStatus::BadRequest));
+    let mut e = good;
+    e.opcode = OP_HINT;
+    e.path_len = 0;
+    entries.push((e, AnswerStatus::BadRequest));
+    let mut e = good;
+    e.opcode = OP_HINT;
+    e.path_len = 4; // inline bytes are zero: a NUL in the path
+    entries.push((e, AnswerStatus::BadRequest));
+    for (i, (e, _)) in entries.iter().enumerate() {
+        let mut e = *e;
+        e.request_id = 1000 + i as u64;
+        let off = l.sqe_offset(i as u32) as usize;
+        m.zero(off, SQE_SIZE as usize);
+        assert!(m.write_bytes(off, &e.to_le_bytes()));
+    }
+    word(&m, ring_off::SQ_TAIL).store(entries.len() as u32, Ordering::Release);
+    assert_eq!(host.poll_round(&echo, 64), entries.len() as u32);
+    let mut got = Vec::new();
+    guest.reap(|c| got.push(c));
+    assert_eq!(got.len(), entries.len());
+    for (i, (c, (_, want))) in got.iter().zip(&entries).enumerate() {
+        assert_eq!(c.request_id, 1000 + i as u64);
+        assert_eq!(AnswerStatus::from_u16(c.status), Some(*want), "entry {i}");
+    }
+    assert_eq!(
+        host.shared().stats.snapshot().bad_entries,
+        entries.len() as u64
+    );
+}
+
+#[test]
+fn corrupt_indices_are_counted_once_and_ignored_until_sane() {
+    let sizes = RingSizes {
+        sq_entries: 8,
+        cq_entries: 8,
+        eq_entries: 4,
+        path_slots: 1,
+    };
+    let (mut host, mut guest) = ring_pair(64 << 10, Some(sizes), 5, 1);
+    let m = Arc::clone(host.mapping());
+    let cap = host.layout().sq.entries;
+    for bogus in [5 + cap + 1, 4, u32::MAX, 5 + (1 << 31)] {
+        word(&m, ring_off::SQ_TAIL).store(bogus, Ordering::Release);
+        for _ in 0..10 {
+            assert_eq!(host.poll_round(&echo, 64), 0);
+        }
+        assert!(!host.has_work());
+    }
+    assert_eq!(host.shared().stats.snapshot().corrupt_indices, 1);
+    // A sane tail again: served as usual.
+    word(&m, ring_off::SQ_TAIL).store(5, Ordering::Release);
+    guest.stage(hint(1, 0, 0, 0), b"a").unwrap();
+    guest.publish();
+    assert_eq!(host.poll_round(&echo, 64), 1);
+    // A corrupt completion head (guest-written): once the host needs to look
+    // at it (its cached copy shows too little room), it answers nothing.
+    word(&m, ring_off::CQ_HEAD).store(12345, Ordering::Release);
+    for i in 0..cap as u64 {
+        guest.stage(hint(2 + i, 0, 0, 0), b"b").unwrap();
+    }
+    guest.publish();
+    for _ in 0..10 {
+        assert_eq!(host.poll_round(&echo, 64), 0);
+    }
+    assert_eq!(host.shared().stats.snapshot().corrupt_indices, 2);
+    assert_eq!(host.shared().stats.snapshot().hints, 1);
+}
+
+#[test]
+fn a_full_completion_ring_holds_hints_back() {
+    let sizes = RingSizes {
+        sq_entries: 8,
+        cq_entries: 8,
+        eq_entries: 4,
+        path_slots: 1,
+    };
+    let (mut host, mut guest) = ring_pair(64 << 10, Some(sizes), u32::MAX - 5, 1);
+    for i in 0..8 {
+        guest.stage(hint(i, 0, 0, 0), b"x").unwrap();
+    }
+    assert_eq!(guest.stage(hint(8, 0, 0, 0), b"x"), Err(SubmitError::Full));
+    guest.publish();
+    assert_eq!(host.poll_round(&echo, 64), 8);
+    for i in 8..16 {
+        guest.stage(hint(i, 0, 0, 0), b"x").unwrap();
+    }
+    guest.publish();
+    assert_eq!(host.poll_round(&echo, 64), 0, "no room for answers");
+    assert!(!host.has_work());
+    assert!(host.shared().stats.snapshot().completion_full >= 1);
+    let mut ids = Vec::new();
+    guest.reap(|c| ids.push(c.request_id));
+    assert!(host.has_work());
+    assert_eq!(host.poll_round(&echo, 3), 3, "batch bound");
+    assert_eq!(host.poll_round(&echo, 64), 5);
+    guest.reap(|c| ids.push(c.request_id));
+    assert_eq!(ids, (0..16).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_flooding_ring_gets_one_batch_per_round_like_the_others() {
+    let sizes = RingSizes {
+        sq_entries: 64,
+        cq_entries: 64,
+        eq_entries: 4,
+        path_slots: 0,
+    };
+    let (flood, mut fg) = ring_pair(64 << 10, Some(sizes), 0, 1);
+    let (quiet, mut qg) = ring_pair(64 << 10, Some(sizes), 0, 2);
+    for i in 0..64 {
+        fg.stage(hint(i, 0, 0, 0), b"f").unwrap();
+    }
+    fg.publish();
+    for i in 0..4 {
+        qg.stage(hint(i, 0, 0, 0), b"q").unwrap();
+    }
+    qg.publish();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log2 = Arc::clone(&log);
+    let handler = move |r: RingId, h: &Hint<'_>| {
+        log2.lock().unwrap().push(r.0);
+        echo(r, h)
+    };
+    let mut set = PollSet::new();
+    set.push(flood);
+    set.push(quiet);
+    assert_eq!(set.round(&handler, 4, |_| {}), 8);
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.iter().filter(|&&r| r == 1).count(), 4);
+        assert_eq!(
+            log.iter().filter(|&&r| r == 2).count(),
+            4,
+            "the quiet ring was served in round 1"
+        );
+    }
+    let mut rounds = 1;
+    while set.round(&handler, 4, |_| {}) > 0 {
+        rounds += 1;
+    }
+    assert_eq!(rounds, 16);
+    assert_eq!(log.lock().unwrap().len(), 68);
+}
+
+#[test]
+fn events_reach_the_guest_in_order_and_overflow_is_flagged() {
+    let (mut host, mut guest) = ring_pair(1 << 20, None, u32::MAX - 100, 1);
+    let cap = host.layout().eq.entries as u64;
+    let shared = Arc::clone(host.shared());
+    let n = cap * 2 + 10;
+    for i in 0..n {
+        let ev = EventEntry {
+            kind: EVENT_REVOKE,
+            file_map_id: i,
+            map_generation: 7,
+            ..Default::default()
+        };
+        assert!(shared.post_event(ev));
+    }
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        host.poll_round(&echo, 64);
+        guest.reap_events(|e| got.push(e.file_map_id));
+    }
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+    assert_eq!(shared.stats.snapshot().events_sent, n);
+    assert_eq!(guest.host_flags() & HOST_FLAG_EVENTS_LOST, 0);
+    // Nobody reaps: the host queues, then drops and tells the guest.
+    let mut refused = 0;
+    for i in 0..(vmdedup_host_agent::ring::host::MAX_PENDING_EVENTS as u64 + cap + 5) {
+        host.poll_round(&echo, 64);
+        if !shared.post_event(EventEntry {
+            kind: EVENT_NOTICE,
+            notice: 3,
+            file_map_id: i,
+            ..Default::default()
+        }) {
+            refused += 1;
+        }
+    }
+    host.poll_round(&echo, 64);
+    assert!(refused > 0);
+    assert_eq!(shared.stats.snapshot().events_dropped, refused);
+    assert_ne!(guest.host_flags() & HOST_FLAG_EVENTS_LOST, 0);
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    // A hang guard, not a timing assertion.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn park_fast() -> PollerConfig {
+    PollerConfig {
+        threads: 1,
+        spin: Duration::ZERO,
+        yield_for: Duration::ZERO,
+        sleep_for: Duration::ZERO,
+        park_timeout: None,
+        ..PollerConfig::default()
+    }
+}
+
+#[test]
+fn a_parked_poller_is_woken_by_the_doorbell() {
+    let pool = PollerPool::start(park_fast(), echo).unwrap();
+    let (host, mut guest) = ring_pair(64 << 10, None, 0, 4);
+    let id = host.id();
+    let handle = pool.add_ring(host);
+    let stats = pool.stats().remove(0);
+    for round in 0..20u64 {
+        wait_until("the poller to park", || {
+            stats.state() == PollerState::Parked && guest.host_flags() & HOST_FLAG_NEED_WAKEUP != 0
+        });
+        let path = path_of(10 + round as usize, round);
+        guest.stage(hint(round, 0, 5, 6), &path).unwrap();
+        assert!(guest.publish(), "NEED_WAKEUP was set, so the guest rings");
+        let mut got = None;
+        wait_until("the answer", || {
+            guest.reap(|c| got = Some(c));
+            got.is_some()
+        });
+        check_echo(id, &got.unwrap(), round, &path, 5, 6);
+    }
+    assert_eq!(guest.doorbells_rung(), 20);
+    wait_until("doorbells to be counted", || {
+        handle.shared().stats.snapshot().doorbells == 20
+    });
+    assert_eq!(stats.lost_wakeups.load(Ordering::Relaxed), 0);
+    assert!(stats.parks.load(Ordering::Relaxed) >= 20);
+}
+
+#[test]
+fn racing_submissions_against_parking_lose_nothing() {
+    // The poller parks as soon as it is idle, the guest submits at random
+    // moments: every hint must be answered without any park timeout.
+    let pool = PollerPool::start(park_fast(), echo).unwrap();
+    let (host, mut guest) = ring_pair(64 << 10, None, u32::MAX - 1000, 5);
+    let _handle = pool.add_ring(host);
+    let mut answered = 0u64;
+    let mut seed = 0x1234_5678u64;
+    for i in 0..3000u64 {
+        guest.stage(hint(i, 0, 0, 0), b"p").unwrap();
+        guest.publish();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        for _ in 0..(seed % 3000) {
+            std::hint::spin_loop();
+        }
+        let mut done = false;
+        wait_until("an answer", || {
+            answered += guest.reap(|c| assert_eq!(c.request_id, i)) as u64;
+            done = answered == i + 1;
+            done
+        });
+    }
+    assert_eq!(pool.stats()[0].lost_wakeups.load(Ordering::Relaxed), 0);
+    assert!(guest.doorbells_rung() > 0);
+}
+
+#[test]
+fn steady_load_rings_no_doorbell() {
+    let cfg = PollerConfig {
+        spin: Duration::from_secs(3600),
+        ..PollerConfig::default()
+    };
+    let pool = PollerPool::start(cfg, echo).unwrap();
+    let (host, mut guest) = ring_pair(1 << 20, None, 0, 6);
+    let handle = pool.add_ring(host);
+    let mut sent = 0u64;
+    let mut answered = 0u64;
+    while answered < 20_000 {
+        while sent < 20_000 && guest.stage(hint(sent, 0, 0, 0), b"lib/x.so").is_ok() {
+            sent += 1;
+        }
+        guest.publish();
+        answered += guest.reap(|c| assert_eq!(c.status, 0)) as u64;
+    }
+    assert_eq!(guest.doorbells_rung(), 0);
+    assert_eq!(handle.shared().stats.snapshot().doorbells, 0);
+    assert_eq!(handle.shared().stats.snapshot().hints, 20_000);
+}
+
+#[test]
+fn rings_can_be_added_to_a_parked_poller_and_closed() {
+    let pool = PollerPool::start(
+        PollerConfig {
+            threads: 2,
+            ..park_fast()
+        },
+        echo,
+    )
+    .unwrap();
+    let stats = pool.stats();
+    wait_until("both pollers to park", || {
+        stats.iter().all(|s| s.state() == PollerState::Parked)
+    });
+    let mut handles = Vec::new();
+    let mut guests = Vec::new();
+    for id in 0..4 {
+        let (host, guest) = ring_pair(64 << 10, None, 0, id);
+        handles.push(pool.add_ring(host));
+        guests.push(guest);
+    }
+    assert_eq!(handles.iter().filter(|h| h.poller() == 0).count(), 2);
+    for (i, g) in guests.iter_mut().enumerate() {
+        g.stage(hint(i as u64, 0, 0, 0), b"z").unwrap();
+        g.publish();
+    }
+    for g in guests.iter_mut() {
+        let mut n = 0;
+        wait_until("answers on every ring", || {
+            n += g.reap(|_| {});
+            n == 1
+        });
+    }
+    for h in &handles {
+        h.shared().close();
+    }
+    wait_until("rings to be dropped", || {
+        stats.iter().all(|s| s.rings.load(Ordering::Relaxed) == 0)
+    });
+    pool.shutdown();
+    assert!(stats.iter().all(|s| s.state() == PollerState::Stopped));
+}

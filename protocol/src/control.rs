@@ -1,0 +1,471 @@
+//! Control-channel messages between `vmdedup` clients (the host CLI, guest
+//! tools) and the host agent.
+//!
+//! Host and guest *userspace* only (feature `control`); the guest kernel module
+//! never sees these. Every message is one frame:
+//!
+//! ```text
+//! u32 LE  length   bytes after this field (2 + payload), at most MAX_FRAME_LEN - 4
+//! u16 LE  version  CONTROL_VERSION
+//! ...     payload  postcard encoding of a Request or a Response
+//! ```
+//!
+//! One request, one response, in order, on a stream socket. Every field that
+//! could grow is a `heapless` type with a fixed bound, so decoding needs no
+//! allocation and a frame of at most [`MAX_FRAME_LEN`] bytes can hold any
+//! message. A frame that is too long, too short, of another version, or whose
+//! payload does not decode to exactly one message with no trailing bytes is an
+//! error, never a panic.
+
+use core::fmt;
+
+use heapless::{String, Vec};
+use serde::{Deserialize, Serialize};
+
+/// Version of the control framing and messages.
+pub const CONTROL_VERSION: u16 = 1;
+/// Largest frame, length prefix included.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+/// Size of the frame header (length + version).
+pub const FRAME_HEADER_LEN: usize = 6;
+/// Longest name (namespace, VM, trust domain), in bytes.
+pub const MAX_NAME: usize = 64;
+/// Longest path in a message, in bytes.
+pub const MAX_PATH: usize = 512;
+/// Longest error message, in bytes.
+pub const MAX_MESSAGE: usize = 256;
+/// Most VMs in one [`Response::Vms`] or [`StatusReport::vms`].
+pub const MAX_VMS: usize = 32;
+/// Most files in one [`Response::Files`] page (messages stay small enough
+/// to live on a thread stack several times over; page with `offset`).
+pub const MAX_FILES: usize = 16;
+/// Most namespaces in one [`Response::Namespaces`].
+pub const MAX_NAMESPACES: usize = 32;
+
+/// A bounded name.
+pub type Name = String<MAX_NAME>;
+/// A bounded relative path inside a namespace.
+pub type RelPath = String<MAX_PATH>;
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Pool and hint counters ([`Response::Status`]). A VM sees its own only.
+    Status,
+    /// Registered VMs ([`Response::Vms`]). A VM sees itself only.
+    Vms,
+    /// Namespaces the caller may use ([`Response::Namespaces`]).
+    Namespaces,
+    /// One page of the file maps in the pool ([`Response::Files`]).
+    Files {
+        /// Only this namespace; empty for all the caller may see.
+        ns: Name,
+        /// Index of the first file to list.
+        offset: u32,
+        /// Most files to list (capped at [`MAX_FILES`]).
+        limit: u16,
+    },
+    /// Preload a file or a tree ([`Response::Warmed`]).
+    Warm {
+        /// The namespace.
+        ns: Name,
+        /// A path inside it; empty for the whole namespace.
+        path: RelPath,
+    },
+    /// Drop file maps from the pool ([`Response::Evicted`]). Host CLI only.
+    Evict {
+        /// The namespace; empty for every namespace.
+        ns: Name,
+        /// A file or directory inside it; empty for the whole namespace.
+        path: RelPath,
+    },
+    /// Register a VM and create its ring region ([`Response::VmAdded`]). Host
+    /// CLI only.
+    VmAdd {
+        /// Name of the VM.
+        name: Name,
+        /// Trust domain of the VM; empty for `default`.
+        domain: Name,
+    },
+}
+
+/// Why a hint was answered with a miss. Also the keys of [`MissCounts`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MissReason {
+    /// The guest's identity (size, mtime) differs from the host file.
+    IdentityMismatch,
+    /// No such file in the namespace.
+    NotFound,
+    /// The path names something other than a regular file.
+    NotRegular,
+    /// The path is malformed or tries to leave the namespace.
+    BadPath,
+    /// No such namespace, or the VM may not use it (not told apart).
+    NoNamespace,
+    /// The file is being loaded; retry later.
+    Loading,
+    /// The pool has no room now; retry later.
+    PoolFull,
+    /// The file is larger than a table may describe.
+    TooLarge,
+    /// The VM is cut off from the pool.
+    CutOff,
+    /// Host I/O error reading the file.
+    IoError,
+}
+
+/// Miss counters by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissCounts {
+    /// [`MissReason::IdentityMismatch`].
+    pub identity_mismatch: u64,
+    /// [`MissReason::NotFound`].
+    pub not_found: u64,
+    /// [`MissReason::NotRegular`].
+    pub not_regular: u64,
+    /// [`MissReason::BadPath`].
+    pub bad_path: u64,
+    /// [`MissReason::NoNamespace`].
+    pub no_namespace: u64,
+    /// [`MissReason::Loading`].
+    pub loading: u64,
+    /// [`MissReason::PoolFull`].
+    pub pool_full: u64,
+    /// [`MissReason::TooLarge`].
+    pub too_large: u64,
+    /// [`MissReason::CutOff`].
+    pub cut_off: u64,
+    /// [`MissReason::IoError`].
+    pub io_error: u64,
+}
+
+impl MissCounts {
+    /// The counter for `r`.
+    pub fn get_mut(&mut self, r: MissReason) -> &mut u64 {
+        match r {
+            MissReason::IdentityMismatch => &mut self.identity_mismatch,
+            MissReason::NotFound => &mut self.not_found,
+            MissReason::NotRegular => &mut self.not_regular,
+            MissReason::BadPath => &mut self.bad_path,
+            MissReason::NoNamespace => &mut self.no_namespace,
+            MissReason::Loading => &mut self.loading,
+            MissReason::PoolFull => &mut self.pool_full,
+            MissReason::TooLarge => &mut self.too_large,
+            MissReason::CutOff => &mut self.cut_off,
+            MissReason::IoError => &mut self.io_error,
+        }
+    }
+
+    /// Sum of all counters.
+    pub fn total(&self) -> u64 {
+        self.identity_mismatch
+            + self.not_found
+            + self.not_regular
+            + self.bad_path
+            + self.no_namespace
+            + self.loading
+            + self.pool_full
+            + self.too_large
+            + self.cut_off
+            + self.io_error
+    }
+}
+
+/// Hint counters, for the whole agent or one VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintCounters {
+    /// Hints received.
+    pub hints: u64,
+    /// Hints answered with a file map.
+    pub hits: u64,
+    /// Misses by reason.
+    pub misses: MissCounts,
+    /// File pages currently served from the pool (sum of the page counts of
+    /// the file maps held).
+    pub pages_mapped: u64,
+    /// Median hint latency, microseconds.
+    pub hint_latency_us_p50: u64,
+    /// 99th percentile hint latency, microseconds.
+    pub hint_latency_us_p99: u64,
+}
+
+/// One VM, as [`Response::Vms`] and [`StatusReport::vms`] list it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReport {
+    /// Name of the VM.
+    pub name: Name,
+    /// Its trust domain.
+    pub domain: Name,
+    /// Whether it was cut off from the pool (never acknowledged a revocation).
+    pub cut_off: bool,
+    /// File maps it holds.
+    pub maps_held: u32,
+    /// Revocations sent to it and not yet acknowledged.
+    pub revocations_pending: u32,
+    /// Its counters.
+    pub counters: HintCounters,
+}
+
+/// Whole-agent status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The pool generation.
+    pub pool_generation: u64,
+    /// Frames in the pool.
+    pub frames_total: u64,
+    /// Frames that may be used under the memory budget.
+    pub frames_budget: u64,
+    /// Frames holding data.
+    pub frames_used: u64,
+    /// File maps in the pool.
+    pub file_maps: u64,
+    /// `max(0, pages_mapped - frames_used) * 4096`.
+    pub bytes_saved: u64,
+    /// Counters over all VMs.
+    pub counters: HintCounters,
+    /// Per-VM entries (at most [`MAX_VMS`]; a VM caller sees only itself).
+    pub vms: Vec<VmReport, MAX_VMS>,
+}
+
+/// One file map, as [`Response::Files`] lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileReport {
+    /// Namespace.
+    pub ns: Name,
+    /// Path inside it (truncated to [`MAX_PATH`] bytes on a char boundary).
+    pub path: RelPath,
+    /// File size in bytes.
+    pub size: u64,
+    /// Pages.
+    pub pages: u32,
+    /// VMs holding the map.
+    pub holders: u32,
+    /// Whether the map is being revoked.
+    pub revoking: bool,
+}
+
+/// One namespace, as [`Response::Namespaces`] lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceReport {
+    /// Name of the namespace.
+    pub name: Name,
+    /// File maps of it in the pool.
+    pub file_maps: u32,
+}
+
+/// Error classes of [`Response::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The frame could not be decoded.
+    BadRequest,
+    /// The caller may not do this.
+    Denied,
+    /// No such namespace (or not one the caller may use), VM or path.
+    NotFound,
+    /// It exists already.
+    Exists,
+    /// The agent failed.
+    Internal,
+}
+
+/// What the agent answers.
+// Variants are bounded and unboxed on purpose: no allocation in decoding.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Status`].
+    Status(StatusReport),
+    /// Answer to [`Request::Vms`].
+    Vms(Vec<VmReport, MAX_VMS>),
+    /// Answer to [`Request::Namespaces`].
+    Namespaces(Vec<NamespaceReport, MAX_NAMESPACES>),
+    /// Answer to [`Request::Files`].
+    Files {
+        /// Number of files the caller could list in all.
+        total: u64,
+        /// This page.
+        files: Vec<FileReport, MAX_FILES>,
+    },
+    /// Answer to [`Request::Warm`].
+    Warmed {
+        /// Regular files loaded (or already present).
+        files: u64,
+        /// Their pages.
+        pages: u64,
+        /// Entries skipped (not regular, unreadable, pool full).
+        skipped: u64,
+    },
+    /// Answer to [`Request::Evict`].
+    Evicted {
+        /// File maps dropped at once.
+        dropped: u64,
+        /// File maps whose revocation was started (dropped once acknowledged).
+        revoking: u64,
+    },
+    /// Answer to [`Request::VmAdd`].
+    VmAdded {
+        /// Name of the VM.
+        name: Name,
+        /// Path of its new ring region.
+        ring_path: RelPath,
+    },
+    /// The request failed.
+    Error {
+        /// Class of the error.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String<MAX_MESSAGE>,
+    },
+}
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlError {
+    /// The frame's length field is over [`MAX_FRAME_LEN`] (or the message
+    /// does not fit in one when encoding).
+    Oversized(u64),
+    /// Fewer bytes than a header, or than the length field announces.
+    Truncated,
+    /// More bytes than the length field announces.
+    TrailingBytes,
+    /// Another protocol version.
+    Version(u16),
+    /// The payload is not a valid message.
+    Malformed,
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::Oversized(n) => write!(
+                f,
+                "control frame of {n} bytes is over the limit of {MAX_FRAME_LEN}"
+            ),
+            ControlError::Truncated => f.write_str("control frame truncated"),
+            ControlError::TrailingBytes => f.write_str("trailing bytes after control message"),
+            ControlError::Version(v) => write!(
+                f,
+                "control protocol version {v}, expected {CONTROL_VERSION}"
+            ),
+            ControlError::Malformed => f.write_str("malformed control message"),
+        }
+    }
+}
+
+/// Reads the frame header: returns the number of bytes that follow the
+/// 4-byte length field (version included), after checking it is in range.
+/// A stream reader reads 4 bytes, calls this, then reads that many bytes.
+pub fn frame_body_len(len_field: [u8; 4]) -> Result<usize, ControlError> {
+    let n = u32::from_le_bytes(len_field) as u64;
+    if n > (MAX_FRAME_LEN - 4) as u64 {
+        return Err(ControlError::Oversized(n));
+    }
+    if n < 2 {
+        return Err(ControlError::Truncated);
+    }
+    Ok(n as usize)
+}
+
+fn encode<T: Serialize>(msg: &T, buf: &mut [u8]) -> Result<usize, ControlError> {
+    let cap = buf.len().min(MAX_FRAME_LEN);
+    let body = buf
+        .get_mut(FRAME_HEADER_LEN..cap)
+        .ok_or(ControlError::Oversized(cap as u64))?;
+    let n = postcard::to_slice(msg, body)
+        .map_err(|_| ControlError::Oversized(MAX_FRAME_LEN as u64 + 1))?
+        .len();
+    let len = (n + 2) as u32;
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    buf[4..6].copy_from_slice(&CONTROL_VERSION.to_le_bytes());
+    Ok(n + FRAME_HEADER_LEN)
+}
+
+fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, ControlError> {
+    let len: [u8; 4] = frame
+        .get(..4)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(ControlError::Truncated)?;
+    let body_len = frame_body_len(len)?;
+    let body = frame.get(4..).ok_or(ControlError::Truncated)?;
+    if body.len() < body_len {
+        return Err(ControlError::Truncated);
+    }
+    if body.len() > body_len {
+        return Err(ControlError::TrailingBytes);
+    }
+    decode_body(body)
+}
+
+fn decode_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ControlError> {
+    let ver: [u8; 2] = body
+        .get(..2)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(ControlError::Truncated)?;
+    let ver = u16::from_le_bytes(ver);
+    if ver != CONTROL_VERSION {
+        return Err(ControlError::Version(ver));
+    }
+    let payload = body.get(2..).ok_or(ControlError::Truncated)?;
+    let (msg, rest) =
+        postcard::take_from_bytes::<T>(payload).map_err(|_| ControlError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(ControlError::TrailingBytes);
+    }
+    Ok(msg)
+}
+
+impl Request {
+    /// Encodes the request as one frame into `buf` (at least
+    /// [`MAX_FRAME_LEN`] bytes are always enough); returns the frame length.
+    pub fn encode(&self, buf: &mut [u8]) -> Result<usize, ControlError> {
+        encode(self, buf)
+    }
+
+    /// Decodes one whole frame (length field included).
+    pub fn decode(frame: &[u8]) -> Result<Self, ControlError> {
+        decode(frame)
+    }
+
+    /// Decodes the bytes after the length field (version + payload), as a
+    /// stream reader has them after [`frame_body_len`].
+    pub fn decode_body(body: &[u8]) -> Result<Self, ControlError> {
+        decode_body(body)
+    }
+}
+
+impl Response {
+    /// Encodes the response as one frame into `buf` (at least
+    /// [`MAX_FRAME_LEN`] bytes are always enough); returns the frame length.
+    pub fn encode(&self, buf: &mut [u8]) -> Result<usize, ControlError> {
+        encode(self, buf)
+    }
+
+    /// Decodes one whole frame (length field included).
+    pub fn decode(frame: &[u8]) -> Result<Self, ControlError> {
+        decode(frame)
+    }
+
+    /// Decodes the bytes after the length field (version + payload).
+    pub fn decode_body(body: &[u8]) -> Result<Self, ControlError> {
+        decode_body(body)
+    }
+
+    /// An error response; `message` is cut to [`MAX_MESSAGE`] bytes.
+    pub fn error(code: ErrorCode, message: &str) -> Self {
+        Response::Error {
+            code,
+            message: bounded_str(message),
+        }
+    }
+}
+
+/// Copies `s` into a bounded string, cut on a char boundary if too long.
+pub fn bounded_str<const N: usize>(s: &str) -> String<N> {
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}

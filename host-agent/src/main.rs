@@ -121,6 +121,11 @@ enum Command {
         /// Poller threads.
         #[arg(long, default_value_t = 1)]
         pollers: usize,
+        /// Longest time an idle poller sleeps before it looks at its rings
+        /// again, in milliseconds. Guests attached with ivshmem-plain have no
+        /// doorbell to wake it, so this bounds their hint latency when idle.
+        #[arg(long, default_value_t = 20)]
+        park_timeout_ms: u64,
     },
     /// Show pool use, savings and hint counters of the running agent.
     ///
@@ -301,13 +306,17 @@ fn print_status(r: &StatusReport) {
     }
 }
 
-fn serve(config: ConfigArgs, pollers: usize) -> anyhow::Result<()> {
+fn serve(config: ConfigArgs, pollers: usize, park_timeout_ms: u64) -> anyhow::Result<()> {
     let cfg = config.load()?;
     let agent = Agent::start(
         cfg.clone(),
         AgentOptions {
             ring_size: config.ring_size,
-            pollers: PollerConfig { threads: pollers.max(1), ..PollerConfig::default() },
+            pollers: PollerConfig {
+                threads: pollers.max(1),
+                park_timeout: Some(Duration::from_millis(park_timeout_ms.max(1))),
+                ..PollerConfig::default()
+            },
             generation: time_generation(),
         },
     )?;
@@ -346,7 +355,7 @@ fn serve(config: ConfigArgs, pollers: usize) -> anyhow::Result<()> {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, pollers } => serve(config, pollers)?,
+        Command::Serve { config, pollers, park_timeout_ms } => serve(config, pollers, park_timeout_ms)?,
         Command::Status { control, json } => {
             let Response::Status(r) = rpc(&control.control, &Request::Status)? else { bail!("unexpected answer") };
             if json {

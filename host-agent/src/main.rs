@@ -101,6 +101,27 @@ impl ConfigArgs {
     }
 }
 
+/// How guest tools (`vmdedup-guest`) reach the agent.
+#[derive(Args, Clone)]
+struct GuestChannelArgs {
+    /// Listen for each VM's guest tools on the hybrid-vsock Unix socket
+    /// DIR/NAME.vsock_PORT: what vhost-device-vsock (QEMU vhost-user-vsock),
+    /// Firecracker and cloud-hypervisor connect when the guest dials the host
+    /// (CID 2) on PORT. (A VM's `guest_socket` in the config file wins.)
+    #[arg(long, value_name = "DIR")]
+    guest_socket_dir: Option<PathBuf>,
+    /// The vsock port guest tools dial.
+    #[arg(long, default_value_t = VSOCK_PORT)]
+    vsock_port: u32,
+    /// Also listen on AF_VSOCK (hosts with vhost-vsock); a peer is known by
+    /// the `cid` its VM has in the config file.
+    #[arg(long)]
+    af_vsock: bool,
+}
+
+/// The vsock port `vmdedup-guest` dials by default.
+const VSOCK_PORT: u32 = 5555;
+
 /// Where the running agent is.
 #[derive(Args, Clone)]
 struct ControlArg {
@@ -126,6 +147,8 @@ enum Command {
         /// doorbell to wake it, so this bounds their hint latency when idle.
         #[arg(long, default_value_t = 20)]
         park_timeout_ms: u64,
+        #[command(flatten)]
+        guest: GuestChannelArgs,
     },
     /// Show pool use, savings and hint counters of the running agent.
     ///
@@ -306,7 +329,7 @@ fn print_status(r: &StatusReport) {
     }
 }
 
-fn serve(config: ConfigArgs, pollers: usize, park_timeout_ms: u64) -> anyhow::Result<()> {
+fn serve(config: ConfigArgs, pollers: usize, park_timeout_ms: u64, guest: GuestChannelArgs) -> anyhow::Result<()> {
     let cfg = config.load()?;
     let agent = Agent::start(
         cfg.clone(),
@@ -336,7 +359,33 @@ fn serve(config: ConfigArgs, pollers: usize, park_timeout_ms: u64) -> anyhow::Re
         })),
     });
     let socket = cfg.control_socket.clone();
+    let mut guest_sockets = Vec::new();
     let result = rt.block_on(async {
+        // Guest channels first: once the host socket exists, everything is up.
+        let mut cids = std::collections::HashMap::new();
+        for vm in &cfg.vms {
+            let Some(id) = agent.service().vm_id(&vm.name) else { continue };
+            if let Some(cid) = vm.cid {
+                cids.insert(cid, id);
+            }
+            let path = match (&vm.guest_socket, &guest.guest_socket_dir) {
+                (Some(p), _) => p.clone(),
+                (None, Some(dir)) => dir.join(format!("{}.vsock_{}", vm.name, guest.vsock_port)),
+                (None, None) => continue,
+            };
+            let l = control::bind(&path, None).with_context(|| format!("binding {}", path.display()))?;
+            tracing::info!(vm = vm.name, socket = %path.display(), "guest channel (hybrid vsock) ready");
+            guest_sockets.push(path);
+            tokio::spawn(control::serve(l, Arc::clone(&ctx), Caller::Vm(id), None));
+        }
+        if guest.af_vsock {
+            let (port, c) = (guest.vsock_port, Arc::clone(&ctx));
+            tokio::spawn(async move {
+                if let Err(e) = control::serve_vsock(port, c, cids).await {
+                    tracing::error!(error = %e, port, "AF_VSOCK listener failed (is vhost-vsock loaded?)");
+                }
+            });
+        }
         let listener = control::bind(&socket, group).with_context(|| format!("binding {}", socket.display()))?;
         tracing::info!(socket = %socket.display(), "control socket ready");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -349,13 +398,16 @@ fn serve(config: ConfigArgs, pollers: usize, park_timeout_ms: u64) -> anyhow::Re
     });
     agent.shutdown();
     let _ = std::fs::remove_file(&socket);
+    for p in guest_sockets {
+        let _ = std::fs::remove_file(p);
+    }
     result
 }
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, pollers, park_timeout_ms } => serve(config, pollers, park_timeout_ms)?,
+        Command::Serve { config, pollers, park_timeout_ms, guest } => serve(config, pollers, park_timeout_ms, guest)?,
         Command::Status { control, json } => {
             let Response::Status(r) = rpc(&control.control, &Request::Status)? else { bail!("unexpected answer") };
             if json {

@@ -8,7 +8,12 @@
 //!   `<uds>_<port>` that vhost-user-vsock / Firecracker connect for that VM).
 //!   The VM is the one the listener belongs to, never what a message says;
 //!   it sees its own stats and the namespaces it may use, may warm those,
-//!   and nothing else. AF_VSOCK (tokio-vsock) is not wired yet.
+//!   and nothing else.
+//! - AF_VSOCK ([`serve_vsock`], tokio-vsock) for hosts with vhost-vsock: the
+//!   VM is the one whose configured CID the kernel reports for the peer.
+//!
+//! Each listener serves at most [`MAX_CONNECTIONS_PER_LISTENER`] connections
+//! at once, so a VM that opens connections in a loop only slows itself.
 //!
 //! A frame that is oversized, truncated, of another version or malformed is
 //! answered with [`ErrorCode::BadRequest`] and the connection is closed.
@@ -143,8 +148,14 @@ fn encode(resp: &Response) -> Vec<u8> {
     buf
 }
 
+/// Most connections one listener (one VM, or the host CLI) serves at once.
+pub const MAX_CONNECTIONS_PER_LISTENER: usize = 8;
+
 /// Serves one connection: requests until EOF or a bad frame.
-pub async fn serve_connection(ctx: Arc<ControlContext>, caller: Caller, mut s: UnixStream) {
+pub async fn serve_connection<S>(ctx: Arc<ControlContext>, caller: Caller, mut s: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let mut len = [0u8; 4];
         if s.read_exact(&mut len).await.is_err() {
@@ -197,14 +208,70 @@ pub async fn serve(
     caller: Caller,
     group: Option<u32>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
     loop {
-        let Ok((s, _)) = listener.accept().await else {
-            continue;
+        let s = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         if caller == Caller::Host && !peer_allowed(&s, group) {
             continue;
         }
-        tokio::spawn(serve_connection(ctx.clone(), caller, s));
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(?caller, "too many control connections: refused one");
+            continue;
+        };
+        tokio::spawn(serve_one(ctx.clone(), caller, s, permit));
+    }
+}
+
+async fn serve_one<S>(
+    ctx: Arc<ControlContext>,
+    caller: Caller,
+    s: S,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    serve_connection(ctx, caller, s).await;
+}
+
+/// Accepts AF_VSOCK connections on `port` (any CID). A peer is served as the
+/// VM whose configured CID it has (`cids`); other peers are closed at once.
+pub async fn serve_vsock(
+    port: u32,
+    ctx: Arc<ControlContext>,
+    cids: std::collections::HashMap<u32, VmId>,
+) -> std::io::Result<()> {
+    let listener =
+        tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port))?;
+    let mut slots = std::collections::HashMap::new();
+    loop {
+        let (s, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "vsock accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(&vm) = cids.get(&peer.cid()) else {
+            tracing::warn!(cid = peer.cid(), "vsock connection from an unknown CID: closed");
+            continue;
+        };
+        let sem = slots
+            .entry(vm)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER)));
+        let Ok(permit) = Arc::clone(sem).try_acquire_owned() else {
+            tracing::warn!(vm, "too many vsock connections from this VM: refused one");
+            continue;
+        };
+        tokio::spawn(serve_one(ctx.clone(), Caller::Vm(vm), s, permit));
     }
 }
 

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod metrics;
 pub mod region;
 pub mod ring;
 pub mod pool;

@@ -149,6 +149,9 @@ enum Command {
         park_timeout_ms: u64,
         #[command(flatten)]
         guest: GuestChannelArgs,
+        /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Show pool use, savings and hint counters of the running agent.
     ///
@@ -329,7 +332,13 @@ fn print_status(r: &StatusReport) {
     }
 }
 
-fn serve(config: ConfigArgs, pollers: usize, park_timeout_ms: u64, guest: GuestChannelArgs) -> anyhow::Result<()> {
+fn serve(
+    config: ConfigArgs,
+    pollers: usize,
+    park_timeout_ms: u64,
+    guest: GuestChannelArgs,
+    metrics: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let cfg = config.load()?;
     let agent = Agent::start(
         cfg.clone(),
@@ -378,6 +387,14 @@ fn serve(config: ConfigArgs, pollers: usize, park_timeout_ms: u64, guest: GuestC
             guest_sockets.push(path);
             tokio::spawn(control::serve(l, Arc::clone(&ctx), Caller::Vm(id), None));
         }
+        if let Some(addr) = metrics {
+            let svc = agent.service().clone();
+            tokio::spawn(async move {
+                if let Err(e) = vmdedup_host_agent::metrics::serve(addr, svc).await {
+                    tracing::error!(error = %e, "metrics endpoint failed");
+                }
+            });
+        }
         if guest.af_vsock {
             let (port, c) = (guest.vsock_port, Arc::clone(&ctx));
             tokio::spawn(async move {
@@ -407,7 +424,12 @@ fn serve(config: ConfigArgs, pollers: usize, park_timeout_ms: u64, guest: GuestC
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, pollers, park_timeout_ms, guest } => serve(config, pollers, park_timeout_ms, guest)?,
+        Command::Serve { config, pollers, park_timeout_ms, guest, metrics } => {
+            if let Some(addr) = metrics {
+                vmdedup_host_agent::metrics::require_loopback(addr)?;
+            }
+            serve(config, pollers, park_timeout_ms, guest, metrics)?
+        }
         Command::Status { control, json } => {
             let Response::Status(r) = rpc(&control.control, &Request::Status)? else { bail!("unexpected answer") };
             if json {

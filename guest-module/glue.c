@@ -4,7 +4,10 @@
  *
  *  - the PCI driver for ivshmem devices (1af4:1110): enable, request and
  *    memremap BAR2, then hand the mapping to Rust, which decides what it is;
- *  - /sys/kernel/vmdedup/{ring,pool}/...: each show() is a call into Rust.
+ *  - /sys/kernel/vmdedup/{ring,pool,stats}/...: each show() is a call into Rust;
+ *  - the module parameters (read by Rust through vmdedup_glue_param());
+ *  - the event timer (a delayed work that calls vmdedup_rs_tick()).
+ * The vmdedupfs operation tables are in fs.c.
  *
  * Every Rust function called here is declared just below; the Rust side keeps
  * all its extern "C" items in guest-module/ffi.rs.
@@ -15,11 +18,16 @@
 #include <linux/pci.h>
 #include <linux/slab.h>
 #include <linux/sysfs.h>
+#include <linux/workqueue.h>
+
+#include "glue.h"
 
 /* Implemented in Rust (guest-module/ffi.rs). */
-int vmdedup_rs_region_attach(const void *ctx, void *base, u64 len, const char *dev_name);
+int vmdedup_rs_region_attach(const void *ctx, void *base, u64 len, u64 phys, const char *dev_name);
 void vmdedup_rs_region_detach(const void *ctx, int slot);
 long vmdedup_rs_sysfs_show(const void *ctx, const char *dir, const char *attr, char *buf, size_t len);
+int vmdedup_rs_stat_name(int index, char *buf, size_t len);
+void vmdedup_rs_tick(const void *ctx);
 
 /* Called from Rust. */
 int vmdedup_glue_init(const void *ctx);
@@ -30,6 +38,47 @@ void vmdedup_glue_exit(void);
 #define IVSHMEM_SHM_BAR 2
 
 static const void *vmdedup_ctx;
+
+const void *vmdedup_glue_ctx(void)
+{
+	return vmdedup_ctx;
+}
+
+/* Module parameters: read by Rust through vmdedup_glue_param(). */
+static unsigned int poll_us = 200;
+module_param(poll_us, uint, 0644);
+MODULE_PARM_DESC(poll_us, "How long (microseconds) an open polls the completion ring for the host's answer before it reads from lower (default 200)");
+static unsigned int rehint_ms = 200;
+module_param(rehint_ms, uint, 0644);
+MODULE_PARM_DESC(rehint_ms, "Least time (ms) between two hints for a file the host was still loading (default 200)");
+static unsigned int default_verify = 2;
+module_param(default_verify, uint, 0644);
+MODULE_PARM_DESC(default_verify, "Verify mode of mounts without verify=: 0 off, 1 sample, 2 full (default 2)");
+static unsigned int event_poll_ms = 50;
+module_param(event_poll_ms, uint, 0444);
+MODULE_PARM_DESC(event_poll_ms, "Period (ms) of the timer that applies revocation events and late answers (default 50)");
+
+unsigned int vmdedup_glue_param(int which)
+{
+	switch (which) {
+	case 0: return READ_ONCE(poll_us);
+	case 1: return READ_ONCE(rehint_ms);
+	case 2: return READ_ONCE(default_verify);
+	default: return 0;
+	}
+}
+
+/* The event timer: a delayed work calling into Rust every event_poll_ms. */
+static void vmdedup_tick_fn(struct work_struct *w);
+static DECLARE_DELAYED_WORK(vmdedup_tick_work, vmdedup_tick_fn);
+static bool vmdedup_tick_stop;
+
+static void vmdedup_tick_fn(struct work_struct *w)
+{
+	vmdedup_rs_tick(vmdedup_ctx);
+	if (!READ_ONCE(vmdedup_tick_stop))
+		schedule_delayed_work(&vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
+}
 
 struct vmdedup_dev {
 	void *base;
@@ -63,7 +112,7 @@ static int vmdedup_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		err = -ENOMEM;
 		goto out_release;
 	}
-	vd->slot = vmdedup_rs_region_attach(vmdedup_ctx, vd->base, len, pci_name(pdev));
+	vd->slot = vmdedup_rs_region_attach(vmdedup_ctx, vd->base, len, start, pci_name(pdev));
 	if (vd->slot < 0) {
 		err = vd->slot;
 		goto out_unmap;
@@ -145,14 +194,59 @@ static struct attribute *vmdedup_region_attrs[] = {
 };
 static const struct attribute_group vmdedup_region_group = { .attrs = vmdedup_region_attrs };
 
-static struct kobject *vmdedup_kobj, *vmdedup_ring_kobj, *vmdedup_pool_kobj;
+static struct kobject *vmdedup_kobj, *vmdedup_ring_kobj, *vmdedup_pool_kobj, *vmdedup_stats_kobj;
+
+/* /sys/kernel/vmdedup/stats/<name>: the names come from Rust (stats.rs). */
+#define VMDEDUP_STAT_NAME 40
+static struct kobj_attribute *vmdedup_stat_attrs;
+static char (*vmdedup_stat_names)[VMDEDUP_STAT_NAME];
+static struct attribute **vmdedup_stat_list;
+static struct attribute_group vmdedup_stats_group;
+
+static void vmdedup_stats_free(void)
+{
+	kfree(vmdedup_stat_list);
+	kfree(vmdedup_stat_names);
+	kfree(vmdedup_stat_attrs);
+	vmdedup_stat_list = NULL;
+	vmdedup_stat_names = NULL;
+	vmdedup_stat_attrs = NULL;
+}
+
+static int vmdedup_stats_alloc(void)
+{
+	char name[VMDEDUP_STAT_NAME];
+	int n = 0, i;
+
+	while (vmdedup_rs_stat_name(n, name, sizeof(name)) == 0)
+		n++;
+	vmdedup_stat_attrs = kcalloc(n, sizeof(*vmdedup_stat_attrs), GFP_KERNEL);
+	vmdedup_stat_names = kcalloc(n, sizeof(*vmdedup_stat_names), GFP_KERNEL);
+	vmdedup_stat_list = kcalloc(n + 1, sizeof(*vmdedup_stat_list), GFP_KERNEL);
+	if (!vmdedup_stat_attrs || !vmdedup_stat_names || !vmdedup_stat_list) {
+		vmdedup_stats_free();
+		return -ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		vmdedup_rs_stat_name(i, vmdedup_stat_names[i], VMDEDUP_STAT_NAME);
+		sysfs_attr_init(&vmdedup_stat_attrs[i].attr);
+		vmdedup_stat_attrs[i].attr.name = vmdedup_stat_names[i];
+		vmdedup_stat_attrs[i].attr.mode = 0444;
+		vmdedup_stat_attrs[i].show = vmdedup_attr_show;
+		vmdedup_stat_list[i] = &vmdedup_stat_attrs[i].attr;
+	}
+	vmdedup_stats_group.attrs = vmdedup_stat_list;
+	return 0;
+}
 
 static void vmdedup_sysfs_exit(void)
 {
+	kobject_put(vmdedup_stats_kobj);
 	kobject_put(vmdedup_pool_kobj);
 	kobject_put(vmdedup_ring_kobj);
 	kobject_put(vmdedup_kobj);
-	vmdedup_pool_kobj = vmdedup_ring_kobj = vmdedup_kobj = NULL;
+	vmdedup_stats_kobj = vmdedup_pool_kobj = vmdedup_ring_kobj = vmdedup_kobj = NULL;
+	vmdedup_stats_free();
 }
 
 static int vmdedup_sysfs_init(void)
@@ -162,7 +256,9 @@ static int vmdedup_sysfs_init(void)
 		return -ENOMEM;
 	vmdedup_ring_kobj = kobject_create_and_add("ring", vmdedup_kobj);
 	vmdedup_pool_kobj = kobject_create_and_add("pool", vmdedup_kobj);
-	if (!vmdedup_ring_kobj || !vmdedup_pool_kobj ||
+	vmdedup_stats_kobj = kobject_create_and_add("stats", vmdedup_kobj);
+	if (!vmdedup_ring_kobj || !vmdedup_pool_kobj || !vmdedup_stats_kobj || vmdedup_stats_alloc() ||
+	    sysfs_create_group(vmdedup_stats_kobj, &vmdedup_stats_group) ||
 	    sysfs_create_group(vmdedup_kobj, &vmdedup_top_group) ||
 	    sysfs_create_group(vmdedup_ring_kobj, &vmdedup_region_group) ||
 	    sysfs_create_group(vmdedup_pool_kobj, &vmdedup_region_group)) {
@@ -185,11 +281,24 @@ int vmdedup_glue_init(const void *ctx)
 		vmdedup_sysfs_exit();
 		return err;
 	}
+	WRITE_ONCE(vmdedup_tick_stop, false);
+	schedule_delayed_work(&vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
+	err = vmdedup_fs_init();
+	if (err) {
+		WRITE_ONCE(vmdedup_tick_stop, true);
+		cancel_delayed_work_sync(&vmdedup_tick_work);
+		pci_unregister_driver(&vmdedup_pci_driver);
+		vmdedup_sysfs_exit();
+		return err;
+	}
 	return 0;
 }
 
 void vmdedup_glue_exit(void)
 {
+	vmdedup_fs_exit();
+	WRITE_ONCE(vmdedup_tick_stop, true);
+	cancel_delayed_work_sync(&vmdedup_tick_work);
 	pci_unregister_driver(&vmdedup_pci_driver);
 	vmdedup_sysfs_exit();
 	vmdedup_ctx = NULL;

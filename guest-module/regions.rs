@@ -7,6 +7,7 @@ use core::ptr::NonNull;
 use kernel::prelude::*;
 
 use crate::abi::{prefix_off, PrefixError, RegionKind, RegionPrefix};
+use crate::client::Client;
 
 /// Maximum length kept of a PCI device name (`0000:00:04.0` is 12 bytes).
 const NAME_LEN: usize = 24;
@@ -41,15 +42,89 @@ impl DevName {
 pub(crate) struct Mapping {
     base: NonNull<u8>,
     len: usize,
+    phys: u64,
 }
 
 impl Mapping {
     /// # Safety
     /// `base` must point to `len` mapped bytes that stay mapped until the region
-    /// is detached (see the type invariant).
-    pub(crate) unsafe fn new(base: NonNull<u8>, len: usize) -> Self {
+    /// is detached (see the type invariant). `phys` is their physical address.
+    pub(crate) unsafe fn new(base: NonNull<u8>, len: usize, phys: u64) -> Self {
         // INVARIANT: guaranteed by the caller.
-        Mapping { base, len }
+        Mapping { base, len, phys }
+    }
+
+    /// Size of the mapping in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Physical address of byte 0 (for PFN mappings of pool frames).
+    pub(crate) fn phys(&self) -> u64 {
+        self.phys
+    }
+
+    /// Copies `out.len()` bytes at `off` out of the shared memory with volatile
+    /// loads. Returns false (copying nothing) if the range is not mapped.
+    pub(crate) fn read_bytes(&self, off: usize, out: &mut [u8]) -> bool {
+        let Some(end) = off.checked_add(out.len()) else { return false };
+        if end > self.len {
+            return false;
+        }
+        // Word-sized loads where both sides are aligned: frames are copied
+        // on every read, byte loads would be needlessly slow.
+        let mut i = 0;
+        if (self.base.as_ptr() as usize + off) % 8 == 0 && out.as_ptr() as usize % 8 == 0 {
+            while i + 8 <= out.len() {
+                // SAFETY: `off + i + 8 <= end <= self.len`, mapped by the type
+                // invariant, and 8-aligned (checked above, `i` steps by 8).
+                let v = unsafe { core::ptr::read_volatile(self.base.as_ptr().add(off + i).cast::<u64>()) };
+                if let Some(d) = out.get_mut(i..i + 8) {
+                    d.copy_from_slice(&v.to_ne_bytes());
+                }
+                i += 8;
+            }
+        }
+        while i < out.len() {
+            // SAFETY: `off + i < end <= self.len`, mapped by the type invariant.
+            let v = unsafe { core::ptr::read_volatile(self.base.as_ptr().add(off + i)) };
+            if let Some(d) = out.get_mut(i) {
+                *d = v;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Reads a little-endian `u64` at `off` (volatile).
+    pub(crate) fn read_u64(&self, off: usize) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read_bytes(off, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    /// Writes `data` at `off` with volatile stores (ring region only: the pool
+    /// is mapped read-only by the host). Returns false if out of range.
+    pub(crate) fn write_bytes(&self, off: usize, data: &[u8]) -> bool {
+        let Some(end) = off.checked_add(data.len()) else { return false };
+        if end > self.len {
+            return false;
+        }
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: `off + i < end <= self.len`, mapped by the type invariant.
+            unsafe { core::ptr::write_volatile(self.base.as_ptr().add(off + i), *b) };
+        }
+        true
+    }
+
+    /// The `u32` at `off` as an atomic, if it is in range and 4-aligned.
+    pub(crate) fn word(&self, off: usize) -> Option<NonNull<core::sync::atomic::AtomicU32>> {
+        let end = off.checked_add(4)?;
+        if end > self.len || (self.base.as_ptr() as usize + off) % 4 != 0 {
+            return None;
+        }
+        // SAFETY: in bounds of the mapping (checked above).
+        let p = unsafe { self.base.as_ptr().add(off) };
+        NonNull::new(p.cast())
     }
 
     /// Copies the region prefix out of shared memory with volatile loads, so the
@@ -119,6 +194,7 @@ pub(crate) struct Regions {
     pool: Option<Region>,
     refused_total: u64,
     refusals: [Option<Refusal>; REFUSALS_KEPT],
+    client: Client,
 }
 
 // SAFETY: `Regions` holds raw pointers only inside `Mapping`, which refers to
@@ -128,7 +204,12 @@ unsafe impl Send for Regions {}
 
 impl Regions {
     pub(crate) const fn new() -> Self {
-        Regions { ring: None, pool: None, refused_total: 0, refusals: [None; REFUSALS_KEPT] }
+        Regions { ring: None, pool: None, refused_total: 0, refusals: [None; REFUSALS_KEPT], client: Client::new() }
+    }
+
+    /// The ring mapping, the pool mapping and the ring client, borrowed apart.
+    pub(crate) fn parts(&mut self) -> (Option<&Mapping>, Option<&Mapping>, &mut Client) {
+        (self.ring.as_ref().map(|r| &r.map), self.pool.as_ref().map(|r| &r.map), &mut self.client)
     }
 
     fn refuse(&mut self, dev: DevName, reason: PrefixError) -> Error {
@@ -190,6 +271,8 @@ impl Regions {
             Slot::Pool => &mut self.pool,
         };
         if let Some(region) = place.take() {
+            // Nothing may point into the region any more.
+            self.client = Client::new();
             pr_info!("{}: region detached\n", region.dev.as_str());
         }
     }
@@ -198,6 +281,7 @@ impl Regions {
     /// `ring` or `pool`) and `attr` the file name.
     pub(crate) fn show(&self, dir: &[u8], attr: &[u8], out: &mut impl Write) -> Result {
         let region = match dir {
+            b"stats" => return crate::stats::show(attr, out),
             b"ring" => &self.ring,
             b"pool" => &self.pool,
             b"vmdedup" => {

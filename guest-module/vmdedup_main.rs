@@ -10,11 +10,15 @@
 //! - `abi`: the shared-memory ABI, the very file the host compiles
 //!   (`protocol/src/abi.rs`);
 //! - [`regions`]: the table of mapped regions and their validation;
+//! - [`client`]: the ring client (hints, answers, events);
+//! - [`fs`]: vmdedupfs decisions (options, per-file answers, reads, faults);
+//! - [`stats`]: the counters in `/sys/kernel/vmdedup/stats/`;
 //! - [`ffi`]: every C function this crate calls and every Rust entry point the
-//!   C glue (`glue.c`: PCI driver, sysfs) calls, in one place.
+//!   C glue (`glue.c`: PCI driver, sysfs, parameters, timer; `fs.c`: the
+//!   vmdedupfs operation tables) calls, in one place.
 
 use kernel::prelude::*;
-use kernel::sync::{Arc, Mutex};
+use kernel::sync::Mutex;
 
 // The shared-memory ABI: the very files the host agent compiles with cargo.
 // Items the module does not use yet are allowed to be dead.
@@ -27,8 +31,11 @@ mod pool;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../protocol/src/spsc.rs"]
 mod spsc;
+mod client;
 mod ffi;
+mod fs;
 mod regions;
+mod stats;
 
 // The layout the module is built against, checked again in kernel terms: a
 // change to the ABI that breaks these fails the module build, not a guest.
@@ -48,28 +55,38 @@ module! {
     license: "GPL",
 }
 
-/// The module: owns the region table; the glue registrations borrow it and are
-/// torn down in [`Drop`] before the table goes away.
+/// State shared by every C callback: the region table, which also owns the
+/// ring client.
+#[pin_data]
+pub(crate) struct Shared {
+    #[pin]
+    pub(crate) regions: Mutex<regions::Regions>,
+}
+
+/// The module: owns the shared state; the glue registrations borrow it and are
+/// torn down in [`Drop`] before it goes away.
 struct Vmdedup {
-    _regions: Arc<Mutex<regions::Regions>>,
+    _shared: Pin<KBox<Shared>>,
 }
 
 impl kernel::Module for Vmdedup {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let table = Arc::pin_init(
-            kernel::new_mutex!(regions::Regions::new(), "vmdedup::regions"),
+        stats::reset();
+        let shared = KBox::pin_init(
+            pin_init!(Shared { regions <- kernel::new_mutex!(regions::Regions::new(), "vmdedup::regions") }),
             GFP_KERNEL,
         )?;
-        ffi::glue_init(&table)?;
-        pr_info!("loaded; ivshmem driver registered\n");
-        Ok(Vmdedup { _regions: table })
+        ffi::glue_init(&shared)?;
+        pr_info!("loaded; ivshmem driver and vmdedupfs registered\n");
+        Ok(Vmdedup { _shared: shared })
     }
 }
 
 impl Drop for Vmdedup {
     fn drop(&mut self) {
-        // Unregisters the PCI driver (detaching every region) and the sysfs
-        // tree; nothing calls into the table after this returns.
+        // Unregisters vmdedupfs (no mount exists: each pins the module), the
+        // timer, the PCI driver (detaching every region) and the sysfs tree;
+        // nothing calls into the shared state after this returns.
         ffi::glue_exit();
         pr_info!("unloaded\n");
     }

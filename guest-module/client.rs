@@ -1,0 +1,613 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The guest end of the ring region: hints out, answers and events in.
+//!
+//! Everything in the ring and the pool is written by the host and treated as
+//! hostile: indices go through the [`spsc`](crate::spsc) algorithm (loaded
+//! once, range-checked), entries and table bytes are copied out with volatile
+//! loads before they are decoded and validated, and anything doubtful makes the
+//! file fall back to the lower file.
+//!
+//! There is no doorbell hardware with `ivshmem-plain` (no interrupt/doorbell
+//! registers are driven), so when the host poller advertises
+//! [`HOST_FLAG_NEED_WAKEUP`] the client only counts a "doorbell needed"; the
+//! host poller's timed re-check picks the hint up.
+//!
+//! Lock order: the region table (which owns this client) before any
+//! [`FileState`](crate::fs::FileState) lock.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use kernel::prelude::*;
+use kernel::sync::Arc;
+use kernel::time::Ktime;
+
+use crate::abi::{
+    ring_off, AnswerStatus, CompletionEntry, EventEntry, RegionKind, RegionPrefix, RingLayout,
+    SubmissionEntry, CQE_SIZE, EQE_SIZE, EVENT_NOTICE, EVENT_REVOKE, HINT_FLAG_PATH_IN_SLOT,
+    HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, NOTICE_EVENTS_LOST,
+    NOTICE_HOST_RESTARTING, OP_HINT, SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
+};
+use crate::fs::{FileMap, InodeState, MissKind};
+use crate::pool::{PoolGeometry, TableRef, TableHeader, POOL_HEADER_SIZE, TABLE_HEADER_SIZE, TABLE_MAGIC};
+use crate::regions::Mapping;
+use crate::spsc::{self, Consumer, Producer, SharedU32};
+use crate::stats::{self, Counter};
+
+/// Most requests in flight at once (answers still expected).
+const PENDING_MAX: usize = 64;
+/// A request without an answer after this long is forgotten (its id stays
+/// unknown, so a very late answer is dropped and counted).
+const PENDING_TIMEOUT_MS: i64 = 2000;
+
+/// A `u32` index word in the ring region.
+///
+/// # Invariants
+/// Points to a 4-aligned `u32` inside a live ring mapping (the client only
+/// makes these from its [`Mapping`] and uses them while holding the region
+/// table lock, under which the mapping cannot go away).
+struct Word(NonNull<AtomicU32>);
+
+impl SharedU32 for Word {
+    fn load(&self, order: Ordering) -> u32 {
+        // SAFETY: valid and aligned by the type invariant; `AtomicU32` is the
+        // right type for memory another agent writes concurrently.
+        unsafe { self.0.as_ref() }.load(order)
+    }
+    fn store(&self, val: u32, order: Ordering) {
+        // SAFETY: as in `load`.
+        unsafe { self.0.as_ref() }.store(val, order)
+    }
+    fn fetch_or(&self, val: u32, order: Ordering) -> u32 {
+        // SAFETY: as in `load`.
+        unsafe { self.0.as_ref() }.fetch_or(val, order)
+    }
+    fn fetch_and(&self, val: u32, order: Ordering) -> u32 {
+        // SAFETY: as in `load`.
+        unsafe { self.0.as_ref() }.fetch_and(val, order)
+    }
+    fn full_fence() {
+        // A SeqCst fence is `mfence` on x86, i.e. `smp_mb()`.
+        core::sync::atomic::fence(Ordering::SeqCst)
+    }
+}
+
+fn word(map: &Mapping, off: usize) -> Option<Word> {
+    // INVARIANT: `Mapping::word` checks bounds and alignment.
+    map.word(off).map(Word)
+}
+
+/// A request waiting for its answer.
+struct Pending {
+    id: u64,
+    file: Arc<InodeState>,
+    sent: Ktime,
+    size: u64,
+    slot: Option<u32>,
+}
+
+/// A file map this guest holds (so a revocation can find its file).
+struct Held {
+    file_map_id: u64,
+    file: Arc<InodeState>,
+}
+
+/// A validated connection to the host's ring.
+struct Conn {
+    layout: RingLayout,
+    generation: u64,
+    sq: Producer,
+    cq: Consumer,
+    eq: Consumer,
+    slots_busy: KVec<bool>,
+}
+
+/// The guest's view of the pool.
+#[derive(Clone, Copy)]
+pub(crate) struct PoolView {
+    pub(crate) geom: PoolGeometry,
+}
+
+/// The ring client state (kept inside the region table).
+pub(crate) struct Client {
+    conn: Option<Conn>,
+    next_id: u64,
+    pending: KVec<Option<Pending>>,
+    held: KVec<Option<Held>>,
+    pool: Option<PoolView>,
+    pool_checked: bool,
+    ring_corrupt: bool,
+}
+
+impl Client {
+    pub(crate) const fn new() -> Self {
+        Client {
+            conn: None,
+            next_id: 1,
+            pending: KVec::new(),
+            held: KVec::new(),
+            pool: None,
+            pool_checked: false,
+            ring_corrupt: false,
+        }
+    }
+
+    /// The validated pool geometry, read once from the pool header.
+    pub(crate) fn pool_view(&mut self, pool: Option<&Mapping>) -> Option<PoolView> {
+        if !self.pool_checked {
+            let pool = pool?;
+            self.pool_checked = true;
+            let mut b = [0u8; POOL_HEADER_SIZE];
+            if !pool.read_bytes(0, &mut b) {
+                return None;
+            }
+            match PoolGeometry::from_header_bytes(&b, pool.len() as u64) {
+                Ok(geom) => self.pool = Some(PoolView { geom }),
+                Err(_) => pr_info!("pool header does not validate: serving every file from lower\n"),
+            }
+        }
+        self.pool
+    }
+
+    /// Connects (or reconnects after a host restart). Returns whether a ring is usable.
+    fn connect(&mut self, ring: Option<&Mapping>) -> bool {
+        let Some(ring) = ring else {
+            self.disconnect();
+            return false;
+        };
+        let mut p = [0u8; 32];
+        if !ring.read_bytes(0, &mut p) {
+            self.disconnect();
+            return false;
+        }
+        let prefix = RegionPrefix::from_le_bytes(&p);
+        let valid = matches!(prefix.validate(ring.len() as u64), Ok(RegionKind::Ring));
+        if let Some(c) = &self.conn {
+            if valid && c.generation == prefix.generation && !self.ring_corrupt {
+                return true;
+            }
+            stats::inc(Counter::generation_changes);
+            self.disconnect();
+        }
+        if !valid || self.ring_corrupt {
+            return false;
+        }
+        let mut l = [0u8; 96];
+        if !ring.read_bytes(ring_off::HOST_FEATURES, &mut l) {
+            return false;
+        }
+        let layout = RingLayout::from_le_bytes(&l);
+        if layout.validate(prefix.region_size.min(ring.len() as u64)).is_err() {
+            return false;
+        }
+        let (Some(sqh), Some(sqt), Some(cqh), Some(eqh)) = (
+            word(ring, ring_off::SQ_HEAD),
+            word(ring, ring_off::SQ_TAIL),
+            word(ring, ring_off::CQ_HEAD),
+            word(ring, ring_off::EQ_HEAD),
+        ) else {
+            return false;
+        };
+        let Some(sq) = Producer::new(layout.sq.entries, sqh.load(Ordering::Acquire), sqt.load(Ordering::Acquire)) else {
+            return false;
+        };
+        let (Some(cq), Some(eq)) = (
+            Consumer::new(layout.cq.entries, cqh.load(Ordering::Acquire)),
+            Consumer::new(layout.eq.entries, eqh.load(Ordering::Acquire)),
+        ) else {
+            return false;
+        };
+        let mut slots_busy = KVec::new();
+        if slots_busy.extend_with(layout.slots.count as usize, false, GFP_KERNEL).is_err() {
+            return false;
+        }
+        while self.pending.len() < PENDING_MAX {
+            if self.pending.push(None, GFP_KERNEL).is_err() {
+                return false;
+            }
+        }
+        pr_info!(
+            "ring connected: generation {}, {} submission / {} completion / {} event entries\n",
+            prefix.generation,
+            layout.sq.entries,
+            layout.cq.entries,
+            layout.eq.entries
+        );
+        self.conn = Some(Conn { layout, generation: prefix.generation, sq, cq, eq, slots_busy });
+        true
+    }
+
+    /// Forgets the connection: every request is dropped and every file map
+    /// falls back to lower (its frames belonged to the old host).
+    fn disconnect(&mut self) {
+        if self.conn.take().is_some() {
+            pr_info!("ring disconnected: every file falls back to lower until the host answers again\n");
+        }
+        for p in self.pending.iter_mut() {
+            if let Some(p) = p.take() {
+                p.file.clear_pending();
+            }
+        }
+        self.revoke_all();
+    }
+
+    fn revoke_all(&mut self) {
+        for h in self.held.iter_mut() {
+            if let Some(h) = h.take() {
+                if h.file.drop_map(h.file_map_id) {
+                    stats::inc(Counter::fallbacks);
+                }
+            }
+        }
+    }
+
+    /// Sends a hint for `file`. Returns whether it was published.
+    pub(crate) fn submit(
+        &mut self,
+        ring: Option<&Mapping>,
+        file: &Arc<InodeState>,
+        ns_id: u32,
+        ident: &crate::fs::Ident,
+        path: &[u8],
+    ) -> bool {
+        self.expire();
+        if !self.connect(ring) {
+            stats::inc(Counter::hints_skipped_no_host);
+            return false;
+        }
+        let Some(ring) = ring else { return false };
+        self.poll_events(Some(ring));
+        let Some(idx) = self.pending.iter().position(|p| p.is_none()) else {
+            stats::inc(Counter::hints_skipped_ring_full);
+            return false;
+        };
+        let Ok(path_len) = u16::try_from(path.len()) else {
+            stats::inc(Counter::hints_skipped_path);
+            return false;
+        };
+        if path.is_empty() || path.len() > MAX_PATH_LEN as usize {
+            stats::inc(Counter::hints_skipped_path);
+            return false;
+        }
+        let (Some(sq_head), Some(sq_tail), Some(flags)) =
+            (word(ring, ring_off::SQ_HEAD), word(ring, ring_off::SQ_TAIL), word(ring, ring_off::HOST_FLAGS))
+        else {
+            return false;
+        };
+        let Some(conn) = self.conn.as_mut() else { return false };
+        match conn.sq.free(&sq_head, 1) {
+            Ok(0) => {
+                stats::inc(Counter::hints_skipped_ring_full);
+                return false;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.corrupt();
+                return false;
+            }
+        }
+        let id = self.next_id;
+        let mut entry = SubmissionEntry {
+            request_id: id,
+            opcode: OP_HINT,
+            path_len,
+            namespace_id: ns_id,
+            file_size: ident.size,
+            mtime_ns: ident.mtime_ns,
+            ctime_ns: ident.ctime_ns,
+            inode: ident.ino,
+            ..SubmissionEntry::default()
+        };
+        let sqe = conn.layout.sqe_offset(conn.sq.slot(0)) as usize;
+        let mut slot = None;
+        if path.len() > SQE_INLINE_PATH_MAX as usize {
+            let Some(s) = conn.slots_busy.iter().position(|b| !*b) else {
+                stats::inc(Counter::hints_skipped_path);
+                return false;
+            };
+            let Some(off) = conn.layout.path_slot_offset(s as u32) else { return false };
+            if !ring.write_bytes(off as usize, path) {
+                return false;
+            }
+            if let Some(b) = conn.slots_busy.get_mut(s) {
+                *b = true;
+            }
+            entry.flags = HINT_FLAG_PATH_IN_SLOT;
+            entry.path_slot = s as u32;
+            slot = Some(s as u32);
+        } else if !ring.write_bytes(sqe + SQE_INLINE_PATH_OFF as usize, path) {
+            return false;
+        }
+        if !ring.write_bytes(sqe, &entry.to_le_bytes()) {
+            return false;
+        }
+        conn.sq.publish(&sq_tail, 1);
+        if spsc::needs_doorbell(&flags, HOST_FLAG_NEED_WAKEUP) {
+            stats::inc(Counter::doorbells_needed);
+        }
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        if let Some(p) = self.pending.get_mut(idx) {
+            *p = Some(Pending { id, file: file.clone(), sent: Ktime::ktime_get(), size: ident.size, slot });
+        }
+        stats::inc(Counter::hints_sent);
+        true
+    }
+
+    fn corrupt(&mut self) {
+        stats::inc(Counter::ring_corrupt);
+        pr_err!("ring indices corrupt: ring disabled until the host re-initialises it\n");
+        self.ring_corrupt = true;
+        self.disconnect();
+    }
+
+    /// Forgets requests that waited too long.
+    fn expire(&mut self) {
+        let now = Ktime::ktime_get();
+        for p in self.pending.iter_mut() {
+            let old = p.as_ref().is_some_and(|q| kernel::time::ktime_ms_delta(now, q.sent) > PENDING_TIMEOUT_MS);
+            if old {
+                if let Some(q) = p.take() {
+                    // Its path slot stays busy: the host may still read it.
+                    q.file.clear_pending();
+                    stats::inc(Counter::requests_timed_out);
+                }
+            }
+        }
+    }
+
+    /// Whether any request is still waiting.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending.iter().any(|p| p.is_some())
+    }
+
+    /// Consumes every available answer and applies it. `late` says whether
+    /// the caller is not the open that sent the hint (for the counters).
+    pub(crate) fn reap(&mut self, ring: Option<&Mapping>, pool: Option<&Mapping>, late: bool) {
+        if !self.connect(ring) {
+            return;
+        }
+        let Some(ring) = ring else { return };
+        let (Some(cq_head), Some(cq_tail)) = (word(ring, ring_off::CQ_HEAD), word(ring, ring_off::CQ_TAIL)) else {
+            return;
+        };
+        let n = match self.conn.as_mut().map(|c| c.cq.available(&cq_tail)) {
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                self.corrupt();
+                return;
+            }
+            None => return,
+        };
+        for i in 0..n {
+            let Some(conn) = self.conn.as_ref() else { return };
+            let off = conn.layout.cqe_offset(conn.cq.slot(i)) as usize;
+            let mut b = [0u8; CQE_SIZE as usize];
+            if !ring.read_bytes(off, &mut b) {
+                break;
+            }
+            let answer = CompletionEntry::from_le_bytes(&b);
+            self.apply(answer, pool, late);
+        }
+        if let Some(conn) = self.conn.as_mut() {
+            conn.cq.release(&cq_head, n);
+        }
+        if n > 0 {
+            if let (Some(flags), Some(sq_head)) = (word(ring, ring_off::HOST_FLAGS), word(ring, ring_off::SQ_HEAD)) {
+                let tail = self.conn.as_ref().map(|c| c.sq.tail());
+                if spsc::needs_doorbell(&flags, HOST_FLAG_NEED_WAKEUP)
+                    && Some(sq_head.load(Ordering::Acquire)) != tail
+                {
+                    stats::inc(Counter::doorbells_needed);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, a: CompletionEntry, pool: Option<&Mapping>, late: bool) {
+        let Some(p) = self.pending.iter_mut().find(|p| p.as_ref().is_some_and(|q| q.id == a.request_id)) else {
+            stats::inc(Counter::answers_unknown);
+            return;
+        };
+        let Some(p) = p.take() else { return };
+        if let (Some(s), Some(conn)) = (p.slot, self.conn.as_mut()) {
+            if let Some(b) = conn.slots_busy.get_mut(s as usize) {
+                *b = false;
+            }
+        }
+        if late {
+            stats::inc(Counter::answers_late);
+        }
+        let kind = match AnswerStatus::from_u16(a.status) {
+            Some(AnswerStatus::Hit) => {
+                match self.validate_hit(&a, p.size, pool) {
+                    Some(map) => {
+                        let id = map.file_map_id;
+                        if p.file.install(map) {
+                            self.hold(id, &p.file);
+                            stats::inc(Counter::answers_hit);
+                        }
+                    }
+                    None => {
+                        stats::inc(Counter::answers_malformed);
+                        p.file.set_miss(MissKind::Retry);
+                    }
+                }
+                return;
+            }
+            Some(AnswerStatus::PoolFull) => {
+                stats::inc(Counter::answers_miss_loading);
+                MissKind::Retry
+            }
+            Some(AnswerStatus::NotFound) => {
+                stats::inc(Counter::answers_miss_not_found);
+                MissKind::Final
+            }
+            Some(AnswerStatus::IdentityMismatch) => {
+                stats::inc(Counter::answers_miss_identity);
+                MissKind::Final
+            }
+            Some(AnswerStatus::HostRestarting) | Some(AnswerStatus::HostError) => {
+                stats::inc(Counter::answers_miss_other);
+                MissKind::Retry
+            }
+            _ => {
+                stats::inc(Counter::answers_miss_other);
+                MissKind::Final
+            }
+        };
+        p.file.set_miss(kind);
+    }
+
+    fn hold(&mut self, file_map_id: u64, file: &Arc<InodeState>) {
+        let entry = Held { file_map_id, file: file.clone() };
+        if let Some(free) = self.held.iter_mut().find(|h| h.is_none()) {
+            *free = Some(entry);
+        } else if self.held.push(Some(entry), GFP_KERNEL).is_err() {
+            // Untracked maps could not be revoked: refuse to use it.
+            file.drop_map(file_map_id);
+            stats::inc(Counter::fallbacks);
+        }
+    }
+
+    /// Checks a hit against the pool and copies its frame table out.
+    fn validate_hit(&mut self, a: &CompletionEntry, size: u64, pool: Option<&Mapping>) -> Option<FileMap> {
+        let view = self.pool_view(pool)?;
+        let pool = pool?;
+        if a.flags != 0 || a.reserved != [0; 2] || a.file_size != size {
+            return None;
+        }
+        let r = TableRef {
+            offset: a.table_offset,
+            page_count: a.page_count,
+            file_map_id: a.file_map_id,
+            file_size: a.file_size,
+            map_generation: a.map_generation,
+        };
+        let (frames_off, _) = view.geom.table_span(&r).ok()?;
+        let mut hb = [0u8; TABLE_HEADER_SIZE];
+        if !pool.read_bytes(usize::try_from(a.table_offset).ok()?, &mut hb) {
+            return None;
+        }
+        let mut verifier = view.geom.check_table_header(&r, &TableHeader::from_le_bytes(&hb)).ok()?;
+        let mut frames = KVVec::with_capacity(a.page_count as usize, GFP_KERNEL).ok()?;
+        let mut chunk = [0u8; 256];
+        let mut off = usize::try_from(frames_off).ok()?;
+        let mut left = a.page_count as usize * 4;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            let buf = chunk.get_mut(..n)?;
+            if !pool.read_bytes(off, buf) {
+                return None;
+            }
+            verifier.update(buf).ok()?;
+            for w in buf.chunks_exact(4) {
+                frames.push(u32::from_le_bytes([w[0], w[1], w[2], w[3]]), GFP_KERNEL).ok()?;
+            }
+            off += n;
+            left -= n;
+        }
+        verifier.finish().ok()?;
+        // The table may have been revoked while we copied it.
+        if pool.read_u64(usize::try_from(a.table_offset).ok()?)? != TABLE_MAGIC {
+            return None;
+        }
+        Some(FileMap {
+            file_map_id: a.file_map_id,
+            table_offset: a.table_offset,
+            file_size: a.file_size,
+            frames,
+        })
+    }
+
+    /// Applies every pending event (revocations, notices).
+    pub(crate) fn poll_events(&mut self, ring: Option<&Mapping>) {
+        let Some(ring) = ring else { return };
+        if self.conn.is_none() {
+            return;
+        }
+        let (Some(eq_head), Some(eq_tail), Some(flags)) =
+            (word(ring, ring_off::EQ_HEAD), word(ring, ring_off::EQ_TAIL), word(ring, ring_off::HOST_FLAGS))
+        else {
+            return;
+        };
+        if flags.load(Ordering::Acquire) & HOST_FLAG_EVENTS_LOST != 0 && self.held.iter().any(|h| h.is_some()) {
+            stats::inc(Counter::revocations);
+            self.revoke_all();
+        }
+        let n = match self.conn.as_mut().map(|c| c.eq.available(&eq_tail)) {
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                self.corrupt();
+                return;
+            }
+            None => return,
+        };
+        for i in 0..n {
+            let Some(conn) = self.conn.as_ref() else { return };
+            let off = conn.layout.eqe_offset(conn.eq.slot(i)) as usize;
+            let mut b = [0u8; EQE_SIZE as usize];
+            if !ring.read_bytes(off, &mut b) {
+                break;
+            }
+            self.event(EventEntry::from_le_bytes(&b));
+        }
+        if let Some(conn) = self.conn.as_mut() {
+            conn.eq.release(&eq_head, n);
+            if n > 0 && spsc::needs_doorbell(&flags, HOST_FLAG_NEED_WAKEUP) {
+                stats::inc(Counter::doorbells_needed);
+            }
+        }
+    }
+
+    fn event(&mut self, e: EventEntry) {
+        match (e.kind, e.notice) {
+            (EVENT_REVOKE, _) => {
+                let mut found = false;
+                for h in self.held.iter_mut() {
+                    if h.as_ref().is_some_and(|h| h.file_map_id == e.file_map_id) {
+                        if let Some(h) = h.take() {
+                            if h.file.drop_map(h.file_map_id) {
+                                stats::inc(Counter::fallbacks);
+                            }
+                            found = true;
+                        }
+                    }
+                }
+                // ABI: there is no acknowledgement opcode yet; the host's ack
+                // timeout covers it (see the report on issue 5).
+                stats::inc(if found { Counter::revocations } else { Counter::events_unknown });
+            }
+            (EVENT_NOTICE, NOTICE_EVENTS_LOST) | (EVENT_NOTICE, NOTICE_HOST_RESTARTING) => {
+                stats::inc(Counter::revocations);
+                self.revoke_all();
+            }
+            (EVENT_NOTICE, _) => {}
+            _ => stats::inc(Counter::events_unknown),
+        }
+    }
+
+    /// Timer work: events, late answers, expiry.
+    pub(crate) fn tick(&mut self, ring: Option<&Mapping>, pool: Option<&Mapping>) {
+        if self.conn.is_none() && !self.has_pending() {
+            return;
+        }
+        self.expire();
+        self.reap(ring, pool, true);
+        self.poll_events(ring);
+    }
+
+    /// Drops every reference to file states (unmount of the last user or
+    /// module unload).
+    pub(crate) fn forget_file(&mut self, file: &Arc<InodeState>) {
+        for p in self.pending.iter_mut() {
+            if p.as_ref().is_some_and(|q| Arc::ptr_eq(&q.file, file)) {
+                *p = None;
+            }
+        }
+        for h in self.held.iter_mut() {
+            if h.as_ref().is_some_and(|q| Arc::ptr_eq(&q.file, file)) {
+                *h = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,628 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vmdedupfs C glue: the VFS operation tables Linux 6.12 has no Rust
+ * abstraction for. A read-only stacking view of a lower directory:
+ *
+ *  - every vmdedupfs inode wraps one lower inode (iget5 keyed on it), every
+ *    positive dentry holds the lower path in d_fsdata;
+ *  - lookup, readdir, getattr, readlink, xattr reads, statfs pass through;
+ *  - the super block is SB_RDONLY, so the VFS answers every write, create,
+ *    unlink, setattr ... with EROFS before it reaches us;
+ *  - regular files: open opens the lower file as a backing file (the way
+ *    overlayfs does) and hands the decision work to Rust (hint, answer);
+ *    read_iter and mmap ask Rust what to serve from where; the pool fault
+ *    handler inserts the PFN Rust chose.
+ *
+ * Every decision (options, hints, answers, pool bounds, verification,
+ * counters) is in Rust: guest-module/{fs,client,filemap}.rs, reached through
+ * the functions declared just below and in guest-module/ffi.rs.
+ */
+#include <linux/backing-file.h>
+#include <linux/cred.h>
+#include <linux/dcache.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mount.h>
+#include <linux/namei.h>
+#include <linux/pagemap.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+#include <linux/splice.h>
+#include <linux/statfs.h>
+#include <linux/uio.h>
+#include <linux/xattr.h>
+
+#include "glue.h"
+
+#define VMDEDUPFS_MAGIC 0x766d6464 /* "vmdd" */
+
+/* Implemented in Rust (guest-module/ffi.rs). */
+int vmdedup_rs_mount_new(const void *ctx, const char *data, char *lower, size_t lower_len, void **out);
+void vmdedup_rs_mount_free(void *mnt);
+long vmdedup_rs_mount_show(void *mnt, char *buf, size_t len);
+void *vmdedup_rs_inode_new(struct address_space *mapping);
+void vmdedup_rs_inode_free(void *mnt, void *ist);
+void vmdedup_rs_open(void *mnt, void *ist, const struct vmdedup_ident *id, const char *path, size_t len);
+ssize_t vmdedup_rs_read_iter(void *mnt, void *ist, struct vmdedup_io *io, loff_t pos, size_t count);
+int vmdedup_rs_mmap(void *mnt, void *ist, struct vmdedup_io *io, bool shared_ro, unsigned long pgoff,
+		    unsigned long npages);
+int vmdedup_rs_fault(void *mnt, void *ist, unsigned long pgoff, unsigned long *pfn);
+
+struct vmdedup_sb {
+	struct path lower_root;
+	const struct cred *cred;
+	void *rs;
+};
+
+struct vmdedup_inode {
+	struct inode vfs_inode;
+	struct inode *lower;
+	void *rs; /* Rust per-file state (regular files), or NULL */
+};
+
+static struct kmem_cache *vmdedup_inode_cache;
+
+static inline struct vmdedup_sb *VSB(struct super_block *sb) { return sb->s_fs_info; }
+static inline struct vmdedup_inode *VI(struct inode *inode)
+{
+	return container_of(inode, struct vmdedup_inode, vfs_inode);
+}
+static inline struct path *lower_path(const struct dentry *d) { return d->d_fsdata; }
+
+static const struct inode_operations vmdedup_dir_iops, vmdedup_file_iops, vmdedup_link_iops, vmdedup_special_iops;
+static const struct file_operations vmdedup_dir_fops, vmdedup_file_fops;
+
+/* ---- inodes ------------------------------------------------------------- */
+
+static void vmdedup_copy_attr(struct inode *inode, struct inode *lower)
+{
+	inode->i_mode = lower->i_mode;
+	inode->i_uid = lower->i_uid;
+	inode->i_gid = lower->i_gid;
+	inode->i_rdev = lower->i_rdev;
+	inode->i_ino = lower->i_ino;
+	set_nlink(inode, lower->i_nlink);
+	i_size_write(inode, i_size_read(lower));
+	inode_set_atime_to_ts(inode, inode_get_atime(lower));
+	inode_set_mtime_to_ts(inode, inode_get_mtime(lower));
+	inode_set_ctime_to_ts(inode, inode_get_ctime(lower));
+	inode->i_blkbits = lower->i_blkbits;
+	inode->i_blocks = lower->i_blocks;
+}
+
+static int vmdedup_inode_test(struct inode *inode, void *lower) { return VI(inode)->lower == lower; }
+static int vmdedup_inode_set(struct inode *inode, void *lower)
+{
+	VI(inode)->lower = igrab(lower);
+	return VI(inode)->lower ? 0 : -ESTALE;
+}
+
+static struct inode *vmdedup_iget(struct super_block *sb, struct inode *lower)
+{
+	struct inode *inode = iget5_locked(sb, (unsigned long)lower, vmdedup_inode_test, vmdedup_inode_set, lower);
+
+	if (!inode)
+		return ERR_PTR(-ENOMEM);
+	if (!(inode->i_state & I_NEW))
+		return inode;
+	vmdedup_copy_attr(inode, lower);
+	inode->i_flags |= S_NOATIME | S_NOCMTIME;
+	switch (inode->i_mode & S_IFMT) {
+	case S_IFDIR:
+		inode->i_op = &vmdedup_dir_iops;
+		inode->i_fop = &vmdedup_dir_fops;
+		break;
+	case S_IFREG:
+		inode->i_op = &vmdedup_file_iops;
+		inode->i_fop = &vmdedup_file_fops;
+		/* NULL on allocation failure: the file is then served from lower only. */
+		VI(inode)->rs = vmdedup_rs_inode_new(inode->i_mapping);
+		break;
+	case S_IFLNK:
+		inode->i_op = &vmdedup_link_iops;
+		break;
+	default:
+		inode->i_op = &vmdedup_special_iops;
+		init_special_inode(inode, inode->i_mode, lower->i_rdev);
+		break;
+	}
+	unlock_new_inode(inode);
+	return inode;
+}
+
+static struct inode *vmdedup_alloc_inode(struct super_block *sb)
+{
+	struct vmdedup_inode *vi = alloc_inode_sb(sb, vmdedup_inode_cache, GFP_KERNEL);
+
+	if (!vi)
+		return NULL;
+	vi->lower = NULL;
+	vi->rs = NULL;
+	return &vi->vfs_inode;
+}
+
+static void vmdedup_free_inode(struct inode *inode)
+{
+	kmem_cache_free(vmdedup_inode_cache, VI(inode));
+}
+
+static void vmdedup_evict_inode(struct inode *inode)
+{
+	struct vmdedup_inode *vi = VI(inode);
+
+	truncate_inode_pages_final(&inode->i_data);
+	clear_inode(inode);
+	if (vi->rs)
+		vmdedup_rs_inode_free(VSB(inode->i_sb)->rs, vi->rs);
+	vi->rs = NULL;
+	iput(vi->lower);
+	vi->lower = NULL;
+}
+
+static void vmdedup_inode_init_once(void *p)
+{
+	inode_init_once(&((struct vmdedup_inode *)p)->vfs_inode);
+}
+
+/* ---- dentries ----------------------------------------------------------- */
+
+static int vmdedup_set_lower(struct dentry *dentry, struct vfsmount *mnt, struct dentry *lower)
+{
+	struct path *p = kmalloc(sizeof(*p), GFP_KERNEL);
+
+	if (!p)
+		return -ENOMEM;
+	p->mnt = mntget(mnt);
+	p->dentry = lower; /* reference passed in */
+	dentry->d_fsdata = p;
+	return 0;
+}
+
+static void vmdedup_d_release(struct dentry *dentry)
+{
+	struct path *p = dentry->d_fsdata;
+
+	if (p) {
+		path_put(p);
+		kfree(p);
+	}
+}
+
+static const struct dentry_operations vmdedup_dops = {
+	.d_release = vmdedup_d_release,
+};
+
+static struct dentry *vmdedup_lookup(struct inode *dir, struct dentry *dentry, unsigned int flags)
+{
+	struct path *parent = lower_path(dentry->d_parent);
+	struct dentry *lower;
+	struct inode *inode;
+	int err;
+
+	if (!parent)
+		return ERR_PTR(-ESTALE);
+	lower = lookup_one_unlocked(mnt_idmap(parent->mnt), dentry->d_name.name, parent->dentry,
+				    dentry->d_name.len);
+	if (IS_ERR(lower))
+		return ERR_CAST(lower);
+	if (d_is_negative(lower)) {
+		dput(lower);
+		return d_splice_alias(NULL, dentry);
+	}
+	inode = vmdedup_iget(dir->i_sb, d_inode(lower));
+	if (IS_ERR(inode)) {
+		dput(lower);
+		return ERR_CAST(inode);
+	}
+	err = vmdedup_set_lower(dentry, parent->mnt, lower);
+	if (err) {
+		dput(lower);
+		iput(inode);
+		return ERR_PTR(err);
+	}
+	return d_splice_alias(inode, dentry);
+}
+
+/* ---- attributes, links, xattrs ------------------------------------------ */
+
+static int vmdedup_getattr(struct mnt_idmap *idmap, const struct path *path, struct kstat *stat,
+			   u32 request_mask, unsigned int flags)
+{
+	struct path *lp = lower_path(path->dentry);
+	int err;
+
+	if (!lp)
+		return -ESTALE;
+	/* The VFS marks calls that already passed the security hooks (as ecryptfs does). */
+	if (flags & AT_GETATTR_NOSEC)
+		err = vfs_getattr_nosec(lp, stat, request_mask, flags);
+	else
+		err = vfs_getattr(lp, stat, request_mask, flags);
+	if (!err)
+		stat->dev = path->dentry->d_sb->s_dev;
+	return err;
+}
+
+static const char *vmdedup_get_link(struct dentry *dentry, struct inode *inode, struct delayed_call *done)
+{
+	if (!dentry)
+		return ERR_PTR(-ECHILD);
+	if (!lower_path(dentry))
+		return ERR_PTR(-ESTALE);
+	return vfs_get_link(lower_path(dentry)->dentry, done);
+}
+
+static ssize_t vmdedup_listxattr(struct dentry *dentry, char *list, size_t size)
+{
+	if (!lower_path(dentry))
+		return -ESTALE;
+	return vfs_listxattr(lower_path(dentry)->dentry, list, size);
+}
+
+static int vmdedup_xattr_get(const struct xattr_handler *h, struct dentry *dentry, struct inode *inode,
+			     const char *name, void *buffer, size_t size)
+{
+	struct path *lp = lower_path(dentry);
+
+	if (!lp)
+		return -ESTALE;
+	return vfs_getxattr(mnt_idmap(lp->mnt), lp->dentry, name, buffer, size);
+}
+
+static int vmdedup_xattr_set(const struct xattr_handler *h, struct mnt_idmap *idmap, struct dentry *dentry,
+			     struct inode *inode, const char *name, const void *value, size_t size, int flags)
+{
+	return -EROFS;
+}
+
+/* The empty prefix matches every name: all xattr reads go to the lower inode. */
+static const struct xattr_handler vmdedup_xattr_handler = {
+	.prefix = "",
+	.get = vmdedup_xattr_get,
+	.set = vmdedup_xattr_set,
+};
+static const struct xattr_handler * const vmdedup_xattr_handlers[] = { &vmdedup_xattr_handler, NULL };
+
+static const struct inode_operations vmdedup_dir_iops = {
+	.lookup = vmdedup_lookup,
+	.getattr = vmdedup_getattr,
+	.listxattr = vmdedup_listxattr,
+};
+static const struct inode_operations vmdedup_file_iops = {
+	.getattr = vmdedup_getattr,
+	.listxattr = vmdedup_listxattr,
+};
+static const struct inode_operations vmdedup_link_iops = {
+	.get_link = vmdedup_get_link,
+	.getattr = vmdedup_getattr,
+	.listxattr = vmdedup_listxattr,
+};
+static const struct inode_operations vmdedup_special_iops = {
+	.getattr = vmdedup_getattr,
+	.listxattr = vmdedup_listxattr,
+};
+
+/* ---- directories -------------------------------------------------------- */
+
+static int vmdedup_dir_open(struct inode *inode, struct file *file)
+{
+	struct path *lp = lower_path(file->f_path.dentry);
+	struct file *lf;
+
+	if (!lp)
+		return -ESTALE;
+	lf = dentry_open(lp, O_RDONLY | O_DIRECTORY | O_LARGEFILE, VSB(inode->i_sb)->cred);
+	if (IS_ERR(lf))
+		return PTR_ERR(lf);
+	file->private_data = lf;
+	return 0;
+}
+
+static int vmdedup_release(struct inode *inode, struct file *file)
+{
+	if (file->private_data)
+		fput(file->private_data);
+	return 0;
+}
+
+static int vmdedup_iterate(struct file *file, struct dir_context *ctx)
+{
+	struct file *lf = file->private_data;
+
+	/* iterate_dir() takes the position from the lower file and returns it in ctx. */
+	lf->f_pos = ctx->pos;
+	return iterate_dir(lf, ctx);
+}
+
+static loff_t vmdedup_dir_llseek(struct file *file, loff_t offset, int whence)
+{
+	struct file *lf = file->private_data;
+	loff_t pos;
+
+	lf->f_pos = file->f_pos;
+	pos = vfs_llseek(lf, offset, whence);
+	if (pos >= 0)
+		file->f_pos = pos;
+	return pos;
+}
+
+static const struct file_operations vmdedup_dir_fops = {
+	.open = vmdedup_dir_open,
+	.release = vmdedup_release,
+	.iterate_shared = vmdedup_iterate,
+	.llseek = vmdedup_dir_llseek,
+	.read = generic_read_dir,
+};
+
+/* ---- regular files ------------------------------------------------------ */
+
+static int vmdedup_file_open(struct inode *inode, struct file *file)
+{
+	struct vmdedup_sb *sbi = VSB(inode->i_sb);
+	struct path *lp = lower_path(file->f_path.dentry);
+	struct inode *lower = VI(inode)->lower;
+	struct vmdedup_ident id;
+	struct file *lf;
+	char *buf, *path;
+
+	if (!lp)
+		return -ESTALE;
+	lf = backing_file_open(file, file->f_flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC), lp, sbi->cred);
+	if (IS_ERR(lf))
+		return PTR_ERR(lf);
+	file->private_data = lf;
+	if (!VI(inode)->rs)
+		return 0;
+
+	/* The hint: the path below the mount root (symlinks already resolved). */
+	buf = __getname();
+	if (!buf)
+		return 0; /* no hint: served from lower */
+	path = dentry_path_raw(file->f_path.dentry, buf, PATH_MAX);
+	if (!IS_ERR(path)) {
+		struct timespec64 mt = inode_get_mtime(lower), ct = inode_get_ctime(lower);
+
+		id.size = i_size_read(lower);
+		id.mtime_ns = timespec64_to_ns(&mt);
+		id.ctime_ns = timespec64_to_ns(&ct);
+		id.ino = lower->i_ino;
+		vmdedup_rs_open(sbi->rs, VI(inode)->rs, &id, path, strlen(path));
+	}
+	__putname(buf);
+	return 0;
+}
+
+/* Helpers Rust calls while it serves one read (see ffi.rs). */
+ssize_t vmdedup_glue_read_lower(struct vmdedup_io *io, loff_t pos, size_t len)
+{
+	size_t left = iov_iter_count(io->iter);
+	ssize_t ret;
+
+	if (len > left)
+		len = left;
+	iov_iter_truncate(io->iter, len);
+	ret = vfs_iter_read(io->lower, io->iter, &pos, 0);
+	iov_iter_reexpand(io->iter, left - (ret > 0 ? ret : 0));
+	return ret;
+}
+
+ssize_t vmdedup_glue_read_lower_buf(struct vmdedup_io *io, loff_t pos, void *buf, size_t len)
+{
+	return kernel_read(io->lower, buf, len, &pos);
+}
+
+size_t vmdedup_glue_copy_out(struct vmdedup_io *io, const void *src, size_t len)
+{
+	return copy_to_iter(src, len, io->iter);
+}
+
+static ssize_t vmdedup_read_iter(struct kiocb *iocb, struct iov_iter *to)
+{
+	struct file *file = iocb->ki_filp;
+	struct inode *inode = file_inode(file);
+	struct vmdedup_io io = { .lower = file->private_data, .iter = to };
+	ssize_t ret;
+
+	if (!iov_iter_count(to))
+		return 0;
+	if (iocb->ki_pos < 0)
+		return -EINVAL;
+	ret = vmdedup_rs_read_iter(VSB(inode->i_sb)->rs, VI(inode)->rs, &io, iocb->ki_pos, iov_iter_count(to));
+	if (ret > 0)
+		iocb->ki_pos += ret;
+	return ret;
+}
+
+static vm_fault_t vmdedup_pool_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct inode *inode = file_inode(vma->vm_file);
+	unsigned long pfn;
+
+	if (vmdedup_rs_fault(VSB(inode->i_sb)->rs, VI(inode)->rs, vmf->pgoff, &pfn))
+		return VM_FAULT_SIGBUS;
+	return vmf_insert_pfn(vma, vmf->address, pfn);
+}
+
+static const struct vm_operations_struct vmdedup_pool_vm_ops = {
+	.fault = vmdedup_pool_fault,
+};
+
+static int vmdedup_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct inode *inode = file_inode(file);
+	struct backing_file_ctx ctx = { .cred = VSB(inode->i_sb)->cred, .user_file = file };
+	struct vmdedup_io io = { .lower = file->private_data, .iter = NULL };
+	/* do_mmap() clears VM_SHARED for files not open for writing; VM_MAYSHARE stays. */
+	bool shared_ro = (vma->vm_flags & VM_MAYSHARE) && !(vma->vm_flags & (VM_WRITE | VM_MAYWRITE));
+
+	/* Rust decides: pool frames (shared, never-writable mappings the answer covers) or lower. */
+	if (vmdedup_rs_mmap(VSB(inode->i_sb)->rs, VI(inode)->rs, &io, shared_ro, vma->vm_pgoff, vma_pages(vma)) > 0) {
+		vm_flags_set(vma, VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP);
+		vma->vm_ops = &vmdedup_pool_vm_ops;
+		file_accessed(file);
+		return 0;
+	}
+	/* Everything else the way overlayfs does it: the lower file maps. */
+	return backing_file_mmap(file->private_data, vma, &ctx);
+}
+
+static const struct file_operations vmdedup_file_fops = {
+	.open = vmdedup_file_open,
+	.release = vmdedup_release,
+	.read_iter = vmdedup_read_iter,
+	.splice_read = copy_splice_read,
+	.mmap = vmdedup_mmap,
+	.llseek = generic_file_llseek,
+};
+
+/* ---- super block -------------------------------------------------------- */
+
+static int vmdedup_statfs(struct dentry *dentry, struct kstatfs *buf)
+{
+	int err = vfs_statfs(&VSB(dentry->d_sb)->lower_root, buf);
+
+	if (!err)
+		buf->f_type = VMDEDUPFS_MAGIC;
+	return err;
+}
+
+static int vmdedup_show_options(struct seq_file *m, struct dentry *root)
+{
+	char *buf = (char *)__get_free_page(GFP_KERNEL);
+	long n;
+
+	if (!buf)
+		return -ENOMEM;
+	n = vmdedup_rs_mount_show(VSB(root->d_sb)->rs, buf, PAGE_SIZE);
+	if (n > 0) {
+		seq_putc(m, ',');
+		seq_write(m, buf, n);
+	}
+	free_page((unsigned long)buf);
+	return 0;
+}
+
+static int vmdedup_remount(struct super_block *sb, int *flags, char *data)
+{
+	*flags |= SB_RDONLY; /* never writable */
+	return 0;
+}
+
+static const struct super_operations vmdedup_sops = {
+	.alloc_inode = vmdedup_alloc_inode,
+	.free_inode = vmdedup_free_inode,
+	.evict_inode = vmdedup_evict_inode,
+	.drop_inode = generic_delete_inode,
+	.statfs = vmdedup_statfs,
+	.show_options = vmdedup_show_options,
+	.remount_fs = vmdedup_remount,
+};
+
+static int vmdedup_fill_super(struct super_block *sb, void *data, int silent)
+{
+	struct vmdedup_sb *sbi;
+	struct inode *root, *lower;
+	char *lower_name;
+	int err;
+
+	sbi = kzalloc(sizeof(*sbi), GFP_KERNEL);
+	if (!sbi)
+		return -ENOMEM;
+	sb->s_fs_info = sbi;
+	lower_name = __getname();
+	if (!lower_name)
+		return -ENOMEM;
+	err = vmdedup_rs_mount_new(vmdedup_glue_ctx(), data, lower_name, PATH_MAX, &sbi->rs);
+	if (!err)
+		err = kern_path(lower_name, LOOKUP_FOLLOW | LOOKUP_DIRECTORY, &sbi->lower_root);
+	if (err && !silent)
+		pr_err("vmdedup: vmdedupfs: cannot mount lower '%s': %d\n", lower_name, err);
+	__putname(lower_name);
+	if (err)
+		return err;
+
+	lower = d_inode(sbi->lower_root.dentry);
+	sb->s_stack_depth = sbi->lower_root.mnt->mnt_sb->s_stack_depth + 1;
+	if (sb->s_stack_depth > FILESYSTEM_MAX_STACK_DEPTH) {
+		pr_err("vmdedup: vmdedupfs: maximum stacking depth exceeded\n");
+		return -EINVAL;
+	}
+	sbi->cred = get_current_cred();
+	sb->s_flags |= SB_RDONLY | SB_NOATIME | SB_NODIRATIME;
+	sb->s_magic = VMDEDUPFS_MAGIC;
+	sb->s_op = &vmdedup_sops;
+	sb->s_d_op = &vmdedup_dops;
+	sb->s_xattr = vmdedup_xattr_handlers;
+	sb->s_maxbytes = sbi->lower_root.mnt->mnt_sb->s_maxbytes;
+	sb->s_time_gran = sbi->lower_root.mnt->mnt_sb->s_time_gran;
+	sb->s_blocksize = PAGE_SIZE;
+	sb->s_blocksize_bits = PAGE_SHIFT;
+
+	root = vmdedup_iget(sb, lower);
+	if (IS_ERR(root))
+		return PTR_ERR(root);
+	sb->s_root = d_make_root(root);
+	if (!sb->s_root)
+		return -ENOMEM;
+	err = vmdedup_set_lower(sb->s_root, sbi->lower_root.mnt, dget(sbi->lower_root.dentry));
+	if (err)
+		return err;
+	return 0;
+}
+
+static struct dentry *vmdedup_mount(struct file_system_type *fs_type, int flags, const char *dev_name, void *data)
+{
+	return mount_nodev(fs_type, flags | SB_RDONLY, data, vmdedup_fill_super);
+}
+
+static void vmdedup_kill_sb(struct super_block *sb)
+{
+	struct vmdedup_sb *sbi = sb->s_fs_info;
+
+	kill_anon_super(sb);
+	if (!sbi)
+		return;
+	path_put(&sbi->lower_root);
+	if (sbi->cred)
+		put_cred(sbi->cred);
+	if (sbi->rs)
+		vmdedup_rs_mount_free(sbi->rs);
+	kfree(sbi);
+}
+
+static struct file_system_type vmdedup_fs_type = {
+	.owner = THIS_MODULE,
+	.name = "vmdedupfs",
+	.mount = vmdedup_mount,
+	.kill_sb = vmdedup_kill_sb,
+};
+MODULE_ALIAS_FS("vmdedupfs");
+
+int vmdedup_fs_init(void)
+{
+	int err;
+
+	vmdedup_inode_cache = kmem_cache_create("vmdedup_inode", sizeof(struct vmdedup_inode), 0,
+						SLAB_RECLAIM_ACCOUNT | SLAB_ACCOUNT, vmdedup_inode_init_once);
+	if (!vmdedup_inode_cache)
+		return -ENOMEM;
+	err = register_filesystem(&vmdedup_fs_type);
+	if (err)
+		kmem_cache_destroy(vmdedup_inode_cache);
+	return err;
+}
+
+void vmdedup_glue_unmap_all(struct address_space *mapping)
+{
+	unmap_mapping_range(mapping, 0, 0, 1);
+}
+
+void vmdedup_fs_exit(void)
+{
+	unregister_filesystem(&vmdedup_fs_type);
+	rcu_barrier(); /* inodes are freed after an RCU grace period */
+	kmem_cache_destroy(vmdedup_inode_cache);
+}

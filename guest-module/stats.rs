@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Module-wide counters, shown in `/sys/kernel/vmdedup/stats/<name>`.
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kernel::prelude::*;
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal,)*) => {
+        /// Every counter the module keeps.
+        #[derive(Clone, Copy)]
+        #[allow(non_camel_case_types, dead_code)]
+        pub(crate) enum Counter { $(#[doc = $doc] $name,)* }
+
+        const NAMES: &[&str] = &[$(stringify!($name),)*];
+        const COUNT: usize = NAMES.len();
+    };
+}
+
+counters! {
+    hints_sent: "Hints published on the submission ring.",
+    hints_skipped_no_host: "Opens that sent no hint: no valid ring header (host absent).",
+    hints_skipped_ring_full: "Opens that sent no hint: submission ring or request table full.",
+    hints_skipped_path: "Opens that sent no hint: path too long or not sendable.",
+    answers_hit: "Answers with status Hit that validated against the pool.",
+    answers_miss_loading: "Misses with status PoolFull (the host is loading the file).",
+    answers_miss_not_found: "Misses with status NotFound.",
+    answers_miss_identity: "Misses with status IdentityMismatch.",
+    answers_miss_other: "Misses with any other status.",
+    answers_late: "Answers taken after the open stopped polling for them.",
+    answers_unknown: "Answers for request ids that were never sent (dropped).",
+    answers_malformed: "Answers or tables that failed validation (dropped, lower used).",
+    requests_timed_out: "Requests given up on without an answer.",
+    pages_pool: "Page-sized (or shorter) pieces of read(2) served from pool frames.",
+    pages_lower: "read(2) pieces served from the lower file (one per page where a map exists, else one per call).",
+    bytes_pool: "Bytes read(2) from pool frames.",
+    mmap_pool: "mmap(2) calls mapped from pool frames.",
+    mmap_lower: "mmap(2) calls delegated to the lower file.",
+    faults_pool: "Page faults served with a pool frame.",
+    faults_failed: "Page faults on a pool mapping that could not be served.",
+    doorbells_needed: "Times NEED_WAKEUP was set after publishing (no doorbell hardware: counted only).",
+    fallbacks: "Times a file map was dropped and the file went back to lower.",
+    verify_pages: "Pool pages compared with the lower file.",
+    verify_mismatches: "Pool pages that differed from the lower file.",
+    revocations: "Revocation events applied.",
+    events_unknown: "Events that named no held file map or had an unknown kind.",
+    generation_changes: "Ring or pool generation changes seen (host restart).",
+    ring_corrupt: "Times the ring indices were found corrupt (ring disabled until reset).",
+}
+
+static VALUES: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];
+
+/// Adds `n` to counter `c`.
+pub(crate) fn add(c: Counter, n: u64) {
+    if let Some(v) = VALUES.get(c as usize) {
+        v.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Adds one to counter `c`.
+pub(crate) fn inc(c: Counter) {
+    add(c, 1);
+}
+
+/// Reads counter `c`.
+#[allow(dead_code)]
+pub(crate) fn get(c: Counter) -> u64 {
+    VALUES.get(c as usize).map_or(0, |v| v.load(Ordering::Relaxed))
+}
+
+/// Formats the counter called `name` (a sysfs file name), or `ENOENT`.
+pub(crate) fn show(name: &[u8], out: &mut impl Write) -> Result {
+    let i = NAMES.iter().position(|n| n.as_bytes() == name).ok_or(ENOENT)?;
+    let v = VALUES.get(i).map_or(0, |v| v.load(Ordering::Relaxed));
+    writeln!(out, "{}", v).map_err(|_| EINVAL)
+}
+
+/// Resets every counter (module load: statics survive nothing, but be explicit).
+pub(crate) fn reset() {
+    for v in VALUES.iter() {
+        v.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The name of counter `i` (its sysfs file name).
+pub(crate) fn name(i: usize) -> Option<&'static str> {
+    NAMES.get(i).copied()
+}

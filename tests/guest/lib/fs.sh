@@ -1,0 +1,35 @@
+# shellcheck shell=sh
+# Helpers for the vmdedupfs selftests (busybox sh). Source after ktap.sh.
+#   fs_load                 insmod vmdedup.ko unless it is loaded
+#   fs_make_tree DIR        fill DIR with a test tree from the initramfs
+#   fs_nsid NAME            the agent's id of namespace NAME (empty if none)
+#   stat_of NAME            one counter from /sys/kernel/vmdedup/stats
+#   same_tree A B           sha256 of every file under A equals the one under B
+fs_load() {
+    lsmod | grep -q '^vmdedup ' || insmod /lib/modules/vmdedup.ko
+}
+fs_make_tree() {
+    d=$1
+    mkdir -p "$d/sub/deep" "$d/bin"
+    cp /bin/busybox "$d/bin/busybox"
+    cp -r /tests "$d/tests"
+    cp /lib/modules/vmdedup.ko "$d/sub/vmdedup.ko"
+    # Sizes around page boundaries, and an empty file.
+    : > "$d/empty"
+    for n in 1 4095 4096 4097 12288 65537; do
+        dd if=/bin/busybox of="$d/sub/deep/f$n" bs=1 count=$n 2>/dev/null
+    done
+    echo hello > "$d/sub/deep/hello.txt"
+    ln -s sub/deep/hello.txt "$d/link"
+    ln -s /etc/vmdedup "$d/abs-link"
+    mkfifo "$d/fifo" 2>/dev/null || true
+}
+fs_nsid() {
+    sed -n "s/^$1 \([0-9]*\)$/\1/p" /etc/vmdedup/namespace-ids 2>/dev/null
+}
+stat_of() { cat "/sys/kernel/vmdedup/stats/$1" 2>/dev/null || echo 0; }
+same_tree() {
+    (cd "$1" && find . -type f | sort | xargs sha256sum) > /tmp/same.a 2>&1 || return 1
+    (cd "$2" && find . -type f | sort | xargs sha256sum) > /tmp/same.b 2>&1 || return 1
+    [ -s /tmp/same.a ] && cmp /tmp/same.a /tmp/same.b
+}

@@ -419,3 +419,57 @@ fn rings_can_be_added_to_a_parked_poller_and_closed() {
     pool.shutdown();
     assert!(stats.iter().all(|s| s.state() == PollerState::Stopped));
 }
+
+/// Records the map operations a ring delivers.
+#[derive(Default)]
+struct MapOps(std::sync::Mutex<Vec<(u32, &'static str, u64)>>);
+
+impl Handler for MapOps {
+    fn handle(&self, ring: RingId, h: &Hint<'_>) -> Answer {
+        echo(ring, h)
+    }
+    fn ack_revoke(&self, ring: RingId, id: u64) {
+        self.0.lock().unwrap().push((ring.0, "ack", id));
+    }
+    fn release(&self, ring: RingId, id: u64) {
+        self.0.lock().unwrap().push((ring.0, "release", id));
+    }
+}
+
+#[test]
+fn acknowledgements_and_releases_reach_the_handler_and_bad_ones_are_refused() {
+    let (mut host, mut guest) = ring_pair(64 << 10, None, 0, 1);
+    let ops = MapOps::default();
+    guest.stage_map_op(1, OP_ACK_REVOKE, 77).unwrap();
+    guest.stage_map_op(2, OP_RELEASE, 78).unwrap();
+    guest.stage(hint(3, 0, 5, 6), b"a/b").unwrap();
+    guest.stage_map_op(4, OP_RELEASE, 0).unwrap(); // map id 0 is not a map
+    guest.publish();
+    // A map operation with a path is malformed too.
+    let m = Arc::clone(host.mapping());
+    let l = *host.layout();
+    let mut bad = SubmissionEntry::map_op(5, OP_ACK_REVOKE, 9);
+    bad.path_len = 3;
+    assert!(m.write_bytes(l.sqe_offset(4) as usize, &bad.to_le_bytes()));
+    word(&m, ring_off::SQ_TAIL).store(5, Ordering::Release);
+    assert_eq!(host.poll_round(&ops, 64), 5);
+    let mut got = Vec::new();
+    guest.reap(|c| got.push(c));
+    assert_eq!(got.len(), 5);
+    let by_id = |id: u64| got.iter().find(|c| c.request_id == id).copied().unwrap();
+    for (id, map) in [(1, 77), (2, 78)] {
+        let c = by_id(id);
+        assert_eq!(c.flags, ANSWER_FLAG_MAP_OP);
+        assert_eq!(AnswerStatus::from_u16(c.status), Some(AnswerStatus::Hit));
+        assert_eq!(c.file_map_id, map);
+    }
+    assert_eq!(by_id(3).flags, 0, "a hint's answer is not flagged");
+    check_echo(RingId(1), &by_id(3), 3, b"a/b", 5, 6);
+    for id in [4, 5] {
+        let c = by_id(id);
+        assert_eq!(c.flags, ANSWER_FLAG_MAP_OP);
+        assert_eq!(AnswerStatus::from_u16(c.status), Some(AnswerStatus::BadRequest), "entry {id}");
+    }
+    assert_eq!(*ops.0.lock().unwrap(), vec![(1, "ack", 77), (1, "release", 78)]);
+    assert_eq!(host.shared().stats.snapshot().bad_entries, 2);
+}

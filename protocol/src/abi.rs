@@ -738,6 +738,11 @@ impl RingLayout {
 // Submission entries (guest -> host)
 // ---------------------------------------------------------------------------
 
+/// Answer flag: this answers a map operation ([`OP_ACK_REVOKE`],
+/// [`OP_RELEASE`]); `status` is [`AnswerStatus::Hit`] when it was taken,
+/// `file_map_id` echoes the map. Nothing else in the answer is meaningful.
+pub const ANSWER_FLAG_MAP_OP: u16 = 1 << 0;
+
 /// Size of one submission ring slot: a [`SubmissionEntry`] followed by
 /// [`SQE_INLINE_PATH_MAX`] bytes of inline path.
 pub const SQE_SIZE: u32 = 256;
@@ -748,7 +753,20 @@ pub const SQE_INLINE_PATH_MAX: u32 = SQE_SIZE - SQE_INLINE_PATH_OFF;
 
 /// Opcode: a hint (the guest opened a file; answer with a file map or a miss).
 pub const OP_HINT: u16 = 1;
-// Opcodes 2.. are reserved (issue 5: release of a file map, keep-alive).
+/// Opcode: the guest has stopped using file map `reserved[0]` after an
+/// [`EVENT_REVOKE`] for it (every mapping of its frames is gone). Only after
+/// every holder acknowledged does the host reuse the map's frames.
+pub const OP_ACK_REVOKE: u16 = 2;
+/// Opcode: the guest no longer holds file map `reserved[0]` (the inode went
+/// away, or the file fell back to the lower file for good).
+pub const OP_RELEASE: u16 = 3;
+// Opcodes 4.. are reserved.
+//
+// Map operations ([`OP_ACK_REVOKE`], [`OP_RELEASE`]) carry no path: path_len,
+// flags, path_slot and the identity fields are zero, `reserved[0]` is the file
+// map id (never 0) and `reserved[1..]` are zero. Like a hint, each gets exactly
+// one answer, with [`ANSWER_FLAG_MAP_OP`] set, so ring accounting stays one
+// answer per entry and a guest can drop these answers without a lookup.
 
 /// Hint flag: the path is in path slot `path_slot`, not inline.
 pub const HINT_FLAG_PATH_IN_SLOT: u32 = 1 << 0;
@@ -904,6 +922,42 @@ impl EntryError {
 }
 
 impl SubmissionEntry {
+    /// A map operation ([`OP_ACK_REVOKE`] or [`OP_RELEASE`]) for `file_map_id`.
+    pub fn map_op(request_id: u64, opcode: u16, file_map_id: u64) -> SubmissionEntry {
+        SubmissionEntry {
+            request_id,
+            opcode,
+            reserved: [file_map_id, 0, 0],
+            ..SubmissionEntry::default()
+        }
+    }
+
+    /// Validates a copied-out map operation; returns its file map id.
+    pub fn check_map_op(&self) -> Result<u64, EntryError> {
+        if self.opcode != OP_ACK_REVOKE && self.opcode != OP_RELEASE {
+            return Err(EntryError::UnknownOpcode(self.opcode));
+        }
+        let [map_id, r1, r2] = self.reserved;
+        if self.path_len != 0
+            || self.flags != 0
+            || self.path_slot != 0
+            || self.namespace_id != 0
+            || self.file_size != 0
+            || self.mtime_ns != 0
+            || self.ctime_ns != 0
+            || self.inode != 0
+            || self.first_page != 0
+            || self.page_count != 0
+            || self.reserved0 != 0
+            || r1 != 0
+            || r2 != 0
+            || map_id == 0
+        {
+            return Err(EntryError::Reserved);
+        }
+        Ok(map_id)
+    }
+
     /// Decodes the fixed part of a submission slot.
     pub fn from_le_bytes(b: &[u8; SQE_INLINE_PATH_OFF as usize]) -> SubmissionEntry {
         SubmissionEntry {
@@ -1118,7 +1172,7 @@ pub struct CompletionEntry {
     pub request_id: u64,
     /// An [`AnswerStatus`] as `u16`.
     pub status: u16,
-    /// Zero; reserved.
+    /// `ANSWER_FLAG_*`; other bits zero.
     pub flags: u16,
     /// On a hit: pages in the file's frame table.
     pub page_count: u32,

@@ -204,6 +204,23 @@ impl GuestRing {
         Ok(())
     }
 
+    /// Writes one map operation ([`SubmissionEntry::map_op`]) into the next
+    /// free submission slot (published with [`GuestRing::publish`]).
+    pub fn stage_map_op(&mut self, request_id: u64, opcode: u16, file_map_id: u64) -> Result<(), SubmitError> {
+        let free = self
+            .sq
+            .free(word!(self.sq_head), self.staged + 1)
+            .map_err(|_| SubmitError::Corrupt)?;
+        if free <= self.staged {
+            return Err(SubmitError::Full);
+        }
+        let sqe = self.layout.sqe_offset(self.sq.slot(self.staged)) as usize;
+        let entry = SubmissionEntry::map_op(request_id, opcode, file_map_id);
+        self.map.write_bytes(sqe, &entry.to_le_bytes());
+        self.staged += 1;
+        Ok(())
+    }
+
     /// Makes the staged hints visible to the host, then rings the doorbell if
     /// the poller set NEED_WAKEUP. Returns whether it rang.
     pub fn publish(&mut self) -> bool {

@@ -60,6 +60,14 @@ pub enum Answer {
 pub trait Handler: Send + Sync {
     /// Answers one hint from ring `ring`.
     fn handle(&self, ring: RingId, hint: &Hint<'_>) -> Answer;
+
+    /// The guest acknowledged the revocation of `file_map_id`
+    /// ([`OP_ACK_REVOKE`](vmdedup_protocol::abi::OP_ACK_REVOKE)). Default: ignored.
+    fn ack_revoke(&self, _ring: RingId, _file_map_id: u64) {}
+
+    /// The guest let go of `file_map_id`
+    /// ([`OP_RELEASE`](vmdedup_protocol::abi::OP_RELEASE)). Default: ignored.
+    fn release(&self, _ring: RingId, _file_map_id: u64) {}
 }
 
 impl<F> Handler for F

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use vmdedup_protocol::abi::{
     check_path, prefix_off, ring_off, AnswerStatus, CompletionEntry, EventEntry, RingLayout,
-    RingSizes, SubmissionEntry, CQE_SIZE, EQE_SIZE, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP,
-    MAX_PATH_LEN, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
+    RingSizes, SubmissionEntry, ANSWER_FLAG_MAP_OP, CQE_SIZE, EQE_SIZE, HOST_FLAG_EVENTS_LOST,
+    HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, OP_ACK_REVOKE, OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC,
+    RING_VERSION, SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::spsc::{self, Consumer, Producer};
 
@@ -313,7 +314,10 @@ impl HostRing {
                     d.copy_from_slice(&w.to_le_bytes());
                 }
                 let entry = SubmissionEntry::from_le_bytes(&bytes);
-                self.answer(&entry, sqe_off, handler, &mut bad)
+                match entry.opcode {
+                    OP_ACK_REVOKE | OP_RELEASE => self.map_op(&entry, handler, &mut bad),
+                    _ => self.answer(&entry, sqe_off, handler, &mut bad),
+                }
             } else {
                 // Unreachable with a validated layout; answered anyway.
                 CompletionEntry::miss(0, AnswerStatus::HostError)
@@ -354,6 +358,34 @@ impl HostRing {
                 .corrupt_indices
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Answers a map operation (acknowledgement or release of a file map).
+    fn map_op<H: Handler + ?Sized>(
+        &mut self,
+        e: &SubmissionEntry,
+        handler: &H,
+        bad: &mut u64,
+    ) -> CompletionEntry {
+        let mut cqe = match e.check_map_op() {
+            Ok(map_id) => {
+                if e.opcode == OP_ACK_REVOKE {
+                    handler.ack_revoke(self.id, map_id);
+                } else {
+                    handler.release(self.id, map_id);
+                }
+                // `miss` builds an otherwise empty answer; Hit = "taken".
+                let mut c = CompletionEntry::miss(e.request_id, AnswerStatus::Hit);
+                c.file_map_id = map_id;
+                c
+            }
+            Err(err) => {
+                *bad += 1;
+                CompletionEntry::miss(e.request_id, err.status())
+            }
+        };
+        cqe.flags = ANSWER_FLAG_MAP_OP;
+        cqe
     }
 
     fn answer<H: Handler + ?Sized>(

@@ -854,6 +854,16 @@ impl crate::ring::handler::Handler for HintService {
             HintResult::Miss(m) => Answer::Miss(answer_status(m)),
         }
     }
+
+    fn ack_revoke(&self, ring: crate::ring::handler::RingId, file_map_id: u64) {
+        if !self.ack(ring.0, file_map_id) {
+            tracing::debug!(vm = ring.0, map = file_map_id, "acknowledgement for a map that was not being revoked");
+        }
+    }
+
+    fn release(&self, ring: crate::ring::handler::RingId, file_map_id: u64) {
+        HintService::release(self, ring.0, file_map_id);
+    }
 }
 
 /// The ring status a miss is reported with.

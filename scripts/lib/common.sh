@@ -16,3 +16,6 @@ die() { printf '%s: error: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 kmake_vars() {
     printf '%s\n' LLVM=1 "RUSTC=$KRUSTC" "HOSTRUSTC=$KRUSTC" "BINDGEN=$KBINDGEN"
 }
+
+# A command that fails under `set -e` ends the script: say which one, where.
+trap 'printf "%s: error: line %s: command failed (status %s): %s\n" "${0##*/}" "$LINENO" "$?" "$BASH_COMMAND" >&2' ERR

@@ -29,7 +29,9 @@ fs_nsid() {
 }
 stat_of() { cat "/sys/kernel/vmdedup/stats/$1" 2>/dev/null || echo 0; }
 same_tree() {
-    (cd "$1" && find . -type f | sort | xargs sha256sum) > /tmp/same.a 2>&1 || return 1
-    (cd "$2" && find . -type f | sort | xargs sha256sum) > /tmp/same.b 2>&1 || return 1
-    [ -s /tmp/same.a ] && cmp /tmp/same.a /tmp/same.b
+    # -exec, not xargs: names may hold spaces and quotes.
+    (cd "$1" && find . -type f -exec sha256sum {} + | sort -k 2) > /tmp/same.a 2>&1 || { tail -n 3 /tmp/same.a; return 1; }
+    (cd "$2" && find . -type f -exec sha256sum {} + | sort -k 2) > /tmp/same.b 2>&1 || { tail -n 3 /tmp/same.b; return 1; }
+    [ -s /tmp/same.a ] || { echo "no files under $1"; return 1; }
+    cmp -s /tmp/same.a /tmp/same.b || { diff /tmp/same.a /tmp/same.b | head -n 5; return 1; }
 }

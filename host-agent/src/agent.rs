@@ -12,7 +12,7 @@ use vmdedup_protocol::abi::{EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_HOST_
 
 use crate::namespace::config::AgentConfig;
 use crate::namespace::{Namespace, NamespaceError};
-use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec};
+use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec, RESTART_QUARANTINE};
 use crate::ring::handler::RingId;
 use crate::ring::host::{HostRing, RingConfig, RingShared};
 use crate::ring::mapping::SharedMapping;
@@ -118,6 +118,8 @@ struct Inner {
     pollers: Mutex<Option<PollerPool>>,
     rings: RingMap,
     ring_paths: Mutex<BTreeMap<VmId, PathBuf>>,
+    /// Rings created while no poller runs yet (quarantine after a take-over).
+    pending: Mutex<Vec<HostRing>>,
 }
 
 /// The running agent. Cheap to clone.
@@ -160,12 +162,28 @@ impl Agent {
                 opts.ring_size
             )));
         }
-        let pool = PoolMemory::create(&PoolSpec {
+        let spec = PoolSpec {
             backing: PoolBacking::File { path: config.pool.clone(), mode: 0o644 },
             size: config.pool_size,
             table_area: 0,
             generation: opts.generation,
-        })?;
+        };
+        // VMs booted before the agent map the pool file already: take it over
+        // if it never served; otherwise start a new one (see PoolMemory).
+        let mut quarantine = false;
+        let pool = if let Some(p) = PoolMemory::adopt_unused(&spec)? {
+            tracing::info!(pool = %config.pool.display(), generation = p.geometry().generation, "took over an unused pool in place");
+            p
+        } else if let Some(p) = PoolMemory::adopt_served(&spec)? {
+            // A previous agent served from this file and VMs still map it:
+            // keep the file, invalidate its tables, and write no frame until
+            // every guest has seen the new ring generation (below).
+            tracing::warn!(pool = %config.pool.display(), generation = p.geometry().generation, "took over the pool of a previous agent in place: old frame tables invalidated");
+            quarantine = true;
+            p
+        } else {
+            PoolMemory::create(&spec)?
+        };
         let frames_total = pool.geometry().frame_count;
         let budget_frames = if config.budget == 0 { 0 } else { config.budget / 4096 };
         let store = PageStore::new(
@@ -184,8 +202,15 @@ impl Agent {
         let rings: RingMap = Arc::new(Mutex::new(BTreeMap::new()));
         service.set_event_sink(Arc::new(RingEvents { rings: Arc::clone(&rings) }));
         service.spawn_ticker(std::time::Duration::from_millis(100));
-        let pollers = PollerPool::start(opts.pollers, service.clone())
-            .map_err(|source| AgentError::Ring { path: PathBuf::from("(pollers)"), source })?;
+        // After a take-over the pollers start only after the quarantine.
+        let pollers = if quarantine {
+            None
+        } else {
+            Some(
+                PollerPool::start(opts.pollers, service.clone())
+                    .map_err(|source| AgentError::Ring { path: PathBuf::from("(pollers)"), source })?,
+            )
+        };
         tracing::info!(
             pool = %config.pool.display(),
             pool_size = config.pool_size,
@@ -200,13 +225,29 @@ impl Agent {
                 config: config.clone(),
                 opts,
                 service,
-                pollers: Mutex::new(Some(pollers)),
+                pollers: Mutex::new(pollers),
                 rings,
                 ring_paths: Mutex::new(BTreeMap::new()),
+                pending: Mutex::new(Vec::new()),
             }),
         };
         for vm in &config.vms {
             agent.add_vm(&vm.name, &vm.domain)?;
+        }
+        if quarantine {
+            // The rings now carry the new generation: each guest drops every
+            // map of the old pool within its event timer period. Only then
+            // may frames be written.
+            tracing::info!(secs = RESTART_QUARANTINE.as_secs_f32(), "quarantine before serving from the taken-over pool");
+            std::thread::sleep(RESTART_QUARANTINE);
+            let p = PollerPool::start(agent.inner.opts.pollers, agent.inner.service.clone())
+                .map_err(|source| AgentError::Ring { path: PathBuf::from("(pollers)"), source })?;
+            let pending = std::mem::take(&mut *agent.inner.pending.lock().map_err(|_| AgentError::Config("lock poisoned".into()))?);
+            for ring in pending {
+                p.add_ring(ring);
+            }
+            *agent.inner.pollers.lock().map_err(|_| AgentError::Config("lock poisoned".into()))? = Some(p);
+            tracing::info!("serving again");
         }
         Ok(agent)
     }
@@ -248,18 +289,20 @@ impl Agent {
         };
         let shared = Arc::clone(ring.shared());
         let pollers = self.inner.pollers.lock().map_err(|_| AgentError::Config("lock poisoned".into()))?;
-        let Some(pollers) = pollers.as_ref() else {
-            self.inner.service.remove_vm(id);
-            return Err(AgentError::Config("the agent is shutting down".into()));
+        let poller = match pollers.as_ref() {
+            Some(p) => Some(p.add_ring(ring).poller()),
+            None => {
+                self.inner.pending.lock().map_err(|_| AgentError::Config("lock poisoned".into()))?.push(ring);
+                None
+            }
         };
-        let handle = pollers.add_ring(ring);
         if let Ok(mut m) = self.inner.rings.lock() {
             m.insert(id, shared);
         }
         if let Ok(mut p) = self.inner.ring_paths.lock() {
             p.insert(id, path.clone());
         }
-        tracing::info!(vm = name, id, domain, ring = %path.display(), poller = handle.poller(), "VM added");
+        tracing::info!(vm = name, id, domain, ring = %path.display(), ?poller, "VM added");
         Ok(path)
     }
 

@@ -4,10 +4,12 @@
 //! Layout and field writers: [`vmdedup_protocol::pool`]. This module only owns
 //! the mapping and writes into it; what goes where is the page store's choice.
 //!
-//! A pool file is never rewritten in place: [`PoolMemory::create_file`] unlinks
-//! an existing file first, so a VM that still maps the old one keeps its bytes
-//! (and sees, by the generation, that answers from the new agent are not for
-//! its pool).
+//! A pool that has served is never rewritten in place: [`PoolMemory::create`]
+//! unlinks an existing file first, so a VM that still maps the old one keeps
+//! its bytes (and sees, by the generation, that answers from the new agent are
+//! not for its pool). Only a pool that never served anything is taken over in
+//! place ([`PoolMemory::adopt_unused`]): VMs booted before the agent started
+//! map that file, and nothing in it can be in use.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -22,6 +24,12 @@ use vmdedup_protocol::pool::{
     header_off, PoolError, PoolGeometry, TableHeader, FRAME_SIZE, POOL_HEADER_SIZE, TABLE_ALIGN,
     TABLE_HEADER_SIZE, TABLE_MAGIC,
 };
+
+/// After taking over a served pool ([`PoolMemory::adopt_served`]) and
+/// re-initialising the rings, how long the agent writes no frame: every
+/// running guest notices the new ring generation within its event timer
+/// period (50 ms by default) and drops every map of the old pool first.
+pub const RESTART_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Errors creating a pool.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +48,9 @@ pub enum PoolMemoryError {
     /// The size is not usable.
     #[error("pool size {0} must be a power of two of at least 64 KiB (ivshmem BARs are)")]
     BadSize(u64),
+    /// A pool taken over in place must get a new generation.
+    #[error("the pool already has generation {0}; a new agent must use a new one")]
+    SameGeneration(u64),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PoolMemoryError {
@@ -128,13 +139,131 @@ impl PoolMemory {
             PoolBacking::Memfd => (Self::create_memfd()?, None),
         };
         file.set_len(spec.size).map_err(io_err("set size"))?;
+        let mut pool = Self::map(file, path, spec.size, geometry)?;
+        let header = geometry.header().to_le_bytes();
+        pool.write(0, &header);
+        Ok(pool)
+    }
+
+    /// Takes over an existing pool file in place if it has the geometry `spec`
+    /// asks for and has never served anything: no frame used, no frame table
+    /// in its table area (a pool `vmdedup region init` made, which VMs may
+    /// already map). Its generation is kept, so VMs that read its header at
+    /// boot accept the tables written into it from now on. Returns `None` when
+    /// the file is absent or not such a pool; then [`PoolMemory::create`]
+    /// makes a new one (a pool that served may still be mapped by guest
+    /// processes, so it is never rewritten in place).
+    pub fn adopt_unused(spec: &PoolSpec) -> Result<Option<Self>, PoolMemoryError> {
+        let PoolBacking::File { path, .. } = &spec.backing else {
+            return Ok(None);
+        };
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
+        };
+        let len = file.metadata().map_err(io_err("stat pool"))?.len();
+        if len != spec.size {
+            return Ok(None);
+        }
+        let mut head = [0u8; POOL_HEADER_SIZE];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).map_err(io_err("read pool header"))?;
+        let Ok(found) = PoolGeometry::from_header_bytes(&head, len) else {
+            return Ok(None);
+        };
+        let table_area = if spec.table_area == 0 { (spec.size / 32).max(FRAME_SIZE) } else { spec.table_area };
+        let Ok(want) = PoolGeometry::plan(spec.size, table_area, found.generation) else {
+            return Ok(None);
+        };
+        if found != want {
+            return Ok(None);
+        }
+        let pool = Self::map(file, Some(path.clone()), spec.size, found)?;
+        if pool.read_u64(header_off::FRAMES_USED as u64) != 0 {
+            return Ok(None);
+        }
+        let (start, end) = (found.table_area_offset, found.table_area_offset + found.table_area_size);
+        let mut off = start;
+        while off + 8 <= end {
+            if pool.read_u64(off) == TABLE_MAGIC {
+                return Ok(None);
+            }
+            off += TABLE_ALIGN;
+        }
+        Ok(Some(pool))
+    }
+
+    /// Takes over, in place, a pool file a previous agent served from (it died
+    /// or restarted; VMs still map this very file). Every frame table in it is
+    /// invalidated (magic zeroed), the header gets `spec.generation` and no
+    /// frame counts as used. The frames keep their bytes: a guest may still
+    /// map some of them until it has seen the new ring generation, so the
+    /// caller must not write any frame before [`RESTART_QUARANTINE`] has
+    /// passed after the rings were re-initialised. Returns `None` when the
+    /// file is absent or is not a pool of this geometry.
+    pub fn adopt_served(spec: &PoolSpec) -> Result<Option<Self>, PoolMemoryError> {
+        let PoolBacking::File { path, .. } = &spec.backing else {
+            return Ok(None);
+        };
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
+        };
+        let len = file.metadata().map_err(io_err("stat pool"))?.len();
+        if len != spec.size {
+            return Ok(None);
+        }
+        let mut head = [0u8; POOL_HEADER_SIZE];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).map_err(io_err("read pool header"))?;
+        let Ok(found) = PoolGeometry::from_header_bytes(&head, len) else {
+            return Ok(None);
+        };
+        let table_area = if spec.table_area == 0 { (spec.size / 32).max(FRAME_SIZE) } else { spec.table_area };
+        match PoolGeometry::plan(spec.size, table_area, found.generation) {
+            Ok(g) if g == found => {}
+            _ => return Ok(None),
+        }
+        if found.generation == spec.generation {
+            return Err(PoolMemoryError::SameGeneration(spec.generation));
+        }
+        let geometry = PoolGeometry::plan(spec.size, table_area, spec.generation).map_err(PoolMemoryError::Geometry)?;
+        let mut pool = Self::map(file, Some(path.clone()), spec.size, geometry)?;
+        // Tables first: a guest re-checks a table's magic around every copy,
+        // so from here on no old table is usable.
+        let (start, end) = (found.table_area_offset, found.table_area_offset + found.table_area_size);
+        let mut off = start;
+        while off + 8 <= end {
+            if pool.read_u64(off) == TABLE_MAGIC {
+                pool.store_u64(off, 0, Ordering::Release);
+            }
+            off += TABLE_ALIGN;
+        }
+        let header = geometry.header().to_le_bytes();
+        pool.write(0, &header);
+        pool.set_frames_used(0);
+        Ok(Some(pool))
+    }
+
+    /// Maps `file` (`size` bytes) read-write and shared.
+    fn map(file: File, path: Option<PathBuf>, size: u64, geometry: PoolGeometry) -> Result<Self, PoolMemoryError> {
         let punch_holes = !is_hugetlbfs(&file);
         // SAFETY: a fresh shared mapping of a file we own, of exactly its size;
         // nothing else in this process refers to that address range.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                spec.size as usize,
+                size as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
@@ -147,17 +276,14 @@ impl PoolMemory {
         let ptr = NonNull::new(p.cast::<u8>())
             .ok_or_else(|| io_err("mmap")(io::Error::other("null mapping")))?;
         // INVARIANT: mapped above with len == region_size, owned by this value.
-        let mut pool = PoolMemory {
+        Ok(PoolMemory {
             ptr,
-            len: spec.size as usize,
+            len: size as usize,
             geometry,
             file,
             path,
             punch_holes,
-        };
-        let header = geometry.header().to_le_bytes();
-        pool.write(0, &header);
-        Ok(pool)
+        })
     }
 
     fn create_file(path: &Path, mode: u32) -> Result<File, PoolMemoryError> {
@@ -460,6 +586,106 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o640
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn file_spec(path: &Path, size: u64, generation: u64) -> PoolSpec {
+        PoolSpec {
+            backing: PoolBacking::File { path: path.to_path_buf(), mode: 0o600 },
+            size,
+            table_area: 0,
+            generation,
+        }
+    }
+
+    #[test]
+    fn only_a_pool_that_never_served_is_adopted_in_place() {
+        let dir = std::env::temp_dir().join(format!("vmdedup-adopt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pool");
+        // Absent: nothing to adopt.
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap().is_none());
+        // A fresh pool (what `vmdedup region init` makes) is adopted, same
+        // file, its generation kept.
+        drop(PoolMemory::create(&file_spec(&path, 1 << 20, 41)).unwrap());
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        let p = PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 99)).unwrap().expect("adopted");
+        assert_eq!(p.geometry().generation, 41);
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "same file, not a new one");
+        drop(p);
+        // Another size: not adopted.
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 21, 5)).unwrap().is_none());
+        // Once it holds a frame table, it served: never adopted.
+        let mut p = PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap().unwrap();
+        let off = p.geometry().table_area_offset + 128;
+        let h = TableHeader {
+            magic: 0,
+            file_map_id: 1,
+            file_size: 1,
+            page_count: 1,
+            flags: 0,
+            pool_generation: 41,
+            checksum: 0,
+            reserved: [0; 2],
+        };
+        p.publish_table(off, h, &[0]);
+        drop(p);
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap().is_none());
+        // Frames in use (header): not adopted either.
+        let mut p = PoolMemory::create(&file_spec(&path, 1 << 20, 42)).unwrap();
+        p.set_frames_used(3);
+        drop(p);
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap().is_none());
+        // Garbage: not adopted.
+        std::fs::write(&path, vec![0x5au8; 1 << 20]).unwrap();
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_served_pool_is_taken_over_with_its_tables_invalidated_and_frames_kept() {
+        let dir = std::env::temp_dir().join(format!("vmdedup-adopt-served-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pool");
+        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 5)).unwrap().is_none());
+        let mut old = PoolMemory::create(&file_spec(&path, 1 << 20, 7)).unwrap();
+        old.write_frame(2, b"still mapped by a guest");
+        let off = old.geometry().table_area_offset + 64;
+        let h = TableHeader {
+            magic: 0,
+            file_map_id: 3,
+            file_size: 23,
+            page_count: 1,
+            flags: 0,
+            pool_generation: 7,
+            checksum: 0,
+            reserved: [0; 2],
+        };
+        old.publish_table(off, h, &[2]);
+        old.set_frames_used(1);
+        drop(old);
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        // Not unused any more.
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 8)).unwrap().is_none());
+        // The same generation again would let old answers pass: refused.
+        assert!(matches!(
+            PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 7)),
+            Err(PoolMemoryError::SameGeneration(7))
+        ));
+        let new = PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 8)).unwrap().expect("taken over");
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "the very file VMs map");
+        let g = PoolGeometry::from_header_bytes(&new.header_bytes(), 1 << 20).unwrap();
+        assert_eq!(g.generation, 8);
+        assert_eq!(new.read_u64(off), 0, "old table invalidated");
+        assert_eq!(new.read_u64(header_off::FRAMES_USED as u64), 0);
+        assert_eq!(&new.frame(2)[..23], b"still mapped by a guest", "frames untouched");
+        drop(new);
+        // Another size or garbage: not taken over.
+        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 21, 9)).unwrap().is_none());
+        std::fs::write(&path, vec![0x5au8; 1 << 20]).unwrap();
+        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 9)).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,11 +12,22 @@
 //! [`HOST_FLAG_NEED_WAKEUP`] the client only counts a "doorbell needed"; the
 //! host poller's timed re-check picks the hint up.
 //!
+//! Map operations: after a revocation has been applied (every pool PTE of
+//! the file zapped, the answer dropped) the client sends
+//! [`OP_ACK_REVOKE`]; when a file lets go of a map on its own (inode
+//! evicted, verify mismatch, identity change, an answer nobody wants any
+//! more) it sends [`OP_RELEASE`]. Both wait in a bounded queue while the
+//! submission ring is full and are retried on the timer; an overflow is
+//! counted and left to the host's acknowledgement timeout. Their answers
+//! ([`ANSWER_FLAG_MAP_OP`]) are dropped.
+//!
 //! Lock order: the region table (which owns this client) before any
-//! [`FileState`](crate::fs::FileState) lock.
+//! [`FileState`](crate::fs::FileState) lock. Nothing that can run from memory
+//! reclaim (inode eviction) takes the region table lock: eviction only marks
+//! the file state and sets [`SWEEP_NEEDED`]; the timer does the rest.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -24,9 +35,10 @@ use kernel::time::Ktime;
 
 use crate::abi::{
     ring_off, AnswerStatus, CompletionEntry, EventEntry, RegionKind, RegionPrefix, RingLayout,
-    SubmissionEntry, CQE_SIZE, EQE_SIZE, EVENT_NOTICE, EVENT_REVOKE, HINT_FLAG_PATH_IN_SLOT,
-    HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, NOTICE_EVENTS_LOST,
-    NOTICE_HOST_RESTARTING, OP_HINT, SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
+    SubmissionEntry, ANSWER_FLAG_MAP_OP, CQE_SIZE, EQE_SIZE, EVENT_NOTICE, EVENT_REVOKE,
+    HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN,
+    NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING, OP_ACK_REVOKE, OP_HINT, OP_RELEASE,
+    SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
 };
 use crate::fs::{FileMap, InodeState, MissKind};
 use crate::pool::{PoolGeometry, TableRef, TableHeader, POOL_HEADER_SIZE, TABLE_HEADER_SIZE, TABLE_MAGIC};
@@ -39,6 +51,19 @@ const PENDING_MAX: usize = 64;
 /// A request without an answer after this long is forgotten (its id stays
 /// unknown, so a very late answer is dropped and counted).
 const PENDING_TIMEOUT_MS: i64 = 2000;
+/// Most map operations waiting for room in the submission ring. Beyond that
+/// they are dropped (counted): the host cuts off a VM whose acknowledgement
+/// does not arrive in time, and frees what a lost release held when the VM
+/// is cut off or removed.
+const OPS_MAX: usize = 512;
+
+/// How long module unload waits for answers to hints still in flight.
+const SHUTDOWN_WAIT_MS: i64 = 50;
+
+/// Set when a file state let go of a map outside the client (eviction,
+/// verify mismatch, identity change, a dead table found by a read): the
+/// next timer tick releases the maps no file holds any more.
+pub(crate) static SWEEP_NEEDED: AtomicBool = AtomicBool::new(false);
 
 /// A `u32` index word in the ring region.
 ///
@@ -100,6 +125,74 @@ struct Conn {
     cq: Consumer,
     eq: Consumer,
     slots_busy: KVec<bool>,
+    /// [`HOST_FLAG_EVENTS_LOST`] was seen and applied on this connection
+    /// (the host never clears it, so it is applied once).
+    events_lost_seen: bool,
+}
+
+/// Map operations ([`OP_ACK_REVOKE`], [`OP_RELEASE`]) not yet published: a
+/// FIFO ring over storage allocated once (at the first connection), so
+/// queueing never allocates.
+///
+/// # Invariants
+/// `len <= buf.len()` and `head < buf.len()` whenever `buf` is not empty.
+struct OpQueue {
+    buf: KVec<(u16, u64)>,
+    head: usize,
+    len: usize,
+}
+
+impl OpQueue {
+    const fn new() -> Self {
+        // INVARIANT: empty.
+        OpQueue { buf: KVec::new(), head: 0, len: 0 }
+    }
+
+    /// Allocates the storage (idempotent).
+    fn reserve(&mut self) -> bool {
+        !self.buf.is_empty() || self.buf.extend_with(OPS_MAX, (0, 0), GFP_KERNEL).is_ok()
+    }
+
+    /// Queues `opcode` for `file_map_id` (0 is no map: ignored).
+    fn push(&mut self, opcode: u16, file_map_id: u64) {
+        if file_map_id == 0 {
+            return;
+        }
+        let cap = self.buf.len();
+        if self.len >= cap {
+            stats::inc(Counter::map_ops_dropped);
+            return;
+        }
+        // INVARIANT: `len < cap` here, so one more fits.
+        let at = (self.head + self.len).checked_rem(cap).unwrap_or(0);
+        if let Some(e) = self.buf.get_mut(at) {
+            *e = (opcode, file_map_id);
+            self.len += 1;
+        }
+    }
+
+    /// The `i`th queued operation (0 is the oldest).
+    fn get(&self, i: usize) -> Option<(u16, u64)> {
+        if i >= self.len {
+            return None;
+        }
+        self.buf.get((self.head + i).checked_rem(self.buf.len())?).copied()
+    }
+
+    /// Forgets the `n` oldest operations.
+    fn pop(&mut self, n: usize) {
+        let n = n.min(self.len);
+        if n > 0 {
+            // INVARIANT: `buf` is not empty when `len > 0`.
+            self.head = (self.head + n).checked_rem(self.buf.len()).unwrap_or(0);
+            self.len -= n;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
 }
 
 /// The guest's view of the pool.
@@ -117,6 +210,7 @@ pub(crate) struct Client {
     pool: Option<PoolView>,
     pool_checked: bool,
     ring_corrupt: bool,
+    ops: OpQueue,
 }
 
 impl Client {
@@ -129,6 +223,7 @@ impl Client {
             pool: None,
             pool_checked: false,
             ring_corrupt: false,
+            ops: OpQueue::new(),
         }
     }
 
@@ -201,6 +296,9 @@ impl Client {
         if slots_busy.extend_with(layout.slots.count as usize, false, GFP_KERNEL).is_err() {
             return false;
         }
+        if !self.ops.reserve() {
+            return false;
+        }
         while self.pending.len() < PENDING_MAX {
             if self.pending.push(None, GFP_KERNEL).is_err() {
                 return false;
@@ -213,12 +311,13 @@ impl Client {
             layout.cq.entries,
             layout.eq.entries
         );
-        self.conn = Some(Conn { layout, generation: prefix.generation, sq, cq, eq, slots_busy });
+        self.conn = Some(Conn { layout, generation: prefix.generation, sq, cq, eq, slots_busy, events_lost_seen: false });
         true
     }
 
     /// Forgets the connection: every request is dropped and every file map
-    /// falls back to lower (its frames belonged to the old host).
+    /// falls back to lower (its frames belonged to the old host, which
+    /// forgets what this VM held: nothing is acknowledged or released).
     fn disconnect(&mut self) {
         if self.conn.take().is_some() {
             pr_info!("ring disconnected: every file falls back to lower until the host answers again\n");
@@ -228,14 +327,93 @@ impl Client {
                 p.file.clear_pending();
             }
         }
-        self.revoke_all();
+        self.revoke_all(false);
+        self.ops.clear();
+        // A new host may have taken the pool over in place with a new
+        // generation (host-agent `PoolMemory::adopt_served`): read its header
+        // again before trusting any answer.
+        self.pool_checked = false;
+        self.pool = None;
     }
 
-    fn revoke_all(&mut self) {
+    /// A region goes away: drops every request and held map (zapping their
+    /// PTEs) without telling the host.
+    pub(crate) fn reset(&mut self) {
+        self.disconnect();
+    }
+
+    /// Drops every held map (zapping its PTEs). With `release`, tells the
+    /// host each one is let go (events were lost: the revocations this VM
+    /// owes are unknown, and a release settles them as an acknowledgement
+    /// would).
+    fn revoke_all(&mut self, release: bool) {
         for h in self.held.iter_mut() {
             if let Some(h) = h.take() {
                 if h.file.drop_map(h.file_map_id) {
                     stats::inc(Counter::fallbacks);
+                }
+                if release {
+                    self.ops.push(OP_RELEASE, h.file_map_id);
+                }
+            }
+        }
+    }
+
+    /// Publishes queued map operations while the submission ring has room.
+    fn flush_ops(&mut self, ring: Option<&Mapping>) {
+        if self.ops.len == 0 {
+            return;
+        }
+        let Some(ring) = ring else { return };
+        let (Some(sq_head), Some(sq_tail), Some(flags)) =
+            (word(ring, ring_off::SQ_HEAD), word(ring, ring_off::SQ_TAIL), word(ring, ring_off::HOST_FLAGS))
+        else {
+            return;
+        };
+        let Some(conn) = self.conn.as_mut() else { return };
+        let want = u32::try_from(self.ops.len).unwrap_or(u32::MAX);
+        let free = match conn.sq.free(&sq_head, want) {
+            Ok(n) => n as usize,
+            Err(_) => {
+                self.corrupt();
+                return;
+            }
+        };
+        let n = free.min(self.ops.len);
+        let mut written = 0u32;
+        for (opcode, map_id) in (0..n).map_while(|i| self.ops.get(i)) {
+            let entry = SubmissionEntry::map_op(self.next_id, opcode, map_id);
+            let off = conn.layout.sqe_offset(conn.sq.slot(written)) as usize;
+            if !ring.write_bytes(off, &entry.to_le_bytes()) {
+                break;
+            }
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            stats::inc(if opcode == OP_ACK_REVOKE { Counter::acks_sent } else { Counter::releases_sent });
+            written += 1;
+        }
+        if written == 0 {
+            stats::inc(Counter::map_ops_deferred);
+            return;
+        }
+        conn.sq.publish(&sq_tail, written);
+        self.ops.pop(written as usize);
+        if self.ops.len > 0 {
+            stats::inc(Counter::map_ops_deferred);
+        }
+        if spsc::needs_doorbell(&flags, HOST_FLAG_NEED_WAKEUP) {
+            stats::inc(Counter::doorbells_needed);
+        }
+    }
+
+    /// Releases every held map its file no longer uses (see [`SWEEP_NEEDED`]).
+    fn sweep(&mut self) {
+        if !SWEEP_NEEDED.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        for h in self.held.iter_mut() {
+            if h.as_ref().is_some_and(|h| !h.file.uses_map(h.file_map_id)) {
+                if let Some(h) = h.take() {
+                    self.ops.push(OP_RELEASE, h.file_map_id);
                 }
             }
         }
@@ -257,6 +435,8 @@ impl Client {
         }
         let Some(ring) = ring else { return false };
         self.poll_events(Some(ring));
+        self.sweep();
+        self.flush_ops(Some(ring));
         let Some(idx) = self.pending.iter().position(|p| p.is_none()) else {
             stats::inc(Counter::hints_skipped_ring_full);
             return false;
@@ -404,8 +584,21 @@ impl Client {
     }
 
     fn apply(&mut self, a: CompletionEntry, pool: Option<&Mapping>, late: bool) {
+        if a.flags & ANSWER_FLAG_MAP_OP != 0 {
+            // The answer to an acknowledgement or a release: nothing to do.
+            stats::inc(Counter::map_op_answers);
+            if AnswerStatus::from_u16(a.status) != Some(AnswerStatus::Hit) {
+                stats::inc(Counter::map_ops_refused);
+            }
+            return;
+        }
         let Some(p) = self.pending.iter_mut().find(|p| p.as_ref().is_some_and(|q| q.id == a.request_id)) else {
             stats::inc(Counter::answers_unknown);
+            // A hit nobody waits for any more (the request timed out): the
+            // host counts this VM as a holder, so let go of it.
+            if AnswerStatus::from_u16(a.status) == Some(AnswerStatus::Hit) {
+                self.ops.push(OP_RELEASE, a.file_map_id);
+            }
             return;
         };
         let Some(p) = p.take() else { return };
@@ -425,11 +618,17 @@ impl Client {
                         if p.file.install(map) {
                             self.hold(id, &p.file);
                             stats::inc(Counter::answers_hit);
+                        } else {
+                            // The file no longer wants it (evicted, lower
+                            // for good, identity changed).
+                            self.ops.push(OP_RELEASE, id);
                         }
                     }
                     None => {
                         stats::inc(Counter::answers_malformed);
                         p.file.set_miss(MissKind::Retry);
+                        // The host may count this VM as a holder: let go.
+                        self.ops.push(OP_RELEASE, a.file_map_id);
                     }
                 }
                 return;
@@ -466,6 +665,7 @@ impl Client {
             // Untracked maps could not be revoked: refuse to use it.
             file.drop_map(file_map_id);
             stats::inc(Counter::fallbacks);
+            self.ops.push(OP_RELEASE, file_map_id);
         }
     }
 
@@ -530,9 +730,11 @@ impl Client {
         else {
             return;
         };
-        if flags.load(Ordering::Acquire) & HOST_FLAG_EVENTS_LOST != 0 && self.held.iter().any(|h| h.is_some()) {
+        let lost_new = flags.load(Ordering::Acquire) & HOST_FLAG_EVENTS_LOST != 0
+            && self.conn.as_mut().is_some_and(|c| !core::mem::replace(&mut c.events_lost_seen, true));
+        if lost_new {
             stats::inc(Counter::revocations);
-            self.revoke_all();
+            self.revoke_all(true);
         }
         let n = match self.conn.as_mut().map(|c| c.eq.available(&eq_tail)) {
             Some(Ok(n)) => n,
@@ -557,6 +759,8 @@ impl Client {
                 stats::inc(Counter::doorbells_needed);
             }
         }
+        // Acknowledgements go out as soon as there is room.
+        self.flush_ops(Some(ring));
     }
 
     fn event(&mut self, e: EventEntry) {
@@ -566,6 +770,10 @@ impl Client {
                 for h in self.held.iter_mut() {
                     if h.as_ref().is_some_and(|h| h.file_map_id == e.file_map_id) {
                         if let Some(h) = h.take() {
+                            // Zaps every PTE of the file under its lock; the
+                            // fault path re-checks the map under that lock
+                            // before it inserts a pool PFN, so after this
+                            // returns no mapping of the map's frames is left.
                             if h.file.drop_map(h.file_map_id) {
                                 stats::inc(Counter::fallbacks);
                             }
@@ -573,20 +781,29 @@ impl Client {
                         }
                     }
                 }
-                // ABI: there is no acknowledgement opcode yet; the host's ack
-                // timeout covers it (see the report on issue 5).
                 stats::inc(if found { Counter::revocations } else { Counter::events_unknown });
+                // Acknowledged even when not held (released already, or an
+                // answer that never validated): nothing here maps it, and the
+                // host ignores acknowledgements it is not waiting for.
+                self.ops.push(OP_ACK_REVOKE, e.file_map_id);
             }
-            (EVENT_NOTICE, NOTICE_EVENTS_LOST) | (EVENT_NOTICE, NOTICE_HOST_RESTARTING) => {
+            (EVENT_NOTICE, NOTICE_EVENTS_LOST) => {
                 stats::inc(Counter::revocations);
-                self.revoke_all();
+                self.revoke_all(true);
+            }
+            (EVENT_NOTICE, NOTICE_HOST_RESTARTING) => {
+                // The generation changes: the new host knows none of these maps.
+                stats::inc(Counter::revocations);
+                self.revoke_all(false);
+                self.ops.clear();
             }
             (EVENT_NOTICE, _) => {}
             _ => stats::inc(Counter::events_unknown),
         }
     }
 
-    /// Timer work: events, late answers, expiry.
+    /// Timer work: events, late answers, expiry, releases, queued map
+    /// operations.
     pub(crate) fn tick(&mut self, ring: Option<&Mapping>, pool: Option<&Mapping>) {
         if self.conn.is_none() && !self.has_pending() {
             return;
@@ -594,20 +811,31 @@ impl Client {
         self.expire();
         self.reap(ring, pool, true);
         self.poll_events(ring);
+        self.sweep();
+        self.flush_ops(ring);
     }
 
-    /// Drops every reference to file states (unmount of the last user or
-    /// module unload).
-    pub(crate) fn forget_file(&mut self, file: &Arc<InodeState>) {
-        for p in self.pending.iter_mut() {
-            if p.as_ref().is_some_and(|q| Arc::ptr_eq(&q.file, file)) {
-                *p = None;
+    /// Module unload: releases what evicted files held and publishes every
+    /// queued map operation that fits (the host answers them after we are
+    /// gone; a later load drops those answers by their flag).
+    pub(crate) fn shutdown(&mut self, ring: Option<&Mapping>, pool: Option<&Mapping>) {
+        if self.connect(ring) {
+            // Hints still in flight may be answered with maps the host would
+            // then count as held by nobody's file: wait a bounded moment for
+            // them (each such hit is released).
+            let start = Ktime::ktime_get();
+            while self.has_pending() && kernel::time::ktime_ms_delta(Ktime::ktime_get(), start) < SHUTDOWN_WAIT_MS {
+                self.reap(ring, pool, true);
+                core::hint::spin_loop();
             }
+            self.poll_events(ring);
+            SWEEP_NEEDED.store(true, Ordering::Release);
+            self.sweep();
+            self.flush_ops(ring);
         }
-        for h in self.held.iter_mut() {
-            if h.as_ref().is_some_and(|q| Arc::ptr_eq(&q.file, file)) {
-                *h = None;
-            }
+        if self.ops.len > 0 {
+            stats::add(Counter::map_ops_dropped, self.ops.len as u64);
+            self.ops.clear();
         }
     }
 }

@@ -65,6 +65,15 @@ extern "C" {
     /// # Safety
     /// `mapping` must be a live `struct address_space`.
     fn vmdedup_glue_unmap_all(mapping: *mut c_void);
+
+    /// `vmf_insert_mixed()` of `pfn` at the faulting address; returns its
+    /// `vm_fault_t`.
+    ///
+    /// # Safety
+    /// `vmf` must be the `struct vm_fault` of a fault in progress on a
+    /// `VM_MIXEDMAP` mapping; `pfn` a frame that may be mapped read-only
+    /// into user space until the mapping's PTEs are zapped.
+    fn vmdedup_glue_insert_pfn(vmf: *mut c_void, pfn: c_ulong) -> c_uint;
 }
 
 /// Module parameters (defined with `MODULE_PARM_DESC` in `glue.c`).
@@ -91,6 +100,15 @@ pub(crate) fn param(p: Param) -> u32 {
 pub(crate) unsafe fn unmap_all(mapping: *mut c_void) {
     // SAFETY: forwarded caller contract.
     unsafe { vmdedup_glue_unmap_all(mapping) }
+}
+
+/// Inserts pool frame `pfn` at the faulting address of `vmf`.
+///
+/// # Safety
+/// As [`vmdedup_glue_insert_pfn`].
+pub(crate) unsafe fn insert_pfn(vmf: *mut c_void, pfn: u64) -> u32 {
+    // SAFETY: forwarded caller contract.
+    unsafe { vmdedup_glue_insert_pfn(vmf, pfn as c_ulong) }
 }
 
 /// One read in progress (`struct vmdedup_io` in `glue.h`).
@@ -390,13 +408,14 @@ unsafe extern "C" fn vmdedup_rs_inode_new(mapping: *mut c_void) -> *mut c_void {
     }
 }
 
-/// The inode is being evicted: forget it everywhere and drop its state.
+/// The inode is being evicted: drop its state. This runs from memory
+/// reclaim too, so it takes no global lock: the client keeps its own
+/// references to the state until the timer has released what it held.
 ///
 /// # Safety
-/// `m` is the live mount state; `ist` was returned by
-/// [`vmdedup_rs_inode_new`] and is not used afterwards.
+/// `ist` was returned by [`vmdedup_rs_inode_new`] and is not used afterwards.
 #[no_mangle]
-unsafe extern "C" fn vmdedup_rs_inode_free(m: *mut c_void, ist: *mut c_void) {
+unsafe extern "C" fn vmdedup_rs_inode_free(ist: *mut c_void) {
     if ist.is_null() {
         return;
     }
@@ -404,11 +423,6 @@ unsafe extern "C" fn vmdedup_rs_inode_free(m: *mut c_void, ist: *mut c_void) {
     // back the reference the inode owned.
     let file = unsafe { Arc::from_raw(ist.cast::<InodeState>().cast_const()) };
     file.evicted();
-    // SAFETY: forwarded caller contract.
-    let m = unsafe { mount(m) };
-    let mut regions = m.shared.regions.lock();
-    let (_, _, client) = regions.parts();
-    client.forget_file(&file);
 }
 
 /// A regular file was opened: hint (and briefly poll for the answer).
@@ -474,13 +488,14 @@ unsafe extern "C" fn vmdedup_rs_read_iter(
     }
 }
 
-/// Whether a mapping may map pool frames (1) or must be delegated to the
-/// lower file (0). `shared_ro`: the mapping is shared and can never become
-/// writable.
+/// Whether a mapping may map pool frames (1, and `*map_id` says which file
+/// map it was checked against) or must be delegated to the lower file (0).
+/// `shared_ro`: the mapping is shared and can never become writable.
 ///
 /// # Safety
 /// `m` and `ist` are live (`ist` may be NULL); `io` is a live
-/// `struct vmdedup_io` whose lower file is open (its iterator is unused).
+/// `struct vmdedup_io` whose lower file is open (its iterator is unused);
+/// `map_id` is valid for a write.
 #[no_mangle]
 unsafe extern "C" fn vmdedup_rs_mmap(
     m: *mut c_void,
@@ -489,34 +504,62 @@ unsafe extern "C" fn vmdedup_rs_mmap(
     shared_ro: bool,
     pgoff: c_ulong,
     npages: c_ulong,
+    map_id: *mut u64,
 ) -> c_int {
-    let Some(io) = NonNull::new(io) else { return 0 };
+    let (Some(io), false) = (NonNull::new(io), map_id.is_null()) else { return 0 };
     // INVARIANT: `io` is live for this call (caller contract); only its lower
     // file is used (`read_lower_buf`).
     let mut io = Io(io);
     // SAFETY: forwarded caller contract.
     let (m, file) = unsafe { (mount(m), inode_state(ist)) };
-    c_int::from(m.mmap_from_pool(file, &mut io, shared_ro, pgoff as u64, npages as u64))
+    match m.mmap_from_pool(file, &mut io, shared_ro, pgoff as u64, npages as u64) {
+        Some(id) => {
+            // SAFETY: `map_id` is valid for a write (caller contract).
+            unsafe { *map_id = id };
+            1
+        }
+        None => 0,
+    }
 }
 
-/// Finds the PFN for a fault on a pool mapping. Returns 0 and sets `*pfn`, or
-/// a negative errno (the fault then fails with SIGBUS).
+/// A fault on a pool mapping was served from the lower file with result
+/// `ret` (a `vm_fault_t`): counts it.
+#[no_mangle]
+extern "C" fn vmdedup_rs_fault_lower_done(ret: c_uint) {
+    // VM_FAULT_NOPAGE (0x100) is the only success the lower path returns.
+    crate::stats::inc(if ret == 0x100 { crate::stats::Counter::faults_lower } else { crate::stats::Counter::faults_failed });
+}
+
+/// Serves a fault on a pool mapping checked against file map `map_id`:
+/// inserts the pool frame and returns 1 with the insertion's `vm_fault_t` in
+/// `*ret`, or returns 0 when the fault must be served from the lower file
+/// (the map was revoked or replaced).
 ///
 /// # Safety
-/// `m` and `ist` are live (`ist` may be NULL); `pfn` valid for a write.
+/// `m` and `ist` are live (`ist` may be NULL); `vmf` is the fault in progress
+/// on a `VM_MIXEDMAP` pool mapping of `ist`'s file; `ret` valid for a write.
 #[no_mangle]
-unsafe extern "C" fn vmdedup_rs_fault(m: *mut c_void, ist: *mut c_void, pgoff: c_ulong, pfn: *mut c_ulong) -> c_int {
-    if pfn.is_null() {
-        return EINVAL.to_errno();
+unsafe extern "C" fn vmdedup_rs_fault(
+    m: *mut c_void,
+    ist: *mut c_void,
+    vmf: *mut c_void,
+    map_id: u64,
+    pgoff: c_ulong,
+    ret: *mut c_uint,
+) -> c_int {
+    if vmf.is_null() || ret.is_null() {
+        return 0;
     }
     // SAFETY: forwarded caller contract.
     let (m, file) = unsafe { (mount(m), inode_state(ist)) };
-    match m.fault(file, pgoff as u64) {
-        Ok(p) => {
-            // SAFETY: `pfn` is valid for a write (caller contract).
-            unsafe { *pfn = p as c_ulong };
-            0
+    // SAFETY: `vmf` is the fault in progress on a VM_MIXEDMAP mapping of this
+    // file (caller contract).
+    match unsafe { m.fault(file, vmf, map_id, pgoff as u64) } {
+        Some(r) => {
+            // SAFETY: `ret` is valid for a write (caller contract).
+            unsafe { *ret = r };
+            1
         }
-        Err(e) => e.to_errno(),
+        None => 0,
     }
 }

@@ -10,8 +10,10 @@
  *    unlink, setattr ... with EROFS before it reaches us;
  *  - regular files: open opens the lower file as a backing file (the way
  *    overlayfs does) and hands the decision work to Rust (hint, answer);
- *    read_iter and mmap ask Rust what to serve from where; the pool fault
- *    handler inserts the PFN Rust chose.
+ *    read_iter and mmap ask Rust what to serve from where; on a pool
+ *    mapping (VM_MIXEDMAP) Rust inserts the pool frame under the file's lock,
+ *    or, once the file map was revoked, the fault inserts the lower file's
+ *    page-cache page.
  *
  * Every decision (options, hints, answers, pool bounds, verification,
  * counters) is in Rust: guest-module/{fs,client,filemap}.rs, reached through
@@ -27,6 +29,7 @@
 #include <linux/mount.h>
 #include <linux/namei.h>
 #include <linux/pagemap.h>
+#include <linux/pfn_t.h>
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/splice.h>
@@ -43,12 +46,17 @@ int vmdedup_rs_mount_new(const void *ctx, const char *data, char *lower, size_t 
 void vmdedup_rs_mount_free(void *mnt);
 long vmdedup_rs_mount_show(void *mnt, char *buf, size_t len);
 void *vmdedup_rs_inode_new(struct address_space *mapping);
-void vmdedup_rs_inode_free(void *mnt, void *ist);
+void vmdedup_rs_inode_free(void *ist);
 void vmdedup_rs_open(void *mnt, void *ist, const struct vmdedup_ident *id, const char *path, size_t len);
 ssize_t vmdedup_rs_read_iter(void *mnt, void *ist, struct vmdedup_io *io, loff_t pos, size_t count);
 int vmdedup_rs_mmap(void *mnt, void *ist, struct vmdedup_io *io, bool shared_ro, unsigned long pgoff,
-		    unsigned long npages);
-int vmdedup_rs_fault(void *mnt, void *ist, unsigned long pgoff, unsigned long *pfn);
+		    unsigned long npages, u64 *map_id);
+int vmdedup_rs_fault(void *mnt, void *ist, struct vm_fault *vmf, u64 map_id, unsigned long pgoff,
+		     vm_fault_t *ret);
+void vmdedup_rs_fault_lower_done(vm_fault_t ret);
+
+/* Called from Rust (declared in ffi.rs). */
+vm_fault_t vmdedup_glue_insert_pfn(struct vm_fault *vmf, unsigned long pfn);
 
 struct vmdedup_sb {
 	struct path lower_root;
@@ -155,7 +163,7 @@ static void vmdedup_evict_inode(struct inode *inode)
 	truncate_inode_pages_final(&inode->i_data);
 	clear_inode(inode);
 	if (vi->rs)
-		vmdedup_rs_inode_free(VSB(inode->i_sb)->rs, vi->rs);
+		vmdedup_rs_inode_free(vi->rs);
 	vi->rs = NULL;
 	iput(vi->lower);
 	vi->lower = NULL;
@@ -435,15 +443,52 @@ static ssize_t vmdedup_read_iter(struct kiocb *iocb, struct iov_iter *to)
 	return ret;
 }
 
+/*
+ * A pool mapping whose file map was revoked (or replaced) serves the lower
+ * file's page instead: the page-cache page of the lower file, inserted with
+ * its own reference (the mapping is VM_MIXEDMAP, so the PTE is a normal one,
+ * counted and dropped by zap like any file page). Beyond the lower file's
+ * end, SIGBUS, as any file mapping does.
+ */
+static vm_fault_t vmdedup_fault_lower(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct file *lf = vma->vm_file->private_data;
+	struct folio *folio;
+	int err;
+
+	if (!lf || vmf->pgoff >= DIV_ROUND_UP(i_size_read(file_inode(lf)), PAGE_SIZE))
+		return VM_FAULT_SIGBUS;
+	folio = read_mapping_folio(lf->f_mapping, vmf->pgoff, lf);
+	if (IS_ERR(folio))
+		return vmf_error(PTR_ERR(folio));
+	err = vm_insert_page(vma, vmf->address, folio_file_page(folio, vmf->pgoff));
+	folio_put(folio);
+	/* -EBUSY: another thread mapped this address meanwhile. */
+	if (err && err != -EBUSY)
+		return vmf_error(err);
+	return VM_FAULT_NOPAGE;
+}
+
 static vm_fault_t vmdedup_pool_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct inode *inode = file_inode(vma->vm_file);
-	unsigned long pfn;
+	vm_fault_t ret;
 
-	if (vmdedup_rs_fault(VSB(inode->i_sb)->rs, VI(inode)->rs, vmf->pgoff, &pfn))
-		return VM_FAULT_SIGBUS;
-	return vmf_insert_pfn(vma, vmf->address, pfn);
+	/* Rust inserts the pool frame under the file's lock, or says "lower". */
+	if (vmdedup_rs_fault(VSB(inode->i_sb)->rs, VI(inode)->rs, vmf, (u64)(uintptr_t)vma->vm_private_data,
+			     vmf->pgoff, &ret))
+		return ret;
+	ret = vmdedup_fault_lower(vmf);
+	vmdedup_rs_fault_lower_done(ret);
+	return ret;
+}
+
+/* Called from Rust with the file's lock held (see fs.rs `fault`). */
+vm_fault_t vmdedup_glue_insert_pfn(struct vm_fault *vmf, unsigned long pfn)
+{
+	return vmf_insert_mixed(vmf->vma, vmf->address, __pfn_to_pfn_t(pfn, PFN_DEV));
 }
 
 static const struct vm_operations_struct vmdedup_pool_vm_ops = {
@@ -457,10 +502,18 @@ static int vmdedup_mmap(struct file *file, struct vm_area_struct *vma)
 	struct vmdedup_io io = { .lower = file->private_data, .iter = NULL };
 	/* do_mmap() clears VM_SHARED for files not open for writing; VM_MAYSHARE stays. */
 	bool shared_ro = (vma->vm_flags & VM_MAYSHARE) && !(vma->vm_flags & (VM_WRITE | VM_MAYWRITE));
+	u64 map_id = 0;
 
-	/* Rust decides: pool frames (shared, never-writable mappings the answer covers) or lower. */
-	if (vmdedup_rs_mmap(VSB(inode->i_sb)->rs, VI(inode)->rs, &io, shared_ro, vma->vm_pgoff, vma_pages(vma)) > 0) {
-		vm_flags_set(vma, VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP);
+	/*
+	 * Rust decides: pool frames (shared, never-writable mappings the answer
+	 * covers) or lower. A pool mapping is VM_MIXEDMAP: pool frames go in as
+	 * special PTEs, and after a revocation the lower file's pages as normal
+	 * ones. It remembers the file map it was checked against.
+	 */
+	if (vmdedup_rs_mmap(VSB(inode->i_sb)->rs, VI(inode)->rs, &io, shared_ro, vma->vm_pgoff, vma_pages(vma),
+			    &map_id) > 0) {
+		vm_flags_set(vma, VM_MIXEDMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP);
+		vma->vm_private_data = (void *)(uintptr_t)map_id;
 		vma->vm_ops = &vmdedup_pool_vm_ops;
 		file_accessed(file);
 		return 0;

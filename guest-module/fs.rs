@@ -12,6 +12,7 @@ use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::time::Ktime;
 
+use crate::client::SWEEP_NEEDED;
 use crate::ffi::{self, Io};
 use crate::pool::{FRAME_SIZE, TABLE_MAGIC};
 use crate::stats::{self, Counter};
@@ -263,6 +264,9 @@ impl Mount {
     /// (private mappings, which may be written copy-on-write, go to lower).
     /// The verify mode is applied here, to every page (or the sample) the
     /// mapping may fault in, so faults never serve unverified frames.
+    ///
+    /// Returns the id of the file map the mapping was checked against (the
+    /// mapping then serves that map's frames and nothing else), or `None`.
     pub(crate) fn mmap_from_pool(
         &self,
         file: Option<&InodeState>,
@@ -270,13 +274,15 @@ impl Mount {
         shared_ro: bool,
         pgoff: u64,
         npages: u64,
-    ) -> bool {
-        let ok = match file {
-            Some(file) if shared_ro && file.covers(pgoff, npages) => self.verify_range(file, io, pgoff, npages),
-            _ => false,
+    ) -> Option<u64> {
+        let id = match file {
+            Some(file) if shared_ro => file
+                .covering_map(pgoff, npages)
+                .filter(|&id| self.verify_range(file, io, pgoff, npages) && file.uses_map(id)),
+            _ => None,
         };
-        stats::inc(if ok { Counter::mmap_pool } else { Counter::mmap_lower });
-        ok
+        stats::inc(if id.is_some() { Counter::mmap_pool } else { Counter::mmap_lower });
+        id
     }
 
     fn verify_range(&self, file: &InodeState, io: &mut Io, pgoff: u64, npages: u64) -> bool {
@@ -303,26 +309,59 @@ impl Mount {
         true
     }
 
-    /// The PFN for a fault at page `pgoff` of a pool mapping.
-    pub(crate) fn fault(&self, file: Option<&InodeState>, pgoff: u64) -> Result<u64> {
-        let fail = || {
-            stats::inc(Counter::faults_failed);
-            Err(EFAULT)
+    /// Serves a fault at page `pgoff` of a pool mapping that was checked
+    /// against file map `map_id`: inserts the pool frame and returns the
+    /// `vm_fault_t` of the insertion, or `None` when the mapping must fall
+    /// back to the lower file's page (the map was revoked, dropped or
+    /// replaced since, or its table is dead).
+    ///
+    /// The frame is chosen under the region lock and inserted under the
+    /// file's lock after checking that the file still uses `map_id`. A
+    /// revocation drops the map and zaps the file's PTEs under that same
+    /// lock before it is acknowledged, so an insertion either happens before
+    /// the zap (and is zapped) or sees the map gone: no pool PTE survives an
+    /// acknowledged revocation.
+    ///
+    /// # Safety
+    /// `vmf` must be the `struct vm_fault` of the fault in progress on a
+    /// `VM_MIXEDMAP` mapping of this file.
+    pub(crate) unsafe fn fault(
+        &self,
+        file: Option<&InodeState>,
+        vmf: *mut core::ffi::c_void,
+        map_id: u64,
+        pgoff: u64,
+    ) -> Option<u32> {
+        let file = file?;
+        let pfn = {
+            let mut regions = self.shared.regions.lock();
+            let (frame, table_offset, id) = file.frame(pgoff)?;
+            if id != map_id {
+                return None;
+            }
+            let (_, pool_map, client) = regions.parts();
+            let pool = pool_map?;
+            let view = client.pool_view(Some(pool))?;
+            let off = view.geom.frame_offset(frame).ok()?;
+            if pool.read_u64(usize::try_from(table_offset).ok()?) != Some(TABLE_MAGIC) {
+                // Being revoked: the event that follows drops the map.
+                return None;
+            }
+            (pool.phys() + off) >> kernel::page::PAGE_SHIFT
         };
-        let Some(file) = file else { return fail() };
-        let mut regions = self.shared.regions.lock();
-        let Some((frame, table_offset, _)) = file.frame(pgoff) else { return fail() };
-        let (_, pool_map, client) = regions.parts();
-        let Some(pool) = pool_map else { return fail() };
-        let Some(view) = client.pool_view(Some(pool)) else { return fail() };
-        let (Ok(off), Ok(toff)) = (view.geom.frame_offset(frame), usize::try_from(table_offset)) else {
-            return fail();
-        };
-        if pool.read_u64(toff) != Some(TABLE_MAGIC) {
-            return fail();
+        let s = file.inner.lock();
+        if s.map.as_ref().map(|m| m.file_map_id) != Some(map_id) {
+            return None;
         }
+        // SAFETY: `vmf` is the fault in progress on a VM_MIXEDMAP mapping
+        // (caller contract); `pfn` is a frame of the pool BAR, inside the pool
+        // (`frame_offset` checked it against the geometry), of a map the file
+        // still uses, and the file lock held across the insertion orders it
+        // before any revocation's zap.
+        let ret = unsafe { ffi::insert_pfn(vmf, pfn) };
+        drop(s);
         stats::inc(Counter::faults_pool);
-        Ok((pool.phys() + off) >> kernel::page::PAGE_SHIFT)
+        Some(ret)
     }
 }
 
@@ -428,7 +467,10 @@ impl InodeState {
     fn want_hint(&self, ident: Ident) -> bool {
         let mut s = self.inner.lock();
         if s.ident.is_some_and(|i| i != ident) {
-            s.map = None;
+            if s.map.take().is_some() {
+                zap(&s);
+                SWEEP_NEEDED.store(true, Ordering::Release);
+            }
             s.miss = None;
         }
         s.ident = Some(ident);
@@ -470,9 +512,18 @@ impl InodeState {
         self.inner.lock().map.is_some()
     }
 
-    fn covers(&self, pgoff: u64, npages: u64) -> bool {
+    /// The id of the kept answer if it covers `npages` pages from `pgoff`.
+    fn covering_map(&self, pgoff: u64, npages: u64) -> Option<u64> {
         let s = self.inner.lock();
-        s.map.as_ref().is_some_and(|m| pgoff.checked_add(npages).is_some_and(|end| end <= m.frames.len() as u64))
+        s.map
+            .as_ref()
+            .filter(|m| pgoff.checked_add(npages).is_some_and(|end| end <= m.frames.len() as u64))
+            .map(|m| m.file_map_id)
+    }
+
+    /// Whether the kept answer is file map `id`.
+    pub(crate) fn uses_map(&self, id: u64) -> bool {
+        self.inner.lock().map.as_ref().is_some_and(|m| m.file_map_id == id)
     }
 
     /// (frame, table offset, file map id) for `page`, if the kept answer covers it.
@@ -511,28 +562,40 @@ impl InodeState {
         s.map = None;
         // Allow a new hint later (the host may have the file again).
         s.miss = Some((MissKind::Retry, Ktime::ktime_get()));
-        if !s.mapping.is_null() {
-            // SAFETY: non-NULL `mapping` is the live inode's address_space
-            // (cleared under this lock before the inode is evicted).
-            unsafe { ffi::unmap_all(s.mapping) };
-        }
+        zap(&s);
+        // If the client still lists it as held (a read found the table
+        // dead), the timer releases it.
+        SWEEP_NEEDED.store(true, Ordering::Release);
         true
     }
 
     fn lower_for_good(&self) {
         let mut s = self.inner.lock();
         s.lower_only = true;
-        s.map = None;
-        if !s.mapping.is_null() {
-            // SAFETY: as in `drop_map`.
-            unsafe { ffi::unmap_all(s.mapping) };
+        if s.map.take().is_some() {
+            zap(&s);
+            SWEEP_NEEDED.store(true, Ordering::Release);
         }
     }
 
-    /// The inode is being evicted: never touch its mapping again.
+    /// The inode is being evicted: never touch its mapping again. Runs from
+    /// memory reclaim too, so it takes no lock but this file's; the map it
+    /// held is released by the timer ([`SWEEP_NEEDED`]).
     pub(crate) fn evicted(&self) {
         let mut s = self.inner.lock();
         s.mapping = core::ptr::null_mut();
-        s.map = None;
+        if s.map.take().is_some() {
+            SWEEP_NEEDED.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Zaps every PTE mapping the file (pool frames and lower pages alike), if
+/// the inode is still there. Called with the file's lock held (`s`).
+fn zap(s: &FileState) {
+    if !s.mapping.is_null() {
+        // SAFETY: non-NULL `mapping` is the live inode's address_space
+        // (cleared under this lock before the inode is evicted).
+        unsafe { ffi::unmap_all(s.mapping) };
     }
 }

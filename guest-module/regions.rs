@@ -271,7 +271,9 @@ impl Regions {
             Slot::Pool => &mut self.pool,
         };
         if let Some(region) = place.take() {
-            // Nothing may point into the region any more.
+            // Nothing may point into the region any more: every pool PTE is
+            // zapped (held maps dropped) before the glue unmaps it.
+            self.client.reset();
             self.client = Client::new();
             pr_info!("{}: region detached\n", region.dev.as_str());
         }

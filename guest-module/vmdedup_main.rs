@@ -66,7 +66,7 @@ pub(crate) struct Shared {
 /// The module: owns the shared state; the glue registrations borrow it and are
 /// torn down in [`Drop`] before it goes away.
 struct Vmdedup {
-    _shared: Pin<KBox<Shared>>,
+    shared: Pin<KBox<Shared>>,
 }
 
 impl kernel::Module for Vmdedup {
@@ -78,7 +78,7 @@ impl kernel::Module for Vmdedup {
         )?;
         ffi::glue_init(&shared)?;
         pr_info!("loaded; ivshmem driver and vmdedupfs registered\n");
-        Ok(Vmdedup { _shared: shared })
+        Ok(Vmdedup { shared })
     }
 }
 
@@ -86,7 +86,13 @@ impl Drop for Vmdedup {
     fn drop(&mut self) {
         // Unregisters vmdedupfs (no mount exists: each pins the module), the
         // timer, the PCI driver (detaching every region) and the sysfs tree;
-        // nothing calls into the shared state after this returns.
+        // nothing calls into the shared state after this returns. First the
+        // host hears about every map this guest let go of.
+        {
+            let mut regions = self.shared.regions.lock();
+            let (ring, pool, client) = regions.parts();
+            client.shutdown(ring, pool);
+        }
         ffi::glue_exit();
         pr_info!("unloaded\n");
     }

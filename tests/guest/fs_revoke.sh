@@ -1,0 +1,137 @@
+#!/bin/sh
+# Selftest: a file map is revoked while a process holds a shared mmap of it
+# (issue 6 case 8). The process keeps reading correct bytes (faults after the
+# revocation are served with the lower file's pages, no SIGBUS), the guest
+# acknowledges (OP_ACK_REVOKE), the host sees the acknowledgement (nothing
+# pending, not cut off), and the file is served from the pool again later.
+#
+# Needs: a /shared/NAME mount served by the agent (nsid=), the mmapwatch
+# helper (tests/guest/tools/mmapwatch.c, built static, at /tests/tools/mmapwatch
+# or in PATH), and a host that evicts on request: FS_REVOKE_HOST=1 says the
+# run has `--host-cmd tests/host/evict-on-marker`, which evicts the
+# file this test names in a "# fs_revoke: evict TOKEN NS PATH" line. Without
+# them the test points are skipped with the reason.
+. /tests/lib/ktap.sh
+. /tests/lib/fs.sh
+ktap_header 9
+
+T1="a pool-served file is mapped from the pool"
+T2="the mapping reads the lower file's bytes"
+T3="the revocation is applied (revocations counter rises)"
+T4="the revocation is acknowledged (acks_sent rises)"
+T5="the process keeps reading correct bytes after the revocation (no SIGBUS)"
+T6="faults after the revocation are served from lower pages"
+T7="read(2) after the revocation is identical to lower"
+T8="the host got the acknowledgement (revocations_pending 0, not cut off)"
+T9="the file is served from the pool again after the revocation"
+skip_from() { # N REASON: skip test points N..9
+    n=$1
+    while [ "$n" -le 9 ]; do eval "t=\$T$n"; ktap_skip "$t" "$2"; n=$((n + 1)); done
+    ktap_finish; exit $?
+}
+
+fs_load 2>/dev/null
+line=$(awk '$3 == "vmdedupfs" && $4 ~ /nsid=/ { print $2; exit }' /proc/mounts)
+[ -n "$line" ] || skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
+MNT=$line
+NS=${MNT##*/}
+LOWER=$(awk -v m="$MNT" '$2 == m { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] ~ /^lower=/) print substr(o[i], 7) }' /proc/mounts)
+WATCH=$(command -v mmapwatch || true)
+[ -x /tests/tools/mmapwatch ] && WATCH=/tests/tools/mmapwatch
+[ -n "$WATCH" ] || skip_from 1 "no mmapwatch helper in the guest (build tests/guest/tools/mmapwatch.c static, --add it as /tests/tools/mmapwatch)"
+
+# A file of 64 KiB to 1 MiB that the host serves: re-open it until it hits
+# (the first hint is answered "loading").
+REL=$(cd "$MNT" && find . -type f -size +64k -size -1024k 2>/dev/null | grep -v '[^A-Za-z0-9._/+-]' | head -n 1)
+REL=${REL#./}
+[ -n "$REL" ] || skip_from 1 "no file of 64 KiB to 1 MiB under $MNT"
+F=$MNT/$REL
+L=$LOWER/$REL
+ktap_diag "file: $F ($(stat -c %s "$F") bytes), lower $L"
+# Served from the pool: a read of it takes pages from pool frames (the
+# answer may arrive after the open, on the timer).
+pool_read() {
+    for _ in $(seq 1 40); do
+        p0=$(stat_of pages_pool)
+        cat "$F" > /dev/null
+        [ "$(stat_of pages_pool)" -gt "$p0" ] && return 0
+        sleep 0.3
+    done
+    return 1
+}
+pool_read || skip_from 1 "the agent never served $NS/$REL from the pool (answers: $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' '))"
+
+mm0=$(stat_of mmap_pool); fp0=$(stat_of faults_pool); fl0=$(stat_of faults_lower)
+rv0=$(stat_of revocations); ack0=$(stat_of acks_sent); ff0=$(stat_of faults_failed)
+rm -f /tmp/fs_revoke.stop /tmp/fs_revoke.out
+"$WATCH" "$F" "$L" /tmp/fs_revoke.stop 300 > /tmp/fs_revoke.out 2>&1 &
+wpid=$!
+for _ in $(seq 1 300); do
+    grep -q 'mmapwatch: mapped' /tmp/fs_revoke.out 2>/dev/null && break
+    kill -0 "$wpid" 2>/dev/null || break
+    sleep 0.1
+done
+pooled() { [ "$(stat_of mmap_pool)" -gt "$mm0" ] && [ "$(stat_of faults_pool)" -gt "$fp0" ] || { echo "mmap_pool $mm0 -> $(stat_of mmap_pool), faults_pool $fp0 -> $(stat_of faults_pool)" >&2; return 1; }; }
+ktap_check "$T1" pooled
+mapped() { grep -q 'mmapwatch: mapped' /tmp/fs_revoke.out || { cat /tmp/fs_revoke.out >&2; return 1; }; }
+ktap_check "$T2" mapped
+
+if [ "${FS_REVOKE_HOST:-0}" != 1 ]; then
+    touch /tmp/fs_revoke.stop; wait "$wpid" 2>/dev/null
+    skip_from 3 "no host evicting on request (run with FS_REVOKE_HOST=1 and --host-cmd tests/host/evict-on-marker)"
+fi
+
+echo "# fs_revoke: evict ${VMDEDUP_GUEST:-vm}-$$ $NS $REL"
+for _ in $(seq 1 600); do
+    [ "$(stat_of revocations)" -gt "$rv0" ] && break
+    sleep 0.1
+done
+revoked() { [ "$(stat_of revocations)" -gt "$rv0" ] || { echo "no revocation within 60 s (events_unknown $(stat_of events_unknown))" >&2; return 1; }; }
+ktap_check "$T3" revoked
+for _ in $(seq 1 50); do
+    [ "$(stat_of acks_sent)" -gt "$ack0" ] && break
+    sleep 0.1
+done
+acked() { [ "$(stat_of acks_sent)" -gt "$ack0" ] || { echo "acks_sent $ack0 -> $(stat_of acks_sent), map_ops_deferred $(stat_of map_ops_deferred), map_ops_dropped $(stat_of map_ops_dropped)" >&2; return 1; }; }
+ktap_check "$T4" acked
+
+# Let the process go over the whole mapping again (every page faults anew).
+sleep 2
+touch /tmp/fs_revoke.stop
+wait "$wpid"; wrc=$?
+ktap_diag "mmapwatch (status $wrc): $(tr '\n' ' ' < /tmp/fs_revoke.out)"
+kept() { [ "$wrc" = 0 ] && grep -q 'all equal' /tmp/fs_revoke.out && [ "$(stat_of faults_failed)" = "$ff0" ]; }
+ktap_check "$T5" kept
+lowered() { [ "$(stat_of faults_lower)" -gt "$fl0" ] || { echo "faults_lower $fl0 -> $(stat_of faults_lower)" >&2; return 1; }; }
+ktap_check "$T6" lowered
+same() { [ "$(sha256sum < "$F")" = "$(sha256sum < "$L")" ]; }
+ktap_check "$T7" same
+
+if command -v vmdedup-guest > /dev/null 2>&1 && vmdedup-guest status > /tmp/fs_revoke.status 2>&1; then
+    settled() {
+        for _ in $(seq 1 50); do
+            vmdedup-guest status > /tmp/fs_revoke.status 2>&1 || { tail -n 2 /tmp/fs_revoke.status >&2; return 1; }
+            if grep -q 'revocations_pending 0$' /tmp/fs_revoke.status && ! grep -q 'CUT OFF' /tmp/fs_revoke.status; then
+                return 0
+            fi
+            sleep 0.2
+        done
+        grep -A1 '^  vm ' /tmp/fs_revoke.status >&2
+        return 1
+    }
+    ktap_check "$T8" settled
+else
+    ktap_skip "$T8" "no agent reachable through vmdedup-guest over vsock: $(tail -n 1 /tmp/fs_revoke.status 2>/dev/null)"
+fi
+
+# The next opens hint again; the host loads the file anew and answers.
+again() {
+    pool_read || { echo "never read from the pool again: answers $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' ')" >&2; return 1; }
+    m0=$(stat_of mmap_pool)
+    rm -f /tmp/fs_revoke.stop2
+    "$WATCH" "$F" "$L" /tmp/fs_revoke.stop2 0 > /tmp/fs_revoke.out2 2>&1 || { cat /tmp/fs_revoke.out2 >&2; return 1; }
+    [ "$(stat_of mmap_pool)" -gt "$m0" ] || { echo "mapped from lower: answers $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' ')" >&2; return 1; }
+}
+ktap_check "$T9" again
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_finish

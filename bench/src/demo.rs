@@ -1,0 +1,308 @@
+//! `vmdedup-bench demo-monitor`: the live table of `scripts/demo`.
+//!
+//! Guest-side numbers come from the module's counters, which each demo guest
+//! prints every second (`DEMO-STATS k=v ...` on its output port, which
+//! `scripts/guest-run` writes to `WORKDIR/vmN.out.log`); host-side numbers
+//! come from the agent (`vmdedup status --json`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::agent;
+
+/// Options of `demo-monitor`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The guest-run work directory (control.sock, vmN.out.log).
+    #[arg(long)]
+    workdir: PathBuf,
+    /// Number of guests.
+    #[arg(long)]
+    vms: usize,
+    /// The vmdedup binary.
+    #[arg(long)]
+    vmdedup: PathBuf,
+    /// Keep running while this process (scripts/guest-run) lives.
+    #[arg(long)]
+    pid: u32,
+    /// First line of the table.
+    #[arg(long, default_value = "vmdedup demo")]
+    title: String,
+    /// Status document written once every guest is done (by the demo's
+    /// --host-cmd, while the agent still runs); used for the summary.
+    #[arg(long)]
+    final_status: Option<PathBuf>,
+    /// Whether the guests stay up after the workload (--keep).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// What one guest's output says so far.
+#[derive(Default)]
+struct Guest {
+    stats: BTreeMap<String, u64>,
+    phase: String,
+    python: Vec<String>,
+    reads: Vec<String>,
+    errors: Vec<String>,
+    done_rc: Option<String>,
+    exit: Option<String>,
+}
+
+impl Guest {
+    fn read(path: &std::path::Path) -> Guest {
+        let mut g = Guest::default();
+        let Ok(bytes) = std::fs::read(path) else { return g };
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let line = line.trim_end_matches('\r');
+            if let Some(rest) = line.strip_prefix("DEMO-STATS ") {
+                g.stats = rest
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+                    .collect();
+            } else if let Some(rest) = line.strip_prefix("DEMO-PHASE ") {
+                g.phase = rest.to_string();
+            } else if let Some(rest) = line.strip_prefix("DEMO-READ ") {
+                g.reads.push(rest.to_string());
+            } else if let Some(rest) = line.strip_prefix("DEMO-ERROR ") {
+                g.errors.push(rest.to_string());
+            } else if let Some(rest) = line.strip_prefix("DEMO-DONE ") {
+                g.done_rc = Some(rest.trim_start_matches("rc=").to_string());
+                g.phase = "done".into();
+            } else if let Some(rest) = line.strip_prefix("VMDEDUP-EXIT ") {
+                g.exit = Some(rest.to_string());
+            } else if line.starts_with("python: ") {
+                g.python.push(line.to_string());
+            } else if line.starts_with("guest-run: ") {
+                g.errors.push(line.to_string());
+            }
+        }
+        g
+    }
+
+    fn s(&self, k: &str) -> u64 {
+        self.stats.get(k).copied().unwrap_or(0)
+    }
+
+    fn finished(&self) -> bool {
+        self.done_rc.is_some() || self.exit.is_some()
+    }
+
+    fn state(&self) -> String {
+        if let Some(rc) = &self.done_rc {
+            return if rc == "0" { "done".into() } else { format!("done, FAILED (rc {rc})") };
+        }
+        if let Some(rc) = &self.exit {
+            return format!("exited ({rc})");
+        }
+        if self.stats.is_empty() && self.phase.is_empty() {
+            return "booting".into();
+        }
+        let p = self.phase.as_str();
+        // "NS pass P: what" -> "pass P: what", short enough for the column.
+        let p = p.split_once(' ').map(|(_, r)| r).unwrap_or(p);
+        let p = p.replace("reading every file under", "reading all of").replace("python from", "python in");
+        p.chars().take(32).collect()
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+fn pages_mib(pages: u64) -> String {
+    mib(pages * 4096)
+}
+
+fn fmt_us(us: u64) -> String {
+    if us >= 1000 {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    } else {
+        format!("{us} us")
+    }
+}
+
+fn table(a: &Args, guests: &[Guest], status: Option<&Value>, elapsed: Duration) -> String {
+    let mut t = String::new();
+    let secs = elapsed.as_secs();
+    let _ = writeln!(t, "{}   (elapsed {}:{:02})", a.title, secs / 60, secs % 60);
+    let _ = writeln!(t);
+    let _ = writeln!(
+        t,
+        "{:<4} {:<32} | {:>7} {:>6} {:>7} {:>10} {:>10} {:>9} | {:>11}",
+        "", "", "files", "", "host", "pages from", "pages from", "", "agent: pool"
+    );
+    let _ = writeln!(
+        t,
+        "{:<4} {:<32} | {:>7} {:>6} {:>7} {:>10} {:>10} {:>9} | {:>11}",
+        "VM", "state", "hinted", "hits", "loading", "pool", "lower", "fallbacks", "mapped"
+    );
+    let _ = writeln!(t, "{}", "-".repeat(113));
+    for (i, g) in guests.iter().enumerate() {
+        let name = format!("vm{}", i + 1);
+        let mapped = status.and_then(|s| agent::vm(s, &name)).map(|v| agent::u(v, "pages_mapped"));
+        let _ = writeln!(
+            t,
+            "{:<4} {:<32} | {:>7} {:>6} {:>7} {:>10} {:>10} {:>9} | {:>11}",
+            name,
+            g.state(),
+            g.s("hints_sent"),
+            g.s("answers_hit"),
+            g.s("answers_miss_loading"),
+            g.s("pages_pool") + g.s("faults_pool"),
+            g.s("pages_lower"),
+            g.s("fallbacks"),
+            mapped.map(pages_mib).unwrap_or_else(|| "-".into()),
+        );
+    }
+    let _ = writeln!(t, "{}", "-".repeat(113));
+    match status {
+        Some(s) => {
+            let lat = s.get("hint_latency_us");
+            let _ = writeln!(
+                t,
+                "host: pool holds {} ({} frames) | mapped into VMs {} | saved vs no dedup {} | hints {} hits {} | hint latency p50 {} p99 {}",
+                pages_mib(agent::u(s, "frames_used")),
+                agent::u(s, "frames_used"),
+                pages_mib(agent::u(s, "pages_mapped")),
+                mib(agent::u(s, "bytes_saved")),
+                agent::u(s, "hints"),
+                agent::u(s, "hits"),
+                fmt_us(lat.map(|l| agent::u(l, "p50")).unwrap_or(0)),
+                fmt_us(lat.map(|l| agent::u(l, "p99")).unwrap_or(0)),
+            );
+        }
+        None => {
+            let _ = writeln!(t, "host: agent not answering yet");
+        }
+    }
+    let _ = writeln!(
+        t,
+        "(files hinted / hits / loading / pages: the guest module's counters; mapped: the agent's pages_mapped for that VM)"
+    );
+    t
+}
+
+fn summary(guests: &[Guest], status: Option<&Value>) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "\n== summary ==");
+    for (i, g) in guests.iter().enumerate() {
+        let pool = g.s("pages_pool") + g.s("faults_pool");
+        let lower = g.s("pages_lower");
+        let pct = if pool + lower > 0 { pool as f64 * 100.0 / (pool + lower) as f64 } else { 0.0 };
+        let _ = writeln!(
+            t,
+            "vm{}: {}; {} hints, {} hits; pages read from the pool {} ({:.0}%), from the lower disk {}; {} fallbacks; {} pages verified, {} mismatches",
+            i + 1,
+            g.state(),
+            g.s("hints_sent"),
+            g.s("answers_hit"),
+            pool,
+            pct,
+            lower,
+            g.s("fallbacks"),
+            g.s("verify_pages"),
+            g.s("verify_mismatches"),
+        );
+        for p in g.python.iter().chain(g.reads.iter()) {
+            let _ = writeln!(t, "     {p}");
+        }
+        for e in &g.errors {
+            let _ = writeln!(t, "     ERROR: {e}");
+        }
+    }
+    if let Some(s) = status {
+        let mapped = agent::u(s, "pages_mapped");
+        let used = agent::u(s, "frames_used");
+        let _ = writeln!(
+            t,
+            "host: the guests mapped {} of file pages from the pool; without deduplication each guest would\n      cache its own copy ({}), with vmdedup the host holds one copy: {} in {} frames.\n      Saved {} (bytes_saved){}.",
+            pages_mib(mapped),
+            pages_mib(mapped),
+            pages_mib(used),
+            used,
+            mib(agent::u(s, "bytes_saved")),
+            if used > 0 { format!(", {:.1}x less memory for that data", mapped as f64 / used as f64) } else { String::new() },
+        );
+        let _ = writeln!(
+            t,
+            "      {} hints, {} hits, {} answered \"loading\" (first open of a file while the host loads it; those reads came from the lower disk)",
+            agent::u(s, "hints"),
+            agent::u(s, "hits"),
+            agent::misses(s, "loading"),
+        );
+    } else {
+        let _ = writeln!(t, "host: no status from the agent");
+    }
+    t
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// Runs the live table until the guest-run process is gone.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let control = a.workdir.join("control.sock");
+    let mut last_status: Option<Value> = None;
+    let mut summarized = false;
+    let mut last_plain = Instant::now() - Duration::from_secs(60);
+    loop {
+        let running = alive(a.pid);
+        let guests: Vec<Guest> =
+            (1..=a.vms).map(|i| Guest::read(&a.workdir.join(format!("vm{i}.out.log")))).collect();
+        if let Some(s) = agent::status(&a.vmdedup, &control) {
+            last_status = Some(s);
+        }
+        let all_done = guests.iter().all(Guest::finished);
+        if !summarized {
+            let t = table(&a, &guests, last_status.as_ref(), start.elapsed());
+            let mut out = std::io::stdout().lock();
+            if tty {
+                // Home, clear, redraw.
+                let _ = write!(out, "\x1b[H\x1b[2J{t}");
+            } else if all_done || !running || last_plain.elapsed() >= Duration::from_secs(10) {
+                let _ = writeln!(out, "{t}");
+                last_plain = Instant::now();
+            }
+            let _ = out.flush();
+        }
+        if (all_done || !running) && !summarized {
+            // The demo's --host-cmd writes the final status once every guest
+            // is done, before guest-run stops the agent.
+            let mut fin = None;
+            if let Some(f) = &a.final_status {
+                for _ in 0..50 {
+                    if let Some(v) = std::fs::read(f).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                        fin = Some(v);
+                        break;
+                    }
+                    if !alive(a.pid) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            let st = fin.or(last_status.clone());
+            print!("{}", summary(&guests, st.as_ref()));
+            if a.keep && running {
+                println!("--keep: the guests stay up (logs in {}); press Ctrl-C to stop them", a.workdir.display());
+            }
+            let _ = std::io::stdout().flush();
+            summarized = true;
+        }
+        if !running {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,44 @@
+//! `vmdedup-bench`: host-side helpers of `scripts/demo` and `scripts/bench`.
+//!
+//! - `demo-monitor`: the demo's live table and summary;
+//! - `sample`: one line of JSON per second with the host memory the guests
+//!   use, KSM's and the agent's counters and their CPU time;
+//! - `report`: turns the samples of every configuration into
+//!   `report.md`, `report.json` and `memory.png`.
+//!
+//! A benchmark, not a test: nothing here asserts on time.
+
+mod agent;
+mod demo;
+mod plot;
+mod procfs;
+mod report;
+mod sample;
+
+use clap::{Parser, Subcommand};
+
+/// Host-side helpers of scripts/demo and scripts/bench.
+#[derive(Parser)]
+#[command(name = "vmdedup-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The live table of scripts/demo (refreshes every second).
+    DemoMonitor(demo::Args),
+    /// Sample host memory, KSM and agent counters every second (JSON lines).
+    Sample(sample::Args),
+    /// Write report.md, report.json and memory.png from a bench run.
+    Report(report::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::DemoMonitor(a) => demo::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Report(a) => report::run(a),
+    }
+}

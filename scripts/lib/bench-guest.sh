@@ -1,0 +1,67 @@
+#!/bin/sh
+# Runs inside every scripts/bench ksm guest (busybox sh), started by the
+# bench's own init. The configuration comes from the kernel command line:
+#   bench.mode=lower|shared   read /lower/bench (no dedup, KSM) or /shared/bench
+#   bench.passes=N            times the workload goes through the tree
+#   bench.micro=none|cold|warm  in-guest read timing instead of the workload
+# Output lines (on the output port): BENCH-STATS (module counters),
+# BENCH-READS-DONE once the workload has read everything, MICRO lines.
+arg() { sed -n "s/.*bench\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+mode=$(arg mode); passes=$(arg passes); micro=$(arg micro)
+[ -n "$passes" ] || passes=2
+S=/sys/kernel/vmdedup/stats
+stats() {
+    [ -d "$S" ] || return 0
+    line="BENCH-STATS $1"
+    for c in hints_sent answers_hit answers_miss_loading pages_pool pages_lower faults_pool mmap_pool mmap_lower \
+             fallbacks doorbells_needed requests_timed_out answers_late; do
+        line="$line $c=$(cat "$S/$c" 2>/dev/null || echo 0)"
+    done
+    echo "$line"
+}
+L=/lower/bench
+M=/lower/bench
+[ "$mode" = shared ] && M=/shared/bench
+echo "BENCH-START mode=$mode passes=$passes micro=$micro"
+stats start
+if [ "$micro" = cold ] || [ "$micro" = warm ]; then
+    # Time with a fine clock: right after boot the guest may still count in
+    # jiffies (4 ms steps) until it switches to the TSC.
+    cs=/sys/devices/system/clocksource/clocksource0/current_clocksource
+    i=0
+    while [ "$i" -lt 40 ] && grep -q jiffies "$cs" 2>/dev/null; do sleep 0.5; i=$((i + 1)); done
+    echo "BENCH-CLOCK $(cat "$cs" 2>/dev/null)"
+fi
+case "$micro" in
+cold)
+    # The first guest: the files are in nobody's pool yet (answers "loading",
+    # served from the lower disk), and the lower page cache is cold.
+    /bench/readbench pool_cold_4k 4096 /bench/set-4k.list "$M"
+    /bench/readbench pool_cold_1m 1048576 /bench/set-1m.list "$M"
+    /bench/readbench lower_cold_4k 4096 /bench/setl-4k.list "$L"
+    /bench/readbench lower_cold_1m 1048576 /bench/setl-1m.list "$L"
+    /bench/readbench lower_warm_4k 4096 /bench/setl-4k.list "$L"
+    /bench/readbench lower_warm_1m 1048576 /bench/setl-1m.list "$L"
+    ;;
+warm)
+    # Another guest, after the first one read the same files: pool hits.
+    /bench/readbench pool_warm_4k 4096 /bench/set-4k.list "$M"
+    /bench/readbench pool_warm_1m 1048576 /bench/set-1m.list "$M"
+    # And once more in this guest (answers kept with the inodes).
+    /bench/readbench pool_again_4k 4096 /bench/set-4k.list "$M"
+    ;;
+*)
+    p=1
+    while [ "$p" -le "$passes" ]; do
+        PYTHONHOME=$M PYTHONDONTWRITEBYTECODE=1 "$M/lib/ld-linux-x86-64.so.2" --library-path "$M/lib" \
+            "$M/bin/python3.11" "$M/workload.py" || echo "BENCH-ERROR python failed"
+        find "$M" -type f -print0 | xargs -0 cat > /dev/null || echo "BENCH-ERROR reading $M failed"
+        echo "BENCH-PASS $p"
+        p=$((p + 1))
+    done
+    ;;
+esac
+stats end
+echo "BENCH-READS-DONE"
+# Stay up (idle) until the host stops this guest.
+while :; do sleep 3600; done

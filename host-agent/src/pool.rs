@@ -154,46 +154,15 @@ impl PoolMemory {
     /// makes a new one (a pool that served may still be mapped by guest
     /// processes, so it is never rewritten in place).
     pub fn adopt_unused(spec: &PoolSpec) -> Result<Option<Self>, PoolMemoryError> {
-        let PoolBacking::File { path, .. } = &spec.backing else {
+        let Some((file, path, found)) = Self::open_matching(spec)? else {
             return Ok(None);
         };
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
-        };
-        let len = file.metadata().map_err(io_err("stat pool"))?.len();
-        if len != spec.size {
-            return Ok(None);
-        }
-        let mut head = [0u8; POOL_HEADER_SIZE];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).map_err(io_err("read pool header"))?;
-        let Ok(found) = PoolGeometry::from_header_bytes(&head, len) else {
-            return Ok(None);
-        };
-        let table_area = if spec.table_area == 0 { (spec.size / 32).max(FRAME_SIZE) } else { spec.table_area };
-        let Ok(want) = PoolGeometry::plan(spec.size, table_area, found.generation) else {
-            return Ok(None);
-        };
-        if found != want {
-            return Ok(None);
-        }
-        let pool = Self::map(file, Some(path.clone()), spec.size, found)?;
+        let pool = Self::map(file, Some(path), spec.size, found)?;
         if pool.read_u64(header_off::FRAMES_USED as u64) != 0 {
             return Ok(None);
         }
-        let (start, end) = (found.table_area_offset, found.table_area_offset + found.table_area_size);
-        let mut off = start;
-        while off + 8 <= end {
-            if pool.read_u64(off) == TABLE_MAGIC {
-                return Ok(None);
-            }
-            off += TABLE_ALIGN;
+        if table_slots(&found).any(|off| pool.read_u64(off) == TABLE_MAGIC) {
+            return Ok(None);
         }
         Ok(Some(pool))
     }
@@ -207,6 +176,32 @@ impl PoolMemory {
     /// passed after the rings were re-initialised. Returns `None` when the
     /// file is absent or is not a pool of this geometry.
     pub fn adopt_served(spec: &PoolSpec) -> Result<Option<Self>, PoolMemoryError> {
+        let Some((file, path, found)) = Self::open_matching(spec)? else {
+            return Ok(None);
+        };
+        if found.generation == spec.generation {
+            return Err(PoolMemoryError::SameGeneration(spec.generation));
+        }
+        let geometry = PoolGeometry::plan(spec.size, found.table_area_size, spec.generation)
+            .map_err(PoolMemoryError::Geometry)?;
+        let mut pool = Self::map(file, Some(path), spec.size, geometry)?;
+        // Tables first: a guest re-checks a table's magic around every copy,
+        // so from here on no old table is usable.
+        for off in table_slots(&found) {
+            if pool.read_u64(off) == TABLE_MAGIC {
+                pool.store_u64(off, 0, Ordering::Release);
+            }
+        }
+        let header = geometry.header().to_le_bytes();
+        pool.write(0, &header);
+        pool.set_frames_used(0);
+        Ok(Some(pool))
+    }
+
+    /// Opens the existing pool file of `spec` read-write if its size and the
+    /// geometry in its header are what `spec` plans (whatever its
+    /// generation); `None` if it is absent or anything else.
+    fn open_matching(spec: &PoolSpec) -> Result<Option<(File, PathBuf, PoolGeometry)>, PoolMemoryError> {
         let PoolBacking::File { path, .. } = &spec.backing else {
             return Ok(None);
         };
@@ -231,28 +226,9 @@ impl PoolMemory {
         };
         let table_area = if spec.table_area == 0 { (spec.size / 32).max(FRAME_SIZE) } else { spec.table_area };
         match PoolGeometry::plan(spec.size, table_area, found.generation) {
-            Ok(g) if g == found => {}
-            _ => return Ok(None),
+            Ok(g) if g == found => Ok(Some((file, path.clone(), found))),
+            _ => Ok(None),
         }
-        if found.generation == spec.generation {
-            return Err(PoolMemoryError::SameGeneration(spec.generation));
-        }
-        let geometry = PoolGeometry::plan(spec.size, table_area, spec.generation).map_err(PoolMemoryError::Geometry)?;
-        let mut pool = Self::map(file, Some(path.clone()), spec.size, geometry)?;
-        // Tables first: a guest re-checks a table's magic around every copy,
-        // so from here on no old table is usable.
-        let (start, end) = (found.table_area_offset, found.table_area_offset + found.table_area_size);
-        let mut off = start;
-        while off + 8 <= end {
-            if pool.read_u64(off) == TABLE_MAGIC {
-                pool.store_u64(off, 0, Ordering::Release);
-            }
-            off += TABLE_ALIGN;
-        }
-        let header = geometry.header().to_le_bytes();
-        pool.write(0, &header);
-        pool.set_frames_used(0);
-        Ok(Some(pool))
     }
 
     /// Maps `file` (`size` bytes) read-write and shared.
@@ -478,6 +454,12 @@ impl Drop for PoolMemory {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
+}
+
+/// Offsets in the table area where a frame table may start.
+fn table_slots(g: &PoolGeometry) -> impl Iterator<Item = u64> {
+    let end = g.table_area_offset + g.table_area_size;
+    (g.table_area_offset..end.saturating_sub(7)).step_by(TABLE_ALIGN as usize)
 }
 
 fn is_hugetlbfs(f: &File) -> bool {

@@ -171,14 +171,7 @@ impl GuestRing {
     /// flags and slot are filled in here. A path longer than a path slot is
     /// still sent (with no bytes), so the host answers `PathTooLong`.
     pub fn stage(&mut self, mut entry: SubmissionEntry, path: &[u8]) -> Result<(), SubmitError> {
-        // Counted from our published tail, so it includes what is staged.
-        let free = self
-            .sq
-            .free(word!(self.sq_head), self.staged + 1)
-            .map_err(|_| SubmitError::Corrupt)?;
-        if free <= self.staged {
-            return Err(SubmitError::Full);
-        }
+        self.check_room()?;
         let len = u16::try_from(path.len()).map_err(|_| SubmitError::PathTooLong)?;
         entry.opcode = OP_HINT;
         entry.path_len = len;
@@ -204,9 +197,9 @@ impl GuestRing {
         Ok(())
     }
 
-    /// Writes one map operation ([`SubmissionEntry::map_op`]) into the next
-    /// free submission slot (published with [`GuestRing::publish`]).
-    pub fn stage_map_op(&mut self, request_id: u64, opcode: u16, file_map_id: u64) -> Result<(), SubmitError> {
+    /// Whether one more entry fits behind the staged ones. Counted from our
+    /// published tail, so it includes what is staged.
+    fn check_room(&mut self) -> Result<(), SubmitError> {
         let free = self
             .sq
             .free(word!(self.sq_head), self.staged + 1)
@@ -214,6 +207,13 @@ impl GuestRing {
         if free <= self.staged {
             return Err(SubmitError::Full);
         }
+        Ok(())
+    }
+
+    /// Writes one map operation ([`SubmissionEntry::map_op`]) into the next
+    /// free submission slot (published with [`GuestRing::publish`]).
+    pub fn stage_map_op(&mut self, request_id: u64, opcode: u16, file_map_id: u64) -> Result<(), SubmitError> {
+        self.check_room()?;
         let sqe = self.layout.sqe_offset(self.sq.slot(self.staged)) as usize;
         let entry = SubmissionEntry::map_op(request_id, opcode, file_map_id);
         self.map.write_bytes(sqe, &entry.to_le_bytes());

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vmdedup_protocol::abi::{
-    ring_off, CompletionEntry, EventEntry, RegionKind, RegionPrefix, RingLayout, SubmissionEntry,
+    CompletionEntry, EventEntry, RegionKind, RegionPrefix, RingLayout, SubmissionEntry,
     CQE_SIZE, EQE_SIZE, HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_NEED_WAKEUP, OP_HINT,
     SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
 };
@@ -17,6 +17,7 @@ use vmdedup_protocol::spsc::{self, Consumer, Producer};
 
 use super::eventfd::EventFd;
 use super::mapping::SharedMapping;
+use super::words::{word, Words};
 use super::RingError;
 
 /// Why a hint could not be queued.
@@ -36,19 +37,6 @@ pub enum SubmitError {
     Corrupt,
 }
 
-/// # Invariants
-/// The pointers point into `map` (owned by the same [`GuestRing`]), in bounds
-/// and 4-aligned.
-#[derive(Clone, Copy, Debug)]
-struct Words {
-    sq_head: NonNull<AtomicU32>,
-    sq_tail: NonNull<AtomicU32>,
-    cq_head: NonNull<AtomicU32>,
-    cq_tail: NonNull<AtomicU32>,
-    eq_head: NonNull<AtomicU32>,
-    eq_tail: NonNull<AtomicU32>,
-    host_flags: NonNull<AtomicU32>,
-}
 
 /// The guest end of a ring region.
 #[derive(Debug)]
@@ -71,13 +59,6 @@ pub struct GuestRing {
 // SAFETY: the pointers in `words` point into `map`, owned via Arc by the ring.
 unsafe impl Send for GuestRing {}
 
-macro_rules! word {
-    ($self:ident . $w:ident) => {
-        // SAFETY: by the `Words` invariant the pointer is valid and aligned
-        // while `self.map` lives, which it does for as long as `self`.
-        unsafe { $self.words.$w.as_ref() }
-    };
-}
 
 impl GuestRing {
     /// Attaches to an initialised ring region: copies the prefix and layout
@@ -101,20 +82,7 @@ impl GuestRing {
         layout
             .validate(prefix.region_size)
             .map_err(RingError::Layout)?;
-        let w = |off| {
-            map.word(off)
-                .map(NonNull::from)
-                .ok_or(RingError::BadSize(map.len() as u64))
-        };
-        let words = Words {
-            sq_head: w(ring_off::SQ_HEAD)?,
-            sq_tail: w(ring_off::SQ_TAIL)?,
-            cq_head: w(ring_off::CQ_HEAD)?,
-            cq_tail: w(ring_off::CQ_TAIL)?,
-            eq_head: w(ring_off::EQ_HEAD)?,
-            eq_tail: w(ring_off::EQ_TAIL)?,
-            host_flags: w(ring_off::HOST_FLAGS)?,
-        };
+        let words = Words::new(&map)?;
         let ld = |p: NonNull<AtomicU32>| {
             // SAFETY: `p` was made from `map.word` and `map` is alive here.
             unsafe { p.as_ref() }.load(Ordering::Acquire)

@@ -2,8 +2,7 @@
 //! of the completion and event rings.
 
 use std::collections::VecDeque;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmdedup_protocol::abi::{
@@ -18,6 +17,7 @@ use super::eventfd::EventFd;
 use super::handler::{Answer, Handler, Hint, RingId};
 use super::mapping::SharedMapping;
 use super::stats::RingStats;
+use super::words::{word, Words};
 use super::RingError;
 
 /// Most events queued on the host while the event ring is full; beyond that
@@ -126,21 +126,6 @@ impl RingShared {
     }
 }
 
-/// The atomic words of the header the host uses.
-///
-/// # Invariants
-/// Every pointer points into the mapping owned by the same [`HostRing`], in
-/// bounds and 4-aligned (made from [`SharedMapping::word`]).
-#[derive(Clone, Copy, Debug)]
-struct Words {
-    sq_head: NonNull<AtomicU32>,
-    sq_tail: NonNull<AtomicU32>,
-    cq_head: NonNull<AtomicU32>,
-    cq_tail: NonNull<AtomicU32>,
-    eq_head: NonNull<AtomicU32>,
-    eq_tail: NonNull<AtomicU32>,
-    host_flags: NonNull<AtomicU32>,
-}
 
 /// The host end of one ring region.
 ///
@@ -165,13 +150,6 @@ pub struct HostRing {
 // and owned (via Arc) by the ring itself; nothing in HostRing is tied to a thread.
 unsafe impl Send for HostRing {}
 
-macro_rules! word {
-    ($self:ident . $w:ident) => {
-        // SAFETY: by the `Words` invariant the pointer is valid and aligned
-        // while `self.map` lives, which it does for as long as `self`.
-        unsafe { $self.words.$w.as_ref() }
-    };
-}
 
 impl HostRing {
     /// Lays out and initialises a ring region in `map` (everything the guest
@@ -194,15 +172,7 @@ impl HostRing {
         {
             return Err(RingError::BadSize(region_size));
         }
-        let words = Words {
-            sq_head: Self::word_ptr(&map, ring_off::SQ_HEAD)?,
-            sq_tail: Self::word_ptr(&map, ring_off::SQ_TAIL)?,
-            cq_head: Self::word_ptr(&map, ring_off::CQ_HEAD)?,
-            cq_tail: Self::word_ptr(&map, ring_off::CQ_TAIL)?,
-            eq_head: Self::word_ptr(&map, ring_off::EQ_HEAD)?,
-            eq_tail: Self::word_ptr(&map, ring_off::EQ_TAIL)?,
-            host_flags: Self::word_ptr(&map, ring_off::HOST_FLAGS)?,
-        };
+        let words = Words::new(&map)?;
         for off in [
             ring_off::SQ_HEAD,
             ring_off::SQ_TAIL,
@@ -242,11 +212,6 @@ impl HostRing {
         })
     }
 
-    fn word_ptr(map: &SharedMapping, off: usize) -> Result<NonNull<AtomicU32>, RingError> {
-        map.word(off)
-            .map(NonNull::from)
-            .ok_or(RingError::BadSize(map.len() as u64))
-    }
 
     /// The ring's identity.
     pub fn id(&self) -> RingId {

@@ -35,6 +35,7 @@
 //! ```
 
 pub mod eventfd;
+mod words;
 pub mod guest;
 pub mod handler;
 pub mod host;

@@ -60,7 +60,9 @@ extern "C" {
     /// None beyond calling it while the module is loaded.
     fn vmdedup_glue_param(which: c_int) -> c_uint;
 
-    /// `unmap_mapping_range(mapping, 0, 0, 1)`: zaps every PTE mapping the file.
+    /// `unmap_mapping_range(mapping, 0, 0, 0)`: zaps every PTE mapping the file's
+    /// pages (pool frames and lower pages); pages a private mapping copied on
+    /// write stay.
     ///
     /// # Safety
     /// `mapping` must be a live `struct address_space`.
@@ -488,9 +490,29 @@ unsafe extern "C" fn vmdedup_rs_read_iter(
     }
 }
 
+/// The kind of a mapping, as `vmdedup_mmap()` in fs.c sees it (the
+/// `VMDEDUP_MAP_*` bits of glue.h).
+#[derive(Clone, Copy)]
+pub(crate) struct MapKind(u32);
+
+impl MapKind {
+    /// `VMDEDUP_MAP_POOL_OK`: private, or shared and never writable.
+    pub(crate) fn pool_ok(self) -> bool {
+        self.0 & 1 != 0
+    }
+    /// `VMDEDUP_MAP_PRIVATE`: `MAP_PRIVATE`, written copy-on-write.
+    pub(crate) fn private(self) -> bool {
+        self.0 & 2 != 0
+    }
+    /// `VMDEDUP_MAP_EXEC`: an executable mapping (code).
+    pub(crate) fn exec(self) -> bool {
+        self.0 & 4 != 0
+    }
+}
+
 /// Whether a mapping may map pool frames (1, and `*map_id` says which file
 /// map it was checked against) or must be delegated to the lower file (0).
-/// `shared_ro`: the mapping is shared and can never become writable.
+/// `kind`: the `VMDEDUP_MAP_*` bits of the mapping (glue.h).
 ///
 /// # Safety
 /// `m` and `ist` are live (`ist` may be NULL); `io` is a live
@@ -501,7 +523,7 @@ unsafe extern "C" fn vmdedup_rs_mmap(
     m: *mut c_void,
     ist: *mut c_void,
     io: *mut c_void,
-    shared_ro: bool,
+    kind: c_uint,
     pgoff: c_ulong,
     npages: c_ulong,
     map_id: *mut u64,
@@ -512,7 +534,7 @@ unsafe extern "C" fn vmdedup_rs_mmap(
     let mut io = Io(io);
     // SAFETY: forwarded caller contract.
     let (m, file) = unsafe { (mount(m), inode_state(ist)) };
-    match m.mmap_from_pool(file, &mut io, shared_ro, pgoff as u64, npages as u64) {
+    match m.mmap_from_pool(file, &mut io, MapKind(kind), pgoff as u64, npages as u64) {
         Some(id) => {
             // SAFETY: `map_id` is valid for a write (caller contract).
             unsafe { *map_id = id };
@@ -533,7 +555,7 @@ extern "C" fn vmdedup_rs_fault_lower_done(ret: c_uint) {
 /// Serves a fault on a pool mapping checked against file map `map_id`:
 /// inserts the pool frame and returns 1 with the insertion's `vm_fault_t` in
 /// `*ret`, or returns 0 when the fault must be served from the lower file
-/// (the map was revoked or replaced).
+/// (the map was revoked or replaced). `exec`: the mapping is executable.
 ///
 /// # Safety
 /// `m` and `ist` are live (`ist` may be NULL); `vmf` is the fault in progress
@@ -545,6 +567,7 @@ unsafe extern "C" fn vmdedup_rs_fault(
     vmf: *mut c_void,
     map_id: u64,
     pgoff: c_ulong,
+    exec: bool,
     ret: *mut c_uint,
 ) -> c_int {
     if vmf.is_null() || ret.is_null() {
@@ -554,7 +577,7 @@ unsafe extern "C" fn vmdedup_rs_fault(
     let (m, file) = unsafe { (mount(m), inode_state(ist)) };
     // SAFETY: `vmf` is the fault in progress on a VM_MIXEDMAP mapping of this
     // file (caller contract).
-    match unsafe { m.fault(file, vmf, map_id, pgoff as u64) } {
+    match unsafe { m.fault(file, vmf, map_id, pgoff as u64, exec) } {
         Some(r) => {
             // SAFETY: `ret` is valid for a write (caller contract).
             unsafe { *ret = r };

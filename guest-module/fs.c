@@ -49,10 +49,10 @@ void *vmdedup_rs_inode_new(struct address_space *mapping);
 void vmdedup_rs_inode_free(void *ist);
 void vmdedup_rs_open(void *mnt, void *ist, const struct vmdedup_ident *id, const char *path, size_t len);
 ssize_t vmdedup_rs_read_iter(void *mnt, void *ist, struct vmdedup_io *io, loff_t pos, size_t count);
-int vmdedup_rs_mmap(void *mnt, void *ist, struct vmdedup_io *io, bool shared_ro, unsigned long pgoff,
+int vmdedup_rs_mmap(void *mnt, void *ist, struct vmdedup_io *io, unsigned int kind, unsigned long pgoff,
 		    unsigned long npages, u64 *map_id);
 int vmdedup_rs_fault(void *mnt, void *ist, struct vm_fault *vmf, u64 map_id, unsigned long pgoff,
-		     vm_fault_t *ret);
+		     bool exec, vm_fault_t *ret);
 void vmdedup_rs_fault_lower_done(vm_fault_t ret);
 
 /* Called from Rust (declared in ffi.rs). */
@@ -476,9 +476,17 @@ static vm_fault_t vmdedup_pool_fault(struct vm_fault *vmf)
 	struct inode *inode = file_inode(vma->vm_file);
 	vm_fault_t ret;
 
-	/* Rust inserts the pool frame under the file's lock, or says "lower". */
+	/*
+	 * Rust inserts the pool frame under the file's lock, or says "lower".
+	 * Either way the PTE is read-only (a private mapping's vm_page_prot has
+	 * no write bit), so on a write fault to a private mapping the
+	 * VM_FAULT_NOPAGE we return makes do_cow_fault() give up its copy, the
+	 * access is retried, and do_wp_page() copies the page that is now
+	 * mapped (a pool frame: from its user address) into an anonymous page.
+	 * A pool frame is never written through a user mapping.
+	 */
 	if (vmdedup_rs_fault(VSB(inode->i_sb)->rs, VI(inode)->rs, vmf, (u64)(uintptr_t)vma->vm_private_data,
-			     vmf->pgoff, &ret))
+			     vmf->pgoff, vma->vm_flags & VM_EXEC, &ret))
 		return ret;
 	ret = vmdedup_fault_lower(vmf);
 	vmdedup_rs_fault_lower_done(ret);
@@ -491,8 +499,29 @@ vm_fault_t vmdedup_glue_insert_pfn(struct vm_fault *vmf, unsigned long pfn)
 	return vmf_insert_mixed(vmf->vma, vmf->address, __pfn_to_pfn_t(pfn, PFN_DEV));
 }
 
+/*
+ * access_remote_vm() (ptrace, /proc/PID/mem) cannot pin a pool frame (no
+ * struct page), so it asks here: the bytes come from the lower file, which
+ * the pool frame equals. Writes never get here for private mappings (GUP
+ * breaks the copy-on-write first) and are refused for shared ones, which are
+ * read-only.
+ */
+static int vmdedup_pool_access(struct vm_area_struct *vma, unsigned long addr, void *buf, int len, int write)
+{
+	struct file *lf = vma->vm_file->private_data;
+	loff_t pos = ((loff_t)vma->vm_pgoff << PAGE_SHIFT) + (addr - vma->vm_start);
+	ssize_t n;
+
+	if (write || !lf)
+		return -EINVAL;
+	len = min_t(int, len, PAGE_SIZE - offset_in_page(addr));
+	n = kernel_read(lf, buf, len, &pos);
+	return (int)n;
+}
+
 static const struct vm_operations_struct vmdedup_pool_vm_ops = {
 	.fault = vmdedup_pool_fault,
+	.access = vmdedup_pool_access,
 };
 
 static int vmdedup_mmap(struct file *file, struct vm_area_struct *vma)
@@ -501,18 +530,35 @@ static int vmdedup_mmap(struct file *file, struct vm_area_struct *vma)
 	struct backing_file_ctx ctx = { .cred = VSB(inode->i_sb)->cred, .user_file = file };
 	struct vmdedup_io io = { .lower = file->private_data, .iter = NULL };
 	/* do_mmap() clears VM_SHARED for files not open for writing; VM_MAYSHARE stays. */
-	bool shared_ro = (vma->vm_flags & VM_MAYSHARE) && !(vma->vm_flags & (VM_WRITE | VM_MAYWRITE));
+	bool shared = vma->vm_flags & VM_MAYSHARE;
+	unsigned int kind = 0;
 	u64 map_id = 0;
 
 	/*
-	 * Rust decides: pool frames (shared, never-writable mappings the answer
-	 * covers) or lower. A pool mapping is VM_MIXEDMAP: pool frames go in as
-	 * special PTEs, and after a revocation the lower file's pages as normal
-	 * ones. It remembers the file map it was checked against.
+	 * Which mappings may map pool frames: shared ones that can never become
+	 * writable, and every private one (code, ld.so's segments): its PTEs
+	 * are read-only and a write copies the page first (see the fault).
 	 */
-	if (vmdedup_rs_mmap(VSB(inode->i_sb)->rs, VI(inode)->rs, &io, shared_ro, vma->vm_pgoff, vma_pages(vma),
+	if (!shared)
+		kind = VMDEDUP_MAP_POOL_OK | VMDEDUP_MAP_PRIVATE;
+	else if (!(vma->vm_flags & (VM_WRITE | VM_MAYWRITE)))
+		kind = VMDEDUP_MAP_POOL_OK;
+	if (vma->vm_flags & VM_EXEC)
+		kind |= VMDEDUP_MAP_EXEC;
+
+	/*
+	 * Rust decides: pool frames (when the answer covers the mapping) or
+	 * lower. A pool mapping is VM_MIXEDMAP: pool frames go in as special
+	 * PTEs, and after a revocation the lower file's pages as normal ones.
+	 * It remembers the file map it was checked against. A shared one is
+	 * also VM_IO (nothing may pin it); a private one is not, so ptrace can
+	 * still break its copy-on-write (a debugger's breakpoints) and a core
+	 * dump still holds its written pages.
+	 */
+	if (vmdedup_rs_mmap(VSB(inode->i_sb)->rs, VI(inode)->rs, &io, kind, vma->vm_pgoff, vma_pages(vma),
 			    &map_id) > 0) {
-		vm_flags_set(vma, VM_MIXEDMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP);
+		vm_flags_set(vma, shared ? VM_MIXEDMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP
+					 : VM_MIXEDMAP | VM_DONTEXPAND);
 		vma->vm_private_data = (void *)(uintptr_t)map_id;
 		vma->vm_ops = &vmdedup_pool_vm_ops;
 		file_accessed(file);
@@ -668,9 +714,14 @@ int vmdedup_fs_init(void)
 	return err;
 }
 
+/*
+ * even_cows = 0: the pool frames and lower pages of every mapping go, but the
+ * pages a private mapping already copied on write are that process's own
+ * data and stay.
+ */
 void vmdedup_glue_unmap_all(struct address_space *mapping)
 {
-	unmap_mapping_range(mapping, 0, 0, 1);
+	unmap_mapping_range(mapping, 0, 0, 0);
 }
 
 void vmdedup_fs_exit(void)

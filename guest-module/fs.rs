@@ -13,7 +13,7 @@ use kernel::sync::{Arc, Mutex};
 use kernel::time::Ktime;
 
 use crate::client::SWEEP_NEEDED;
-use crate::ffi::{self, Io};
+use crate::ffi::{self, Io, MapKind};
 use crate::pool::{FRAME_SIZE, TABLE_MAGIC};
 use crate::stats::{self, Counter};
 use crate::Shared;
@@ -259,9 +259,12 @@ impl Mount {
         Ok(false)
     }
 
-    /// Whether a mapping of `npages` at `pgoff` may map pool frames: only
-    /// shared, never-writable mappings wholly covered by the kept answer
-    /// (private mappings, which may be written copy-on-write, go to lower).
+    /// Whether a mapping of `npages` at `pgoff` may map pool frames: shared
+    /// never-writable mappings and private ones (whose PTEs stay read-only:
+    /// a write copies the page first), when the kept answer covers the
+    /// mapping's start. A mapping may reach past the end of the file (ld.so
+    /// maps a library's whole span); those pages fault to the lower file,
+    /// which answers SIGBUS as any file mapping does.
     /// The verify mode is applied here, to every page (or the sample) the
     /// mapping may fault in, so faults never serve unverified frames.
     ///
@@ -271,17 +274,23 @@ impl Mount {
         &self,
         file: Option<&InodeState>,
         io: &mut Io,
-        shared_ro: bool,
+        kind: MapKind,
         pgoff: u64,
         npages: u64,
     ) -> Option<u64> {
         let id = match file {
-            Some(file) if shared_ro => file
-                .covering_map(pgoff, npages)
+            Some(file) if kind.pool_ok() => file
+                .covering_map(pgoff)
                 .filter(|&id| self.verify_range(file, io, pgoff, npages) && file.uses_map(id)),
             _ => None,
         };
         stats::inc(if id.is_some() { Counter::mmap_pool } else { Counter::mmap_lower });
+        if id.is_some() && kind.private() {
+            stats::inc(Counter::mmap_pool_private);
+        }
+        if id.is_some() && kind.exec() {
+            stats::inc(Counter::mmap_pool_exec);
+        }
         id
     }
 
@@ -331,6 +340,7 @@ impl Mount {
         vmf: *mut core::ffi::c_void,
         map_id: u64,
         pgoff: u64,
+        exec: bool,
     ) -> Option<u32> {
         let file = file?;
         let pfn = {
@@ -361,6 +371,9 @@ impl Mount {
         let ret = unsafe { ffi::insert_pfn(vmf, pfn) };
         drop(s);
         stats::inc(Counter::faults_pool);
+        if exec {
+            stats::inc(Counter::faults_pool_exec);
+        }
         Some(ret)
     }
 }
@@ -513,12 +526,9 @@ impl InodeState {
     }
 
     /// The id of the kept answer if it covers `npages` pages from `pgoff`.
-    fn covering_map(&self, pgoff: u64, npages: u64) -> Option<u64> {
+    fn covering_map(&self, pgoff: u64) -> Option<u64> {
         let s = self.inner.lock();
-        s.map
-            .as_ref()
-            .filter(|m| pgoff.checked_add(npages).is_some_and(|end| end <= m.frames.len() as u64))
-            .map(|m| m.file_map_id)
+        s.map.as_ref().filter(|m| pgoff < m.frames.len() as u64).map(|m| m.file_map_id)
     }
 
     /// Whether the kept answer is file map `id`.

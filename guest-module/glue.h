@@ -26,6 +26,11 @@ struct vmdedup_io {
 	struct iov_iter *iter;
 };
 
+/* The kind of a mapping, as vmdedup_mmap() tells Rust (ffi.rs `MapKind`). */
+#define VMDEDUP_MAP_POOL_OK 1u /* may map pool frames: private, or shared and never writable */
+#define VMDEDUP_MAP_PRIVATE 2u /* MAP_PRIVATE: writes copy the page first */
+#define VMDEDUP_MAP_EXEC 4u /* VM_EXEC: code */
+
 const void *vmdedup_glue_ctx(void);
 int vmdedup_fs_init(void);
 void vmdedup_fs_exit(void);

@@ -1,7 +1,9 @@
 #!/bin/sh
-# Selftest: a file map is revoked while a process holds a shared mmap of it
-# (issue 6 case 8). The process keeps reading correct bytes (faults after the
-# revocation are served with the lower file's pages, no SIGBUS), the guest
+# Selftest: a file map is revoked while one process holds a shared mmap of it
+# and another a private one with some pages written (issue 6 case 8). Both
+# keep reading correct bytes (faults after the revocation are served with the
+# lower file's pages, no SIGBUS; the written private pages keep the process's
+# own bytes), the guest
 # acknowledges (OP_ACK_REVOKE), the host sees the acknowledgement (nothing
 # pending, not cut off), and the file is served from the pool again later.
 #
@@ -13,9 +15,9 @@
 # them the test points are skipped with the reason.
 . /tests/lib/ktap.sh
 . /tests/lib/fs.sh
-ktap_header 9
+ktap_header 10
 
-T1="a pool-served file is mapped from the pool"
+T1="a pool-served file is mapped from the pool (a shared and a private mapping)"
 T2="the mapping reads the lower file's bytes"
 T3="the revocation is applied (revocations counter rises)"
 T4="the revocation is acknowledged (acks_sent rises)"
@@ -24,9 +26,10 @@ T6="faults after the revocation are served from lower pages"
 T7="read(2) after the revocation is identical to lower"
 T8="the host got the acknowledgement (revocations_pending 0, not cut off)"
 T9="the file is served from the pool again after the revocation"
-skip_from() { # N REASON: skip test points N..9
+T10="a private mapping keeps its written pages and reads lower's bytes elsewhere across the revocation"
+skip_from() { # N REASON: skip test points N..10
     n=$1
-    while [ "$n" -le 9 ]; do eval "t=\$T$n"; ktap_skip "$t" "$2"; n=$((n + 1)); done
+    while [ "$n" -le 10 ]; do eval "t=\$T$n"; ktap_skip "$t" "$2"; n=$((n + 1)); done
     ktap_finish; exit $?
 }
 
@@ -48,36 +51,28 @@ REL=${REL#./}
 F=$MNT/$REL
 L=$LOWER/$REL
 ktap_diag "file: $F ($(stat -c %s "$F") bytes), lower $L"
-# Served from the pool: a read of it takes pages from pool frames (the
-# answer may arrive after the open, on the timer).
-pool_read() {
-    for _ in $(seq 1 40); do
-        p0=$(stat_of pages_pool)
-        cat "$F" > /dev/null
-        [ "$(stat_of pages_pool)" -gt "$p0" ] && return 0
-        sleep 0.3
-    done
-    return 1
-}
-pool_read || skip_from 1 "the agent never served $NS/$REL from the pool (answers: $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' '))"
+pool_served "$F" >/dev/null 2>&1 || skip_from 1 "the agent never served $NS/$REL from the pool (answers: $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' '))"
 
-mm0=$(stat_of mmap_pool); fp0=$(stat_of faults_pool); fl0=$(stat_of faults_lower)
+mm0=$(stat_of mmap_pool); mp0=$(stat_of mmap_pool_private); fp0=$(stat_of faults_pool); fl0=$(stat_of faults_lower)
 rv0=$(stat_of revocations); ack0=$(stat_of acks_sent); ff0=$(stat_of faults_failed)
 rm -f /tmp/fs_revoke.stop /tmp/fs_revoke.out
 "$WATCH" "$F" "$L" /tmp/fs_revoke.stop 300 > /tmp/fs_revoke.out 2>&1 &
 wpid=$!
+"$WATCH" "$F" "$L" /tmp/fs_revoke.stop 300 private > /tmp/fs_revoke.outp 2>&1 &
+ppid_=$!
 for _ in $(seq 1 300); do
-    grep -q 'mmapwatch: mapped' /tmp/fs_revoke.out 2>/dev/null && break
-    kill -0 "$wpid" 2>/dev/null || break
+    grep -q 'mmapwatch: mapped' /tmp/fs_revoke.out 2>/dev/null && grep -q 'mmapwatch: mapped' /tmp/fs_revoke.outp 2>/dev/null && break
+    kill -0 "$wpid" 2>/dev/null && kill -0 "$ppid_" 2>/dev/null || break
     sleep 0.1
 done
-pooled() { [ "$(stat_of mmap_pool)" -gt "$mm0" ] && [ "$(stat_of faults_pool)" -gt "$fp0" ] || { echo "mmap_pool $mm0 -> $(stat_of mmap_pool), faults_pool $fp0 -> $(stat_of faults_pool)" >&2; return 1; }; }
+# Both mappings (the shared one and the private one) from pool frames.
+pooled() { [ "$(stat_of mmap_pool)" -ge $((mm0 + 2)) ] && [ "$(stat_of mmap_pool_private)" -gt "$mp0" ] && [ "$(stat_of faults_pool)" -gt "$fp0" ] || { echo "mmap_pool $mm0 -> $(stat_of mmap_pool), mmap_pool_private $mp0 -> $(stat_of mmap_pool_private), faults_pool $fp0 -> $(stat_of faults_pool)" >&2; return 1; }; }
 ktap_check "$T1" pooled
-mapped() { grep -q 'mmapwatch: mapped' /tmp/fs_revoke.out || { cat /tmp/fs_revoke.out >&2; return 1; }; }
+mapped() { grep -q 'mmapwatch: mapped' /tmp/fs_revoke.out && grep -q 'mmapwatch: mapped' /tmp/fs_revoke.outp || { cat /tmp/fs_revoke.out /tmp/fs_revoke.outp >&2; return 1; }; }
 ktap_check "$T2" mapped
 
 if [ "${FS_REVOKE_HOST:-0}" != 1 ]; then
-    touch /tmp/fs_revoke.stop; wait "$wpid" 2>/dev/null
+    touch /tmp/fs_revoke.stop; wait "$wpid" "$ppid_" 2>/dev/null
     skip_from 3 "no host evicting on request (run with FS_REVOKE_HOST=1 and --host-cmd tests/host/evict-on-marker)"
 fi
 
@@ -99,7 +94,9 @@ ktap_check "$T4" acked
 sleep 2
 touch /tmp/fs_revoke.stop
 wait "$wpid"; wrc=$?
+wait "$ppid_"; prc=$?
 ktap_diag "mmapwatch (status $wrc): $(tr '\n' ' ' < /tmp/fs_revoke.out)"
+ktap_diag "mmapwatch private (status $prc): $(tr '\n' ' ' < /tmp/fs_revoke.outp)"
 kept() { [ "$wrc" = 0 ] && grep -q 'all equal' /tmp/fs_revoke.out && [ "$(stat_of faults_failed)" = "$ff0" ]; }
 ktap_check "$T5" kept
 lowered() { [ "$(stat_of faults_lower)" -gt "$fl0" ] || { echo "faults_lower $fl0 -> $(stat_of faults_lower)" >&2; return 1; }; }
@@ -126,12 +123,14 @@ fi
 
 # The next opens hint again; the host loads the file anew and answers.
 again() {
-    pool_read || { echo "never read from the pool again: answers $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' ')" >&2; return 1; }
+    pool_served "$F" || return 1
     m0=$(stat_of mmap_pool)
     rm -f /tmp/fs_revoke.stop2
     "$WATCH" "$F" "$L" /tmp/fs_revoke.stop2 0 > /tmp/fs_revoke.out2 2>&1 || { cat /tmp/fs_revoke.out2 >&2; return 1; }
     [ "$(stat_of mmap_pool)" -gt "$m0" ] || { echo "mapped from lower: answers $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' ')" >&2; return 1; }
 }
 ktap_check "$T9" again
+kept_private() { [ "$prc" = 0 ] && grep -q 'all equal' /tmp/fs_revoke.outp; }
+ktap_check "$T10" kept_private
 ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
 ktap_finish

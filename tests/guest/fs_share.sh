@@ -6,13 +6,13 @@
 # pool holds one copy while every guest maps it.
 . /tests/lib/ktap.sh
 . /tests/lib/fs.sh
-ktap_header 6
+ktap_header 7
 pair=""
 for m in /shared/*; do
     grep -q " $m vmdedupfs " /proc/mounts && pair="$m" && break
 done
 if [ -z "$pair" ]; then
-    for t in "first pass" "second pass identical to lower" "interpreter runs from the mount" "pool pages served" "no verify mismatch" "no fallback"; do
+    for t in "first pass" "second pass identical to lower" "odd reads and mmaps identical to lower" "interpreter runs from the mount" "pool pages served" "no verify mismatch" "no fallback"; do
         ktap_skip "$t" "no vmdedupfs mount (run with scripts/guest-run --ns)"
     done
     ktap_finish; exit $?
@@ -25,22 +25,42 @@ ktap_check "first pass over every file" first
 # Give the host's loader a moment: a file still loading is a miss, not an error.
 sleep 2
 ktap_check "second pass identical to lower (sha256 of every file)" same_tree "$pair" "$lower"
+# The whole tree once more through odd-sized reads, pread(2) at odd offsets
+# and shared and private mmaps of every file, byte for byte against lower.
+TREECHECK=$(command -v treecheck || true)
+[ -x /tests/tools/treecheck ] && TREECHECK=/tests/tools/treecheck
+tc() {
+    "$TREECHECK" "$pair" "$lower" > /tmp/treecheck.out 2>/dev/null; rc=$?
+    tail -n 5 /tmp/treecheck.out | sed 's/^/# /'
+    return $rc
+}
+if [ -n "$TREECHECK" ]; then
+    ktap_run "every file identical to lower through odd-sized reads, pread at odd offsets, shared and private mmap" tc
+else
+    ktap_skip "every file identical to lower through odd-sized reads, pread at odd offsets, shared and private mmap" "no treecheck helper in the guest (tests/guest/tools/treecheck.c, built static)"
+fi
 # The tree's own Python, started from the mount through the tree's loader and
-# libraries, imports its standard library from the mount and hashes a file.
+# libraries, imports its standard library from the mount and hashes a file;
+# its code, loader and libraries are mapped from pool frames (the files were
+# all read above, so their answers are kept).
 py() {
     t=$pair
     ld=$t/lib64/ld-linux-x86-64.so.2
     [ -x "$ld" ] && [ -f "$t/usr/bin/python3.11" ] || { echo "no interpreter in the tree"; return 1; }
     f=edge/pages-16.bin
     want=$(sha256sum "$lower/$f" | cut -d' ' -f1)
+    me=$(stat_of mmap_pool_exec); fe=$(stat_of faults_pool_exec)
     got=$(cd "$t" && PYTHONHOME=$t/usr "$ld" --library-path "$t/lib/x86_64-linux-gnu" "$t/usr/bin/python3.11" \
         -c 'import hashlib, json, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$f") || return 1
     [ "$got" = "$want" ] || { echo "python says $got, sha256sum says $want"; return 1; }
+    de=$(( $(stat_of mmap_pool_exec) - me )); df=$(( $(stat_of faults_pool_exec) - fe ))
+    echo "# python: $de executable mappings and $df code page faults served from pool frames"
+    [ "$de" -gt 0 ] && [ "$df" -gt 0 ] || { echo "python's code did not come from pool frames"; return 1; }
 }
 if [ -f "$pair/usr/lib/python3.11/os.py" ] && [ -f "$pair/usr/lib/python3.11/json/__init__.py" ]; then
-    ktap_check "interpreter runs from the mount" py
+    ktap_run "interpreter runs from the mount, its code from pool frames" py
 else
-    ktap_skip "interpreter runs from the mount" "the tree has no Python standard library (full tree only)"
+    ktap_skip "interpreter runs from the mount, its code from pool frames" "the tree has no Python standard library (full tree only)"
 fi
 ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
 ktap_check "pool pages served" test "$(stat_of pages_pool)" -gt 0

@@ -5,6 +5,7 @@
 #   fs_nsid NAME            the agent's id of namespace NAME (empty if none)
 #   stat_of NAME            one counter from /sys/kernel/vmdedup/stats
 #   same_tree A B           sha256 of every file under A equals the one under B
+#   pool_served FILE...     read each FILE until a read takes pool pages
 fs_load() {
     lsmod | grep -q '^vmdedup ' || insmod /lib/modules/vmdedup.ko
 }
@@ -34,4 +35,19 @@ same_tree() {
     (cd "$2" && find . -type f -exec sha256sum {} + | sort -k 2) > /tmp/same.b 2>&1 || { tail -n 3 /tmp/same.b; return 1; }
     [ -s /tmp/same.a ] || { echo "no files under $1"; return 1; }
     cmp -s /tmp/same.a /tmp/same.b || { diff /tmp/same.a /tmp/same.b | head -n 5; return 1; }
+}
+# pool_served FILE...: reads every FILE until each read takes pages from pool
+# frames (the first hint is answered "loading"; the answer may come on the
+# timer). Fails after about 12 s with the files that never were.
+pool_served() {
+    for _pf in "$@"; do
+        _ok=0
+        for _ in $(seq 1 40); do
+            _p0=$(stat_of pages_pool)
+            cat "$_pf" > /dev/null
+            [ "$(stat_of pages_pool)" -gt "$_p0" ] && { _ok=1; break; }
+            sleep 0.3
+        done
+        [ "$_ok" = 1 ] || { echo "never served from the pool: $_pf (answers: $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' '))" >&2; return 1; }
+    done
 }

@@ -5,6 +5,7 @@
 #   ktap_fail DESC [WHY]   not ok (WHY goes in a diagnostic line first)
 #   ktap_skip DESC WHY     ok ... # SKIP WHY
 #   ktap_check DESC CMD..  ok if CMD succeeds, else not ok
+#   ktap_run DESC CMD..    ktap_check that keeps CMD's "# " lines as diagnostics
 #   ktap_finish            exit 0 if nothing failed and the plan was met
 KTAP_N=0
 KTAP_PLAN=0
@@ -21,6 +22,11 @@ ktap_skip() { KTAP_N=$((KTAP_N + 1)); echo "ok $KTAP_N $1 # SKIP $2"; }
 ktap_check() {
     desc=$1; shift
     if out=$("$@" 2>&1); then ktap_pass "$desc"; else ktap_fail "$desc" "$(echo "$out" | tail -n 3 | tr '\n' ' ')"; fi
+}
+ktap_run() {
+    desc=$1; shift
+    if out=$("$@" 2>&1); then echo "$out" | grep '^# ' || true; ktap_pass "$desc"
+    else ktap_fail "$desc" "$(echo "$out" | tail -n 3 | tr '\n' ' ')"; fi
 }
 ktap_finish() {
     if [ "$KTAP_N" -ne "$KTAP_PLAN" ]; then

@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * mmapwatch FILE LOWER STOPFILE [TIMEOUT_S]: maps FILE (MAP_SHARED, read-only)
- * once and keeps comparing every page of the mapping with LOWER (read(2) into
- * a buffer at start) until STOPFILE exists or TIMEOUT_S (default 120) passes.
+ * mmapwatch FILE LOWER STOPFILE [TIMEOUT_S [private]]: maps FILE (MAP_SHARED,
+ * read-only) once and keeps comparing every page of the mapping with LOWER
+ * (read(2) into a buffer at start) until STOPFILE exists or TIMEOUT_S
+ * (default 120) passes. With "private" the mapping is MAP_PRIVATE and
+ * writable, and after the first pass every third page is written (copied on
+ * write): those pages must keep the process's own bytes and the others
+ * LOWER's, whatever happens to the file's mapping meanwhile.
  * The same mapping is read across whatever happens to it meanwhile (a
  * revocation zaps its PTEs; the next access faults again), so a SIGBUS or a
  * wrong byte after a revocation is caught. Prints "mmapwatch: mapped" once
@@ -47,11 +51,11 @@ int main(int argc, char **argv)
 	struct stat st;
 	time_t end;
 	char *want;
-	volatile const char *p;
-	int fd;
+	volatile char *p;
+	int fd, private = argc > 5 && !strcmp(argv[5], "private");
 
 	if (argc < 4) {
-		fprintf(stderr, "usage: mmapwatch FILE LOWER STOPFILE [TIMEOUT_S]\n");
+		fprintf(stderr, "usage: mmapwatch FILE LOWER STOPFILE [TIMEOUT_S [private]]\n");
 		return 2;
 	}
 	end = time(NULL) + (argc > 4 ? atoi(argv[4]) : 120);
@@ -65,7 +69,8 @@ int main(int argc, char **argv)
 		perror(argv[2]);
 		return 2;
 	}
-	p = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	p = mmap(NULL, st.st_size, private ? PROT_READ | PROT_WRITE : PROT_READ, private ? MAP_PRIVATE : MAP_SHARED,
+		 fd, 0);
 	if (p == MAP_FAILED) {
 		perror("mmap");
 		return 2;
@@ -87,7 +92,13 @@ int main(int argc, char **argv)
 			}
 		}
 		if (passes++ == 0) {
-			printf("mmapwatch: mapped\n");
+			if (private) {
+				for (off = 0; off < st.st_size; off += 3 * page) {
+					p[off] = ~want[off];
+					want[off] = p[off];
+				}
+			}
+			printf("mmapwatch: mapped%s\n", private ? " (private, every third page written)" : "");
 			fflush(stdout);
 		}
 		if (access(argv[3], F_OK) == 0 || time(NULL) >= end)

@@ -31,7 +31,11 @@ pub fn u(v: &Value, key: &str) -> u64 {
 
 /// The per-VM entry named `name` of a status document.
 pub fn vm<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status.get("vms")?.as_array()?.iter().find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+    status
+        .get("vms")?
+        .as_array()?
+        .iter()
+        .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
 }
 
 /// Sum of the miss counters of a status document (or of one VM's entry).

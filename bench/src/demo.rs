@@ -57,7 +57,9 @@ struct Guest {
 impl Guest {
     fn read(path: &std::path::Path) -> Guest {
         let mut g = Guest::default();
-        let Ok(bytes) = std::fs::read(path) else { return g };
+        let Ok(bytes) = std::fs::read(path) else {
+            return g;
+        };
         for line in String::from_utf8_lossy(&bytes).lines() {
             let line = line.trim_end_matches('\r');
             if let Some(rest) = line.strip_prefix("DEMO-STATS ") {
@@ -96,7 +98,11 @@ impl Guest {
 
     fn state(&self) -> String {
         if let Some(rc) = &self.done_rc {
-            return if rc == "0" { "done".into() } else { format!("done, FAILED (rc {rc})") };
+            return if rc == "0" {
+                "done".into()
+            } else {
+                format!("done, FAILED (rc {rc})")
+            };
         }
         if let Some(rc) = &self.exit {
             return format!("exited ({rc})");
@@ -107,7 +113,9 @@ impl Guest {
         let p = self.phase.as_str();
         // "NS pass P: what" -> "pass P: what", short enough for the column.
         let p = p.split_once(' ').map(|(_, r)| r).unwrap_or(p);
-        let p = p.replace("reading every file under", "reading all of").replace("python from", "python in");
+        let p = p
+            .replace("reading every file under", "reading all of")
+            .replace("python from", "python in");
         p.chars().take(32).collect()
     }
 }
@@ -146,7 +154,9 @@ fn table(a: &Args, guests: &[Guest], status: Option<&Value>, elapsed: Duration) 
     let _ = writeln!(t, "{}", "-".repeat(113));
     for (i, g) in guests.iter().enumerate() {
         let name = format!("vm{}", i + 1);
-        let mapped = status.and_then(|s| agent::vm(s, &name)).map(|v| agent::u(v, "pages_mapped"));
+        let mapped = status
+            .and_then(|s| agent::vm(s, &name))
+            .map(|v| agent::u(v, "pages_mapped"));
         let _ = writeln!(
             t,
             "{:<4} {:<32} | {:>7} {:>6} {:>7} {:>10} {:>10} {:>9} | {:>11}",
@@ -195,7 +205,11 @@ fn summary(guests: &[Guest], status: Option<&Value>) -> String {
     for (i, g) in guests.iter().enumerate() {
         let pool = g.s("pages_pool") + g.s("faults_pool");
         let lower = g.s("pages_lower");
-        let pct = if pool + lower > 0 { pool as f64 * 100.0 / (pool + lower) as f64 } else { 0.0 };
+        let pct = if pool + lower > 0 {
+            pool as f64 * 100.0 / (pool + lower) as f64
+        } else {
+            0.0
+        };
         let _ = writeln!(
             t,
             "vm{}: {}; {} hints, {} hits; pages read from the pool {} ({:.0}%), from the lower disk {}; {} fallbacks; {} pages verified, {} mismatches",
@@ -258,8 +272,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut last_plain = Instant::now() - Duration::from_secs(60);
     loop {
         let running = alive(a.pid);
-        let guests: Vec<Guest> =
-            (1..=a.vms).map(|i| Guest::read(&a.workdir.join(format!("vm{i}.out.log")))).collect();
+        let guests: Vec<Guest> = (1..=a.vms)
+            .map(|i| Guest::read(&a.workdir.join(format!("vm{i}.out.log"))))
+            .collect();
         if let Some(s) = agent::status(&a.vmdedup, &control) {
             last_status = Some(s);
         }
@@ -282,7 +297,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let mut fin = None;
             if let Some(f) = &a.final_status {
                 for _ in 0..50 {
-                    if let Some(v) = std::fs::read(f).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                    if let Some(v) = std::fs::read(f)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                    {
                         fin = Some(v);
                         break;
                     }
@@ -295,7 +313,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let st = fin.or(last_status.clone());
             print!("{}", summary(&guests, st.as_ref()));
             if a.keep && running {
-                println!("--keep: the guests stay up (logs in {}); press Ctrl-C to stop them", a.workdir.display());
+                println!(
+                    "--keep: the guests stay up (logs in {}); press Ctrl-C to stop them",
+                    a.workdir.display()
+                );
             }
             let _ = std::io::stdout().flush();
             summarized = true;

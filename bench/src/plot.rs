@@ -28,7 +28,11 @@ struct Canvas {
 
 impl Canvas {
     fn new(w: u32, h: u32) -> Canvas {
-        Canvas { w, h, px: vec![255; (w * h * 3) as usize] }
+        Canvas {
+            w,
+            h,
+            px: vec![255; (w * h * 3) as usize],
+        }
     }
 }
 
@@ -42,7 +46,10 @@ impl DrawTarget for Canvas {
     type Color = Rgb888;
     type Error = core::convert::Infallible;
 
-    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(&mut self, pixels: I) -> Result<(), Self::Error> {
+    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(
+        &mut self,
+        pixels: I,
+    ) -> Result<(), Self::Error> {
         for Pixel(p, c) in pixels {
             if p.x >= 0 && p.y >= 0 && (p.x as u32) < self.w && (p.y as u32) < self.h {
                 let i = ((p.y as u32 * self.w + p.x as u32) * 3) as usize;
@@ -81,7 +88,13 @@ fn tick_step(range: f64, n: f64) -> f64 {
 }
 
 /// Draws `series` as lines on labelled axes and writes a PNG to `path`.
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> anyhow::Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> anyhow::Result<()> {
     let (w, h) = (960u32, 560u32);
     let (left, right, top, bottom) = (80i32, 220i32, 50i32, 60i32);
     let (pw, ph) = (w as i32 - left - right, h as i32 - top - bottom);
@@ -101,27 +114,55 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
     let px = |x: f64| left + ((x / x_max) * pw as f64).round() as i32;
     let py = |y: f64| top + ph - ((y / y_max) * ph as f64).round() as i32;
 
-    let _ = Text::with_alignment(title, Point::new(w as i32 / 2, 20), bold, Alignment::Center).draw(&mut c);
+    let _ = Text::with_alignment(title, Point::new(w as i32 / 2, 20), bold, Alignment::Center)
+        .draw(&mut c);
     // Grid, ticks and tick labels.
     let mut x = 0.0;
     while x <= x_max + 1e-9 {
-        let _ = Line::new(Point::new(px(x), top), Point::new(px(x), top + ph)).into_styled(grid).draw(&mut c);
-        let _ = Text::with_alignment(&format!("{x}"), Point::new(px(x), top + ph + 14), text, Alignment::Center)
+        let _ = Line::new(Point::new(px(x), top), Point::new(px(x), top + ph))
+            .into_styled(grid)
             .draw(&mut c);
+        let _ = Text::with_alignment(
+            &format!("{x}"),
+            Point::new(px(x), top + ph + 14),
+            text,
+            Alignment::Center,
+        )
+        .draw(&mut c);
         x += xs;
     }
     let mut y = 0.0;
     while y <= y_max + 1e-9 {
-        let _ = Line::new(Point::new(left, py(y)), Point::new(left + pw, py(y))).into_styled(grid).draw(&mut c);
-        let _ = Text::with_alignment(&format!("{y}"), Point::new(left - 6, py(y) + 3), text, Alignment::Right)
+        let _ = Line::new(Point::new(left, py(y)), Point::new(left + pw, py(y)))
+            .into_styled(grid)
             .draw(&mut c);
+        let _ = Text::with_alignment(
+            &format!("{y}"),
+            Point::new(left - 6, py(y) + 3),
+            text,
+            Alignment::Right,
+        )
+        .draw(&mut c);
         y += ys;
     }
-    let _ = Rectangle::new(Point::new(left, top), Size::new(pw as u32, ph as u32)).into_styled(axis).draw(&mut c);
-    // Axis labels: x under the axis, y above it (bitmap fonts do not rotate).
-    let _ = Text::with_alignment(x_label, Point::new(left + pw / 2, h as i32 - 22), bold, Alignment::Center)
+    let _ = Rectangle::new(Point::new(left, top), Size::new(pw as u32, ph as u32))
+        .into_styled(axis)
         .draw(&mut c);
-    let _ = Text::with_alignment(y_label, Point::new(left - 60, top - 12), bold, Alignment::Left).draw(&mut c);
+    // Axis labels: x under the axis, y above it (bitmap fonts do not rotate).
+    let _ = Text::with_alignment(
+        x_label,
+        Point::new(left + pw / 2, h as i32 - 22),
+        bold,
+        Alignment::Center,
+    )
+    .draw(&mut c);
+    let _ = Text::with_alignment(
+        y_label,
+        Point::new(left - 60, top - 12),
+        bold,
+        Alignment::Left,
+    )
+    .draw(&mut c);
 
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
@@ -134,11 +175,14 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         // Legend.
         let ly = top + 10 + i as i32 * 20;
         let lx = left + pw + 15;
-        let _ = Line::new(Point::new(lx, ly), Point::new(lx + 24, ly)).into_styled(PrimitiveStyle::with_stroke(color, 3)).draw(&mut c);
+        let _ = Line::new(Point::new(lx, ly), Point::new(lx + 24, ly))
+            .into_styled(PrimitiveStyle::with_stroke(color, 3))
+            .draw(&mut c);
         let _ = Text::new(&s.label, Point::new(lx + 30, ly + 3), text).draw(&mut c);
     }
 
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
@@ -162,7 +206,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vmdedup-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("t.png");
-        let s = vec![Series { label: "a".into(), points: vec![(0.0, 1.0), (10.0, 5.0)] }];
+        let s = vec![Series {
+            label: "a".into(),
+            points: vec![(0.0, 1.0), (10.0, 5.0)],
+        }];
         line_chart(&p, "t", "x", "y", &s).unwrap();
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");

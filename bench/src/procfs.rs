@@ -38,8 +38,16 @@ fn parse_smaps(text: &str) -> Vec<Vma> {
             let perms = it.next().unwrap_or("").to_string();
             let path = it.nth(3).unwrap_or("").to_string();
             let rest: Vec<&str> = it.collect();
-            let path = if rest.is_empty() { path } else { format!("{path} {}", rest.join(" ")) };
-            out.push(Vma { path, perms, ..Vma::default() });
+            let path = if rest.is_empty() {
+                path
+            } else {
+                format!("{path} {}", rest.join(" "))
+            };
+            out.push(Vma {
+                path,
+                perms,
+                ..Vma::default()
+            });
             continue;
         }
         let Some(vma) = out.last_mut() else { continue };
@@ -72,7 +80,10 @@ pub fn guest_ram(pid: u32, ram_bytes: u64) -> Option<RamUse> {
     let ram_kb = ram_bytes / 1024;
     let mut found = false;
     let mut u = RamUse::default();
-    for v in parse_smaps(&text).iter().filter(|v| is_guest_ram(v, ram_kb)) {
+    for v in parse_smaps(&text)
+        .iter()
+        .filter(|v| is_guest_ram(v, ram_kb))
+    {
         found = true;
         u.rss += v.rss_kb * 1024;
         u.pss += v.pss_kb * 1024;
@@ -113,10 +124,17 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// are summed).
 pub fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
     let mut out: Vec<(String, f64)> = Vec::new();
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
     for e in dir.flatten() {
-        let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
-        let Some(s) = cpu_seconds_at(&e.path().join("stat")) else { continue };
+        let comm = fs::read_to_string(e.path().join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let Some(s) = cpu_seconds_at(&e.path().join("stat")) else {
+            continue;
+        };
         match out.iter_mut().find(|(n, _)| *n == comm) {
             Some((_, v)) => *v += s,
             None => out.push((comm, s)),
@@ -129,8 +147,13 @@ pub fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
 /// The pid of the `ksmd` kernel thread, if any.
 pub fn ksmd_pid() -> Option<u32> {
     for e in fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if fs::read_to_string(e.path().join("comm")).map(|c| c.trim() == "ksmd").unwrap_or(false) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if fs::read_to_string(e.path().join("comm"))
+            .map(|c| c.trim() == "ksmd")
+            .unwrap_or(false)
+        {
             return Some(pid);
         }
     }
@@ -139,7 +162,11 @@ pub fn ksmd_pid() -> Option<u32> {
 
 /// Reads one numeric KSM sysfs file (`None` when absent, e.g. no KSM).
 pub fn ksm(name: &str) -> Option<i64> {
-    fs::read_to_string(format!("/sys/kernel/mm/ksm/{name}")).ok()?.trim().parse().ok()
+    fs::read_to_string(format!("/sys/kernel/mm/ksm/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Bytes a file occupies in memory or on disk (`st_blocks * 512`): for a

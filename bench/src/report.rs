@@ -36,7 +36,13 @@ pub struct Args {
     ideal: Option<u64>,
 }
 
-const CONFIGS: [&str; 5] = ["none", "ksm_default", "ksm_aggressive", "vmdedup_cold", "vmdedup_warm"];
+const CONFIGS: [&str; 5] = [
+    "none",
+    "ksm_default",
+    "ksm_aggressive",
+    "vmdedup_cold",
+    "vmdedup_warm",
+];
 
 fn f(v: &Value, k: &str) -> f64 {
     v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
@@ -86,7 +92,10 @@ fn read_samples(path: &Path) -> Vec<Value> {
 fn time_to_90(cfg: &str, samples: &[Value], reads_done: f64, ideal: u64) -> Option<f64> {
     let goal = ideal as f64 * 0.9;
     let before = samples.iter().rfind(|s| f(s, "unix") <= reads_done);
-    if before.map(|s| saved(cfg, s) as f64 >= goal).unwrap_or(false) {
+    if before
+        .map(|s| saved(cfg, s) as f64 >= goal)
+        .unwrap_or(false)
+    {
         return Some(0.0);
     }
     samples
@@ -124,9 +133,14 @@ fn getn(kv: &[(String, String)], k: &str) -> f64 {
 fn doorbells(dir: &Path) -> (f64, f64) {
     let (mut bells, mut hints) = (0.0, 0.0);
     for i in 1..=16 {
-        let Ok(log) = fs::read_to_string(dir.join(format!("vm{i}.out.log"))) else { continue };
+        let Ok(log) = fs::read_to_string(dir.join(format!("vm{i}.out.log"))) else {
+            continue;
+        };
         let st = tagged(&log, "BENCH-STATS ");
-        let (Some(a), Some(b)) = (st.iter().find(|s| get(s, "label") == Some("start")), st.iter().find(|s| get(s, "label") == Some("end"))) else {
+        let (Some(a), Some(b)) = (
+            st.iter().find(|s| get(s, "label") == Some("start")),
+            st.iter().find(|s| get(s, "label") == Some("end")),
+        ) else {
             continue;
         };
         bells += getn(b, "doorbells_needed") - getn(a, "doorbells_needed");
@@ -173,27 +187,41 @@ fn config_result(run: &Path, cfg: &str, ideal: u64) -> Option<Value> {
         if let Some(a) = last.get("agent") {
             r["agent"] = a.clone();
         }
-        r["pool_allocated_bytes_final"] = last.get("pool_allocated").cloned().unwrap_or(Value::Null);
+        r["pool_allocated_bytes_final"] =
+            last.get("pool_allocated").cloned().unwrap_or(Value::Null);
         if let Some(w) = ev.get("warm_done_unix").and_then(Value::as_f64) {
             r["warm_s"] = json!(w - f(&ev, "start_unix"));
         }
         let (bells, hints) = doorbells(&dir);
         r["doorbells"] = json!(bells);
         r["hints_sent"] = json!(hints);
-        r["doorbells_per_hint"] = if hints > 0.0 { json!(bells / hints) } else { Value::Null };
+        r["doorbells_per_hint"] = if hints > 0.0 {
+            json!(bells / hints)
+        } else {
+            Value::Null
+        };
         // Idle: from 3 s after the reads to the end, guests up but quiet.
-        let idle: Vec<&Value> = samples.iter().filter(|s| f(s, "unix") >= reads_done + 3.0).collect();
+        let idle: Vec<&Value> = samples
+            .iter()
+            .filter(|s| f(s, "unix") >= reads_done + 3.0)
+            .collect();
         if let (Some(a), Some(b)) = (idle.first(), idle.last()) {
             let dt = f(b, "unix") - f(a, "unix");
             if dt >= 3.0 {
                 let poll = |s: &Value| -> f64 {
                     s.get("agent_threads_cpu_s")
                         .and_then(Value::as_object)
-                        .map(|m| m.iter().filter(|(k, _)| k.starts_with("vmdedup-poll")).filter_map(|(_, v)| v.as_f64()).sum())
+                        .map(|m| {
+                            m.iter()
+                                .filter(|(k, _)| k.starts_with("vmdedup-poll"))
+                                .filter_map(|(_, v)| v.as_f64())
+                                .sum()
+                        })
                         .unwrap_or(0.0)
                 };
                 r["idle_window_s"] = json!(dt);
-                r["idle_agent_cpu_pct"] = json!((f(b, "agent_cpu_s") - f(a, "agent_cpu_s")) * 100.0 / dt);
+                r["idle_agent_cpu_pct"] =
+                    json!((f(b, "agent_cpu_s") - f(a, "agent_cpu_s")) * 100.0 / dt);
                 r["idle_poller_cpu_pct"] = json!((poll(b) - poll(a)) * 100.0 / dt);
             }
         }
@@ -210,7 +238,10 @@ fn series(run: &Path, cfg: &str) -> Option<plot::Series> {
         .filter(|s| f(s, "unix") >= t0)
         .map(|s| (f(s, "unix") - t0, host_mem(cfg, s) as f64 / 1048576.0))
         .collect();
-    Some(plot::Series { label: cfg.to_string(), points })
+    Some(plot::Series {
+        label: cfg.to_string(),
+        points,
+    })
 }
 
 fn micro(run: &Path) -> Vec<Vec<(String, String)>> {
@@ -244,7 +275,12 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-fn markdown(run_info: &Value, results: &serde_json::Map<String, Value>, micro: &[Vec<(String, String)>], load_end: &str) -> String {
+fn markdown(
+    run_info: &Value,
+    results: &serde_json::Map<String, Value>,
+    micro: &[Vec<(String, String)>],
+    load_end: &str,
+) -> String {
     let mut m = String::new();
     let ideal = uu(run_info, "ideal_saved_bytes") as f64;
     let get_r = |c: &str| results.get(c);
@@ -269,7 +305,10 @@ fn markdown(run_info: &Value, results: &serde_json::Map<String, Value>, micro: &
     );
     let _ = writeln!(m, "## Host memory, saving, time to share, CPU\n");
     let _ = writeln!(m, "| configuration | host memory (MiB) | vs none | vs KSM default | saved (MiB) | % of ideal | time to 90% after reads (s) | dedup CPU (s) | CPU s per GiB saved | reads took (s) |");
-    let _ = writeln!(m, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        m,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for c in CONFIGS {
         let Some(r) = get_r(c) else { continue };
         let mem = f(r, "host_mem_bytes_final");
@@ -286,7 +325,10 @@ fn markdown(run_info: &Value, results: &serde_json::Map<String, Value>, micro: &
             mib(f(r, "saved_bytes_final")),
             f(r, "saved_pct_of_ideal"),
             f(r, "dedup_cpu_s"),
-            r.get("dedup_cpu_s_per_gib_saved").and_then(Value::as_f64).map(|v| format!("{v:.2}")).unwrap_or("-".into()),
+            r.get("dedup_cpu_s_per_gib_saved")
+                .and_then(Value::as_f64)
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or("-".into()),
             f(r, "reads_s"),
         );
     }
@@ -296,7 +338,10 @@ fn markdown(run_info: &Value, results: &serde_json::Map<String, Value>, micro: &
     );
     let _ = writeln!(m, "## KSM and vmdedup counters\n");
     let _ = writeln!(m, "| configuration | KSM pages_sharing | KSM general_profit (MiB) | KSM full scans | pool frames_used (MiB) | pages_mapped (MiB) | hints | hits | loading misses | doorbells per hint |");
-    let _ = writeln!(m, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        m,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for c in CONFIGS {
         let Some(r) = get_r(c) else { continue };
         let a = r.get("agent");
@@ -307,37 +352,71 @@ fn markdown(run_info: &Value, results: &serde_json::Map<String, Value>, micro: &
             uu(r, "ksm_pages_sharing_final"),
             mib(f(r, "ksm_general_profit_final")),
             r.get("ksm_full_scans").and_then(Value::as_i64).unwrap_or(0),
-            a.map(|a| mib(uu(a, "frames_used") as f64 * 4096.0)).unwrap_or("-".into()),
-            a.map(|a| mib(uu(a, "pages_mapped") as f64 * 4096.0)).unwrap_or("-".into()),
+            a.map(|a| mib(uu(a, "frames_used") as f64 * 4096.0))
+                .unwrap_or("-".into()),
+            a.map(|a| mib(uu(a, "pages_mapped") as f64 * 4096.0))
+                .unwrap_or("-".into()),
             ag("hints"),
             ag("hits"),
             ag("loading"),
-            r.get("doorbells_per_hint").and_then(Value::as_f64).map(|v| format!("{v:.4}")).unwrap_or("-".into()),
+            r.get("doorbells_per_hint")
+                .and_then(Value::as_f64)
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or("-".into()),
         );
     }
     let _ = writeln!(m, "\nKSM counters are host-wide (`/sys/kernel/mm/ksm`); nothing else on the host marks memory mergeable unless another process does. Doorbells per hint: the guests' `doorbells_needed` / `hints_sent` during the workload (ivshmem-plain has no doorbell: a guest that sees NEED_WAKEUP counts it and the poller's park timeout picks the hint up).\n");
 
     // Idle poller.
-    let idle: Vec<(&str, &Value)> = CONFIGS.iter().filter_map(|c| get_r(c).map(|r| (*c, r))).filter(|(_, r)| r.get("idle_agent_cpu_pct").is_some()).collect();
+    let idle: Vec<(&str, &Value)> = CONFIGS
+        .iter()
+        .filter_map(|c| get_r(c).map(|r| (*c, r)))
+        .filter(|(_, r)| r.get("idle_agent_cpu_pct").is_some())
+        .collect();
     if !idle.is_empty() {
         let _ = writeln!(m, "## Idle agent\n");
         let _ = writeln!(m, "| configuration | window (s) | agent CPU (% of a core) | poller threads (% of a core) |");
         let _ = writeln!(m, "| --- | ---: | ---: | ---: |");
         for (c, r) in idle {
-            let _ = writeln!(m, "| {c} | {:.0} | {:.3} | {:.3} |", f(r, "idle_window_s"), f(r, "idle_agent_cpu_pct"), f(r, "idle_poller_cpu_pct"));
+            let _ = writeln!(
+                m,
+                "| {c} | {:.0} | {:.3} | {:.3} |",
+                f(r, "idle_window_s"),
+                f(r, "idle_agent_cpu_pct"),
+                f(r, "idle_poller_cpu_pct")
+            );
         }
         let _ = writeln!(m, "\nGuests up and idle after their reads; `/proc/PID/task/*/stat` of the agent, threads named `vmdedup-poll*` for the pollers.\n");
     }
 
     if !micro.is_empty() {
         let _ = writeln!(m, "## In-guest reads: pool vs lower, cold vs warm\n");
-        let coarse_row = |r: &[(String, String)]| get(r, "clock").map(|c| c.contains("jiffies")).unwrap_or(false);
+        let coarse_row = |r: &[(String, String)]| {
+            get(r, "clock")
+                .map(|c| c.contains("jiffies"))
+                .unwrap_or(false)
+        };
         let coarse = micro.iter().any(|r| coarse_row(r));
-        let tick = micro.iter().filter(|r| coarse_row(r)).map(|r| getn(r, "tick_ns")).fold(0.0, f64::max);
+        let tick = micro
+            .iter()
+            .filter(|r| coarse_row(r))
+            .map(|r| getn(r, "tick_ns"))
+            .fold(0.0, f64::max);
         let _ = writeln!(m, "| case | block | files | MiB | MiB/s | mean per read (us) | p50 per read (us) | p99 per read (us) | MiB/s vs lower warm |");
-        let _ = writeln!(m, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            m,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
         let lw = |bs: f64| {
-            micro.iter().find(|r| get(r, "label").map(|l| l.starts_with("lower_warm")).unwrap_or(false) && getn(r, "bs") == bs).map(|r| getn(r, "mib_s"))
+            micro
+                .iter()
+                .find(|r| {
+                    get(r, "label")
+                        .map(|l| l.starts_with("lower_warm"))
+                        .unwrap_or(false)
+                        && getn(r, "bs") == bs
+                })
+                .map(|r| getn(r, "mib_s"))
         };
         for r in micro {
             let bs = getn(r, "bs");
@@ -346,14 +425,28 @@ fn markdown(run_info: &Value, results: &serde_json::Map<String, Value>, micro: &
                 m,
                 "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
                 get(r, "label").unwrap_or("?"),
-                if bs >= 1048576.0 { "1 MiB".into() } else { format!("{} KiB", bs / 1024.0) },
+                if bs >= 1048576.0 {
+                    "1 MiB".into()
+                } else {
+                    format!("{} KiB", bs / 1024.0)
+                },
                 getn(r, "files"),
                 mib(getn(r, "bytes")),
                 getn(r, "mib_s"),
                 getn(r, "mean_ns") / 1000.0,
-                if coarse { "-".to_string() } else { format!("{:.1}", getn(r, "p50_ns") / 1000.0) },
-                if coarse { "-".to_string() } else { format!("{:.1}", getn(r, "p99_ns") / 1000.0) },
-                lw(bs).map(|l| ratio(getn(r, "mib_s"), l)).unwrap_or("-".into()),
+                if coarse {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}", getn(r, "p50_ns") / 1000.0)
+                },
+                if coarse {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}", getn(r, "p99_ns") / 1000.0)
+                },
+                lw(bs)
+                    .map(|l| ratio(getn(r, "mib_s"), l))
+                    .unwrap_or("-".into()),
             );
         }
         let _ = writeln!(m, "\nOne guest reads files nobody read yet through /shared (pool_cold: the first open is answered \"loading\" and served from the lower disk), then other files through /lower, twice (lower_cold: page cache empty; lower_warm: from the guest's page cache). A second guest then reads the first set through /shared (pool_warm: copied from pool frames), and once more (pool_again). Timed with CLOCK_MONOTONIC inside the TCG guest, per read(2) call; verify=off.\n");
@@ -364,10 +457,17 @@ fn markdown(run_info: &Value, results: &serde_json::Map<String, Value>, micro: &
 
     // Targets.
     let _ = writeln!(m, "## Targets\n");
-    let best_v = ["vmdedup_warm", "vmdedup_cold"].iter().filter_map(|c| get_r(c).map(|r| (*c, r))).collect::<Vec<_>>();
+    let best_v = ["vmdedup_warm", "vmdedup_cold"]
+        .iter()
+        .filter_map(|c| get_r(c).map(|r| (*c, r)))
+        .collect::<Vec<_>>();
     for (c, r) in &best_v {
         let pct = f(r, "saved_pct_of_ideal");
-        let _ = writeln!(m, "- at least 95% of the ideal saving, {c}: {pct:.1}% — **{}**", if pct >= 95.0 { "met" } else { "missed" });
+        let _ = writeln!(
+            m,
+            "- at least 95% of the ideal saving, {c}: {pct:.1}% — **{}**",
+            if pct >= 95.0 { "met" } else { "missed" }
+        );
     }
     if let Some(k) = get_r("ksm_default") {
         let kt = k.get("time_to_90pct_s").and_then(Value::as_f64);
@@ -388,18 +488,28 @@ fn markdown(run_info: &Value, results: &serde_json::Map<String, Value>, micro: &
                     format!("KSM default never within {lim:.0} s vs {c} {v:.1} s: more than {r:.0}x — **{}**", if r >= 1000.0 { "met" } else { "not shown (the KSM limit is too short to show 1000x)" })
                 }
             };
-            let _ = writeln!(m, "- time to share at least 1000x shorter than KSM default: {line}");
+            let _ = writeln!(
+                m,
+                "- time to share at least 1000x shorter than KSM default: {line}"
+            );
         }
         let kc = k.get("dedup_cpu_s_per_gib_saved").and_then(Value::as_f64);
         for (c, r) in &best_v {
             let vc = r.get("dedup_cpu_s_per_gib_saved").and_then(Value::as_f64);
             let line = match (kc, vc) {
-                (Some(k), Some(v)) if v > 0.0 => format!("ksmd {k:.2} s/GiB vs agent ({c}) {v:.2} s/GiB: 1/{:.0} — **{}**", k / v, if k / v >= 100.0 { "met" } else { "missed" }),
+                (Some(k), Some(v)) if v > 0.0 => format!(
+                    "ksmd {k:.2} s/GiB vs agent ({c}) {v:.2} s/GiB: 1/{:.0} — **{}**",
+                    k / v,
+                    if k / v >= 100.0 { "met" } else { "missed" }
+                ),
                 (Some(k), Some(_)) => format!("ksmd {k:.2} s/GiB vs agent ({c}) 0 s/GiB — **met**"),
                 (None, _) => "KSM saved nothing, no per-GiB figure".to_string(),
                 (_, None) => format!("{c} saved nothing — **missed**"),
             };
-            let _ = writeln!(m, "- agent CPU per GiB saved at most 1/100 of ksmd's: {line}");
+            let _ = writeln!(
+                m,
+                "- agent CPU per GiB saved at most 1/100 of ksmd's: {line}"
+            );
         }
     }
     let _ = writeln!(m, "\n![host memory over time](memory.png)\n");
@@ -411,12 +521,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(cfg) = &a.check_90 {
         let samples = read_samples(&a.run.join(cfg).join("samples.jsonl"));
         let ideal = a.ideal.unwrap_or(u64::MAX) as f64;
-        let ok = samples.last().map(|s| saved(cfg, s) as f64 >= 0.9 * ideal).unwrap_or(false);
+        let ok = samples
+            .last()
+            .map(|s| saved(cfg, s) as f64 >= 0.9 * ideal)
+            .unwrap_or(false);
         std::process::exit(if ok { 0 } else { 1 });
     }
     let out = a.out.clone().context("--out is needed")?;
     fs::create_dir_all(&out)?;
-    let info: Value = serde_json::from_slice(&fs::read(a.run.join("run.json")).context("run.json")?)?;
+    let info: Value =
+        serde_json::from_slice(&fs::read(a.run.join("run.json")).context("run.json")?)?;
     let ideal = uu(&info, "ideal_saved_bytes");
     let mut results = serde_json::Map::new();
     for c in CONFIGS {
@@ -425,18 +539,40 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     let micro = micro(&a.run);
-    let micro_json: Vec<Value> = micro.iter().map(|kv| Value::Object(kv.iter().map(|(k, v)| (k.clone(), v.parse::<f64>().map(Value::from).unwrap_or(Value::from(v.clone())))).collect())).collect();
+    let micro_json: Vec<Value> = micro
+        .iter()
+        .map(|kv| {
+            Value::Object(
+                kv.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.parse::<f64>()
+                                .map(Value::from)
+                                .unwrap_or(Value::from(v.clone())),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
     let load_end = fs::read_to_string(a.run.join("loadavg-end")).unwrap_or_default();
     let mut doc = json!({ "run": info, "micro": micro_json });
     for (k, v) in &results {
         doc[k] = v.clone();
     }
     fs::write(out.join("report.json"), serde_json::to_string_pretty(&doc)?)?;
-    fs::write(out.join("report.md"), markdown(&info, &results, &micro, &load_end))?;
+    fs::write(
+        out.join("report.md"),
+        markdown(&info, &results, &micro, &load_end),
+    )?;
     let series: Vec<plot::Series> = CONFIGS.iter().filter_map(|c| series(&a.run, c)).collect();
     plot::line_chart(
         &out.join("memory.png"),
-        &format!("Host memory used by {} guests (TCG), per configuration", uu(&info, "vms")),
+        &format!(
+            "Host memory used by {} guests (TCG), per configuration",
+            uu(&info, "vms")
+        ),
         "seconds since the guests were started",
         "host memory used by the guests (MiB)",
         &series,

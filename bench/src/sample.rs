@@ -52,7 +52,10 @@ pub struct Args {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn one(a: &Args, ksmd: Option<u32>) -> Value {
@@ -62,19 +65,32 @@ fn one(a: &Args, ksmd: Option<u32>) -> Value {
     let pids = std::fs::read_to_string(&a.pids_file).unwrap_or_default();
     for line in pids.lines() {
         let mut it = line.split_whitespace();
-        let (Some(name), Some(pid)) = (it.next(), it.next().and_then(|p| p.parse::<u32>().ok())) else { continue };
+        let (Some(name), Some(pid)) = (it.next(), it.next().and_then(|p| p.parse::<u32>().ok()))
+        else {
+            continue;
+        };
         if let Some(u) = procfs::guest_ram(pid, a.ram_mib << 20) {
             rss += u.rss;
             pss += u.pss;
             shmem += u.rss_shmem;
-            qemu.insert(name.into(), json!({"pid": pid, "rss": u.rss, "pss": u.pss, "rss_shmem": u.rss_shmem}));
+            qemu.insert(
+                name.into(),
+                json!({"pid": pid, "rss": u.rss, "pss": u.pss, "rss_shmem": u.rss_shmem}),
+            );
         }
     }
-    let ksm: Map<String, Value> =
-        ["run", "pages_sharing", "pages_shared", "pages_unshared", "general_profit", "full_scans", "pages_scanned"]
-            .iter()
-            .filter_map(|k| procfs::ksm(k).map(|v| (k.to_string(), json!(v))))
-            .collect();
+    let ksm: Map<String, Value> = [
+        "run",
+        "pages_sharing",
+        "pages_shared",
+        "pages_unshared",
+        "general_profit",
+        "full_scans",
+        "pages_scanned",
+    ]
+    .iter()
+    .filter_map(|k| procfs::ksm(k).map(|v| (k.to_string(), json!(v))))
+    .collect();
     let mut v = json!({
         "unix": t,
         "qemu": qemu,

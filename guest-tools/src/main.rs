@@ -76,10 +76,14 @@ async fn read_response(s: &mut VsockStream) -> anyhow::Result<Response> {
 async fn rpc(cid: u32, port: u32, req: &Request) -> anyhow::Result<Response> {
     let mut s = connect(cid, port).await?;
     let mut buf = vec![0u8; MAX_FRAME_LEN];
-    let n = req.encode(&mut buf).map_err(|e| anyhow::anyhow!("encoding: {e}"))?;
+    let n = req
+        .encode(&mut buf)
+        .map_err(|e| anyhow::anyhow!("encoding: {e}"))?;
     s.write_all(&buf[..n]).await?;
     match read_response(&mut s).await? {
-        Response::Error { code, message } => bail!("the agent refused ({code:?}): {}", message.as_str()),
+        Response::Error { code, message } => {
+            bail!("the agent refused ({code:?}): {}", message.as_str())
+        }
         r => Ok(r),
     }
 }
@@ -87,13 +91,20 @@ async fn rpc(cid: u32, port: u32, req: &Request) -> anyhow::Result<Response> {
 /// Prints every readable file under the module's sysfs directory as `key value`.
 fn print_module_counters(dir: &Path) -> anyhow::Result<()> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
                 walk(base, &p, out);
             } else if let Ok(v) = std::fs::read_to_string(&p) {
-                let key = p.strip_prefix(base).unwrap_or(&p).display().to_string().replace('/', ".");
+                let key = p
+                    .strip_prefix(base)
+                    .unwrap_or(&p)
+                    .display()
+                    .to_string()
+                    .replace('/', ".");
                 out.push((key, v.trim().replace('\n', "; ")));
             }
         }
@@ -129,15 +140,26 @@ fn warm_target(t: &str) -> anyhow::Result<(String, String)> {
 
 fn bounded<const N: usize>(s: &str, what: &str) -> anyhow::Result<heapless::String<N>> {
     let mut out = heapless::String::new();
-    out.push_str(s).map_err(|_| anyhow::anyhow!("{what}: at most {N} bytes"))?;
+    out.push_str(s)
+        .map_err(|_| anyhow::anyhow!("{what}: at most {N} bytes"))?;
     Ok(out)
 }
 
 async fn check_malformed(cid: u32, port: u32) -> anyhow::Result<()> {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("oversized length", (u32::MAX).to_le_bytes().to_vec()),
-        ("wrong version", [6u32.to_le_bytes().to_vec(), vec![0xee, 0xee, 0, 0, 0, 0]].concat()),
-        ("garbage payload", [6u32.to_le_bytes().to_vec(), vec![1, 0, 0xff, 0xff, 0xff, 0xff]].concat()),
+        (
+            "wrong version",
+            [6u32.to_le_bytes().to_vec(), vec![0xee, 0xee, 0, 0, 0, 0]].concat(),
+        ),
+        (
+            "garbage payload",
+            [
+                6u32.to_le_bytes().to_vec(),
+                vec![1, 0, 0xff, 0xff, 0xff, 0xff],
+            ]
+            .concat(),
+        ),
         ("empty body", 0u32.to_le_bytes().to_vec()),
     ];
     let mut failed = 0;
@@ -145,7 +167,9 @@ async fn check_malformed(cid: u32, port: u32) -> anyhow::Result<()> {
         let mut s = connect(cid, port).await?;
         s.write_all(&bytes).await?;
         match read_response(&mut s).await {
-            Ok(Response::Error { code, message }) => println!("ok: {name}: refused ({code:?}: {})", message.as_str()),
+            Ok(Response::Error { code, message }) => {
+                println!("ok: {name}: refused ({code:?}: {})", message.as_str())
+            }
             Ok(other) => {
                 println!("FAIL: {name}: answered {other:?}");
                 failed += 1;
@@ -175,25 +199,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Status) {
         Command::Status => {
             print_module_counters(Path::new("/sys/kernel/vmdedup"))?;
-            let Response::Status(r) = rpc(cid, port, &Request::Status).await? else { bail!("unexpected answer") };
+            let Response::Status(r) = rpc(cid, port, &Request::Status).await? else {
+                bail!("unexpected answer")
+            };
             println!("host (this VM):");
             for v in &r.vms {
                 let c = &v.counters;
-                println!("  vm {} (domain {}){}", v.name.as_str(), v.domain.as_str(), if v.cut_off { ", CUT OFF" } else { "" });
-                println!("  hints {}  hits {}  pages_mapped {}  maps_held {}  revocations_pending {}", c.hints, c.hits, c.pages_mapped, v.maps_held, v.revocations_pending);
-                println!("  hint latency p50/p99: {}/{} us", c.hint_latency_us_p50, c.hint_latency_us_p99);
+                println!(
+                    "  vm {} (domain {}){}",
+                    v.name.as_str(),
+                    v.domain.as_str(),
+                    if v.cut_off { ", CUT OFF" } else { "" }
+                );
+                println!(
+                    "  hints {}  hits {}  pages_mapped {}  maps_held {}  revocations_pending {}",
+                    c.hints, c.hits, c.pages_mapped, v.maps_held, v.revocations_pending
+                );
+                println!(
+                    "  hint latency p50/p99: {}/{} us",
+                    c.hint_latency_us_p50, c.hint_latency_us_p99
+                );
             }
         }
         Command::Namespaces => {
-            let Response::Namespaces(ns) = rpc(cid, port, &Request::Namespaces).await? else { bail!("unexpected answer") };
+            let Response::Namespaces(ns) = rpc(cid, port, &Request::Namespaces).await? else {
+                bail!("unexpected answer")
+            };
             for n in &ns {
                 println!("{}", n.name.as_str());
             }
         }
         Command::Warm { target } => {
             let (ns, path) = warm_target(&target)?;
-            let req = Request::Warm { ns: bounded(&ns, "namespace")?, path: bounded(&path, "path")? };
-            let Response::Warmed { files, pages, skipped } = rpc(cid, port, &req).await? else { bail!("unexpected answer") };
+            let req = Request::Warm {
+                ns: bounded(&ns, "namespace")?,
+                path: bounded(&path, "path")?,
+            };
+            let Response::Warmed {
+                files,
+                pages,
+                skipped,
+            } = rpc(cid, port, &req).await?
+            else {
+                bail!("unexpected answer")
+            };
             println!("warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped");
         }
         Command::CheckMalformed => check_malformed(cid, port).await?,
@@ -203,7 +252,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vmdedup-guest: error: {e}");
@@ -225,9 +277,15 @@ mod tests {
 
     #[test]
     fn warm_targets() {
-        assert_eq!(warm_target("/shared/deb/usr/lib/").unwrap(), ("deb".into(), "usr/lib".into()));
+        assert_eq!(
+            warm_target("/shared/deb/usr/lib/").unwrap(),
+            ("deb".into(), "usr/lib".into())
+        );
         assert_eq!(warm_target("deb").unwrap(), ("deb".into(), "".into()));
-        assert_eq!(warm_target("deb/a/b").unwrap(), ("deb".into(), "a/b".into()));
+        assert_eq!(
+            warm_target("deb/a/b").unwrap(),
+            ("deb".into(), "a/b".into())
+        );
         assert!(warm_target("/etc/passwd").is_err());
         assert!(warm_target("/shared/").is_err());
     }

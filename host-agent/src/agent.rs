@@ -80,7 +80,10 @@ impl RingEvents {
         match ring {
             Some(r) => {
                 if !r.post_event(ev) {
-                    tracing::warn!(vm, "event ring full: event dropped, the guest is told to drop every map");
+                    tracing::warn!(
+                        vm,
+                        "event ring full: event dropped, the guest is told to drop every map"
+                    );
                 }
             }
             None => tracing::warn!(vm, "event for a VM without a ring"),
@@ -104,7 +107,10 @@ impl EventSink for RingEvents {
     }
 
     fn cut_off(&self, vm: VmId) {
-        tracing::warn!(vm, "VM did not acknowledge a revocation in time: cut off from the pool");
+        tracing::warn!(
+            vm,
+            "VM did not acknowledge a revocation in time: cut off from the pool"
+        );
         if let Some(r) = self.rings.lock().ok().and_then(|m| m.get(&vm).cloned()) {
             r.close();
         }
@@ -130,15 +136,26 @@ pub struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("pool", &self.inner.config.pool).finish_non_exhaustive()
+        f.debug_struct("Agent")
+            .field("pool", &self.inner.config.pool)
+            .finish_non_exhaustive()
     }
 }
 
 /// Creates the ring region file of `size` bytes, or reuses an existing one of
 /// that size (a VM may still have it mapped: it is never truncated).
 fn ensure_ring_file(path: &Path, size: u64) -> Result<(), AgentError> {
-    let io = |source| AgentError::RingFile { path: path.to_path_buf(), source };
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+    let io = |source| AgentError::RingFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     if len == 0 {
         f.set_len(size).map_err(io)?;
@@ -155,7 +172,9 @@ impl Agent {
     /// Creates the pool, opens every namespace, starts the loader and poller
     /// threads and a ring region for every configured VM.
     pub fn start(config: AgentConfig, opts: AgentOptions) -> Result<Agent, AgentError> {
-        config.validate().map_err(|e| AgentError::Config(e.to_string()))?;
+        config
+            .validate()
+            .map_err(|e| AgentError::Config(e.to_string()))?;
         if !opts.ring_size.is_power_of_two() || opts.ring_size < 64 * 1024 {
             return Err(AgentError::Config(format!(
                 "ring size {} must be a power of two of at least 64K",
@@ -163,7 +182,10 @@ impl Agent {
             )));
         }
         let spec = PoolSpec {
-            backing: PoolBacking::File { path: config.pool.clone(), mode: 0o644 },
+            backing: PoolBacking::File {
+                path: config.pool.clone(),
+                mode: 0o644,
+            },
             size: config.pool_size,
             table_area: 0,
             generation: opts.generation,
@@ -185,10 +207,17 @@ impl Agent {
             PoolMemory::create(&spec)?
         };
         let frames_total = pool.geometry().frame_count;
-        let budget_frames = if config.budget == 0 { 0 } else { config.budget / 4096 };
+        let budget_frames = if config.budget == 0 {
+            0
+        } else {
+            config.budget / 4096
+        };
         let store = PageStore::new(
             pool,
-            StoreConfig { budget_frames, ack_timeout_ms: config.ack_timeout_ms },
+            StoreConfig {
+                budget_frames,
+                ack_timeout_ms: config.ack_timeout_ms,
+            },
         );
         let mut namespaces = Vec::new();
         for ns in &config.namespaces {
@@ -197,18 +226,27 @@ impl Agent {
         let service = HintService::new(
             store,
             namespaces,
-            ServiceConfig { workers: config.workers, ..ServiceConfig::default() },
+            ServiceConfig {
+                workers: config.workers,
+                ..ServiceConfig::default()
+            },
         );
         let rings: RingMap = Arc::new(Mutex::new(BTreeMap::new()));
-        service.set_event_sink(Arc::new(RingEvents { rings: Arc::clone(&rings) }));
+        service.set_event_sink(Arc::new(RingEvents {
+            rings: Arc::clone(&rings),
+        }));
         service.spawn_ticker(std::time::Duration::from_millis(100));
         // After a take-over the pollers start only after the quarantine.
         let pollers = if quarantine {
             None
         } else {
             Some(
-                PollerPool::start(opts.pollers, service.clone())
-                    .map_err(|source| AgentError::Ring { path: PathBuf::from("(pollers)"), source })?,
+                PollerPool::start(opts.pollers, service.clone()).map_err(|source| {
+                    AgentError::Ring {
+                        path: PathBuf::from("(pollers)"),
+                        source,
+                    }
+                })?,
             )
         };
         tracing::info!(
@@ -238,15 +276,31 @@ impl Agent {
             // The rings now carry the new generation: each guest drops every
             // map of the old pool within its event timer period. Only then
             // may frames be written.
-            tracing::info!(secs = RESTART_QUARANTINE.as_secs_f32(), "quarantine before serving from the taken-over pool");
+            tracing::info!(
+                secs = RESTART_QUARANTINE.as_secs_f32(),
+                "quarantine before serving from the taken-over pool"
+            );
             std::thread::sleep(RESTART_QUARANTINE);
             let p = PollerPool::start(agent.inner.opts.pollers, agent.inner.service.clone())
-                .map_err(|source| AgentError::Ring { path: PathBuf::from("(pollers)"), source })?;
-            let pending = std::mem::take(&mut *agent.inner.pending.lock().map_err(|_| AgentError::Config("lock poisoned".into()))?);
+                .map_err(|source| AgentError::Ring {
+                    path: PathBuf::from("(pollers)"),
+                    source,
+                })?;
+            let pending = std::mem::take(
+                &mut *agent
+                    .inner
+                    .pending
+                    .lock()
+                    .map_err(|_| AgentError::Config("lock poisoned".into()))?,
+            );
             for ring in pending {
                 p.add_ring(ring);
             }
-            *agent.inner.pollers.lock().map_err(|_| AgentError::Config("lock poisoned".into()))? = Some(p);
+            *agent
+                .inner
+                .pollers
+                .lock()
+                .map_err(|_| AgentError::Config("lock poisoned".into()))? = Some(p);
             tracing::info!("serving again");
         }
         Ok(agent)
@@ -265,20 +319,35 @@ impl Agent {
     /// Registers a VM: creates (or re-initialises) its ring region and hands
     /// it to a poller. Returns the ring region's path.
     pub fn add_vm(&self, name: &str, domain: &str) -> Result<PathBuf, AgentError> {
-        if name.is_empty() || name.len() > 32 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(AgentError::Config(format!("VM name {name:?}: use 1-32 of [A-Za-z0-9_.-]")));
+        if name.is_empty()
+            || name.len() > 32
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(AgentError::Config(format!(
+                "VM name {name:?}: use 1-32 of [A-Za-z0-9_.-]"
+            )));
         }
         let id: VmId = {
-            let paths = self.inner.ring_paths.lock().map_err(|_| AgentError::Config("lock poisoned".into()))?;
+            let paths = self
+                .inner
+                .ring_paths
+                .lock()
+                .map_err(|_| AgentError::Config("lock poisoned".into()))?;
             paths.keys().next_back().map_or(1, |k| k + 1)
         };
         self.inner.service.add_vm(id, name, domain)?;
         let path = self.inner.config.ring_path(name);
         let setup = || -> Result<HostRing, AgentError> {
             ensure_ring_file(&path, self.inner.opts.ring_size)?;
-            let ring_err = |source| AgentError::Ring { path: path.clone(), source };
+            let ring_err = |source| AgentError::Ring {
+                path: path.clone(),
+                source,
+            };
             let map = SharedMapping::open(&path).map_err(ring_err)?;
-            HostRing::create(map, RingConfig::new(RingId(id), self.inner.opts.generation)).map_err(ring_err)
+            HostRing::create(map, RingConfig::new(RingId(id), self.inner.opts.generation))
+                .map_err(ring_err)
         };
         let ring = match setup() {
             Ok(r) => r,
@@ -288,11 +357,19 @@ impl Agent {
             }
         };
         let shared = Arc::clone(ring.shared());
-        let pollers = self.inner.pollers.lock().map_err(|_| AgentError::Config("lock poisoned".into()))?;
+        let pollers = self
+            .inner
+            .pollers
+            .lock()
+            .map_err(|_| AgentError::Config("lock poisoned".into()))?;
         let poller = match pollers.as_ref() {
             Some(p) => Some(p.add_ring(ring).poller()),
             None => {
-                self.inner.pending.lock().map_err(|_| AgentError::Config("lock poisoned".into()))?.push(ring);
+                self.inner
+                    .pending
+                    .lock()
+                    .map_err(|_| AgentError::Config("lock poisoned".into()))?
+                    .push(ring);
                 None
             }
         };

@@ -3,11 +3,11 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod control;
 pub mod metrics;
+pub mod namespace;
+pub mod pool;
 pub mod region;
 pub mod ring;
-pub mod pool;
-pub mod store;
-pub mod namespace;
 pub mod stats;
-pub mod control;
+pub mod store;

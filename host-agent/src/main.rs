@@ -296,36 +296,65 @@ fn time_generation() -> u64 {
 /// never a silent cut.
 fn bounded<const N: usize>(s: &str, what: &str) -> anyhow::Result<heapless::String<N>> {
     let mut out = heapless::String::new();
-    out.push_str(s).map_err(|_| anyhow::anyhow!("{what}: at most {N} bytes"))?;
+    out.push_str(s)
+        .map_err(|_| anyhow::anyhow!("{what}: at most {N} bytes"))?;
     Ok(out)
 }
 
 fn rpc(control: &Path, req: &Request) -> anyhow::Result<Response> {
     let resp = control::request(control, req).with_context(|| {
-        format!("cannot reach the agent at {} (is `vmdedup serve` running? --control/VMDEDUP_CONTROL)", control.display())
+        format!(
+            "cannot reach the agent at {} (is `vmdedup serve` running? --control/VMDEDUP_CONTROL)",
+            control.display()
+        )
     })?;
     match resp {
-        Response::Error { code, message } => bail!("the agent refused ({code:?}): {}", message.as_str()),
+        Response::Error { code, message } => {
+            bail!("the agent refused ({code:?}): {}", message.as_str())
+        }
         other => Ok(other),
     }
 }
 
 fn print_status(r: &StatusReport) {
     let c = &r.counters;
-    println!("pool: {} of {} frames used (budget {}), {} file maps, generation {}", r.frames_used, r.frames_total, r.frames_budget, r.file_maps, r.pool_generation);
-    println!("saved: {} MiB ({} pages mapped by VMs, {} frames held)", r.bytes_saved >> 20, c.pages_mapped, r.frames_used);
-    println!("hints: {}  hits: {}  misses: {}  latency p50/p99: {}/{} us", c.hints, c.hits, c.hints.saturating_sub(c.hits), c.hint_latency_us_p50, c.hint_latency_us_p99);
+    println!(
+        "pool: {} of {} frames used (budget {}), {} file maps, generation {}",
+        r.frames_used, r.frames_total, r.frames_budget, r.file_maps, r.pool_generation
+    );
+    println!(
+        "saved: {} MiB ({} pages mapped by VMs, {} frames held)",
+        r.bytes_saved >> 20,
+        c.pages_mapped,
+        r.frames_used
+    );
+    println!(
+        "hints: {}  hits: {}  misses: {}  latency p50/p99: {}/{} us",
+        c.hints,
+        c.hits,
+        c.hints.saturating_sub(c.hits),
+        c.hint_latency_us_p50,
+        c.hint_latency_us_p99
+    );
     let m = &c.misses;
     println!(
         "misses by reason: loading {} identity {} not-found {} not-regular {} bad-path {} no-namespace {} pool-full {} too-large {} cut-off {} io {}",
         m.loading, m.identity_mismatch, m.not_found, m.not_regular, m.bad_path, m.no_namespace, m.pool_full, m.too_large, m.cut_off, m.io_error
     );
     if !r.vms.is_empty() {
-        println!("{:<16} {:<12} {:>8} {:>8} {:>8} {:>10} {:>6}", "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "PAGES", "STATE");
+        println!(
+            "{:<16} {:<12} {:>8} {:>8} {:>8} {:>10} {:>6}",
+            "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "PAGES", "STATE"
+        );
         for v in &r.vms {
             println!(
                 "{:<16} {:<12} {:>8} {:>8} {:>8} {:>10} {:>6}",
-                v.name.as_str(), v.domain.as_str(), v.counters.hints, v.counters.hits, v.maps_held, v.counters.pages_mapped,
+                v.name.as_str(),
+                v.domain.as_str(),
+                v.counters.hints,
+                v.counters.hits,
+                v.maps_held,
+                v.counters.pages_mapped,
                 if v.cut_off { "cut" } else { "ok" }
             );
         }
@@ -353,13 +382,17 @@ fn serve(
         },
     )?;
     let group = match &cfg.control_group {
-        Some(g) => Some(control::group_id(g).with_context(|| format!("control group {g:?} does not exist"))?),
+        Some(g) => Some(
+            control::group_id(g).with_context(|| format!("control group {g:?} does not exist"))?,
+        ),
         None => None,
     };
     if let Some(dir) = cfg.control_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let hook_agent = agent.clone();
     let ctx = Arc::new(ControlContext {
         service: agent.service().clone(),
@@ -424,14 +457,22 @@ fn serve(
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, pollers, park_timeout_ms, guest, metrics } => {
+        Command::Serve {
+            config,
+            pollers,
+            park_timeout_ms,
+            guest,
+            metrics,
+        } => {
             if let Some(addr) = metrics {
                 vmdedup_host_agent::metrics::require_loopback(addr)?;
             }
             serve(config, pollers, park_timeout_ms, guest, metrics)?
         }
         Command::Status { control, json } => {
-            let Response::Status(r) = rpc(&control.control, &Request::Status)? else { bail!("unexpected answer") };
+            let Response::Status(r) = rpc(&control.control, &Request::Status)? else {
+                bail!("unexpected answer")
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats::status_json(&r))?);
             } else {
@@ -439,21 +480,50 @@ fn run() -> anyhow::Result<()> {
             }
         }
         Command::Vms { control } => {
-            let Response::Vms(vms) = rpc(&control.control, &Request::Vms)? else { bail!("unexpected answer") };
-            println!("{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}", "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "STATE");
+            let Response::Vms(vms) = rpc(&control.control, &Request::Vms)? else {
+                bail!("unexpected answer")
+            };
+            println!(
+                "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
+                "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "STATE"
+            );
             for v in &vms {
-                println!("{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}", v.name.as_str(), v.domain.as_str(), v.counters.hints, v.counters.hits, v.maps_held, if v.cut_off { "cut" } else { "ok" });
+                println!(
+                    "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
+                    v.name.as_str(),
+                    v.domain.as_str(),
+                    v.counters.hints,
+                    v.counters.hits,
+                    v.maps_held,
+                    if v.cut_off { "cut" } else { "ok" }
+                );
             }
         }
-        Command::Files { control, ns, offset, limit } => {
-            let Response::Namespaces(known) = rpc(&control.control, &Request::Namespaces)? else { bail!("unexpected answer") };
+        Command::Files {
+            control,
+            ns,
+            offset,
+            limit,
+        } => {
+            let Response::Namespaces(known) = rpc(&control.control, &Request::Namespaces)? else {
+                bail!("unexpected answer")
+            };
             if !known.iter().any(|n| n.name.as_str() == ns) {
                 let names: Vec<&str> = known.iter().map(|n| n.name.as_str()).collect();
                 bail!("no namespace {ns:?} (known: {})", names.join(", "));
             }
-            let req = Request::Files { ns: bounded(&ns, "namespace name too long")?, offset, limit };
-            let Response::Files { total, files } = rpc(&control.control, &req)? else { bail!("unexpected answer") };
-            println!("{total} files of {ns} in the pool (showing {} from {offset})", files.len());
+            let req = Request::Files {
+                ns: bounded(&ns, "namespace name too long")?,
+                offset,
+                limit,
+            };
+            let Response::Files { total, files } = rpc(&control.control, &req)? else {
+                bail!("unexpected answer")
+            };
+            println!(
+                "{total} files of {ns} in the pool (showing {} from {offset})",
+                files.len()
+            );
             for f in &files {
                 println!("{:>10} {:>7}p  {}", f.size, f.pages, f.path.as_str());
             }
@@ -474,7 +544,12 @@ fn run() -> anyhow::Result<()> {
                 while tty && !done2.load(std::sync::atomic::Ordering::Relaxed) {
                     if let Ok(Response::Status(r)) = control::request(&sock, &Request::Status) {
                         let base = *first.get_or_insert(r.frames_used);
-                        eprint!("\rwarming: {} frames loaded, {} MiB, {:.0}s   ", r.frames_used.saturating_sub(base), (r.frames_used.saturating_sub(base) * 4096) >> 20, start.elapsed().as_secs_f64());
+                        eprint!(
+                            "\rwarming: {} frames loaded, {} MiB, {:.0}s   ",
+                            r.frames_used.saturating_sub(base),
+                            (r.frames_used.saturating_sub(base) * 4096) >> 20,
+                            start.elapsed().as_secs_f64()
+                        );
                     }
                     std::thread::sleep(Duration::from_millis(250));
                 }
@@ -485,24 +560,42 @@ fn run() -> anyhow::Result<()> {
             if tty {
                 eprintln!();
             }
-            let Response::Warmed { files, pages, skipped } = resp? else { bail!("unexpected answer") };
-            println!("warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped, in {:.1}s", start.elapsed().as_secs_f64());
+            let Response::Warmed {
+                files,
+                pages,
+                skipped,
+            } = resp?
+            else {
+                bail!("unexpected answer")
+            };
+            println!(
+                "warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped, in {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
         }
         Command::Evict { control, ns, path } => {
             let req = Request::Evict {
                 ns: bounded(&ns, "namespace name too long")?,
                 path: bounded(&path, "path too long")?,
             };
-            let Response::Evicted { dropped, revoking } = rpc(&control.control, &req)? else { bail!("unexpected answer") };
+            let Response::Evicted { dropped, revoking } = rpc(&control.control, &req)? else {
+                bail!("unexpected answer")
+            };
             println!("evicted {ns}/{path}: {dropped} file maps dropped, {revoking} being revoked from VMs");
         }
-        Command::Vm(VmCommand::Add { control, name, domain }) => {
+        Command::Vm(VmCommand::Add {
+            control,
+            name,
+            domain,
+        }) => {
             let req = Request::VmAdd {
                 name: bounded(&name, "VM name too long")?,
                 domain: bounded(&domain, "domain name too long")?,
             };
             match rpc(&control.control, &req)? {
-                Response::VmAdded { name, ring_path } => println!("{}: ring region {}", name.as_str(), ring_path.as_str()),
+                Response::VmAdded { name, ring_path } => {
+                    println!("{}: ring region {}", name.as_str(), ring_path.as_str())
+                }
                 _ => bail!("unexpected answer"),
             }
         }
@@ -512,19 +605,40 @@ fn run() -> anyhow::Result<()> {
                 println!("{a}");
             }
         }
-        Command::Region(RegionCommand::Init { kind, size, generation, path }) => {
+        Command::Region(RegionCommand::Init {
+            kind,
+            size,
+            generation,
+            path,
+        }) => {
             let kind = match kind {
                 KindArg::Ring => RegionKind::Ring,
                 KindArg::Pool => RegionKind::Pool,
             };
             let generation = generation.unwrap_or_else(time_generation);
-            region::init(&path, kind, size, generation).with_context(|| format!("creating region {}", path.display()))?;
+            region::init(&path, kind, size, generation)
+                .with_context(|| format!("creating region {}", path.display()))?;
             let (kind, p) = region::inspect(&path)?;
-            println!("{}: {:?} region, version {}, {} bytes, generation {}", path.display(), kind, p.version, p.region_size, p.generation);
+            println!(
+                "{}: {:?} region, version {}, {} bytes, generation {}",
+                path.display(),
+                kind,
+                p.version,
+                p.region_size,
+                p.generation
+            );
         }
         Command::Region(RegionCommand::Show { path }) => {
             let (kind, p) = region::inspect(&path)?;
-            println!("{}: {:?} region, version {}, header {} bytes, {} bytes, generation {}", path.display(), kind, p.version, p.header_size, p.region_size, p.generation);
+            println!(
+                "{}: {:?} region, version {}, header {} bytes, {} bytes, generation {}",
+                path.display(),
+                kind,
+                p.version,
+                p.header_size,
+                p.region_size,
+                p.generation
+            );
         }
     }
     Ok(())
@@ -533,7 +647,8 @@ fn run() -> anyhow::Result<()> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VMDEDUP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("VMDEDUP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -22,7 +22,9 @@ pub enum MetricsError {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn counters(out: &mut String, labels: &str, c: &HintCounters) {
@@ -43,36 +45,95 @@ fn counters(out: &mut String, labels: &str, c: &HintCounters) {
         ("cut_off", m.cut_off),
         ("io_error", m.io_error),
     ] {
-        let _ = writeln!(out, "vmdedup_misses_total{{{labels}{sep}reason=\"{reason}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "vmdedup_misses_total{{{labels}{sep}reason=\"{reason}\"}} {n}"
+        );
     }
-    let _ = writeln!(out, "vmdedup_hint_latency_us{{{labels}{sep}quantile=\"0.5\"}} {}", c.hint_latency_us_p50);
-    let _ = writeln!(out, "vmdedup_hint_latency_us{{{labels}{sep}quantile=\"0.99\"}} {}", c.hint_latency_us_p99);
+    let _ = writeln!(
+        out,
+        "vmdedup_hint_latency_us{{{labels}{sep}quantile=\"0.5\"}} {}",
+        c.hint_latency_us_p50
+    );
+    let _ = writeln!(
+        out,
+        "vmdedup_hint_latency_us{{{labels}{sep}quantile=\"0.99\"}} {}",
+        c.hint_latency_us_p99
+    );
 }
 
 /// Renders a status report in the Prometheus text format (version 0.0.4).
 pub fn render(r: &StatusReport) -> String {
     let mut out = String::new();
     for (name, help, kind, v) in [
-        ("vmdedup_frames_total", "Frames in the pool.", "gauge", r.frames_total),
-        ("vmdedup_frames_budget", "Frames the agent may use.", "gauge", r.frames_budget),
-        ("vmdedup_frames_used", "Frames holding file pages.", "gauge", r.frames_used),
-        ("vmdedup_file_maps", "Files in the pool.", "gauge", r.file_maps),
-        ("vmdedup_bytes_saved", "(pages mapped by VMs - frames used) * 4096, at least 0.", "gauge", r.bytes_saved),
+        (
+            "vmdedup_frames_total",
+            "Frames in the pool.",
+            "gauge",
+            r.frames_total,
+        ),
+        (
+            "vmdedup_frames_budget",
+            "Frames the agent may use.",
+            "gauge",
+            r.frames_budget,
+        ),
+        (
+            "vmdedup_frames_used",
+            "Frames holding file pages.",
+            "gauge",
+            r.frames_used,
+        ),
+        (
+            "vmdedup_file_maps",
+            "Files in the pool.",
+            "gauge",
+            r.file_maps,
+        ),
+        (
+            "vmdedup_bytes_saved",
+            "(pages mapped by VMs - frames used) * 4096, at least 0.",
+            "gauge",
+            r.bytes_saved,
+        ),
     ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     }
     for (name, help, kind) in [
         ("vmdedup_hints_total", "Hints answered.", "counter"),
-        ("vmdedup_hits_total", "Hints answered from the pool.", "counter"),
-        ("vmdedup_pages_mapped", "File pages served from the pool.", "gauge"),
-        ("vmdedup_misses_total", "Hints not served, by reason.", "counter"),
-        ("vmdedup_hint_latency_us", "Hint latency quantiles in microseconds.", "gauge"),
+        (
+            "vmdedup_hits_total",
+            "Hints answered from the pool.",
+            "counter",
+        ),
+        (
+            "vmdedup_pages_mapped",
+            "File pages served from the pool.",
+            "gauge",
+        ),
+        (
+            "vmdedup_misses_total",
+            "Hints not served, by reason.",
+            "counter",
+        ),
+        (
+            "vmdedup_hint_latency_us",
+            "Hint latency quantiles in microseconds.",
+            "gauge",
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
     counters(&mut out, "", &r.counters);
     for v in &r.vms {
-        counters(&mut out, &format!("vm=\"{}\"", escape(v.name.as_str())), &v.counters);
+        counters(
+            &mut out,
+            &format!("vm=\"{}\"", escape(v.name.as_str())),
+            &v.counters,
+        );
     }
     out
 }
@@ -123,10 +184,18 @@ mod tests {
 
     #[test]
     fn renders_pool_and_per_vm_counters() {
-        let mut r = StatusReport { frames_total: 100, frames_used: 10, bytes_saved: 8192, ..StatusReport::default() };
+        let mut r = StatusReport {
+            frames_total: 100,
+            frames_used: 10,
+            bytes_saved: 8192,
+            ..StatusReport::default()
+        };
         r.counters.hints = 5;
         r.counters.misses.loading = 2;
-        let mut vm = VmReport { name: bounded_str("vm\"1"), ..VmReport::default() };
+        let mut vm = VmReport {
+            name: bounded_str("vm\"1"),
+            ..VmReport::default()
+        };
         vm.counters.hits = 3;
         r.vms.push(vm).unwrap();
         let text = render(&r);
@@ -134,14 +203,28 @@ mod tests {
         assert!(text.contains("\nvmdedup_bytes_saved 8192\n"));
         assert!(text.contains("\nvmdedup_hints_total{} 5\n"));
         assert!(text.contains("\nvmdedup_misses_total{reason=\"loading\"} 2\n"));
-        assert!(text.contains("\nvmdedup_hits_total{vm=\"vm\\\"1\"} 3\n"), "{text}");
+        assert!(
+            text.contains("\nvmdedup_hits_total{vm=\"vm\\\"1\"} 3\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE vmdedup_hints_total counter"));
     }
 
     #[test]
     fn refuses_non_loopback() {
-        for bad in ["0.0.0.0:9464", "192.168.1.1:9464", "[::]:9464", "10.0.0.1:1"] {
-            assert!(matches!(require_loopback(bad.parse().unwrap()), Err(MetricsError::NotLoopback(_))), "{bad}");
+        for bad in [
+            "0.0.0.0:9464",
+            "192.168.1.1:9464",
+            "[::]:9464",
+            "10.0.0.1:1",
+        ] {
+            assert!(
+                matches!(
+                    require_loopback(bad.parse().unwrap()),
+                    Err(MetricsError::NotLoopback(_))
+                ),
+                "{bad}"
+            );
         }
         for good in ["127.0.0.1:9464", "127.1.2.3:1", "[::1]:9464"] {
             assert!(require_loopback(good.parse().unwrap()).is_ok(), "{good}");

@@ -201,7 +201,9 @@ impl PoolMemory {
     /// Opens the existing pool file of `spec` read-write if its size and the
     /// geometry in its header are what `spec` plans (whatever its
     /// generation); `None` if it is absent or anything else.
-    fn open_matching(spec: &PoolSpec) -> Result<Option<(File, PathBuf, PoolGeometry)>, PoolMemoryError> {
+    fn open_matching(
+        spec: &PoolSpec,
+    ) -> Result<Option<(File, PathBuf, PoolGeometry)>, PoolMemoryError> {
         let PoolBacking::File { path, .. } = &spec.backing else {
             return Ok(None);
         };
@@ -220,11 +222,16 @@ impl PoolMemory {
             return Ok(None);
         }
         let mut head = [0u8; POOL_HEADER_SIZE];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).map_err(io_err("read pool header"))?;
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
+            .map_err(io_err("read pool header"))?;
         let Ok(found) = PoolGeometry::from_header_bytes(&head, len) else {
             return Ok(None);
         };
-        let table_area = if spec.table_area == 0 { (spec.size / 32).max(FRAME_SIZE) } else { spec.table_area };
+        let table_area = if spec.table_area == 0 {
+            (spec.size / 32).max(FRAME_SIZE)
+        } else {
+            spec.table_area
+        };
         match PoolGeometry::plan(spec.size, table_area, found.generation) {
             Ok(g) if g == found => Ok(Some((file, path.clone(), found))),
             _ => Ok(None),
@@ -232,7 +239,12 @@ impl PoolMemory {
     }
 
     /// Maps `file` (`size` bytes) read-write and shared.
-    fn map(file: File, path: Option<PathBuf>, size: u64, geometry: PoolGeometry) -> Result<Self, PoolMemoryError> {
+    fn map(
+        file: File,
+        path: Option<PathBuf>,
+        size: u64,
+        geometry: PoolGeometry,
+    ) -> Result<Self, PoolMemoryError> {
         let punch_holes = !is_hugetlbfs(&file);
         // SAFETY: a fresh shared mapping of a file we own, of exactly its size;
         // nothing else in this process refers to that address range.
@@ -573,7 +585,10 @@ mod tests {
 
     fn file_spec(path: &Path, size: u64, generation: u64) -> PoolSpec {
         PoolSpec {
-            backing: PoolBacking::File { path: path.to_path_buf(), mode: 0o600 },
+            backing: PoolBacking::File {
+                path: path.to_path_buf(),
+                mode: 0o600,
+            },
             size,
             table_area: 0,
             generation,
@@ -586,20 +601,32 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pool");
         // Absent: nothing to adopt.
-        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap().is_none());
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5))
+            .unwrap()
+            .is_none());
         // A fresh pool (what `vmdedup region init` makes) is adopted, same
         // file, its generation kept.
         drop(PoolMemory::create(&file_spec(&path, 1 << 20, 41)).unwrap());
         use std::os::unix::fs::MetadataExt;
         let ino = std::fs::metadata(&path).unwrap().ino();
-        let p = PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 99)).unwrap().expect("adopted");
+        let p = PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 99))
+            .unwrap()
+            .expect("adopted");
         assert_eq!(p.geometry().generation, 41);
-        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "same file, not a new one");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            ino,
+            "same file, not a new one"
+        );
         drop(p);
         // Another size: not adopted.
-        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 21, 5)).unwrap().is_none());
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 21, 5))
+            .unwrap()
+            .is_none());
         // Once it holds a frame table, it served: never adopted.
-        let mut p = PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap().unwrap();
+        let mut p = PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5))
+            .unwrap()
+            .unwrap();
         let off = p.geometry().table_area_offset + 128;
         let h = TableHeader {
             magic: 0,
@@ -613,15 +640,21 @@ mod tests {
         };
         p.publish_table(off, h, &[0]);
         drop(p);
-        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap().is_none());
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5))
+            .unwrap()
+            .is_none());
         // Frames in use (header): not adopted either.
         let mut p = PoolMemory::create(&file_spec(&path, 1 << 20, 42)).unwrap();
         p.set_frames_used(3);
         drop(p);
-        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap().is_none());
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5))
+            .unwrap()
+            .is_none());
         // Garbage: not adopted.
         std::fs::write(&path, vec![0x5au8; 1 << 20]).unwrap();
-        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap().is_none());
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5))
+            .unwrap()
+            .is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -630,7 +663,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vmdedup-adopt-served-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pool");
-        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 5)).unwrap().is_none());
+        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 5))
+            .unwrap()
+            .is_none());
         let mut old = PoolMemory::create(&file_spec(&path, 1 << 20, 7)).unwrap();
         old.write_frame(2, b"still mapped by a guest");
         let off = old.geometry().table_area_offset + 64;
@@ -650,24 +685,40 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let ino = std::fs::metadata(&path).unwrap().ino();
         // Not unused any more.
-        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 8)).unwrap().is_none());
+        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 8))
+            .unwrap()
+            .is_none());
         // The same generation again would let old answers pass: refused.
         assert!(matches!(
             PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 7)),
             Err(PoolMemoryError::SameGeneration(7))
         ));
-        let new = PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 8)).unwrap().expect("taken over");
-        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "the very file VMs map");
+        let new = PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 8))
+            .unwrap()
+            .expect("taken over");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            ino,
+            "the very file VMs map"
+        );
         let g = PoolGeometry::from_header_bytes(&new.header_bytes(), 1 << 20).unwrap();
         assert_eq!(g.generation, 8);
         assert_eq!(new.read_u64(off), 0, "old table invalidated");
         assert_eq!(new.read_u64(header_off::FRAMES_USED as u64), 0);
-        assert_eq!(&new.frame(2)[..23], b"still mapped by a guest", "frames untouched");
+        assert_eq!(
+            &new.frame(2)[..23],
+            b"still mapped by a guest",
+            "frames untouched"
+        );
         drop(new);
         // Another size or garbage: not taken over.
-        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 21, 9)).unwrap().is_none());
+        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 21, 9))
+            .unwrap()
+            .is_none());
         std::fs::write(&path, vec![0x5au8; 1 << 20]).unwrap();
-        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 9)).unwrap().is_none());
+        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 9))
+            .unwrap()
+            .is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

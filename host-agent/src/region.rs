@@ -35,7 +35,10 @@ pub enum RegionError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
-    move |source| RegionError::Io { path: path.display().to_string(), source }
+    move |source| RegionError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Creates (or re-creates) a region file of `size` bytes with a complete
@@ -44,11 +47,19 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
 /// region a running VM maps: a pool file is replaced, a ring is reset.
 ///
 /// `generation` distinguishes successive initialisations of the same file.
-pub fn init(path: &Path, kind: RegionKind, size: u64, generation: u64) -> Result<RegionPrefix, RegionError> {
+pub fn init(
+    path: &Path,
+    kind: RegionKind,
+    size: u64,
+    generation: u64,
+) -> Result<RegionPrefix, RegionError> {
     if size < 4096 || !size.is_power_of_two() {
         return Err(RegionError::BadSize(size));
     }
-    let other = |e: String| RegionError::Io { path: path.display().to_string(), source: std::io::Error::other(e) };
+    let other = |e: String| RegionError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other(e),
+    };
     match kind {
         RegionKind::Ring => {
             let f = OpenOptions::new()
@@ -64,7 +75,10 @@ pub fn init(path: &Path, kind: RegionKind, size: u64, generation: u64) -> Result
         }
         RegionKind::Pool => {
             crate::pool::PoolMemory::create(&crate::pool::PoolSpec {
-                backing: crate::pool::PoolBacking::File { path: path.to_path_buf(), mode: 0o644 },
+                backing: crate::pool::PoolBacking::File {
+                    path: path.to_path_buf(),
+                    mode: 0o644,
+                },
                 size,
                 table_area: 0,
                 generation,
@@ -83,13 +97,19 @@ pub fn inspect(path: &Path) -> Result<(RegionKind, RegionPrefix), RegionError> {
     f.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
     let mut b = [0u8; 32];
     if len < 32 {
-        return Err(RegionError::Invalid { path: path.display().to_string(), reason: PrefixError::TooSmall });
+        return Err(RegionError::Invalid {
+            path: path.display().to_string(),
+            reason: PrefixError::TooSmall,
+        });
     }
     f.read_exact(&mut b).map_err(io_err(path))?;
     let prefix = RegionPrefix::from_le_bytes(&b);
     let kind = prefix
         .validate(len)
-        .map_err(|reason| RegionError::Invalid { path: path.display().to_string(), reason })?;
+        .map_err(|reason| RegionError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        })?;
     Ok((kind, prefix))
 }
 
@@ -117,12 +137,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vmdedup-region-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("r");
-        assert!(matches!(init(&p, RegionKind::Ring, 5000, 1), Err(RegionError::BadSize(5000))));
-        assert!(matches!(init(&p, RegionKind::Ring, 0, 1), Err(RegionError::BadSize(0))));
+        assert!(matches!(
+            init(&p, RegionKind::Ring, 5000, 1),
+            Err(RegionError::BadSize(5000))
+        ));
+        assert!(matches!(
+            init(&p, RegionKind::Ring, 0, 1),
+            Err(RegionError::BadSize(0))
+        ));
         std::fs::write(&p, vec![0xA5u8; 8192]).unwrap();
         assert!(matches!(
             inspect(&p),
-            Err(RegionError::Invalid { reason: PrefixError::UnknownMagic(_), .. })
+            Err(RegionError::Invalid {
+                reason: PrefixError::UnknownMagic(_),
+                ..
+            })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -119,7 +119,10 @@ fn guest(arg: &str) {
         // the flag, not on a fixed pause, keeps this independent of timing.
         let park_deadline = Instant::now() + Duration::from_secs(30);
         while g.host_flags() & HOST_FLAG_NEED_WAKEUP == 0 {
-            assert!(Instant::now() < park_deadline, "the idle poller never parked");
+            assert!(
+                Instant::now() < park_deadline,
+                "the idle poller never parked"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         let mut expect = std::collections::HashMap::new();

@@ -468,8 +468,15 @@ fn acknowledgements_and_releases_reach_the_handler_and_bad_ones_are_refused() {
     for id in [4, 5] {
         let c = by_id(id);
         assert_eq!(c.flags, ANSWER_FLAG_MAP_OP);
-        assert_eq!(AnswerStatus::from_u16(c.status), Some(AnswerStatus::BadRequest), "entry {id}");
+        assert_eq!(
+            AnswerStatus::from_u16(c.status),
+            Some(AnswerStatus::BadRequest),
+            "entry {id}"
+        );
     }
-    assert_eq!(*ops.0.lock().unwrap(), vec![(1, "ack", 77), (1, "release", 78)]);
+    assert_eq!(
+        *ops.0.lock().unwrap(),
+        vec![(1, "ack", 77), (1, "release", 78)]
+    );
     assert_eq!(host.shared().stats.snapshot().bad_entries, 2);
 }

@@ -9,7 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
-pub mod spsc;
-pub mod pool;
 #[cfg(feature = "control")]
 pub mod control;
+pub mod pool;
+pub mod spsc;

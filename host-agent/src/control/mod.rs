@@ -248,8 +248,10 @@ pub async fn serve_vsock(
     ctx: Arc<ControlContext>,
     cids: std::collections::HashMap<u32, VmId>,
 ) -> std::io::Result<()> {
-    let listener =
-        tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port))?;
+    let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+        tokio_vsock::VMADDR_CID_ANY,
+        port,
+    ))?;
     let mut slots = std::collections::HashMap::new();
     loop {
         let (s, peer) = match listener.accept().await {
@@ -261,7 +263,10 @@ pub async fn serve_vsock(
             }
         };
         let Some(&vm) = cids.get(&peer.cid()) else {
-            tracing::warn!(cid = peer.cid(), "vsock connection from an unknown CID: closed");
+            tracing::warn!(
+                cid = peer.cid(),
+                "vsock connection from an unknown CID: closed"
+            );
             continue;
         };
         let sem = slots

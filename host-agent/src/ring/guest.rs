@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vmdedup_protocol::abi::{
-    CompletionEntry, EventEntry, RegionKind, RegionPrefix, RingLayout, SubmissionEntry,
-    CQE_SIZE, EQE_SIZE, HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_NEED_WAKEUP, OP_HINT,
-    SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
+    CompletionEntry, EventEntry, RegionKind, RegionPrefix, RingLayout, SubmissionEntry, CQE_SIZE,
+    EQE_SIZE, HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_NEED_WAKEUP, OP_HINT, SQE_INLINE_PATH_MAX,
+    SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::spsc::{self, Consumer, Producer};
 
@@ -37,7 +37,6 @@ pub enum SubmitError {
     Corrupt,
 }
 
-
 /// The guest end of a ring region.
 #[derive(Debug)]
 pub struct GuestRing {
@@ -58,7 +57,6 @@ pub struct GuestRing {
 
 // SAFETY: the pointers in `words` point into `map`, owned via Arc by the ring.
 unsafe impl Send for GuestRing {}
-
 
 impl GuestRing {
     /// Attaches to an initialised ring region: copies the prefix and layout
@@ -180,7 +178,12 @@ impl GuestRing {
 
     /// Writes one map operation ([`SubmissionEntry::map_op`]) into the next
     /// free submission slot (published with [`GuestRing::publish`]).
-    pub fn stage_map_op(&mut self, request_id: u64, opcode: u16, file_map_id: u64) -> Result<(), SubmitError> {
+    pub fn stage_map_op(
+        &mut self,
+        request_id: u64,
+        opcode: u16,
+        file_map_id: u64,
+    ) -> Result<(), SubmitError> {
         self.check_room()?;
         let sqe = self.layout.sqe_offset(self.sq.slot(self.staged)) as usize;
         let entry = SubmissionEntry::map_op(request_id, opcode, file_map_id);

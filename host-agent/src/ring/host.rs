@@ -126,7 +126,6 @@ impl RingShared {
     }
 }
 
-
 /// The host end of one ring region.
 ///
 /// It keeps its own copy of the layout it wrote and never reads offsets or
@@ -149,7 +148,6 @@ pub struct HostRing {
 // SAFETY: the raw pointers in `words` point into `map`, which is Send + Sync
 // and owned (via Arc) by the ring itself; nothing in HostRing is tied to a thread.
 unsafe impl Send for HostRing {}
-
 
 impl HostRing {
     /// Lays out and initialises a ring region in `map` (everything the guest
@@ -211,7 +209,6 @@ impl HostRing {
             map,
         })
     }
-
 
     /// The ring's identity.
     pub fn id(&self) -> RingId {

@@ -35,13 +35,13 @@
 //! ```
 
 pub mod eventfd;
-mod words;
 pub mod guest;
 pub mod handler;
 pub mod host;
 pub mod mapping;
 pub mod poller;
 pub mod stats;
+mod words;
 
 pub use eventfd::EventFd;
 pub use guest::{GuestRing, SubmitError};

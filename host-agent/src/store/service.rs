@@ -857,7 +857,11 @@ impl crate::ring::handler::Handler for HintService {
 
     fn ack_revoke(&self, ring: crate::ring::handler::RingId, file_map_id: u64) {
         if !self.ack(ring.0, file_map_id) {
-            tracing::debug!(vm = ring.0, map = file_map_id, "acknowledgement for a map that was not being revoked");
+            tracing::debug!(
+                vm = ring.0,
+                map = file_map_id,
+                "acknowledgement for a map that was not being revoked"
+            );
         }
     }
 

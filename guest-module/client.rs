@@ -40,6 +40,7 @@ use crate::abi::{
     NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING, OP_ACK_REVOKE, OP_HINT, OP_RELEASE,
     SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
 };
+use crate::ffi;
 use crate::fs::{FileMap, InodeState, MissKind};
 use crate::pool::{PoolGeometry, TableRef, TableHeader, POOL_HEADER_SIZE, TABLE_HEADER_SIZE, TABLE_MAGIC};
 use crate::regions::Mapping;
@@ -785,7 +786,12 @@ impl Client {
                 // Acknowledged even when not held (released already, or an
                 // answer that never validated): nothing here maps it, and the
                 // host ignores acknowledgements it is not waiting for.
-                self.ops.push(OP_ACK_REVOKE, e.file_map_id);
+                // Unless the fault_no_ack test knob plays a stuck guest.
+                if ffi::param(ffi::Param::FaultNoAck) != 0 {
+                    stats::inc(Counter::acks_withheld);
+                } else {
+                    self.ops.push(OP_ACK_REVOKE, e.file_map_id);
+                }
             }
             (EVENT_NOTICE, NOTICE_EVENTS_LOST) => {
                 stats::inc(Counter::revocations);

@@ -87,6 +87,8 @@ pub(crate) enum Param {
     RehintMs = 1,
     /// `default_verify`: verify mode of mounts without `verify=` (0 off, 1 sample, 2 full).
     DefaultVerify = 2,
+    /// `fault_no_ack`: fault injection, revocations are never acknowledged.
+    FaultNoAck = 3,
 }
 
 /// Reads a module parameter.

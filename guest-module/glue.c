@@ -54,6 +54,9 @@ MODULE_PARM_DESC(rehint_ms, "Least time (ms) between two hints for a file the ho
 static unsigned int default_verify = 2;
 module_param(default_verify, uint, 0644);
 MODULE_PARM_DESC(default_verify, "Verify mode of mounts without verify=: 0 off, 1 sample, 2 full (default 2)");
+static unsigned int fault_no_ack;
+module_param(fault_no_ack, uint, 0644);
+MODULE_PARM_DESC(fault_no_ack, "Fault injection for tests: 1 applies revocations but never acknowledges them, as a stuck guest would; the host then cuts this VM off (default 0; never set it otherwise)");
 static unsigned int event_poll_ms = 50;
 module_param(event_poll_ms, uint, 0444);
 MODULE_PARM_DESC(event_poll_ms, "Period (ms) of the timer that applies revocation events and late answers (default 50)");
@@ -64,6 +67,7 @@ unsigned int vmdedup_glue_param(int which)
 	case 0: return READ_ONCE(poll_us);
 	case 1: return READ_ONCE(rehint_ms);
 	case 2: return READ_ONCE(default_verify);
+	case 3: return READ_ONCE(fault_no_ack);
 	default: return 0;
 	}
 }

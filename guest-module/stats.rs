@@ -49,6 +49,7 @@ counters! {
     verify_mismatches: "Pool pages that differed from the lower file.",
     revocations: "Revocation events applied.",
     acks_sent: "Revocation acknowledgements (OP_ACK_REVOKE) published.",
+    acks_withheld: "Revocation acknowledgements not sent because the fault_no_ack test knob is set.",
     releases_sent: "Map releases (OP_RELEASE) published.",
     map_ops_deferred: "Times map operations had to wait for room in the submission ring.",
     map_ops_dropped: "Map operations dropped: the queue was full (the host's timeout covers them).",

@@ -8,7 +8,9 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use vmdedup_protocol::abi::{EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_HOST_RESTARTING};
+use vmdedup_protocol::abi::{
+    EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING,
+};
 
 use crate::namespace::config::AgentConfig;
 use crate::namespace::{Namespace, NamespaceError};
@@ -112,6 +114,15 @@ impl EventSink for RingEvents {
             "VM did not acknowledge a revocation in time: cut off from the pool"
         );
         if let Some(r) = self.rings.lock().ok().and_then(|m| m.get(&vm).cloned()) {
+            // A guest that is slow rather than stuck still reads its event
+            // ring: told to revoke everything, it zaps every pool mapping at
+            // its next tick and serves from lower from then on (its answers
+            // stop: the ring is closed).
+            let _ = r.post_event(EventEntry {
+                kind: EVENT_NOTICE,
+                notice: NOTICE_EVENTS_LOST,
+                ..EventEntry::default()
+            });
             r.close();
         }
     }

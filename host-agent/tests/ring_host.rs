@@ -276,6 +276,38 @@ fn events_reach_the_guest_in_order_and_overflow_is_flagged() {
     assert_ne!(guest.host_flags() & HOST_FLAG_EVENTS_LOST, 0);
 }
 
+#[test]
+fn a_closed_ring_sends_its_last_events_before_it_is_dropped() {
+    // What the agent does on shutdown and on a cut-off: post a notice, close.
+    let (host, mut guest) = ring_pair(64 << 10, None, 0, 1);
+    let shared = Arc::clone(host.shared());
+    let mut set = PollSet::new();
+    set.push(host);
+    assert!(shared.post_event(EventEntry {
+        kind: EVENT_NOTICE,
+        notice: NOTICE_EVENTS_LOST,
+        ..Default::default()
+    }));
+    shared.close();
+    let mut dropped = 0;
+    set.round(&echo, 4, |_| dropped += 1);
+    assert_eq!(dropped, 1);
+    assert!(set.is_empty());
+    let mut got = Vec::new();
+    guest.reap_events(|e| got.push((e.kind, e.notice)));
+    assert_eq!(got, vec![(EVENT_NOTICE, NOTICE_EVENTS_LOST)]);
+    // Closed without anything queued: dropped, nothing written.
+    let (host, mut guest) = ring_pair(64 << 10, None, 0, 2);
+    let shared = Arc::clone(host.shared());
+    set.push(host);
+    shared.close();
+    set.round(&echo, 4, |_| {});
+    assert!(set.is_empty());
+    let mut n = 0;
+    guest.reap_events(|_| n += 1);
+    assert_eq!(n, 0);
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     // A hang guard, not a timing assertion.
     let deadline = Instant::now() + Duration::from_secs(60);

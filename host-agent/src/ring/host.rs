@@ -230,6 +230,14 @@ impl HostRing {
         &self.shared
     }
 
+    /// Writes the events still queued (the ring is being closed): a notice
+    /// posted just before [`RingShared::close`] reaches the guest.
+    pub fn flush_final(&mut self) {
+        if self.shared.events_pending.load(Ordering::Acquire) {
+            self.flush_events();
+        }
+    }
+
     /// One poll round: writes pending events, then answers up to `budget`
     /// hints (fewer if the completion ring lacks room). Returns the number of
     /// hints answered. Never panics and never loops beyond `budget`, whatever

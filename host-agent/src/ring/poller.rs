@@ -237,8 +237,9 @@ impl PollSet {
     }
 
     /// One round: at most `batch` hints from every ring, starting one ring
-    /// further than the previous round. Closed rings are dropped (their
-    /// doorbells passed to `on_drop` first). Returns the hints answered.
+    /// further than the previous round. Closed rings get their pending
+    /// events written, then are dropped (their doorbells passed to `on_drop`
+    /// first). Returns the hints answered.
     pub fn round<H: Handler + ?Sized>(
         &mut self,
         handler: &H,
@@ -257,6 +258,10 @@ impl PollSet {
                 continue;
             };
             if r.shared().is_closed() {
+                // Its last events (a "host restarting" or "revoke
+                // everything" notice posted just before the close) still
+                // go out; then it is dropped.
+                r.flush_final();
                 closed = true;
                 continue;
             }

@@ -1,0 +1,102 @@
+#!/bin/sh
+# Selftest: a guest that never acknowledges a revocation is cut off (issue 6
+# case 8, the other half). The fault_no_ack module parameter plays a stuck
+# guest: revocations are applied (PTEs zapped, lower from then on) but not
+# acknowledged. The host evicts a file this guest maps; when the
+# acknowledgement deadline (ack_timeout_ms, 5 s by default) passes the agent
+# cuts the VM off: it drops what the VM held, tells it to revoke everything
+# and closes its ring. The guest drops every pool mapping, the processes that
+# map the file keep reading correct bytes, and every read is right and comes
+# from lower from then on.
+#
+# Needs what fs_revoke needs (a served /shared/NAME mount, mmapwatch, a host
+# evicting on request: FS_REVOKE_HOST=1) and vmdedup-guest to see the host's
+# view. Leaves the VM cut off: run it last in its boot.
+. /tests/lib/ktap.sh
+. /tests/lib/fs.sh
+ktap_header 6
+
+T1="the revocation is applied and its acknowledgement withheld (fault_no_ack)"
+T2="the host cuts the VM off once the acknowledgement deadline passed"
+T3="told so, the guest drops every pool mapping it had (revocations rise again)"
+T4="processes mapping the revoked file keep reading correct bytes (shared and private)"
+T5="every file read after the cut-off is identical to lower"
+T6="nothing comes from the pool after the cut-off"
+skip_from() {
+    n=$1
+    while [ "$n" -le 6 ]; do eval "t=\$T$n"; ktap_skip "$t" "$2"; n=$((n + 1)); done
+    ktap_finish; exit $?
+}
+fs_load 2>/dev/null
+KNOB=/sys/module/vmdedup/parameters/fault_no_ack
+[ -w "$KNOB" ] || skip_from 1 "the module has no fault_no_ack parameter"
+[ "${FS_REVOKE_HOST:-0}" = 1 ] || skip_from 1 "no host evicting on request (run with FS_REVOKE_HOST=1 and --host-cmd tests/host/evict-on-marker)"
+command -v vmdedup-guest > /dev/null 2>&1 || skip_from 1 "no vmdedup-guest in the guest"
+M=$(awk '$3 == "vmdedupfs" && $4 ~ /nsid=/ { print $2; exit }' /proc/mounts)
+[ -n "$M" ] || skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
+NS=${M##*/}
+L=$(awk -v m="$M" '$2 == m { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] ~ /^lower=/) print substr(o[i], 7) }' /proc/mounts)
+WATCH=$(command -v mmapwatch || true)
+[ -n "$WATCH" ] || skip_from 1 "no mmapwatch helper in the guest"
+REL=$(cd "$M" && find . -type f -size +64k -size -1024k 2>/dev/null | grep -v '[^A-Za-z0-9._/+-]' | sort | sed -n 2p)
+REL=${REL#./}
+[ -n "$REL" ] || skip_from 1 "no second file of 64 KiB to 1 MiB under $M"
+pool_served "$M/$REL" > /dev/null 2>&1 || skip_from 1 "the agent never served $REL from the pool"
+# A few more files held, so the cut-off has more than one map to drop.
+(cd "$M" && find usr/share -type f | sort | head -n 20 | while IFS= read -r f; do cat "$f"; done) > /dev/null 2>&1
+sleep 1
+(cd "$M" && find usr/share -type f | sort | head -n 20 | while IFS= read -r f; do cat "$f"; done) > /dev/null 2>&1
+ktap_diag "file: $REL; held now: $(vmdedup-guest status 2>/dev/null | grep -o 'maps_held [0-9]*')"
+
+rm -f /tmp/cutoff.stop
+"$WATCH" "$M/$REL" "$L/$REL" /tmp/cutoff.stop 300 > /tmp/cutoff.shared 2>&1 &
+w1=$!
+"$WATCH" "$M/$REL" "$L/$REL" /tmp/cutoff.stop 300 private > /tmp/cutoff.private 2>&1 &
+w2=$!
+for _ in $(seq 1 300); do
+    grep -q 'mmapwatch: mapped' /tmp/cutoff.shared 2>/dev/null && grep -q 'mmapwatch: mapped' /tmp/cutoff.private 2>/dev/null && break
+    sleep 0.1
+done
+rv0=$(stat_of revocations); ack0=$(stat_of acks_sent); wh0=$(stat_of acks_withheld); ff0=$(stat_of faults_failed)
+echo 1 > "$KNOB"
+echo "# fs_revoke: evict cutoff-${VMDEDUP_GUEST:-vm}-$$ $NS $REL"
+for _ in $(seq 1 300); do
+    [ "$(stat_of acks_withheld)" -gt "$wh0" ] && break
+    sleep 0.1
+done
+withheld() {
+    [ "$(stat_of revocations)" -gt "$rv0" ] && [ "$(stat_of acks_withheld)" -gt "$wh0" ] && [ "$(stat_of acks_sent)" = "$ack0" ] ||
+        { echo "revocations $rv0 -> $(stat_of revocations), acks_withheld $wh0 -> $(stat_of acks_withheld), acks_sent $ack0 -> $(stat_of acks_sent)"; return 1; }
+}
+ktap_check "$T1" withheld
+rv1=$(stat_of revocations)
+cut() {
+    for _ in $(seq 1 150); do
+        vmdedup-guest status > /tmp/cutoff.status 2>&1 && grep -q 'CUT OFF' /tmp/cutoff.status && return 0
+        sleep 0.2
+    done
+    grep -A1 '^  vm ' /tmp/cutoff.status
+    return 1
+}
+ktap_check "$T2" cut
+for _ in $(seq 1 50); do
+    [ "$(stat_of revocations)" -gt "$rv1" ] && break
+    sleep 0.1
+done
+told() { [ "$(stat_of revocations)" -gt "$rv1" ] || { echo "revocations $rv1 -> $(stat_of revocations)"; return 1; }; }
+ktap_check "$T3" told
+sleep 1
+touch /tmp/cutoff.stop
+wait "$w1"; r1=$?
+wait "$w2"; r2=$?
+ktap_diag "mmapwatch shared (status $r1): $(tr '\n' ' ' < /tmp/cutoff.shared)"
+ktap_diag "mmapwatch private (status $r2): $(tr '\n' ' ' < /tmp/cutoff.private)"
+kept() { [ "$r1" = 0 ] && [ "$r2" = 0 ] && grep -q 'all equal' /tmp/cutoff.shared && grep -q 'all equal' /tmp/cutoff.private && [ "$(stat_of faults_failed)" = "$ff0" ]; }
+ktap_check "$T4" kept
+p0=$(stat_of pages_pool); f0=$(stat_of faults_pool)
+ktap_check "$T5" same_tree "$M" "$L"
+nopool() { [ "$(stat_of pages_pool)" = "$p0" ] && [ "$(stat_of faults_pool)" = "$f0" ] || { echo "pages_pool $p0 -> $(stat_of pages_pool), faults_pool $f0 -> $(stat_of faults_pool)"; return 1; }; }
+ktap_check "$T6" nopool
+echo 0 > "$KNOB"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_finish

@@ -277,6 +277,53 @@ fn events_reach_the_guest_in_order_and_overflow_is_flagged() {
 }
 
 #[test]
+fn every_loss_of_events_is_told_with_a_notice_not_only_the_sticky_flag() {
+    let sizes = RingSizes {
+        sq_entries: 16,
+        cq_entries: 16,
+        eq_entries: 8,
+        path_slots: 0,
+    };
+    let (mut host, mut guest) = ring_pair(64 << 10, Some(sizes), 0, 1);
+    let shared = Arc::clone(host.shared());
+    let max = vmdedup_host_agent::ring::host::MAX_PENDING_EVENTS as u64;
+    for round in 0..2u64 {
+        // The guest reaps nothing meanwhile: the queue fills, events are lost.
+        let mut refused = 0;
+        for i in 0..max + u64::from(sizes.eq_entries) + 5 {
+            let ev = EventEntry {
+                kind: EVENT_REVOKE,
+                file_map_id: round * 100_000 + i,
+                ..Default::default()
+            };
+            if !shared.post_event(ev) {
+                refused += 1;
+            }
+            host.poll_round(&echo, 4);
+        }
+        assert!(refused > 0, "round {round}: nothing was lost");
+        // Draining: the notice comes first, once, then the queued events.
+        let mut notices = 0;
+        let mut first = None;
+        for _ in 0..(max as usize + 64) {
+            host.poll_round(&echo, 4);
+            guest.reap_events(|e| {
+                first.get_or_insert((e.kind, e.notice));
+                if e.kind == EVENT_NOTICE && e.notice == NOTICE_EVENTS_LOST {
+                    notices += 1;
+                }
+            });
+        }
+        assert_eq!(notices, 1, "round {round}: one notice per loss");
+        assert!(
+            matches!(first, Some((k, _)) if k == EVENT_REVOKE),
+            "round {round}: events already in the ring come before the notice"
+        );
+    }
+    assert_ne!(guest.host_flags() & HOST_FLAG_EVENTS_LOST, 0);
+}
+
+#[test]
 fn a_closed_ring_sends_its_last_events_before_it_is_dropped() {
     // What the agent does on shutdown and on a cut-off: post a notice, close.
     let (host, mut guest) = ring_pair(64 << 10, None, 0, 1);

@@ -309,7 +309,9 @@ pub const FEATURES_KNOWN: u64 =
 /// the doorbell after publishing work.
 pub const HOST_FLAG_NEED_WAKEUP: u32 = 1 << 0;
 /// `host_flags` bit: the host had to drop events because the event ring stayed
-/// full; the guest must treat every file map as revoked.
+/// full; the guest must treat every file map as revoked. Sticky (never
+/// cleared while the ring lives), so every loss, the first included, is also
+/// told with a [`NOTICE_EVENTS_LOST`] event ahead of the queued ones.
 pub const HOST_FLAG_EVENTS_LOST: u32 = 1 << 1;
 /// `host_flags` bit: the host is shutting down; new hints are answered with
 /// [`AnswerStatus::HostRestarting`].
@@ -1305,7 +1307,8 @@ pub const EVENT_NOTICE: u16 = 2;
 
 /// Notice: the host is restarting; the generation will change.
 pub const NOTICE_HOST_RESTARTING: u32 = 1;
-/// Notice: events were lost (see [`HOST_FLAG_EVENTS_LOST`]); revoke everything.
+/// Notice: events were lost (see [`HOST_FLAG_EVENTS_LOST`]), or this VM was
+/// cut off; revoke everything.
 pub const NOTICE_EVENTS_LOST: u32 = 2;
 /// Notice: the pool is under pressure; the guest should release what it can.
 pub const NOTICE_POOL_PRESSURE: u32 = 3;

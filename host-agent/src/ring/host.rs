@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use vmdedup_protocol::abi::{
     check_path, prefix_off, ring_off, AnswerStatus, CompletionEntry, EventEntry, RingLayout,
-    RingSizes, SubmissionEntry, ANSWER_FLAG_MAP_OP, CQE_SIZE, EQE_SIZE, HOST_FLAG_EVENTS_LOST,
-    HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, OP_ACK_REVOKE, OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC,
-    RING_VERSION, SQE_INLINE_PATH_OFF,
+    RingSizes, SubmissionEntry, ANSWER_FLAG_MAP_OP, CQE_SIZE, EQE_SIZE, EVENT_NOTICE,
+    HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, NOTICE_EVENTS_LOST, OP_ACK_REVOKE,
+    OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::spsc::{self, Consumer, Producer};
 
@@ -424,7 +424,19 @@ impl HostRing {
         let shared = Arc::clone(&self.shared);
         let mut q = shared.events.lock().unwrap_or_else(|e| e.into_inner());
         if shared.events_lost.swap(false, Ordering::Relaxed) {
+            // The flag is sticky: a guest applies it once per connection. So
+            // every loss is also said with a notice, first in line (one at
+            // most: the queue stays within MAX_PENDING_EVENTS + 1), which the
+            // guest applies each time it reads one.
             word!(self.host_flags).fetch_or(HOST_FLAG_EVENTS_LOST, Ordering::Release);
+            let lost = |e: &EventEntry| e.kind == EVENT_NOTICE && e.notice == NOTICE_EVENTS_LOST;
+            if !q.front().is_some_and(lost) {
+                q.push_front(EventEntry {
+                    kind: EVENT_NOTICE,
+                    notice: NOTICE_EVENTS_LOST,
+                    ..EventEntry::default()
+                });
+            }
         }
         let want = q.len().min(self.layout.eq.entries as usize) as u32;
         let free = match self.eq.free(word!(self.eq_head), want) {

@@ -137,6 +137,8 @@ struct Inner {
     ring_paths: Mutex<BTreeMap<VmId, PathBuf>>,
     /// Rings created while no poller runs yet (quarantine after a take-over).
     pending: Mutex<Vec<HostRing>>,
+    /// Rings started over by [`Agent::reinstate_vm`] (for their generations).
+    reinstated: std::sync::atomic::AtomicU64,
 }
 
 /// The running agent. Cheap to clone.
@@ -278,6 +280,7 @@ impl Agent {
                 rings,
                 ring_paths: Mutex::new(BTreeMap::new()),
                 pending: Mutex::new(Vec::new()),
+                reinstated: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         for vm in &config.vms {
@@ -367,6 +370,17 @@ impl Agent {
                 return Err(e);
             }
         };
+        let poller = self.install_ring(id, ring)?;
+        if let Ok(mut p) = self.inner.ring_paths.lock() {
+            p.insert(id, path.clone());
+        }
+        tracing::info!(vm = name, id, domain, ring = %path.display(), ?poller, "VM added");
+        Ok(path)
+    }
+
+    /// Hands a new ring to a poller (or keeps it until the pollers start)
+    /// and makes it the one events for VM `id` go to. Returns the poller.
+    fn install_ring(&self, id: VmId, ring: HostRing) -> Result<Option<usize>, AgentError> {
         let shared = Arc::clone(ring.shared());
         let pollers = self
             .inner
@@ -387,11 +401,75 @@ impl Agent {
         if let Ok(mut m) = self.inner.rings.lock() {
             m.insert(id, shared);
         }
-        if let Ok(mut p) = self.inner.ring_paths.lock() {
-            p.insert(id, path.clone());
+        Ok(poller)
+    }
+
+    /// Serves a cut-off VM again. Its ring region starts over: a new ring is
+    /// written into it with a new generation, so the guest drops what it
+    /// still had and reconnects, then the VM may hold maps again. Returns
+    /// whether it was cut off (false: nothing to do). Fails while the poller
+    /// still holds the closed ring (it drops it within a round: try again).
+    pub fn reinstate_vm(&self, name: &str) -> Result<bool, AgentError> {
+        let svc = &self.inner.service;
+        let id = svc
+            .vm_id(name)
+            .ok_or_else(|| AgentError::Config(format!("no VM called {name:?}")))?;
+        if !svc.is_cut_off(id) {
+            return Ok(false);
         }
-        tracing::info!(vm = name, id, domain, ring = %path.display(), ?poller, "VM added");
-        Ok(path)
+        let old = self
+            .inner
+            .rings
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).cloned());
+        // Ours and the map's: the poller let go of the closed ring.
+        if old
+            .as_ref()
+            .is_some_and(|r| !r.is_closed() || Arc::strong_count(r) > 2)
+        {
+            return Err(AgentError::Config(format!(
+                "VM {name:?}: its old ring is still being closed; try again"
+            )));
+        }
+        drop(old);
+        let path = self
+            .inner
+            .ring_paths
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&id).cloned())
+            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))?;
+        let generation = self.next_ring_generation();
+        let ring_err = |source| AgentError::Ring {
+            path: path.clone(),
+            source,
+        };
+        let map = SharedMapping::open(&path).map_err(ring_err)?;
+        let ring =
+            HostRing::create(map, RingConfig::new(RingId(id), generation)).map_err(ring_err)?;
+        let poller = self.install_ring(id, ring)?;
+        svc.reinstate_vm(id);
+        tracing::info!(
+            vm = name,
+            id,
+            generation,
+            ?poller,
+            "VM reinstated: its ring starts over"
+        );
+        Ok(true)
+    }
+
+    /// A ring generation no ring of this agent had: the agent's own plus the
+    /// number of rings restarted so far (restarts of the agent take a new
+    /// base from the clock, far from these).
+    fn next_ring_generation(&self) -> u64 {
+        let n = self
+            .inner
+            .reinstated
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.inner.opts.generation.wrapping_add(n)
     }
 
     /// Stops the pollers and loader threads. Ring region files stay (the VMs

@@ -242,6 +242,20 @@ enum VmCommand {
         #[arg(long, default_value = "default")]
         domain: String,
     },
+    /// Serve a VM that was cut off again.
+    ///
+    /// A VM is cut off when it does not acknowledge a revocation in time. Its
+    /// ring starts over with a new generation: the guest drops whatever it
+    /// still mapped from the pool and reconnects. Does nothing for a VM that
+    /// is not cut off.
+    ///
+    /// Example: vmdedup vm reinstate vm3
+    Reinstate {
+        #[command(flatten)]
+        control: ControlArg,
+        /// VM name.
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -394,10 +408,16 @@ fn serve(
         .enable_all()
         .build()?;
     let hook_agent = agent.clone();
+    let reinstate_agent = agent.clone();
     let ctx = Arc::new(ControlContext {
         service: agent.service().clone(),
         vm_add: Some(Box::new(move |name: &str, domain: &str| {
             hook_agent.add_vm(name, domain).map_err(|e| e.to_string())
+        })),
+        vm_reinstate: Some(Box::new(move |name: &str| {
+            reinstate_agent
+                .reinstate_vm(name)
+                .map_err(|e| e.to_string())
         })),
     });
     let socket = cfg.control_socket.clone();
@@ -595,6 +615,26 @@ fn run() -> anyhow::Result<()> {
             match rpc(&control.control, &req)? {
                 Response::VmAdded { name, ring_path } => {
                     println!("{}: ring region {}", name.as_str(), ring_path.as_str())
+                }
+                _ => bail!("unexpected answer"),
+            }
+        }
+        Command::Vm(VmCommand::Reinstate { control, name }) => {
+            let req = Request::VmReinstate {
+                name: bounded(&name, "VM name too long")?,
+            };
+            match rpc(&control.control, &req)? {
+                Response::VmReinstated {
+                    name,
+                    was_cut_off: true,
+                } => {
+                    println!("{}: reinstated; its ring starts over", name.as_str())
+                }
+                Response::VmReinstated {
+                    name,
+                    was_cut_off: false,
+                } => {
+                    println!("{}: not cut off; nothing to do", name.as_str())
                 }
                 _ => bail!("unexpected answer"),
             }

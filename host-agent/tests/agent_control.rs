@@ -61,11 +61,22 @@ fn start(tag: &str) -> Agent {
     );
     svc.add_vm(1, "vm1", "default").unwrap();
     let svc2 = svc.clone();
+    let svc3 = svc.clone();
     let ctx = Arc::new(ControlContext {
         service: svc,
         vm_add: Some(Box::new(move |name: &str, domain: &str| {
             svc2.add_vm(100, name, domain).map_err(|e| e.to_string())?;
             Ok(PathBuf::from(format!("/dev/shm/vmdedup-{name}.ring")))
+        })),
+        // The ring part is the agent's (tests/agent_reinstate.rs); here the
+        // request's way through the control channel.
+        vm_reinstate: Some(Box::new(move |name: &str| {
+            let id = svc3
+                .vm_id(name)
+                .ok_or_else(|| format!("no VM called {name:?}"))?;
+            let was = svc3.is_cut_off(id);
+            svc3.reinstate_vm(id);
+            Ok(was)
         })),
     });
     let host = dir.join("control.sock");
@@ -181,7 +192,30 @@ fn agent_control_host_and_vm_views() {
         ),
         "{r:?}"
     );
-    // The VM sees itself only, its namespaces only, and may not evict or add VMs.
+    // VM reinstate from the host: a VM that is not cut off, an unknown one.
+    let r = control::request(&a.host, &Request::VmReinstate { name: name("vm1") }).unwrap();
+    assert!(
+        matches!(r, Response::VmReinstated { ref name, was_cut_off: false } if name.as_str() == "vm1"),
+        "{r:?}"
+    );
+    let r = control::request(
+        &a.host,
+        &Request::VmReinstate {
+            name: name("nobody"),
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // The VM sees itself only, its namespaces only, and may not evict, add or reinstate VMs.
     match control::request(&a.vm1, &Request::Vms).unwrap() {
         Response::Vms(v) => {
             assert_eq!(v.len(), 1);
@@ -205,6 +239,7 @@ fn agent_control_host_and_vm_views() {
             name: name("evil"),
             domain: name("other"),
         },
+        Request::VmReinstate { name: name("vm1") },
     ] {
         let r = control::request(&a.vm1, &denied).unwrap();
         assert!(

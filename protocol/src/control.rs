@@ -87,6 +87,13 @@ pub enum Request {
         /// Trust domain of the VM; empty for `default`.
         domain: Name,
     },
+    /// Serve a cut-off VM again: its ring starts over with a new generation
+    /// ([`Response::VmReinstated`]). Host CLI only. (Appended last: variant
+    /// indices are the wire format.)
+    VmReinstate {
+        /// Name of the VM.
+        name: Name,
+    },
 }
 
 /// Why a hint was answered with a miss. Also the keys of [`MissCounts`].
@@ -315,6 +322,14 @@ pub enum Response {
         code: ErrorCode,
         /// Human-readable detail.
         message: String<MAX_MESSAGE>,
+    },
+    /// Answer to [`Request::VmReinstate`]. (Appended last: variant indices
+    /// are the wire format.)
+    VmReinstated {
+        /// Name of the VM.
+        name: Name,
+        /// Whether it was cut off (false: it was served already, nothing done).
+        was_cut_off: bool,
     },
 }
 

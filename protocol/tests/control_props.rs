@@ -26,6 +26,7 @@ fn request() -> impl Strategy<Value = Request> {
         (name(), path()).prop_map(|(ns, path)| Request::Warm { ns, path }),
         (name(), path()).prop_map(|(ns, path)| Request::Evict { ns, path }),
         (name(), name()).prop_map(|(name, domain)| Request::VmAdd { name, domain }),
+        name().prop_map(|name| Request::VmReinstate { name }),
     ]
 }
 

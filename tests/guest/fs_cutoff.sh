@@ -7,14 +7,15 @@
 # cuts the VM off: it drops what the VM held, tells it to revoke everything
 # and closes its ring. The guest drops every pool mapping, the processes that
 # map the file keep reading correct bytes, and every read is right and comes
-# from lower from then on.
+# from lower from then on. Then the host reinstates the VM: its ring starts
+# over with a new generation, the guest reconnects and is served again.
 #
 # Needs what fs_revoke needs (a served /shared/NAME mount, mmapwatch, a host
 # evicting on request: FS_REVOKE_HOST=1) and vmdedup-guest to see the host's
-# view. Leaves the VM cut off: run it last in its boot.
+# view. Run it last in its boot.
 . /tests/lib/ktap.sh
 . /tests/lib/fs.sh
-ktap_header 6
+ktap_header 8
 
 T1="the revocation is applied and its acknowledgement withheld (fault_no_ack)"
 T2="the host cuts the VM off once the acknowledgement deadline passed"
@@ -22,9 +23,11 @@ T3="told so, the guest drops every pool mapping it had (revocations rise again)"
 T4="processes mapping the revoked file keep reading correct bytes (shared and private)"
 T5="every file read after the cut-off is identical to lower"
 T6="nothing comes from the pool after the cut-off"
+T7="reinstated by the host (vmdedup vm reinstate), the guest sees its ring start over"
+T8="after the reinstatement files are served from the pool again, every byte right"
 skip_from() {
     n=$1
-    while [ "$n" -le 6 ]; do eval "t=\$T$n"; ktap_skip "$t" "$2"; n=$((n + 1)); done
+    while [ "$n" -le 8 ]; do eval "t=\$T$n"; ktap_skip "$t" "$2"; n=$((n + 1)); done
     ktap_finish; exit $?
 }
 fs_load 2>/dev/null
@@ -98,5 +101,22 @@ ktap_check "$T5" same_tree "$M" "$L"
 nopool() { [ "$(stat_of pages_pool)" = "$p0" ] && [ "$(stat_of faults_pool)" = "$f0" ] || { echo "pages_pool $p0 -> $(stat_of pages_pool), faults_pool $f0 -> $(stat_of faults_pool)"; return 1; }; }
 ktap_check "$T6" nopool
 echo 0 > "$KNOB"
+g0=$(stat_of generation_changes)
+echo "# fs_revoke: reinstate reinstate-${VMDEDUP_GUEST:-vm}-$$ ${VMDEDUP_GUEST:-vm1}"
+restarted() {
+    for _ in $(seq 1 150); do
+        [ "$(stat_of generation_changes)" -gt "$g0" ] && vmdedup-guest status > /tmp/cutoff.status 2>&1 &&
+            ! grep -q 'CUT OFF' /tmp/cutoff.status && return 0
+        sleep 0.2
+    done
+    echo "generation_changes $g0 -> $(stat_of generation_changes)"; grep -A1 '^  vm ' /tmp/cutoff.status
+    return 1
+}
+ktap_check "$T7" restarted
+served_again() {
+    pool_served "$M/$REL" || return 1
+    same_tree "$M" "$L"
+}
+ktap_check "$T8" served_again
 ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
 ktap_finish

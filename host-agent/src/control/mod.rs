@@ -47,12 +47,18 @@ pub enum Caller {
 /// by the binary (the ring layout is the ring layer's).
 pub type VmAddHook = dyn Fn(&str, &str) -> Result<PathBuf, String> + Send + Sync;
 
+/// Starts a cut-off VM's ring over and serves it again; returns whether it
+/// was cut off. Given by the binary (it owns the rings).
+pub type VmReinstateHook = dyn Fn(&str) -> Result<bool, String> + Send + Sync;
+
 /// What requests act on.
 pub struct ControlContext {
     /// The service.
     pub service: HintService,
     /// `vm add`; `None`: refused.
     pub vm_add: Option<Box<VmAddHook>>,
+    /// `vm reinstate`; `None`: refused.
+    pub vm_reinstate: Option<Box<VmReinstateHook>>,
 }
 
 impl std::fmt::Debug for ControlContext {
@@ -129,6 +135,18 @@ pub fn handle_request(ctx: &ControlContext, caller: Caller, req: Request) -> Res
                     ring_path: bounded_str(&ring.display().to_string()),
                 },
                 Err(e) => Response::error(ErrorCode::Exists, &e),
+            }
+        }
+        Request::VmReinstate { name } => {
+            if vm.is_some() {
+                return Response::error(ErrorCode::Denied, "vm reinstate is for the host only");
+            }
+            let Some(hook) = &ctx.vm_reinstate else {
+                return Response::error(ErrorCode::Denied, "vm reinstate is not enabled");
+            };
+            match hook(&name) {
+                Ok(was_cut_off) => Response::VmReinstated { name, was_cut_off },
+                Err(e) => Response::error(ErrorCode::NotFound, &e),
             }
         }
     }

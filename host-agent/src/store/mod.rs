@@ -341,6 +341,11 @@ impl PageStore {
         }
     }
 
+    /// Whether `vm` is cut off.
+    pub fn is_cut_off(&self, vm: VmId) -> bool {
+        self.vms.get(&vm).is_some_and(|v| v.cut_off)
+    }
+
     /// The live map of a file version, if loaded.
     pub fn lookup(&self, key: &FileKey) -> Option<MapId> {
         self.by_key.get(key).copied()

@@ -254,6 +254,11 @@ impl HintService {
         self.with_store(|s| s.reinstate_vm(id));
     }
 
+    /// Whether VM `id` is cut off.
+    pub fn is_cut_off(&self, id: VmId) -> bool {
+        lock(&self.shared.store).is_cut_off(id)
+    }
+
     fn with_store<R>(&self, f: impl FnOnce(&mut PageStore) -> R) -> R {
         let (r, events) = {
             let mut s = lock(&self.shared.store);

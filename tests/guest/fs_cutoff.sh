@@ -35,10 +35,8 @@ KNOB=/sys/module/vmdedup/parameters/fault_no_ack
 [ -w "$KNOB" ] || skip_from 1 "the module has no fault_no_ack parameter"
 [ "${FS_REVOKE_HOST:-0}" = 1 ] || skip_from 1 "no host evicting on request (run with FS_REVOKE_HOST=1 and --host-cmd tests/host/evict-on-marker)"
 command -v vmdedup-guest > /dev/null 2>&1 || skip_from 1 "no vmdedup-guest in the guest"
-M=$(awk '$3 == "vmdedupfs" && $4 ~ /nsid=/ { print $2; exit }' /proc/mounts)
-[ -n "$M" ] || skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
+served_mount || skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
 NS=${M##*/}
-L=$(awk -v m="$M" '$2 == m { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] ~ /^lower=/) print substr(o[i], 7) }' /proc/mounts)
 WATCH=$(command -v mmapwatch || true)
 [ -n "$WATCH" ] || skip_from 1 "no mmapwatch helper in the guest"
 REL=$(cd "$M" && find . -type f -size +64k -size -1024k 2>/dev/null | grep -v '[^A-Za-z0-9._/+-]' | sort | sed -n 2p)
@@ -52,14 +50,7 @@ sleep 1
 ktap_diag "file: $REL; held now: $(vmdedup-guest status 2>/dev/null | grep -o 'maps_held [0-9]*')"
 
 rm -f /tmp/cutoff.stop
-"$WATCH" "$M/$REL" "$L/$REL" /tmp/cutoff.stop 300 > /tmp/cutoff.shared 2>&1 &
-w1=$!
-"$WATCH" "$M/$REL" "$L/$REL" /tmp/cutoff.stop 300 private > /tmp/cutoff.private 2>&1 &
-w2=$!
-for _ in $(seq 1 300); do
-    grep -q 'mmapwatch: mapped' /tmp/cutoff.shared 2>/dev/null && grep -q 'mmapwatch: mapped' /tmp/cutoff.private 2>/dev/null && break
-    sleep 0.1
-done
+watch_both "$M/$REL" "$L/$REL" /tmp/cutoff.stop /tmp/cutoff 300
 rv0=$(stat_of revocations); ack0=$(stat_of acks_sent); wh0=$(stat_of acks_withheld); ff0=$(stat_of faults_failed)
 echo 1 > "$KNOB"
 echo "# fs_revoke: evict cutoff-${VMDEDUP_GUEST:-vm}-$$ $NS $REL"
@@ -90,8 +81,8 @@ told() { [ "$(stat_of revocations)" -gt "$rv1" ] || { echo "revocations $rv1 -> 
 ktap_check "$T3" told
 sleep 1
 touch /tmp/cutoff.stop
-wait "$w1"; r1=$?
-wait "$w2"; r2=$?
+wait "$W1"; r1=$?
+wait "$W2"; r2=$?
 ktap_diag "mmapwatch shared (status $r1): $(tr '\n' ' ' < /tmp/cutoff.shared)"
 ktap_diag "mmapwatch private (status $r2): $(tr '\n' ' ' < /tmp/cutoff.private)"
 kept() { [ "$r1" = 0 ] && [ "$r2" = 0 ] && grep -q 'all equal' /tmp/cutoff.shared && grep -q 'all equal' /tmp/cutoff.private && [ "$(stat_of faults_failed)" = "$ff0" ]; }

@@ -33,9 +33,7 @@ skip_all() {
 }
 [ "${PRESSURE:-0}" = 1 ] || skip_all "no agent with a small budget (tests/run --suite pressure)"
 fs_load 2>/dev/null
-M=$(awk '$3 == "vmdedupfs" && $4 ~ /nsid=/ { print $2; exit }' /proc/mounts)
-[ -n "$M" ] || skip_all "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
-L=$(awk -v m="$M" '$2 == m { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] ~ /^lower=/) print substr(o[i], 7) }' /proc/mounts)
+served_mount || skip_all "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
 WATCH=$(command -v mmapwatch || true)
 [ -n "$WATCH" ] || skip_all "no mmapwatch helper in the guest (tests/guest/tools/mmapwatch.c, built static)"
 REL=$(cd "$M" && find . -type f -size +64k -size -1024k 2>/dev/null | grep -v '[^A-Za-z0-9._/+-]' | sort | head -n 1)
@@ -50,14 +48,7 @@ s0 mm0 mmap_pool; s0 mp0 mmap_pool_private; s0 fl0 faults_lower; s0 ff0 faults_f
 s0 rv0 revocations; s0 ack0 acks_sent; s0 ml0 answers_miss_loading; s0 pl0 pages_lower
 s0 vm0 verify_mismatches
 rm -f /tmp/pressure.stop
-"$WATCH" "$F" "$L/$REL" /tmp/pressure.stop 900 > /tmp/pressure.shared 2>&1 &
-w1=$!
-"$WATCH" "$F" "$L/$REL" /tmp/pressure.stop 900 private > /tmp/pressure.private 2>&1 &
-w2=$!
-for _ in $(seq 1 300); do
-    grep -q 'mmapwatch: mapped' /tmp/pressure.shared 2>/dev/null && grep -q 'mmapwatch: mapped' /tmp/pressure.private 2>/dev/null && break
-    sleep 0.1
-done
+watch_both "$F" "$L/$REL" /tmp/pressure.stop /tmp/pressure 900
 pooled() {
     [ "$(stat_of mmap_pool)" -ge $((mm0 + 2)) ] && [ "$(stat_of mmap_pool_private)" -gt "$mp0" ] &&
         grep -q 'mmapwatch: mapped' /tmp/pressure.shared && grep -q 'mmapwatch: mapped' /tmp/pressure.private ||
@@ -114,8 +105,8 @@ sleep 2
 faulted() { [ "$(stat_of faults_lower)" -gt "$fl0" ] || { echo "faults_lower $fl0 -> $(stat_of faults_lower): $REL was not revoked while mapped"; return 1; }; }
 ktap_check "$T5" faulted
 touch /tmp/pressure.stop
-wait "$w1"; r1=$?
-wait "$w2"; r2=$?
+wait "$W1"; r1=$?
+wait "$W2"; r2=$?
 ktap_diag "mmapwatch shared (status $r1): $(tr '\n' ' ' < /tmp/pressure.shared)"
 ktap_diag "mmapwatch private (status $r2): $(tr '\n' ' ' < /tmp/pressure.private)"
 kept() { [ "$r1" = 0 ] && [ "$r2" = 0 ] && grep -q 'all equal' /tmp/pressure.shared && grep -q 'all equal' /tmp/pressure.private; }

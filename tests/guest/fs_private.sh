@@ -24,9 +24,7 @@ skip_all() {
 }
 
 fs_load 2>/dev/null
-M=$(awk '$3 == "vmdedupfs" && $4 ~ /nsid=/ { print $2; exit }' /proc/mounts)
-[ -n "$M" ] || skip_all "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
-L=$(awk -v m="$M" '$2 == m { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] ~ /^lower=/) print substr(o[i], 7) }' /proc/mounts)
+served_mount || skip_all "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
 ld=$M/lib64/ld-linux-x86-64.so.2
 libs=$M/lib/x86_64-linux-gnu
 [ -x "$ld" ] && [ -d "$libs" ] || skip_all "the tree under $M has no loader and libraries (scripts/make-test-tree builds one)"

@@ -34,11 +34,9 @@ skip_from() { # N REASON: skip test points N..10
 }
 
 fs_load 2>/dev/null
-line=$(awk '$3 == "vmdedupfs" && $4 ~ /nsid=/ { print $2; exit }' /proc/mounts)
-[ -n "$line" ] || skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
-MNT=$line
+served_mount || skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
+MNT=$M LOWER=$L
 NS=${MNT##*/}
-LOWER=$(awk -v m="$MNT" '$2 == m { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] ~ /^lower=/) print substr(o[i], 7) }' /proc/mounts)
 WATCH=$(command -v mmapwatch || true)
 [ -x /tests/tools/mmapwatch ] && WATCH=/tests/tools/mmapwatch
 [ -n "$WATCH" ] || skip_from 1 "no mmapwatch helper in the guest (build tests/guest/tools/mmapwatch.c static, --add it as /tests/tools/mmapwatch)"
@@ -55,24 +53,16 @@ pool_served "$F" >/dev/null 2>&1 || skip_from 1 "the agent never served $NS/$REL
 
 mm0=$(stat_of mmap_pool); mp0=$(stat_of mmap_pool_private); fp0=$(stat_of faults_pool); fl0=$(stat_of faults_lower)
 rv0=$(stat_of revocations); ack0=$(stat_of acks_sent); ff0=$(stat_of faults_failed)
-rm -f /tmp/fs_revoke.stop /tmp/fs_revoke.out
-"$WATCH" "$F" "$L" /tmp/fs_revoke.stop 300 > /tmp/fs_revoke.out 2>&1 &
-wpid=$!
-"$WATCH" "$F" "$L" /tmp/fs_revoke.stop 300 private > /tmp/fs_revoke.outp 2>&1 &
-ppid_=$!
-for _ in $(seq 1 300); do
-    grep -q 'mmapwatch: mapped' /tmp/fs_revoke.out 2>/dev/null && grep -q 'mmapwatch: mapped' /tmp/fs_revoke.outp 2>/dev/null && break
-    kill -0 "$wpid" 2>/dev/null && kill -0 "$ppid_" 2>/dev/null || break
-    sleep 0.1
-done
+rm -f /tmp/fs_revoke.stop
+watch_both "$F" "$L" /tmp/fs_revoke.stop /tmp/fs_revoke 300
 # Both mappings (the shared one and the private one) from pool frames.
 pooled() { [ "$(stat_of mmap_pool)" -ge $((mm0 + 2)) ] && [ "$(stat_of mmap_pool_private)" -gt "$mp0" ] && [ "$(stat_of faults_pool)" -gt "$fp0" ] || { echo "mmap_pool $mm0 -> $(stat_of mmap_pool), mmap_pool_private $mp0 -> $(stat_of mmap_pool_private), faults_pool $fp0 -> $(stat_of faults_pool)" >&2; return 1; }; }
 ktap_check "$T1" pooled
-mapped() { grep -q 'mmapwatch: mapped' /tmp/fs_revoke.out && grep -q 'mmapwatch: mapped' /tmp/fs_revoke.outp || { cat /tmp/fs_revoke.out /tmp/fs_revoke.outp >&2; return 1; }; }
+mapped() { grep -q 'mmapwatch: mapped' /tmp/fs_revoke.shared && grep -q 'mmapwatch: mapped' /tmp/fs_revoke.private || { cat /tmp/fs_revoke.shared /tmp/fs_revoke.private >&2; return 1; }; }
 ktap_check "$T2" mapped
 
 if [ "${FS_REVOKE_HOST:-0}" != 1 ]; then
-    touch /tmp/fs_revoke.stop; wait "$wpid" "$ppid_" 2>/dev/null
+    touch /tmp/fs_revoke.stop; wait "$W1" "$W2" 2>/dev/null
     skip_from 3 "no host evicting on request (run with FS_REVOKE_HOST=1 and --host-cmd tests/host/evict-on-marker)"
 fi
 
@@ -93,11 +83,11 @@ ktap_check "$T4" acked
 # Let the process go over the whole mapping again (every page faults anew).
 sleep 2
 touch /tmp/fs_revoke.stop
-wait "$wpid"; wrc=$?
-wait "$ppid_"; prc=$?
-ktap_diag "mmapwatch (status $wrc): $(tr '\n' ' ' < /tmp/fs_revoke.out)"
-ktap_diag "mmapwatch private (status $prc): $(tr '\n' ' ' < /tmp/fs_revoke.outp)"
-kept() { [ "$wrc" = 0 ] && grep -q 'all equal' /tmp/fs_revoke.out && [ "$(stat_of faults_failed)" = "$ff0" ]; }
+wait "$W1"; wrc=$?
+wait "$W2"; prc=$?
+ktap_diag "mmapwatch (status $wrc): $(tr '\n' ' ' < /tmp/fs_revoke.shared)"
+ktap_diag "mmapwatch private (status $prc): $(tr '\n' ' ' < /tmp/fs_revoke.private)"
+kept() { [ "$wrc" = 0 ] && grep -q 'all equal' /tmp/fs_revoke.shared && [ "$(stat_of faults_failed)" = "$ff0" ]; }
 ktap_check "$T5" kept
 lowered() { [ "$(stat_of faults_lower)" -gt "$fl0" ] || { echo "faults_lower $fl0 -> $(stat_of faults_lower)" >&2; return 1; }; }
 ktap_check "$T6" lowered
@@ -130,7 +120,7 @@ again() {
     [ "$(stat_of mmap_pool)" -gt "$m0" ] || { echo "mapped from lower: answers $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' ')" >&2; return 1; }
 }
 ktap_check "$T9" again
-kept_private() { [ "$prc" = 0 ] && grep -q 'all equal' /tmp/fs_revoke.outp; }
+kept_private() { [ "$prc" = 0 ] && grep -q 'all equal' /tmp/fs_revoke.private; }
 ktap_check "$T10" kept_private
 ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
 ktap_finish

@@ -51,3 +51,34 @@ pool_served() {
         [ "$_ok" = 1 ] || { echo "never served from the pool: $_pf (answers: $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' '))" >&2; return 1; }
     done
 }
+# served_mount: sets M to the first vmdedupfs mount an agent serves (nsid=)
+# and L to its lower directory; fails (M empty) when there is none.
+served_mount() {
+    M=$(awk '$3 == "vmdedupfs" && $4 ~ /nsid=/ { print $2; exit }' /proc/mounts)
+    L=$(awk -v m="$M" '$2 == m { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] ~ /^lower=/) print substr(o[i], 7) }' /proc/mounts)
+    [ -n "$M" ]
+}
+# watch_both FILE LOWER STOPFILE OUT TIMEOUT: two mmapwatch processes on FILE
+# until STOPFILE exists, a shared mapping (output in OUT.shared) and a private
+# one with pages written (OUT.private); returns once both mapped (or one
+# died). Sets W1 and W2 to their pids. Needs $WATCH (the mmapwatch path).
+watch_both() {
+    "$WATCH" "$1" "$2" "$3" "$5" > "$4.shared" 2>&1 &
+    W1=$!
+    "$WATCH" "$1" "$2" "$3" "$5" private > "$4.private" 2>&1 &
+    W2=$!
+    for _ in $(seq 1 300); do
+        grep -q 'mmapwatch: mapped' "$4.shared" 2>/dev/null && grep -q 'mmapwatch: mapped' "$4.private" 2>/dev/null && return 0
+        kill -0 "$W1" 2>/dev/null && kill -0 "$W2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+# treecheck_tree MOUNT LOWER: every file under MOUNT through odd-sized reads,
+# pread at odd offsets, a shared and a private mmap, against LOWER
+# (tests/guest/tools/treecheck.c); its summary as "# " lines. Needs $TREECHECK.
+treecheck_tree() {
+    "$TREECHECK" "$1" "$2" > /tmp/treecheck.out 2>/dev/null; _rc=$?
+    tail -n 5 /tmp/treecheck.out | sed 's/^/# /'
+    return $_rc
+}

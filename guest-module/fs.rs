@@ -525,7 +525,8 @@ impl InodeState {
         self.inner.lock().map.is_some()
     }
 
-    /// The id of the kept answer if it covers `npages` pages from `pgoff`.
+    /// The id of the kept answer if it covers page `pgoff` (where a mapping
+    /// starts; it may reach past the end of the file).
     fn covering_map(&self, pgoff: u64) -> Option<u64> {
         let s = self.inner.lock();
         s.map.as_ref().filter(|m| pgoff < m.frames.len() as u64).map(|m| m.file_map_id)

@@ -155,6 +155,17 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+/// Maps the ring region file at `path` and writes a new ring for VM `id`
+/// into it with `generation`.
+fn create_ring(path: &Path, id: VmId, generation: u64) -> Result<HostRing, AgentError> {
+    let ring_err = |source| AgentError::Ring {
+        path: path.to_path_buf(),
+        source,
+    };
+    let map = SharedMapping::open(path).map_err(ring_err)?;
+    HostRing::create(map, RingConfig::new(RingId(id), generation)).map_err(ring_err)
+}
+
 /// Creates the ring region file of `size` bytes, or reuses an existing one of
 /// that size (a VM may still have it mapped: it is never truncated).
 fn ensure_ring_file(path: &Path, size: u64) -> Result<(), AgentError> {
@@ -355,13 +366,7 @@ impl Agent {
         let path = self.inner.config.ring_path(name);
         let setup = || -> Result<HostRing, AgentError> {
             ensure_ring_file(&path, self.inner.opts.ring_size)?;
-            let ring_err = |source| AgentError::Ring {
-                path: path.clone(),
-                source,
-            };
-            let map = SharedMapping::open(&path).map_err(ring_err)?;
-            HostRing::create(map, RingConfig::new(RingId(id), self.inner.opts.generation))
-                .map_err(ring_err)
+            create_ring(&path, id, self.inner.opts.generation)
         };
         let ring = match setup() {
             Ok(r) => r,
@@ -441,13 +446,7 @@ impl Agent {
             .and_then(|p| p.get(&id).cloned())
             .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))?;
         let generation = self.next_ring_generation();
-        let ring_err = |source| AgentError::Ring {
-            path: path.clone(),
-            source,
-        };
-        let map = SharedMapping::open(&path).map_err(ring_err)?;
-        let ring =
-            HostRing::create(map, RingConfig::new(RingId(id), generation)).map_err(ring_err)?;
+        let ring = create_ring(&path, id, generation)?;
         let poller = self.install_ring(id, ring)?;
         svc.reinstate_vm(id);
         tracing::info!(

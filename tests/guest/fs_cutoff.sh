@@ -25,24 +25,19 @@ T5="every file read after the cut-off is identical to lower"
 T6="nothing comes from the pool after the cut-off"
 T7="reinstated by the host (vmdedup vm reinstate), the guest sees its ring start over"
 T8="after the reinstatement files are served from the pool again, every byte right"
-skip_from() {
-    n=$1
-    while [ "$n" -le 8 ]; do eval "t=\$T$n"; ktap_skip "$t" "$2"; n=$((n + 1)); done
-    ktap_finish; exit $?
-}
 fs_load 2>/dev/null
 KNOB=/sys/module/vmdedup/parameters/fault_no_ack
-[ -w "$KNOB" ] || skip_from 1 "the module has no fault_no_ack parameter"
-[ "${FS_REVOKE_HOST:-0}" = 1 ] || skip_from 1 "no host evicting on request (run with FS_REVOKE_HOST=1 and --host-cmd tests/host/evict-on-marker)"
-command -v vmdedup-guest > /dev/null 2>&1 || skip_from 1 "no vmdedup-guest in the guest"
-served_mount || skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
+[ -w "$KNOB" ] || ktap_skip_from 1 "the module has no fault_no_ack parameter"
+[ "${FS_REVOKE_HOST:-0}" = 1 ] || ktap_skip_from 1 "no host evicting on request (run with FS_REVOKE_HOST=1 and --host-cmd tests/host/evict-on-marker)"
+command -v vmdedup-guest > /dev/null 2>&1 || ktap_skip_from 1 "no vmdedup-guest in the guest"
+served_mount || ktap_skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
 NS=${M##*/}
 WATCH=$(command -v mmapwatch || true)
-[ -n "$WATCH" ] || skip_from 1 "no mmapwatch helper in the guest"
+[ -n "$WATCH" ] || ktap_skip_from 1 "no mmapwatch helper in the guest"
 REL=$(cd "$M" && find . -type f -size +64k -size -1024k 2>/dev/null | grep -v '[^A-Za-z0-9._/+-]' | sort | sed -n 2p)
 REL=${REL#./}
-[ -n "$REL" ] || skip_from 1 "no second file of 64 KiB to 1 MiB under $M"
-pool_served "$M/$REL" > /dev/null 2>&1 || skip_from 1 "the agent never served $REL from the pool"
+[ -n "$REL" ] || ktap_skip_from 1 "no second file of 64 KiB to 1 MiB under $M"
+pool_served "$M/$REL" > /dev/null 2>&1 || ktap_skip_from 1 "the agent never served $REL from the pool"
 # A few more files held, so the cut-off has more than one map to drop.
 (cd "$M" && find usr/share -type f | sort | head -n 20 | while IFS= read -r f; do cat "$f"; done) > /dev/null 2>&1
 sleep 1

@@ -27,20 +27,16 @@ T5="the mapped file's pages fault from lower after its revocation"
 T6="both mappings read correct bytes throughout (no SIGBUS, written private pages kept)"
 T7="no verify mismatch, no failed fault"
 T8="the host got every acknowledgement (revocations_pending 0, not cut off)"
-skip_all() {
-    for n in 1 2 3 4 5 6 7 8; do eval "t=\$T$n"; ktap_skip "$t" "$1"; done
-    ktap_finish; exit $?
-}
-[ "${PRESSURE:-0}" = 1 ] || skip_all "no agent with a small budget (tests/run --suite pressure)"
+[ "${PRESSURE:-0}" = 1 ] || ktap_skip_from 1 "no agent with a small budget (tests/run --suite pressure)"
 fs_load 2>/dev/null
-served_mount || skip_all "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
+served_mount || ktap_skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
 WATCH=$(command -v mmapwatch || true)
-[ -n "$WATCH" ] || skip_all "no mmapwatch helper in the guest (tests/guest/tools/mmapwatch.c, built static)"
+[ -n "$WATCH" ] || ktap_skip_from 1 "no mmapwatch helper in the guest (tests/guest/tools/mmapwatch.c, built static)"
 REL=$(cd "$M" && find . -type f -size +64k -size -1024k 2>/dev/null | grep -v '[^A-Za-z0-9._/+-]' | sort | head -n 1)
 REL=${REL#./}
-[ -n "$REL" ] || skip_all "no file of 64 KiB to 1 MiB under $M"
+[ -n "$REL" ] || ktap_skip_from 1 "no file of 64 KiB to 1 MiB under $M"
 F=$M/$REL
-pool_served "$F" > /dev/null 2>&1 || skip_all "the agent never served $REL from the pool"
+pool_served "$F" > /dev/null 2>&1 || ktap_skip_from 1 "the agent never served $REL from the pool"
 ktap_diag "mapped file: $F ($(stat -c %s "$F") bytes)"
 
 s0() { eval "$1=\$(stat_of $2)"; }

@@ -27,29 +27,24 @@ T7="read(2) after the revocation is identical to lower"
 T8="the host got the acknowledgement (revocations_pending 0, not cut off)"
 T9="the file is served from the pool again after the revocation"
 T10="a private mapping keeps its written pages and reads lower's bytes elsewhere across the revocation"
-skip_from() { # N REASON: skip test points N..10
-    n=$1
-    while [ "$n" -le 10 ]; do eval "t=\$T$n"; ktap_skip "$t" "$2"; n=$((n + 1)); done
-    ktap_finish; exit $?
-}
 
 fs_load 2>/dev/null
-served_mount || skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
+served_mount || ktap_skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
 MNT=$M LOWER=$L
 NS=${MNT##*/}
 WATCH=$(command -v mmapwatch || true)
 [ -x /tests/tools/mmapwatch ] && WATCH=/tests/tools/mmapwatch
-[ -n "$WATCH" ] || skip_from 1 "no mmapwatch helper in the guest (build tests/guest/tools/mmapwatch.c static, --add it as /tests/tools/mmapwatch)"
+[ -n "$WATCH" ] || ktap_skip_from 1 "no mmapwatch helper in the guest (build tests/guest/tools/mmapwatch.c static, --add it as /tests/tools/mmapwatch)"
 
 # A file of 64 KiB to 1 MiB that the host serves: re-open it until it hits
 # (the first hint is answered "loading").
 REL=$(cd "$MNT" && find . -type f -size +64k -size -1024k 2>/dev/null | grep -v '[^A-Za-z0-9._/+-]' | head -n 1)
 REL=${REL#./}
-[ -n "$REL" ] || skip_from 1 "no file of 64 KiB to 1 MiB under $MNT"
+[ -n "$REL" ] || ktap_skip_from 1 "no file of 64 KiB to 1 MiB under $MNT"
 F=$MNT/$REL
 L=$LOWER/$REL
 ktap_diag "file: $F ($(stat -c %s "$F") bytes), lower $L"
-pool_served "$F" >/dev/null 2>&1 || skip_from 1 "the agent never served $NS/$REL from the pool (answers: $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' '))"
+pool_served "$F" >/dev/null 2>&1 || ktap_skip_from 1 "the agent never served $NS/$REL from the pool (answers: $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' '))"
 
 mm0=$(stat_of mmap_pool); mp0=$(stat_of mmap_pool_private); fp0=$(stat_of faults_pool); fl0=$(stat_of faults_lower)
 rv0=$(stat_of revocations); ack0=$(stat_of acks_sent); ff0=$(stat_of faults_failed)
@@ -63,7 +58,7 @@ ktap_check "$T2" mapped
 
 if [ "${FS_REVOKE_HOST:-0}" != 1 ]; then
     touch /tmp/fs_revoke.stop; wait "$W1" "$W2" 2>/dev/null
-    skip_from 3 "no host evicting on request (run with FS_REVOKE_HOST=1 and --host-cmd tests/host/evict-on-marker)"
+    ktap_skip_from 3 "no host evicting on request (run with FS_REVOKE_HOST=1 and --host-cmd tests/host/evict-on-marker)"
 fi
 
 echo "# fs_revoke: evict ${VMDEDUP_GUEST:-vm}-$$ $NS $REL"

@@ -6,6 +6,7 @@
 #   ktap_skip DESC WHY     ok ... # SKIP WHY
 #   ktap_check DESC CMD..  ok if CMD succeeds, else not ok
 #   ktap_run DESC CMD..    ktap_check that keeps CMD's "# " lines as diagnostics
+#   ktap_skip_from N WHY   skip test points N..plan (described by $T<n>), finish, exit
 #   ktap_finish            exit 0 if nothing failed and the plan was met
 KTAP_N=0
 KTAP_PLAN=0
@@ -27,6 +28,11 @@ ktap_run() {
     desc=$1; shift
     if out=$("$@" 2>&1); then echo "$out" | grep '^# ' || true; ktap_pass "$desc"
     else ktap_fail "$desc" "$(echo "$out" | tail -n 3 | tr '\n' ' ')"; fi
+}
+ktap_skip_from() {
+    _n=$1
+    while [ "$_n" -le "$KTAP_PLAN" ]; do eval "_t=\$T$_n"; ktap_skip "$_t" "$2"; _n=$((_n + 1)); done
+    ktap_finish; exit $?
 }
 ktap_finish() {
     if [ "$KTAP_N" -ne "$KTAP_PLAN" ]; then

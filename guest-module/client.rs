@@ -21,13 +21,13 @@
 //! counted and left to the host's acknowledgement timeout. Their answers
 //! ([`ANSWER_FLAG_MAP_OP`]) are dropped.
 //!
-//! Lock order: the region table (which owns this client) before any
-//! [`FileState`](crate::fs::FileState) lock. Nothing that can run from memory
+//! Lock order: the lock around this client and the region table
+//! before any [`InodeState`] lock. Nothing that can run from memory
 //! reclaim (inode eviction) takes the region table lock: eviction only marks
 //! the file state and sets [`SWEEP_NEEDED`]; the timer does the rest.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -41,9 +41,9 @@ use crate::abi::{
     SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
 };
 use crate::ffi;
-use crate::fs::{FileMap, InodeState, MissKind};
+use crate::file::{FileMap, Ident, InodeState, MissKind, SWEEP_NEEDED};
+use crate::mapping::Mapping;
 use crate::pool::{PoolGeometry, TableRef, TableHeader, POOL_HEADER_SIZE, TABLE_HEADER_SIZE, TABLE_MAGIC};
-use crate::regions::Mapping;
 use crate::spsc::{self, Consumer, Producer, SharedU32};
 use crate::stats::{self, Counter};
 
@@ -60,11 +60,6 @@ const OPS_MAX: usize = 512;
 
 /// How long module unload waits for answers to hints still in flight.
 const SHUTDOWN_WAIT_MS: i64 = 50;
-
-/// Set when a file state let go of a map outside the client (eviction,
-/// verify mismatch, identity change, a dead table found by a read): the
-/// next timer tick releases the maps no file holds any more.
-pub(crate) static SWEEP_NEEDED: AtomicBool = AtomicBool::new(false);
 
 /// A `u32` index word in the ring region.
 ///
@@ -202,7 +197,7 @@ pub(crate) struct PoolView {
     pub(crate) geom: PoolGeometry,
 }
 
-/// The ring client state (kept inside the region table).
+/// The ring client state (kept next to the region table, under one lock).
 pub(crate) struct Client {
     conn: Option<Conn>,
     next_id: u64,
@@ -426,7 +421,7 @@ impl Client {
         ring: Option<&Mapping>,
         file: &Arc<InodeState>,
         ns_id: u32,
-        ident: &crate::fs::Ident,
+        ident: &Ident,
         path: &[u8],
     ) -> bool {
         self.expire();

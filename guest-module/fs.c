@@ -16,8 +16,9 @@
  *    page-cache page.
  *
  * Every decision (options, hints, answers, pool bounds, verification,
- * counters) is in Rust: guest-module/{fs,client,filemap}.rs, reached through
- * the functions declared just below and in guest-module/ffi.rs.
+ * which mappings may use the pool, counters) is in Rust: guest-module/fs.rs
+ * and the layers below it, reached through the vmdedup_rs_* entry points
+ * declared in glue.h (guest-module/entry.rs).
  */
 #include <linux/backing-file.h>
 #include <linux/cred.h>
@@ -40,23 +41,6 @@
 #include "glue.h"
 
 #define VMDEDUPFS_MAGIC 0x766d6464 /* "vmdd" */
-
-/* Implemented in Rust (guest-module/ffi.rs). */
-int vmdedup_rs_mount_new(const void *ctx, const char *data, char *lower, size_t lower_len, void **out);
-void vmdedup_rs_mount_free(void *mnt);
-long vmdedup_rs_mount_show(void *mnt, char *buf, size_t len);
-void *vmdedup_rs_inode_new(struct address_space *mapping);
-void vmdedup_rs_inode_free(void *ist);
-void vmdedup_rs_open(void *mnt, void *ist, const struct vmdedup_ident *id, const char *path, size_t len);
-ssize_t vmdedup_rs_read_iter(void *mnt, void *ist, struct vmdedup_io *io, loff_t pos, size_t count);
-int vmdedup_rs_mmap(void *mnt, void *ist, struct vmdedup_io *io, unsigned int kind, unsigned long pgoff,
-		    unsigned long npages, u64 *map_id);
-int vmdedup_rs_fault(void *mnt, void *ist, struct vm_fault *vmf, u64 map_id, unsigned long pgoff,
-		     bool exec, vm_fault_t *ret);
-void vmdedup_rs_fault_lower_done(vm_fault_t ret);
-
-/* Called from Rust (declared in ffi.rs). */
-vm_fault_t vmdedup_glue_insert_pfn(struct vm_fault *vmf, unsigned long pfn);
 
 struct vmdedup_sb {
 	struct path lower_root;
@@ -486,7 +470,7 @@ static vm_fault_t vmdedup_pool_fault(struct vm_fault *vmf)
 	 * A pool frame is never written through a user mapping.
 	 */
 	if (vmdedup_rs_fault(VSB(inode->i_sb)->rs, VI(inode)->rs, vmf, (u64)(uintptr_t)vma->vm_private_data,
-			     vmf->pgoff, vma->vm_flags & VM_EXEC, &ret))
+			     vmf->pgoff, vma->vm_flags, &ret))
 		return ret;
 	ret = vmdedup_fault_lower(vmf);
 	vmdedup_rs_fault_lower_done(ret);
@@ -529,37 +513,19 @@ static int vmdedup_mmap(struct file *file, struct vm_area_struct *vma)
 	struct inode *inode = file_inode(file);
 	struct backing_file_ctx ctx = { .cred = VSB(inode->i_sb)->cred, .user_file = file };
 	struct vmdedup_io io = { .lower = file->private_data, .iter = NULL };
-	/* do_mmap() clears VM_SHARED for files not open for writing; VM_MAYSHARE stays. */
-	bool shared = vma->vm_flags & VM_MAYSHARE;
-	unsigned int kind = 0;
-	u64 map_id = 0;
+	struct vmdedup_mmap_plan plan = { 0 };
 
 	/*
-	 * Which mappings may map pool frames: shared ones that can never become
-	 * writable, and every private one (code, ld.so's segments): its PTEs
-	 * are read-only and a write copies the page first (see the fault).
+	 * Rust decides from the mapping's flags and the kept answer: pool
+	 * frames or lower (fs.rs `MapKind`). A pool mapping gets the flags Rust
+	 * chose (VM_MIXEDMAP: pool frames go in as special PTEs, and after a
+	 * revocation the lower file's pages as normal ones) and remembers the
+	 * file map it was checked against.
 	 */
-	if (!shared)
-		kind = VMDEDUP_MAP_POOL_OK | VMDEDUP_MAP_PRIVATE;
-	else if (!(vma->vm_flags & (VM_WRITE | VM_MAYWRITE)))
-		kind = VMDEDUP_MAP_POOL_OK;
-	if (vma->vm_flags & VM_EXEC)
-		kind |= VMDEDUP_MAP_EXEC;
-
-	/*
-	 * Rust decides: pool frames (when the answer covers the mapping) or
-	 * lower. A pool mapping is VM_MIXEDMAP: pool frames go in as special
-	 * PTEs, and after a revocation the lower file's pages as normal ones.
-	 * It remembers the file map it was checked against. A shared one is
-	 * also VM_IO (nothing may pin it); a private one is not, so ptrace can
-	 * still break its copy-on-write (a debugger's breakpoints) and a core
-	 * dump still holds its written pages.
-	 */
-	if (vmdedup_rs_mmap(VSB(inode->i_sb)->rs, VI(inode)->rs, &io, kind, vma->vm_pgoff, vma_pages(vma),
-			    &map_id) > 0) {
-		vm_flags_set(vma, shared ? VM_MIXEDMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP
-					 : VM_MIXEDMAP | VM_DONTEXPAND);
-		vma->vm_private_data = (void *)(uintptr_t)map_id;
+	if (vmdedup_rs_mmap(VSB(inode->i_sb)->rs, VI(inode)->rs, &io, vma->vm_flags, vma->vm_pgoff, vma_pages(vma),
+			    &plan) > 0) {
+		vm_flags_set(vma, plan.set_flags);
+		vma->vm_private_data = (void *)(uintptr_t)plan.map_id;
 		vma->vm_ops = &vmdedup_pool_vm_ops;
 		file_accessed(file);
 		return 0;

@@ -1,22 +1,24 @@
 // SPDX-License-Identifier: GPL-2.0
-//! vmdedupfs decisions: mount options, per-file state (the host's answer kept
-//! with the inode), and where each read and fault is served from.
+//! The file system's decisions: mount options, when to hint, where each read,
+//! mapping and fault is served from (pool frames or the lower file), and
+//! which mappings may map pool frames at all.
 //!
-//! The VFS plumbing is in `fs.c`; it calls the entry points in [`crate::ffi`],
-//! which land here.
+//! The VFS plumbing is in `fs.c`; it calls the entry points in
+//! [`crate::entry`], which land here. Above the link and the per-file state.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::Ordering;
 
 use kernel::prelude::*;
-use kernel::sync::{Arc, Mutex};
+use kernel::sync::{Arc, ArcBorrow};
 use kernel::time::Ktime;
 
-use crate::client::SWEEP_NEEDED;
-use crate::ffi::{self, Io, MapKind};
+use crate::ffi::{self, Io, MmapPlan, VmFault, VmFlags};
+use crate::file::{Ident, InodeState};
+use crate::link::Shared;
+use crate::mapping::Mapping;
 use crate::pool::{FRAME_SIZE, TABLE_MAGIC};
 use crate::stats::{self, Counter};
-use crate::Shared;
 
 /// How much of what the pool serves is compared with the lower file.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,7 +58,13 @@ pub(crate) struct Mount {
 impl Mount {
     /// Parses `ns=NAME,nsid=N,lower=PATH[,verify=off|sample|full]`.
     pub(crate) fn parse(shared: &'static Shared, data: &[u8]) -> Result<Mount> {
-        let mut m = Mount { shared, ns_name: KVec::new(), ns_id: None, lower: KVec::new(), verify: Verify::Full };
+        let mut m = Mount {
+            shared,
+            ns_name: KVec::new(),
+            ns_id: None,
+            lower: KVec::new(),
+            verify: Verify::Full,
+        };
         let mut verify_given = false;
         for opt in data.split(|&c| c == b',').filter(|o| !o.is_empty()) {
             let (key, val) = match opt.iter().position(|&c| c == b'=') {
@@ -98,7 +106,10 @@ impl Mount {
             m.verify = Verify::from_param(ffi::param(ffi::Param::DefaultVerify));
         }
         if m.ns_id.is_none() {
-            pr_info!("vmdedupfs: ns={} without nsid=: no hints, every file from lower\n", Bytes(&m.ns_name));
+            pr_info!(
+                "vmdedupfs: ns={} without nsid=: no hints, every file from lower\n",
+                Bytes(&m.ns_name)
+            );
         }
         Ok(m)
     }
@@ -114,21 +125,28 @@ impl Mount {
         if let Some(id) = self.ns_id {
             write!(out, ",nsid={}", id)?;
         }
-        write!(out, ",lower={},verify={}", Bytes(&self.lower), self.verify.name())
+        write!(
+            out,
+            ",lower={},verify={}",
+            Bytes(&self.lower),
+            self.verify.name()
+        )
     }
 
     /// A regular file was opened: hint the host unless its answer is already
     /// kept (or known to be a miss), then poll briefly for the answer.
-    pub(crate) fn open(&self, file: &Arc<InodeState>, ident: Ident, path: &[u8]) {
+    pub(crate) fn open(&self, file: ArcBorrow<'_, InodeState>, ident: Ident, path: &[u8]) {
         let Some(ns_id) = self.ns_id else { return };
         let path = path.strip_prefix(b"/").unwrap_or(path);
         if !file.want_hint(ident) {
             return;
         }
         let deadline_ns = i64::from(ffi::param(ffi::Param::PollUs)).saturating_mul(1000);
-        let mut regions = self.shared.regions.lock();
-        let (ring, pool, client) = regions.parts();
-        if !client.submit(ring, file, ns_id, &ident, path) {
+        // The pending request keeps a reference of its own.
+        let file = Arc::from(file);
+        let mut link = self.shared.link.lock();
+        let (ring, pool, client) = link.parts();
+        if !client.submit(ring, &file, ns_id, &ident, path) {
             file.clear_pending();
             return;
         }
@@ -147,16 +165,26 @@ impl Mount {
 
     /// Serves `count` bytes at `pos`. Pool frames where the kept answer covers
     /// the page, the lower file elsewhere.
-    pub(crate) fn read(&self, file: Option<&InodeState>, io: &mut Io, pos: i64, count: usize) -> Result<isize> {
-        let Some(file) = file else { return io.read_lower(pos, count) };
+    pub(crate) fn read(
+        &self,
+        file: Option<&InodeState>,
+        io: &mut Io,
+        pos: i64,
+        count: usize,
+    ) -> Result<isize> {
+        let Some(file) = file else {
+            return io.read_lower(pos, count);
+        };
         // Take an answer that arrived after the open stopped polling.
         if file.is_pending() {
-            let mut regions = self.shared.regions.lock();
-            let (ring, pool, client) = regions.parts();
+            let mut link = self.shared.link.lock();
+            let (ring, pool, client) = link.parts();
             client.reap(ring, pool, true);
         }
         let size = file.size();
-        let Ok(upos) = u64::try_from(pos) else { return Err(EINVAL) };
+        let Ok(upos) = u64::try_from(pos) else {
+            return Err(EINVAL);
+        };
         if !file.has_map() || upos >= size {
             stats::inc(Counter::pages_lower);
             return io.read_lower(pos, count);
@@ -172,7 +200,9 @@ impl Mount {
             let page_len = (size - page * FRAME_SIZE).min(FRAME_SIZE) as usize;
             let chunk = (page_len - in_page).min(count - done);
             let served = match self.pool_page(file, page, &mut frame_buf) {
-                Some(()) => self.checked(file, io, page, page_len, &mut frame_buf, &mut lower_buf)?,
+                Some(()) => {
+                    self.checked(file, io, page, page_len, &mut frame_buf, &mut lower_buf)?
+                }
                 None => false,
             };
             let n = if served {
@@ -200,19 +230,19 @@ impl Mount {
     /// Copies page `page` of `file` out of its pool frame into `buf`, if the
     /// kept answer covers it and the table is still live around the copy.
     fn pool_page(&self, file: &InodeState, page: u64, buf: &mut [u8]) -> Option<()> {
-        let mut regions = self.shared.regions.lock();
-        // Looked up under the region lock, which revocations hold.
+        let mut link = self.shared.link.lock();
+        // Looked up under the link's lock, which revocations hold.
         let (frame, table_offset, map_id) = file.frame(page)?;
-        let (_, pool_map, client) = regions.parts();
+        let (_, pool_map, client) = link.parts();
         let pool = pool_map?;
         let view = client.pool_view(Some(pool))?;
         let off = usize::try_from(view.geom.frame_offset(frame).ok()?).ok()?;
         let toff = usize::try_from(table_offset).ok()?;
-        let live = |pool: &crate::regions::Mapping| pool.read_u64(toff) == Some(TABLE_MAGIC);
+        let live = |pool: &Mapping| pool.read_u64(toff) == Some(TABLE_MAGIC);
         if live(pool) && pool.read_bytes(off, buf) && live(pool) {
             return Some(());
         }
-        drop(regions);
+        drop(link);
         if file.drop_map(map_id) {
             stats::inc(Counter::fallbacks);
         }
@@ -233,7 +263,9 @@ impl Mount {
         let check = match self.verify {
             Verify::Off => false,
             Verify::Full => true,
-            Verify::Sample => page % SAMPLE_EVERY == 0 || !file.sampled.swap(true, Ordering::Relaxed),
+            Verify::Sample => {
+                page % SAMPLE_EVERY == 0 || !file.sampled.swap(true, Ordering::Relaxed)
+            }
         };
         if !check {
             return Ok(true);
@@ -259,39 +291,48 @@ impl Mount {
         Ok(false)
     }
 
-    /// Whether a mapping of `npages` at `pgoff` may map pool frames: shared
-    /// never-writable mappings and private ones (whose PTEs stay read-only:
-    /// a write copies the page first), when the kept answer covers the
-    /// mapping's start. A mapping may reach past the end of the file (ld.so
+    /// Whether a mapping of `npages` at `pgoff` with flags `vm_flags` may map
+    /// pool frames: shared never-writable mappings and private ones (whose
+    /// PTEs stay read-only: a write copies the page first, see
+    /// [`MapKind`]), when the kept answer covers the mapping's start. A mapping may reach past the end of the file (ld.so
     /// maps a library's whole span); those pages fault to the lower file,
     /// which answers SIGBUS as any file mapping does.
     /// The verify mode is applied here, to every page (or the sample) the
     /// mapping may fault in, so faults never serve unverified frames.
     ///
-    /// Returns the id of the file map the mapping was checked against (the
-    /// mapping then serves that map's frames and nothing else), or `None`.
+    /// Returns what fs.c makes of a pool mapping: the id of the file map
+    /// it was checked against (the mapping then serves that map's frames
+    /// and nothing else) and the flags to set; `None` for the lower file.
     pub(crate) fn mmap_from_pool(
         &self,
         file: Option<&InodeState>,
         io: &mut Io,
-        kind: MapKind,
+        vm_flags: VmFlags,
         pgoff: u64,
         npages: u64,
-    ) -> Option<u64> {
+    ) -> Option<MmapPlan> {
+        let kind = MapKind::of(vm_flags);
         let id = match file {
             Some(file) if kind.pool_ok() => file
                 .covering_map(pgoff)
                 .filter(|&id| self.verify_range(file, io, pgoff, npages) && file.uses_map(id)),
             _ => None,
         };
-        stats::inc(if id.is_some() { Counter::mmap_pool } else { Counter::mmap_lower });
+        stats::inc(if id.is_some() {
+            Counter::mmap_pool
+        } else {
+            Counter::mmap_lower
+        });
         if id.is_some() && kind.private() {
             stats::inc(Counter::mmap_pool_private);
         }
         if id.is_some() && kind.exec() {
             stats::inc(Counter::mmap_pool_exec);
         }
-        id
+        id.map(|map_id| MmapPlan {
+            map_id,
+            set_flags: kind.pool_flags(),
+        })
     }
 
     fn verify_range(&self, file: &InodeState, io: &mut Io, pgoff: u64, npages: u64) -> bool {
@@ -299,7 +340,10 @@ impl Mount {
             return true;
         }
         let size = file.size();
-        let (Ok(mut frame), mut lower) = (KVec::from_elem(0u8, FRAME_SIZE as usize, GFP_KERNEL), KVec::new()) else {
+        let (Ok(mut frame), mut lower) = (
+            KVec::from_elem(0u8, FRAME_SIZE as usize, GFP_KERNEL),
+            KVec::new(),
+        ) else {
             return false;
         };
         for page in pgoff..pgoff.saturating_add(npages) {
@@ -324,7 +368,7 @@ impl Mount {
     /// back to the lower file's page (the map was revoked, dropped or
     /// replaced since, or its table is dead).
     ///
-    /// The frame is chosen under the region lock and inserted under the
+    /// The frame is chosen under the link's lock and inserted under the
     /// file's lock after checking that the file still uses `map_id`. A
     /// revocation drops the map and zaps the file's PTEs under that same
     /// lock before it is acknowledged, so an insertion either happens before
@@ -333,23 +377,23 @@ impl Mount {
     ///
     /// # Safety
     /// `vmf` must be the `struct vm_fault` of the fault in progress on a
-    /// `VM_MIXEDMAP` mapping of this file.
+    /// `VM_MIXEDMAP` mapping of this file with flags `vm_flags`.
     pub(crate) unsafe fn fault(
         &self,
         file: Option<&InodeState>,
         vmf: *mut core::ffi::c_void,
         map_id: u64,
         pgoff: u64,
-        exec: bool,
-    ) -> Option<u32> {
+        vm_flags: VmFlags,
+    ) -> Option<VmFault> {
         let file = file?;
         let pfn = {
-            let mut regions = self.shared.regions.lock();
+            let mut link = self.shared.link.lock();
             let (frame, table_offset, id) = file.frame(pgoff)?;
             if id != map_id {
                 return None;
             }
-            let (_, pool_map, client) = regions.parts();
+            let (_, pool_map, client) = link.parts();
             let pool = pool_map?;
             let view = client.pool_view(Some(pool))?;
             let off = view.geom.frame_offset(frame).ok()?;
@@ -359,19 +403,16 @@ impl Mount {
             }
             (pool.phys() + off) >> kernel::page::PAGE_SHIFT
         };
-        let s = file.inner.lock();
-        if s.map.as_ref().map(|m| m.file_map_id) != Some(map_id) {
-            return None;
-        }
-        // SAFETY: `vmf` is the fault in progress on a VM_MIXEDMAP mapping
-        // (caller contract); `pfn` is a frame of the pool BAR, inside the pool
-        // (`frame_offset` checked it against the geometry), of a map the file
-        // still uses, and the file lock held across the insertion orders it
-        // before any revocation's zap.
-        let ret = unsafe { ffi::insert_pfn(vmf, pfn) };
-        drop(s);
+        let ret = file.insert_if_uses(map_id, || {
+            // SAFETY: `vmf` is the fault in progress on a VM_MIXEDMAP mapping
+            // (caller contract); `pfn` is a frame of the pool BAR, inside the
+            // pool (`frame_offset` checked it against the geometry), of a map
+            // the file still uses, and the file lock held across the
+            // insertion orders it before any revocation's zap.
+            unsafe { ffi::insert_pfn(vmf, pfn) }
+        })?;
         stats::inc(Counter::faults_pool);
-        if exec {
+        if MapKind::of(vm_flags).exec() {
             stats::inc(Counter::faults_pool_exec);
         }
         Some(ret)
@@ -408,205 +449,67 @@ pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
 impl core::fmt::Display for Bytes<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         for &c in self.0 {
-            f.write_char(if (0x20..0x7f).contains(&c) { c as char } else { '?' })?;
+            f.write_char(if (0x20..0x7f).contains(&c) {
+                c as char
+            } else {
+                '?'
+            })?;
         }
         Ok(())
     }
 }
 
-/// The lower inode's identity, as sent in a hint.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Ident {
-    pub(crate) size: u64,
-    pub(crate) mtime_ns: i64,
-    pub(crate) ctime_ns: i64,
-    pub(crate) ino: u64,
+/// What the flags of a new mapping say about serving it from pool frames.
+#[derive(Clone, Copy)]
+pub(crate) struct MapKind {
+    /// `MAP_SHARED` (`VM_MAYSHARE`): the file's own pages, never copied.
+    shared: bool,
+    /// `VM_WRITE` or `VM_MAYWRITE`: writable now or after `mprotect()`.
+    writable: bool,
+    /// `VM_EXEC`: code.
+    exec: bool,
 }
 
-/// A validated answer: the frame numbers of one file, copied out of the pool
-/// and checked (each below the pool's frame count, checksum right).
-pub(crate) struct FileMap {
-    pub(crate) file_map_id: u64,
-    pub(crate) table_offset: u64,
-    pub(crate) file_size: u64,
-    pub(crate) frames: KVVec<u32>,
-}
-
-/// What a miss means for the next open.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MissKind {
-    /// Ask again on a later open (the host is loading it, restarting, ...),
-    /// at most once per `rehint_ms`.
-    Retry,
-    /// The host will not serve this file (not found, identity, too large...).
-    Final,
-}
-
-/// Per-file state behind the lock.
-struct FileState {
-    ident: Option<Ident>,
-    map: Option<FileMap>,
-    pending: bool,
-    miss: Option<(MissKind, Ktime)>,
-    lower_only: bool,
-    /// The inode's `address_space`, to zap pool PTEs on revocation; NULL once
-    /// the inode is evicted.
-    mapping: *mut core::ffi::c_void,
-}
-
-/// The state of one regular file, kept with its inode (`vmdedup_inode.rs`).
-#[pin_data]
-pub(crate) struct InodeState {
-    #[pin]
-    inner: Mutex<FileState>,
-    sampled: AtomicBool,
-}
-
-// SAFETY: `mapping` is only dereferenced (by C, in `unmap`) under the lock
-// while the inode is alive (it is cleared before the inode goes away).
-unsafe impl Send for FileState {}
-
-impl InodeState {
-    pub(crate) fn new(mapping: *mut core::ffi::c_void) -> Result<Arc<InodeState>> {
-        let st = FileState { ident: None, map: None, pending: false, miss: None, lower_only: false, mapping };
-        Arc::pin_init(
-            pin_init!(InodeState { inner <- kernel::new_mutex!(st, "vmdedup::file"), sampled: AtomicBool::new(false) }),
-            GFP_KERNEL,
-        )
-    }
-
-    /// Records the identity and says whether to send a hint (and marks the
-    /// request pending if so).
-    fn want_hint(&self, ident: Ident) -> bool {
-        let mut s = self.inner.lock();
-        if s.ident.is_some_and(|i| i != ident) {
-            if s.map.take().is_some() {
-                zap(&s);
-                SWEEP_NEEDED.store(true, Ordering::Release);
-            }
-            s.miss = None;
-        }
-        s.ident = Some(ident);
-        if s.lower_only || s.map.is_some() || s.pending {
-            return false;
-        }
-        match s.miss {
-            Some((MissKind::Final, _)) => return false,
-            Some((MissKind::Retry, at)) => {
-                let wait = i64::from(ffi::param(ffi::Param::RehintMs));
-                if kernel::time::ktime_ms_delta(Ktime::ktime_get(), at) < wait {
-                    return false;
-                }
-            }
-            None => {}
-        }
-        s.pending = true;
-        true
-    }
-
-    fn is_pending(&self) -> bool {
-        self.inner.lock().pending
-    }
-
-    pub(crate) fn clear_pending(&self) {
-        self.inner.lock().pending = false;
-    }
-
-    fn size(&self) -> u64 {
-        let s = self.inner.lock();
-        s.map.as_ref().map_or_else(|| s.ident.map_or(0, |i| i.size), |m| m.file_size)
-    }
-
-    fn ino(&self) -> u64 {
-        self.inner.lock().ident.map_or(0, |i| i.ino)
-    }
-
-    fn has_map(&self) -> bool {
-        self.inner.lock().map.is_some()
-    }
-
-    /// The id of the kept answer if it covers page `pgoff` (where a mapping
-    /// starts; it may reach past the end of the file).
-    fn covering_map(&self, pgoff: u64) -> Option<u64> {
-        let s = self.inner.lock();
-        s.map.as_ref().filter(|m| pgoff < m.frames.len() as u64).map(|m| m.file_map_id)
-    }
-
-    /// Whether the kept answer is file map `id`.
-    pub(crate) fn uses_map(&self, id: u64) -> bool {
-        self.inner.lock().map.as_ref().is_some_and(|m| m.file_map_id == id)
-    }
-
-    /// (frame, table offset, file map id) for `page`, if the kept answer covers it.
-    fn frame(&self, page: u64) -> Option<(u32, u64, u64)> {
-        let s = self.inner.lock();
-        let m = s.map.as_ref()?;
-        let f = *m.frames.get(usize::try_from(page).ok()?)?;
-        Some((f, m.table_offset, m.file_map_id))
-    }
-
-    /// Keeps a validated answer. Returns false if the file no longer wants one.
-    pub(crate) fn install(&self, map: FileMap) -> bool {
-        let mut s = self.inner.lock();
-        s.pending = false;
-        if s.lower_only || s.mapping.is_null() || s.ident.map_or(true, |i| i.size != map.file_size) {
-            return false;
-        }
-        s.miss = None;
-        s.map = Some(map);
-        true
-    }
-
-    pub(crate) fn set_miss(&self, kind: MissKind) {
-        let mut s = self.inner.lock();
-        s.pending = false;
-        s.miss = Some((kind, Ktime::ktime_get()));
-    }
-
-    /// Drops the kept answer if it is file map `id`, zapping every pool PTE
-    /// first. Returns whether something was dropped.
-    pub(crate) fn drop_map(&self, id: u64) -> bool {
-        let mut s = self.inner.lock();
-        if s.map.as_ref().map(|m| m.file_map_id) != Some(id) {
-            return false;
-        }
-        s.map = None;
-        // Allow a new hint later (the host may have the file again).
-        s.miss = Some((MissKind::Retry, Ktime::ktime_get()));
-        zap(&s);
-        // If the client still lists it as held (a read found the table
-        // dead), the timer releases it.
-        SWEEP_NEEDED.store(true, Ordering::Release);
-        true
-    }
-
-    fn lower_for_good(&self) {
-        let mut s = self.inner.lock();
-        s.lower_only = true;
-        if s.map.take().is_some() {
-            zap(&s);
-            SWEEP_NEEDED.store(true, Ordering::Release);
+impl MapKind {
+    /// Reads the facts from `vm_flags` (`vma->vm_flags` at mmap time; do_mmap()
+    /// clears `VM_SHARED` for files not open for writing, `VM_MAYSHARE` stays).
+    pub(crate) fn of(vm_flags: VmFlags) -> MapKind {
+        MapKind {
+            shared: vm_flags & ffi::VM_MAYSHARE != 0,
+            writable: vm_flags & (ffi::VM_WRITE | ffi::VM_MAYWRITE) != 0,
+            exec: vm_flags & ffi::VM_EXEC != 0,
         }
     }
 
-    /// The inode is being evicted: never touch its mapping again. Runs from
-    /// memory reclaim too, so it takes no lock but this file's; the map it
-    /// held is released by the timer ([`SWEEP_NEEDED`]).
-    pub(crate) fn evicted(&self) {
-        let mut s = self.inner.lock();
-        s.mapping = core::ptr::null_mut();
-        if s.map.take().is_some() {
-            SWEEP_NEEDED.store(true, Ordering::Release);
-        }
+    /// Whether the mapping may map pool frames: shared ones that can never
+    /// become writable, and every private one (code, ld.so's segments): its
+    /// PTEs are read-only and a write copies the page first (see the fault
+    /// path in fs.c). A pool frame is never written through a user mapping.
+    pub(crate) fn pool_ok(self) -> bool {
+        !self.shared || !self.writable
     }
-}
 
-/// Zaps every PTE mapping the file (pool frames and lower pages alike), if
-/// the inode is still there. Called with the file's lock held (`s`).
-fn zap(s: &FileState) {
-    if !s.mapping.is_null() {
-        // SAFETY: non-NULL `mapping` is the live inode's address_space
-        // (cleared under this lock before the inode is evicted).
-        unsafe { ffi::unmap_all(s.mapping) };
+    /// `MAP_PRIVATE`: writes copy the page first.
+    pub(crate) fn private(self) -> bool {
+        !self.shared
+    }
+
+    /// An executable mapping.
+    pub(crate) fn exec(self) -> bool {
+        self.exec
+    }
+
+    /// The flags a pool mapping gets. `VM_MIXEDMAP`: pool frames go in as
+    /// special PTEs, and after a revocation the lower file's pages as normal
+    /// ones. A shared one is also `VM_IO` (nothing may pin it) and
+    /// `VM_DONTDUMP`; a private one is not, so ptrace can still break its
+    /// copy-on-write (a debugger's breakpoints) and a core dump still holds
+    /// its written pages.
+    pub(crate) fn pool_flags(self) -> VmFlags {
+        if self.shared {
+            ffi::VM_MIXEDMAP | ffi::VM_IO | ffi::VM_DONTEXPAND | ffi::VM_DONTDUMP
+        } else {
+            ffi::VM_MIXEDMAP | ffi::VM_DONTEXPAND
+        }
     }
 }

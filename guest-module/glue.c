@@ -9,8 +9,9 @@
  *  - the event timer (a delayed work that calls vmdedup_rs_tick()).
  * The vmdedupfs operation tables are in fs.c.
  *
- * Every Rust function called here is declared just below; the Rust side keeps
- * all its extern "C" items in guest-module/ffi.rs.
+ * Every function shared with Rust is declared in glue.h; the Rust side keeps
+ * its imports in guest-module/ffi.rs and its entry points in
+ * guest-module/entry.rs.
  */
 #include <linux/io.h>
 #include <linux/kobject.h>
@@ -21,17 +22,6 @@
 #include <linux/workqueue.h>
 
 #include "glue.h"
-
-/* Implemented in Rust (guest-module/ffi.rs). */
-int vmdedup_rs_region_attach(const void *ctx, void *base, u64 len, u64 phys, const char *dev_name);
-void vmdedup_rs_region_detach(const void *ctx, int slot);
-long vmdedup_rs_sysfs_show(const void *ctx, const char *dir, const char *attr, char *buf, size_t len);
-int vmdedup_rs_stat_name(int index, char *buf, size_t len);
-void vmdedup_rs_tick(const void *ctx);
-
-/* Called from Rust. */
-int vmdedup_glue_init(const void *ctx);
-void vmdedup_glue_exit(void);
 
 #define IVSHMEM_VENDOR 0x1af4
 #define IVSHMEM_DEVICE 0x1110
@@ -61,15 +51,19 @@ static unsigned int event_poll_ms = 50;
 module_param(event_poll_ms, uint, 0444);
 MODULE_PARM_DESC(event_poll_ms, "Period (ms) of the timer that applies revocation events and late answers (default 50)");
 
-unsigned int vmdedup_glue_param(int which)
+static unsigned int *const vmdedup_params[] = {
+	[VMDEDUP_PARAM_POLL_US] = &poll_us,
+	[VMDEDUP_PARAM_REHINT_MS] = &rehint_ms,
+	[VMDEDUP_PARAM_DEFAULT_VERIFY] = &default_verify,
+	[VMDEDUP_PARAM_FAULT_NO_ACK] = &fault_no_ack,
+};
+static_assert(ARRAY_SIZE(vmdedup_params) == VMDEDUP_PARAM_COUNT);
+
+unsigned int vmdedup_glue_param(enum vmdedup_param which)
 {
-	switch (which) {
-	case 0: return READ_ONCE(poll_us);
-	case 1: return READ_ONCE(rehint_ms);
-	case 2: return READ_ONCE(default_verify);
-	case 3: return READ_ONCE(fault_no_ack);
-	default: return 0;
-	}
+	if ((unsigned int)which >= VMDEDUP_PARAM_COUNT)
+		return 0;
+	return READ_ONCE(*vmdedup_params[which]);
 }
 
 /* The event timer: a delayed work calling into Rust every event_poll_ms. */

@@ -1,24 +1,37 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Shared between the C glue files. The Rust side mirrors these structs in
- * guest-module/ffi.rs (#[repr(C)]).
+ * The C <-> Rust contract, in one place: every function either side calls,
+ * the structs they share and the parameter enumeration. glue.c and fs.c
+ * include it, so a definition that does not match its prototype fails the
+ * build. The Rust side mirrors the structs and the enumeration in
+ * guest-module/ffi.rs (#[repr(C)]) and asserts the same sizes, offsets and
+ * values as below; the vmdedup_rs_* functions are in guest-module/entry.rs.
  */
 #ifndef VMDEDUP_GLUE_H
 #define VMDEDUP_GLUE_H
 
+#include <linux/build_bug.h>
+#include <linux/mm_types.h>
+#include <linux/stddef.h>
 #include <linux/types.h>
 
+struct address_space;
 struct file;
 struct iov_iter;
-struct address_space;
+struct vm_fault;
 
-/* The lower inode's identity, sent in a hint. */
+/* The lower inode's identity, sent in a hint (ffi.rs `IdentC`). */
 struct vmdedup_ident {
 	u64 size;
 	s64 mtime_ns;
 	s64 ctime_ns;
 	u64 ino;
 };
+static_assert(sizeof(struct vmdedup_ident) == 32);
+static_assert(offsetof(struct vmdedup_ident, size) == 0);
+static_assert(offsetof(struct vmdedup_ident, mtime_ns) == 8);
+static_assert(offsetof(struct vmdedup_ident, ctime_ns) == 16);
+static_assert(offsetof(struct vmdedup_ident, ino) == 24);
 
 /* One read in progress: opaque to Rust, passed back to the helpers in fs.c. */
 struct vmdedup_io {
@@ -26,20 +39,66 @@ struct vmdedup_io {
 	struct iov_iter *iter;
 };
 
-/* The kind of a mapping, as vmdedup_mmap() tells Rust (ffi.rs `MapKind`). */
-#define VMDEDUP_MAP_POOL_OK 1u /* may map pool frames: private, or shared and never writable */
-#define VMDEDUP_MAP_PRIVATE 2u /* MAP_PRIVATE: writes copy the page first */
-#define VMDEDUP_MAP_EXEC 4u /* VM_EXEC: code */
+/*
+ * What vmdedup_mmap() does to a mapping Rust let map pool frames
+ * (ffi.rs `MmapPlan`): Rust decides from the mapping's vm_flags.
+ */
+struct vmdedup_mmap_plan {
+	u64 map_id; /* the file map it was checked against: vm_private_data */
+	vm_flags_t set_flags; /* VM_* flags to set */
+};
+static_assert(sizeof(vm_flags_t) == 8);
+static_assert(sizeof(struct vmdedup_mmap_plan) == 16);
+static_assert(offsetof(struct vmdedup_mmap_plan, map_id) == 0);
+static_assert(offsetof(struct vmdedup_mmap_plan, set_flags) == 8);
 
+/* Module parameters Rust reads through vmdedup_glue_param() (ffi.rs `Param`). */
+enum vmdedup_param {
+	VMDEDUP_PARAM_POLL_US = 0,
+	VMDEDUP_PARAM_REHINT_MS = 1,
+	VMDEDUP_PARAM_DEFAULT_VERIFY = 2,
+	VMDEDUP_PARAM_FAULT_NO_ACK = 3,
+	VMDEDUP_PARAM_COUNT = 4,
+};
+
+/* glue.c, called from Rust (ffi.rs). */
+int vmdedup_glue_init(const void *ctx);
+void vmdedup_glue_exit(void);
+unsigned int vmdedup_glue_param(enum vmdedup_param which);
+
+/* glue.c, called from fs.c. */
 const void *vmdedup_glue_ctx(void);
-int vmdedup_fs_init(void);
-void vmdedup_fs_exit(void);
 
-/* Called from Rust (declared in ffi.rs). */
+/* fs.c, called from Rust (ffi.rs). */
 ssize_t vmdedup_glue_read_lower(struct vmdedup_io *io, loff_t pos, size_t len);
 ssize_t vmdedup_glue_read_lower_buf(struct vmdedup_io *io, loff_t pos, void *buf, size_t len);
 size_t vmdedup_glue_copy_out(struct vmdedup_io *io, const void *src, size_t len);
 void vmdedup_glue_unmap_all(struct address_space *mapping);
-unsigned int vmdedup_glue_param(int which);
+vm_fault_t vmdedup_glue_insert_pfn(struct vm_fault *vmf, unsigned long pfn);
+
+/* fs.c, called from glue.c. */
+int vmdedup_fs_init(void);
+void vmdedup_fs_exit(void);
+
+/* Rust (entry.rs), called from glue.c. */
+int vmdedup_rs_region_attach(const void *ctx, void *base, u64 len, u64 phys, const char *dev_name);
+void vmdedup_rs_region_detach(const void *ctx, int slot);
+long vmdedup_rs_sysfs_show(const void *ctx, const char *dir, const char *attr, char *buf, size_t len);
+int vmdedup_rs_stat_name(int index, char *buf, size_t len);
+void vmdedup_rs_tick(const void *ctx);
+
+/* Rust (entry.rs), called from fs.c. */
+int vmdedup_rs_mount_new(const void *ctx, const char *data, char *lower, size_t lower_len, void **out);
+void vmdedup_rs_mount_free(void *mnt);
+long vmdedup_rs_mount_show(void *mnt, char *buf, size_t len);
+void *vmdedup_rs_inode_new(struct address_space *mapping);
+void vmdedup_rs_inode_free(void *ist);
+void vmdedup_rs_open(void *mnt, void *ist, const struct vmdedup_ident *id, const char *path, size_t len);
+ssize_t vmdedup_rs_read_iter(void *mnt, void *ist, struct vmdedup_io *io, loff_t pos, size_t count);
+int vmdedup_rs_mmap(void *mnt, void *ist, struct vmdedup_io *io, vm_flags_t vm_flags, unsigned long pgoff,
+		    unsigned long npages, struct vmdedup_mmap_plan *plan);
+int vmdedup_rs_fault(void *mnt, void *ist, struct vm_fault *vmf, u64 map_id, unsigned long pgoff,
+		     vm_flags_t vm_flags, vm_fault_t *ret);
+void vmdedup_rs_fault_lower_done(vm_fault_t ret);
 
 #endif

@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The link to the host: the region table and the ring client that talks
+//! over its regions, under one lock, and the module state every entry point
+//! reaches through the glue's context pointer. Above the ring client; the
+//! file system's decisions and the entry points use it.
+
+use kernel::prelude::*;
+use kernel::sync::Mutex;
+
+use crate::client::Client;
+use crate::mapping::Mapping;
+use crate::regions::{DevName, Regions, Slot};
+
+/// The region table and the ring client. One lock covers both: the client
+/// reads and writes the regions' memory, and a region must not be detached
+/// while the client uses it.
+pub(crate) struct Link {
+    /// The mapped regions.
+    pub(crate) regions: Regions,
+    client: Client,
+}
+
+impl Link {
+    /// No region, a client that never connected.
+    pub(crate) const fn new() -> Self {
+        Link {
+            regions: Regions::new(),
+            client: Client::new(),
+        }
+    }
+
+    /// The ring mapping, the pool mapping and the ring client, borrowed apart.
+    pub(crate) fn parts(&mut self) -> (Option<&Mapping>, Option<&Mapping>, &mut Client) {
+        let (ring, pool) = self.regions.maps();
+        (ring, pool, &mut self.client)
+    }
+
+    /// Validates a freshly mapped device and takes it as the ring or the
+    /// pool region (see [`Regions::attach`]).
+    pub(crate) fn attach(&mut self, map: Mapping, dev: DevName) -> Result<Slot> {
+        self.regions.attach(map, dev)
+    }
+
+    /// Forgets the region in `slot`; afterwards the glue unmaps it.
+    pub(crate) fn detach(&mut self, slot: Slot) {
+        if let Some(dev) = self.regions.detach(slot) {
+            // Nothing may point into the region any more: every pool PTE is
+            // zapped (held maps dropped) before the glue unmaps it.
+            self.client.reset();
+            self.client = Client::new();
+            pr_info!("{}: region detached\n", dev.as_str());
+        }
+    }
+}
+
+/// State shared by every C callback: the link to the host.
+#[pin_data]
+pub(crate) struct Shared {
+    /// The region table and the ring client.
+    #[pin]
+    pub(crate) link: Mutex<Link>,
+}
+
+impl Shared {
+    /// An initialiser for the module's state.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Shared { link <- kernel::new_mutex!(Link::new(), "vmdedup::link") })
+    }
+}

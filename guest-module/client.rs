@@ -43,7 +43,9 @@ use crate::abi::{
 use crate::ffi;
 use crate::file::{FileMap, Ident, InodeState, MissKind, SWEEP_NEEDED};
 use crate::mapping::Mapping;
-use crate::pool::{PoolGeometry, TableRef, TableHeader, POOL_HEADER_SIZE, TABLE_HEADER_SIZE, TABLE_MAGIC};
+use crate::pool::{
+    PoolGeometry, TableHeader, TableRef, POOL_HEADER_SIZE, TABLE_HEADER_SIZE, TABLE_MAGIC,
+};
 use crate::spsc::{self, Consumer, Producer, SharedU32};
 use crate::stats::{self, Counter};
 
@@ -141,7 +143,11 @@ struct OpQueue {
 impl OpQueue {
     const fn new() -> Self {
         // INVARIANT: empty.
-        OpQueue { buf: KVec::new(), head: 0, len: 0 }
+        OpQueue {
+            buf: KVec::new(),
+            head: 0,
+            len: 0,
+        }
     }
 
     /// Allocates the storage (idempotent).
@@ -172,7 +178,9 @@ impl OpQueue {
         if i >= self.len {
             return None;
         }
-        self.buf.get((self.head + i).checked_rem(self.buf.len())?).copied()
+        self.buf
+            .get((self.head + i).checked_rem(self.buf.len())?)
+            .copied()
     }
 
     /// Forgets the `n` oldest operations.
@@ -234,7 +242,9 @@ impl Client {
             }
             match PoolGeometry::from_header_bytes(&b, pool.len() as u64) {
                 Ok(geom) => self.pool = Some(PoolView { geom }),
-                Err(_) => pr_info!("pool header does not validate: serving every file from lower\n"),
+                Err(_) => {
+                    pr_info!("pool header does not validate: serving every file from lower\n")
+                }
             }
         }
         self.pool
@@ -268,7 +278,10 @@ impl Client {
             return false;
         }
         let layout = RingLayout::from_le_bytes(&l);
-        if layout.validate(prefix.region_size.min(ring.len() as u64)).is_err() {
+        if layout
+            .validate(prefix.region_size.min(ring.len() as u64))
+            .is_err()
+        {
             return false;
         }
         let (Some(sqh), Some(sqt), Some(cqh), Some(eqh)) = (
@@ -279,7 +292,11 @@ impl Client {
         ) else {
             return false;
         };
-        let Some(sq) = Producer::new(layout.sq.entries, sqh.load(Ordering::Acquire), sqt.load(Ordering::Acquire)) else {
+        let Some(sq) = Producer::new(
+            layout.sq.entries,
+            sqh.load(Ordering::Acquire),
+            sqt.load(Ordering::Acquire),
+        ) else {
             return false;
         };
         let (Some(cq), Some(eq)) = (
@@ -289,7 +306,10 @@ impl Client {
             return false;
         };
         let mut slots_busy = KVec::new();
-        if slots_busy.extend_with(layout.slots.count as usize, false, GFP_KERNEL).is_err() {
+        if slots_busy
+            .extend_with(layout.slots.count as usize, false, GFP_KERNEL)
+            .is_err()
+        {
             return false;
         }
         if !self.ops.reserve() {
@@ -307,7 +327,15 @@ impl Client {
             layout.cq.entries,
             layout.eq.entries
         );
-        self.conn = Some(Conn { layout, generation: prefix.generation, sq, cq, eq, slots_busy, events_lost_seen: false });
+        self.conn = Some(Conn {
+            layout,
+            generation: prefix.generation,
+            sq,
+            cq,
+            eq,
+            slots_busy,
+            events_lost_seen: false,
+        });
         true
     }
 
@@ -316,7 +344,9 @@ impl Client {
     /// forgets what this VM held: nothing is acknowledged or released).
     fn disconnect(&mut self) {
         if self.conn.take().is_some() {
-            pr_info!("ring disconnected: every file falls back to lower until the host answers again\n");
+            pr_info!(
+                "ring disconnected: every file falls back to lower until the host answers again\n"
+            );
         }
         for p in self.pending.iter_mut() {
             if let Some(p) = p.take() {
@@ -361,12 +391,16 @@ impl Client {
             return;
         }
         let Some(ring) = ring else { return };
-        let (Some(sq_head), Some(sq_tail), Some(flags)) =
-            (word(ring, ring_off::SQ_HEAD), word(ring, ring_off::SQ_TAIL), word(ring, ring_off::HOST_FLAGS))
-        else {
+        let (Some(sq_head), Some(sq_tail), Some(flags)) = (
+            word(ring, ring_off::SQ_HEAD),
+            word(ring, ring_off::SQ_TAIL),
+            word(ring, ring_off::HOST_FLAGS),
+        ) else {
             return;
         };
-        let Some(conn) = self.conn.as_mut() else { return };
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
         let want = u32::try_from(self.ops.len).unwrap_or(u32::MAX);
         let free = match conn.sq.free(&sq_head, want) {
             Ok(n) => n as usize,
@@ -384,7 +418,11 @@ impl Client {
                 break;
             }
             self.next_id = self.next_id.wrapping_add(1).max(1);
-            stats::inc(if opcode == OP_ACK_REVOKE { Counter::acks_sent } else { Counter::releases_sent });
+            stats::inc(if opcode == OP_ACK_REVOKE {
+                Counter::acks_sent
+            } else {
+                Counter::releases_sent
+            });
             written += 1;
         }
         if written == 0 {
@@ -445,12 +483,16 @@ impl Client {
             stats::inc(Counter::hints_skipped_path);
             return false;
         }
-        let (Some(sq_head), Some(sq_tail), Some(flags)) =
-            (word(ring, ring_off::SQ_HEAD), word(ring, ring_off::SQ_TAIL), word(ring, ring_off::HOST_FLAGS))
-        else {
+        let (Some(sq_head), Some(sq_tail), Some(flags)) = (
+            word(ring, ring_off::SQ_HEAD),
+            word(ring, ring_off::SQ_TAIL),
+            word(ring, ring_off::HOST_FLAGS),
+        ) else {
             return false;
         };
-        let Some(conn) = self.conn.as_mut() else { return false };
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
         match conn.sq.free(&sq_head, 1) {
             Ok(0) => {
                 stats::inc(Counter::hints_skipped_ring_full);
@@ -481,7 +523,9 @@ impl Client {
                 stats::inc(Counter::hints_skipped_path);
                 return false;
             };
-            let Some(off) = conn.layout.path_slot_offset(s as u32) else { return false };
+            let Some(off) = conn.layout.path_slot_offset(s as u32) else {
+                return false;
+            };
             if !ring.write_bytes(off as usize, path) {
                 return false;
             }
@@ -503,7 +547,13 @@ impl Client {
         }
         self.next_id = self.next_id.wrapping_add(1).max(1);
         if let Some(p) = self.pending.get_mut(idx) {
-            *p = Some(Pending { id, file: file.clone(), sent: Ktime::ktime_get(), size: ident.size, slot });
+            *p = Some(Pending {
+                id,
+                file: file.clone(),
+                sent: Ktime::ktime_get(),
+                size: ident.size,
+                slot,
+            });
         }
         stats::inc(Counter::hints_sent);
         true
@@ -520,7 +570,9 @@ impl Client {
     fn expire(&mut self) {
         let now = Ktime::ktime_get();
         for p in self.pending.iter_mut() {
-            let old = p.as_ref().is_some_and(|q| kernel::time::ktime_ms_delta(now, q.sent) > PENDING_TIMEOUT_MS);
+            let old = p
+                .as_ref()
+                .is_some_and(|q| kernel::time::ktime_ms_delta(now, q.sent) > PENDING_TIMEOUT_MS);
             if old {
                 if let Some(q) = p.take() {
                     // Its path slot stays busy: the host may still read it.
@@ -543,7 +595,9 @@ impl Client {
             return;
         }
         let Some(ring) = ring else { return };
-        let (Some(cq_head), Some(cq_tail)) = (word(ring, ring_off::CQ_HEAD), word(ring, ring_off::CQ_TAIL)) else {
+        let (Some(cq_head), Some(cq_tail)) =
+            (word(ring, ring_off::CQ_HEAD), word(ring, ring_off::CQ_TAIL))
+        else {
             return;
         };
         let n = match self.conn.as_mut().map(|c| c.cq.available(&cq_tail)) {
@@ -555,7 +609,9 @@ impl Client {
             None => return,
         };
         for i in 0..n {
-            let Some(conn) = self.conn.as_ref() else { return };
+            let Some(conn) = self.conn.as_ref() else {
+                return;
+            };
             let off = conn.layout.cqe_offset(conn.cq.slot(i)) as usize;
             let mut b = [0u8; CQE_SIZE as usize];
             if !ring.read_bytes(off, &mut b) {
@@ -568,7 +624,10 @@ impl Client {
             conn.cq.release(&cq_head, n);
         }
         if n > 0 {
-            if let (Some(flags), Some(sq_head)) = (word(ring, ring_off::HOST_FLAGS), word(ring, ring_off::SQ_HEAD)) {
+            if let (Some(flags), Some(sq_head)) = (
+                word(ring, ring_off::HOST_FLAGS),
+                word(ring, ring_off::SQ_HEAD),
+            ) {
                 let tail = self.conn.as_ref().map(|c| c.sq.tail());
                 if spsc::needs_doorbell(&flags, HOST_FLAG_NEED_WAKEUP)
                     && Some(sq_head.load(Ordering::Acquire)) != tail
@@ -588,7 +647,11 @@ impl Client {
             }
             return;
         }
-        let Some(p) = self.pending.iter_mut().find(|p| p.as_ref().is_some_and(|q| q.id == a.request_id)) else {
+        let Some(p) = self
+            .pending
+            .iter_mut()
+            .find(|p| p.as_ref().is_some_and(|q| q.id == a.request_id))
+        else {
             stats::inc(Counter::answers_unknown);
             // A hit nobody waits for any more (the request timed out): the
             // host counts this VM as a holder, so let go of it.
@@ -654,7 +717,10 @@ impl Client {
     }
 
     fn hold(&mut self, file_map_id: u64, file: &Arc<InodeState>) {
-        let entry = Held { file_map_id, file: file.clone() };
+        let entry = Held {
+            file_map_id,
+            file: file.clone(),
+        };
         if let Some(free) = self.held.iter_mut().find(|h| h.is_none()) {
             *free = Some(entry);
         } else if self.held.push(Some(entry), GFP_KERNEL).is_err() {
@@ -666,7 +732,12 @@ impl Client {
     }
 
     /// Checks a hit against the pool and copies its frame table out.
-    fn validate_hit(&mut self, a: &CompletionEntry, size: u64, pool: Option<&Mapping>) -> Option<FileMap> {
+    fn validate_hit(
+        &mut self,
+        a: &CompletionEntry,
+        size: u64,
+        pool: Option<&Mapping>,
+    ) -> Option<FileMap> {
         let view = self.pool_view(pool)?;
         let pool = pool?;
         if a.flags != 0 || a.reserved != [0; 2] || a.file_size != size {
@@ -684,7 +755,10 @@ impl Client {
         if !pool.read_bytes(usize::try_from(a.table_offset).ok()?, &mut hb) {
             return None;
         }
-        let mut verifier = view.geom.check_table_header(&r, &TableHeader::from_le_bytes(&hb)).ok()?;
+        let mut verifier = view
+            .geom
+            .check_table_header(&r, &TableHeader::from_le_bytes(&hb))
+            .ok()?;
         let mut frames = KVVec::with_capacity(a.page_count as usize, GFP_KERNEL).ok()?;
         let mut chunk = [0u8; 256];
         let mut off = usize::try_from(frames_off).ok()?;
@@ -697,7 +771,9 @@ impl Client {
             }
             verifier.update(buf).ok()?;
             for w in buf.chunks_exact(4) {
-                frames.push(u32::from_le_bytes([w[0], w[1], w[2], w[3]]), GFP_KERNEL).ok()?;
+                frames
+                    .push(u32::from_le_bytes([w[0], w[1], w[2], w[3]]), GFP_KERNEL)
+                    .ok()?;
             }
             off += n;
             left -= n;
@@ -721,13 +797,18 @@ impl Client {
         if self.conn.is_none() {
             return;
         }
-        let (Some(eq_head), Some(eq_tail), Some(flags)) =
-            (word(ring, ring_off::EQ_HEAD), word(ring, ring_off::EQ_TAIL), word(ring, ring_off::HOST_FLAGS))
-        else {
+        let (Some(eq_head), Some(eq_tail), Some(flags)) = (
+            word(ring, ring_off::EQ_HEAD),
+            word(ring, ring_off::EQ_TAIL),
+            word(ring, ring_off::HOST_FLAGS),
+        ) else {
             return;
         };
         let lost_new = flags.load(Ordering::Acquire) & HOST_FLAG_EVENTS_LOST != 0
-            && self.conn.as_mut().is_some_and(|c| !core::mem::replace(&mut c.events_lost_seen, true));
+            && self
+                .conn
+                .as_mut()
+                .is_some_and(|c| !core::mem::replace(&mut c.events_lost_seen, true));
         if lost_new {
             stats::inc(Counter::revocations);
             self.revoke_all(true);
@@ -741,7 +822,9 @@ impl Client {
             None => return,
         };
         for i in 0..n {
-            let Some(conn) = self.conn.as_ref() else { return };
+            let Some(conn) = self.conn.as_ref() else {
+                return;
+            };
             let off = conn.layout.eqe_offset(conn.eq.slot(i)) as usize;
             let mut b = [0u8; EQE_SIZE as usize];
             if !ring.read_bytes(off, &mut b) {
@@ -777,7 +860,11 @@ impl Client {
                         }
                     }
                 }
-                stats::inc(if found { Counter::revocations } else { Counter::events_unknown });
+                stats::inc(if found {
+                    Counter::revocations
+                } else {
+                    Counter::events_unknown
+                });
                 // Acknowledged even when not held (released already, or an
                 // answer that never validated): nothing here maps it, and the
                 // host ignores acknowledgements it is not waiting for.
@@ -825,7 +912,9 @@ impl Client {
             // then count as held by nobody's file: wait a bounded moment for
             // them (each such hit is released).
             let start = Ktime::ktime_get();
-            while self.has_pending() && kernel::time::ktime_ms_delta(Ktime::ktime_get(), start) < SHUTDOWN_WAIT_MS {
+            while self.has_pending()
+                && kernel::time::ktime_ms_delta(Ktime::ktime_get(), start) < SHUTDOWN_WAIT_MS
+            {
                 self.reap(ring, pool, true);
                 core::hint::spin_loop();
             }

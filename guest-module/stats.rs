@@ -77,12 +77,17 @@ pub(crate) fn inc(c: Counter) {
 /// Reads counter `c`.
 #[allow(dead_code)]
 pub(crate) fn get(c: Counter) -> u64 {
-    VALUES.get(c as usize).map_or(0, |v| v.load(Ordering::Relaxed))
+    VALUES
+        .get(c as usize)
+        .map_or(0, |v| v.load(Ordering::Relaxed))
 }
 
 /// Formats the counter called `name` (a sysfs file name), or `ENOENT`.
 pub(crate) fn show(name: &[u8], out: &mut impl Write) -> Result {
-    let i = NAMES.iter().position(|n| n.as_bytes() == name).ok_or(ENOENT)?;
+    let i = NAMES
+        .iter()
+        .position(|n| n.as_bytes() == name)
+        .ok_or(ENOENT)?;
     let v = VALUES.get(i).map_or(0, |v| v.load(Ordering::Relaxed));
     writeln!(out, "{}", v).map_err(|_| EINVAL)
 }

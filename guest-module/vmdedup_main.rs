@@ -34,12 +34,32 @@
 
 use kernel::prelude::*;
 
-// The shared-memory ABI: the very files the host agent compiles with cargo.
-// Items the module does not use yet are allowed to be dead.
-#[allow(dead_code, unreachable_pub)]
+// The shared-memory ABI: the very files the host agent compiles with cargo,
+// where the workspace's clippy lints them as the protocol crate. Allowed here:
+// - `dead_code`, `unreachable_pub`: items the module does not use;
+// - `clippy::wrong_self_convention`: `to_le_bytes(&self)` is the protocol
+//   crate's public API, which clippy leaves alone there but not in a private
+//   module;
+// - `clippy::needless_bitwise_bool`: the hint path check scans branch-free on
+//   purpose (it runs for every hint);
+// - `clippy::incompatible_msrv`: the kernel's clippy.toml names its own
+//   minimum rustc, but the module is built only with /usr/bin/rustc (1.96),
+//   which has `is_multiple_of`.
+#[allow(
+    dead_code,
+    unreachable_pub,
+    clippy::wrong_self_convention,
+    clippy::needless_bitwise_bool,
+    clippy::incompatible_msrv
+)]
 #[path = "../protocol/src/abi.rs"]
 mod abi;
-#[allow(dead_code, unreachable_pub)]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    clippy::wrong_self_convention,
+    clippy::incompatible_msrv
+)]
 #[path = "../protocol/src/pool.rs"]
 mod pool;
 #[allow(dead_code, unreachable_pub)]

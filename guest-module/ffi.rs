@@ -7,7 +7,7 @@
 //! file systems, so the C glue (`glue.c`: PCI driver, sysfs, module
 //! parameters, event timer; `fs.c`: vmdedupfs operation tables) registers
 //! those and calls back into the `vmdedup_rs_*` entry points in
-//! [`crate::entry`]. Both directions are declared for C in `glue.h`; the
+//! `entry.rs`. Both directions are declared for C in `glue.h`; the
 //! structs and the parameter enumeration below mirror it, and their sizes,
 //! offsets and values are asserted on both sides.
 

@@ -12,7 +12,7 @@ use crate::abi::{prefix_off, RegionPrefix};
 ///
 /// # Invariants
 /// `base` points to `len` bytes that stay mapped until the glue's PCI remove
-/// callback has called [`Regions::detach`](crate::regions::Regions::detach) for this mapping.
+/// callback has detached the region (`vmdedup_rs_region_detach`).
 pub(crate) struct Mapping {
     base: NonNull<u8>,
     len: usize,

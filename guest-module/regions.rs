@@ -152,8 +152,8 @@ impl Regions {
     }
 
     /// Forgets the region in `slot`; afterwards the glue unmaps it. Returns
-    /// whether a region was there: then the caller must first drop whatever
-    /// points into it (see [`crate::link::Link::detach`]).
+    /// the device of the region that was there, if any: then the caller must
+    /// first drop whatever points into it (the ring client's held maps).
     pub(crate) fn detach(&mut self, slot: Slot) -> Option<DevName> {
         let place = match slot {
             Slot::Ring => &mut self.ring,

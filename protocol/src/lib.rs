@@ -11,5 +11,6 @@
 pub mod abi;
 #[cfg(feature = "control")]
 pub mod control;
+pub mod guest;
 pub mod pool;
 pub mod spsc;

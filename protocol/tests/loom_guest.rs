@@ -236,7 +236,7 @@ fn host(r: &LoomRegion, l: &RingLayout, start: u32, n: usize, park: bool) {
 
 /// The guest's part: reaps every available answer, frees the path slot of
 /// hint 1, rings when the guest end says so. Returns the ids read.
-fn reap(g: &mut GuestEnd, r: &LoomRegion, slot_of_1: &mut Option<u32>) -> Vec<u64> {
+fn reap(g: &mut GuestEnd, r: &LoomRegion, slot_of_1: &mut Option<u32>, bell: bool) -> Vec<u64> {
     let n = g.answers(r).unwrap();
     let ids: Vec<u64> = (0..n).map(|i| g.answer(r, i).unwrap().request_id).collect();
     if ids.contains(&1) {
@@ -244,15 +244,16 @@ fn reap(g: &mut GuestEnd, r: &LoomRegion, slot_of_1: &mut Option<u32>) -> Vec<u6
             g.free_slot(s);
         }
     }
-    if g.release_answers(r, n) {
+    if g.release_answers(r, n) && bell {
         r.ring_bell();
     }
     ids
 }
 
-/// Sends hints `ids`, `batch` staged per publish, ringing when told; then
-/// reaps until every answer is in. Returns the answered ids in order.
-fn guest(r: &LoomRegion, ids: &[u64], batch: usize) -> Vec<u64> {
+/// Sends hints `ids`, `batch` staged per publish, ringing when told (after
+/// freeing answers only with `bell_on_reap`); then reaps until every answer
+/// is in. Returns the answered ids in order.
+fn guest(r: &LoomRegion, ids: &[u64], batch: usize, bell_on_reap: bool) -> Vec<u64> {
     let mut g = GuestEnd::attach(r).unwrap();
     assert_eq!(g.generation(), 3);
     let mut got = Vec::new();
@@ -273,7 +274,7 @@ fn guest(r: &LoomRegion, ids: &[u64], batch: usize) -> Vec<u64> {
                         break;
                     }
                     Err(StageError::Full | StageError::NoSlot) => {
-                        got.extend(reap(&mut g, r, &mut slot_of_1));
+                        got.extend(reap(&mut g, r, &mut slot_of_1, bell_on_reap));
                         thread::yield_now();
                     }
                     Err(e) => panic!("stage: {e:?}"),
@@ -287,7 +288,7 @@ fn guest(r: &LoomRegion, ids: &[u64], batch: usize) -> Vec<u64> {
         }
     }
     while got.len() < ids.len() {
-        got.extend(reap(&mut g, r, &mut slot_of_1));
+        got.extend(reap(&mut g, r, &mut slot_of_1, bell_on_reap));
         thread::yield_now();
     }
     assert_eq!(g.slots_in_use(), 0);
@@ -307,7 +308,7 @@ fn hints_and_answers_wrap_without_races() {
         let (r, l) = LoomRegion::new(sizes, start);
         let r2 = r.clone();
         let h = thread::spawn(move || host(&r2, &l, start, 3, false));
-        let got = guest(&r, &[1, 2, 3], 1);
+        let got = guest(&r, &[1, 2, 3], 1, true);
         h.join().unwrap();
         assert_eq!(got, vec![1, 2, 3]);
     });
@@ -327,7 +328,7 @@ fn no_lost_wakeup_for_a_parked_poller() {
         // A lost wake-up leaves the poller in `wait_bell` forever: loom
         // reports that as a deadlock and fails the test.
         let h = thread::spawn(move || host(&r2, &l, 0, 2, true));
-        let got = guest(&r, &[2, 3], 1);
+        let got = guest(&r, &[2, 3], 1, true);
         h.join().unwrap();
         assert_eq!(got, vec![2, 3]);
     });
@@ -348,8 +349,36 @@ fn no_lost_wakeup_when_the_poller_waits_for_completion_room() {
         // The poller answers the first hint, then may park for completion
         // room with the second one taken, until the guest frees the room and
         // rings.
-        let got = guest(&r, &[2, 3], 1);
+        let got = guest(&r, &[2, 3], 1, true);
         h.join().unwrap();
         assert_eq!(got, vec![2, 3]);
     });
+}
+
+#[test]
+fn the_model_catches_a_missing_doorbell_after_reaping() {
+    // Negative control: a guest that ignores what `release_answers` says
+    // leaves the poller parked for completion room and itself waiting for
+    // the last answer forever (loom reports the endless wait as too many
+    // branches). loom must find that, or the test above proves nothing
+    // about that doorbell decision.
+    let r = std::panic::catch_unwind(|| {
+        builder().check(|| {
+            let sizes = RingSizes {
+                sq_entries: 1,
+                cq_entries: 1,
+                eq_entries: 1,
+                path_slots: 0,
+            };
+            let (r, l) = LoomRegion::new(sizes, 5);
+            let r2 = r.clone();
+            let h = thread::spawn(move || host(&r2, &l, 5, 2, true));
+            guest(&r, &[2, 3], 1, false);
+            h.join().unwrap();
+        });
+    });
+    assert!(
+        r.is_err(),
+        "loom did not find the lost wake-up of a guest that never rings after reaping"
+    );
 }

@@ -12,8 +12,8 @@
 //!    function this crate calls, the structs and the parameter enumeration
 //!    it shares with C, thin safe wrappers), [`stats`] (the counters in
 //!    `/sys/kernel/vmdedup/stats/`), [`text`] (text into fixed buffers), and
-//!    the shared-memory ABI, the very files the host compiles:
-//!    `abi`, `pool`, `spsc` (`protocol/src/`).
+//!    the shared-memory ABI and the ring's guest end, the very files the
+//!    host compiles: `abi`, `pool`, `spsc`, `guest` (`protocol/src/`).
 //! 2. Mappings: [`mapping`] (one mapped BAR, volatile access only) and
 //!    [`regions`] (which mapping is the ring, which the pool, refusals).
 //! 3. Per-file state: [`file`] (a file's identity and the host's answer,
@@ -54,6 +54,9 @@ use kernel::prelude::*;
 )]
 #[path = "../protocol/src/abi.rs"]
 mod abi;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../protocol/src/guest.rs"]
+mod guest;
 #[allow(
     dead_code,
     unreachable_pub,

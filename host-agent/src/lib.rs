@@ -9,5 +9,6 @@ pub mod namespace;
 pub mod pool;
 pub mod region;
 pub mod ring;
+pub mod service;
 pub mod stats;
 pub mod store;

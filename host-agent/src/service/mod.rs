@@ -22,7 +22,8 @@
 //! answered "loading" ([`MissReason::Loading`]); the next hint for it hits.
 //!
 //! # Locks
-//! Each lock is held briefly; `jobs` and `sink` are taken alone and
+//! Each lock is held briefly. Where two are held at once they are taken in
+//! this order: `cache`, `vms`, `store`; `jobs` and `sink` are taken alone;
 //! `namespaces` is written only at construction. Events the store queued are
 //! delivered to the [`EventSink`] after the store lock was released.
 

@@ -17,10 +17,11 @@ use crate::store::VmId;
 impl HintService {
     /// Status for the host (`None`: every VM) or for one VM (itself only).
     pub fn status(&self, only: Option<VmId>) -> StatusReport {
+        // The registry before the store: `add_vm` holds it while it takes the store.
+        let vms = read(&self.shared.vms).clone();
         let store = lock(&self.shared.store);
         let c = store.counts();
         let generation = store.pool().geometry().generation;
-        let vms = read(&self.shared.vms).clone();
         let mut report = StatusReport {
             pool_generation: generation,
             frames_total: c.frames_total,

@@ -13,7 +13,7 @@ use vmdedup_protocol::abi::{
 };
 use vmdedup_protocol::pool::TableRef;
 
-use crate::namespace::config::AgentConfig;
+use crate::config::AgentConfig;
 use crate::namespace::{Namespace, NamespaceError};
 use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec, RESTART_QUARANTINE};
 use crate::ring::handler::RingId;

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod config;
 pub mod control;
 pub mod metrics;
 pub mod namespace;

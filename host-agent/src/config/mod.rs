@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{valid_name, NamespaceConfig, DEFAULT_DOMAIN};
+use crate::namespace::{valid_name, NamespaceConfig, DEFAULT_DOMAIN};
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -315,7 +316,23 @@ fn bounded<const N: usize>(s: &str, what: &str) -> anyhow::Result<heapless::Stri
     Ok(out)
 }
 
-fn rpc(control: &Path, req: &Request) -> anyhow::Result<Response> {
+/// The name of an enum value's variant, for messages (`Status` of `Status(..)`).
+fn variant_name(v: &impl std::fmt::Debug) -> String {
+    let d = format!("{v:?}");
+    d.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Sends `req` to the agent listening on `control` and returns what `take`
+/// finds in the answer. An unreachable agent, a refusal and an answer of
+/// another kind (`take` finds nothing) are errors that say which.
+fn rpc<T>(
+    control: &Path,
+    req: &Request,
+    take: impl FnOnce(Response) -> Option<T>,
+) -> anyhow::Result<T> {
     let resp = control::request(control, req).with_context(|| {
         format!(
             "cannot reach the agent at {} (is `vmdedup serve` running? --control/VMDEDUP_CONTROL)",
@@ -326,8 +343,27 @@ fn rpc(control: &Path, req: &Request) -> anyhow::Result<Response> {
         Response::Error { code, message } => {
             bail!("the agent refused ({code:?}): {}", message.as_str())
         }
-        other => Ok(other),
+        other => {
+            let kind = variant_name(&other);
+            take(other).with_context(|| {
+                format!(
+                    "the agent answered a {} request with {kind}: is it another version?",
+                    variant_name(req)
+                )
+            })
+        }
     }
+}
+
+/// [`rpc`] with the expected answer written as a pattern:
+/// `rpc!(control, Request::Vms, Response::Vms(v) => v)`.
+macro_rules! rpc {
+    ($control:expr, $req:expr, $pat:pat => $out:expr) => {
+        rpc($control, &$req, |r| match r {
+            $pat => Some($out),
+            _ => None,
+        })
+    };
 }
 
 fn print_status(r: &StatusReport) {
@@ -375,13 +411,17 @@ fn print_status(r: &StatusReport) {
     }
 }
 
-fn serve(
+/// `vmdedup serve`.
+fn cmd_serve(
     config: ConfigArgs,
     pollers: usize,
     park_timeout_ms: u64,
     guest: GuestChannelArgs,
     metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
+    if let Some(addr) = metrics {
+        vmdedup_host_agent::metrics::require_loopback(addr)?;
+    }
     let cfg = config.load()?;
     let agent = Agent::start(
         cfg.clone(),
@@ -474,214 +514,237 @@ fn serve(
     result
 }
 
+/// `vmdedup status`.
+fn cmd_status(control: &Path, json: bool) -> anyhow::Result<()> {
+    let r = rpc!(control, Request::Status, Response::Status(r) => r)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats::status_json(&r))?);
+    } else {
+        print_status(&r);
+    }
+    Ok(())
+}
+
+/// `vmdedup vms`.
+fn cmd_vms(control: &Path) -> anyhow::Result<()> {
+    let vms = rpc!(control, Request::Vms, Response::Vms(v) => v)?;
+    println!(
+        "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
+        "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "STATE"
+    );
+    for v in &vms {
+        println!(
+            "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
+            v.name.as_str(),
+            v.domain.as_str(),
+            v.counters.hints,
+            v.counters.hits,
+            v.maps_held,
+            if v.cut_off { "cut" } else { "ok" }
+        );
+    }
+    Ok(())
+}
+
+/// `vmdedup files`.
+fn cmd_files(control: &Path, ns: &str, offset: u32, limit: u16) -> anyhow::Result<()> {
+    let known = rpc!(control, Request::Namespaces, Response::Namespaces(n) => n)?;
+    if !known.iter().any(|n| n.name.as_str() == ns) {
+        let names: Vec<&str> = known.iter().map(|n| n.name.as_str()).collect();
+        bail!("no namespace {ns:?} (known: {})", names.join(", "));
+    }
+    let req = Request::Files {
+        ns: bounded(ns, "namespace name too long")?,
+        offset,
+        limit,
+    };
+    let (total, files) = rpc!(control, req, Response::Files { total, files } => (total, files))?;
+    println!(
+        "{total} files of {ns} in the pool (showing {} from {offset})",
+        files.len()
+    );
+    for f in &files {
+        println!("{:>10} {:>7}p  {}", f.size, f.pages, f.path.as_str());
+    }
+    Ok(())
+}
+
+/// `vmdedup warm`.
+fn cmd_warm(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
+    let req = Request::Warm {
+        ns: bounded(ns, "namespace name too long")?,
+        path: bounded(path, "path too long")?,
+    };
+    // The agent does the loading; meanwhile show the pool filling up.
+    let start = Instant::now();
+    let sock = control.to_path_buf();
+    let done = Arc::new(AtomicBool::new(false));
+    let done2 = Arc::clone(&done);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = std::thread::spawn(move || {
+        let mut first = None;
+        while tty && !done2.load(Ordering::Relaxed) {
+            if let Ok(Response::Status(r)) = control::request(&sock, &Request::Status) {
+                let base = *first.get_or_insert(r.frames_used);
+                eprint!(
+                    "\rwarming: {} frames loaded, {} MiB, {:.0}s   ",
+                    r.frames_used.saturating_sub(base),
+                    (r.frames_used.saturating_sub(base) * 4096) >> 20,
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    let resp =
+        rpc!(control, req, Response::Warmed { files, pages, skipped } => (files, pages, skipped));
+    done.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    if tty {
+        eprintln!();
+    }
+    let (files, pages, skipped) = resp?;
+    println!(
+        "warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped, in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `vmdedup evict`.
+fn cmd_evict(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
+    let req = Request::Evict {
+        ns: bounded(ns, "namespace name too long")?,
+        path: bounded(path, "path too long")?,
+    };
+    let (dropped, revoking) = rpc!(
+        control,
+        req,
+        Response::Evicted { dropped, revoking } => (dropped, revoking)
+    )?;
+    println!("evicted {ns}/{path}: {dropped} file maps dropped, {revoking} being revoked from VMs");
+    Ok(())
+}
+
+/// `vmdedup vm add`.
+fn cmd_vm_add(control: &Path, name: &str, domain: &str) -> anyhow::Result<()> {
+    let req = Request::VmAdd {
+        name: bounded(name, "VM name too long")?,
+        domain: bounded(domain, "domain name too long")?,
+    };
+    let (name, ring_path) = rpc!(
+        control,
+        req,
+        Response::VmAdded { name, ring_path } => (name, ring_path)
+    )?;
+    println!("{}: ring region {}", name.as_str(), ring_path.as_str());
+    Ok(())
+}
+
+/// `vmdedup vm reinstate`.
+fn cmd_vm_reinstate(control: &Path, name: &str) -> anyhow::Result<()> {
+    let req = Request::VmReinstate {
+        name: bounded(name, "VM name too long")?,
+    };
+    let (name, was_cut_off) = rpc!(
+        control,
+        req,
+        Response::VmReinstated { name, was_cut_off } => (name, was_cut_off)
+    )?;
+    if was_cut_off {
+        println!("{}: reinstated; its ring starts over", name.as_str());
+    } else {
+        println!("{}: not cut off; nothing to do", name.as_str());
+    }
+    Ok(())
+}
+
+/// `vmdedup qemu-args`.
+fn cmd_qemu_args(name: &str, config: &ConfigArgs) -> anyhow::Result<()> {
+    let cfg = config.load()?;
+    for a in cfg.qemu_args(name, config.ring_size) {
+        println!("{a}");
+    }
+    Ok(())
+}
+
+/// `vmdedup region init`.
+fn cmd_region_init(
+    kind: KindArg,
+    size: u64,
+    generation: Option<u64>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let kind = match kind {
+        KindArg::Ring => RegionKind::Ring,
+        KindArg::Pool => RegionKind::Pool,
+    };
+    let generation = generation.unwrap_or_else(time_generation);
+    region::init(path, kind, size, generation)
+        .with_context(|| format!("creating region {}", path.display()))?;
+    let (kind, p) = region::inspect(path)?;
+    println!(
+        "{}: {:?} region, version {}, {} bytes, generation {}",
+        path.display(),
+        kind,
+        p.version,
+        p.region_size,
+        p.generation
+    );
+    Ok(())
+}
+
+/// `vmdedup region show`.
+fn cmd_region_show(path: &Path) -> anyhow::Result<()> {
+    let (kind, p) = region::inspect(path)?;
+    println!(
+        "{}: {:?} region, version {}, header {} bytes, {} bytes, generation {}",
+        path.display(),
+        kind,
+        p.version,
+        p.header_size,
+        p.region_size,
+        p.generation
+    );
+    Ok(())
+}
+
 fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Serve {
             config,
             pollers,
             park_timeout_ms,
             guest,
             metrics,
-        } => {
-            if let Some(addr) = metrics {
-                vmdedup_host_agent::metrics::require_loopback(addr)?;
-            }
-            serve(config, pollers, park_timeout_ms, guest, metrics)?
-        }
-        Command::Status { control, json } => {
-            let Response::Status(r) = rpc(&control.control, &Request::Status)? else {
-                bail!("unexpected answer")
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&stats::status_json(&r))?);
-            } else {
-                print_status(&r);
-            }
-        }
-        Command::Vms { control } => {
-            let Response::Vms(vms) = rpc(&control.control, &Request::Vms)? else {
-                bail!("unexpected answer")
-            };
-            println!(
-                "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
-                "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "STATE"
-            );
-            for v in &vms {
-                println!(
-                    "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
-                    v.name.as_str(),
-                    v.domain.as_str(),
-                    v.counters.hints,
-                    v.counters.hits,
-                    v.maps_held,
-                    if v.cut_off { "cut" } else { "ok" }
-                );
-            }
-        }
+        } => cmd_serve(config, pollers, park_timeout_ms, guest, metrics),
+        Command::Status { control, json } => cmd_status(&control.control, json),
+        Command::Vms { control } => cmd_vms(&control.control),
         Command::Files {
             control,
             ns,
             offset,
             limit,
-        } => {
-            let Response::Namespaces(known) = rpc(&control.control, &Request::Namespaces)? else {
-                bail!("unexpected answer")
-            };
-            if !known.iter().any(|n| n.name.as_str() == ns) {
-                let names: Vec<&str> = known.iter().map(|n| n.name.as_str()).collect();
-                bail!("no namespace {ns:?} (known: {})", names.join(", "));
-            }
-            let req = Request::Files {
-                ns: bounded(&ns, "namespace name too long")?,
-                offset,
-                limit,
-            };
-            let Response::Files { total, files } = rpc(&control.control, &req)? else {
-                bail!("unexpected answer")
-            };
-            println!(
-                "{total} files of {ns} in the pool (showing {} from {offset})",
-                files.len()
-            );
-            for f in &files {
-                println!("{:>10} {:>7}p  {}", f.size, f.pages, f.path.as_str());
-            }
-        }
-        Command::Warm { control, ns, path } => {
-            let req = Request::Warm {
-                ns: bounded(&ns, "namespace name too long")?,
-                path: bounded(&path, "path too long")?,
-            };
-            // The agent does the loading; meanwhile show the pool filling up.
-            let start = Instant::now();
-            let sock = control.control.clone();
-            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let done2 = Arc::clone(&done);
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let progress = std::thread::spawn(move || {
-                let mut first = None;
-                while tty && !done2.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Ok(Response::Status(r)) = control::request(&sock, &Request::Status) {
-                        let base = *first.get_or_insert(r.frames_used);
-                        eprint!(
-                            "\rwarming: {} frames loaded, {} MiB, {:.0}s   ",
-                            r.frames_used.saturating_sub(base),
-                            (r.frames_used.saturating_sub(base) * 4096) >> 20,
-                            start.elapsed().as_secs_f64()
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            });
-            let resp = rpc(&control.control, &req);
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = progress.join();
-            if tty {
-                eprintln!();
-            }
-            let Response::Warmed {
-                files,
-                pages,
-                skipped,
-            } = resp?
-            else {
-                bail!("unexpected answer")
-            };
-            println!(
-                "warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped, in {:.1}s",
-                start.elapsed().as_secs_f64()
-            );
-        }
-        Command::Evict { control, ns, path } => {
-            let req = Request::Evict {
-                ns: bounded(&ns, "namespace name too long")?,
-                path: bounded(&path, "path too long")?,
-            };
-            let Response::Evicted { dropped, revoking } = rpc(&control.control, &req)? else {
-                bail!("unexpected answer")
-            };
-            println!("evicted {ns}/{path}: {dropped} file maps dropped, {revoking} being revoked from VMs");
-        }
+        } => cmd_files(&control.control, &ns, offset, limit),
+        Command::Warm { control, ns, path } => cmd_warm(&control.control, &ns, &path),
+        Command::Evict { control, ns, path } => cmd_evict(&control.control, &ns, &path),
         Command::Vm(VmCommand::Add {
             control,
             name,
             domain,
-        }) => {
-            let req = Request::VmAdd {
-                name: bounded(&name, "VM name too long")?,
-                domain: bounded(&domain, "domain name too long")?,
-            };
-            match rpc(&control.control, &req)? {
-                Response::VmAdded { name, ring_path } => {
-                    println!("{}: ring region {}", name.as_str(), ring_path.as_str())
-                }
-                _ => bail!("unexpected answer"),
-            }
-        }
+        }) => cmd_vm_add(&control.control, &name, &domain),
         Command::Vm(VmCommand::Reinstate { control, name }) => {
-            let req = Request::VmReinstate {
-                name: bounded(&name, "VM name too long")?,
-            };
-            match rpc(&control.control, &req)? {
-                Response::VmReinstated {
-                    name,
-                    was_cut_off: true,
-                } => {
-                    println!("{}: reinstated; its ring starts over", name.as_str())
-                }
-                Response::VmReinstated {
-                    name,
-                    was_cut_off: false,
-                } => {
-                    println!("{}: not cut off; nothing to do", name.as_str())
-                }
-                _ => bail!("unexpected answer"),
-            }
+            cmd_vm_reinstate(&control.control, &name)
         }
-        Command::QemuArgs { name, config } => {
-            let cfg = config.load()?;
-            for a in cfg.qemu_args(&name, config.ring_size) {
-                println!("{a}");
-            }
-        }
+        Command::QemuArgs { name, config } => cmd_qemu_args(&name, &config),
         Command::Region(RegionCommand::Init {
             kind,
             size,
             generation,
             path,
-        }) => {
-            let kind = match kind {
-                KindArg::Ring => RegionKind::Ring,
-                KindArg::Pool => RegionKind::Pool,
-            };
-            let generation = generation.unwrap_or_else(time_generation);
-            region::init(&path, kind, size, generation)
-                .with_context(|| format!("creating region {}", path.display()))?;
-            let (kind, p) = region::inspect(&path)?;
-            println!(
-                "{}: {:?} region, version {}, {} bytes, generation {}",
-                path.display(),
-                kind,
-                p.version,
-                p.region_size,
-                p.generation
-            );
-        }
-        Command::Region(RegionCommand::Show { path }) => {
-            let (kind, p) = region::inspect(&path)?;
-            println!(
-                "{}: {:?} region, version {}, header {} bytes, {} bytes, generation {}",
-                path.display(),
-                kind,
-                p.version,
-                p.header_size,
-                p.region_size,
-                p.generation
-            );
-        }
+        }) => cmd_region_init(kind, size, generation, &path),
+        Command::Region(RegionCommand::Show { path }) => cmd_region_show(&path),
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -699,5 +762,83 @@ fn main() -> ExitCode {
             eprintln!("vmdedup: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    use vmdedup_protocol::control::{ErrorCode, MAX_FRAME_LEN};
+
+    use super::*;
+
+    /// An agent that answers one request with `resp`, on a socket in a
+    /// directory of its own.
+    fn one_answer(tag: &str, resp: Response) -> (PathBuf, std::thread::JoinHandle<()>) {
+        let dir = std::env::temp_dir().join(format!("vmdedup-rpc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).unwrap();
+            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+            s.read_exact(&mut body).unwrap();
+            let mut buf = vec![0u8; MAX_FRAME_LEN];
+            let n = resp.encode(&mut buf).unwrap();
+            s.write_all(&buf[..n]).unwrap();
+        });
+        (path, t)
+    }
+
+    #[test]
+    fn rpc_returns_the_expected_answer() {
+        let (path, t) = one_answer("ok", Response::Vms(heapless::Vec::new()));
+        let vms = rpc!(&path, Request::Vms, Response::Vms(v) => v).unwrap();
+        assert!(vms.is_empty());
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn rpc_says_when_the_answer_is_of_another_kind() {
+        let (path, t) = one_answer("kind", Response::Vms(heapless::Vec::new()));
+        let e = rpc!(&path, Request::Status, Response::Status(r) => r).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("answered a Status request with Vms"), "{msg}");
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn rpc_passes_on_a_refusal_and_an_absent_agent() {
+        let refusal = Response::Error {
+            code: ErrorCode::NotFound,
+            message: heapless::String::try_from("no VM called \"x\"").unwrap(),
+        };
+        let (path, t) = one_answer("refused", refusal);
+        let req = Request::VmReinstate {
+            name: heapless::String::try_from("x").unwrap(),
+        };
+        let msg = format!(
+            "{:#}",
+            rpc!(&path, req, Response::VmReinstated { was_cut_off, .. } => was_cut_off)
+                .unwrap_err()
+        );
+        assert!(
+            msg.starts_with("the agent refused (NotFound): no VM called"),
+            "{msg}"
+        );
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let msg = format!(
+            "{:#}",
+            rpc!(&path, Request::Vms, Response::Vms(v) => v).unwrap_err()
+        );
+        assert!(msg.contains("cannot reach the agent at"), "{msg}");
     }
 }

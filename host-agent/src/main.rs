@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vmdedup_host_agent::agent::{Agent, AgentOptions};
-use vmdedup_host_agent::config::{parse_size, AgentConfig, VmConfig};
+use vmdedup_host_agent::config::{parse_size, AgentConfig};
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
 use vmdedup_host_agent::region;
 use vmdedup_host_agent::ring::poller::PollerConfig;
@@ -29,7 +29,8 @@ struct Cli {
     command: Command,
 }
 
-/// Where the configuration comes from (shared by `serve` and `qemu-args`).
+/// Where the configuration comes from (shared by `serve`, `qemu-args` and
+/// `config new`): a TOML file, then these options on top of it.
 #[derive(Args, Clone)]
 struct ConfigArgs {
     /// TOML configuration file (namespaces, trust domains, VMs, pool).
@@ -39,8 +40,18 @@ struct ConfigArgs {
     /// read-only lower directory (repeatable; adds to the config file's).
     #[arg(long = "ns", value_name = "NAME=HOSTDIR")]
     ns: Vec<String>,
-    /// Register a VM at start (repeatable; adds to the config file's).
-    #[arg(long = "vm", value_name = "NAME")]
+    /// The trust domains whose VMs may use namespace NAME, comma-separated
+    /// ("*": every VM; default: "default") (repeatable).
+    #[arg(long = "ns-domains", value_name = "NAME=DOMAIN[,DOMAIN...]")]
+    ns_domains: Vec<String>,
+    /// How coarsely namespace NAME's mtimes are compared with the guest's, in
+    /// ns: 1 (the default) is exact, 1000000000 for guest copies that keep
+    /// whole seconds only (repeatable).
+    #[arg(long = "ns-mtime-granularity", value_name = "NAME=NS")]
+    ns_mtime_granularity: Vec<String>,
+    /// Register a VM at start, in trust domain DOMAIN (default: "default")
+    /// (repeatable; adds to the config file's).
+    #[arg(long = "vm", value_name = "NAME[:DOMAIN]")]
     vm: Vec<String>,
     /// Pool memory file (default /dev/shm/vmdedup.pool).
     #[arg(long)]
@@ -54,12 +65,20 @@ struct ConfigArgs {
     /// Directory of the VMs' ring region files (default /dev/shm).
     #[arg(long)]
     ring_dir: Option<PathBuf>,
-    /// Size of each VM's ring region, a power of two of at least 64K.
-    #[arg(long, value_parser = size_arg, default_value = "1M")]
-    ring_size: u64,
     /// Control socket path (default /run/vmdedup/control.sock).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// Group whose members may use the control socket (besides root and the
+    /// agent's user).
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
+    /// Loader threads (default 2).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// How long a VM may take to acknowledge a revocation before it is cut
+    /// off, in milliseconds (default 5000).
+    #[arg(long, value_name = "MS")]
+    ack_timeout_ms: Option<u64>,
 }
 
 impl ConfigArgs {
@@ -71,16 +90,14 @@ impl ConfigArgs {
         for ns in &self.ns {
             cfg.add_ns_arg(ns).with_context(|| format!("--ns {ns}"))?;
         }
+        for arg in &self.ns_domains {
+            cfg.set_ns_domains_arg(arg)?;
+        }
+        for arg in &self.ns_mtime_granularity {
+            cfg.set_ns_mtime_granularity_arg(arg)?;
+        }
         for vm in &self.vm {
-            if cfg.vms.iter().any(|v| &v.name == vm) {
-                continue;
-            }
-            cfg.vms.push(VmConfig {
-                name: vm.clone(),
-                domain: "default".into(),
-                guest_socket: None,
-                cid: None,
-            });
+            cfg.add_vm_arg(vm)?;
         }
         if let Some(p) = &self.pool {
             cfg.pool = p.clone();
@@ -97,9 +114,26 @@ impl ConfigArgs {
         if let Some(c) = &self.control {
             cfg.control_socket = c.clone();
         }
+        if let Some(g) = &self.control_group {
+            cfg.control_group = Some(g.clone());
+        }
+        if let Some(w) = self.workers {
+            cfg.workers = w;
+        }
+        if let Some(t) = self.ack_timeout_ms {
+            cfg.ack_timeout_ms = t;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// The size of the VMs' ring regions (not part of the configuration file).
+#[derive(Args, Clone)]
+struct RingSizeArg {
+    /// Size of each VM's ring region, a power of two of at least 64K.
+    #[arg(long, value_parser = size_arg, default_value = "1M")]
+    ring_size: u64,
 }
 
 /// How guest tools (`vmdedup-guest`) reach the agent.
@@ -140,6 +174,8 @@ enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
+        #[command(flatten)]
+        ring: RingSizeArg,
         /// Poller threads.
         #[arg(long, default_value_t = 1)]
         pollers: usize,
@@ -223,7 +259,12 @@ enum Command {
         name: String,
         #[command(flatten)]
         config: ConfigArgs,
+        #[command(flatten)]
+        ring: RingSizeArg,
     },
+    /// Write an agent configuration file for `vmdedup serve --config`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Create or inspect shared region files (developer tool).
     #[command(subcommand)]
     Region(RegionCommand),
@@ -256,6 +297,24 @@ enum VmCommand {
         control: ControlArg,
         /// VM name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print (or write to --out) a TOML configuration made of a config file
+    /// (optional) and the options, with every default spelled out. `vmdedup
+    /// serve --config FILE` and `vmdedup qemu-args VM --config FILE` read it
+    /// as the same configuration.
+    ///
+    /// Example: vmdedup config new --ns debian=/srv/debian12 --ns-domains debian=tenant-a
+    /// --ns-mtime-granularity debian=1000000000 --vm vm1:tenant-a --pool-size 1G -o agent.toml
+    New {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Write the configuration to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -414,6 +473,7 @@ fn print_status(r: &StatusReport) {
 /// `vmdedup serve`.
 fn cmd_serve(
     config: ConfigArgs,
+    ring: RingSizeArg,
     pollers: usize,
     park_timeout_ms: u64,
     guest: GuestChannelArgs,
@@ -426,7 +486,7 @@ fn cmd_serve(
     let agent = Agent::start(
         cfg.clone(),
         AgentOptions {
-            ring_size: config.ring_size,
+            ring_size: ring.ring_size,
             pollers: PollerConfig {
                 threads: pollers.max(1),
                 park_timeout: Some(Duration::from_millis(park_timeout_ms.max(1))),
@@ -660,10 +720,20 @@ fn cmd_vm_reinstate(control: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 /// `vmdedup qemu-args`.
-fn cmd_qemu_args(name: &str, config: &ConfigArgs) -> anyhow::Result<()> {
+fn cmd_qemu_args(name: &str, config: &ConfigArgs, ring: &RingSizeArg) -> anyhow::Result<()> {
     let cfg = config.load()?;
-    for a in cfg.qemu_args(name, config.ring_size) {
+    for a in cfg.qemu_args(name, ring.ring_size) {
         println!("{a}");
+    }
+    Ok(())
+}
+
+/// `vmdedup config new`.
+fn cmd_config_new(config: &ConfigArgs, out: Option<&Path>) -> anyhow::Result<()> {
+    let text = config.load()?.to_toml()?;
+    match out {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{text}"),
     }
     Ok(())
 }
@@ -713,11 +783,12 @@ fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve {
             config,
+            ring,
             pollers,
             park_timeout_ms,
             guest,
             metrics,
-        } => cmd_serve(config, pollers, park_timeout_ms, guest, metrics),
+        } => cmd_serve(config, ring, pollers, park_timeout_ms, guest, metrics),
         Command::Status { control, json } => cmd_status(&control.control, json),
         Command::Vms { control } => cmd_vms(&control.control),
         Command::Files {
@@ -736,7 +807,10 @@ fn run() -> anyhow::Result<()> {
         Command::Vm(VmCommand::Reinstate { control, name }) => {
             cmd_vm_reinstate(&control.control, &name)
         }
-        Command::QemuArgs { name, config } => cmd_qemu_args(&name, &config),
+        Command::QemuArgs { name, config, ring } => cmd_qemu_args(&name, &config, &ring),
+        Command::Config(ConfigCommand::New { config, out }) => {
+            cmd_config_new(&config, out.as_deref())
+        }
         Command::Region(RegionCommand::Init {
             kind,
             size,

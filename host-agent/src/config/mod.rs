@@ -393,7 +393,7 @@ impl AgentConfig {
             "-object".into(),
             format!(
                 "memory-backend-file,id=vmdedup-ring,mem-path={},size={},share=on",
-                self.ring_path(vm).display(),
+                qemu_opt_path(&self.ring_path(vm)),
                 ring_size
             ),
             "-device".into(),
@@ -401,13 +401,19 @@ impl AgentConfig {
             "-object".into(),
             format!(
                 "memory-backend-file,id=vmdedup-pool,mem-path={},size={},share=on,readonly=on",
-                self.pool.display(),
+                qemu_opt_path(&self.pool),
                 self.pool_size
             ),
             "-device".into(),
             "ivshmem-plain,memdev=vmdedup-pool".into(),
         ]
     }
+}
+
+/// A path as the value of a QEMU `key=value,...` option: a comma is doubled,
+/// or QEMU would read the rest as another option.
+fn qemu_opt_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
 }
 
 #[cfg(test)]
@@ -452,7 +458,7 @@ cid = 3
     #[test]
     fn qemu_args_attach_the_ring_and_the_pool() {
         let cfg = AgentConfig {
-            pool: "/dev/shm/a.pool".into(),
+            pool: "/dev/shm/a,b.pool".into(),
             pool_size: 64 << 20,
             ring_dir: "/run/x".into(),
             ..AgentConfig::default()
@@ -465,7 +471,7 @@ cid = 3
                 "-device",
                 "ivshmem-plain,memdev=vmdedup-ring",
                 "-object",
-                "memory-backend-file,id=vmdedup-pool,mem-path=/dev/shm/a.pool,size=67108864,share=on,readonly=on",
+                "memory-backend-file,id=vmdedup-pool,mem-path=/dev/shm/a,,b.pool,size=67108864,share=on,readonly=on",
                 "-device",
                 "ivshmem-plain,memdev=vmdedup-pool",
             ]

@@ -1,6 +1,7 @@
 //! What a poller does with a hint: the [`Handler`] trait.
 
 use vmdedup_protocol::abi::AnswerStatus;
+use vmdedup_protocol::pool::TableRef;
 
 /// Identifies a ring (a VM) to the handler, e.g. for namespace permissions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,6 +46,18 @@ pub struct FileMapRef {
     pub file_size: u64,
 }
 
+impl From<TableRef> for FileMapRef {
+    fn from(r: TableRef) -> Self {
+        FileMapRef {
+            table_offset: r.offset,
+            page_count: r.page_count,
+            file_map_id: r.file_map_id,
+            map_generation: r.map_generation,
+            file_size: r.file_size,
+        }
+    }
+}
+
 /// A handler's answer to a hint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -56,7 +69,8 @@ pub enum Answer {
 }
 
 /// Turns hints into answers. Called on the poller threads, so it must be quick
-/// (issue 4's resolver plugs in here); it must not panic on any hint.
+/// (the [hint service](crate::service::HintService) plugs in here); it must
+/// not panic on any hint.
 pub trait Handler: Send + Sync {
     /// Answers one hint from ring `ring`.
     fn handle(&self, ring: RingId, hint: &Hint<'_>) -> Answer;

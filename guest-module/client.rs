@@ -1,6 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The guest end of the ring region: hints out, answers and events in.
 //!
+//! The ring protocol itself (attach and validation, staging hints and map
+//! operations, reaping answers and events, the doorbell decision) is
+//! [`guest`](crate::guest), the very code the host's tests and benchmark run;
+//! this file keeps the policy: requests in flight, held maps, the queue of
+//! map operations, what falls back and what is counted.
+//!
 //! Everything in the ring and the pool is written by the host and treated as
 //! hostile: indices go through the [`spsc`](crate::spsc) algorithm (loaded
 //! once, range-checked), entries and table bytes are copied out with volatile
@@ -9,8 +15,9 @@
 //!
 //! There is no doorbell hardware with `ivshmem-plain` (no interrupt/doorbell
 //! registers are driven), so when the host poller advertises
-//! [`HOST_FLAG_NEED_WAKEUP`] the client only counts a "doorbell needed"; the
-//! host poller's timed re-check picks the hint up.
+//! [`HOST_FLAG_NEED_WAKEUP`](crate::abi::HOST_FLAG_NEED_WAKEUP) the client
+//! only counts a "doorbell needed"; the host poller's timed re-check picks
+//! the hint up.
 //!
 //! Map operations: after a revocation has been applied (every pool PTE of
 //! the file zapped, the answer dropped) the client sends
@@ -26,25 +33,22 @@
 //! reclaim (inode eviction) takes the region table lock: eviction only marks
 //! the file state and sets [`SWEEP_NEEDED`]; the timer does the rest.
 
-use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::time::Ktime;
 
 use crate::abi::{
-    ring_off, AnswerStatus, CompletionEntry, EventEntry, RegionKind, RegionPrefix, RingLayout,
-    SubmissionEntry, ANSWER_FLAG_MAP_OP, CQE_SIZE, EQE_SIZE, EVENT_NOTICE, EVENT_REVOKE,
-    HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN,
-    NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING, OP_ACK_REVOKE, OP_HINT, OP_RELEASE,
-    SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
+    AnswerStatus, CompletionEntry, EventEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE,
+    EVENT_REVOKE, MAX_PATH_LEN, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING, OP_ACK_REVOKE, OP_HINT,
+    OP_RELEASE,
 };
 use crate::ffi;
 use crate::fs::{FileMap, InodeState, MissKind};
+use crate::guest::{self, GuestEnd, StageError};
 use crate::pool::{PoolGeometry, TableRef, TableHeader, POOL_HEADER_SIZE, TABLE_HEADER_SIZE, TABLE_MAGIC};
 use crate::regions::Mapping;
-use crate::spsc::{self, Consumer, Producer, SharedU32};
 use crate::stats::{self, Counter};
 
 /// Most requests in flight at once (answers still expected).
@@ -66,43 +70,6 @@ const SHUTDOWN_WAIT_MS: i64 = 50;
 /// next timer tick releases the maps no file holds any more.
 pub(crate) static SWEEP_NEEDED: AtomicBool = AtomicBool::new(false);
 
-/// A `u32` index word in the ring region.
-///
-/// # Invariants
-/// Points to a 4-aligned `u32` inside a live ring mapping (the client only
-/// makes these from its [`Mapping`] and uses them while holding the region
-/// table lock, under which the mapping cannot go away).
-struct Word(NonNull<AtomicU32>);
-
-impl SharedU32 for Word {
-    fn load(&self, order: Ordering) -> u32 {
-        // SAFETY: valid and aligned by the type invariant; `AtomicU32` is the
-        // right type for memory another agent writes concurrently.
-        unsafe { self.0.as_ref() }.load(order)
-    }
-    fn store(&self, val: u32, order: Ordering) {
-        // SAFETY: as in `load`.
-        unsafe { self.0.as_ref() }.store(val, order)
-    }
-    fn fetch_or(&self, val: u32, order: Ordering) -> u32 {
-        // SAFETY: as in `load`.
-        unsafe { self.0.as_ref() }.fetch_or(val, order)
-    }
-    fn fetch_and(&self, val: u32, order: Ordering) -> u32 {
-        // SAFETY: as in `load`.
-        unsafe { self.0.as_ref() }.fetch_and(val, order)
-    }
-    fn full_fence() {
-        // A SeqCst fence is `mfence` on x86, i.e. `smp_mb()`.
-        core::sync::atomic::fence(Ordering::SeqCst)
-    }
-}
-
-fn word(map: &Mapping, off: usize) -> Option<Word> {
-    // INVARIANT: `Mapping::word` checks bounds and alignment.
-    map.word(off).map(Word)
-}
-
 /// A request waiting for its answer.
 struct Pending {
     id: u64,
@@ -120,15 +87,7 @@ struct Held {
 
 /// A validated connection to the host's ring.
 struct Conn {
-    layout: RingLayout,
-    generation: u64,
-    sq: Producer,
-    cq: Consumer,
-    eq: Consumer,
-    slots_busy: KVec<bool>,
-    /// [`HOST_FLAG_EVENTS_LOST`] was seen and applied on this connection
-    /// (the host never clears it, so it is applied once).
-    events_lost_seen: bool,
+    end: GuestEnd,
 }
 
 /// Map operations ([`OP_ACK_REVOKE`], [`OP_RELEASE`]) not yet published: a
@@ -251,52 +210,24 @@ impl Client {
             self.disconnect();
             return false;
         };
-        let mut p = [0u8; 32];
-        if !ring.read_bytes(0, &mut p) {
+        if ring.len() < core::mem::size_of::<crate::abi::RegionPrefix>() {
             self.disconnect();
             return false;
         }
-        let prefix = RegionPrefix::from_le_bytes(&p);
-        let valid = matches!(prefix.validate(ring.len() as u64), Ok(RegionKind::Ring));
+        let generation = guest::ring_generation(ring);
         if let Some(c) = &self.conn {
-            if valid && c.generation == prefix.generation && !self.ring_corrupt {
+            if generation == Some(c.end.generation()) && !self.ring_corrupt {
                 return true;
             }
             stats::inc(Counter::generation_changes);
             self.disconnect();
         }
-        if !valid || self.ring_corrupt {
+        if generation.is_none() || self.ring_corrupt {
             return false;
         }
-        let mut l = [0u8; 96];
-        if !ring.read_bytes(ring_off::HOST_FEATURES, &mut l) {
-            return false;
-        }
-        let layout = RingLayout::from_le_bytes(&l);
-        if layout.validate(prefix.region_size.min(ring.len() as u64)).is_err() {
-            return false;
-        }
-        let (Some(sqh), Some(sqt), Some(cqh), Some(eqh)) = (
-            word(ring, ring_off::SQ_HEAD),
-            word(ring, ring_off::SQ_TAIL),
-            word(ring, ring_off::CQ_HEAD),
-            word(ring, ring_off::EQ_HEAD),
-        ) else {
+        let Ok(end) = GuestEnd::attach(ring) else {
             return false;
         };
-        let Some(sq) = Producer::new(layout.sq.entries, sqh.load(Ordering::Acquire), sqt.load(Ordering::Acquire)) else {
-            return false;
-        };
-        let (Some(cq), Some(eq)) = (
-            Consumer::new(layout.cq.entries, cqh.load(Ordering::Acquire)),
-            Consumer::new(layout.eq.entries, eqh.load(Ordering::Acquire)),
-        ) else {
-            return false;
-        };
-        let mut slots_busy = KVec::new();
-        if slots_busy.extend_with(layout.slots.count as usize, false, GFP_KERNEL).is_err() {
-            return false;
-        }
         if !self.ops.reserve() {
             return false;
         }
@@ -305,14 +236,15 @@ impl Client {
                 return false;
             }
         }
+        let layout = end.layout();
         pr_info!(
             "ring connected: generation {}, {} submission / {} completion / {} event entries\n",
-            prefix.generation,
+            end.generation(),
             layout.sq.entries,
             layout.cq.entries,
             layout.eq.entries
         );
-        self.conn = Some(Conn { layout, generation: prefix.generation, sq, cq, eq, slots_busy, events_lost_seen: false });
+        self.conn = Some(Conn { end });
         true
     }
 
@@ -366,27 +298,16 @@ impl Client {
             return;
         }
         let Some(ring) = ring else { return };
-        let (Some(sq_head), Some(sq_tail), Some(flags)) =
-            (word(ring, ring_off::SQ_HEAD), word(ring, ring_off::SQ_TAIL), word(ring, ring_off::HOST_FLAGS))
-        else {
-            return;
-        };
         let Some(conn) = self.conn.as_mut() else { return };
-        let want = u32::try_from(self.ops.len).unwrap_or(u32::MAX);
-        let free = match conn.sq.free(&sq_head, want) {
-            Ok(n) => n as usize,
-            Err(_) => {
-                self.corrupt();
-                return;
-            }
-        };
-        let n = free.min(self.ops.len);
         let mut written = 0u32;
-        for (opcode, map_id) in (0..n).map_while(|i| self.ops.get(i)) {
-            let entry = SubmissionEntry::map_op(self.next_id, opcode, map_id);
-            let off = conn.layout.sqe_offset(conn.sq.slot(written)) as usize;
-            if !ring.write_bytes(off, &entry.to_le_bytes()) {
-                break;
+        for (opcode, map_id) in (0..self.ops.len).map_while(|i| self.ops.get(i)) {
+            match conn.end.stage_map_op(ring, self.next_id, opcode, map_id) {
+                Ok(()) => {}
+                Err(StageError::Corrupt(_)) => {
+                    self.corrupt();
+                    return;
+                }
+                Err(_) => break,
             }
             self.next_id = self.next_id.wrapping_add(1).max(1);
             stats::inc(if opcode == OP_ACK_REVOKE { Counter::acks_sent } else { Counter::releases_sent });
@@ -396,12 +317,12 @@ impl Client {
             stats::inc(Counter::map_ops_deferred);
             return;
         }
-        conn.sq.publish(&sq_tail, written);
+        let (_, doorbell) = conn.end.publish(ring);
         self.ops.pop(written as usize);
         if self.ops.len > 0 {
             stats::inc(Counter::map_ops_deferred);
         }
-        if spsc::needs_doorbell(&flags, HOST_FLAG_NEED_WAKEUP) {
+        if doorbell {
             stats::inc(Counter::doorbells_needed);
         }
     }
@@ -450,25 +371,9 @@ impl Client {
             stats::inc(Counter::hints_skipped_path);
             return false;
         }
-        let (Some(sq_head), Some(sq_tail), Some(flags)) =
-            (word(ring, ring_off::SQ_HEAD), word(ring, ring_off::SQ_TAIL), word(ring, ring_off::HOST_FLAGS))
-        else {
-            return false;
-        };
         let Some(conn) = self.conn.as_mut() else { return false };
-        match conn.sq.free(&sq_head, 1) {
-            Ok(0) => {
-                stats::inc(Counter::hints_skipped_ring_full);
-                return false;
-            }
-            Ok(_) => {}
-            Err(_) => {
-                self.corrupt();
-                return false;
-            }
-        }
         let id = self.next_id;
-        let mut entry = SubmissionEntry {
+        let entry = SubmissionEntry {
             request_id: id,
             opcode: OP_HINT,
             path_len,
@@ -479,31 +384,24 @@ impl Client {
             inode: ident.ino,
             ..SubmissionEntry::default()
         };
-        let sqe = conn.layout.sqe_offset(conn.sq.slot(0)) as usize;
-        let mut slot = None;
-        if path.len() > SQE_INLINE_PATH_MAX as usize {
-            let Some(s) = conn.slots_busy.iter().position(|b| !*b) else {
+        let slot = match conn.end.stage_hint(ring, entry, path) {
+            Ok(slot) => slot,
+            Err(StageError::Full) => {
+                stats::inc(Counter::hints_skipped_ring_full);
+                return false;
+            }
+            Err(StageError::Corrupt(_)) => {
+                self.corrupt();
+                return false;
+            }
+            Err(StageError::NoSlot | StageError::PathTooLong) => {
                 stats::inc(Counter::hints_skipped_path);
                 return false;
-            };
-            let Some(off) = conn.layout.path_slot_offset(s as u32) else { return false };
-            if !ring.write_bytes(off as usize, path) {
-                return false;
             }
-            if let Some(b) = conn.slots_busy.get_mut(s) {
-                *b = true;
-            }
-            entry.flags = HINT_FLAG_PATH_IN_SLOT;
-            entry.path_slot = s as u32;
-            slot = Some(s as u32);
-        } else if !ring.write_bytes(sqe + SQE_INLINE_PATH_OFF as usize, path) {
-            return false;
-        }
-        if !ring.write_bytes(sqe, &entry.to_le_bytes()) {
-            return false;
-        }
-        conn.sq.publish(&sq_tail, 1);
-        if spsc::needs_doorbell(&flags, HOST_FLAG_NEED_WAKEUP) {
+            Err(StageError::Unmapped) => return false,
+        };
+        let (_, doorbell) = conn.end.publish(ring);
+        if doorbell {
             stats::inc(Counter::doorbells_needed);
         }
         self.next_id = self.next_id.wrapping_add(1).max(1);
@@ -548,10 +446,7 @@ impl Client {
             return;
         }
         let Some(ring) = ring else { return };
-        let (Some(cq_head), Some(cq_tail)) = (word(ring, ring_off::CQ_HEAD), word(ring, ring_off::CQ_TAIL)) else {
-            return;
-        };
-        let n = match self.conn.as_mut().map(|c| c.cq.available(&cq_tail)) {
+        let n = match self.conn.as_mut().map(|c| c.end.answers(ring)) {
             Some(Ok(n)) => n,
             Some(Err(_)) => {
                 self.corrupt();
@@ -561,25 +456,14 @@ impl Client {
         };
         for i in 0..n {
             let Some(conn) = self.conn.as_ref() else { return };
-            let off = conn.layout.cqe_offset(conn.cq.slot(i)) as usize;
-            let mut b = [0u8; CQE_SIZE as usize];
-            if !ring.read_bytes(off, &mut b) {
+            let Some(answer) = conn.end.answer(ring, i) else {
                 break;
-            }
-            let answer = CompletionEntry::from_le_bytes(&b);
+            };
             self.apply(answer, pool, late);
         }
         if let Some(conn) = self.conn.as_mut() {
-            conn.cq.release(&cq_head, n);
-        }
-        if n > 0 {
-            if let (Some(flags), Some(sq_head)) = (word(ring, ring_off::HOST_FLAGS), word(ring, ring_off::SQ_HEAD)) {
-                let tail = self.conn.as_ref().map(|c| c.sq.tail());
-                if spsc::needs_doorbell(&flags, HOST_FLAG_NEED_WAKEUP)
-                    && Some(sq_head.load(Ordering::Acquire)) != tail
-                {
-                    stats::inc(Counter::doorbells_needed);
-                }
+            if conn.end.release_answers(ring, n) {
+                stats::inc(Counter::doorbells_needed);
             }
         }
     }
@@ -604,9 +488,7 @@ impl Client {
         };
         let Some(p) = p.take() else { return };
         if let (Some(s), Some(conn)) = (p.slot, self.conn.as_mut()) {
-            if let Some(b) = conn.slots_busy.get_mut(s as usize) {
-                *b = false;
-            }
+            conn.end.free_slot(s);
         }
         if late {
             stats::inc(Counter::answers_late);
@@ -726,18 +608,12 @@ impl Client {
         if self.conn.is_none() {
             return;
         }
-        let (Some(eq_head), Some(eq_tail), Some(flags)) =
-            (word(ring, ring_off::EQ_HEAD), word(ring, ring_off::EQ_TAIL), word(ring, ring_off::HOST_FLAGS))
-        else {
-            return;
-        };
-        let lost_new = flags.load(Ordering::Acquire) & HOST_FLAG_EVENTS_LOST != 0
-            && self.conn.as_mut().is_some_and(|c| !core::mem::replace(&mut c.events_lost_seen, true));
+        let lost_new = self.conn.as_mut().is_some_and(|c| c.end.events_lost_news(ring));
         if lost_new {
             stats::inc(Counter::revocations);
             self.revoke_all(true);
         }
-        let n = match self.conn.as_mut().map(|c| c.eq.available(&eq_tail)) {
+        let n = match self.conn.as_mut().map(|c| c.end.events(ring)) {
             Some(Ok(n)) => n,
             Some(Err(_)) => {
                 self.corrupt();
@@ -747,16 +623,13 @@ impl Client {
         };
         for i in 0..n {
             let Some(conn) = self.conn.as_ref() else { return };
-            let off = conn.layout.eqe_offset(conn.eq.slot(i)) as usize;
-            let mut b = [0u8; EQE_SIZE as usize];
-            if !ring.read_bytes(off, &mut b) {
+            let Some(event) = conn.end.event(ring, i) else {
                 break;
-            }
-            self.event(EventEntry::from_le_bytes(&b));
+            };
+            self.event(event);
         }
         if let Some(conn) = self.conn.as_mut() {
-            conn.eq.release(&eq_head, n);
-            if n > 0 && spsc::needs_doorbell(&flags, HOST_FLAG_NEED_WAKEUP) {
+            if conn.end.release_events(ring, n) {
                 stats::inc(Counter::doorbells_needed);
             }
         }

@@ -157,6 +157,31 @@ impl Mapping {
     }
 }
 
+impl crate::guest::SharedRegion for Mapping {
+    type Word = core::sync::atomic::AtomicU32;
+
+    fn size(&self) -> usize {
+        self.len
+    }
+
+    fn read_bytes(&self, off: usize, out: &mut [u8]) -> bool {
+        Mapping::read_bytes(self, off, out)
+    }
+
+    fn write_bytes(&self, off: usize, data: &[u8]) -> bool {
+        Mapping::write_bytes(self, off, data)
+    }
+
+    fn word(&self, off: usize) -> Option<&core::sync::atomic::AtomicU32> {
+        let p = Mapping::word(self, off)?;
+        // SAFETY: `Mapping::word` checked that the word is in bounds and
+        // 4-aligned; by the type invariant it stays mapped for as long as
+        // this `Mapping` exists, which bounds the returned lifetime. Both
+        // sides access index and flag words only atomically.
+        Some(unsafe { p.as_ref() })
+    }
+}
+
 /// A region that was recognised and is in use.
 pub(crate) struct Region {
     map: Mapping,

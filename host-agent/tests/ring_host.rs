@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use vmdedup_host_agent::ring::*;
 use vmdedup_protocol::abi::*;
+use vmdedup_protocol::guest::StageError;
 
 fn word(m: &SharedMapping, off: usize) -> &AtomicU32 {
     m.word(off).unwrap()
@@ -170,7 +171,7 @@ fn a_full_completion_ring_holds_hints_back() {
     for i in 0..8 {
         guest.stage(hint(i, 0, 0, 0), b"x").unwrap();
     }
-    assert_eq!(guest.stage(hint(8, 0, 0, 0), b"x"), Err(SubmitError::Full));
+    assert_eq!(guest.stage(hint(8, 0, 0, 0), b"x"), Err(StageError::Full));
     guest.publish();
     assert_eq!(host.poll_round(&echo, 64), 8);
     for i in 8..16 {

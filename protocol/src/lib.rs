@@ -3,7 +3,9 @@
 //! [`abi`] depends on `core` only. The guest kernel module compiles the very same
 //! file through Kbuild (`#[path = ...] mod abi;`), so it is the one source of truth
 //! for the layout of every shared region. [`spsc`] (also `core` only, also
-//! compiled into the module) is the ring index protocol both sides run.
+//! compiled into the module) is the ring index protocol both sides run;
+//! [`guest`] (likewise) is the guest end of the ring, which the module runs
+//! over its BAR mapping and the host's tests over a shared mapping.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -11,5 +13,6 @@
 pub mod abi;
 #[cfg(feature = "control")]
 pub mod control;
+pub mod guest;
 pub mod pool;
 pub mod spsc;

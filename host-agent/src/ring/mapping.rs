@@ -239,6 +239,26 @@ impl SharedMapping {
     }
 }
 
+impl vmdedup_protocol::guest::SharedRegion for SharedMapping {
+    type Word = AtomicU32;
+
+    fn size(&self) -> usize {
+        self.len
+    }
+
+    fn read_bytes(&self, off: usize, out: &mut [u8]) -> bool {
+        SharedMapping::read_bytes(self, off, out)
+    }
+
+    fn write_bytes(&self, off: usize, data: &[u8]) -> bool {
+        SharedMapping::write_bytes(self, off, data)
+    }
+
+    fn word(&self, off: usize) -> Option<&AtomicU32> {
+        SharedMapping::word(self, off)
+    }
+}
+
 impl Drop for SharedMapping {
     fn drop(&mut self) {
         // SAFETY: by the type invariant this is our live mapping of `len` bytes;

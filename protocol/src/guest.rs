@@ -1,0 +1,442 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The guest end of a ring region: attach, stage hints and map operations,
+//! reap answers and events, and decide when a doorbell is needed.
+//!
+//! Like [`spsc`](crate::spsc) this file depends on `core` only, allocates
+//! nothing and may be compiled into the guest module (`#[path =
+//! "../protocol/src/guest.rs"] mod guest;`, next to `abi` and `spsc`). The
+//! kernel module runs it over its BAR mapping, the host's tests and benchmark
+//! over a `SharedMapping` (the fake guest), the loom model over model memory:
+//! all through [`SharedRegion`].
+//!
+//! What stays with the caller is policy: which requests are in flight, which
+//! maps are held, what to retry, what to count. In particular the caller
+//! remembers which request took which path slot and gives the slot back with
+//! [`GuestEnd::free_slot`] when that request's answer has been read (or
+//! never, if the host may still read the slot).
+//!
+//! # Contract with the host (see `abi.rs` for the layout)
+//! - The guest writes submission entries, path slots, `sq_tail`, `cq_head`
+//!   and `eq_head`; the host writes everything else. Every byte the host
+//!   writes is copied out with [`SharedRegion::read_bytes`] before it is
+//!   decoded, and every index the host writes is loaded once and checked
+//!   against the capacity by [`spsc`](crate::spsc) (a bad one is
+//!   [`Corrupt`]).
+//! - Release/acquire: entries and path bytes are written before the Release
+//!   store of `sq_tail` ([`GuestEnd::publish`]); answers and events are read
+//!   after the Acquire load of `cq_tail`/`eq_tail` and before the Release
+//!   store of `cq_head`/`eq_head`.
+//! - NEED_WAKEUP: after moving an index the guest issues a full fence and
+//!   then reads [`HOST_FLAG_NEED_WAKEUP`] ([`spsc::needs_doorbell`]). The
+//!   poller sets the flag, fences, and re-checks the indices before it
+//!   parks; with both fences one of the two sides sees the other's write, so
+//!   a wake-up is never lost.
+
+use core::sync::atomic::Ordering;
+
+use crate::abi::{
+    ring_off, CompletionEntry, EventEntry, LayoutError, PrefixError, RegionKind, RegionPrefix,
+    RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_EVENTS_LOST,
+    HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, MAX_PATH_SLOTS, OP_HINT, SQE_INLINE_PATH_MAX,
+    SQE_INLINE_PATH_OFF,
+};
+use crate::spsc::{self, Consumer, Corrupt, Producer, SharedU32};
+
+/// Memory shared with the host, reached only through bounds-checked copies
+/// and aligned atomic words.
+///
+/// The other side may write any byte at any time, so an implementation must
+/// never hand out a reference to plain bytes: copies use volatile accesses,
+/// and words are only touched atomically (by both sides).
+pub trait SharedRegion {
+    /// An index or flag word of the region.
+    type Word: SharedU32;
+
+    /// Size of the region in bytes.
+    fn size(&self) -> usize;
+
+    /// Copies `out.len()` bytes at `off` out of the region. Returns `false`,
+    /// copying nothing, if the range is not inside the region.
+    fn read_bytes(&self, off: usize, out: &mut [u8]) -> bool;
+
+    /// Copies `data` into the region at `off`. Returns `false`, writing
+    /// nothing, if the range is not inside the region.
+    fn write_bytes(&self, off: usize, data: &[u8]) -> bool;
+
+    /// The `u32` at `off`, or `None` if it is out of range or not 4-aligned.
+    fn word(&self, off: usize) -> Option<&Self::Word>;
+}
+
+/// Why a region could not be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachError {
+    /// The region is too small for its header or index words.
+    TooSmall,
+    /// The prefix does not validate.
+    Prefix(PrefixError),
+    /// The prefix is a pool's, not a ring's.
+    NotRing,
+    /// The layout does not validate.
+    Layout(LayoutError),
+    /// The indices found are inconsistent.
+    Indices,
+}
+
+/// Why an entry could not be staged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageError {
+    /// The submission ring is full (reap answers first).
+    Full,
+    /// Every path slot is busy (reap answers first).
+    NoSlot,
+    /// The path does not fit the `u16` length field.
+    PathTooLong,
+    /// The host's `sq_head` is corrupt: stop using the ring.
+    Corrupt(Corrupt),
+    /// A write fell outside the region (cannot happen with a validated
+    /// layout, but a region may be smaller than it claims).
+    Unmapped,
+}
+
+/// The path slots this guest has handed out: a fixed bitmap, one bit per
+/// slot the ABI allows, so taking and freeing never allocate.
+#[derive(Clone, Copy, Debug)]
+struct PathSlots {
+    busy: [u64; (MAX_PATH_SLOTS as usize).div_ceil(64)],
+    count: u32,
+}
+
+impl PathSlots {
+    fn new(count: u32) -> PathSlots {
+        PathSlots {
+            busy: [0; (MAX_PATH_SLOTS as usize).div_ceil(64)],
+            count: count.min(MAX_PATH_SLOTS),
+        }
+    }
+
+    /// Takes the lowest free slot.
+    fn take(&mut self) -> Option<u32> {
+        for (i, w) in self.busy.iter_mut().enumerate() {
+            if *w != u64::MAX {
+                let bit = w.trailing_ones();
+                let slot = i as u32 * 64 + bit;
+                if slot >= self.count {
+                    return None;
+                }
+                *w |= 1 << bit;
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn free(&mut self, slot: u32) {
+        if let Some(w) = self.busy.get_mut((slot / 64) as usize) {
+            *w &= !(1u64 << (slot % 64));
+        }
+    }
+
+    fn in_use(&self) -> u32 {
+        self.busy.iter().map(|w| w.count_ones()).sum()
+    }
+}
+
+/// Reads and validates the prefix of `region`; returns its generation if it
+/// is a ring region this guest understands.
+pub fn ring_generation<R: SharedRegion + ?Sized>(region: &R) -> Option<u64> {
+    read_prefix(region).ok().map(|p| p.generation)
+}
+
+fn read_prefix<R: SharedRegion + ?Sized>(region: &R) -> Result<RegionPrefix, AttachError> {
+    let mut p = [0u8; 32];
+    if !region.read_bytes(0, &mut p) {
+        return Err(AttachError::TooSmall);
+    }
+    // A private copy: the host cannot change what is validated.
+    let prefix = RegionPrefix::from_le_bytes(&p);
+    match prefix.validate(region.size() as u64) {
+        Ok(RegionKind::Ring) => Ok(prefix),
+        Ok(RegionKind::Pool) => Err(AttachError::NotRing),
+        Err(e) => Err(AttachError::Prefix(e)),
+    }
+}
+
+fn word<R: SharedRegion + ?Sized>(region: &R, off: usize) -> Result<&R::Word, Corrupt> {
+    // Every word was found at attach, so this only fails on a region that
+    // shrank: treat it like bad indices.
+    region.word(off).ok_or(Corrupt { head: 0, tail: 0 })
+}
+
+/// The guest's private state for one attached ring region: it owns
+/// `sq_tail`, `cq_head` and `eq_head`.
+///
+/// # Invariants
+/// `layout` validated against the region it was attached to; the three
+/// index words exist in that region; `staged <= sq.capacity()`.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestEnd {
+    layout: RingLayout,
+    generation: u64,
+    sq: Producer,
+    cq: Consumer,
+    eq: Consumer,
+    staged: u32,
+    slots: PathSlots,
+    events_lost_seen: bool,
+}
+
+impl GuestEnd {
+    /// Attaches to an initialised ring region: copies the prefix and layout
+    /// out, validates them and starts from the indices as found.
+    pub fn attach<R: SharedRegion + ?Sized>(region: &R) -> Result<GuestEnd, AttachError> {
+        let prefix = read_prefix(region)?;
+        let mut l = [0u8; 96];
+        if !region.read_bytes(ring_off::HOST_FEATURES, &mut l) {
+            return Err(AttachError::TooSmall);
+        }
+        let layout = RingLayout::from_le_bytes(&l);
+        layout
+            .validate(prefix.region_size.min(region.size() as u64))
+            .map_err(AttachError::Layout)?;
+        let w = |off| region.word(off).ok_or(AttachError::TooSmall);
+        let (sq_head, sq_tail, cq_head, eq_head) = (
+            w(ring_off::SQ_HEAD)?,
+            w(ring_off::SQ_TAIL)?,
+            w(ring_off::CQ_HEAD)?,
+            w(ring_off::EQ_HEAD)?,
+        );
+        w(ring_off::CQ_TAIL)?;
+        w(ring_off::EQ_TAIL)?;
+        w(ring_off::HOST_FLAGS)?;
+        // Acquire: what the host wrote before these indices is visible.
+        let sq = Producer::new(
+            layout.sq.entries,
+            sq_head.load(Ordering::Acquire),
+            sq_tail.load(Ordering::Acquire),
+        )
+        .ok_or(AttachError::Indices)?;
+        let cq = Consumer::new(layout.cq.entries, cq_head.load(Ordering::Acquire))
+            .ok_or(AttachError::Indices)?;
+        let eq = Consumer::new(layout.eq.entries, eq_head.load(Ordering::Acquire))
+            .ok_or(AttachError::Indices)?;
+        // INVARIANT: layout validated, words checked, nothing staged.
+        Ok(GuestEnd {
+            layout,
+            generation: prefix.generation,
+            sq,
+            cq,
+            eq,
+            staged: 0,
+            slots: PathSlots::new(layout.slots.count),
+            events_lost_seen: false,
+        })
+    }
+
+    /// The validated layout.
+    pub fn layout(&self) -> &RingLayout {
+        &self.layout
+    }
+
+    /// The generation found at attach.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Entries staged but not yet published.
+    pub fn staged(&self) -> u32 {
+        self.staged
+    }
+
+    /// Path slots taken and not yet freed.
+    pub fn slots_in_use(&self) -> u32 {
+        self.slots.in_use()
+    }
+
+    /// Whether one more entry fits behind the staged ones; returns its
+    /// ring slot. Counted from our published tail, so it includes what is
+    /// staged. Loads `sq_head` (Acquire) only when the cached value is short.
+    fn room<R: SharedRegion + ?Sized>(&mut self, region: &R) -> Result<u32, StageError> {
+        let head = word(region, ring_off::SQ_HEAD).map_err(StageError::Corrupt)?;
+        let free = self
+            .sq
+            .free(head, self.staged + 1)
+            .map_err(StageError::Corrupt)?;
+        if free <= self.staged {
+            return Err(StageError::Full);
+        }
+        Ok(self.sq.slot(self.staged))
+    }
+
+    /// Writes a hint into the next free submission slot, not yet visible to
+    /// the host (see [`GuestEnd::publish`]). Fills in `entry`'s opcode, path
+    /// length, flags and path slot. A path longer than
+    /// [`SQE_INLINE_PATH_MAX`] goes to a path slot, which is returned: the
+    /// caller gives it back with [`GuestEnd::free_slot`] once the answer is
+    /// read. A path longer than [`MAX_PATH_LEN`] is still sent, with no
+    /// bytes and no slot, so the host answers `PathTooLong`.
+    pub fn stage_hint<R: SharedRegion + ?Sized>(
+        &mut self,
+        region: &R,
+        mut entry: SubmissionEntry,
+        path: &[u8],
+    ) -> Result<Option<u32>, StageError> {
+        let at = self.room(region)?;
+        let len = u16::try_from(path.len()).map_err(|_| StageError::PathTooLong)?;
+        entry.opcode = OP_HINT;
+        entry.path_len = len;
+        entry.flags = 0;
+        entry.path_slot = 0;
+        let sqe = self.layout.sqe_offset(at) as usize;
+        let mut slot = None;
+        if path.len() > SQE_INLINE_PATH_MAX as usize {
+            entry.flags = HINT_FLAG_PATH_IN_SLOT;
+            if path.len() <= MAX_PATH_LEN as usize {
+                let s = self.slots.take().ok_or(StageError::NoSlot)?;
+                let written = self
+                    .layout
+                    .path_slot_offset(s)
+                    .is_some_and(|off| region.write_bytes(off as usize, path));
+                if !written {
+                    self.slots.free(s);
+                    return Err(StageError::Unmapped);
+                }
+                entry.path_slot = s;
+                slot = Some(s);
+            }
+        } else if !region.write_bytes(sqe + SQE_INLINE_PATH_OFF as usize, path) {
+            return Err(StageError::Unmapped);
+        }
+        if !region.write_bytes(sqe, &entry.to_le_bytes()) {
+            if let Some(s) = slot {
+                self.slots.free(s);
+            }
+            return Err(StageError::Unmapped);
+        }
+        self.staged += 1;
+        Ok(slot)
+    }
+
+    /// Writes a map operation ([`SubmissionEntry::map_op`]) into the next
+    /// free submission slot (published with [`GuestEnd::publish`]).
+    pub fn stage_map_op<R: SharedRegion + ?Sized>(
+        &mut self,
+        region: &R,
+        request_id: u64,
+        opcode: u16,
+        file_map_id: u64,
+    ) -> Result<(), StageError> {
+        let at = self.room(region)?;
+        let sqe = self.layout.sqe_offset(at) as usize;
+        let entry = SubmissionEntry::map_op(request_id, opcode, file_map_id);
+        if !region.write_bytes(sqe, &entry.to_le_bytes()) {
+            return Err(StageError::Unmapped);
+        }
+        self.staged += 1;
+        Ok(())
+    }
+
+    /// Gives back a path slot returned by [`GuestEnd::stage_hint`].
+    pub fn free_slot(&mut self, slot: u32) {
+        self.slots.free(slot);
+    }
+
+    /// Makes the staged entries visible to the host (Release store of
+    /// `sq_tail`), then says whether the poller asked for a doorbell
+    /// (NEED_WAKEUP, read after a full fence). Returns `(published,
+    /// doorbell)`.
+    pub fn publish<R: SharedRegion + ?Sized>(&mut self, region: &R) -> (u32, bool) {
+        if self.staged == 0 {
+            return (0, false);
+        }
+        let (Ok(head), Ok(tail)) = (
+            word(region, ring_off::SQ_HEAD),
+            word(region, ring_off::SQ_TAIL),
+        ) else {
+            return (0, false);
+        };
+        // Every staged entry passed `room`, so this finds them all free
+        // (from the cache, without a load).
+        let _ = self.sq.free(head, self.staged);
+        let n = self.sq.publish(tail, self.staged);
+        self.staged = 0;
+        (n, self.needs_doorbell(region))
+    }
+
+    /// NEED_WAKEUP after a full fence (the guest's half of the handshake).
+    fn needs_doorbell<R: SharedRegion + ?Sized>(&self, region: &R) -> bool {
+        word(region, ring_off::HOST_FLAGS)
+            .is_ok_and(|f| spsc::needs_doorbell(f, HOST_FLAG_NEED_WAKEUP))
+    }
+
+    /// How many answers may be read now (one Acquire load of `cq_tail`,
+    /// checked against the capacity). Read them with [`GuestEnd::answer`],
+    /// then free them with [`GuestEnd::release_answers`].
+    pub fn answers<R: SharedRegion + ?Sized>(&mut self, region: &R) -> Result<u32, Corrupt> {
+        self.cq.available(word(region, ring_off::CQ_TAIL)?)
+    }
+
+    /// Copies out and decodes the `i`-th available answer.
+    pub fn answer<R: SharedRegion + ?Sized>(&self, region: &R, i: u32) -> Option<CompletionEntry> {
+        let off = self.layout.cqe_offset(self.cq.slot(i)) as usize;
+        let mut b = [0u8; CQE_SIZE as usize];
+        region
+            .read_bytes(off, &mut b)
+            .then(|| CompletionEntry::from_le_bytes(&b))
+    }
+
+    /// Frees `n` read answers (Release store of `cq_head`). Returns whether
+    /// a doorbell is needed: the poller may be parked waiting for completion
+    /// room, which can only matter while submissions wait, so only then.
+    pub fn release_answers<R: SharedRegion + ?Sized>(&mut self, region: &R, n: u32) -> bool {
+        let Ok(head) = word(region, ring_off::CQ_HEAD) else {
+            return false;
+        };
+        self.cq.release(head, n);
+        if n == 0 || !self.needs_doorbell(region) {
+            return false;
+        }
+        word(region, ring_off::SQ_HEAD).is_ok_and(|h| h.load(Ordering::Acquire) != self.sq.tail())
+    }
+
+    /// How many events may be read now (one Acquire load of `eq_tail`).
+    /// Read them with [`GuestEnd::event`], free them with
+    /// [`GuestEnd::release_events`].
+    pub fn events<R: SharedRegion + ?Sized>(&mut self, region: &R) -> Result<u32, Corrupt> {
+        self.eq.available(word(region, ring_off::EQ_TAIL)?)
+    }
+
+    /// Copies out and decodes the `i`-th available event.
+    pub fn event<R: SharedRegion + ?Sized>(&self, region: &R, i: u32) -> Option<EventEntry> {
+        let off = self.layout.eqe_offset(self.eq.slot(i)) as usize;
+        let mut b = [0u8; EQE_SIZE as usize];
+        region
+            .read_bytes(off, &mut b)
+            .then(|| EventEntry::from_le_bytes(&b))
+    }
+
+    /// Frees `n` read events (Release store of `eq_head`). Returns whether a
+    /// doorbell is needed (the poller may be parked waiting for event room).
+    pub fn release_events<R: SharedRegion + ?Sized>(&mut self, region: &R, n: u32) -> bool {
+        let Ok(head) = word(region, ring_off::EQ_HEAD) else {
+            return false;
+        };
+        self.eq.release(head, n);
+        n > 0 && self.needs_doorbell(region)
+    }
+
+    /// The host flags word as it is now (Acquire), 0 if unreachable.
+    pub fn host_flags<R: SharedRegion + ?Sized>(&self, region: &R) -> u32 {
+        word(region, ring_off::HOST_FLAGS).map_or(0, |f| f.load(Ordering::Acquire))
+    }
+
+    /// Whether [`HOST_FLAG_EVENTS_LOST`] is set and this is the first time
+    /// it is seen on this attachment (the host never clears it, so the
+    /// caller applies it once: everything it holds may have been revoked).
+    pub fn events_lost_news<R: SharedRegion + ?Sized>(&mut self, region: &R) -> bool {
+        if self.host_flags(region) & HOST_FLAG_EVENTS_LOST == 0 || self.events_lost_seen {
+            return false;
+        }
+        self.events_lost_seen = true;
+        true
+    }
+}

@@ -10,12 +10,6 @@
 //! `O_NONBLOCK | O_NOCTTY` so that a FIFO or a terminal can never stall or
 //! grab the agent, and the opened file is checked to be the one inspected.
 
-/// The agent configuration's former place: use [`crate::config`].
-#[doc(hidden)]
-pub mod config {
-    pub use crate::config::*;
-}
-
 use std::ffi::CString;
 use std::fs::File;
 use std::io;

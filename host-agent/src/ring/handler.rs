@@ -31,38 +31,11 @@ pub struct Hint<'a> {
     pub page_count: u32,
 }
 
-/// Where a file served from the pool is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FileMapRef {
-    /// Byte offset of the file's frame table in the pool region.
-    pub table_offset: u64,
-    /// Pages in the frame table.
-    pub page_count: u32,
-    /// Host id of the file map.
-    pub file_map_id: u64,
-    /// Generation of the file map.
-    pub map_generation: u64,
-    /// File size served.
-    pub file_size: u64,
-}
-
-impl From<TableRef> for FileMapRef {
-    fn from(r: TableRef) -> Self {
-        FileMapRef {
-            table_offset: r.offset,
-            page_count: r.page_count,
-            file_map_id: r.file_map_id,
-            map_generation: r.map_generation,
-            file_size: r.file_size,
-        }
-    }
-}
-
 /// A handler's answer to a hint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// Served from the pool.
-    Hit(FileMapRef),
+    /// Served from the pool: where the file's table is.
+    Hit(TableRef),
     /// Not served, with the reason. `Miss(AnswerStatus::Hit)` is turned into
     /// [`AnswerStatus::HostError`].
     Miss(AnswerStatus),

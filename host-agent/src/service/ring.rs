@@ -10,7 +10,7 @@ use crate::ring::handler::{Answer, Handler, Hint, RingId};
 impl Handler for HintService {
     fn handle(&self, ring: RingId, hint: &Hint<'_>) -> Answer {
         match self.answer(ring.0, hint) {
-            HintResult::Hit(r) => Answer::Hit(r.into()),
+            HintResult::Hit(r) => Answer::Hit(r),
             HintResult::Miss(m) => Answer::Miss(answer_status(m)),
         }
     }

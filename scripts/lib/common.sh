@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # Shared helpers for vmdedup scripts. Source it; do not run it.
 
+# shellcheck disable=SC2034 # for the scripts that source this file
 VMDEDUP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck disable=SC2034 # for the scripts that source this file
 VMDEDUP_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/vmdedup"
 
 # The toolchain the guest kernel and module are built with. Rust-for-Linux needs

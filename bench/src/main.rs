@@ -4,7 +4,9 @@
 //! - `sample`: one line of JSON per second with the host memory the guests
 //!   use, KSM's and the agent's counters and their CPU time;
 //! - `report`: turns the samples of every configuration into
-//!   `report.md`, `report.json` and `memory.png`.
+//!   `report.md`, `report.json` and `memory.png`;
+//! - `tree-pages`: a tree's files, pages and unique pages, as the agent's
+//!   page store counts them (the sharing selftest checks the agent with it).
 //!
 //! A benchmark, not a test: nothing here asserts on time.
 
@@ -14,6 +16,7 @@ mod plot;
 mod procfs;
 mod report;
 mod sample;
+mod tree_pages;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +36,9 @@ enum Command {
     Sample(sample::Args),
     /// Write report.md, report.json and memory.png from a bench run.
     Report(report::Args),
+    /// Count the 4 KiB pages (and the unique ones) of the regular files
+    /// under a tree, as the agent's page store does; prints JSON.
+    TreePages(tree_pages::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::DemoMonitor(a) => demo::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Report(a) => report::run(a),
+        Command::TreePages(a) => tree_pages::run(a),
     }
 }

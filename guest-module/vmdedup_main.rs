@@ -31,6 +31,9 @@ mod pool;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../protocol/src/spsc.rs"]
 mod spsc;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../protocol/src/wire.rs"]
+mod wire;
 mod client;
 mod ffi;
 mod fs;

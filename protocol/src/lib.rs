@@ -13,6 +13,7 @@
 pub mod abi;
 #[cfg(feature = "control")]
 pub mod control;
+mod layout;
 pub mod pool;
 pub mod spsc;
 pub mod wire;

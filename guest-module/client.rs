@@ -634,7 +634,7 @@ impl Client {
                 }
                 return;
             }
-            Some(AnswerStatus::PoolFull) => {
+            Some(AnswerStatus::Loading) => {
                 stats::inc(Counter::answers_miss_loading);
                 MissKind::Retry
             }

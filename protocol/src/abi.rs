@@ -646,8 +646,10 @@ pub enum AnswerStatus {
     IdentityMismatch = 2,
     /// Miss: the file is larger than the host serves.
     TooLarge = 3,
-    /// Miss: the pool has no room.
-    PoolFull = 4,
+    /// Miss, ask again later: the host is loading the file into the pool in
+    /// the background, or the pool has no room right now and the host is
+    /// making some. A later hint for the same file may hit.
+    Loading = 4,
     /// Miss: the entry was malformed (reserved bits, bad slot, bad path).
     BadRequest = 5,
     /// Miss: this VM may not use that namespace (or it does not exist).
@@ -670,7 +672,7 @@ impl AnswerStatus {
             1 => AnswerStatus::NotFound,
             2 => AnswerStatus::IdentityMismatch,
             3 => AnswerStatus::TooLarge,
-            4 => AnswerStatus::PoolFull,
+            4 => AnswerStatus::Loading,
             5 => AnswerStatus::BadRequest,
             6 => AnswerStatus::NamespaceNotAllowed,
             7 => AnswerStatus::PathTooLong,

@@ -883,8 +883,8 @@ pub fn answer_status(m: MissReason) -> vmdedup_protocol::abi::AnswerStatus {
         MissReason::NotFound | MissReason::NotRegular => S::NotFound,
         MissReason::BadPath => S::BadRequest,
         MissReason::NoNamespace => S::NamespaceNotAllowed,
-        // The ABI has no "loading, retry" status yet: "no room now" is the closest.
-        MissReason::Loading | MissReason::PoolFull => S::PoolFull,
+        // Both mean "ask again later" to the guest.
+        MissReason::Loading | MissReason::PoolFull => S::Loading,
         MissReason::TooLarge => S::TooLarge,
         MissReason::CutOff | MissReason::IoError => S::HostError,
     }

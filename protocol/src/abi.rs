@@ -326,8 +326,9 @@ wire_struct! {
         pub eq_head: IndexLine = EQ_HEAD @ 384,
         /// Writer: host (producer), Release. Event ring tail.
         pub eq_tail: IndexLine = EQ_TAIL @ 448,
-        /// Writer: host, SeqCst (the NEED_WAKEUP handshake). Poller state
-        /// (`HOST_FLAG_*`).
+        /// Writer: host, atomic read-modify-writes only (`HOST_FLAG_*`):
+        /// NEED_WAKEUP set SeqCst and cleared Relaxed (the handshake in the
+        /// ring region comment), EVENTS_LOST set Release.
         pub host_flags: FlagsLine = HOST_FLAGS @ 512,
         /// Writer: guest. Zero for now; reserved for guest-side notification
         /// suppression (completion interrupts).

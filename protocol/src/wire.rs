@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-//! Little-endian byte codec of the shared-memory structs, and [`wire_struct!`],
+//! Little-endian byte codec of the shared-memory structs, and `wire_struct!`,
 //! which declares each of those structs once.
 //!
 //! Like [`abi`](crate::abi) and [`pool`](crate::pool), this file is compiled
@@ -16,7 +16,7 @@
 ///
 /// For every type in the ABI, `SIZE` equals `size_of::<Self>()` and the
 /// encoding is the in-memory `#[repr(C)]` layout on a little-endian machine
-/// ([`wire_struct!`] asserts the first and that the struct has no padding).
+/// (`wire_struct!` asserts the first and that the struct has no padding).
 pub trait Wire: Sized {
     /// Size of the encoding in bytes.
     const SIZE: usize;

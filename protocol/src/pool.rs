@@ -127,7 +127,7 @@ wire_struct! {
 /// Size in bytes of [`TableHeader`].
 pub const TABLE_HEADER_SIZE: usize = 64;
 
-const _: () = assert!((TABLE_HEADER_SIZE as u64).is_multiple_of(TABLE_ALIGN));
+const _: () = assert!(is_aligned(TABLE_HEADER_SIZE as u64, TABLE_ALIGN));
 
 /// What an answer tells the guest about a table: where it is and what it
 /// must describe. The guest fills this from the answer it received.
@@ -190,6 +190,18 @@ impl From<PrefixError> for PoolError {
         PoolError::Prefix(e)
     }
 }
+
+/// Whether `v` is a multiple of `align`, a power of two. (`is_multiple_of`
+/// is newer than the kernel's minimum Rust version.)
+const fn is_aligned(v: u64, align: u64) -> bool {
+    v & (align - 1) == 0
+}
+
+const _: () = assert!(
+    TABLE_ALIGN.is_power_of_two()
+        && FRAME_SIZE.is_power_of_two()
+        && FRAME_ENTRY_SIZE.is_power_of_two()
+);
 
 /// Number of frames a file of `file_size` bytes needs.
 pub const fn pages_for_size(file_size: u64) -> u64 {
@@ -353,7 +365,7 @@ impl PoolGeometry {
             .table_area_offset
             .checked_add(h.table_area_size)
             .ok_or(PoolError::BadTableArea)?;
-        if !h.table_area_offset.is_multiple_of(TABLE_ALIGN)
+        if !is_aligned(h.table_area_offset, TABLE_ALIGN)
             || h.table_area_offset < HEADER_AREA_SIZE
             || h.table_area_size == 0
             || table_end > h.frame_area_offset
@@ -368,7 +380,7 @@ impl PoolGeometry {
             .frame_area_offset
             .checked_add(frames_len)
             .ok_or(PoolError::BadFrameArea)?;
-        if !h.frame_area_offset.is_multiple_of(FRAME_SIZE)
+        if !is_aligned(h.frame_area_offset, FRAME_SIZE)
             || h.frame_count == 0
             || h.frame_count > u32::MAX as u64
             || frame_end > region
@@ -410,7 +422,7 @@ impl PoolGeometry {
             return Err(PoolError::BadPageCount(r.page_count));
         }
         let area_end = self.table_area_offset + self.table_area_size;
-        if !r.offset.is_multiple_of(TABLE_ALIGN)
+        if !is_aligned(r.offset, TABLE_ALIGN)
             || r.offset < self.table_area_offset
             || r.offset >= area_end
         {
@@ -472,7 +484,7 @@ impl TableVerifier {
     /// Checks the next frame numbers (`chunk.len()` a multiple of 4, copied
     /// out of the table in order). Every frame number must exist.
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), PoolError> {
-        if !chunk.len().is_multiple_of(FRAME_ENTRY_SIZE as usize) {
+        if !is_aligned(chunk.len() as u64, FRAME_ENTRY_SIZE) {
             return Err(PoolError::ShortTable);
         }
         let words = chunk.len() / FRAME_ENTRY_SIZE as usize;

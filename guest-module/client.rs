@@ -516,7 +516,7 @@ impl Client {
                 }
                 return;
             }
-            Some(AnswerStatus::PoolFull) => {
+            Some(AnswerStatus::Loading) => {
                 stats::inc(Counter::answers_miss_loading);
                 MissKind::Retry
             }

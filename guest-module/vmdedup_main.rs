@@ -34,6 +34,12 @@ mod spsc;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../protocol/src/guest.rs"]
 mod guest;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../protocol/src/wire.rs"]
+mod wire;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../protocol/src/layout.rs"]
+mod layout;
 mod client;
 mod ffi;
 mod fs;

@@ -37,8 +37,8 @@ pub fn answer_status(m: MissReason) -> AnswerStatus {
         MissReason::NotFound | MissReason::NotRegular => AnswerStatus::NotFound,
         MissReason::BadPath => AnswerStatus::BadRequest,
         MissReason::NoNamespace => AnswerStatus::NamespaceNotAllowed,
-        // The ABI has no "loading, retry" status yet: "no room now" is the closest.
-        MissReason::Loading | MissReason::PoolFull => AnswerStatus::PoolFull,
+        // Both mean "ask again later" to the guest.
+        MissReason::Loading | MissReason::PoolFull => AnswerStatus::Loading,
         MissReason::TooLarge => AnswerStatus::TooLarge,
         MissReason::CutOff | MissReason::IoError => AnswerStatus::HostError,
     }

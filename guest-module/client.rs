@@ -545,7 +545,7 @@ impl Client {
                 }
                 return;
             }
-            Some(AnswerStatus::PoolFull) => {
+            Some(AnswerStatus::Loading) => {
                 stats::inc(Counter::answers_miss_loading);
                 MissKind::Retry
             }

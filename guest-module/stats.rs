@@ -24,7 +24,7 @@ counters! {
     hints_skipped_ring_full: "Opens that sent no hint: submission ring or request table full.",
     hints_skipped_path: "Opens that sent no hint: path too long or not sendable.",
     answers_hit: "Answers with status Hit that validated against the pool.",
-    answers_miss_loading: "Misses with status PoolFull (the host is loading the file).",
+    answers_miss_loading: "Misses with status Loading (the host is loading the file or making room).",
     answers_miss_not_found: "Misses with status NotFound.",
     answers_miss_identity: "Misses with status IdentityMismatch.",
     answers_miss_other: "Misses with any other status.",

@@ -13,7 +13,8 @@
 //!    it shares with C, thin safe wrappers), [`stats`] (the counters in
 //!    `/sys/kernel/vmdedup/stats/`), [`text`] (text into fixed buffers), and
 //!    the shared-memory ABI and the ring's guest end, the very files the
-//!    host compiles: `abi`, `pool`, `spsc`, `guest` (`protocol/src/`).
+//!    host compiles: `wire`, `abi`, `layout`, `pool`, `spsc`, `guest`
+//!    (`protocol/src/`).
 //! 2. Mappings: [`mapping`] (one mapped BAR, volatile access only) and
 //!    [`regions`] (which mapping is the ring, which the pool, refusals).
 //! 3. Per-file state: [`file`] (a file's identity and the host's answer,
@@ -34,40 +35,27 @@
 
 use kernel::prelude::*;
 
-// The shared-memory ABI: the very files the host agent compiles with cargo,
-// where the workspace's clippy lints them as the protocol crate. Allowed here:
-// - `dead_code`, `unreachable_pub`: items the module does not use;
-// - `clippy::wrong_self_convention`: `to_le_bytes(&self)` is the protocol
-//   crate's public API, which clippy leaves alone there but not in a private
-//   module;
-// - `clippy::needless_bitwise_bool`: the hint path check scans branch-free on
-//   purpose (it runs for every hint);
-// - `clippy::incompatible_msrv`: the kernel's clippy.toml names its own
-//   minimum rustc, but the module is built only with /usr/bin/rustc (1.96),
-//   which has `is_multiple_of`.
-#[allow(
-    dead_code,
-    unreachable_pub,
-    clippy::wrong_self_convention,
-    clippy::needless_bitwise_bool,
-    clippy::incompatible_msrv
-)]
+// The shared-memory ABI and the ring's guest end: the very files the host
+// agent compiles with cargo, where the workspace's clippy lints them. Items
+// the module does not use yet are allowed to be dead.
+#[allow(dead_code, unreachable_pub)]
 #[path = "../protocol/src/abi.rs"]
 mod abi;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../protocol/src/guest.rs"]
 mod guest;
-#[allow(
-    dead_code,
-    unreachable_pub,
-    clippy::wrong_self_convention,
-    clippy::incompatible_msrv
-)]
+#[allow(dead_code, unreachable_pub)]
+#[path = "../protocol/src/layout.rs"]
+mod layout;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../protocol/src/pool.rs"]
 mod pool;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../protocol/src/spsc.rs"]
 mod spsc;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../protocol/src/wire.rs"]
+mod wire;
 
 mod ffi;
 mod stats;

@@ -4,16 +4,22 @@
 //! - `sample`: one line of JSON per second with the host memory the guests
 //!   use, KSM's and the agent's counters and their CPU time;
 //! - `report`: turns the samples of every configuration into
-//!   `report.md`, `report.json` and `memory.png`.
+//!   `report.md`, `report.json` and `memory.png`;
+//! - `tree-pages`: a tree's files, pages and unique pages, as the agent's
+//!   page store counts them (the sharing selftest checks the agent with it);
+//! - `json-get`: values out of a JSON document, for the host-side selftest
+//!   checks of `vmdedup status --json`.
 //!
 //! A benchmark, not a test: nothing here asserts on time.
 
 mod agent;
 mod demo;
+mod json_get;
 mod plot;
 mod procfs;
 mod report;
 mod sample;
+mod tree_pages;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +39,12 @@ enum Command {
     Sample(sample::Args),
     /// Write report.md, report.json and memory.png from a bench run.
     Report(report::Args),
+    /// Count the 4 KiB pages (and the unique ones) of the regular files
+    /// under a tree, as the agent's page store does; prints JSON.
+    TreePages(tree_pages::Args),
+    /// Print the values JSON pointers (with `*` for every element) reach in
+    /// the JSON document on stdin, one a line.
+    JsonGet(json_get::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::DemoMonitor(a) => demo::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Report(a) => report::run(a),
+        Command::TreePages(a) => tree_pages::run(a),
+        Command::JsonGet(a) => json_get::run(a),
     }
 }

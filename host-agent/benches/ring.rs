@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use vmdedup_host_agent::ring::mapping::clear_cloexec;
 use vmdedup_host_agent::ring::*;
 use vmdedup_protocol::abi::{AnswerStatus, SubmissionEntry};
+use vmdedup_protocol::pool::TableRef;
 
 const ENV: &str = "VMDEDUP_BENCH_CHILD";
 const REGION: usize = 1 << 20;
@@ -28,10 +29,12 @@ const RESP_BYTES: usize = 64;
 const PATH: &[u8] = b"usr/lib/x86_64-linux-gnu/libc.so.6";
 
 fn handler(_r: RingId, h: &Hint<'_>) -> Answer {
-    Answer::Hit(FileMapRef {
-        table_offset: h.request_id,
+    Answer::Hit(TableRef {
+        offset: h.request_id,
         page_count: 1,
-        ..Default::default()
+        file_map_id: 0,
+        file_size: 0,
+        map_generation: 0,
     })
 }
 

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use vmdedup_protocol::abi::{
     EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING,
 };
+use vmdedup_protocol::pool::TableRef;
 
-use crate::namespace::config::AgentConfig;
+use crate::config::AgentConfig;
 use crate::namespace::{Namespace, NamespaceError};
 use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec, RESTART_QUARANTINE};
 use crate::ring::handler::RingId;
@@ -20,8 +21,8 @@ use crate::ring::host::{HostRing, RingConfig, RingShared};
 use crate::ring::mapping::SharedMapping;
 use crate::ring::poller::{PollerConfig, PollerPool};
 use crate::ring::RingError;
-use crate::store::service::{EventSink, HintService, ServiceConfig, ServiceError};
-use crate::store::{PageStore, StoreConfig, TableLocation, VmId};
+use crate::service::{EventSink, HintService, ServiceConfig, ServiceError};
+use crate::store::{PageStore, StoreConfig, VmId};
 
 /// Errors while starting or changing the agent.
 #[derive(Debug, thiserror::Error)]
@@ -94,14 +95,14 @@ impl RingEvents {
 }
 
 impl EventSink for RingEvents {
-    fn revoke(&self, vm: VmId, map: &TableLocation) {
+    fn revoke(&self, vm: VmId, map: &TableRef) {
         tracing::info!(vm, map = map.file_map_id, "revoking file map");
         self.post(
             vm,
             EventEntry {
                 kind: EVENT_REVOKE,
                 file_map_id: map.file_map_id,
-                table_offset: map.table_offset,
+                table_offset: map.offset,
                 map_generation: map.map_generation,
                 ..EventEntry::default()
             },

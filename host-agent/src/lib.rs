@@ -3,11 +3,13 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod config;
 pub mod control;
 pub mod metrics;
 pub mod namespace;
 pub mod pool;
 pub mod region;
 pub mod ring;
+pub mod service;
 pub mod stats;
 pub mod store;

@@ -2,14 +2,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vmdedup_host_agent::agent::{Agent, AgentOptions};
+use vmdedup_host_agent::config::{parse_size, AgentConfig};
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
-use vmdedup_host_agent::namespace::config::{parse_size, AgentConfig, VmConfig};
 use vmdedup_host_agent::region;
 use vmdedup_host_agent::ring::poller::PollerConfig;
 use vmdedup_host_agent::stats;
@@ -28,7 +29,8 @@ struct Cli {
     command: Command,
 }
 
-/// Where the configuration comes from (shared by `serve` and `qemu-args`).
+/// Where the configuration comes from (shared by `serve`, `qemu-args` and
+/// `config new`): a TOML file, then these options on top of it.
 #[derive(Args, Clone)]
 struct ConfigArgs {
     /// TOML configuration file (namespaces, trust domains, VMs, pool).
@@ -38,8 +40,18 @@ struct ConfigArgs {
     /// read-only lower directory (repeatable; adds to the config file's).
     #[arg(long = "ns", value_name = "NAME=HOSTDIR")]
     ns: Vec<String>,
-    /// Register a VM at start (repeatable; adds to the config file's).
-    #[arg(long = "vm", value_name = "NAME")]
+    /// The trust domains whose VMs may use namespace NAME, comma-separated
+    /// ("*": every VM; default: "default") (repeatable).
+    #[arg(long = "ns-domains", value_name = "NAME=DOMAIN[,DOMAIN...]")]
+    ns_domains: Vec<String>,
+    /// How coarsely namespace NAME's mtimes are compared with the guest's, in
+    /// ns: 1 (the default) is exact, 1000000000 for guest copies that keep
+    /// whole seconds only (repeatable).
+    #[arg(long = "ns-mtime-granularity", value_name = "NAME=NS")]
+    ns_mtime_granularity: Vec<String>,
+    /// Register a VM at start, in trust domain DOMAIN (default: "default")
+    /// (repeatable; adds to the config file's).
+    #[arg(long = "vm", value_name = "NAME[:DOMAIN]")]
     vm: Vec<String>,
     /// Pool memory file (default /dev/shm/vmdedup.pool).
     #[arg(long)]
@@ -53,12 +65,20 @@ struct ConfigArgs {
     /// Directory of the VMs' ring region files (default /dev/shm).
     #[arg(long)]
     ring_dir: Option<PathBuf>,
-    /// Size of each VM's ring region, a power of two of at least 64K.
-    #[arg(long, value_parser = size_arg, default_value = "1M")]
-    ring_size: u64,
     /// Control socket path (default /run/vmdedup/control.sock).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// Group whose members may use the control socket (besides root and the
+    /// agent's user).
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
+    /// Loader threads (default 2).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// How long a VM may take to acknowledge a revocation before it is cut
+    /// off, in milliseconds (default 5000).
+    #[arg(long, value_name = "MS")]
+    ack_timeout_ms: Option<u64>,
 }
 
 impl ConfigArgs {
@@ -70,16 +90,14 @@ impl ConfigArgs {
         for ns in &self.ns {
             cfg.add_ns_arg(ns).with_context(|| format!("--ns {ns}"))?;
         }
+        for arg in &self.ns_domains {
+            cfg.set_ns_domains_arg(arg)?;
+        }
+        for arg in &self.ns_mtime_granularity {
+            cfg.set_ns_mtime_granularity_arg(arg)?;
+        }
         for vm in &self.vm {
-            if cfg.vms.iter().any(|v| &v.name == vm) {
-                continue;
-            }
-            cfg.vms.push(VmConfig {
-                name: vm.clone(),
-                domain: "default".into(),
-                guest_socket: None,
-                cid: None,
-            });
+            cfg.add_vm_arg(vm)?;
         }
         if let Some(p) = &self.pool {
             cfg.pool = p.clone();
@@ -96,9 +114,26 @@ impl ConfigArgs {
         if let Some(c) = &self.control {
             cfg.control_socket = c.clone();
         }
+        if let Some(g) = &self.control_group {
+            cfg.control_group = Some(g.clone());
+        }
+        if let Some(w) = self.workers {
+            cfg.workers = w;
+        }
+        if let Some(t) = self.ack_timeout_ms {
+            cfg.ack_timeout_ms = t;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// The size of the VMs' ring regions (not part of the configuration file).
+#[derive(Args, Clone)]
+struct RingSizeArg {
+    /// Size of each VM's ring region, a power of two of at least 64K.
+    #[arg(long, value_parser = size_arg, default_value = "1M")]
+    ring_size: u64,
 }
 
 /// How guest tools (`vmdedup-guest`) reach the agent.
@@ -139,6 +174,8 @@ enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
+        #[command(flatten)]
+        ring: RingSizeArg,
         /// Poller threads.
         #[arg(long, default_value_t = 1)]
         pollers: usize,
@@ -222,7 +259,12 @@ enum Command {
         name: String,
         #[command(flatten)]
         config: ConfigArgs,
+        #[command(flatten)]
+        ring: RingSizeArg,
     },
+    /// Write an agent configuration file for `vmdedup serve --config`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Create or inspect shared region files (developer tool).
     #[command(subcommand)]
     Region(RegionCommand),
@@ -255,6 +297,24 @@ enum VmCommand {
         control: ControlArg,
         /// VM name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print (or write to --out) a TOML configuration made of a config file
+    /// (optional) and the options, with every default spelled out. `vmdedup
+    /// serve --config FILE` and `vmdedup qemu-args VM --config FILE` read it
+    /// as the same configuration.
+    ///
+    /// Example: vmdedup config new --ns debian=/srv/debian12 --ns-domains debian=tenant-a
+    /// --ns-mtime-granularity debian=1000000000 --vm vm1:tenant-a --pool-size 1G -o agent.toml
+    New {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Write the configuration to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -315,7 +375,23 @@ fn bounded<const N: usize>(s: &str, what: &str) -> anyhow::Result<heapless::Stri
     Ok(out)
 }
 
-fn rpc(control: &Path, req: &Request) -> anyhow::Result<Response> {
+/// The name of an enum value's variant, for messages (`Status` of `Status(..)`).
+fn variant_name(v: &impl std::fmt::Debug) -> String {
+    let d = format!("{v:?}");
+    d.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Sends `req` to the agent listening on `control` and returns what `take`
+/// finds in the answer. An unreachable agent, a refusal and an answer of
+/// another kind (`take` finds nothing) are errors that say which.
+fn rpc<T>(
+    control: &Path,
+    req: &Request,
+    take: impl FnOnce(Response) -> Option<T>,
+) -> anyhow::Result<T> {
     let resp = control::request(control, req).with_context(|| {
         format!(
             "cannot reach the agent at {} (is `vmdedup serve` running? --control/VMDEDUP_CONTROL)",
@@ -326,8 +402,27 @@ fn rpc(control: &Path, req: &Request) -> anyhow::Result<Response> {
         Response::Error { code, message } => {
             bail!("the agent refused ({code:?}): {}", message.as_str())
         }
-        other => Ok(other),
+        other => {
+            let kind = variant_name(&other);
+            take(other).with_context(|| {
+                format!(
+                    "the agent answered a {} request with {kind}: is it another version?",
+                    variant_name(req)
+                )
+            })
+        }
     }
+}
+
+/// [`rpc`] with the expected answer written as a pattern:
+/// `rpc!(control, Request::Vms, Response::Vms(v) => v)`.
+macro_rules! rpc {
+    ($control:expr, $req:expr, $pat:pat => $out:expr) => {
+        rpc($control, &$req, |r| match r {
+            $pat => Some($out),
+            _ => None,
+        })
+    };
 }
 
 fn print_status(r: &StatusReport) {
@@ -375,18 +470,23 @@ fn print_status(r: &StatusReport) {
     }
 }
 
-fn serve(
+/// `vmdedup serve`.
+fn cmd_serve(
     config: ConfigArgs,
+    ring: RingSizeArg,
     pollers: usize,
     park_timeout_ms: u64,
     guest: GuestChannelArgs,
     metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
+    if let Some(addr) = metrics {
+        vmdedup_host_agent::metrics::require_loopback(addr)?;
+    }
     let cfg = config.load()?;
     let agent = Agent::start(
         cfg.clone(),
         AgentOptions {
-            ring_size: config.ring_size,
+            ring_size: ring.ring_size,
             pollers: PollerConfig {
                 threads: pollers.max(1),
                 park_timeout: Some(Duration::from_millis(park_timeout_ms.max(1))),
@@ -474,214 +574,251 @@ fn serve(
     result
 }
 
+/// `vmdedup status`.
+fn cmd_status(control: &Path, json: bool) -> anyhow::Result<()> {
+    let r = rpc!(control, Request::Status, Response::Status(r) => r)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats::status_json(&r))?);
+    } else {
+        print_status(&r);
+    }
+    Ok(())
+}
+
+/// `vmdedup vms`.
+fn cmd_vms(control: &Path) -> anyhow::Result<()> {
+    let vms = rpc!(control, Request::Vms, Response::Vms(v) => v)?;
+    println!(
+        "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
+        "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "STATE"
+    );
+    for v in &vms {
+        println!(
+            "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
+            v.name.as_str(),
+            v.domain.as_str(),
+            v.counters.hints,
+            v.counters.hits,
+            v.maps_held,
+            if v.cut_off { "cut" } else { "ok" }
+        );
+    }
+    Ok(())
+}
+
+/// `vmdedup files`.
+fn cmd_files(control: &Path, ns: &str, offset: u32, limit: u16) -> anyhow::Result<()> {
+    let known = rpc!(control, Request::Namespaces, Response::Namespaces(n) => n)?;
+    if !known.iter().any(|n| n.name.as_str() == ns) {
+        let names: Vec<&str> = known.iter().map(|n| n.name.as_str()).collect();
+        bail!("no namespace {ns:?} (known: {})", names.join(", "));
+    }
+    let req = Request::Files {
+        ns: bounded(ns, "namespace name too long")?,
+        offset,
+        limit,
+    };
+    let (total, files) = rpc!(control, req, Response::Files { total, files } => (total, files))?;
+    println!(
+        "{total} files of {ns} in the pool (showing {} from {offset})",
+        files.len()
+    );
+    for f in &files {
+        println!("{:>10} {:>7}p  {}", f.size, f.pages, f.path.as_str());
+    }
+    Ok(())
+}
+
+/// `vmdedup warm`.
+fn cmd_warm(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
+    let req = Request::Warm {
+        ns: bounded(ns, "namespace name too long")?,
+        path: bounded(path, "path too long")?,
+    };
+    // The agent does the loading; meanwhile show the pool filling up.
+    let start = Instant::now();
+    let sock = control.to_path_buf();
+    let done = Arc::new(AtomicBool::new(false));
+    let done2 = Arc::clone(&done);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = std::thread::spawn(move || {
+        let mut first = None;
+        while tty && !done2.load(Ordering::Relaxed) {
+            if let Ok(Response::Status(r)) = control::request(&sock, &Request::Status) {
+                let base = *first.get_or_insert(r.frames_used);
+                eprint!(
+                    "\rwarming: {} frames loaded, {} MiB, {:.0}s   ",
+                    r.frames_used.saturating_sub(base),
+                    (r.frames_used.saturating_sub(base) * 4096) >> 20,
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    let resp =
+        rpc!(control, req, Response::Warmed { files, pages, skipped } => (files, pages, skipped));
+    done.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    if tty {
+        eprintln!();
+    }
+    let (files, pages, skipped) = resp?;
+    println!(
+        "warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped, in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `vmdedup evict`.
+fn cmd_evict(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
+    let req = Request::Evict {
+        ns: bounded(ns, "namespace name too long")?,
+        path: bounded(path, "path too long")?,
+    };
+    let (dropped, revoking) = rpc!(
+        control,
+        req,
+        Response::Evicted { dropped, revoking } => (dropped, revoking)
+    )?;
+    println!("evicted {ns}/{path}: {dropped} file maps dropped, {revoking} being revoked from VMs");
+    Ok(())
+}
+
+/// `vmdedup vm add`.
+fn cmd_vm_add(control: &Path, name: &str, domain: &str) -> anyhow::Result<()> {
+    let req = Request::VmAdd {
+        name: bounded(name, "VM name too long")?,
+        domain: bounded(domain, "domain name too long")?,
+    };
+    let (name, ring_path) = rpc!(
+        control,
+        req,
+        Response::VmAdded { name, ring_path } => (name, ring_path)
+    )?;
+    println!("{}: ring region {}", name.as_str(), ring_path.as_str());
+    Ok(())
+}
+
+/// `vmdedup vm reinstate`.
+fn cmd_vm_reinstate(control: &Path, name: &str) -> anyhow::Result<()> {
+    let req = Request::VmReinstate {
+        name: bounded(name, "VM name too long")?,
+    };
+    let (name, was_cut_off) = rpc!(
+        control,
+        req,
+        Response::VmReinstated { name, was_cut_off } => (name, was_cut_off)
+    )?;
+    if was_cut_off {
+        println!("{}: reinstated; its ring starts over", name.as_str());
+    } else {
+        println!("{}: not cut off; nothing to do", name.as_str());
+    }
+    Ok(())
+}
+
+/// `vmdedup qemu-args`.
+fn cmd_qemu_args(name: &str, config: &ConfigArgs, ring: &RingSizeArg) -> anyhow::Result<()> {
+    let cfg = config.load()?;
+    for a in cfg.qemu_args(name, ring.ring_size) {
+        println!("{a}");
+    }
+    Ok(())
+}
+
+/// `vmdedup config new`.
+fn cmd_config_new(config: &ConfigArgs, out: Option<&Path>) -> anyhow::Result<()> {
+    let text = config.load()?.to_toml()?;
+    match out {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// `vmdedup region init`.
+fn cmd_region_init(
+    kind: KindArg,
+    size: u64,
+    generation: Option<u64>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let kind = match kind {
+        KindArg::Ring => RegionKind::Ring,
+        KindArg::Pool => RegionKind::Pool,
+    };
+    let generation = generation.unwrap_or_else(time_generation);
+    region::init(path, kind, size, generation)
+        .with_context(|| format!("creating region {}", path.display()))?;
+    let (kind, p) = region::inspect(path)?;
+    println!(
+        "{}: {:?} region, version {}, {} bytes, generation {}",
+        path.display(),
+        kind,
+        p.version,
+        p.region_size,
+        p.generation
+    );
+    Ok(())
+}
+
+/// `vmdedup region show`.
+fn cmd_region_show(path: &Path) -> anyhow::Result<()> {
+    let (kind, p) = region::inspect(path)?;
+    println!(
+        "{}: {:?} region, version {}, header {} bytes, {} bytes, generation {}",
+        path.display(),
+        kind,
+        p.version,
+        p.header_size,
+        p.region_size,
+        p.generation
+    );
+    Ok(())
+}
+
 fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Serve {
             config,
+            ring,
             pollers,
             park_timeout_ms,
             guest,
             metrics,
-        } => {
-            if let Some(addr) = metrics {
-                vmdedup_host_agent::metrics::require_loopback(addr)?;
-            }
-            serve(config, pollers, park_timeout_ms, guest, metrics)?
-        }
-        Command::Status { control, json } => {
-            let Response::Status(r) = rpc(&control.control, &Request::Status)? else {
-                bail!("unexpected answer")
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&stats::status_json(&r))?);
-            } else {
-                print_status(&r);
-            }
-        }
-        Command::Vms { control } => {
-            let Response::Vms(vms) = rpc(&control.control, &Request::Vms)? else {
-                bail!("unexpected answer")
-            };
-            println!(
-                "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
-                "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "STATE"
-            );
-            for v in &vms {
-                println!(
-                    "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
-                    v.name.as_str(),
-                    v.domain.as_str(),
-                    v.counters.hints,
-                    v.counters.hits,
-                    v.maps_held,
-                    if v.cut_off { "cut" } else { "ok" }
-                );
-            }
-        }
+        } => cmd_serve(config, ring, pollers, park_timeout_ms, guest, metrics),
+        Command::Status { control, json } => cmd_status(&control.control, json),
+        Command::Vms { control } => cmd_vms(&control.control),
         Command::Files {
             control,
             ns,
             offset,
             limit,
-        } => {
-            let Response::Namespaces(known) = rpc(&control.control, &Request::Namespaces)? else {
-                bail!("unexpected answer")
-            };
-            if !known.iter().any(|n| n.name.as_str() == ns) {
-                let names: Vec<&str> = known.iter().map(|n| n.name.as_str()).collect();
-                bail!("no namespace {ns:?} (known: {})", names.join(", "));
-            }
-            let req = Request::Files {
-                ns: bounded(&ns, "namespace name too long")?,
-                offset,
-                limit,
-            };
-            let Response::Files { total, files } = rpc(&control.control, &req)? else {
-                bail!("unexpected answer")
-            };
-            println!(
-                "{total} files of {ns} in the pool (showing {} from {offset})",
-                files.len()
-            );
-            for f in &files {
-                println!("{:>10} {:>7}p  {}", f.size, f.pages, f.path.as_str());
-            }
-        }
-        Command::Warm { control, ns, path } => {
-            let req = Request::Warm {
-                ns: bounded(&ns, "namespace name too long")?,
-                path: bounded(&path, "path too long")?,
-            };
-            // The agent does the loading; meanwhile show the pool filling up.
-            let start = Instant::now();
-            let sock = control.control.clone();
-            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let done2 = Arc::clone(&done);
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let progress = std::thread::spawn(move || {
-                let mut first = None;
-                while tty && !done2.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Ok(Response::Status(r)) = control::request(&sock, &Request::Status) {
-                        let base = *first.get_or_insert(r.frames_used);
-                        eprint!(
-                            "\rwarming: {} frames loaded, {} MiB, {:.0}s   ",
-                            r.frames_used.saturating_sub(base),
-                            (r.frames_used.saturating_sub(base) * 4096) >> 20,
-                            start.elapsed().as_secs_f64()
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            });
-            let resp = rpc(&control.control, &req);
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = progress.join();
-            if tty {
-                eprintln!();
-            }
-            let Response::Warmed {
-                files,
-                pages,
-                skipped,
-            } = resp?
-            else {
-                bail!("unexpected answer")
-            };
-            println!(
-                "warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped, in {:.1}s",
-                start.elapsed().as_secs_f64()
-            );
-        }
-        Command::Evict { control, ns, path } => {
-            let req = Request::Evict {
-                ns: bounded(&ns, "namespace name too long")?,
-                path: bounded(&path, "path too long")?,
-            };
-            let Response::Evicted { dropped, revoking } = rpc(&control.control, &req)? else {
-                bail!("unexpected answer")
-            };
-            println!("evicted {ns}/{path}: {dropped} file maps dropped, {revoking} being revoked from VMs");
-        }
+        } => cmd_files(&control.control, &ns, offset, limit),
+        Command::Warm { control, ns, path } => cmd_warm(&control.control, &ns, &path),
+        Command::Evict { control, ns, path } => cmd_evict(&control.control, &ns, &path),
         Command::Vm(VmCommand::Add {
             control,
             name,
             domain,
-        }) => {
-            let req = Request::VmAdd {
-                name: bounded(&name, "VM name too long")?,
-                domain: bounded(&domain, "domain name too long")?,
-            };
-            match rpc(&control.control, &req)? {
-                Response::VmAdded { name, ring_path } => {
-                    println!("{}: ring region {}", name.as_str(), ring_path.as_str())
-                }
-                _ => bail!("unexpected answer"),
-            }
-        }
+        }) => cmd_vm_add(&control.control, &name, &domain),
         Command::Vm(VmCommand::Reinstate { control, name }) => {
-            let req = Request::VmReinstate {
-                name: bounded(&name, "VM name too long")?,
-            };
-            match rpc(&control.control, &req)? {
-                Response::VmReinstated {
-                    name,
-                    was_cut_off: true,
-                } => {
-                    println!("{}: reinstated; its ring starts over", name.as_str())
-                }
-                Response::VmReinstated {
-                    name,
-                    was_cut_off: false,
-                } => {
-                    println!("{}: not cut off; nothing to do", name.as_str())
-                }
-                _ => bail!("unexpected answer"),
-            }
+            cmd_vm_reinstate(&control.control, &name)
         }
-        Command::QemuArgs { name, config } => {
-            let cfg = config.load()?;
-            for a in cfg.qemu_args(&name, config.ring_size) {
-                println!("{a}");
-            }
+        Command::QemuArgs { name, config, ring } => cmd_qemu_args(&name, &config, &ring),
+        Command::Config(ConfigCommand::New { config, out }) => {
+            cmd_config_new(&config, out.as_deref())
         }
         Command::Region(RegionCommand::Init {
             kind,
             size,
             generation,
             path,
-        }) => {
-            let kind = match kind {
-                KindArg::Ring => RegionKind::Ring,
-                KindArg::Pool => RegionKind::Pool,
-            };
-            let generation = generation.unwrap_or_else(time_generation);
-            region::init(&path, kind, size, generation)
-                .with_context(|| format!("creating region {}", path.display()))?;
-            let (kind, p) = region::inspect(&path)?;
-            println!(
-                "{}: {:?} region, version {}, {} bytes, generation {}",
-                path.display(),
-                kind,
-                p.version,
-                p.region_size,
-                p.generation
-            );
-        }
-        Command::Region(RegionCommand::Show { path }) => {
-            let (kind, p) = region::inspect(&path)?;
-            println!(
-                "{}: {:?} region, version {}, header {} bytes, {} bytes, generation {}",
-                path.display(),
-                kind,
-                p.version,
-                p.header_size,
-                p.region_size,
-                p.generation
-            );
-        }
+        }) => cmd_region_init(kind, size, generation, &path),
+        Command::Region(RegionCommand::Show { path }) => cmd_region_show(&path),
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -699,5 +836,83 @@ fn main() -> ExitCode {
             eprintln!("vmdedup: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    use vmdedup_protocol::control::{ErrorCode, MAX_FRAME_LEN};
+
+    use super::*;
+
+    /// An agent that answers one request with `resp`, on a socket in a
+    /// directory of its own.
+    fn one_answer(tag: &str, resp: Response) -> (PathBuf, std::thread::JoinHandle<()>) {
+        let dir = std::env::temp_dir().join(format!("vmdedup-rpc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).unwrap();
+            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+            s.read_exact(&mut body).unwrap();
+            let mut buf = vec![0u8; MAX_FRAME_LEN];
+            let n = resp.encode(&mut buf).unwrap();
+            s.write_all(&buf[..n]).unwrap();
+        });
+        (path, t)
+    }
+
+    #[test]
+    fn rpc_returns_the_expected_answer() {
+        let (path, t) = one_answer("ok", Response::Vms(heapless::Vec::new()));
+        let vms = rpc!(&path, Request::Vms, Response::Vms(v) => v).unwrap();
+        assert!(vms.is_empty());
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn rpc_says_when_the_answer_is_of_another_kind() {
+        let (path, t) = one_answer("kind", Response::Vms(heapless::Vec::new()));
+        let e = rpc!(&path, Request::Status, Response::Status(r) => r).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("answered a Status request with Vms"), "{msg}");
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn rpc_passes_on_a_refusal_and_an_absent_agent() {
+        let refusal = Response::Error {
+            code: ErrorCode::NotFound,
+            message: heapless::String::try_from("no VM called \"x\"").unwrap(),
+        };
+        let (path, t) = one_answer("refused", refusal);
+        let req = Request::VmReinstate {
+            name: heapless::String::try_from("x").unwrap(),
+        };
+        let msg = format!(
+            "{:#}",
+            rpc!(&path, req, Response::VmReinstated { was_cut_off, .. } => was_cut_off)
+                .unwrap_err()
+        );
+        assert!(
+            msg.starts_with("the agent refused (NotFound): no VM called"),
+            "{msg}"
+        );
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        let msg = format!(
+            "{:#}",
+            rpc!(&path, Request::Vms, Response::Vms(v) => v).unwrap_err()
+        );
+        assert!(msg.contains("cannot reach the agent at"), "{msg}");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmdedup_protocol::control::{HintCounters, StatusReport};
 
-use crate::store::service::HintService;
+use crate::service::HintService;
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
 use vmdedup_host_agent::namespace::{Namespace, NamespaceConfig};
 use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
-use vmdedup_host_agent::store::service::{HintService, ServiceConfig};
+use vmdedup_host_agent::service::{HintService, ServiceConfig};
 use vmdedup_host_agent::store::{PageStore, StoreConfig};
 use vmdedup_protocol::control::*;
 

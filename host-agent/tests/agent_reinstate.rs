@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmdedup_host_agent::agent::{Agent, AgentOptions};
-use vmdedup_host_agent::namespace::config::{AgentConfig, VmConfig};
+use vmdedup_host_agent::config::{AgentConfig, VmConfig};
 use vmdedup_host_agent::namespace::NamespaceConfig;
 use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
 use vmdedup_protocol::abi::{

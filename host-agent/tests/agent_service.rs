@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use vmdedup_host_agent::namespace::{GuestIdentity, Namespace, NamespaceConfig, ResolveMode};
 use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
-use vmdedup_host_agent::store::service::{
-    EventSink, HintRequest, HintResult, HintService, ServiceConfig,
-};
-use vmdedup_host_agent::store::{PageStore, StoreConfig, TableLocation, VmId};
+use vmdedup_host_agent::ring::Hint;
+use vmdedup_host_agent::service::{EventSink, HintResult, HintService, ServiceConfig};
+use vmdedup_host_agent::store::{PageStore, StoreConfig, VmId};
 use vmdedup_protocol::control::MissReason;
 use vmdedup_protocol::pool::{PoolGeometry, TableHeader, TableRef, TABLE_HEADER_SIZE};
 
@@ -51,7 +50,7 @@ fn content(seed: u32, len: usize) -> Vec<u8> {
 #[derive(Default)]
 struct Events(Mutex<Vec<(char, VmId, u64)>>);
 impl EventSink for Events {
-    fn revoke(&self, vm: VmId, map: &TableLocation) {
+    fn revoke(&self, vm: VmId, map: &TableRef) {
         self.0.lock().unwrap().push(('r', vm, map.file_map_id));
     }
     fn cut_off(&self, vm: VmId) {
@@ -128,17 +127,25 @@ fn ident(p: &Path) -> GuestIdentity {
     }
 }
 
+/// A hint for `path` of namespace `ns`, by a guest whose copy is `id`.
+fn req(ns: u32, path: &[u8], id: GuestIdentity) -> Hint<'_> {
+    Hint {
+        request_id: 0,
+        namespace_id: ns,
+        path,
+        file_size: id.size,
+        mtime_ns: id.mtime_ns,
+        ctime_ns: 0,
+        inode: 0,
+        first_page: 0,
+        page_count: 0,
+    }
+}
+
 /// Hints until the answer is no longer "loading" (running the loader in between).
 fn hint(svc: &HintService, vm: VmId, ns: u32, path: &[u8], id: GuestIdentity) -> HintResult {
     for _ in 0..3 {
-        let r = svc.answer(
-            vm,
-            &HintRequest {
-                namespace_id: ns,
-                path,
-                identity: id,
-            },
-        );
+        let r = svc.answer(vm, &req(ns, path, id));
         if r != HintResult::Miss(MissReason::Loading) {
             return r;
         }
@@ -148,21 +155,15 @@ fn hint(svc: &HintService, vm: VmId, ns: u32, path: &[u8], id: GuestIdentity) ->
 }
 
 /// What a guest does with a hit: validate the table and read the file out of the frames.
-fn guest_read(svc: &HintService, loc: &TableLocation) -> (Vec<u8>, Vec<u32>) {
+fn guest_read(svc: &HintService, loc: &TableRef) -> (Vec<u8>, Vec<u32>) {
     svc.inspect_store(|s| {
         let pool = s.pool().bytes();
         let hb: [u8; 128] = pool[..128].try_into().unwrap();
         let g = PoolGeometry::from_header_bytes(&hb, pool.len() as u64).unwrap();
-        let r = TableRef {
-            offset: loc.table_offset,
-            page_count: loc.page_count,
-            file_map_id: loc.file_map_id,
-            file_size: loc.file_size,
-            map_generation: loc.map_generation,
-        };
+        let r = *loc;
         let (start, len) = g.table_span(&r).unwrap();
         let th: [u8; TABLE_HEADER_SIZE] = pool
-            [loc.table_offset as usize..loc.table_offset as usize + TABLE_HEADER_SIZE]
+            [loc.offset as usize..loc.offset as usize + TABLE_HEADER_SIZE]
             .try_into()
             .unwrap();
         let mut v = g
@@ -184,7 +185,7 @@ fn guest_read(svc: &HintService, loc: &TableLocation) -> (Vec<u8>, Vec<u32>) {
     })
 }
 
-fn expect_hit(r: HintResult) -> TableLocation {
+fn expect_hit(r: HintResult) -> TableRef {
     match r {
         HintResult::Hit(l) => l,
         other => panic!("expected a hit, got {other:?}"),
@@ -199,14 +200,7 @@ fn agent_two_guests_share_frames_byte_for_byte() {
     let data = content(1, 5 * 4096 + 123);
     std::fs::write(dir.join("usr/lib/libx.so"), &data).unwrap();
     let p = dir.join("usr/lib/libx.so");
-    let first = s.svc.answer(
-        1,
-        &HintRequest {
-            namespace_id: 1,
-            path: b"usr/lib/libx.so",
-            identity: ident(&p),
-        },
-    );
+    let first = s.svc.answer(1, &req(1, b"usr/lib/libx.so", ident(&p)));
     assert_eq!(
         first,
         HintResult::Miss(MissReason::Loading),
@@ -214,14 +208,7 @@ fn agent_two_guests_share_frames_byte_for_byte() {
     );
     let l1 = expect_hit(hint(&s.svc, 1, 1, b"usr/lib/libx.so", ident(&p)));
     // The second VM is answered from the index: no load runs.
-    let l2 = expect_hit(s.svc.answer(
-        2,
-        &HintRequest {
-            namespace_id: 1,
-            path: b"usr/lib/libx.so",
-            identity: ident(&p),
-        },
-    ));
+    let l2 = expect_hit(s.svc.answer(2, &req(1, b"usr/lib/libx.so", ident(&p))));
     assert_eq!(s.svc.load_pending(), 0);
     assert_eq!(l1, l2);
     let (bytes1, frames1) = guest_read(&s.svc, &l1);
@@ -487,14 +474,7 @@ fn agent_warm_then_first_hint_hits_and_evict() {
     let p = s.svc.warm("a", b"t", None, &mut |p| seen.push(*p)).unwrap();
     assert_eq!((p.files_total, p.files_done, p.skipped), (2, 2, 0));
     assert_eq!(seen.len(), 3);
-    let l = expect_hit(s.svc.answer(
-        1,
-        &HintRequest {
-            namespace_id: 1,
-            path: b"t/u/b",
-            identity: ident(&d.join("t/u/b")),
-        },
-    ));
+    let l = expect_hit(s.svc.answer(1, &req(1, b"t/u/b", ident(&d.join("t/u/b")))));
     assert_eq!(
         guest_read(&s.svc, &l).0,
         std::fs::read(d.join("t/u/b")).unwrap()
@@ -534,14 +514,10 @@ fn agent_loader_threads_serve_hints() {
     );
     svc.add_vm(1, "vm1", "anything").unwrap();
     let id = ident(&a.0.join("f"));
-    let req = HintRequest {
-        namespace_id: 1,
-        path: b"f",
-        identity: id,
-    };
-    assert_eq!(svc.answer(1, &req), HintResult::Miss(MissReason::Loading));
+    let h = req(1, b"f", id);
+    assert_eq!(svc.answer(1, &h), HintResult::Miss(MissReason::Loading));
     assert!(svc.wait_idle(Duration::from_secs(30)));
-    let l = expect_hit(svc.answer(1, &req));
+    let l = expect_hit(svc.answer(1, &h));
     assert_eq!(guest_read(&svc, &l).0, content(5, 70_000));
     svc.shutdown();
 }

@@ -35,9 +35,8 @@
 //!    event to every VM that holds the table, and reuses neither the table nor
 //!    its frames until each of those VMs acknowledged (or was cut off).
 
-use core::mem::{offset_of, size_of};
-
-use super::abi::{PrefixError, RegionKind, RegionPrefix, POOL_MAGIC, POOL_VERSION};
+use crate::abi::{PrefixError, RegionKind, RegionPrefix, POOL_MAGIC, POOL_VERSION};
+use crate::wire::{wire_struct, Wire};
 
 /// Size in bytes of one frame (one guest page).
 pub const FRAME_SIZE: u64 = 4096;
@@ -55,120 +54,80 @@ pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"VMDDFTAB");
 /// Largest file, in pages, that one table may describe (64 GiB).
 pub const MAX_TABLE_PAGES: u32 = 1 << 24;
 
-/// The pool header, at offset 0 of the pool region.
-///
-/// Writer: the host, when it creates the pool (all fields), and later only
-/// `revocation_epoch` and `frames_used`. Guests read it once at probe time
-/// (plus, optionally, the two counters).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolHeader {
-    /// Magic [`POOL_MAGIC`], version [`POOL_VERSION`], `header_size` =
-    /// [`POOL_HEADER_SIZE`], the region size and the pool generation.
-    pub prefix: RegionPrefix,
-    /// Size of one frame: always [`FRAME_SIZE`].
-    pub frame_size: u32,
-    /// Size of one frame number in a table: always [`FRAME_ENTRY_SIZE`].
-    pub entry_size: u32,
-    /// Number of frames in the frame area.
-    pub frame_count: u64,
-    /// Byte offset of frame 0 (a multiple of [`FRAME_SIZE`]).
-    pub frame_area_offset: u64,
-    /// Byte offset of the table area (a multiple of [`TABLE_ALIGN`]).
-    pub table_area_offset: u64,
-    /// Size in bytes of the table area.
-    pub table_area_size: u64,
-    /// Host: incremented every time a table is revoked. Informational only.
-    pub revocation_epoch: u64,
-    /// Host: frames currently holding data. Informational only.
-    pub frames_used: u64,
-    /// Zero.
-    pub reserved: [u64; 5],
+wire_struct! {
+    /// The pool header, at offset 0 of the pool region.
+    ///
+    /// Writer: the host, when it creates the pool (all fields), and later only
+    /// `revocation_epoch` and `frames_used`. Guests read it once at probe time
+    /// (plus, optionally, the two counters).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PoolHeader: POOL_HEADER_SIZE, offsets header_off {
+        /// Magic [`POOL_MAGIC`], version [`POOL_VERSION`], `header_size` =
+        /// [`POOL_HEADER_SIZE`], the region size and the pool generation.
+        pub prefix: RegionPrefix = PREFIX @ 0,
+        /// Size of one frame: always [`FRAME_SIZE`].
+        pub frame_size: u32 = FRAME_SIZE @ 32,
+        /// Size of one frame number in a table: always [`FRAME_ENTRY_SIZE`].
+        pub entry_size: u32 = ENTRY_SIZE @ 36,
+        /// Number of frames in the frame area.
+        pub frame_count: u64 = FRAME_COUNT @ 40,
+        /// Byte offset of frame 0 (a multiple of [`FRAME_SIZE`]).
+        pub frame_area_offset: u64 = FRAME_AREA_OFFSET @ 48,
+        /// Byte offset of the table area (a multiple of [`TABLE_ALIGN`]).
+        pub table_area_offset: u64 = TABLE_AREA_OFFSET @ 56,
+        /// Size in bytes of the table area.
+        pub table_area_size: u64 = TABLE_AREA_SIZE @ 64,
+        /// Host: incremented every time a table is revoked (atomic store).
+        /// Informational only.
+        pub revocation_epoch: u64 = REVOCATION_EPOCH @ 72,
+        /// Host: frames currently holding data (atomic store). Informational only.
+        pub frames_used: u64 = FRAMES_USED @ 80,
+        /// Zero.
+        pub reserved: [u64; 5] = RESERVED @ 88,
+    }
 }
 
 /// Size in bytes of [`PoolHeader`].
 pub const POOL_HEADER_SIZE: usize = 128;
 
-const _: () = {
-    assert!(size_of::<PoolHeader>() == POOL_HEADER_SIZE);
-    assert!(offset_of!(PoolHeader, prefix) == 0);
-    assert!(offset_of!(PoolHeader, frame_size) == 32);
-    assert!(offset_of!(PoolHeader, entry_size) == 36);
-    assert!(offset_of!(PoolHeader, frame_count) == 40);
-    assert!(offset_of!(PoolHeader, frame_area_offset) == 48);
-    assert!(offset_of!(PoolHeader, table_area_offset) == 56);
-    assert!(offset_of!(PoolHeader, table_area_size) == 64);
-    assert!(offset_of!(PoolHeader, revocation_epoch) == 72);
-    assert!(offset_of!(PoolHeader, frames_used) == 80);
-    assert!(offset_of!(PoolHeader, reserved) == 88);
-    assert!(POOL_HEADER_SIZE as u64 <= HEADER_AREA_SIZE);
-};
+const _: () = assert!(POOL_HEADER_SIZE as u64 <= HEADER_AREA_SIZE);
 
-/// Byte offsets of the [`PoolHeader`] fields behind the prefix, for volatile
-/// readers and for the host's atomic counter stores.
-pub mod header_off {
-    /// Offset of [`super::PoolHeader::frame_size`].
-    pub const FRAME_SIZE: usize = 32;
-    /// Offset of [`super::PoolHeader::entry_size`].
-    pub const ENTRY_SIZE: usize = 36;
-    /// Offset of [`super::PoolHeader::frame_count`].
-    pub const FRAME_COUNT: usize = 40;
-    /// Offset of [`super::PoolHeader::frame_area_offset`].
-    pub const FRAME_AREA_OFFSET: usize = 48;
-    /// Offset of [`super::PoolHeader::table_area_offset`].
-    pub const TABLE_AREA_OFFSET: usize = 56;
-    /// Offset of [`super::PoolHeader::table_area_size`].
-    pub const TABLE_AREA_SIZE: usize = 64;
-    /// Offset of [`super::PoolHeader::revocation_epoch`].
-    pub const REVOCATION_EPOCH: usize = 72;
-    /// Offset of [`super::PoolHeader::frames_used`].
-    pub const FRAMES_USED: usize = 80;
-}
-
-/// The header of one frame table, followed by `page_count` little-endian `u32`
-/// frame numbers (page `i` of the file is in frame `frames[i]`).
-///
-/// Writer: the host. `magic` is written last (release) when the table is
-/// published and zeroed first when it is revoked; the other fields never
-/// change while `magic` is [`TABLE_MAGIC`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TableHeader {
-    /// [`TABLE_MAGIC`] while the table is live, 0 otherwise.
-    pub magic: u64,
-    /// Host-chosen id of the file map, never 0, never reused within one pool
-    /// generation.
-    pub file_map_id: u64,
-    /// Size in bytes of the file; the tail of the last frame is zero.
-    pub file_size: u64,
-    /// Number of frame numbers behind the header: `ceil(file_size / FRAME_SIZE)`.
-    pub page_count: u32,
-    /// Zero (no flags defined yet).
-    pub flags: u32,
-    /// The pool generation ([`RegionPrefix::generation`]) the table was written in.
-    pub pool_generation: u64,
-    /// [`TableChecksum`] over the header fields `file_map_id..=pool_generation`
-    /// and the frame numbers.
-    pub checksum: u64,
-    /// Zero.
-    pub reserved: [u64; 2],
+wire_struct! {
+    /// The header of one frame table, followed by `page_count` little-endian `u32`
+    /// frame numbers (page `i` of the file is in frame `frames[i]`).
+    ///
+    /// Writer: the host. `magic` is written last (release) when the table is
+    /// published and zeroed first when it is revoked; the other fields never
+    /// change while `magic` is [`TABLE_MAGIC`]. The guest copies the header out
+    /// and checks it ([`PoolGeometry::check_table_header`]) before it trusts
+    /// any frame number.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct TableHeader: TABLE_HEADER_SIZE, offsets table_off {
+        /// [`TABLE_MAGIC`] while the table is live, 0 otherwise.
+        pub magic: u64 = MAGIC @ 0,
+        /// Host-chosen id of the file map, never 0, never reused within one pool
+        /// generation.
+        pub file_map_id: u64 = FILE_MAP_ID @ 8,
+        /// Size in bytes of the file; the tail of the last frame is zero.
+        pub file_size: u64 = FILE_SIZE @ 16,
+        /// Number of frame numbers behind the header: `ceil(file_size / FRAME_SIZE)`.
+        pub page_count: u32 = PAGE_COUNT @ 24,
+        /// Zero (no flags defined yet).
+        pub flags: u32 = FLAGS @ 28,
+        /// The pool generation ([`RegionPrefix::generation`]) the table was written in.
+        pub pool_generation: u64 = POOL_GENERATION @ 32,
+        /// [`TableChecksum`] over the header fields `file_map_id..=pool_generation`
+        /// and the frame numbers.
+        pub checksum: u64 = CHECKSUM @ 40,
+        /// Zero.
+        pub reserved: [u64; 2] = RESERVED @ 48,
+    }
 }
 
 /// Size in bytes of [`TableHeader`].
 pub const TABLE_HEADER_SIZE: usize = 64;
 
-const _: () = {
-    assert!(size_of::<TableHeader>() == TABLE_HEADER_SIZE);
-    assert!(offset_of!(TableHeader, magic) == 0);
-    assert!(offset_of!(TableHeader, file_map_id) == 8);
-    assert!(offset_of!(TableHeader, file_size) == 16);
-    assert!(offset_of!(TableHeader, page_count) == 24);
-    assert!(offset_of!(TableHeader, flags) == 28);
-    assert!(offset_of!(TableHeader, pool_generation) == 32);
-    assert!(offset_of!(TableHeader, checksum) == 40);
-    assert!(offset_of!(TableHeader, reserved) == 48);
-    assert!((TABLE_HEADER_SIZE as u64).is_multiple_of(TABLE_ALIGN));
-};
+const _: () = assert!(is_aligned(TABLE_HEADER_SIZE as u64, TABLE_ALIGN));
 
 /// What an answer tells the guest about a table: where it is and what it
 /// must describe. The guest fills this from the answer it received.
@@ -232,33 +191,17 @@ impl From<PrefixError> for PoolError {
     }
 }
 
-fn u32_at<const N: usize>(b: &[u8; N], o: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(o..o + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
+/// Whether `v` is a multiple of `align`, a power of two. (`is_multiple_of`
+/// is newer than the kernel's minimum Rust version.)
+const fn is_aligned(v: u64, align: u64) -> bool {
+    v & (align - 1) == 0
 }
 
-fn u64_at<const N: usize>(b: &[u8; N], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(o..o + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_le_bytes(a)
-}
-
-fn put_u32<const N: usize>(b: &mut [u8; N], o: usize, v: u32) {
-    if let Some(s) = b.get_mut(o..o + 4) {
-        s.copy_from_slice(&v.to_le_bytes());
-    }
-}
-
-fn put_u64<const N: usize>(b: &mut [u8; N], o: usize, v: u64) {
-    if let Some(s) = b.get_mut(o..o + 8) {
-        s.copy_from_slice(&v.to_le_bytes());
-    }
-}
+const _: () = assert!(
+    TABLE_ALIGN.is_power_of_two()
+        && FRAME_SIZE.is_power_of_two()
+        && FRAME_ENTRY_SIZE.is_power_of_two()
+);
 
 /// Number of frames a file of `file_size` bytes needs.
 pub const fn pages_for_size(file_size: u64) -> u64 {
@@ -272,86 +215,7 @@ pub const fn table_bytes(page_count: u32) -> u64 {
     raw.div_ceil(TABLE_ALIGN) * TABLE_ALIGN
 }
 
-impl PoolHeader {
-    /// Decodes a header from its little-endian bytes (no validation).
-    pub fn from_le_bytes(b: &[u8; POOL_HEADER_SIZE]) -> Self {
-        let mut p = [0u8; 32];
-        p.copy_from_slice(&b[..32]);
-        let mut reserved = [0u64; 5];
-        for (i, r) in reserved.iter_mut().enumerate() {
-            *r = u64_at(b, 88 + 8 * i);
-        }
-        PoolHeader {
-            prefix: RegionPrefix::from_le_bytes(&p),
-            frame_size: u32_at(b, header_off::FRAME_SIZE),
-            entry_size: u32_at(b, header_off::ENTRY_SIZE),
-            frame_count: u64_at(b, header_off::FRAME_COUNT),
-            frame_area_offset: u64_at(b, header_off::FRAME_AREA_OFFSET),
-            table_area_offset: u64_at(b, header_off::TABLE_AREA_OFFSET),
-            table_area_size: u64_at(b, header_off::TABLE_AREA_SIZE),
-            revocation_epoch: u64_at(b, header_off::REVOCATION_EPOCH),
-            frames_used: u64_at(b, header_off::FRAMES_USED),
-            reserved,
-        }
-    }
-
-    /// Encodes the header as its little-endian bytes.
-    pub fn to_le_bytes(&self) -> [u8; POOL_HEADER_SIZE] {
-        let mut b = [0u8; POOL_HEADER_SIZE];
-        b[..32].copy_from_slice(&self.prefix.to_le_bytes());
-        put_u32(&mut b, header_off::FRAME_SIZE, self.frame_size);
-        put_u32(&mut b, header_off::ENTRY_SIZE, self.entry_size);
-        put_u64(&mut b, header_off::FRAME_COUNT, self.frame_count);
-        put_u64(
-            &mut b,
-            header_off::FRAME_AREA_OFFSET,
-            self.frame_area_offset,
-        );
-        put_u64(
-            &mut b,
-            header_off::TABLE_AREA_OFFSET,
-            self.table_area_offset,
-        );
-        put_u64(&mut b, header_off::TABLE_AREA_SIZE, self.table_area_size);
-        put_u64(&mut b, header_off::REVOCATION_EPOCH, self.revocation_epoch);
-        put_u64(&mut b, header_off::FRAMES_USED, self.frames_used);
-        for (i, r) in self.reserved.iter().enumerate() {
-            put_u64(&mut b, 88 + 8 * i, *r);
-        }
-        b
-    }
-}
-
 impl TableHeader {
-    /// Decodes a table header from its little-endian bytes (no validation).
-    pub fn from_le_bytes(b: &[u8; TABLE_HEADER_SIZE]) -> Self {
-        TableHeader {
-            magic: u64_at(b, 0),
-            file_map_id: u64_at(b, 8),
-            file_size: u64_at(b, 16),
-            page_count: u32_at(b, 24),
-            flags: u32_at(b, 28),
-            pool_generation: u64_at(b, 32),
-            checksum: u64_at(b, 40),
-            reserved: [u64_at(b, 48), u64_at(b, 56)],
-        }
-    }
-
-    /// Encodes the table header as its little-endian bytes.
-    pub fn to_le_bytes(&self) -> [u8; TABLE_HEADER_SIZE] {
-        let mut b = [0u8; TABLE_HEADER_SIZE];
-        put_u64(&mut b, 0, self.magic);
-        put_u64(&mut b, 8, self.file_map_id);
-        put_u64(&mut b, 16, self.file_size);
-        put_u32(&mut b, 24, self.page_count);
-        put_u32(&mut b, 28, self.flags);
-        put_u64(&mut b, 32, self.pool_generation);
-        put_u64(&mut b, 40, self.checksum);
-        put_u64(&mut b, 48, self.reserved[0]);
-        put_u64(&mut b, 56, self.reserved[1]);
-        b
-    }
-
     /// Starts a [`TableChecksum`] with this header's checksummed fields.
     pub fn checksum_start(&self) -> TableChecksum {
         let mut c = TableChecksum::new();
@@ -501,7 +365,7 @@ impl PoolGeometry {
             .table_area_offset
             .checked_add(h.table_area_size)
             .ok_or(PoolError::BadTableArea)?;
-        if !h.table_area_offset.is_multiple_of(TABLE_ALIGN)
+        if !is_aligned(h.table_area_offset, TABLE_ALIGN)
             || h.table_area_offset < HEADER_AREA_SIZE
             || h.table_area_size == 0
             || table_end > h.frame_area_offset
@@ -516,7 +380,7 @@ impl PoolGeometry {
             .frame_area_offset
             .checked_add(frames_len)
             .ok_or(PoolError::BadFrameArea)?;
-        if !h.frame_area_offset.is_multiple_of(FRAME_SIZE)
+        if !is_aligned(h.frame_area_offset, FRAME_SIZE)
             || h.frame_count == 0
             || h.frame_count > u32::MAX as u64
             || frame_end > region
@@ -558,7 +422,7 @@ impl PoolGeometry {
             return Err(PoolError::BadPageCount(r.page_count));
         }
         let area_end = self.table_area_offset + self.table_area_size;
-        if !r.offset.is_multiple_of(TABLE_ALIGN)
+        if !is_aligned(r.offset, TABLE_ALIGN)
             || r.offset < self.table_area_offset
             || r.offset >= area_end
         {
@@ -620,7 +484,7 @@ impl TableVerifier {
     /// Checks the next frame numbers (`chunk.len()` a multiple of 4, copied
     /// out of the table in order). Every frame number must exist.
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), PoolError> {
-        if !chunk.len().is_multiple_of(FRAME_ENTRY_SIZE as usize) {
+        if !is_aligned(chunk.len() as u64, FRAME_ENTRY_SIZE) {
             return Err(PoolError::ShortTable);
         }
         let words = chunk.len() / FRAME_ENTRY_SIZE as usize;
@@ -628,9 +492,7 @@ impl TableVerifier {
             return Err(PoolError::ShortTable);
         }
         for w in chunk.chunks_exact(FRAME_ENTRY_SIZE as usize) {
-            let mut a = [0u8; 4];
-            a.copy_from_slice(w);
-            let frame = u32::from_le_bytes(a);
+            let frame = u32::get(w, 0);
             if frame as u64 >= self.frame_count {
                 return Err(PoolError::FrameOutOfRange(frame));
             }
@@ -669,9 +531,7 @@ pub fn verify_table(
 pub fn frame_at(frames: &[u8], index: u32) -> Option<u32> {
     let start = (index as usize).checked_mul(FRAME_ENTRY_SIZE as usize)?;
     let s = frames.get(start..start.checked_add(FRAME_ENTRY_SIZE as usize)?)?;
-    let mut a = [0u8; 4];
-    a.copy_from_slice(s);
-    Some(u32::from_le_bytes(a))
+    Some(u32::get(s, 0))
 }
 
 #[cfg(test)]

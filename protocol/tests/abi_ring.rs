@@ -178,6 +178,9 @@ fn entry_checks_give_the_documented_statuses() {
         assert_eq!(AnswerStatus::from_u16(v).map(|s| s as u16), Some(v));
     }
     assert_eq!(AnswerStatus::from_u16(11), None);
+    // "Ask again later" keeps the value it had on the wire when it was
+    // called PoolFull.
+    assert_eq!(AnswerStatus::Loading as u16, 4);
 }
 
 #[test]

@@ -19,7 +19,9 @@ stats() {
 (while :; do stats; sleep 1; done) &
 ticker=$!
 rc=0
-for ns in $(cat /etc/vmdedup/namespaces); do
+# One name a line, none with spaces (scripts/guest-run checks them).
+namespaces=$(cat /etc/vmdedup/namespaces)
+for ns in $namespaces; do
     m=/shared/$ns
     [ -d "$m" ] || { echo "DEMO-ERROR $m is not mounted"; rc=1; continue; }
     p=1

@@ -24,7 +24,7 @@ build_tree() {
         return 0
     fi
     local py=/usr/bin/python3.11 stdlib=/usr/lib/python3.11
-    [ -x "$py" ] && [ -d "$stdlib" ] || die "Debian's python3.11 is needed for the workload tree (apt-get install python3.11)"
+    { [ -x "$py" ] && [ -d "$stdlib" ]; } || die "Debian's python3.11 is needed for the workload tree (apt-get install python3.11)"
     log "building the workload tree in $out (python3.11, its libraries and standard library$([ "$extra_mb" -gt 0 ] && echo ", $extra_mb MB of ELF libraries"))"
     rm -rf "$out"
     mkdir -p "$out/bin" "$out/lib"

@@ -3,6 +3,7 @@
 # unknown version, are refused with a clear log line and do not disturb the good
 # regions. The host runner attaches two such devices (--extra-region) and says
 # so with BAD_REGION=1.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
 ktap_header 6
 if [ "${BAD_REGION:-0}" != 1 ]; then

@@ -2,6 +2,7 @@
 # Selftest: the guest control channel. vmdedup-guest reaches the host agent over
 # vsock, sees this VM's own counters and nobody else's, and malformed frames on
 # the same channel are refused while the agent keeps answering.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
 ktap_header 4
 if ! command -v vmdedup-guest > /dev/null 2>&1; then
@@ -21,7 +22,7 @@ fi
 ktap_pass "status over vsock"
 own() {
     vms=$(grep -c '^  vm ' /tmp/status.out)
-    grep -q "^  vm ${VMDEDUP_GUEST:-?} " /tmp/status.out && [ "$vms" = 1 ] || { cat /tmp/status.out >&2; return 1; }
+    { grep -q "^  vm ${VMDEDUP_GUEST:-?} " /tmp/status.out && [ "$vms" = 1 ]; } || { cat /tmp/status.out >&2; return 1; }
 }
 ktap_check "only this VM is shown" own
 ktap_check "malformed frames refused, agent survives" vmdedup-guest check-malformed

@@ -1,6 +1,6 @@
 #!/bin/sh
-# Selftest: a guest that never acknowledges a revocation is cut off (issue 6
-# case 8, the other half). The fault_no_ack module parameter plays a stuck
+# Selftest: a guest that never acknowledges a revocation is cut off (the other
+# half of fs_revoke). The fault_no_ack module parameter plays a stuck
 # guest: revocations are applied (PTEs zapped, lower from then on) but not
 # acknowledged. The host evicts a file this guest maps; when the
 # acknowledgement deadline (ack_timeout_ms, 5 s by default) passes the agent
@@ -13,7 +13,9 @@
 # Needs what fs_revoke needs (a served /shared/NAME mount, mmapwatch, a host
 # evicting on request: FS_REVOKE_HOST=1) and vmdedup-guest to see the host's
 # view. Run it last in its boot.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 8
 
@@ -54,7 +56,7 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 withheld() {
-    [ "$(stat_of revocations)" -gt "$rv0" ] && [ "$(stat_of acks_withheld)" -gt "$wh0" ] && [ "$(stat_of acks_sent)" = "$ack0" ] ||
+    { [ "$(stat_of revocations)" -gt "$rv0" ] && [ "$(stat_of acks_withheld)" -gt "$wh0" ] && [ "$(stat_of acks_sent)" = "$ack0" ]; } ||
         { echo "revocations $rv0 -> $(stat_of revocations), acks_withheld $wh0 -> $(stat_of acks_withheld), acks_sent $ack0 -> $(stat_of acks_sent)"; return 1; }
 }
 ktap_check "$T1" withheld
@@ -84,7 +86,7 @@ kept() { [ "$r1" = 0 ] && [ "$r2" = 0 ] && grep -q 'all equal' /tmp/cutoff.share
 ktap_check "$T4" kept
 p0=$(stat_of pages_pool); f0=$(stat_of faults_pool)
 ktap_check "$T5" same_tree "$M" "$L"
-nopool() { [ "$(stat_of pages_pool)" = "$p0" ] && [ "$(stat_of faults_pool)" = "$f0" ] || { echo "pages_pool $p0 -> $(stat_of pages_pool), faults_pool $f0 -> $(stat_of faults_pool)"; return 1; }; }
+nopool() { { [ "$(stat_of pages_pool)" = "$p0" ] && [ "$(stat_of faults_pool)" = "$f0" ]; } || { echo "pages_pool $p0 -> $(stat_of pages_pool), faults_pool $f0 -> $(stat_of faults_pool)"; return 1; }; }
 ktap_check "$T6" nopool
 echo 0 > "$KNOB"
 g0=$(stat_of generation_changes)
@@ -104,5 +106,5 @@ served_again() {
     same_tree "$M" "$L"
 }
 ktap_check "$T8" served_again
-ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 ktap_finish

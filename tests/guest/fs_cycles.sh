@@ -1,6 +1,6 @@
 #!/bin/sh
 # Selftest: nothing leaks over many load/mount/read/unmount/unload cycles
-# (issue 5 "Module hygiene", issue 6 case 1 at scale). Each cycle: insmod,
+# (module hygiene, and a file map's life repeated at scale). Each cycle: insmod,
 # mount vmdedupfs, read a few files (read(2) and, with the mmapwatch helper, a
 # shared mmap), umount, rmmod. Memory is compared before and after, with the
 # page cache and reclaimable slab dropped both times:
@@ -25,7 +25,9 @@
 # its nsid (hints, hits, releases) and at the end the agent must hold no map
 # for this VM (every one released). Mounts made by scripts/guest-run are
 # unmounted for the cycles and mounted again afterwards.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 N=${FS_CYCLES_N:-100}
 WARM=5

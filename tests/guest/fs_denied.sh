@@ -3,7 +3,9 @@
 # namespace mounted at /shared (suite "denied"). Its hints are refused, so it
 # gets nothing from the pool and reads its own lower files; over vsock the
 # namespace is not listed for it and a warm-up request for it is refused.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 5
 pair=""
@@ -18,7 +20,7 @@ ns=${pair#/shared/}
 ktap_check "reads right (tree identical to lower)" same_tree "$pair" "/lower/$ns"
 sleep 1
 ktap_check "second pass right too" same_tree "$pair" "/lower/$ns"
-ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 refused() { [ "$(stat_of answers_miss_other)" -gt 0 ] && [ "$(stat_of answers_hit)" = 0 ] && [ "$(stat_of pages_pool)" = 0 ]; }
 ktap_check "hints refused, nothing from the pool" refused
 if command -v vmdedup-guest > /dev/null && [ -e /dev/vsock ]; then

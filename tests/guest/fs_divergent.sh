@@ -4,7 +4,9 @@
 # bytes (the identity check cannot tell: verify must), DIVERGENT_MTIME files
 # of the same size with another mtime (the identity check refuses them). The
 # guest must read its own bytes, always.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 5
 pair=""
@@ -27,5 +29,5 @@ ktap_check "own bytes again, after the host answered" own
 ktap_check "tree identical to lower" same_tree "$pair" "$lower"
 ktap_check "verify caught the same-identity file" test "$(stat_of verify_mismatches)" -ge 1
 ktap_check "identity mismatch answered for the other" test "$(stat_of answers_miss_identity)" -ge 1
-ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 ktap_finish

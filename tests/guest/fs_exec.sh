@@ -2,7 +2,9 @@
 # Selftest: programs run from vmdedupfs: a static one, and a dynamically linked
 # one whose loader and libraries all live under the mount (the loader's
 # private, writable data segments included).
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 3
 
@@ -18,7 +20,7 @@ for cand in /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/ld-linux-x86-64.so
 done
 if [ -n "$ld" ]; then
     for p in /usr/bin/* /bin/* /usr/local/bin/*; do
-        [ -f "$p" ] && [ ! -L "$p" ] || continue
+        { [ -f "$p" ] && [ ! -L "$p" ]; } || continue
         "$ld" --list "$p" > /tmp/fs_exec.libs 2>/dev/null || continue
         grep -q 'libc.so' /tmp/fs_exec.libs && { prog=$p; break; }
     done

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Selftest: with no host answering (a namespace id nobody serves, or no ring
 # at all), opens do not hang and every byte still comes from the lower tree.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 4
 

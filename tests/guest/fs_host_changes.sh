@@ -5,7 +5,9 @@
 # --agent-restart). Reads never fail or hang, every byte stays right
 # (verify=full), the guest sees the new ring generation, and sharing (re)starts
 # afterwards: pool hits rise again after the change.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 6
 pair=""
@@ -37,5 +39,5 @@ ktap_check "sharing after the change (pool hits rose)" sh -c "[ -n '$hits_at' ] 
 ktap_check "tree identical to lower" same_tree "$pair" "/lower/${pair#/shared/}"
 ktap_check "no verify mismatch" test "$(stat_of verify_mismatches)" = 0
 ktap_check "no failed fault" test "$(stat_of faults_failed)" = 0
-ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 ktap_finish

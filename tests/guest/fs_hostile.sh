@@ -5,7 +5,9 @@
 # even this guest keeps reading right bytes through its mount. The host side
 # (tests/host/check-hostile) checks that the agent survived, counted the bad
 # hints against this VM, and kept serving the honest guest.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 4
 tool=$(command -v hostile || true)
@@ -30,5 +32,5 @@ ktap_diag "$ra"
 ktap_check "ring attack ran" sh -c "echo '$ra' | grep -q '^ring: [1-9]'"
 ktap_check "own reads still right after the attack" same_tree "$pair" "$lower"
 ktap_check "verify never found a difference" test "$(stat_of verify_mismatches)" = 0
-ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 ktap_finish

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Selftest: vmdedupfs mounts and unmounts; rmmod is refused while mounted and
 # clean afterwards; bad options are refused; the mount is read-only (EROFS).
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 cycles=${FS_CYCLES:-3}
 ktap_header $((16 + cycles))

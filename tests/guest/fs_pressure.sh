@@ -1,5 +1,5 @@
 #!/bin/sh
-# Selftest for the pressure suite (issue 6 case 8): the agent's frame budget
+# Selftest for the pressure suite: the agent's frame budget
 # (--budget) is far smaller than the tree. While one process holds a shared
 # mapping of a pool-served file and another a private one with pages written,
 # the guest reads the whole tree twice. The files that do not fit are served
@@ -15,7 +15,9 @@
 # (PRESSURE=1 says so: tests/run --suite pressure gives the agent a 2 MB
 # budget and the small tree, 18 MB) and the mmapwatch helper. Skipped
 # otherwise.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 8
 
@@ -39,15 +41,14 @@ F=$M/$REL
 pool_served "$F" > /dev/null 2>&1 || ktap_skip_from 1 "the agent never served $REL from the pool"
 ktap_diag "mapped file: $F ($(stat -c %s "$F") bytes)"
 
-s0() { eval "$1=\$(stat_of $2)"; }
-s0 mm0 mmap_pool; s0 mp0 mmap_pool_private; s0 fl0 faults_lower; s0 ff0 faults_failed
-s0 rv0 revocations; s0 ack0 acks_sent; s0 ml0 answers_miss_loading; s0 pl0 pages_lower
-s0 vm0 verify_mismatches
+mm0=$(stat_of mmap_pool); mp0=$(stat_of mmap_pool_private); fl0=$(stat_of faults_lower); ff0=$(stat_of faults_failed)
+rv0=$(stat_of revocations); ack0=$(stat_of acks_sent); ml0=$(stat_of answers_miss_loading); pl0=$(stat_of pages_lower)
+vm0=$(stat_of verify_mismatches)
 rm -f /tmp/pressure.stop
 watch_both "$F" "$L/$REL" /tmp/pressure.stop /tmp/pressure 900
 pooled() {
-    [ "$(stat_of mmap_pool)" -ge $((mm0 + 2)) ] && [ "$(stat_of mmap_pool_private)" -gt "$mp0" ] &&
-        grep -q 'mmapwatch: mapped' /tmp/pressure.shared && grep -q 'mmapwatch: mapped' /tmp/pressure.private ||
+    { [ "$(stat_of mmap_pool)" -ge $((mm0 + 2)) ] && [ "$(stat_of mmap_pool_private)" -gt "$mp0" ] &&
+        grep -q 'mmapwatch: mapped' /tmp/pressure.shared && grep -q 'mmapwatch: mapped' /tmp/pressure.private; } ||
         { echo "mmap_pool $mm0 -> $(stat_of mmap_pool), mmap_pool_private $mp0 -> $(stat_of mmap_pool_private)"; cat /tmp/pressure.shared /tmp/pressure.private; return 1; }
 }
 ktap_check "$T1" pooled
@@ -82,7 +83,7 @@ twice() {
 }
 
 lowered() {
-    [ "$(stat_of answers_miss_loading)" -gt "$ml0" ] && [ "$(stat_of pages_lower)" -gt "$pl0" ] ||
+    { [ "$(stat_of answers_miss_loading)" -gt "$ml0" ] && [ "$(stat_of pages_lower)" -gt "$pl0" ]; } ||
         { echo "answers_miss_loading $ml0 -> $(stat_of answers_miss_loading), pages_lower $pl0 -> $(stat_of pages_lower)"; return 1; }
 }
 ktap_check "$T3" lowered
@@ -92,7 +93,7 @@ for _ in $(seq 1 50); do
     sleep 0.1
 done
 revoked() {
-    [ "$(stat_of revocations)" -gt "$rv0" ] && [ "$(stat_of acks_sent)" -gt "$ack0" ] ||
+    { [ "$(stat_of revocations)" -gt "$rv0" ] && [ "$(stat_of acks_sent)" -gt "$ack0" ]; } ||
         { echo "revocations $rv0 -> $(stat_of revocations), acks_sent $ack0 -> $(stat_of acks_sent)"; return 1; }
 }
 ktap_check "$T4" revoked
@@ -125,5 +126,5 @@ if command -v vmdedup-guest > /dev/null 2>&1 && vmdedup-guest status > /tmp/pres
 else
     ktap_skip "$T8" "no agent reachable through vmdedup-guest over vsock: $(tail -n 1 /tmp/pressure.status 2>/dev/null)"
 fi
-ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 ktap_finish

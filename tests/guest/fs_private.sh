@@ -1,5 +1,5 @@
 #!/bin/sh
-# Selftest: private mappings from pool frames (issue 6 case 3). Programs, their
+# Selftest: private mappings from pool frames. Programs, their
 # loader and their libraries run from the mount with their code mapped from
 # pool frames (the module's mmap_pool_exec and faults_pool_exec counters rise),
 # and MAP_PRIVATE keeps its meaning: writes copy the page first and stay
@@ -10,7 +10,9 @@
 # Needs a /shared/NAME mount served by the agent (run with --ns NAME=DIR, a
 # tree from scripts/make-test-tree) and the privmap helper
 # (tests/guest/tools/privmap.c, at /tests/tools/privmap or in PATH).
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 9
 
@@ -27,7 +29,7 @@ fs_load 2>/dev/null
 served_mount || skip_all "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
 ld=$M/lib64/ld-linux-x86-64.so.2
 libs=$M/lib/x86_64-linux-gnu
-[ -x "$ld" ] && [ -d "$libs" ] || skip_all "the tree under $M has no loader and libraries (scripts/make-test-tree builds one)"
+{ [ -x "$ld" ] && [ -d "$libs" ]; } || skip_all "the tree under $M has no loader and libraries (scripts/make-test-tree builds one)"
 ktap_diag "mount $M, lower $L"
 
 # run_from_pool NAME CMD...: CMD (a program started through the tree's loader)
@@ -40,6 +42,7 @@ run_from_pool() {
     name=$1; want=$2; shift 2
     files=$("$ld" --library-path "$libs" --list "$1" 2>/dev/null | grep -o "$M/[^ ]*" | sort -u)
     for _ in 1 2 3 4 5 6; do
+        # shellcheck disable=SC2086 # $files is a list of paths without spaces, one word each
         pool_served "$ld" "$1" $files > /dev/null 2>&1 || true
         lo=$(stat_of mmap_lower); me=$(stat_of mmap_pool_exec); fe=$(stat_of faults_pool_exec); mp=$(stat_of mmap_pool_private)
         got=$("$ld" --library-path "$libs" "$@" 2>&1) || { echo "$name failed: $got"; return 1; }
@@ -64,7 +67,7 @@ else
     ktap_skip "$T1" "no usr/bin/sha256sum in the tree"
 fi
 if [ -x "$M/usr/bin/python3.11" ] && [ -f "$M/usr/lib/python3.11/os.py" ]; then
-    export PYTHONHOME=$M/usr
+    export PYTHONHOME="$M/usr"
     ktap_run "$T2" run_from_pool python3.11 42 "$M/usr/bin/python3.11" -c 'print(6 * 7)'
     unset PYTHONHOME
 else
@@ -87,5 +90,5 @@ else
     }
     for c in $CHECKS; do ktap_check "private mapping from pool frames: $c" priv "$c"; done
 fi
-ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 ktap_finish

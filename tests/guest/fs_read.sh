@@ -5,7 +5,9 @@
 # (verify=full compares every one of them with the lower file).
 # Trees: every /shared/NAME that scripts/guest-run mounted, else a tree built
 # from the initramfs under /tmp (no namespace on the host: all from lower).
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 8
 
@@ -53,7 +55,7 @@ else
     ktap_skip "every file byte-identical through odd-sized reads, pread at odd offsets, shared and private mmap" "no treecheck helper in the guest (tests/guest/tools/treecheck.c, built static)"
     ktap_skip "private mappings were served from pool frames" "no treecheck helper in the guest"
 fi
-ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 if [ "$(stat_of answers_hit)" -gt 0 ] && [ "$(stat_of pages_pool)" -gt "$pool0" ]; then
     ktap_check "pool pages served and verified, no mismatch" sh -c "[ $(stat_of verify_mismatches) = 0 ] && [ $(stat_of verify_pages) -gt 0 ]"
 else

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Selftest: a file map is revoked while one process holds a shared mmap of it
-# and another a private one with some pages written (issue 6 case 8). Both
+# and another a private one with some pages written. Both
 # keep reading correct bytes (faults after the revocation are served with the
 # lower file's pages, no SIGBUS; the written private pages keep the process's
 # own bytes), the guest
@@ -13,7 +13,9 @@
 # run has `--host-cmd tests/host/evict-on-marker`, which evicts the
 # file this test names in a "# fs_revoke: evict TOKEN NS PATH" line. Without
 # them the test points are skipped with the reason.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 10
 
@@ -51,9 +53,9 @@ rv0=$(stat_of revocations); ack0=$(stat_of acks_sent); ff0=$(stat_of faults_fail
 rm -f /tmp/fs_revoke.stop
 watch_both "$F" "$L" /tmp/fs_revoke.stop /tmp/fs_revoke 300
 # Both mappings (the shared one and the private one) from pool frames.
-pooled() { [ "$(stat_of mmap_pool)" -ge $((mm0 + 2)) ] && [ "$(stat_of mmap_pool_private)" -gt "$mp0" ] && [ "$(stat_of faults_pool)" -gt "$fp0" ] || { echo "mmap_pool $mm0 -> $(stat_of mmap_pool), mmap_pool_private $mp0 -> $(stat_of mmap_pool_private), faults_pool $fp0 -> $(stat_of faults_pool)" >&2; return 1; }; }
+pooled() { { [ "$(stat_of mmap_pool)" -ge $((mm0 + 2)) ] && [ "$(stat_of mmap_pool_private)" -gt "$mp0" ] && [ "$(stat_of faults_pool)" -gt "$fp0" ]; } || { echo "mmap_pool $mm0 -> $(stat_of mmap_pool), mmap_pool_private $mp0 -> $(stat_of mmap_pool_private), faults_pool $fp0 -> $(stat_of faults_pool)" >&2; return 1; }; }
 ktap_check "$T1" pooled
-mapped() { grep -q 'mmapwatch: mapped' /tmp/fs_revoke.shared && grep -q 'mmapwatch: mapped' /tmp/fs_revoke.private || { cat /tmp/fs_revoke.shared /tmp/fs_revoke.private >&2; return 1; }; }
+mapped() { { grep -q 'mmapwatch: mapped' /tmp/fs_revoke.shared && grep -q 'mmapwatch: mapped' /tmp/fs_revoke.private; } || { cat /tmp/fs_revoke.shared /tmp/fs_revoke.private >&2; return 1; }; }
 ktap_check "$T2" mapped
 
 if [ "${FS_REVOKE_HOST:-0}" != 1 ]; then
@@ -117,5 +119,5 @@ again() {
 ktap_check "$T9" again
 kept_private() { [ "$prc" = 0 ] && grep -q 'all equal' /tmp/fs_revoke.private; }
 ktap_check "$T10" kept_private
-ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 ktap_finish

@@ -4,7 +4,9 @@
 # the pool; the second is served from the pool and must be byte-identical to
 # the lower tree. The host side (tests/host/check-sharing) then checks that the
 # pool holds one copy while every guest maps it.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
+# shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
 ktap_header 7
 pair=""
@@ -41,7 +43,7 @@ fi
 py() {
     t=$pair
     ld=$t/lib64/ld-linux-x86-64.so.2
-    [ -x "$ld" ] && [ -f "$t/usr/bin/python3.11" ] || { echo "no interpreter in the tree"; return 1; }
+    { [ -x "$ld" ] && [ -f "$t/usr/bin/python3.11" ]; } || { echo "no interpreter in the tree"; return 1; }
     f=edge/pages-16.bin
     want=$(sha256sum "$lower/$f" | cut -d' ' -f1)
     me=$(stat_of mmap_pool_exec); fe=$(stat_of faults_pool_exec)
@@ -50,14 +52,14 @@ py() {
     [ "$got" = "$want" ] || { echo "python says $got, sha256sum says $want"; return 1; }
     de=$(( $(stat_of mmap_pool_exec) - me )); df=$(( $(stat_of faults_pool_exec) - fe ))
     echo "# python: $de executable mappings and $df code page faults served from pool frames"
-    [ "$de" -gt 0 ] && [ "$df" -gt 0 ] || { echo "python's code did not come from pool frames"; return 1; }
+    { [ "$de" -gt 0 ] && [ "$df" -gt 0 ]; } || { echo "python's code did not come from pool frames"; return 1; }
 }
 if [ -f "$pair/usr/lib/python3.11/os.py" ] && [ -f "$pair/usr/lib/python3.11/json/__init__.py" ]; then
     ktap_run "interpreter runs from the mount, its code from pool frames" py
 else
     ktap_skip "interpreter runs from the mount, its code from pool frames" "the tree has no Python standard library (full tree only)"
 fi
-ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep . * | tr '\n' ' ')"
+ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 ktap_check "pool pages served" test "$(stat_of pages_pool)" -gt 0
 ktap_check "no verify mismatch" test "$(stat_of verify_mismatches)" = 0
 ktap_check "no fallback" test "$(stat_of fallbacks)" = 0

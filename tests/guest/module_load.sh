@@ -2,6 +2,7 @@
 # Selftest: insmod finds both regions, reads their headers correctly, rmmod is clean.
 # Environment from the host runner: RING_SIZE, POOL_SIZE (bytes), RING_VERSION,
 # POOL_VERSION (the host ABI's layout versions), LOAD_CYCLES.
+# shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
 RING_MAGIC=0x474e495244444d56   # "VMDDRING" little-endian
 POOL_MAGIC=0x4c4f4f5044444d56   # "VMDDPOOL" little-endian

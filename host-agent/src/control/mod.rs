@@ -31,7 +31,7 @@ use vmdedup_protocol::control::{
     MAX_FRAME_LEN,
 };
 
-use crate::store::service::HintService;
+use crate::service::HintService;
 use crate::store::VmId;
 
 /// Who sent a request, as told by the transport.

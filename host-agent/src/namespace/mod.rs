@@ -10,8 +10,6 @@
 //! `O_NONBLOCK | O_NOCTTY` so that a FIFO or a terminal can never stall or
 //! grab the agent, and the opened file is checked to be the one inspected.
 
-pub mod config;
-
 use std::ffi::CString;
 use std::fs::File;
 use std::io;

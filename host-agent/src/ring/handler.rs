@@ -1,6 +1,7 @@
 //! What a poller does with a hint: the [`Handler`] trait.
 
 use vmdedup_protocol::abi::AnswerStatus;
+use vmdedup_protocol::pool::TableRef;
 
 /// Identifies a ring (a VM) to the handler, e.g. for namespace permissions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,33 +31,19 @@ pub struct Hint<'a> {
     pub page_count: u32,
 }
 
-/// Where a file served from the pool is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FileMapRef {
-    /// Byte offset of the file's frame table in the pool region.
-    pub table_offset: u64,
-    /// Pages in the frame table.
-    pub page_count: u32,
-    /// Host id of the file map.
-    pub file_map_id: u64,
-    /// Generation of the file map.
-    pub map_generation: u64,
-    /// File size served.
-    pub file_size: u64,
-}
-
 /// A handler's answer to a hint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// Served from the pool.
-    Hit(FileMapRef),
+    /// Served from the pool: where the file's table is.
+    Hit(TableRef),
     /// Not served, with the reason. `Miss(AnswerStatus::Hit)` is turned into
     /// [`AnswerStatus::HostError`].
     Miss(AnswerStatus),
 }
 
 /// Turns hints into answers. Called on the poller threads, so it must be quick
-/// (issue 4's resolver plugs in here); it must not panic on any hint.
+/// (the [hint service](crate::service::HintService) plugs in here); it must
+/// not panic on any hint.
 pub trait Handler: Send + Sync {
     /// Answers one hint from ring `ring`.
     fn handle(&self, ring: RingId, hint: &Hint<'_>) -> Answer;

@@ -407,7 +407,7 @@ impl HostRing {
                 status: AnswerStatus::Hit as u16,
                 flags: 0,
                 page_count: r.page_count,
-                table_offset: r.table_offset,
+                table_offset: r.offset,
                 file_map_id: r.file_map_id,
                 map_generation: r.map_generation,
                 file_size: r.file_size,

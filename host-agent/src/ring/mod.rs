@@ -47,7 +47,7 @@ mod words;
 pub use eventfd::EventFd;
 #[cfg(any(test, feature = "test-utils"))]
 pub use guest::GuestRing;
-pub use handler::{Answer, FileMapRef, Handler, Hint, RingId};
+pub use handler::{Answer, Handler, Hint, RingId};
 pub use host::{init_ring_file, HostRing, RingConfig, RingShared};
 pub use mapping::SharedMapping;
 pub use poller::{PollSet, PollerConfig, PollerPool, RingHandle};

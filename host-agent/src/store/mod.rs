@@ -16,12 +16,10 @@
 //!   then referenced maps are revoked (LRU too); the allocation that needed
 //!   room fails with [`StoreError::PoolFull`] meanwhile.
 
-pub mod service;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use vmdedup_protocol::pool::{
-    pages_for_size, table_bytes, TableHeader, FRAME_SIZE, MAX_TABLE_PAGES,
+    pages_for_size, table_bytes, TableHeader, TableRef, FRAME_SIZE, MAX_TABLE_PAGES,
 };
 
 use crate::pool::PoolMemory;
@@ -51,21 +49,6 @@ pub struct FileKey {
     pub mtime_ns: i64,
 }
 
-/// Where a live file map's table is: what an answer carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TableLocation {
-    /// The map.
-    pub file_map_id: MapId,
-    /// Byte offset of its table in the pool.
-    pub table_offset: u64,
-    /// Pages.
-    pub page_count: u32,
-    /// File size.
-    pub file_size: u64,
-    /// Pool generation the table was written in (the answer's `map_generation`).
-    pub map_generation: u64,
-}
-
 /// Something the store needs a VM to be told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreEvent {
@@ -74,7 +57,7 @@ pub enum StoreEvent {
         /// The VM.
         vm: VmId,
         /// What it must stop using.
-        map: TableLocation,
+        map: TableRef,
     },
     /// `vm` did not acknowledge in time; its references were dropped and it
     /// gets no more hits until [`PageStore::reinstate_vm`].
@@ -351,10 +334,11 @@ impl PageStore {
         self.by_key.get(key).copied()
     }
 
-    fn location(&self, id: MapId, m: &FileMap) -> TableLocation {
-        TableLocation {
+    /// Where map `id`'s table is: what an answer carries.
+    fn location(&self, id: MapId, m: &FileMap) -> TableRef {
+        TableRef {
             file_map_id: id,
-            table_offset: m.table_offset,
+            offset: m.table_offset,
             page_count: m.page_count,
             file_size: m.size,
             map_generation: self.pool.geometry().generation,
@@ -374,7 +358,7 @@ impl PageStore {
     }
 
     /// `vm` starts holding live map `id` (it was answered with it).
-    pub fn hold(&mut self, vm: VmId, id: MapId) -> Result<TableLocation, StoreError> {
+    pub fn hold(&mut self, vm: VmId, id: MapId) -> Result<TableRef, StoreError> {
         let v = self.vms.get(&vm).ok_or(StoreError::UnknownVm(vm))?;
         if v.cut_off {
             return Err(StoreError::CutOff(vm));
@@ -573,7 +557,7 @@ impl PageStore {
 
     /// Writes and publishes the table of a fully loaded map; from now on
     /// [`lookup`](Self::lookup) finds it.
-    pub fn finish_load(&mut self, id: MapId) -> Result<TableLocation, StoreError> {
+    pub fn finish_load(&mut self, id: MapId) -> Result<TableRef, StoreError> {
         let generation = self.pool.geometry().generation;
         let m = self.maps.get(&id).ok_or(StoreError::NoMap(id))?;
         if m.state != MapState::Loading || m.frames.len() != m.page_count as usize {
@@ -826,7 +810,7 @@ impl PageStore {
         label: MapLabel,
         data: &[u8],
         now_ms: u64,
-    ) -> Result<TableLocation, StoreError> {
+    ) -> Result<TableRef, StoreError> {
         if let Some(id) = self.lookup(&key) {
             let m = &self.maps[&id];
             return Ok(self.location(id, m));

@@ -42,7 +42,7 @@ fn file(seed: u8, pages: usize) -> Vec<u8> {
         .collect()
 }
 
-fn check_served(s: &PageStore, loc: &TableLocation, data: &[u8]) {
+fn check_served(s: &PageStore, loc: &TableRef, data: &[u8]) {
     for (i, &f) in s.frames_of(loc.file_map_id).unwrap().iter().enumerate() {
         let want = &data[i * 4096..((i + 1) * 4096).min(data.len())];
         assert_eq!(&s.pool().frame(f)[..want.len()], want, "page {i}");

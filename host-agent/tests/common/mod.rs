@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use vmdedup_host_agent::ring::{
-    Answer, EventFd, FileMapRef, GuestRing, Hint, HostRing, RingConfig, RingId, SharedMapping,
+    Answer, EventFd, GuestRing, Hint, HostRing, RingConfig, RingId, SharedMapping,
 };
 use vmdedup_protocol::abi::{AnswerStatus, CompletionEntry, RingSizes, SubmissionEntry};
+use vmdedup_protocol::pool::TableRef;
 
 /// Namespace the echo handler refuses.
 pub const FORBIDDEN_NS: u32 = 9;
@@ -23,8 +24,8 @@ pub fn echo(ring: RingId, h: &Hint<'_>) -> Answer {
     if h.namespace_id == FORBIDDEN_NS {
         return Answer::Miss(AnswerStatus::NamespaceNotAllowed);
     }
-    Answer::Hit(FileMapRef {
-        table_offset: fnv(h.path),
+    Answer::Hit(TableRef {
+        offset: fnv(h.path),
         page_count: h.path.len() as u32,
         file_map_id: h.request_id ^ ring.0 as u64,
         map_generation: h.mtime_ns as u64,

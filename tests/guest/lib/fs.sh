@@ -55,6 +55,7 @@ pool_served() {
 # and L to its lower directory; fails (M empty) when there is none.
 served_mount() {
     M=$(awk '$3 == "vmdedupfs" && $4 ~ /nsid=/ { print $2; exit }' /proc/mounts)
+    # shellcheck disable=SC2034 # L is for the caller, like M
     L=$(awk -v m="$M" '$2 == m { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] ~ /^lower=/) print substr(o[i], 7) }' /proc/mounts)
     [ -n "$M" ]
 }

@@ -30,7 +30,7 @@ ktap_run() {
     else ktap_fail "$desc" "$(echo "$out" | tail -n 3 | tr '\n' ' ')"; fi
 }
 ktap_skip_from() {
-    _n=$1
+    _n=$1 _t=""
     while [ "$_n" -le "$KTAP_PLAN" ]; do eval "_t=\$T$_n"; ktap_skip "$_t" "$2"; _n=$((_n + 1)); done
     ktap_finish; exit $?
 }

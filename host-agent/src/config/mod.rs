@@ -1,5 +1,10 @@
 //! Agent configuration: namespaces, trust domains, VMs, pool and control
-//! settings, from a TOML file and/or `--ns NAME=HOSTDIR` arguments.
+//! settings, from a TOML file and/or command-line arguments, and the QEMU
+//! arguments that attach a VM to the agent.
+//!
+//! [`AgentConfig::to_toml`] writes a configuration back as TOML that
+//! [`AgentConfig::from_toml`] reads as the same configuration (`vmdedup
+//! config new` uses it, so scripts need not write TOML by hand).
 //!
 //! ```toml
 //! pool = "/dev/shm/vmdedup.pool"     # pool memory file (hugetlbfs path works too)
@@ -29,7 +34,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{valid_name, NamespaceConfig, DEFAULT_DOMAIN};
+use crate::namespace::{valid_name, NamespaceConfig, DEFAULT_DOMAIN};
+
+mod write;
+
+pub use write::format_size;
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +185,29 @@ pub fn parse_ns_arg(arg: &str) -> Result<(String, PathBuf), ConfigError> {
     Ok((name.to_string(), PathBuf::from(dir)))
 }
 
+/// Parses a `--vm NAME[:DOMAIN]` argument (domain `default` if not given).
+pub fn parse_vm_arg(arg: &str) -> Result<VmConfig, ConfigError> {
+    let (name, domain) = arg.split_once(':').unwrap_or((arg, DEFAULT_DOMAIN));
+    if !valid_name(name) || !valid_name(domain) {
+        return Err(ConfigError::Invalid(format!(
+            "--vm {arg:?}: expected NAME or NAME:DOMAIN, each 1-32 of [A-Za-z0-9_.-]"
+        )));
+    }
+    Ok(VmConfig {
+        name: name.to_string(),
+        domain: domain.to_string(),
+        guest_socket: None,
+        cid: None,
+    })
+}
+
+/// Parses a `NAME=VALUE` argument of option `opt` into the namespace name
+/// and the value.
+fn split_ns_value<'a>(opt: &str, arg: &'a str) -> Result<(&'a str, &'a str), ConfigError> {
+    arg.split_once('=')
+        .ok_or_else(|| ConfigError::Invalid(format!("{opt} {arg:?}: expected NAME=VALUE")))
+}
+
 impl AgentConfig {
     /// Parses a TOML configuration.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
@@ -241,6 +273,75 @@ impl AgentConfig {
         self.validate()
     }
 
+    /// Adds a `--vm NAME[:DOMAIN]` VM. A VM the configuration has already is
+    /// kept as it is if no domain is given or the domain is the same; another
+    /// domain is an error.
+    pub fn add_vm_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let vm = parse_vm_arg(arg)?;
+        match self.vms.iter().find(|v| v.name == vm.name) {
+            Some(v) if !arg.contains(':') || v.domain == vm.domain => Ok(()),
+            Some(v) => Err(ConfigError::Invalid(format!(
+                "--vm {arg:?}: VM {:?} is in domain {:?} already",
+                v.name, v.domain
+            ))),
+            None => {
+                self.vms.push(vm);
+                Ok(())
+            }
+        }
+    }
+
+    /// The namespace called `name`, for option `opt`.
+    fn namespace_mut(
+        &mut self,
+        opt: &str,
+        name: &str,
+    ) -> Result<&mut NamespaceConfig, ConfigError> {
+        self.namespaces
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "{opt}: no namespace {name:?} (declare it with --ns or in the config file)"
+                ))
+            })
+    }
+
+    /// Applies a `--ns-domains NAME=DOMAIN[,DOMAIN...]` argument: the trust
+    /// domains whose VMs may use namespace NAME (`*`: every VM).
+    pub fn set_ns_domains_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
+        const OPT: &str = "--ns-domains";
+        let (name, list) = split_ns_value(OPT, arg)?;
+        let domains: Vec<String> = list.split(',').map(|d| d.trim().to_string()).collect();
+        if let Some(bad) = domains.iter().find(|d| *d != "*" && !valid_name(d)) {
+            return Err(ConfigError::Invalid(format!(
+                "{OPT} {arg:?}: invalid domain {bad:?} (1-32 of [A-Za-z0-9_.-], or *)"
+            )));
+        }
+        self.namespace_mut(OPT, name)?.domains = domains;
+        Ok(())
+    }
+
+    /// Applies a `--ns-mtime-granularity NAME=NS` argument: how coarsely
+    /// namespace NAME's mtimes are compared (1: exact; 1000000000: the
+    /// guest's copy keeps whole seconds only).
+    pub fn set_ns_mtime_granularity_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
+        const OPT: &str = "--ns-mtime-granularity";
+        let (name, value) = split_ns_value(OPT, arg)?;
+        let ns: u64 = value
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&v| v >= 1)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "{OPT} {arg:?}: {value:?} is not a number of nanoseconds >= 1"
+                ))
+            })?;
+        self.namespace_mut(OPT, name)?.mtime_granularity_ns = ns;
+        Ok(())
+    }
+
     /// Checks names, ids and sizes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.pool_size.is_power_of_two() || self.pool_size < (64 << 10) {
@@ -292,7 +393,7 @@ impl AgentConfig {
             "-object".into(),
             format!(
                 "memory-backend-file,id=vmdedup-ring,mem-path={},size={},share=on",
-                self.ring_path(vm).display(),
+                qemu_opt_path(&self.ring_path(vm)),
                 ring_size
             ),
             "-device".into(),
@@ -300,13 +401,19 @@ impl AgentConfig {
             "-object".into(),
             format!(
                 "memory-backend-file,id=vmdedup-pool,mem-path={},size={},share=on,readonly=on",
-                self.pool.display(),
+                qemu_opt_path(&self.pool),
                 self.pool_size
             ),
             "-device".into(),
             "ivshmem-plain,memdev=vmdedup-pool".into(),
         ]
     }
+}
+
+/// A path as the value of a QEMU `key=value,...` option: a comma is doubled,
+/// or QEMU would read the rest as another option.
+fn qemu_opt_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
 }
 
 #[cfg(test)]
@@ -349,6 +456,29 @@ cid = 3
     }
 
     #[test]
+    fn qemu_args_attach_the_ring_and_the_pool() {
+        let cfg = AgentConfig {
+            pool: "/dev/shm/a,b.pool".into(),
+            pool_size: 64 << 20,
+            ring_dir: "/run/x".into(),
+            ..AgentConfig::default()
+        };
+        assert_eq!(
+            cfg.qemu_args("vm2", 256 << 10),
+            [
+                "-object",
+                "memory-backend-file,id=vmdedup-ring,mem-path=/run/x/vmdedup-vm2.ring,size=262144,share=on",
+                "-device",
+                "ivshmem-plain,memdev=vmdedup-ring",
+                "-object",
+                "memory-backend-file,id=vmdedup-pool,mem-path=/dev/shm/a,,b.pool,size=67108864,share=on,readonly=on",
+                "-device",
+                "ivshmem-plain,memdev=vmdedup-pool",
+            ]
+        );
+    }
+
+    #[test]
     fn bad_configs_are_errors() {
         for bad in [
             "pool_size = \"3M\"",
@@ -367,5 +497,40 @@ cid = 3
         assert!(c.add_ns_arg("deb=/x").is_err());
         assert!(c.add_ns_arg("nodir").is_err());
         assert!(c.add_ns_arg("x=").is_err());
+    }
+
+    #[test]
+    fn vm_and_namespace_options_apply_or_say_why_not() {
+        let mut c = AgentConfig::default();
+        c.add_ns_arg("deb=/srv/deb").unwrap();
+        c.add_vm_arg("vm1").unwrap();
+        c.add_vm_arg("vm2:tenant-a").unwrap();
+        c.add_vm_arg("vm2").unwrap(); // already there: kept as it is
+        c.add_vm_arg("vm2:tenant-a").unwrap();
+        assert_eq!(c.vms.len(), 2);
+        assert_eq!(
+            (c.vms[0].domain.as_str(), c.vms[1].domain.as_str()),
+            ("default", "tenant-a")
+        );
+        for bad in ["vm2:other", "a b", "vm3:", ":d", "vm3:a:b", ""] {
+            assert!(c.add_vm_arg(bad).is_err(), "{bad}");
+        }
+        c.set_ns_domains_arg("deb=tenant-a,*").unwrap();
+        assert_eq!(c.namespaces[0].domains, ["tenant-a", "*"]);
+        c.set_ns_mtime_granularity_arg("deb=1000000000").unwrap();
+        assert_eq!(c.namespaces[0].mtime_granularity_ns, 1_000_000_000);
+        for bad in ["deb", "other=a", "deb=a b", "deb=", "deb=a,,b"] {
+            assert!(c.set_ns_domains_arg(bad).is_err(), "{bad}");
+        }
+        for bad in ["deb", "other=1", "deb=0", "deb=-1", "deb=1s"] {
+            assert!(c.set_ns_mtime_granularity_arg(bad).is_err(), "{bad}");
+        }
+        let e = c.set_ns_domains_arg("other=a").unwrap_err().to_string();
+        assert!(e.contains("no namespace \"other\""), "{e}");
+        assert_eq!(
+            c.namespaces[0].domains,
+            ["tenant-a", "*"],
+            "unchanged by errors"
+        );
     }
 }

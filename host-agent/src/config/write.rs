@@ -1,0 +1,266 @@
+//! Writing an [`AgentConfig`] as TOML that [`AgentConfig::from_toml`] reads
+//! back as the same configuration.
+//!
+//! The schema is small and flat, so it is written directly rather than
+//! through a serializer: every key is written (defaults included, so the file
+//! says what the agent will do), strings are TOML basic strings with every
+//! character TOML requires escaped, and sizes use the largest exact binary
+//! unit ([`format_size`]), which [`parse_size`](super::parse_size) reads.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{AgentConfig, ConfigError};
+
+/// Writes `n` bytes with the largest binary unit that divides it exactly
+/// (`1G`, `64K`, `4097`), as [`parse_size`](super::parse_size) reads it.
+pub fn format_size(n: u64) -> String {
+    for (suffix, shift) in [('T', 40), ('G', 30), ('M', 20), ('K', 10)] {
+        if n != 0 && n.trailing_zeros() >= shift {
+            return format!("{}{suffix}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// `s` as a TOML basic string (quotes included).
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            // TOML allows no other control character in a basic string.
+            c if c.is_control() && (c as u32) < 0x80 => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A path as a TOML string; TOML strings are Unicode, so a path that is not
+/// valid UTF-8 cannot be written.
+fn path(key: &str, p: &Path) -> Result<String, ConfigError> {
+    p.to_str().map(quoted).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "{key} {p:?} is not valid UTF-8: a TOML configuration cannot name it"
+        ))
+    })
+}
+
+/// A non-negative integer as TOML (whose integers are `i64`).
+fn int(key: &str, v: u64) -> Result<String, ConfigError> {
+    i64::try_from(v)
+        .map(|v| v.to_string())
+        .map_err(|_| ConfigError::Invalid(format!("{key} = {v} is too large for TOML")))
+}
+
+impl AgentConfig {
+    /// The configuration as TOML: [`from_toml`](Self::from_toml) of the
+    /// result is `self`. Fails for values TOML cannot carry (a path that is
+    /// not UTF-8, an integer above `i64::MAX`) and for a configuration that
+    /// [`validate`](Self::validate) refuses.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        self.validate()?;
+        let mut t = String::new();
+        // `writeln!` into a String cannot fail.
+        let _ = writeln!(t, "pool = {}", path("pool", &self.pool)?);
+        let _ = writeln!(t, "pool_size = {}", quoted(&format_size(self.pool_size)));
+        if self.budget != 0 {
+            let _ = writeln!(t, "budget = {}", quoted(&format_size(self.budget)));
+        }
+        let _ = writeln!(
+            t,
+            "ack_timeout_ms = {}",
+            int("ack_timeout_ms", self.ack_timeout_ms)?
+        );
+        let _ = writeln!(t, "workers = {}", int("workers", self.workers as u64)?);
+        let _ = writeln!(
+            t,
+            "control_socket = {}",
+            path("control_socket", &self.control_socket)?
+        );
+        if let Some(g) = &self.control_group {
+            let _ = writeln!(t, "control_group = {}", quoted(g));
+        }
+        let _ = writeln!(t, "ring_dir = {}", path("ring_dir", &self.ring_dir)?);
+        for n in &self.namespaces {
+            let domains: Vec<String> = n.domains.iter().map(|d| quoted(d)).collect();
+            let _ = writeln!(t, "\n[[namespace]]");
+            let _ = writeln!(t, "name = {}", quoted(&n.name));
+            let _ = writeln!(t, "id = {}", n.id);
+            let _ = writeln!(t, "dir = {}", path("dir", &n.dir)?);
+            let _ = writeln!(t, "domains = [{}]", domains.join(", "));
+            let _ = writeln!(
+                t,
+                "mtime_granularity_ns = {}",
+                int("mtime_granularity_ns", n.mtime_granularity_ns)?
+            );
+        }
+        for v in &self.vms {
+            let _ = writeln!(t, "\n[[vm]]");
+            let _ = writeln!(t, "name = {}", quoted(&v.name));
+            let _ = writeln!(t, "domain = {}", quoted(&v.domain));
+            if let Some(p) = &v.guest_socket {
+                let _ = writeln!(t, "guest_socket = {}", path("guest_socket", p)?);
+            }
+            if let Some(cid) = v.cid {
+                let _ = writeln!(t, "cid = {cid}");
+            }
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use proptest::prelude::*;
+
+    use super::super::{parse_size, VmConfig};
+    use super::*;
+    use crate::namespace::NamespaceConfig;
+
+    #[test]
+    fn sizes_use_the_largest_exact_unit() {
+        for (n, s) in [
+            (0, "0"),
+            (4097, "4097"),
+            (64 << 10, "64K"),
+            (3 << 20, "3M"),
+            (1 << 30, "1G"),
+            (1536 << 20, "1536M"),
+            (2 << 40, "2T"),
+            (u64::MAX, "18446744073709551615"),
+        ] {
+            assert_eq!(format_size(n), s);
+            assert_eq!(parse_size(s).unwrap(), n);
+        }
+    }
+
+    #[test]
+    fn what_toml_cannot_carry_is_an_error() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut c = AgentConfig {
+            pool: PathBuf::from(std::ffi::OsStr::from_bytes(b"/dev/shm/\xff")),
+            ..AgentConfig::default()
+        };
+        let e = c.to_toml().unwrap_err().to_string();
+        assert!(e.contains("pool") && e.contains("UTF-8"), "{e}");
+        c.pool = AgentConfig::default().pool;
+        c.ack_timeout_ms = u64::MAX;
+        assert!(c.to_toml().unwrap_err().to_string().contains("too large"));
+        c.ack_timeout_ms = 1;
+        c.pool_size = 3 << 20;
+        assert!(
+            c.to_toml().is_err(),
+            "an invalid configuration is not written"
+        );
+    }
+
+    #[test]
+    fn the_documented_example_round_trips() {
+        let mut c = AgentConfig::default();
+        c.add_ns_arg("debian12=/srv/images/debian12").unwrap();
+        c.set_ns_domains_arg("debian12=tenant-a,*").unwrap();
+        c.set_ns_mtime_granularity_arg("debian12=1000000000")
+            .unwrap();
+        c.add_vm_arg("vm1:tenant-a").unwrap();
+        c.add_vm_arg("vm2").unwrap();
+        c.budget = 512 << 20;
+        c.control_group = Some("kvm".into());
+        c.vms[0].guest_socket = Some("/run/vmdedup/vm1.vsock_5555".into());
+        c.vms[0].cid = Some(3);
+        c.add_ns_arg("odd=/srv/x").unwrap();
+        c.namespaces[1].dir = "/srv/\"odd\" \\dir\u{1}\u{7f}\t\né".into();
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("pool_size = \"1G\""), "{text}");
+        assert!(text.contains("domains = [\"tenant-a\", \"*\"]"), "{text}");
+        assert_eq!(AgentConfig::from_toml(&text).unwrap(), c);
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_.-]{1,32}".prop_filter("valid", |n| crate::namespace::valid_name(n))
+    }
+
+    /// Any Unicode text but NUL (which no path holds).
+    fn text() -> impl Strategy<Value = String> {
+        "[^\u{0}]{0,40}"
+    }
+
+    fn namespace() -> impl Strategy<Value = NamespaceConfig> {
+        (
+            name(),
+            any::<u32>(),
+            text(),
+            prop::collection::vec(text(), 0..4),
+            0..=i64::MAX as u64,
+        )
+            .prop_map(|(name, id, dir, domains, gran)| NamespaceConfig {
+                name,
+                id,
+                dir: dir.into(),
+                domains,
+                mtime_granularity_ns: gran,
+            })
+    }
+
+    fn vm() -> impl Strategy<Value = VmConfig> {
+        (
+            name(),
+            name(),
+            prop::option::of(text()),
+            prop::option::of(any::<u32>()),
+        )
+            .prop_map(|(name, domain, sock, cid)| VmConfig {
+                name,
+                domain,
+                guest_socket: sock.map(PathBuf::from),
+                cid,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever valid configuration is written, it is read back the same.
+        #[test]
+        fn written_configs_read_back_the_same(
+            pool in text(),
+            pool_shift in 16u32..50,
+            budget in any::<u64>(),
+            ack in 0..=i64::MAX as u64,
+            workers in 0usize..64,
+            control in text(),
+            group in prop::option::of(text()),
+            ring_dir in text(),
+            namespaces in prop::collection::vec(namespace(), 0..4),
+            vms in prop::collection::vec(vm(), 0..4),
+        ) {
+            let c = AgentConfig {
+                pool: pool.into(),
+                pool_size: 1 << pool_shift,
+                budget,
+                ack_timeout_ms: ack,
+                workers,
+                control_socket: control.into(),
+                control_group: group,
+                ring_dir: ring_dir.into(),
+                namespaces,
+                vms,
+            };
+            // Duplicate names or ids are refused on both sides.
+            prop_assume!(c.validate().is_ok());
+            let text = c.to_toml().unwrap();
+            prop_assert_eq!(AgentConfig::from_toml(&text).unwrap(), c);
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The hint service: the agent's application layer over the page store.
+//!
+//! [`HintService`] puts namespaces, the path cache, the
+//! [page store](crate::store) and the loader threads behind one object that
+//! pollers call ([`HintService::answer`], and the ring
+//! [`Handler`](crate::ring::handler::Handler) impl) and the control channel
+//! and CLI drive (status, files, warm, evict, VMs). One concern a file:
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `mod.rs` | the shared state, start and stop, event delivery |
+//! | [`vms`] | the VM registry and which namespaces a VM may use |
+//! | [`hints`] | answering a hint from the path cache and the store index |
+//! | [`loader`] | loader threads: a file read, hashed and stored |
+//! | [`warm`] | preloading and evicting namespace trees |
+//! | [`reports`] | status, VM, namespace and file listings |
+//! | [`ticker`] | revocation deadlines |
+//! | [`ring`] | the ring [`Handler`](crate::ring::handler::Handler) adapter |
+//!
+//! A poller never does I/O here: a hint is answered from the path cache and
+//! the store index; an unknown path is queued for a loader thread and
+//! answered "loading" ([`MissReason::Loading`]); the next hint for it hits.
+//!
+//! # Locks
+//! Each lock is held briefly. Where two are held at once they are taken in
+//! this order: `cache`, `vms`, `store`; `jobs` and `sink` are taken alone;
+//! `namespaces` is written only at construction. Events the store queued are
+//! delivered to the [`EventSink`] after the store lock was released.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use vmdedup_protocol::control::MissReason;
+use vmdedup_protocol::pool::TableRef;
+
+use crate::namespace::{HostIdentity, Namespace, ResolveError};
+use crate::stats::Stats;
+use crate::store::{FileKey, MapId, PageStore, StoreEvent, VmId};
+
+pub mod hints;
+pub mod loader;
+pub mod reports;
+pub mod ring;
+pub mod ticker;
+pub mod vms;
+pub mod warm;
+
+pub use hints::HintResult;
+pub use ring::answer_status;
+pub use warm::WarmProgress;
+
+/// Receives what VMs must be told; the ring layer implements it by writing
+/// event-ring entries. Called without any service lock held.
+pub trait EventSink: Send + Sync {
+    /// Ask `vm` to stop using `map` and acknowledge ([`HintService::ack`]).
+    fn revoke(&self, vm: VmId, map: &TableRef);
+    /// `vm` was cut off from the pool (it did not acknowledge in time).
+    fn cut_off(&self, vm: VmId);
+}
+
+/// Tunables.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceConfig {
+    /// Loader threads (0: loads happen only through [`HintService::load_pending`]).
+    pub workers: usize,
+    /// Pages read, hashed and stored per store-lock acquisition.
+    pub chunk_pages: usize,
+    /// After an I/O error, how long before a hint triggers another load (a
+    /// full pool is retried as soon as a file map was dropped).
+    pub retry_after_ms: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            workers: 2,
+            chunk_pages: 256,
+            retry_after_ms: 100,
+        }
+    }
+}
+
+/// Errors of control operations (not of hints: those are misses).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No such namespace, or the caller may not use it.
+    #[error("no namespace {0:?} for this caller")]
+    NoNamespace(String),
+    /// The path is invalid or not found.
+    #[error("{0}")]
+    Resolve(#[from] ResolveError),
+    /// VM name or id in use.
+    #[error("VM {0:?} exists")]
+    VmExists(String),
+    /// Invalid VM or domain name.
+    #[error("invalid name {0:?}")]
+    BadName(String),
+}
+
+/// What the service knows about a path of a namespace.
+#[derive(Clone, Debug)]
+enum CacheEntry {
+    /// Queued for, or being read by, a loader.
+    Loading,
+    /// Loaded: the host file's identity and its live map.
+    Ready { host: HostIdentity, map: MapId },
+    /// `retry_at_ms`: I/O errors are retried after a delay; `drops_seen`: a
+    /// full pool is retried once a map was dropped since.
+    Missing {
+        reason: MissReason,
+        retry_at_ms: Option<u64>,
+        drops_seen: Option<u64>,
+    },
+}
+
+/// A namespace id and a namespace-relative path: the path cache's key and a
+/// loader's job.
+type CacheKey = (u32, Box<[u8]>);
+
+/// The page store's key of the file version a namespace resolved.
+fn file_key(host: &HostIdentity) -> FileKey {
+    FileKey {
+        dev: host.dev,
+        ino: host.ino,
+        size: host.size,
+        mtime_ns: host.mtime_ns,
+    }
+}
+
+/// Everything the service's threads share.
+struct Shared {
+    store: Mutex<PageStore>,
+    namespaces: RwLock<BTreeMap<u32, Arc<Namespace>>>,
+    vms: RwLock<BTreeMap<VmId, vms::VmInfo>>,
+    cache: Mutex<HashMap<CacheKey, CacheEntry>>,
+    jobs: Mutex<VecDeque<CacheKey>>,
+    jobs_cv: Condvar,
+    sink: RwLock<Option<Arc<dyn EventSink>>>,
+    stats: Stats,
+    cfg: ServiceConfig,
+    start: Instant,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// Milliseconds since the service started (the store's clock).
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` on the store, then delivers the events it queued with the
+    /// store lock released.
+    fn store_op<R>(&self, f: impl FnOnce(&mut PageStore) -> R) -> R {
+        let (r, events) = {
+            let mut s = lock(&self.store);
+            let r = f(&mut s);
+            (r, s.take_events())
+        };
+        self.deliver(events);
+        r
+    }
+
+    fn deliver(&self, events: Vec<StoreEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let sink = read(&self.sink).clone();
+        if let Some(sink) = sink {
+            for e in events {
+                match e {
+                    StoreEvent::Revoke { vm, map } => sink.revoke(vm, &map),
+                    StoreEvent::CutOff { vm } => sink.cut_off(vm),
+                }
+            }
+        }
+    }
+}
+
+/// See the module documentation. Cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct HintService {
+    shared: Arc<Shared>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for HintService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HintService").finish_non_exhaustive()
+    }
+}
+
+/// Locks `m`; a poisoned lock is used anyway (every critical section leaves
+/// the state consistent before anything in it may panic).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`lock`] for readers of an `RwLock`.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`lock`] for writers of an `RwLock`.
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl HintService {
+    /// Builds the service over a store and namespaces, and starts the loader
+    /// threads.
+    pub fn new(store: PageStore, namespaces: Vec<Namespace>, cfg: ServiceConfig) -> Self {
+        let ns = namespaces
+            .into_iter()
+            .map(|n| (n.id(), Arc::new(n)))
+            .collect();
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            namespaces: RwLock::new(ns),
+            vms: RwLock::new(BTreeMap::new()),
+            cache: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(VecDeque::new()),
+            jobs_cv: Condvar::new(),
+            sink: RwLock::new(None),
+            stats: Stats::default(),
+            cfg,
+            start: Instant::now(),
+            stop: AtomicBool::new(false),
+        });
+        let threads = (0..cfg.workers)
+            .map(|i| loader::spawn_worker(&shared, i))
+            .collect();
+        HintService {
+            shared,
+            threads: Arc::new(Mutex::new(threads)),
+        }
+    }
+
+    /// Milliseconds since the service started (the store's clock).
+    pub fn now_ms(&self) -> u64 {
+        self.shared.now_ms()
+    }
+
+    /// Sets where revocations and cut-offs go.
+    pub fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
+        *write(&self.shared.sink) = Some(sink);
+    }
+
+    /// Runs `f` on the store and delivers the events it queued.
+    fn with_store<R>(&self, f: impl FnOnce(&mut PageStore) -> R) -> R {
+        self.shared.store_op(f)
+    }
+
+    /// Stops the loader and tick threads and waits for them.
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.jobs_cv.notify_all();
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Runs `f` on the store (tests, fake guests reading the pool).
+    pub fn inspect_store<R>(&self, f: impl FnOnce(&PageStore) -> R) -> R {
+        f(&lock(&self.shared.store))
+    }
+}

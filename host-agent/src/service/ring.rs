@@ -1,0 +1,45 @@
+//! The ring adapter: the service as the pollers' [`Handler`], and how its
+//! answers are written on the wire.
+
+use vmdedup_protocol::abi::AnswerStatus;
+use vmdedup_protocol::control::MissReason;
+
+use super::{HintResult, HintService};
+use crate::ring::handler::{Answer, Handler, Hint, RingId};
+
+impl Handler for HintService {
+    fn handle(&self, ring: RingId, hint: &Hint<'_>) -> Answer {
+        match self.answer(ring.0, hint) {
+            HintResult::Hit(r) => Answer::Hit(r),
+            HintResult::Miss(m) => Answer::Miss(answer_status(m)),
+        }
+    }
+
+    fn ack_revoke(&self, ring: RingId, file_map_id: u64) {
+        if !self.ack(ring.0, file_map_id) {
+            tracing::debug!(
+                vm = ring.0,
+                map = file_map_id,
+                "acknowledgement for a map that was not being revoked"
+            );
+        }
+    }
+
+    fn release(&self, ring: RingId, file_map_id: u64) {
+        HintService::release(self, ring.0, file_map_id);
+    }
+}
+
+/// The ring status a miss is reported with.
+pub fn answer_status(m: MissReason) -> AnswerStatus {
+    match m {
+        MissReason::IdentityMismatch => AnswerStatus::IdentityMismatch,
+        MissReason::NotFound | MissReason::NotRegular => AnswerStatus::NotFound,
+        MissReason::BadPath => AnswerStatus::BadRequest,
+        MissReason::NoNamespace => AnswerStatus::NamespaceNotAllowed,
+        // Both mean "ask again later" to the guest.
+        MissReason::Loading | MissReason::PoolFull => AnswerStatus::Loading,
+        MissReason::TooLarge => AnswerStatus::TooLarge,
+        MissReason::CutOff | MissReason::IoError => AnswerStatus::HostError,
+    }
+}

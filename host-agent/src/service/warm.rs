@@ -1,0 +1,93 @@
+//! Warm and evict: preloading a namespace tree on the caller's thread, and
+//! dropping (or revoking from the VMs) what is stored for a tree.
+
+use super::{file_key, lock, CacheEntry, HintService, ServiceError};
+use crate::store::VmId;
+
+/// Progress of a warm-up, for a progress bar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WarmProgress {
+    /// Files to do.
+    pub files_total: u64,
+    /// Files done (loaded, present or skipped).
+    pub files_done: u64,
+    /// Pages loaded or found present so far.
+    pub pages: u64,
+    /// Files skipped (unreadable, not regular, pool full).
+    pub skipped: u64,
+}
+
+impl HintService {
+    /// Preloads `rel` (a file or a directory; empty: the whole namespace) of
+    /// namespace `ns_name`, on the calling thread, reporting progress after
+    /// every file. `vm` restricts to the namespaces that VM may use.
+    pub fn warm(
+        &self,
+        ns_name: &str,
+        rel: &[u8],
+        vm: Option<VmId>,
+        progress: &mut dyn FnMut(&WarmProgress),
+    ) -> Result<WarmProgress, ServiceError> {
+        let ns = self
+            .namespace_named(ns_name, vm)
+            .ok_or_else(|| ServiceError::NoNamespace(ns_name.to_string()))?;
+        let files = ns.list_files(rel)?;
+        let mut p = WarmProgress {
+            files_total: files.len() as u64,
+            ..WarmProgress::default()
+        };
+        progress(&p);
+        for f in files {
+            match self.load_now(&ns, &f) {
+                Ok(pages) => p.pages += pages as u64,
+                Err(_) => p.skipped += 1,
+            }
+            p.files_done += 1;
+            progress(&p);
+        }
+        Ok(p)
+    }
+
+    /// Evicts (unreferenced) or revokes (referenced) the maps of namespace
+    /// `ns_name` (all namespaces if empty) whose path is `rel` or beneath it
+    /// (all if empty). Returns (dropped, revocations started).
+    pub fn evict(&self, ns_name: &str, rel: &str) -> Result<(u64, u64), ServiceError> {
+        let ns_id = if ns_name.is_empty() {
+            None
+        } else {
+            Some(
+                self.namespace_named(ns_name, None)
+                    .ok_or_else(|| ServiceError::NoNamespace(ns_name.to_string()))?
+                    .id(),
+            )
+        };
+        let prefix = rel.trim_end_matches('/').to_string();
+        let now = self.now_ms();
+        let r = self.with_store(|s| {
+            s.evict_where(
+                |l| {
+                    ns_id.is_none_or(|id| id == l.ns)
+                        && (prefix.is_empty()
+                            || l.path == prefix
+                            || (l.path.starts_with(&prefix)
+                                && l.path.as_bytes().get(prefix.len()) == Some(&b'/')))
+                },
+                now,
+            )
+        });
+        // Forget cached answers for what was dropped; the next hint reloads.
+        lock(&self.shared.cache)
+            .retain(|_, e| !matches!(e, CacheEntry::Ready { .. }) || self.map_is_live(e));
+        Ok(r)
+    }
+
+    /// Whether a cached answer still names the live map of its file version.
+    fn map_is_live(&self, e: &CacheEntry) -> bool {
+        match e {
+            CacheEntry::Ready { host, map } => {
+                lock(&self.shared.store).lookup(&file_key(host)) == Some(*map)
+            }
+            _ => true,
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! `vmdedup config new` and `vmdedup qemu-args` as scripts use them: the
+//! written file is the configuration the options describe, `serve --config`
+//! runs with it, and `qemu-args --config` prints the devices a VM needs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use vmdedup_host_agent::config::{AgentConfig, VmConfig};
+use vmdedup_host_agent::namespace::NamespaceConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("vmdedup-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn vmdedup(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok_stdout(args: &[&str]) -> String {
+    let o = vmdedup(args);
+    assert!(
+        o.status.success(),
+        "vmdedup {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// What `scripts/guest-run` describes: two namespaces compared at whole
+/// seconds, one of them for two domains, and VMs in domains.
+fn write_guest_run_config(dir: &Path) -> (PathBuf, AgentConfig) {
+    let (a, b) = (dir.join("tree a"), dir.join("tree=b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let file = dir.join("agent.toml");
+    let pool = dir.join("vmdedup.pool");
+    let control = dir.join("control.sock");
+    let out = ok_stdout(&[
+        "config",
+        "new",
+        "--ns",
+        &format!("sys={}", s(&a)),
+        "--ns-domains",
+        "sys=default,tenant-b",
+        "--ns-mtime-granularity",
+        "sys=1000000000",
+        "--ns",
+        &format!("data={}", s(&b)),
+        "--ns-domains",
+        "data=tenant-b",
+        "--ns-mtime-granularity",
+        "data=1000000000",
+        "--vm",
+        "vm1:default",
+        "--vm",
+        "vm2:tenant-b",
+        "--pool",
+        s(&pool),
+        "--pool-size",
+        "1M",
+        "--ring-dir",
+        s(dir),
+        "--control",
+        s(&control),
+        "-o",
+        s(&file),
+    ]);
+    assert_eq!(out, "", "with -o nothing goes to standard output");
+    let ns = |name: &str, id, dir: &Path, domains: &[&str]| NamespaceConfig {
+        name: name.into(),
+        id,
+        dir: dir.to_path_buf(),
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        mtime_granularity_ns: 1_000_000_000,
+    };
+    let vm = |name: &str, domain: &str| VmConfig {
+        name: name.into(),
+        domain: domain.into(),
+        guest_socket: None,
+        cid: None,
+    };
+    let want = AgentConfig {
+        pool,
+        pool_size: 1 << 20,
+        control_socket: control,
+        ring_dir: dir.to_path_buf(),
+        namespaces: vec![
+            ns("sys", 1, &a, &["default", "tenant-b"]),
+            ns("data", 2, &b, &["tenant-b"]),
+        ],
+        vms: vec![vm("vm1", "default"), vm("vm2", "tenant-b")],
+        ..AgentConfig::default()
+    };
+    (file, want)
+}
+
+#[test]
+fn config_new_writes_what_the_options_say_and_reads_back_the_same() {
+    let d = TempDir::new("cli-config");
+    let (file, want) = write_guest_run_config(&d.0);
+    assert_eq!(AgentConfig::load(&file).unwrap(), want);
+    // The written form is a fixed point: rewriting it changes nothing.
+    let again = ok_stdout(&["config", "new", "--config", s(&file)]);
+    assert_eq!(again, std::fs::read_to_string(&file).unwrap());
+}
+
+#[test]
+fn qemu_args_prints_one_argument_per_line_for_the_ring_and_the_pool() {
+    let d = TempDir::new("cli-qemu");
+    let (file, _) = write_guest_run_config(&d.0);
+    let out = ok_stdout(&[
+        "qemu-args",
+        "vm2",
+        "--config",
+        s(&file),
+        "--ring-size",
+        "256K",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    let ring = d.0.join("vmdedup-vm2.ring");
+    let pool = d.0.join("vmdedup.pool");
+    assert_eq!(
+        lines,
+        [
+            "-object".to_string(),
+            format!(
+                "memory-backend-file,id=vmdedup-ring,mem-path={},size=262144,share=on",
+                s(&ring)
+            ),
+            "-device".to_string(),
+            "ivshmem-plain,memdev=vmdedup-ring".to_string(),
+            "-object".to_string(),
+            format!(
+                "memory-backend-file,id=vmdedup-pool,mem-path={},size=1048576,share=on,readonly=on",
+                s(&pool)
+            ),
+            "-device".to_string(),
+            "ivshmem-plain,memdev=vmdedup-pool".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn config_new_says_what_is_wrong() {
+    for (args, says) in [
+        (vec!["--ns-domains", "nope=a"], "no namespace \"nope\""),
+        (vec!["--vm", "a b"], "--vm \"a b\""),
+        (vec!["--ns", "x=/x", "--ns", "x=/y"], "declared twice"),
+        (
+            vec!["--ns", "x=/x", "--ns-mtime-granularity", "x=soon"],
+            "not a number",
+        ),
+        (vec!["--pool-size", "3M"], "power of two"),
+    ] {
+        let mut all = vec!["config", "new"];
+        all.extend(&args);
+        let o = vmdedup(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}: no configuration on errors");
+    }
+}
+
+/// Stops the agent when the test ends, however it ends.
+struct Agent(Child);
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child this test started and has
+        // not reaped yet, so the pid cannot name another process.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_runs_with_the_written_config() {
+    let d = TempDir::new("cli-serve");
+    let (file, want) = write_guest_run_config(&d.0);
+    let child = Command::new(BIN)
+        .args(["serve", "--config", s(&file), "--ring-size", "64K"])
+        .env("VMDEDUP_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut agent = Agent(child);
+    // Generous: the machine may be busy; this only bounds a broken agent.
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while !want.control_socket.exists() {
+        assert!(
+            agent.0.try_wait().unwrap().is_none(),
+            "the agent exited with the written configuration"
+        );
+        assert!(
+            Instant::now() < give_up,
+            "the agent never opened its socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let vms = ok_stdout(&["vms", "--control", s(&want.control_socket)]);
+    let rows: Vec<Vec<&str>> = vms
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().take(2).collect())
+        .collect();
+    assert_eq!(rows, [["vm1", "default"], ["vm2", "tenant-b"]]);
+    for vm in ["vm1", "vm2"] {
+        assert_eq!(
+            std::fs::metadata(want.ring_path(vm)).unwrap().len(),
+            64 << 10
+        );
+    }
+}

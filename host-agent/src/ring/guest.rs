@@ -112,8 +112,11 @@ impl GuestRing {
             let Some(c) = self.end.answer(&*self.map, i) else {
                 continue;
             };
-            if let Some(slot) = self.slot_of.remove(&c.request_id) {
-                self.end.free_slot(slot);
+            // Most hints carry their path inline: skip the lookup then.
+            if !self.slot_of.is_empty() {
+                if let Some(slot) = self.slot_of.remove(&c.request_id) {
+                    self.end.free_slot(slot);
+                }
             }
             f(c);
         }

@@ -118,12 +118,14 @@ impl SharedMapping {
         self.len == 0
     }
 
+    #[inline]
     fn check(&self, off: usize, len: usize, align: usize) -> bool {
         off.is_multiple_of(align) && off.checked_add(len).is_some_and(|end| end <= self.len)
     }
 
     /// The `u32` word at byte offset `off` as an atomic, or `None` if it is out
     /// of bounds or not 4-byte aligned.
+    #[inline]
     pub fn word(&self, off: usize) -> Option<&AtomicU32> {
         if !self.check(off, 4, 4) {
             return None;
@@ -242,18 +244,22 @@ impl SharedMapping {
 impl vmdedup_protocol::guest::SharedRegion for SharedMapping {
     type Word = AtomicU32;
 
+    #[inline]
     fn size(&self) -> usize {
         self.len
     }
 
+    #[inline]
     fn read_bytes(&self, off: usize, out: &mut [u8]) -> bool {
         SharedMapping::read_bytes(self, off, out)
     }
 
+    #[inline]
     fn write_bytes(&self, off: usize, data: &[u8]) -> bool {
         SharedMapping::write_bytes(self, off, data)
     }
 
+    #[inline]
     fn word(&self, off: usize) -> Option<&AtomicU32> {
         SharedMapping::word(self, off)
     }

@@ -45,12 +45,10 @@ use crate::abi::{
     OP_RELEASE,
 };
 use crate::ffi;
-use crate::file::{FileMap, Ident, InodeState, MissKind, SWEEP_NEEDED};
+use crate::file::{FileMap, Ident, InodeState, MissKind, TableKey, SWEEP_NEEDED};
 use crate::guest::{self, GuestEnd, StageError};
 use crate::mapping::Mapping;
-use crate::pool::{
-    PoolGeometry, TableHeader, TableRef, POOL_HEADER_SIZE, TABLE_HEADER_SIZE, TABLE_MAGIC,
-};
+use crate::pool::{PoolGeometry, TableHeader, TableRef, POOL_HEADER_SIZE, TABLE_HEADER_SIZE};
 use crate::stats::{self, Counter};
 
 /// Most requests in flight at once (answers still expected).
@@ -608,10 +606,8 @@ impl Client {
         if !pool.read_bytes(usize::try_from(a.table_offset).ok()?, &mut hb) {
             return None;
         }
-        let mut verifier = view
-            .geom
-            .check_table_header(&r, &TableHeader::from_le_bytes(&hb))
-            .ok()?;
+        let header = TableHeader::from_le_bytes(&hb);
+        let mut verifier = view.geom.check_table_header(&r, &header).ok()?;
         let mut frames = KVVec::with_capacity(a.page_count as usize, GFP_KERNEL).ok()?;
         let mut chunk = [0u8; 256];
         let mut off = usize::try_from(frames_off).ok()?;
@@ -632,13 +628,20 @@ impl Client {
             left -= n;
         }
         verifier.finish().ok()?;
-        // The table may have been revoked while we copied it.
-        if pool.read_u64(usize::try_from(a.table_offset).ok()?)? != TABLE_MAGIC {
+        // The table may have been revoked, and its slot even reused, while
+        // we copied it.
+        let key = TableKey {
+            offset: a.table_offset,
+            file_map_id: a.file_map_id,
+            pool_generation: header.pool_generation,
+        };
+        if !key.live(pool) {
             return None;
         }
         Some(FileMap {
             file_map_id: a.file_map_id,
             table_offset: a.table_offset,
+            pool_generation: header.pool_generation,
             file_size: a.file_size,
             frames,
         })

@@ -3,7 +3,8 @@
 //! mount (its identity, the host's answer as a validated [`FileMap`], a
 //! pending request or a recent miss), kept with the inode behind its own
 //! lock. Below the ring client, which installs answers here and drops them
-//! on revocation; it uses only the imports.
+//! on revocation; it uses only the imports and the pool mapping (to check
+//! that a kept answer's table is still live).
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,6 +13,8 @@ use kernel::sync::{Arc, Mutex};
 use kernel::time::Ktime;
 
 use crate::ffi::{self, VmFault};
+use crate::mapping::Mapping;
+use crate::pool::{TableHeader, TABLE_HEADER_SIZE};
 
 /// Set when a file state let go of a map outside the client (eviction,
 /// verify mismatch, identity change, a dead table found by a read): the
@@ -32,8 +35,29 @@ pub(crate) struct Ident {
 pub(crate) struct FileMap {
     pub(crate) file_map_id: u64,
     pub(crate) table_offset: u64,
+    /// The pool generation the table was written in (from its header).
+    pub(crate) pool_generation: u64,
     pub(crate) file_size: u64,
     pub(crate) frames: KVVec<u32>,
+}
+
+/// Which pool table a kept answer was copied from: enough to check, around a
+/// copy or a fault, that the table is still live and still this file map's.
+#[derive(Clone, Copy)]
+pub(crate) struct TableKey {
+    pub(crate) offset: u64,
+    pub(crate) file_map_id: u64,
+    pub(crate) pool_generation: u64,
+}
+
+impl TableKey {
+    /// Copies the table header out of `pool` and checks its magic, file map
+    /// id and pool generation ([`TableHeader::describes`]).
+    pub(crate) fn live(&self, pool: &Mapping) -> bool {
+        let mut b = [0u8; TABLE_HEADER_SIZE];
+        usize::try_from(self.offset).is_ok_and(|off| pool.read_bytes(off, &mut b))
+            && TableHeader::from_le_bytes(&b).describes(self.file_map_id, self.pool_generation)
+    }
 }
 
 /// What a miss means for the next open.
@@ -159,12 +183,18 @@ impl InodeState {
             .is_some_and(|m| m.file_map_id == id)
     }
 
-    /// (frame, table offset, file map id) for `page`, if the kept answer covers it.
-    pub(crate) fn frame(&self, page: u64) -> Option<(u32, u64, u64)> {
+    /// The frame of `page` and the table it came from, if the kept answer
+    /// covers the page.
+    pub(crate) fn frame(&self, page: u64) -> Option<(u32, TableKey)> {
         let s = self.inner.lock();
         let m = s.map.as_ref()?;
         let f = *m.frames.get(usize::try_from(page).ok()?)?;
-        Some((f, m.table_offset, m.file_map_id))
+        let key = TableKey {
+            offset: m.table_offset,
+            file_map_id: m.file_map_id,
+            pool_generation: m.pool_generation,
+        };
+        Some((f, key))
     }
 
     /// Runs `insert` under the file's lock if the kept answer is still file

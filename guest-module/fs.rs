@@ -16,8 +16,7 @@ use kernel::time::Ktime;
 use crate::ffi::{self, Io, MmapPlan, VmFault, VmFlags};
 use crate::file::{Ident, InodeState};
 use crate::link::Shared;
-use crate::mapping::Mapping;
-use crate::pool::{FRAME_SIZE, TABLE_MAGIC};
+use crate::pool::FRAME_SIZE;
 use crate::stats::{self, Counter};
 
 /// How much of what the pool serves is compared with the lower file.
@@ -232,18 +231,16 @@ impl Mount {
     fn pool_page(&self, file: &InodeState, page: u64, buf: &mut [u8]) -> Option<()> {
         let mut link = self.shared.link.lock();
         // Looked up under the link's lock, which revocations hold.
-        let (frame, table_offset, map_id) = file.frame(page)?;
+        let (frame, key) = file.frame(page)?;
         let (_, pool_map, client) = link.parts();
         let pool = pool_map?;
         let view = client.pool_view(Some(pool))?;
         let off = usize::try_from(view.geom.frame_offset(frame).ok()?).ok()?;
-        let toff = usize::try_from(table_offset).ok()?;
-        let live = |pool: &Mapping| pool.read_u64(toff) == Some(TABLE_MAGIC);
-        if live(pool) && pool.read_bytes(off, buf) && live(pool) {
+        if key.live(pool) && pool.read_bytes(off, buf) && key.live(pool) {
             return Some(());
         }
         drop(link);
-        if file.drop_map(map_id) {
+        if file.drop_map(key.file_map_id) {
             stats::inc(Counter::fallbacks);
         }
         None
@@ -389,16 +386,17 @@ impl Mount {
         let file = file?;
         let pfn = {
             let mut link = self.shared.link.lock();
-            let (frame, table_offset, id) = file.frame(pgoff)?;
-            if id != map_id {
+            let (frame, key) = file.frame(pgoff)?;
+            if key.file_map_id != map_id {
                 return None;
             }
             let (_, pool_map, client) = link.parts();
             let pool = pool_map?;
             let view = client.pool_view(Some(pool))?;
             let off = view.geom.frame_offset(frame).ok()?;
-            if pool.read_u64(usize::try_from(table_offset).ok()?) != Some(TABLE_MAGIC) {
-                // Being revoked: the event that follows drops the map.
+            if !key.live(pool) {
+                // Being revoked (or its slot already reused): the event that
+                // follows drops the map.
                 return None;
             }
             (pool.phys() + off) >> kernel::page::PAGE_SHIFT

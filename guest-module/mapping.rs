@@ -74,12 +74,6 @@ impl Mapping {
         true
     }
 
-    /// Reads a little-endian `u64` at `off` (volatile).
-    pub(crate) fn read_u64(&self, off: usize) -> Option<u64> {
-        let mut b = [0u8; 8];
-        self.read_bytes(off, &mut b).then(|| u64::from_le_bytes(b))
-    }
-
     /// Writes `data` at `off` with volatile stores (ring region only: the pool
     /// is mapped read-only by the host). Returns false if out of range.
     pub(crate) fn write_bytes(&self, off: usize, data: &[u8]) -> bool {

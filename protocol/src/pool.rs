@@ -216,6 +216,22 @@ pub const fn table_bytes(page_count: u32) -> u64 {
 }
 
 impl TableHeader {
+    /// Whether this header, copied out of the pool, is live and still the
+    /// table of file map `file_map_id` written in pool generation
+    /// `pool_generation`.
+    ///
+    /// A guest checks this before and after every copy from a frame and
+    /// before every fault inserts one. The magic alone is not enough: the
+    /// host may revoke a table and, once every holder acknowledged (or was
+    /// cut off), give its slot to another file, whose table is live again
+    /// with the same magic. File map ids are never reused within one pool
+    /// generation, so the id and the generation tell the two apart.
+    pub fn describes(&self, file_map_id: u64, pool_generation: u64) -> bool {
+        self.magic == TABLE_MAGIC
+            && self.file_map_id == file_map_id
+            && self.pool_generation == pool_generation
+    }
+
     /// Starts a [`TableChecksum`] with this header's checksummed fields.
     pub fn checksum_start(&self) -> TableChecksum {
         let mut c = TableChecksum::new();

@@ -156,3 +156,52 @@ proptest! {
         }
     }
 }
+
+/// A live table of file map `id` in generation `generation`.
+fn live_table(id: u64, generation: u64) -> TableHeader {
+    TableHeader {
+        magic: TABLE_MAGIC,
+        file_map_id: id,
+        file_size: 3 * 4096,
+        page_count: 3,
+        flags: 0,
+        pool_generation: generation,
+        checksum: 0,
+        reserved: [0; 2],
+    }
+}
+
+#[test]
+fn a_revoked_or_reused_table_slot_no_longer_describes_the_old_map() {
+    let mine = live_table(7, 42);
+    assert!(mine.describes(7, 42));
+    // Revoked: the host cleared the magic first.
+    assert!(!TableHeader { magic: 0, ..mine }.describes(7, 42));
+    // The slot was given to another file after every holder acknowledged:
+    // live again, with the same magic, but another map's.
+    assert!(!live_table(8, 42).describes(7, 42));
+    // A new agent wrote a table at the same offset in a new pool generation,
+    // possibly with the same id (ids restart with the generation).
+    assert!(!live_table(7, 43).describes(7, 42));
+}
+
+proptest! {
+    /// `describes` holds exactly when the magic, the id and the generation
+    /// all match, whatever else the header says.
+    #[test]
+    fn describes_needs_magic_id_and_generation(
+        bytes in proptest::collection::vec(any::<u8>(), TABLE_HEADER_SIZE),
+        id in any::<u64>(),
+        generation in any::<u64>(),
+        keep in any::<(bool, bool, bool)>(),
+    ) {
+        let mut b = [0u8; TABLE_HEADER_SIZE];
+        b.copy_from_slice(&bytes);
+        let mut h = TableHeader::from_le_bytes(&b);
+        if keep.0 { h.magic = TABLE_MAGIC; }
+        if keep.1 { h.file_map_id = id; }
+        if keep.2 { h.pool_generation = generation; }
+        let expect = h.magic == TABLE_MAGIC && h.file_map_id == id && h.pool_generation == generation;
+        prop_assert_eq!(h.describes(id, generation), expect);
+    }
+}

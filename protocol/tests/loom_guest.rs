@@ -6,8 +6,6 @@
 //! waits for completion room. They run under plain `cargo test`, with a
 //! bounded number of preemptions.
 
-use std::sync::atomic::Ordering;
-
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::AtomicU32;
 use loom::sync::{Arc, Condvar, Mutex};
@@ -18,31 +16,14 @@ use vmdedup_protocol::abi::{
     SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::guest::{GuestEnd, SharedRegion, StageError};
-use vmdedup_protocol::spsc::{self, Consumer, Producer, SharedU32};
+use vmdedup_protocol::spsc::{self, Consumer, Producer};
+
+mod common;
+use common::LoomU32;
 
 const CHUNK: usize = 64;
 /// Header, then each ring and the path slots on their own 4 KiB page.
 const REGION: usize = 5 * 4096;
-
-struct LoomU32(AtomicU32);
-
-impl SharedU32 for LoomU32 {
-    fn load(&self, order: Ordering) -> u32 {
-        self.0.load(order)
-    }
-    fn store(&self, val: u32, order: Ordering) {
-        self.0.store(val, order)
-    }
-    fn fetch_or(&self, val: u32, order: Ordering) -> u32 {
-        self.0.fetch_or(val, order)
-    }
-    fn fetch_and(&self, val: u32, order: Ordering) -> u32 {
-        self.0.fetch_and(val, order)
-    }
-    fn full_fence() {
-        loom::sync::atomic::fence(Ordering::SeqCst)
-    }
-}
 
 /// A ring region in model memory: bytes in 64-byte cells (loom reports any
 /// access to a cell that the ring protocol does not order), the index and

@@ -11,27 +11,10 @@ use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 use vmdedup_protocol::spsc::{self, Consumer, Producer, SharedU32};
 
+mod common;
+use common::LoomU32;
+
 const NEED_WAKEUP: u32 = 1;
-
-struct LoomU32(AtomicU32);
-
-impl SharedU32 for LoomU32 {
-    fn load(&self, order: Ordering) -> u32 {
-        self.0.load(order)
-    }
-    fn store(&self, val: u32, order: Ordering) {
-        self.0.store(val, order)
-    }
-    fn fetch_or(&self, val: u32, order: Ordering) -> u32 {
-        self.0.fetch_or(val, order)
-    }
-    fn fetch_and(&self, val: u32, order: Ordering) -> u32 {
-        self.0.fetch_and(val, order)
-    }
-    fn full_fence() {
-        loom::sync::atomic::fence(Ordering::SeqCst)
-    }
-}
 
 /// The shared part of one ring plus the poller's flags word and a doorbell.
 struct Shared {

@@ -1,0 +1,28 @@
+//! What the loom model tests share: a ring index or flag word as a loom model
+//! atomic, so that loom explores every interleaving of its accesses.
+
+use std::sync::atomic::Ordering;
+
+use loom::sync::atomic::AtomicU32;
+use vmdedup_protocol::spsc::SharedU32;
+
+/// A shared `u32` in loom's model memory.
+pub struct LoomU32(pub AtomicU32);
+
+impl SharedU32 for LoomU32 {
+    fn load(&self, order: Ordering) -> u32 {
+        self.0.load(order)
+    }
+    fn store(&self, val: u32, order: Ordering) {
+        self.0.store(val, order)
+    }
+    fn fetch_or(&self, val: u32, order: Ordering) -> u32 {
+        self.0.fetch_or(val, order)
+    }
+    fn fetch_and(&self, val: u32, order: Ordering) -> u32 {
+        self.0.fetch_and(val, order)
+    }
+    fn full_fence() {
+        loom::sync::atomic::fence(Ordering::SeqCst)
+    }
+}

@@ -4,7 +4,6 @@
 //! generation, after which it is served again.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,13 +15,8 @@ use vmdedup_protocol::abi::{
     AnswerStatus, SubmissionEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_EVENTS_LOST,
 };
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 /// A hang guard, not a timing assertion.
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -67,10 +61,9 @@ fn hit(guest: &mut GuestRing, file: &std::path::Path, next_req: &mut u64) -> u64
 
 #[test]
 fn a_cut_off_vm_is_told_and_can_be_reinstated() {
-    let dir = std::env::temp_dir().join(format!("vmdedup-reinstate-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new("reinstate");
+    let dir = tmp.0.clone();
     std::fs::create_dir_all(dir.join("a")).unwrap();
-    let _cleanup = TempDir(dir.clone());
     let file = dir.join("a/f");
     std::fs::write(&file, vec![3u8; 3 * 4096 + 5]).unwrap();
     let config = AgentConfig {

@@ -9,22 +9,10 @@ use std::time::{Duration, Instant};
 use vmdedup_host_agent::config::{AgentConfig, VmConfig};
 use vmdedup_host_agent::namespace::NamespaceConfig;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
+mod common;
+use common::TempDir;
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("vmdedup-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
 
 fn vmdedup(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()

@@ -8,7 +8,7 @@
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::AtomicU32;
-use loom::sync::{Arc, Condvar, Mutex};
+use loom::sync::Arc;
 use loom::thread;
 use vmdedup_protocol::abi::{
     prefix_off, ring_off, AnswerStatus, CompletionEntry, RingLayout, RingSizes, SubmissionEntry,
@@ -19,7 +19,7 @@ use vmdedup_protocol::guest::{GuestEnd, SharedRegion, StageError};
 use vmdedup_protocol::spsc::{self, Consumer, Producer};
 
 mod common;
-use common::LoomU32;
+use common::{Bell, LoomU32};
 
 const CHUNK: usize = 64;
 /// Header, then each ring and the path slots on their own 4 KiB page.
@@ -31,8 +31,7 @@ const REGION: usize = 5 * 4096;
 struct LoomRegion {
     cells: Vec<UnsafeCell<[u8; CHUNK]>>,
     words: Vec<(usize, LoomU32)>,
-    bell: Mutex<bool>,
-    bell_cv: Condvar,
+    bell: Bell,
 }
 
 impl LoomRegion {
@@ -66,27 +65,13 @@ impl LoomRegion {
         let r = LoomRegion {
             cells,
             words,
-            bell: Mutex::new(false),
-            bell_cv: Condvar::new(),
+            bell: Bell::new(),
         };
         (Arc::new(r), layout)
     }
 
     fn w(&self, off: usize) -> &LoomU32 {
         self.word(off).unwrap()
-    }
-
-    fn ring_bell(&self) {
-        *self.bell.lock().unwrap() = true;
-        self.bell_cv.notify_one();
-    }
-
-    fn wait_bell(&self) {
-        let mut rung = self.bell.lock().unwrap();
-        while !*rung {
-            rung = self.bell_cv.wait(rung).unwrap();
-        }
-        *rung = false;
     }
 }
 
@@ -172,7 +157,7 @@ fn host(r: &LoomRegion, l: &RingLayout, start: u32, n: usize, park: bool) {
             spsc::announce_park(flags, HOST_FLAG_NEED_WAKEUP);
             spsc::park_fence::<LoomU32>();
             if !sq.has_work(r.w(ring_off::SQ_TAIL)) {
-                r.wait_bell();
+                r.bell.wait();
             }
             spsc::cancel_park(flags, HOST_FLAG_NEED_WAKEUP);
             continue;
@@ -201,7 +186,7 @@ fn host(r: &LoomRegion, l: &RingLayout, start: u32, n: usize, park: bool) {
                 spsc::announce_park(flags, HOST_FLAG_NEED_WAKEUP);
                 spsc::park_fence::<LoomU32>();
                 if cq.free(r.w(ring_off::CQ_HEAD), 1).unwrap() == 0 {
-                    r.wait_bell();
+                    r.bell.wait();
                 }
                 spsc::cancel_park(flags, HOST_FLAG_NEED_WAKEUP);
             }
@@ -226,7 +211,7 @@ fn reap(g: &mut GuestEnd, r: &LoomRegion, slot_of_1: &mut Option<u32>, bell: boo
         }
     }
     if g.release_answers(r, n) && bell {
-        r.ring_bell();
+        r.bell.ring();
     }
     ids
 }
@@ -265,7 +250,7 @@ fn guest(r: &LoomRegion, ids: &[u64], batch: usize, bell_on_reap: bool) -> Vec<u
         let (n, doorbell) = g.publish(r);
         assert_eq!(n as usize, chunk.len());
         if doorbell {
-            r.ring_bell();
+            r.bell.ring();
         }
     }
     while got.len() < ids.len() {
@@ -306,7 +291,7 @@ fn no_lost_wakeup_for_a_parked_poller() {
         };
         let (r, l) = LoomRegion::new(sizes, 0);
         let r2 = r.clone();
-        // A lost wake-up leaves the poller in `wait_bell` forever: loom
+        // A lost wake-up leaves the poller in `Bell::wait` forever: loom
         // reports that as a deadlock and fails the test.
         let h = thread::spawn(move || host(&r2, &l, 0, 2, true));
         let got = guest(&r, &[2, 3], 1, true);

@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::AtomicU32;
-use loom::sync::{Arc, Condvar, Mutex};
+use loom::sync::Arc;
 use loom::thread;
 use vmdedup_protocol::spsc::{self, Consumer, Producer, SharedU32};
 
 mod common;
-use common::LoomU32;
+use common::{Bell, LoomU32};
 
 const NEED_WAKEUP: u32 = 1;
 
@@ -22,8 +22,7 @@ struct Shared {
     tail: LoomU32,
     flags: LoomU32,
     slots: Vec<UnsafeCell<u64>>,
-    bell: Mutex<bool>,
-    bell_cv: Condvar,
+    bell: Bell,
 }
 
 impl Shared {
@@ -33,22 +32,8 @@ impl Shared {
             tail: LoomU32(AtomicU32::new(start)),
             flags: LoomU32(AtomicU32::new(0)),
             slots: (0..capacity).map(|_| UnsafeCell::new(0)).collect(),
-            bell: Mutex::new(false),
-            bell_cv: Condvar::new(),
+            bell: Bell::new(),
         })
-    }
-
-    fn ring_bell(&self) {
-        *self.bell.lock().unwrap() = true;
-        self.bell_cv.notify_one();
-    }
-
-    fn wait_bell(&self) {
-        let mut rung = self.bell.lock().unwrap();
-        while !*rung {
-            rung = self.bell_cv.wait(rung).unwrap();
-        }
-        *rung = false;
     }
 }
 
@@ -86,7 +71,7 @@ fn produce(s: &Shared, values: &[u64], start: u32, doorbell: bool) {
         write_slot(&s.slots[slot], v);
         assert_eq!(p.publish(&s.tail, 1), 1);
         if doorbell && spsc::needs_doorbell(&s.flags, NEED_WAKEUP) {
-            s.ring_bell();
+            s.bell.ring();
         }
     }
 }
@@ -138,7 +123,7 @@ fn poll_and_park(s: &Shared, n: usize, start: u32) -> Vec<u64> {
             spsc::cancel_park(&s.flags, NEED_WAKEUP);
             continue;
         }
-        s.wait_bell();
+        s.bell.wait();
         spsc::cancel_park(&s.flags, NEED_WAKEUP);
     }
     got
@@ -150,7 +135,7 @@ fn no_lost_wakeup_around_need_wakeup_and_park() {
         let s = Shared::new(2, 0);
         let s2 = s.clone();
         let guest = thread::spawn(move || produce(&s2, &[5, 6], 0, true));
-        // A lost wake-up leaves the poller in `wait_bell` forever: loom
+        // A lost wake-up leaves the poller in `Bell::wait` forever: loom
         // reports that as a deadlock and fails the test.
         let got = poll_and_park(&s, 2, 0);
         guest.join().unwrap();
@@ -178,7 +163,7 @@ fn no_lost_wakeup_when_the_poller_waits_for_room() {
                 got.push(read_slot(&s2.slots[c.slot(0) as usize]));
                 c.release(&s2.head, 1);
                 if spsc::needs_doorbell(&s2.flags, NEED_WAKEUP) {
-                    s2.ring_bell();
+                    s2.bell.ring();
                 }
             }
             got
@@ -195,7 +180,7 @@ fn no_lost_wakeup_when_the_poller_waits_for_room() {
                     spsc::cancel_park(&s.flags, NEED_WAKEUP);
                     break;
                 }
-                s.wait_bell();
+                s.bell.wait();
                 spsc::cancel_park(&s.flags, NEED_WAKEUP);
             }
             write_slot(&s.slots[p.slot(0) as usize], v);
@@ -220,7 +205,7 @@ fn the_model_catches_a_missing_fence() {
                 write_slot(&s2.slots[p.slot(0) as usize], 9);
                 p.publish(&s2.tail, 1);
                 if s2.flags.load(Ordering::Acquire) & NEED_WAKEUP != 0 {
-                    s2.ring_bell();
+                    s2.bell.ring();
                 }
             });
             let mut c = Consumer::new(2, 0).unwrap();
@@ -234,7 +219,7 @@ fn the_model_catches_a_missing_fence() {
                 if c.has_work(&s.tail) {
                     continue;
                 }
-                s.wait_bell();
+                s.bell.wait();
             }
             guest.join().unwrap();
         });

@@ -1,4 +1,4 @@
-//! Helpers shared by the ring tests.
+//! Helpers shared by the host-agent integration tests.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -86,3 +86,27 @@ pub fn ring_pair(
 
 /// Unused doorbell type re-export for tests that build their own.
 pub type Bell = EventFd;
+
+/// A directory under the system temp dir, unique to this process and
+/// thread, removed (with what is in it) when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// Creates it afresh, removing what a crashed earlier run left.
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "vmdedup-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,9 +1,11 @@
 //! What the loom model tests share: a ring index or flag word as a loom model
-//! atomic, so that loom explores every interleaving of its accesses.
+//! atomic, so that loom explores every interleaving of its accesses, and a
+//! doorbell.
 
 use std::sync::atomic::Ordering;
 
 use loom::sync::atomic::AtomicU32;
+use loom::sync::{Condvar, Mutex};
 use vmdedup_protocol::spsc::SharedU32;
 
 /// A shared `u32` in loom's model memory.
@@ -24,5 +26,38 @@ impl SharedU32 for LoomU32 {
     }
     fn full_fence() {
         loom::sync::atomic::fence(Ordering::SeqCst)
+    }
+}
+
+/// A doorbell: `ring` sets it, `wait` sleeps until it is set and clears it.
+/// A wake-up the protocol loses leaves `wait` asleep forever, which loom
+/// reports as a deadlock.
+pub struct Bell {
+    rung: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Bell {
+    /// Not rung.
+    pub fn new() -> Self {
+        Bell {
+            rung: Mutex::new(false),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Rings it.
+    pub fn ring(&self) {
+        *self.rung.lock().unwrap() = true;
+        self.cv.notify_one();
+    }
+
+    /// Sleeps until it was rung, then clears it.
+    pub fn wait(&self) {
+        let mut rung = self.rung.lock().unwrap();
+        while !*rung {
+            rung = self.cv.wait(rung).unwrap();
+        }
+        *rung = false;
     }
 }

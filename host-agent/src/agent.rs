@@ -242,6 +242,7 @@ impl Agent {
             StoreConfig {
                 budget_frames,
                 ack_timeout_ms: config.ack_timeout_ms,
+                vm_max_held_pages: config.vm_max_held.div_ceil(4096),
             },
         );
         let mut namespaces = Vec::new();
@@ -297,6 +298,12 @@ impl Agent {
         };
         for vm in &config.vms {
             agent.add_vm(&vm.name, &vm.domain)?;
+            if let (Some(bytes), Some(id)) = (vm.max_held, agent.inner.service.vm_id(&vm.name)) {
+                agent
+                    .inner
+                    .service
+                    .set_vm_quota(id, Some(bytes.div_ceil(4096)));
+            }
         }
         if quarantine {
             // The rings now carry the new generation: each guest drops every

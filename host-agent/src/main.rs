@@ -447,8 +447,8 @@ fn print_status(r: &StatusReport) {
     );
     let m = &c.misses;
     println!(
-        "misses by reason: loading {} identity {} not-found {} not-regular {} bad-path {} no-namespace {} pool-full {} too-large {} cut-off {} io {}",
-        m.loading, m.identity_mismatch, m.not_found, m.not_regular, m.bad_path, m.no_namespace, m.pool_full, m.too_large, m.cut_off, m.io_error
+        "misses by reason: loading {} identity {} not-found {} not-regular {} bad-path {} no-namespace {} pool-full {} too-large {} cut-off {} io {} over-quota {}",
+        m.loading, m.identity_mismatch, m.not_found, m.not_regular, m.bad_path, m.no_namespace, m.pool_full, m.too_large, m.cut_off, m.io_error, m.over_quota
     );
     if !r.vms.is_empty() {
         println!(

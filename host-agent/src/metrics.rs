@@ -44,6 +44,7 @@ fn counters(out: &mut String, labels: &str, c: &HintCounters) {
         ("too_large", m.too_large),
         ("cut_off", m.cut_off),
         ("io_error", m.io_error),
+        ("over_quota", m.over_quota),
     ] {
         let _ = writeln!(
             out,

@@ -15,7 +15,7 @@
 //! hits              u64  hints answered with a file map
 //! misses            {identity_mismatch, not_found, not_regular, bad_path,
 //!                    no_namespace, loading, pool_full, too_large, cut_off,
-//!                    io_error: u64}
+//!                    io_error, over_quota: u64}
 //! hint_latency_us   {p50, p99: u64}  time the agent took to answer, upper
 //!                                    bucket bounds (buckets grow by 1/4 octave)
 //! vms               [ {name, domain, cut_off: bool, maps_held, revocations_pending,
@@ -99,11 +99,11 @@ impl LatencyHistogram {
 pub struct HintStats {
     hints: AtomicU64,
     hits: AtomicU64,
-    misses: [AtomicU64; 10],
+    misses: [AtomicU64; 11],
     latency: LatencyHistogram,
 }
 
-const REASONS: [MissReason; 10] = [
+const REASONS: [MissReason; 11] = [
     MissReason::IdentityMismatch,
     MissReason::NotFound,
     MissReason::NotRegular,
@@ -114,6 +114,7 @@ const REASONS: [MissReason; 10] = [
     MissReason::TooLarge,
     MissReason::CutOff,
     MissReason::IoError,
+    MissReason::OverQuota,
 ];
 
 fn reason_index(r: MissReason) -> usize {
@@ -211,6 +212,7 @@ fn counters_json(c: &HintCounters) -> serde_json::Map<String, serde_json::Value>
             "too_large": m.too_large,
             "cut_off": m.cut_off,
             "io_error": m.io_error,
+            "over_quota": m.over_quota,
         }),
     );
     o.insert(

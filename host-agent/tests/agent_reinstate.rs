@@ -85,6 +85,7 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
             domain: "default".into(),
             guest_socket: None,
             cid: None,
+            max_held: None,
         }],
         ..AgentConfig::default()
     };

@@ -79,6 +79,7 @@ fn setup(budget_frames: u64, mode: ResolveMode) -> Setup {
         StoreConfig {
             budget_frames,
             ack_timeout_ms: 1_000_000,
+            ..StoreConfig::default()
         },
     );
     let svc = HintService::new(
@@ -410,10 +411,14 @@ fn agent_pool_exhaustion_revokes_and_reuses_only_after_acks() {
     std::fs::write(d.join("other"), content(2, 4 * 4096)).unwrap();
     let lb = expect_hit(hint(&s.svc, 1, 1, b"big", ident(&d.join("big"))));
     let _ = expect_hit(hint(&s.svc, 2, 1, b"big", ident(&d.join("big"))));
+    // "big" is shared: VM 1's load may not revoke it.
     assert_eq!(
         hint(&s.svc, 1, 1, b"other", ident(&d.join("other"))),
         HintResult::Miss(MissReason::PoolFull)
     );
+    assert!(s.events.0.lock().unwrap().is_empty());
+    // The operator revokes it.
+    assert_eq!(s.svc.evict("a", "big").unwrap(), (0, 1));
     let ev = s.events.0.lock().unwrap().clone();
     assert_eq!(ev, vec![('r', 1, lb.file_map_id), ('r', 2, lb.file_map_id)]);
     // Still revoking: the frames of "big" keep their bytes for the VM that has not acked.
@@ -426,15 +431,30 @@ fn agent_pool_exhaustion_revokes_and_reuses_only_after_acks() {
         .svc
         .inspect_store(|st| st.frames_of(lb.file_map_id).map(|f| f.to_vec()))
         .unwrap();
-    s.svc.inspect_store(|st| {
-        let data = content(1, 6 * 4096);
-        for (i, f) in still.iter().enumerate() {
-            assert_eq!(st.pool().frame(*f), &data[i * 4096..(i + 1) * 4096]);
-        }
-    });
-    // VM 2 never acks: cut off after the deadline; then the load succeeds.
+    let intact = || {
+        s.svc.inspect_store(|st| {
+            let data = content(1, 6 * 4096);
+            for (i, f) in still.iter().enumerate() {
+                assert_eq!(st.pool().frame(*f), &data[i * 4096..(i + 1) * 4096]);
+            }
+        })
+    };
+    intact();
+    // VM 2 never acks: cut off after the deadline, but what it may still map
+    // stays charged to it.
     s.svc.tick_at(u64::MAX / 2);
     assert!(s.events.0.lock().unwrap().contains(&('c', 2, 0)));
+    let vm2 = |svc: &HintService| svc.vms(Some(2)).pop().unwrap();
+    assert!(vm2(&s.svc).cut_off);
+    assert_eq!(vm2(&s.svc).maps_held, 1);
+    assert_eq!(
+        hint(&s.svc, 1, 1, b"other", ident(&d.join("other"))),
+        HintResult::Miss(MissReason::PoolFull)
+    );
+    intact();
+    // Its guest acknowledges the cut-off: now the load succeeds.
+    assert!(s.svc.cut_off_acknowledged(2));
+    assert_eq!(vm2(&s.svc).maps_held, 0);
     let lo = expect_hit(hint(&s.svc, 1, 1, b"other", ident(&d.join("other"))));
     assert_eq!(guest_read(&s.svc, &lo).0, content(2, 4 * 4096));
     assert_eq!(
@@ -443,6 +463,37 @@ fn agent_pool_exhaustion_revokes_and_reuses_only_after_acks() {
     );
     let st = s.svc.status(None);
     assert!(st.vms.iter().any(|v| v.name == "vm2" && v.cut_off));
+}
+
+#[test]
+fn agent_a_vms_huge_file_revokes_only_its_own_maps() {
+    let s = setup(8, ResolveMode::Openat2);
+    let d = &s.dirs[0].0;
+    std::fs::write(d.join("mine"), content(1, 3 * 4096)).unwrap();
+    std::fs::write(d.join("theirs"), content(2, 3 * 4096)).unwrap();
+    std::fs::write(d.join("huge"), content(3, 6 * 4096)).unwrap();
+    let lm = expect_hit(hint(&s.svc, 1, 1, b"mine", ident(&d.join("mine"))));
+    let lt = expect_hit(hint(&s.svc, 2, 1, b"theirs", ident(&d.join("theirs"))));
+    assert_eq!(
+        hint(&s.svc, 1, 1, b"huge", ident(&d.join("huge"))),
+        HintResult::Miss(MissReason::PoolFull)
+    );
+    assert_eq!(
+        s.events.0.lock().unwrap().clone(),
+        vec![('r', 1, lm.file_map_id)],
+        "only VM 1's own map is revoked"
+    );
+    assert!(s.svc.ack(1, lm.file_map_id));
+    assert_eq!(
+        hint(&s.svc, 2, 1, b"theirs", ident(&d.join("theirs"))),
+        HintResult::Hit(lt)
+    );
+    // Still too big while VM 2's map stays: VM 1 gets no more room.
+    assert_eq!(
+        hint(&s.svc, 1, 1, b"huge", ident(&d.join("huge"))),
+        HintResult::Miss(MissReason::PoolFull)
+    );
+    assert_eq!(s.events.0.lock().unwrap().len(), 1);
 }
 
 #[test]

@@ -84,6 +84,7 @@ fn write_guest_run_config(dir: &Path) -> (PathBuf, AgentConfig) {
         domain: domain.into(),
         guest_socket: None,
         cid: None,
+        max_held: None,
     };
     let want = AgentConfig {
         pool,

@@ -22,8 +22,9 @@ use core::fmt;
 use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
-/// Version of the control framing and messages.
-pub const CONTROL_VERSION: u16 = 1;
+/// Version of the control framing and messages (2: misses counted over
+/// quota).
+pub const CONTROL_VERSION: u16 = 2;
 /// Largest frame, length prefix included.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Size of the frame header (length + version).
@@ -119,6 +120,8 @@ pub enum MissReason {
     CutOff,
     /// Host I/O error reading the file.
     IoError,
+    /// The VM holds its quota of pool pages; retry once it released some.
+    OverQuota,
 }
 
 /// Miss counters by reason.
@@ -144,6 +147,8 @@ pub struct MissCounts {
     pub cut_off: u64,
     /// [`MissReason::IoError`].
     pub io_error: u64,
+    /// [`MissReason::OverQuota`].
+    pub over_quota: u64,
 }
 
 impl MissCounts {
@@ -160,6 +165,7 @@ impl MissCounts {
             MissReason::TooLarge => &mut self.too_large,
             MissReason::CutOff => &mut self.cut_off,
             MissReason::IoError => &mut self.io_error,
+            MissReason::OverQuota => &mut self.over_quota,
         }
     }
 
@@ -175,6 +181,7 @@ impl MissCounts {
             + self.too_large
             + self.cut_off
             + self.io_error
+            + self.over_quota
     }
 }
 

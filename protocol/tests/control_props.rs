@@ -102,6 +102,7 @@ fn largest_messages_fit_in_one_frame() {
             too_large: u64::MAX,
             cut_off: u64::MAX,
             io_error: u64::MAX,
+            over_quota: u64::MAX,
         },
         pages_mapped: u64::MAX,
         hint_latency_us_p50: u64::MAX,

@@ -11,6 +11,7 @@
 //! pool_size = "1G"                   # power of two
 //! budget = "512M"                    # most memory used by frames (default: all)
 //! ack_timeout_ms = 5000              # revocation acknowledgement deadline
+//! vm_max_held = "256M"               # most pool memory one VM may hold (default 0: no limit)
 //! workers = 2                        # loader threads
 //! control_socket = "/run/vmdedup/control.sock"
 //! control_group = "kvm"              # may use the control socket (mode 0660)
@@ -28,7 +29,17 @@
 //! domain = "tenant-a"                # default "default"
 //! guest_socket = "/run/vmdedup/vm1.vsock_5555"   # hybrid vsock listener for this VM
 //! cid = 3                            # AF_VSOCK CID (hosts with vhost-vsock)
+//! max_held = "64M"                   # this VM's own vm_max_held (0: no limit)
 //! ```
+//!
+//! `vm_max_held` bounds what one VM may hold of the pool: the pages of the
+//! file maps it was answered with and did not release yet (each map once).
+//! A hint that would exceed it is a miss (`over_quota`, retried by the
+//! guest); a file larger than the quota by itself is a `too_large` miss.
+//! The default is no limit, which suits a host whose VMs are one tenant; with
+//! several tenants set it so that the VMs' quotas add up to about the
+//! budget, so that no VM can keep the pool full for the others (under
+//! pressure a VM's loads may revoke only its own maps).
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +85,26 @@ pub struct VmConfig {
     /// AF_VSOCK context id.
     #[serde(default)]
     pub cid: Option<u32>,
+    /// Its own limit on the pool memory it may hold, in bytes (0: no limit;
+    /// `None`: [`AgentConfig::vm_max_held`]).
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub max_held: Option<u64>,
+}
+
+/// A size as [`parse_size`] reads it, in a TOML string (or a plain integer).
+fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Text(String),
+        Bytes(u64),
+    }
+    match Size::deserialize(d)? {
+        Size::Text(s) => parse_size(&s)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(e.to_string())),
+        Size::Bytes(n) => Ok(Some(n)),
+    }
 }
 
 fn default_domain() -> String {
@@ -99,6 +130,7 @@ struct RawConfig {
     pool_size: Option<String>,
     budget: Option<String>,
     ack_timeout_ms: Option<u64>,
+    vm_max_held: Option<String>,
     workers: Option<usize>,
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
@@ -120,6 +152,9 @@ pub struct AgentConfig {
     pub budget: u64,
     /// Revocation acknowledgement deadline.
     pub ack_timeout_ms: u64,
+    /// Most pool memory, in bytes, one VM may hold unless its [`VmConfig`]
+    /// says otherwise (0: no limit).
+    pub vm_max_held: u64,
     /// Loader threads.
     pub workers: usize,
     /// Host control socket.
@@ -141,6 +176,7 @@ impl Default for AgentConfig {
             pool_size: 1 << 30,
             budget: 0,
             ack_timeout_ms: 5_000,
+            vm_max_held: 0,
             workers: 2,
             control_socket: PathBuf::from("/run/vmdedup/control.sock"),
             control_group: None,
@@ -198,6 +234,7 @@ pub fn parse_vm_arg(arg: &str) -> Result<VmConfig, ConfigError> {
         domain: domain.to_string(),
         guest_socket: None,
         cid: None,
+        max_held: None,
     })
 }
 
@@ -228,6 +265,12 @@ impl AgentConfig {
                 .transpose()?
                 .unwrap_or(0),
             ack_timeout_ms: raw.ack_timeout_ms.unwrap_or(d.ack_timeout_ms),
+            vm_max_held: raw
+                .vm_max_held
+                .as_deref()
+                .map(parse_size)
+                .transpose()?
+                .unwrap_or(0),
             workers: raw.workers.unwrap_or(d.workers),
             control_socket: raw.control_socket.unwrap_or(d.control_socket),
             control_group: raw.control_group,
@@ -427,6 +470,7 @@ mod tests {
 pool = "/dev/shm/p"
 pool_size = "64M"
 budget = "16M"
+vm_max_held = "4M"
 control_group = "kvm"
 [[namespace]]
 name = "deb"
@@ -440,6 +484,7 @@ dir = "/srv/alpine"
 name = "vm1"
 domain = "a"
 cid = 3
+max_held = "1M"
 "#,
         )
         .unwrap();
@@ -449,6 +494,8 @@ cid = 3
         assert_eq!(cfg.namespaces[1].id, 7);
         assert_eq!(cfg.namespaces[1].domains, vec!["default"]);
         assert_eq!(cfg.vms[0].cid, Some(3));
+        assert_eq!(cfg.vm_max_held, 4 << 20);
+        assert_eq!(cfg.vms[0].max_held, Some(1 << 20));
         assert!(cfg
             .qemu_args("vm1", 1 << 20)
             .iter()
@@ -487,6 +534,8 @@ cid = 3
             "[[namespace]]\nname = \"a\"\ndir = \"/\"\n[[namespace]]\nname = \"a\"\ndir = \"/tmp\"",
             "[[vm]]\nname = \"a b\"",
             "budget = \"lots\"",
+            "vm_max_held = \"lots\"",
+            "[[vm]]\nname = \"a\"\nmax_held = \"x\"",
         ] {
             assert!(AgentConfig::from_toml(bad).is_err(), "{bad}");
         }

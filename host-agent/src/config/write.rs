@@ -81,6 +81,13 @@ impl AgentConfig {
             "ack_timeout_ms = {}",
             int("ack_timeout_ms", self.ack_timeout_ms)?
         );
+        if self.vm_max_held != 0 {
+            let _ = writeln!(
+                t,
+                "vm_max_held = {}",
+                quoted(&format_size(self.vm_max_held))
+            );
+        }
         let _ = writeln!(t, "workers = {}", int("workers", self.workers as u64)?);
         let _ = writeln!(
             t,
@@ -113,6 +120,9 @@ impl AgentConfig {
             }
             if let Some(cid) = v.cid {
                 let _ = writeln!(t, "cid = {cid}");
+            }
+            if let Some(n) = v.max_held {
+                let _ = writeln!(t, "max_held = {}", quoted(&format_size(n)));
             }
         }
         Ok(t)
@@ -219,12 +229,14 @@ mod tests {
             name(),
             prop::option::of(text()),
             prop::option::of(any::<u32>()),
+            prop::option::of(any::<u64>()),
         )
-            .prop_map(|(name, domain, sock, cid)| VmConfig {
+            .prop_map(|(name, domain, sock, cid, max_held)| VmConfig {
                 name,
                 domain,
                 guest_socket: sock.map(PathBuf::from),
                 cid,
+                max_held,
             })
     }
 
@@ -238,6 +250,7 @@ mod tests {
             pool_shift in 16u32..50,
             budget in any::<u64>(),
             ack in 0..=i64::MAX as u64,
+            vm_max_held in any::<u64>(),
             workers in 0usize..64,
             control in text(),
             group in prop::option::of(text()),
@@ -250,6 +263,7 @@ mod tests {
                 pool_size: 1 << pool_shift,
                 budget,
                 ack_timeout_ms: ack,
+                vm_max_held,
                 workers,
                 control_socket: control.into(),
                 control_group: group,

@@ -63,9 +63,11 @@ impl HintService {
                     Err(StoreError::CutOff(_)) | Err(StoreError::UnknownVm(_)) => {
                         HintResult::Miss(MissReason::CutOff)
                     }
+                    Err(StoreError::OverQuota(_)) => HintResult::Miss(MissReason::OverQuota),
+                    Err(StoreError::TooLarge(_)) => HintResult::Miss(MissReason::TooLarge),
                     Err(_) => {
                         // Evicted or revoked since: load it again.
-                        self.enqueue(key);
+                        self.enqueue(key, Some(vm));
                         HintResult::Miss(MissReason::Loading)
                     }
                 }
@@ -79,21 +81,21 @@ impl HintService {
                 let room =
                     drops_seen.is_some_and(|d| lock(&self.shared.store).counts().maps_dropped != d);
                 if room || retry_at_ms.is_some_and(|t| t <= now) {
-                    self.enqueue(key);
+                    self.enqueue(key, Some(vm));
                     HintResult::Miss(MissReason::Loading)
                 } else {
                     HintResult::Miss(reason)
                 }
             }
             None => {
-                self.enqueue(key);
+                self.enqueue(key, Some(vm));
                 HintResult::Miss(MissReason::Loading)
             }
         }
     }
 
-    /// Queues a load of `key` unless one is queued or running.
-    pub(super) fn enqueue(&self, key: CacheKey) {
+    /// Queues a load of `key` for `requester` unless one is queued or running.
+    pub(super) fn enqueue(&self, key: CacheKey, requester: Option<VmId>) {
         {
             let mut c = lock(&self.shared.cache);
             if matches!(c.get(&key), Some(CacheEntry::Loading)) {
@@ -101,7 +103,7 @@ impl HintService {
             }
             c.insert(key.clone(), CacheEntry::Loading);
         }
-        lock(&self.shared.jobs).push_back(key);
+        lock(&self.shared.jobs).push_back((key, requester));
         self.shared.jobs_cv.notify_one();
     }
 

@@ -14,7 +14,7 @@ use vmdedup_protocol::pool::{pages_for_size, FRAME_SIZE};
 
 use super::{file_key, lock, read, CacheEntry, CacheKey, HintService, Shared};
 use crate::namespace::{HostIdentity, Namespace};
-use crate::store::{page_hash, MapId, MapLabel, StoreError};
+use crate::store::{page_hash, MapId, MapLabel, StoreError, VmId};
 
 /// Starts loader thread number `i`.
 pub(super) fn spawn_worker(shared: &Arc<Shared>, i: usize) -> JoinHandle<()> {
@@ -31,10 +31,10 @@ impl HintService {
     pub fn load_pending(&self) -> usize {
         let mut n = 0;
         loop {
-            let Some(job) = lock(&self.shared.jobs).pop_front() else {
+            let Some((job, requester)) = lock(&self.shared.jobs).pop_front() else {
                 break;
             };
-            run_job(&self.shared, job);
+            run_job(&self.shared, job, requester);
             n += 1;
         }
         n
@@ -60,12 +60,17 @@ impl HintService {
         }
     }
 
-    /// Loads one file of a namespace now, on the calling thread. Returns its
-    /// page count.
-    pub fn load_now(&self, ns: &Namespace, rel: &[u8]) -> Result<u32, MissReason> {
+    /// Loads one file of a namespace now, on the calling thread, for
+    /// `requester` (`None`: the operator). Returns its page count.
+    pub fn load_now(
+        &self,
+        ns: &Namespace,
+        rel: &[u8],
+        requester: Option<VmId>,
+    ) -> Result<u32, MissReason> {
         let key: CacheKey = (ns.id(), rel.into());
         lock(&self.shared.cache).insert(key.clone(), CacheEntry::Loading);
-        run_job(&self.shared, key.clone());
+        run_job(&self.shared, key.clone(), requester);
         match lock(&self.shared.cache).get(&key) {
             Some(CacheEntry::Ready { host, .. }) => Ok(pages_for_size(host.size) as u32),
             Some(CacheEntry::Missing { reason, .. }) => Err(*reason),
@@ -93,14 +98,14 @@ fn worker(shared: &Shared) {
                     .unwrap_or_else(|e| e.into_inner().0);
             }
         };
-        run_job(shared, job);
+        run_job(shared, job.0, job.1);
     }
 }
 
-/// Loads `key` and records the outcome in the path cache.
-fn run_job(shared: &Shared, key: CacheKey) {
+/// Loads `key` for `requester` and records the outcome in the path cache.
+fn run_job(shared: &Shared, key: CacheKey, requester: Option<VmId>) {
     let now = shared.now_ms();
-    let entry = match load(shared, &key, now) {
+    let entry = match load(shared, &key, requester, now) {
         Ok((host, map)) => CacheEntry::Ready { host, map },
         Err(reason) => {
             let retry_at_ms = (reason == MissReason::IoError)
@@ -118,7 +123,12 @@ fn run_job(shared: &Shared, key: CacheKey) {
 }
 
 /// Resolves, reads and stores one file (or finds its version stored).
-fn load(shared: &Shared, key: &CacheKey, now: u64) -> Result<(HostIdentity, MapId), MissReason> {
+fn load(
+    shared: &Shared,
+    key: &CacheKey,
+    requester: Option<VmId>,
+    now: u64,
+) -> Result<(HostIdentity, MapId), MissReason> {
     let ns = read(&shared.namespaces)
         .get(&key.0)
         .cloned()
@@ -134,7 +144,7 @@ fn load(shared: &Shared, key: &CacheKey, now: u64) -> Result<(HostIdentity, MapI
         path: String::from_utf8_lossy(&key.1).into_owned(),
     };
     let id = shared
-        .store_op(|s| s.begin_load(fkey, label, now))
+        .store_op(|s| s.begin_load(fkey, label, requester, now))
         .map_err(store_miss)?;
     let frame = FRAME_SIZE as usize;
     let chunk_pages = shared.cfg.chunk_pages.max(1);
@@ -199,6 +209,7 @@ fn store_miss(e: StoreError) -> MissReason {
         StoreError::PoolFull => MissReason::PoolFull,
         StoreError::TooLarge(_) => MissReason::TooLarge,
         StoreError::CutOff(_) => MissReason::CutOff,
+        StoreError::OverQuota(_) => MissReason::OverQuota,
         _ => MissReason::IoError,
     }
 }

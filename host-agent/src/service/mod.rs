@@ -136,7 +136,9 @@ struct Shared {
     namespaces: RwLock<BTreeMap<u32, Arc<Namespace>>>,
     vms: RwLock<BTreeMap<VmId, vms::VmInfo>>,
     cache: Mutex<HashMap<CacheKey, CacheEntry>>,
-    jobs: Mutex<VecDeque<CacheKey>>,
+    /// Queued loads, each with the VM whose hint queued it (`None`: the
+    /// operator).
+    jobs: Mutex<VecDeque<(CacheKey, Option<VmId>)>>,
     jobs_cv: Condvar,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
     stats: Stats,

@@ -38,7 +38,9 @@ pub fn answer_status(m: MissReason) -> AnswerStatus {
         MissReason::BadPath => AnswerStatus::BadRequest,
         MissReason::NoNamespace => AnswerStatus::NamespaceNotAllowed,
         // Both mean "ask again later" to the guest.
-        MissReason::Loading | MissReason::PoolFull => AnswerStatus::Loading,
+        // Both mean "ask again later" to the guest; so does a full quota
+        // (a hit fits again once the VM released something).
+        MissReason::Loading | MissReason::PoolFull | MissReason::OverQuota => AnswerStatus::Loading,
         MissReason::TooLarge => AnswerStatus::TooLarge,
         MissReason::CutOff | MissReason::IoError => AnswerStatus::HostError,
     }

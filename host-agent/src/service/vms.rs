@@ -52,9 +52,30 @@ impl HintService {
         self.with_store(|s| s.remove_vm(id, now));
     }
 
-    /// Serves a cut-off VM again (after its ring was reset).
+    /// Sets VM `id`'s own limit on the pool pages it may hold (`None`: the
+    /// store's default; 0: no limit).
+    pub fn set_vm_quota(&self, id: VmId, max_pages: Option<u64>) {
+        self.with_store(|s| s.set_vm_quota(id, max_pages));
+    }
+
+    /// Serves a cut-off VM again (after its ring was reset). What it held
+    /// before stays charged to it until [`vm_reconnected`](Self::vm_reconnected)
+    /// or [`cut_off_acknowledged`](Self::cut_off_acknowledged).
     pub fn reinstate_vm(&self, id: VmId) {
         self.with_store(|s| s.reinstate_vm(id));
+    }
+
+    /// The guest of VM `id` acknowledged its cut-off: it dropped every map it
+    /// held, so the frames charged to it may be freed. Returns whether
+    /// anything was released.
+    pub fn cut_off_acknowledged(&self, id: VmId) -> bool {
+        self.with_store(|s| s.release_all(id))
+    }
+
+    /// The guest of VM `id` connected to its reinstated ring: what it held on
+    /// the old ring is released. Returns whether anything was released.
+    pub fn vm_reconnected(&self, id: VmId) -> bool {
+        self.with_store(|s| s.vm_reconnected(id))
     }
 
     /// Whether VM `id` is cut off.

@@ -38,7 +38,7 @@ impl HintService {
         };
         progress(&p);
         for f in files {
-            match self.load_now(&ns, &f) {
+            match self.load_now(&ns, &f, vm) {
                 Ok(pages) => p.pages += pages as u64,
                 Err(_) => p.skipped += 1,
             }

@@ -9,12 +9,28 @@
 //! # Rules
 //! - A page is shared only after a hash match *and* a byte compare.
 //! - A frame is reused only when no file map references it; a file map is
-//!   dropped only when no VM holds it. A map being revoked is dropped once
-//!   every VM that held it acknowledged, or was cut off because it did not
-//!   within `ack_timeout_ms`.
-//! - Under pressure: unreferenced maps go first (least recently used first),
-//!   then referenced maps are revoked (LRU too); the allocation that needed
-//!   room fails with [`StoreError::PoolFull`] meanwhile.
+//!   dropped only when no VM holds it.
+//! - A VM holds a map by reference count: every hit answer it was given
+//!   ([`PageStore::hold`]) counts one, every release ([`PageStore::release`])
+//!   takes one back, and an acknowledged revocation ([`PageStore::ack`])
+//!   takes back all of them (the guest drops every entry of that map at
+//!   once). A count that reached `u32::MAX` is pinned: releases no longer
+//!   lower it, only an acknowledgement, [`PageStore::release_all`] or
+//!   [`PageStore::remove_vm`] end it.
+//! - A map being revoked is dropped once every VM that held it let go of it.
+//!   A VM that lets the deadline (`ack_timeout_ms`) pass is cut off: it gets
+//!   no more hits, but what it held stays held and charged to it (it may
+//!   still have those frames in its page tables) until it acknowledges the
+//!   cut-off ([`PageStore::release_all`]), reconnects to its reinstated ring
+//!   ([`PageStore::vm_reconnected`]) or is removed ([`PageStore::remove_vm`]).
+//! - Each VM may hold at most its quota of pages (`vm_max_held_pages`, or
+//!   its own limit); a hit beyond it is a miss ([`StoreError::OverQuota`]).
+//! - Under pressure: unreferenced maps go first (least recently used first);
+//!   then the maps held by the VM whose load needs the room, and by no other
+//!   VM, are revoked (LRU too). Another VM's maps, and maps shared with
+//!   another VM, are never revoked for someone's load, and an operator's load
+//!   (no requesting VM) revokes nothing. The allocation that needed room fails
+//!   with [`StoreError::PoolFull`] meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -59,8 +75,9 @@ pub enum StoreEvent {
         /// What it must stop using.
         map: TableRef,
     },
-    /// `vm` did not acknowledge in time; its references were dropped and it
-    /// gets no more hits until [`PageStore::reinstate_vm`].
+    /// `vm` did not acknowledge in time; it gets no more hits until
+    /// [`PageStore::reinstate_vm`]. What it held stays held (and charged to
+    /// it) until it acknowledges ([`PageStore::release_all`]).
     CutOff {
         /// The VM.
         vm: VmId,
@@ -88,6 +105,10 @@ pub enum StoreError {
     /// Page data of the wrong size.
     #[error("page of {0} bytes")]
     BadPage(usize),
+    /// The VM holds its quota of pages already; it may hit again once it
+    /// released some.
+    #[error("VM {0} holds its quota of pages")]
+    OverQuota(VmId),
 }
 
 /// Tunables.
@@ -97,6 +118,10 @@ pub struct StoreConfig {
     pub budget_frames: u64,
     /// How long a VM may take to acknowledge a revocation.
     pub ack_timeout_ms: u64,
+    /// Most pages a VM may hold at once (the pages of the maps it holds,
+    /// each map once), unless [`PageStore::set_vm_quota`] gave it its own
+    /// limit. 0: no limit.
+    pub vm_max_held_pages: u64,
 }
 
 impl Default for StoreConfig {
@@ -104,6 +129,7 @@ impl Default for StoreConfig {
         StoreConfig {
             budget_frames: 0,
             ack_timeout_ms: 5_000,
+            vm_max_held_pages: 0,
         }
     }
 }
@@ -127,8 +153,12 @@ struct FileMap {
     frames: Vec<u32>,
     table_offset: u64,
     state: MapState,
+    /// The VMs with a positive count in their [`VmEntry::holds`] for this map.
     holders: BTreeSet<VmId>,
     lru_tick: u64,
+    /// The VM whose hint made this load (`None`: the operator); pressure of
+    /// this load may revoke only maps that VM alone holds.
+    requester: Option<VmId>,
 }
 
 /// What a file map is, for listings.
@@ -159,20 +189,35 @@ pub struct MapSummary {
     pub revoking: bool,
 }
 
+/// One VM's references to one map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Hold {
+    /// Hit answers not released yet (`u32::MAX`: pinned, see the rules).
+    refs: u32,
+    /// How many of `refs` were taken before the VM's last reinstatement:
+    /// [`PageStore::vm_reconnected`] drops them. A release lowers this part
+    /// first, so `refs - stale` never falls below what the VM took since.
+    stale: u32,
+}
+
 #[derive(Debug, Default)]
 struct VmEntry {
-    holds: BTreeSet<MapId>,
+    holds: BTreeMap<MapId, Hold>,
     pages_mapped: u64,
     cut_off: bool,
+    /// Its own quota in pages (`None`: the store's default; 0: none).
+    max_pages: Option<u64>,
 }
 
 /// Per-VM view, for stats.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmHoldings {
-    /// Maps held.
+    /// Maps held (while cut off: the maps still charged to it).
     pub maps_held: u32,
-    /// Pages of those maps.
+    /// Pages of those maps: what is charged against its quota.
     pub pages_mapped: u64,
+    /// Its quota in pages (0: no limit).
+    pub max_pages: u64,
     /// Revocations it has not acknowledged.
     pub revocations_pending: u32,
     /// Cut off.
@@ -200,6 +245,8 @@ pub struct StoreCounts {
     pub revocations: u64,
     /// VMs cut off.
     pub cut_offs: u64,
+    /// Hits refused because the VM held its quota.
+    pub over_quota: u64,
     /// File maps dropped (evicted, revoked and acknowledged, aborted).
     pub maps_dropped: u64,
 }
@@ -312,16 +359,58 @@ impl PageStore {
     }
 
     /// The VM is gone for good (its QEMU exited): drops everything it held.
-    pub fn remove_vm(&mut self, vm: VmId, now_ms: u64) {
-        self.drop_holdings(vm, now_ms);
+    pub fn remove_vm(&mut self, vm: VmId, _now_ms: u64) {
+        self.drop_holdings(vm, false);
         self.vms.remove(&vm);
     }
 
-    /// Lets a cut-off VM be served again (after its ring was reset).
+    /// Sets `vm`'s own quota in pages (`None`: the store's default; 0: no
+    /// limit). Maps it holds already stay held.
+    pub fn set_vm_quota(&mut self, vm: VmId, max_pages: Option<u64>) {
+        if let Some(v) = self.vms.get_mut(&vm) {
+            v.max_pages = max_pages;
+        }
+    }
+
+    fn quota_of(&self, v: &VmEntry) -> u64 {
+        v.max_pages.unwrap_or(self.cfg.vm_max_held_pages)
+    }
+
+    /// Lets a cut-off VM be served again (after its ring was reset). What it
+    /// held before stays held and charged until it reconnects
+    /// ([`vm_reconnected`](Self::vm_reconnected)) or acknowledges the cut-off
+    /// ([`release_all`](Self::release_all)).
     pub fn reinstate_vm(&mut self, vm: VmId) {
         if let Some(v) = self.vms.get_mut(&vm) {
+            if v.cut_off {
+                for h in v.holds.values_mut() {
+                    h.stale = h.refs;
+                }
+            }
             v.cut_off = false;
         }
+    }
+
+    /// `vm` acknowledged its cut-off: it dropped every map it held then. If it
+    /// is still cut off, all it holds is released; if it was reinstated
+    /// meanwhile, only what it held before the reinstatement. Returns whether
+    /// anything was released.
+    pub fn release_all(&mut self, vm: VmId) -> bool {
+        let Some(v) = self.vms.get(&vm) else {
+            return false;
+        };
+        let stale_only = !v.cut_off;
+        self.drop_holdings(vm, stale_only)
+    }
+
+    /// `vm` reconnected to its reinstated ring: a new guest connection holds
+    /// nothing it was answered on the old one, so what it held before the
+    /// reinstatement is released. Returns whether anything was released.
+    pub fn vm_reconnected(&mut self, vm: VmId) -> bool {
+        if self.vms.get(&vm).is_none_or(|v| v.cut_off) {
+            return false;
+        }
+        self.drop_holdings(vm, true)
     }
 
     /// Whether `vm` is cut off.
@@ -357,65 +446,99 @@ impl PageStore {
         }
     }
 
-    /// `vm` starts holding live map `id` (it was answered with it).
+    /// `vm` was answered with live map `id`: one more reference. The first
+    /// reference charges the map's pages to `vm`'s quota; past the quota the
+    /// hit is refused ([`StoreError::OverQuota`], or
+    /// [`StoreError::TooLarge`] if the map alone exceeds it).
     pub fn hold(&mut self, vm: VmId, id: MapId) -> Result<TableRef, StoreError> {
         let v = self.vms.get(&vm).ok_or(StoreError::UnknownVm(vm))?;
         if v.cut_off {
             return Err(StoreError::CutOff(vm));
         }
-        let m = self.maps.get_mut(&id).ok_or(StoreError::NoMap(id))?;
+        let m = self.maps.get(&id).ok_or(StoreError::NoMap(id))?;
         if m.state != MapState::Live {
             return Err(StoreError::NoMap(id));
         }
         let pages = m.page_count as u64;
-        if m.holders.insert(vm) {
-            let v = self.vms.get_mut(&vm).ok_or(StoreError::UnknownVm(vm))?;
-            v.holds.insert(id);
+        if !v.holds.contains_key(&id) {
+            let limit = self.quota_of(v);
+            if limit != 0 && pages > limit {
+                self.counts.over_quota += 1;
+                return Err(StoreError::TooLarge(pages));
+            }
+            if limit != 0 && v.pages_mapped.saturating_add(pages) > limit {
+                self.counts.over_quota += 1;
+                return Err(StoreError::OverQuota(vm));
+            }
+        }
+        let v = self.vms.get_mut(&vm).ok_or(StoreError::UnknownVm(vm))?;
+        let h = v.holds.entry(id).or_default();
+        h.refs = h.refs.saturating_add(1);
+        if h.refs == 1 {
             v.pages_mapped += pages;
             self.counts.pages_mapped += pages;
+            if let Some(m) = self.maps.get_mut(&id) {
+                m.holders.insert(vm);
+            }
         }
         self.touch(id);
         let m = &self.maps[&id];
         Ok(self.location(id, m))
     }
 
-    /// `vm` no longer uses map `id` (it closed the file). Unknown pairs are ignored.
-    pub fn release(&mut self, vm: VmId, id: MapId, now_ms: u64) {
-        self.unhold(vm, id, now_ms);
+    /// `vm` let go of one reference to map `id` (one hit answer: its inode
+    /// dropped the map, or it did not want the answer). Releases of maps it
+    /// does not hold are ignored; a pinned count is not lowered.
+    pub fn release(&mut self, vm: VmId, id: MapId, _now_ms: u64) {
+        let Some(h) = self.vms.get_mut(&vm).and_then(|v| v.holds.get_mut(&id)) else {
+            return;
+        };
+        if h.refs == u32::MAX {
+            return;
+        }
+        h.refs -= 1;
+        h.stale = h.stale.saturating_sub(1);
+        if h.refs == 0 {
+            self.unhold(vm, id);
+        }
     }
 
-    fn unhold(&mut self, vm: VmId, id: MapId, _now_ms: u64) -> bool {
-        let Some(m) = self.maps.get_mut(&id) else {
+    /// Ends every reference of `vm` to `id`: uncharges it, and drops a
+    /// revoked map that nobody else waits on. Returns whether `vm` held it.
+    fn unhold(&mut self, vm: VmId, id: MapId) -> bool {
+        let Some(v) = self.vms.get_mut(&vm) else {
             return false;
         };
-        if !m.holders.remove(&vm) {
+        if v.holds.remove(&id).is_none() {
             return false;
         }
+        let Some(m) = self.maps.get_mut(&id) else {
+            return true;
+        };
+        m.holders.remove(&vm);
         let pages = m.page_count as u64;
+        v.pages_mapped -= pages;
+        self.counts.pages_mapped -= pages;
         let mut done = false;
         if let MapState::Revoking { waiting, .. } = &mut m.state {
             waiting.remove(&vm);
             done = waiting.is_empty();
         }
-        if let Some(v) = self.vms.get_mut(&vm) {
-            v.holds.remove(&id);
-            v.pages_mapped -= pages;
-        }
-        self.counts.pages_mapped -= pages;
         if done {
             self.drop_map(id);
         }
         true
     }
 
-    /// `vm` acknowledged the revocation of `id`. Returns whether that was a
+    /// `vm` acknowledged the revocation of `id`: it dropped every entry of
+    /// that map, so all its references end. Returns whether that was a
     /// revocation it owed (anything else is ignored: guests are untrusted).
-    pub fn ack(&mut self, vm: VmId, id: MapId, now_ms: u64) -> bool {
+    pub fn ack(&mut self, vm: VmId, id: MapId, _now_ms: u64) -> bool {
         match self.maps.get(&id) {
             Some(FileMap {
                 state: MapState::Revoking { waiting, .. },
                 ..
-            }) if waiting.contains(&vm) => self.unhold(vm, id, now_ms),
+            }) if waiting.contains(&vm) => self.unhold(vm, id),
             _ => false,
         }
     }
@@ -433,15 +556,19 @@ impl PageStore {
                 _ => None,
             })
             .flatten()
+            .filter(|vm| !self.is_cut_off(*vm))
             .collect();
         for vm in late {
             self.cut_off(vm, now_ms);
         }
     }
 
-    /// Cuts `vm` off: drops all it holds (from the host's side) and refuses
-    /// it further maps. Other VMs are not affected.
-    pub fn cut_off(&mut self, vm: VmId, now_ms: u64) {
+    /// Cuts `vm` off: refuses it further maps. What it holds stays held and
+    /// charged to it (its page tables may still map those frames), and maps
+    /// being revoked keep waiting for it, until it acknowledges
+    /// ([`release_all`](Self::release_all)), reconnects after reinstatement
+    /// or is removed. Other VMs are not affected.
+    pub fn cut_off(&mut self, vm: VmId, _now_ms: u64) {
         let Some(v) = self.vms.get_mut(&vm) else {
             return;
         };
@@ -450,18 +577,33 @@ impl PageStore {
             self.counts.cut_offs += 1;
             self.events.push(StoreEvent::CutOff { vm });
         }
-        self.drop_holdings(vm, now_ms);
     }
 
-    fn drop_holdings(&mut self, vm: VmId, now_ms: u64) {
-        let held: Vec<MapId> = self
-            .vms
-            .get(&vm)
-            .map(|v| v.holds.iter().copied().collect())
-            .unwrap_or_default();
-        for id in held {
-            self.unhold(vm, id, now_ms);
+    /// Ends `vm`'s references: all of them, or (`stale_only`) those taken
+    /// before its last reinstatement. Returns whether any ended.
+    fn drop_holdings(&mut self, vm: VmId, stale_only: bool) -> bool {
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return false;
+        };
+        let mut gone = Vec::new();
+        let mut any = false;
+        for (&id, h) in v.holds.iter_mut() {
+            if !stale_only {
+                gone.push(id);
+            } else if h.stale > 0 {
+                any = true;
+                h.refs -= h.stale.min(h.refs);
+                h.stale = 0;
+                if h.refs == 0 {
+                    gone.push(id);
+                }
+            }
         }
+        any |= !gone.is_empty();
+        for id in gone {
+            self.unhold(vm, id);
+        }
+        any
     }
 
     /// Events queued for VMs since the last call.
@@ -470,10 +612,14 @@ impl PageStore {
     }
 
     /// Starts loading a file version of `size` bytes: reserves its table.
+    /// `requester` is the VM whose hint asked for it (`None`: the operator);
+    /// the room this load (and its [`add_page`](Self::add_page)s) needs may
+    /// be made by revoking only maps that VM alone holds.
     pub fn begin_load(
         &mut self,
         key: FileKey,
         label: MapLabel,
+        requester: Option<VmId>,
         now_ms: u64,
     ) -> Result<MapId, StoreError> {
         let pages = pages_for_size(key.size);
@@ -487,7 +633,7 @@ impl PageStore {
                 break off;
             }
             if !self.evict_one_unreferenced() {
-                self.revoke_for_pressure(pages, now_ms);
+                self.revoke_for_pressure(requester, pages, now_ms);
                 return Err(StoreError::PoolFull);
             }
         };
@@ -505,6 +651,7 @@ impl PageStore {
                 state: MapState::Loading,
                 holders: BTreeSet::new(),
                 lru_tick: 0,
+                requester,
             },
         );
         Ok(id)
@@ -528,6 +675,7 @@ impl PageStore {
             return Err(StoreError::NoMap(id));
         }
         let remaining = m.page_count as u64 - m.frames.len() as u64;
+        let requester = m.requester;
         let shared = match self.index.get(hash) {
             Some(&f) if self.pool.frame(f) == page => Some(f),
             _ => None,
@@ -539,7 +687,7 @@ impl PageStore {
                 f
             }
             None => {
-                let f = self.alloc_frame(remaining, now_ms)?;
+                let f = self.alloc_frame(requester, remaining, now_ms)?;
                 self.pool.write_frame(f, page);
                 self.refs[f as usize] = 1;
                 if !self.index.contains_key(hash) {
@@ -597,7 +745,12 @@ impl PageStore {
         }
     }
 
-    fn alloc_frame(&mut self, pages_wanted: u64, now_ms: u64) -> Result<u32, StoreError> {
+    fn alloc_frame(
+        &mut self,
+        requester: Option<VmId>,
+        pages_wanted: u64,
+        now_ms: u64,
+    ) -> Result<u32, StoreError> {
         loop {
             if let Some(f) = self.free.pop() {
                 self.used += 1;
@@ -614,7 +767,7 @@ impl PageStore {
                 return Ok(f);
             }
             if !self.evict_one_unreferenced() {
-                self.revoke_for_pressure(pages_wanted, now_ms);
+                self.revoke_for_pressure(requester, pages_wanted, now_ms);
                 return Err(StoreError::PoolFull);
             }
         }
@@ -637,14 +790,29 @@ impl PageStore {
         }
     }
 
-    /// Starts revoking held maps, least recently used first, until their
-    /// pages cover `pages` (or nothing is left to revoke).
-    fn revoke_for_pressure(&mut self, pages: u64, now_ms: u64) {
+    /// Starts revoking live maps that `requester` alone holds, least
+    /// recently used first, until their pages cover `pages` (or none is
+    /// left). Maps another VM holds are never revoked here, and an
+    /// operator's load (`None`) revokes nothing: it waits for room.
+    fn revoke_for_pressure(&mut self, requester: Option<VmId>, pages: u64, now_ms: u64) {
+        let Some(vm) = requester else {
+            return;
+        };
+        let own: Vec<MapId> = self
+            .lru
+            .values()
+            .copied()
+            .filter(|id| {
+                self.maps
+                    .get(id)
+                    .is_some_and(|m| m.holders.len() == 1 && m.holders.contains(&vm))
+            })
+            .collect();
         let mut covered = 0;
-        while covered < pages.max(1) {
-            let Some(id) = self.lru.values().copied().next() else {
+        for id in own {
+            if covered >= pages.max(1) {
                 break;
-            };
+            }
             covered += self.maps.get(&id).map_or(0, |m| m.page_count as u64).max(1);
             self.revoke(id, now_ms);
         }
@@ -721,9 +889,10 @@ impl PageStore {
         }
         for vm in &m.holders {
             if let Some(v) = self.vms.get_mut(vm) {
-                v.holds.remove(&id);
-                v.pages_mapped -= m.page_count as u64;
-                self.counts.pages_mapped -= m.page_count as u64;
+                if v.holds.remove(&id).is_some() {
+                    v.pages_mapped -= m.page_count as u64;
+                    self.counts.pages_mapped -= m.page_count as u64;
+                }
             }
         }
         for f in m.frames {
@@ -774,6 +943,7 @@ impl PageStore {
         Some(VmHoldings {
             maps_held: v.holds.len() as u32,
             pages_mapped: v.pages_mapped,
+            max_pages: self.quota_of(v),
             revocations_pending: pending,
             cut_off: v.cut_off,
         })
@@ -803,9 +973,22 @@ impl PageStore {
         self.maps.get(&id).map(|m| m.frames.as_slice())
     }
 
-    /// Loads a whole in-memory file in one go (tests, small files).
+    /// Loads a whole in-memory file in one go (tests, small files), as the
+    /// operator (no VM asked for it).
     pub fn load_bytes(
         &mut self,
+        key: FileKey,
+        label: MapLabel,
+        data: &[u8],
+        now_ms: u64,
+    ) -> Result<TableRef, StoreError> {
+        self.load_bytes_for(None, key, label, data, now_ms)
+    }
+
+    /// [`load_bytes`](Self::load_bytes) on behalf of `requester`.
+    pub fn load_bytes_for(
+        &mut self,
+        requester: Option<VmId>,
         key: FileKey,
         label: MapLabel,
         data: &[u8],
@@ -815,7 +998,7 @@ impl PageStore {
             let m = &self.maps[&id];
             return Ok(self.location(id, m));
         }
-        let id = self.begin_load(key, label, now_ms)?;
+        let id = self.begin_load(key, label, requester, now_ms)?;
         let mut page = [0u8; FRAME_SIZE as usize];
         for chunk in data.chunks(FRAME_SIZE as usize) {
             page[..chunk.len()].copy_from_slice(chunk);

@@ -16,6 +16,7 @@ fn store(frames_budget: u64, ack_timeout_ms: u64) -> PageStore {
         StoreConfig {
             budget_frames: frames_budget,
             ack_timeout_ms,
+            ..StoreConfig::default()
         },
     )
 }
@@ -119,11 +120,16 @@ fn held_maps_are_revoked_and_frames_wait_for_every_ack() {
     s.hold(1, l.file_map_id).unwrap();
     s.hold(2, l.file_map_id).unwrap();
     assert_eq!(s.counts().pages_mapped, 8);
-    // Full: loading another file revokes the held one and fails for now.
-    assert_eq!(
-        s.load_bytes(key(2, 4096), label("new"), &file(9, 1), 10),
-        Err(StoreError::PoolFull)
-    );
+    // Full, and the map is shared: nobody's load may revoke it.
+    for who in [None, Some(1), Some(2)] {
+        assert_eq!(
+            s.load_bytes_for(who, key(2, 4096), label("new"), &file(9, 1), 10),
+            Err(StoreError::PoolFull)
+        );
+        assert!(s.take_events().is_empty(), "{who:?} revoked a shared map");
+    }
+    // The operator revokes it.
+    assert_eq!(s.evict_where(|_| true, 10), (0, 1));
     let ev = s.take_events();
     assert_eq!(ev.len(), 2);
     assert!(ev
@@ -153,24 +159,70 @@ fn held_maps_are_revoked_and_frames_wait_for_every_ack() {
 }
 
 #[test]
-fn a_vm_that_never_acks_is_cut_off_and_others_are_unaffected() {
-    let mut s = store(6, 100);
+fn pressure_revokes_only_the_requesters_own_maps() {
+    let mut s = store(6, 1000);
     s.add_vm(1);
     s.add_vm(2);
     let a = s
-        .load_bytes(key(1, 3 * 4096), label("a"), &file(1, 3), 0)
+        .load_bytes(key(1, 2 * 4096), label("a"), &file(1, 2), 0)
         .unwrap();
+    let b = s
+        .load_bytes(key(2, 2 * 4096), label("b"), &file(60, 2), 0)
+        .unwrap();
+    let c = s
+        .load_bytes(key(3, 2 * 4096), label("c"), &file(120, 2), 0)
+        .unwrap();
+    s.hold(1, a.file_map_id).unwrap(); // 1's own
+    s.hold(2, b.file_map_id).unwrap(); // 2's own
+    s.hold(1, c.file_map_id).unwrap(); // shared
+    s.hold(2, c.file_map_id).unwrap();
+    // VM 2 asks for a huge file: only b (its own, not shared) is revoked.
+    assert_eq!(
+        s.load_bytes_for(Some(2), key(9, 6 * 4096), label("huge"), &file(7, 6), 5),
+        Err(StoreError::PoolFull)
+    );
+    let ev = s.take_events();
+    assert_eq!(
+        ev,
+        vec![StoreEvent::Revoke {
+            vm: 2,
+            map: TableRef {
+                file_map_id: b.file_map_id,
+                ..b
+            }
+        }]
+    );
+    assert_eq!(s.lookup(&key(1, 2 * 4096)), Some(a.file_map_id));
+    assert_eq!(s.lookup(&key(3, 2 * 4096)), Some(c.file_map_id));
+    // The operator's load revokes nothing at all.
+    assert_eq!(
+        s.load_bytes(key(10, 4096), label("op"), &file(8, 1), 6),
+        Err(StoreError::PoolFull)
+    );
+    assert!(s.take_events().is_empty());
+    // VM 2 acknowledges: its load now fits in b's frames.
+    assert!(s.ack(2, b.file_map_id, 7));
+    assert!(s
+        .load_bytes_for(Some(2), key(10, 2 * 4096), label("d"), &file(9, 2), 8)
+        .is_ok());
+    assert_eq!(s.vm_holdings(1).unwrap().maps_held, 2);
+}
+
+#[test]
+fn a_vm_that_never_acks_is_cut_off_and_keeps_its_frames_charged() {
+    let mut s = store(6, 100);
+    s.add_vm(1);
+    s.add_vm(2);
+    let da = file(1, 3);
+    let a = s.load_bytes(key(1, 3 * 4096), label("a"), &da, 0).unwrap();
     let b = s
         .load_bytes(key(2, 3 * 4096), label("b"), &file(60, 3), 0)
         .unwrap();
     s.hold(1, a.file_map_id).unwrap();
     s.hold(2, a.file_map_id).unwrap();
     s.hold(2, b.file_map_id).unwrap();
-    s.hold(1, b.file_map_id).unwrap(); // b more recent: a is revoked first
-    assert_eq!(
-        s.load_bytes(key(3, 4096), label("c"), &file(200, 1), 1000),
-        Err(StoreError::PoolFull)
-    );
+    s.hold(1, b.file_map_id).unwrap();
+    assert_eq!(s.evict_where(|l| l.path == "a", 1000), (0, 1));
     let _ = s.take_events();
     assert!(s.ack(2, a.file_map_id, 1050));
     s.tick(1099);
@@ -182,34 +234,186 @@ fn a_vm_that_never_acks_is_cut_off_and_others_are_unaffected() {
     assert!(s.take_events().is_empty());
     s.tick(1100);
     assert_eq!(s.take_events(), vec![StoreEvent::CutOff { vm: 1 }]);
+    s.tick(1200);
+    assert!(s.take_events().is_empty(), "cut off once");
     let h1 = s.vm_holdings(1).unwrap();
     assert!(h1.cut_off);
-    assert_eq!(h1.maps_held, 0);
+    assert_eq!((h1.maps_held, h1.pages_mapped), (2, 6), "still charged");
+    assert_eq!(h1.revocations_pending, 1);
     assert_eq!(s.hold(1, b.file_map_id), Err(StoreError::CutOff(1)));
+    // a's frames are not freed: VM 1 may still map them.
+    assert_eq!(s.counts().frames_used, 6);
+    check_served(&s, &a, &da);
+    assert_eq!(
+        s.load_bytes(key(3, 4096), label("c"), &file(200, 1), 1200),
+        Err(StoreError::PoolFull)
+    );
+    // A late ack still counts; an acknowledged cut-off releases the rest.
+    assert!(s.release_all(1));
+    assert!(!s.release_all(1));
+    let h1 = s.vm_holdings(1).unwrap();
+    assert_eq!((h1.maps_held, h1.pages_mapped, h1.cut_off), (0, 0, true));
     // VM 2 keeps b, and a's frames are free.
     let h2 = s.vm_holdings(2).unwrap();
     assert_eq!((h2.maps_held, h2.cut_off), (1, false));
     assert_eq!(s.lookup(&key(2, 3 * 4096)), Some(b.file_map_id));
     assert_eq!(s.counts().frames_used, 3);
     assert!(s
-        .load_bytes(key(3, 4096), label("c"), &file(200, 1), 1100)
+        .load_bytes(key(3, 4096), label("c"), &file(200, 1), 1300)
         .is_ok());
     s.reinstate_vm(1);
     assert!(s.hold(1, b.file_map_id).is_ok());
 }
 
 #[test]
+fn a_reinstated_vm_keeps_old_holdings_until_it_reconnects() {
+    let mut s = store(0, 100);
+    s.add_vm(1);
+    let a = s
+        .load_bytes(key(1, 4096), label("a"), &file(1, 1), 0)
+        .unwrap();
+    let b = s
+        .load_bytes(key(2, 4096), label("b"), &file(2, 1), 0)
+        .unwrap();
+    s.hold(1, a.file_map_id).unwrap();
+    s.hold(1, a.file_map_id).unwrap();
+    s.cut_off(1, 0);
+    s.reinstate_vm(1);
+    assert!(!s.is_cut_off(1));
+    // Taken after the reinstatement: survives the reconnection.
+    s.hold(1, a.file_map_id).unwrap();
+    s.hold(1, b.file_map_id).unwrap();
+    assert_eq!(s.vm_holdings(1).unwrap().maps_held, 2);
+    assert!(s.vm_reconnected(1));
+    assert!(!s.vm_reconnected(1), "nothing stale is left");
+    assert_eq!(s.vm_holdings(1).unwrap().maps_held, 2);
+    s.release(1, a.file_map_id, 0);
+    s.release(1, b.file_map_id, 0);
+    assert_eq!(s.vm_holdings(1).unwrap().maps_held, 0);
+    // An acknowledged cut-off after reinstatement drops only the old ones.
+    s.hold(1, a.file_map_id).unwrap();
+    s.cut_off(1, 0);
+    s.reinstate_vm(1);
+    s.hold(1, b.file_map_id).unwrap();
+    assert!(s.release_all(1));
+    assert_eq!(s.vm_holdings(1).unwrap().maps_held, 1);
+    assert_eq!(
+        s.maps()
+            .iter()
+            .find(|m| m.id == b.file_map_id)
+            .unwrap()
+            .holders,
+        1
+    );
+    // Removing the VM drops everything.
+    s.remove_vm(1, 0);
+    assert_eq!(s.counts().pages_mapped, 0);
+    assert!(s.maps().iter().all(|m| m.holders == 0));
+}
+
+#[test]
+fn holds_are_counted_per_answer() {
+    let mut s = store(0, 100);
+    s.add_vm(1);
+    s.add_vm(2);
+    let a = s
+        .load_bytes(key(1, 2 * 4096), label("a"), &file(1, 2), 0)
+        .unwrap();
+    let id = a.file_map_id;
+    // Two inodes (two mounts, two hardlinks, a late answer) of one map.
+    s.hold(1, id).unwrap();
+    s.hold(1, id).unwrap();
+    s.hold(2, id).unwrap();
+    assert_eq!(s.counts().pages_mapped, 4, "a map counts once per VM");
+    s.release(1, id, 0);
+    assert_eq!(
+        s.vm_holdings(1).unwrap().maps_held,
+        1,
+        "one inode still uses it"
+    );
+    assert_eq!(s.evict_where(|_| true, 0), (0, 1));
+    let _ = s.take_events();
+    // An ack ends all of VM 1's references at once.
+    s.hold(1, id).unwrap_err();
+    assert!(s.ack(1, id, 0));
+    assert_eq!(s.vm_holdings(1).unwrap().maps_held, 0);
+    assert_eq!(s.counts().frames_used, 2, "VM 2 still holds it");
+    s.release(2, id, 0);
+    assert_eq!(s.counts().frames_used, 0);
+}
+
+#[test]
+fn a_pinned_count_is_never_lowered_by_releases() {
+    let mut s = store(0, 100);
+    s.add_vm(1);
+    let a = s
+        .load_bytes(key(1, 4096), label("a"), &file(1, 1), 0)
+        .unwrap();
+    let id = a.file_map_id;
+    s.hold(1, id).unwrap();
+    // As if 2^32 - 2 more answers had been given.
+    s.vms.get_mut(&1).unwrap().holds.get_mut(&id).unwrap().refs = u32::MAX - 1;
+    s.hold(1, id).unwrap();
+    s.hold(1, id).unwrap(); // saturates
+    assert_eq!(s.vms[&1].holds[&id].refs, u32::MAX);
+    for _ in 0..10 {
+        s.release(1, id, 0);
+    }
+    assert_eq!(s.vm_holdings(1).unwrap().maps_held, 1);
+    assert_eq!(s.evict_where(|_| true, 0), (0, 1));
+    assert!(s.ack(1, id, 0), "an ack still ends it");
+    assert_eq!(s.counts().frames_used, 0);
+}
+
+#[test]
+fn quotas_refuse_hits_beyond_a_vms_limit() {
+    let mut s = store(0, 100);
+    s.add_vm(1);
+    s.add_vm(2);
+    s.set_vm_quota(1, Some(3));
+    let a = s
+        .load_bytes(key(1, 2 * 4096), label("a"), &file(1, 2), 0)
+        .unwrap();
+    let b = s
+        .load_bytes(key(2, 2 * 4096), label("b"), &file(2, 2), 0)
+        .unwrap();
+    let big = s
+        .load_bytes(key(3, 4 * 4096), label("big"), &file(3, 4), 0)
+        .unwrap();
+    s.hold(1, a.file_map_id).unwrap();
+    s.hold(1, a.file_map_id).unwrap(); // already charged: no more pages
+    assert_eq!(s.hold(1, b.file_map_id), Err(StoreError::OverQuota(1)));
+    assert_eq!(s.hold(1, big.file_map_id), Err(StoreError::TooLarge(4)));
+    let h = s.vm_holdings(1).unwrap();
+    assert_eq!((h.maps_held, h.pages_mapped, h.max_pages), (1, 2, 3));
+    assert_eq!(s.counts().over_quota, 2);
+    // Others are not limited by VM 1's quota.
+    s.hold(2, b.file_map_id).unwrap();
+    s.hold(2, big.file_map_id).unwrap();
+    // Released: fits again.
+    s.release(1, a.file_map_id, 0);
+    s.release(1, a.file_map_id, 0);
+    s.hold(1, b.file_map_id).unwrap();
+    // Charged while cut off too.
+    s.cut_off(1, 0);
+    s.reinstate_vm(1);
+    assert_eq!(s.hold(1, a.file_map_id), Err(StoreError::OverQuota(1)));
+    assert!(s.vm_reconnected(1));
+    s.hold(1, a.file_map_id).unwrap();
+}
+
+#[test]
 fn too_large_and_table_space_pressure() {
     let mut s = store(4, 1000);
     assert_eq!(
-        s.begin_load(key(1, 5 * 4096), label("x"), 0),
+        s.begin_load(key(1, 5 * 4096), label("x"), None, 0),
         Err(StoreError::TooLarge(5))
     );
     // Table area of 8 KiB: files of 250 pages take 1088 bytes of table each.
     let mut s = store(0, 1000);
     let mut n = 0;
     loop {
-        match s.begin_load(key(100 + n, 250 * 4096), label("t"), 0) {
+        match s.begin_load(key(100 + n, 250 * 4096), label("t"), None, 0) {
             Ok(_) => n += 1,
             Err(e) => {
                 assert_eq!(e, StoreError::PoolFull);
@@ -241,4 +445,229 @@ fn hostile_acks_and_releases_are_ignored() {
         s.add_page(l.file_map_id, &[0; 32], &[0; 4096], 0),
         Err(StoreError::NoMap(l.file_map_id))
     );
+}
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One step of a random history. VM and map numbers are taken modulo
+    /// what exists, so every step means something.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Load {
+            who: Option<u8>,
+            seed: u8,
+            pages: u8,
+        },
+        Hold {
+            vm: u8,
+            map: u8,
+        },
+        Release {
+            vm: u8,
+            map: u8,
+        },
+        Ack {
+            vm: u8,
+            map: u8,
+        },
+        Revoke {
+            map: u8,
+        },
+        Tick {
+            ms: u16,
+        },
+        ReleaseAll {
+            vm: u8,
+        },
+        Reinstate {
+            vm: u8,
+        },
+        Reconnect {
+            vm: u8,
+        },
+        Quota {
+            vm: u8,
+            pages: u8,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let vm = 0u8..3;
+        prop_oneof![
+            (prop::option::of(0u8..3), any::<u8>(), 1u8..5)
+                .prop_map(|(who, seed, pages)| Op::Load { who, seed, pages }),
+            (vm.clone(), any::<u8>()).prop_map(|(vm, map)| Op::Hold { vm, map }),
+            (vm.clone(), any::<u8>()).prop_map(|(vm, map)| Op::Hold { vm, map }),
+            (vm.clone(), any::<u8>()).prop_map(|(vm, map)| Op::Release { vm, map }),
+            (vm.clone(), any::<u8>()).prop_map(|(vm, map)| Op::Ack { vm, map }),
+            any::<u8>().prop_map(|map| Op::Revoke { map }),
+            (0u16..300).prop_map(|ms| Op::Tick { ms }),
+            vm.clone().prop_map(|vm| Op::ReleaseAll { vm }),
+            vm.clone().prop_map(|vm| Op::Reinstate { vm }),
+            vm.clone().prop_map(|vm| Op::Reconnect { vm }),
+            (vm, 0u8..12).prop_map(|(vm, pages)| Op::Quota { vm, pages }),
+        ]
+    }
+
+    /// Everything the rules promise, checked against the store's own books
+    /// and the pool's bytes.
+    fn check(s: &PageStore, data: &HashMap<MapId, Vec<u8>>) {
+        let mut pages_mapped = 0;
+        for (&vm, v) in &s.vms {
+            let mut mine = 0;
+            for (&id, h) in &v.holds {
+                assert!(h.refs > 0, "an empty hold is kept");
+                assert!(h.stale <= h.refs);
+                let m = s.maps.get(&id).expect("a held map was dropped");
+                assert!(m.holders.contains(&vm));
+                mine += m.page_count as u64;
+                // Its frames were not reused: they still hold its bytes.
+                let want = &data[&id];
+                for (i, &f) in m.frames.iter().enumerate() {
+                    let w = &want[i * 4096..((i + 1) * 4096).min(want.len())];
+                    assert_eq!(&s.pool.frame(f)[..w.len()], w, "map {id} page {i}");
+                }
+            }
+            assert_eq!(v.pages_mapped, mine);
+            pages_mapped += mine;
+        }
+        assert_eq!(s.counts.pages_mapped, pages_mapped);
+        for (id, m) in &s.maps {
+            for vm in &m.holders {
+                assert!(s.vms[vm].holds.contains_key(id), "stray holder");
+            }
+            if let MapState::Revoking { waiting, .. } = &m.state {
+                assert!(!waiting.is_empty(), "a revoked map nobody waits on");
+                assert!(waiting.is_subset(&m.holders));
+            }
+        }
+        let live_frames: BTreeSet<u32> = s.maps.values().flat_map(|m| m.frames.clone()).collect();
+        assert_eq!(s.used, live_frames.len() as u64);
+        for f in live_frames {
+            let n = s
+                .maps
+                .values()
+                .flat_map(|m| &m.frames)
+                .filter(|&&g| g == f)
+                .count();
+            assert_eq!(s.refs[f as usize] as usize, n, "frame {f}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// However VMs (honest or not) and the operator interleave holds,
+        /// releases, acks, revocations, cut-offs and reinstatements, a map a
+        /// VM holds is never dropped and its frames keep its bytes; counts
+        /// never underflow (debug builds would panic).
+        #[test]
+        fn held_maps_are_never_dropped(ops in prop::collection::vec(op(), 1..80)) {
+            let mut s = store(12, 100);
+            for vm in 0..3 {
+                s.add_vm(vm);
+            }
+            let mut data: HashMap<MapId, Vec<u8>> = HashMap::new();
+            let mut ids: Vec<MapId> = Vec::new();
+            let mut now = 0u64;
+            let mut n = 0u64;
+            // What an honest guest holds, per (VM, map): (refs, stale), by
+            // the rules in the module documentation.
+            let mut model: BTreeMap<(VmId, MapId), (u32, u32)> = BTreeMap::new();
+            for op in ops {
+                let pick = |m: u8| ids.get(m as usize % ids.len().max(1)).copied().unwrap_or(999);
+                match op {
+                    Op::Load { who, seed, pages } => {
+                        n += 1;
+                        let d = file(seed, pages as usize);
+                        let k = key(n, d.len() as u64);
+                        if let Ok(l) = s.load_bytes_for(who.map(u32::from), k, label("f"), &d, now) {
+                            data.insert(l.file_map_id, d);
+                            ids.push(l.file_map_id);
+                        }
+                    }
+                    Op::Hold { vm, map } => {
+                        if s.hold(vm.into(), pick(map)).is_ok() {
+                            let e = model.entry((vm.into(), pick(map))).or_default();
+                            e.0 = e.0.saturating_add(1);
+                        }
+                    }
+                    Op::Release { vm, map } => {
+                        s.release(vm.into(), pick(map), now);
+                        if let Some(e) = model.get_mut(&(vm.into(), pick(map))) {
+                            if e.0 != u32::MAX {
+                                e.0 -= 1;
+                                e.1 = e.1.saturating_sub(1);
+                            }
+                        }
+                    }
+                    Op::Ack { vm, map } => {
+                        if s.ack(vm.into(), pick(map), now) {
+                            model.remove(&(vm.into(), pick(map)));
+                        }
+                    }
+                    Op::Revoke { map } => {
+                        s.revoke(pick(map), now);
+                    }
+                    Op::Tick { ms } => {
+                        now += ms as u64;
+                        s.tick(now);
+                    }
+                    Op::ReleaseAll { vm } => {
+                        let all = s.is_cut_off(vm.into());
+                        s.release_all(vm.into());
+                        for ((v, _), e) in model.iter_mut() {
+                            if *v == VmId::from(vm) {
+                                e.0 = if all { 0 } else { e.0 - e.1 };
+                                e.1 = 0;
+                            }
+                        }
+                    }
+                    Op::Reinstate { vm } => {
+                        if s.is_cut_off(vm.into()) {
+                            for ((v, _), e) in model.iter_mut() {
+                                if *v == VmId::from(vm) {
+                                    e.1 = e.0;
+                                }
+                            }
+                        }
+                        s.reinstate_vm(vm.into());
+                    }
+                    Op::Reconnect { vm } => {
+                        if !s.is_cut_off(vm.into()) {
+                            for ((v, _), e) in model.iter_mut() {
+                                if *v == VmId::from(vm) {
+                                    e.0 -= e.1;
+                                    e.1 = 0;
+                                }
+                            }
+                        }
+                        s.vm_reconnected(vm.into());
+                    }
+                    Op::Quota { vm, pages } => s.set_vm_quota(vm.into(), Some(pages.into())),
+                }
+                let _ = s.take_events();
+                model.retain(|_, e| e.0 > 0);
+                check(&s, &data);
+                // The store's counts are exactly the honest guest's: a map
+                // it still uses is never dropped (`check` saw its bytes).
+                let books: BTreeMap<(VmId, MapId), (u32, u32)> = s
+                    .vms
+                    .iter()
+                    .flat_map(|(&vm, v)| v.holds.iter().map(move |(&id, h)| ((vm, id), (h.refs, h.stale))))
+                    .collect();
+                prop_assert_eq!(&books, &model);
+            }
+            // Everyone lets go: every frame comes back.
+            for vm in 0..3 {
+                s.remove_vm(vm, now);
+            }
+            s.evict_where(|_| true, now);
+            prop_assert_eq!(s.counts().frames_used, 0);
+            prop_assert_eq!(s.counts().pages_mapped, 0);
+        }
+    }
 }

@@ -19,6 +19,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use vmdedup_protocol::pool::{
     header_off, PoolError, PoolGeometry, TableHeader, FRAME_SIZE, POOL_HEADER_SIZE, TABLE_ALIGN,
@@ -87,26 +88,156 @@ pub struct PoolSpec {
     pub generation: u64,
 }
 
+/// The pool's mapping, shared by its [`PoolMemory`] and the
+/// [`FrameAccess`] handles made from it; unmapped when the last one goes.
+///
+/// # Invariants
+/// `ptr..ptr+len` is a live `MAP_SHARED` read-write mapping for the lifetime
+/// of the value.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the value only owns the address range; who may write which part
+// of it, and when, is the contract of `PoolMemory` and `FrameAccess`.
+unsafe impl Send for Mapping {}
+// SAFETY: as for `Send`: `&Mapping` gives no access to the memory by itself.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping this value owns; every reference into
+        // it borrows a `PoolMemory` or `FrameAccess`, which hold an `Arc` of
+        // this value, so none outlives it.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
 /// The mapped pool.
 ///
 /// # Invariants
-/// `ptr..ptr+len` is a live `MAP_SHARED` read-write mapping of `file` for the
-/// lifetime of the value, `len == geometry.region_size`, and only this value
-/// writes to it (guests map it read-only, no other host process writes it).
+/// `map` is a live `MAP_SHARED` read-write mapping of `file`,
+/// `map.len == geometry.region_size`, and only this process writes to it
+/// (guests map it read-only, no other host process writes it). In this
+/// process it is written through `&mut self`, except for frames that the page
+/// store reserved for one writer, which are written (and holes punched in
+/// them) through a [`FrameAccess`] while no table references them and the
+/// store reads them not.
 pub struct PoolMemory {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: Arc<Mapping>,
     geometry: PoolGeometry,
-    file: File,
+    file: Arc<File>,
     path: Option<PathBuf>,
     punch_holes: bool,
 }
 
-// SAFETY: the mapping is owned by the value and only written through `&mut
-// self`; sharing `&PoolMemory` across threads only allows reads.
+// SAFETY: the mapping is shared only with `FrameAccess` handles, whose
+// writers write frames nobody else reads or writes (see their contract);
+// everything else is written through `&mut self`.
 unsafe impl Send for PoolMemory {}
 // SAFETY: see `Send`: every method that writes takes `&mut self`.
 unsafe impl Sync for PoolMemory {}
+
+/// A handle on the pool's frames that outlives a borrow of the pool: the
+/// page store hands one out so that frames are written, compared and
+/// discarded without its lock held. Every access is `unsafe`: the caller
+/// promises the page store's reservation of that frame (see each method).
+#[derive(Clone)]
+pub struct FrameAccess {
+    map: Arc<Mapping>,
+    file: Arc<File>,
+    geometry: PoolGeometry,
+    punch_holes: bool,
+}
+
+impl std::fmt::Debug for FrameAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameAccess")
+            .field("frames", &self.geometry.frame_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrameAccess {
+    /// Whether both handles are of the same mapping.
+    pub fn same_pool(&self, other: &FrameAccess) -> bool {
+        Arc::ptr_eq(&self.map, &other.map)
+    }
+
+    /// The address of frame `frame`, or `None` if there is no such frame.
+    fn frame_ptr(&self, frame: u32) -> Option<*mut u8> {
+        let off = self.geometry.frame_offset(frame).ok()?;
+        if off + FRAME_SIZE > self.map.len as u64 {
+            return None;
+        }
+        // SAFETY: the offset was checked to lie, with a whole frame, inside
+        // the live mapping.
+        Some(unsafe { self.map.ptr.as_ptr().add(off as usize) })
+    }
+
+    /// Whether frame `frame` holds exactly `page` (a whole frame).
+    ///
+    /// # Safety
+    /// Nobody writes the frame or punches a hole in it meanwhile: the page
+    /// store keeps it referenced for the call.
+    pub unsafe fn frame_equals(&self, frame: u32, page: &[u8]) -> bool {
+        let Some(p) = self.frame_ptr(frame) else {
+            return false;
+        };
+        // SAFETY: `p` starts a whole frame in the live mapping (`frame_ptr`),
+        // which by the caller's promise nobody writes during this borrow.
+        let have = unsafe { std::slice::from_raw_parts(p, FRAME_SIZE as usize) };
+        have == page
+    }
+
+    /// Writes a whole frame; a short `data` is padded with zeros.
+    ///
+    /// # Safety
+    /// The caller alone owns the frame: the page store reserved it for this
+    /// writer, no table references it and nothing else reads or writes it
+    /// until the store is told the write is done.
+    pub unsafe fn write_frame(&self, frame: u32, data: &[u8]) {
+        let Some(p) = self.frame_ptr(frame) else {
+            return;
+        };
+        let n = data.len().min(FRAME_SIZE as usize);
+        // SAFETY: `p..p+FRAME_SIZE` is in the live mapping (`frame_ptr`) and,
+        // by the caller's promise, no other reference covers it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), p, n);
+            std::ptr::write_bytes(p.add(n), 0, FRAME_SIZE as usize - n);
+        }
+    }
+
+    /// Returns the memory of a free frame to the OS (a no-op on hugetlbfs,
+    /// whose pages are bigger than a frame); the frame reads back as zeros.
+    ///
+    /// # Safety
+    /// As for [`write_frame`](Self::write_frame): the frame is free and
+    /// reserved for this call; nobody reads or writes it meanwhile.
+    pub unsafe fn discard_frame(&self, frame: u32) {
+        if !self.punch_holes {
+            return;
+        }
+        let Ok(off) = self.geometry.frame_offset(frame) else {
+            return;
+        };
+        // SAFETY: punching a hole in our own file over a frame nobody uses
+        // (the caller's promise); the mapping stays valid and reads back
+        // zeros. A failure is not fatal: the frame keeps its memory.
+        let _ = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off as libc::off_t,
+                FRAME_SIZE as libc::off_t,
+            )
+        };
+    }
+}
 
 impl std::fmt::Debug for PoolMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -265,10 +396,12 @@ impl PoolMemory {
             .ok_or_else(|| io_err("mmap")(io::Error::other("null mapping")))?;
         // INVARIANT: mapped above with len == region_size, owned by this value.
         Ok(PoolMemory {
-            ptr,
-            len: size as usize,
+            map: Arc::new(Mapping {
+                ptr,
+                len: size as usize,
+            }),
             geometry,
-            file,
+            file: Arc::new(file),
             path,
             punch_holes,
         })
@@ -321,17 +454,32 @@ impl PoolMemory {
         &self.file
     }
 
-    /// The whole region, read-only (for tests and fake guests).
+    /// A handle that writes, compares and discards frames without a borrow
+    /// of `self` (see [`FrameAccess`]).
+    pub fn frame_access(&self) -> FrameAccess {
+        FrameAccess {
+            map: Arc::clone(&self.map),
+            file: Arc::clone(&self.file),
+            geometry: self.geometry,
+            punch_holes: self.punch_holes,
+        }
+    }
+
+    /// The whole region, read-only (for tests and fake guests, which read
+    /// the header and published tables and frames; a loader may meanwhile
+    /// write a frame no table references, as a guest's view would see).
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: by the invariant the mapping is live for `self`'s lifetime
-        // and only written through `&mut self`, which this borrow excludes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        // and written through `&mut self`, which this borrow excludes, or in
+        // reserved frames that no table references, which a reader of
+        // published data does not look at.
+        unsafe { std::slice::from_raw_parts(self.map.ptr.as_ptr(), self.map.len) }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let end = offset.checked_add(data.len() as u64);
         assert!(
-            end.is_some_and(|e| e <= self.len as u64),
+            end.is_some_and(|e| e <= self.map.len as u64),
             "pool write out of range"
         );
         // SAFETY: the range was checked to lie in the mapping; `&mut self`
@@ -339,7 +487,7 @@ impl PoolMemory {
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),
-                self.ptr.as_ptr().add(offset as usize),
+                self.map.ptr.as_ptr().add(offset as usize),
                 data.len(),
             )
         }
@@ -347,14 +495,15 @@ impl PoolMemory {
 
     fn store_u64(&self, offset: u64, value: u64, order: Ordering) {
         assert!(
-            offset.is_multiple_of(8) && offset + 8 <= self.len as u64,
+            offset.is_multiple_of(8) && offset + 8 <= self.map.len as u64,
             "pool atomic store out of range"
         );
         // SAFETY: the address is in the mapping and 8-aligned (the mapping is
         // page-aligned); the location is only accessed atomically or by
         // guests' reads, and lives as long as `self`.
-        let a =
-            unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset as usize).cast::<u64>()) };
+        let a = unsafe {
+            AtomicU64::from_ptr(self.map.ptr.as_ptr().add(offset as usize).cast::<u64>())
+        };
         a.store(value, order);
     }
 
@@ -364,8 +513,17 @@ impl PoolMemory {
         let off = self
             .geometry
             .frame_offset(frame)
-            .expect("frame number from the store") as usize;
-        &self.bytes()[off..off + FRAME_SIZE as usize]
+            .expect("frame number from the store");
+        assert!(
+            off + FRAME_SIZE <= self.map.len as u64,
+            "frame out of range"
+        );
+        // SAFETY: a whole frame inside the live mapping; it is written only
+        // through `&mut self` (excluded by this borrow) or, while reserved,
+        // through a `FrameAccess`; the store reads no reserved frame.
+        unsafe {
+            std::slice::from_raw_parts(self.map.ptr.as_ptr().add(off as usize), FRAME_SIZE as usize)
+        }
     }
 
     /// Writes a whole frame; a short `data` is padded with zeros.
@@ -455,16 +613,6 @@ impl PoolMemory {
         let mut b = [0u8; POOL_HEADER_SIZE];
         b.copy_from_slice(&self.bytes()[..POOL_HEADER_SIZE]);
         b
-    }
-}
-
-impl Drop for PoolMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the mapping this value owns; no reference into it
-        // can outlive `self`.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
     }
 }
 

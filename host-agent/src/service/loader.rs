@@ -157,14 +157,16 @@ fn load(
             remaining -= want as u64;
             let pages = want.div_ceil(frame);
             buf[want..pages * frame].fill(0);
-            let hashes: Vec<_> = buf[..pages * frame].chunks(frame).map(page_hash).collect();
+            let chunk = &buf[..pages * frame];
+            let hashes: Vec<_> = chunk.chunks(frame).map(page_hash).collect();
+            // Frames are reserved under the store lock, written and compared
+            // without it, and added to the map under it again.
+            let mut staged = shared
+                .store_op(|s| s.stage_pages(id, &hashes, now))
+                .map_err(store_miss)?;
+            staged.fill(chunk);
             shared
-                .store_op(|s| {
-                    for (i, h) in hashes.iter().enumerate() {
-                        s.add_page(id, h, &buf[i * frame..(i + 1) * frame], now)?;
-                    }
-                    Ok::<(), StoreError>(())
-                })
+                .store_op(|s| s.commit_pages(staged, chunk, now))
                 .map_err(store_miss)?;
         }
         // The tree must not have changed under us.

@@ -25,7 +25,9 @@
 //! Each lock is held briefly. Where two are held at once they are taken in
 //! this order: `cache`, `vms`, `store`; `jobs` and `sink` are taken alone;
 //! `namespaces` is written only at construction. Events the store queued are
-//! delivered to the [`EventSink`] after the store lock was released.
+//! delivered to the [`EventSink`] after the store lock was released, and the
+//! memory of frames it freed is returned to the OS then too
+//! ([`PageStore::take_discards`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +39,7 @@ use vmdedup_protocol::control::MissReason;
 use vmdedup_protocol::pool::TableRef;
 
 use crate::namespace::{HostIdentity, Namespace, ResolveError};
+use crate::pool::FrameAccess;
 use crate::stats::Stats;
 use crate::store::{FileKey, MapId, PageStore, StoreEvent, VmId};
 
@@ -133,6 +136,8 @@ fn file_key(host: &HostIdentity) -> FileKey {
 /// Everything the service's threads share.
 struct Shared {
     store: Mutex<PageStore>,
+    /// The store's frames, written and discarded outside its lock.
+    frames: FrameAccess,
     namespaces: RwLock<BTreeMap<u32, Arc<Namespace>>>,
     vms: RwLock<BTreeMap<VmId, vms::VmInfo>>,
     cache: Mutex<HashMap<CacheKey, CacheEntry>>,
@@ -153,15 +158,24 @@ impl Shared {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Runs `f` on the store, then delivers the events it queued with the
-    /// store lock released.
+    /// Runs `f` on the store, then delivers the events it queued and
+    /// discards the frames it freed, with the store lock released.
     fn store_op<R>(&self, f: impl FnOnce(&mut PageStore) -> R) -> R {
-        let (r, events) = {
+        let (r, events, discards) = {
             let mut s = lock(&self.store);
             let r = f(&mut s);
-            (r, s.take_events())
+            (r, s.take_events(), s.take_discards())
         };
         self.deliver(events);
+        if !discards.is_empty() {
+            for &f in &discards {
+                // SAFETY: `take_discards` handed these free frames to us
+                // alone: the store neither reuses nor reads them until
+                // `finish_discards`.
+                unsafe { self.frames.discard_frame(f) };
+            }
+            lock(&self.store).finish_discards(discards);
+        }
         r
     }
 
@@ -218,8 +232,10 @@ impl HintService {
             .into_iter()
             .map(|n| (n.id(), Arc::new(n)))
             .collect();
+        let frames = store.frame_access();
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
+            frames,
             namespaces: RwLock::new(ns),
             vms: RwLock::new(BTreeMap::new()),
             cache: Mutex::new(HashMap::new()),

@@ -38,7 +38,65 @@ use vmdedup_protocol::pool::{
     pages_for_size, table_bytes, TableHeader, TableRef, FRAME_SIZE, MAX_TABLE_PAGES,
 };
 
-use crate::pool::PoolMemory;
+use crate::pool::{FrameAccess, PoolMemory};
+
+/// One page of a [`StagedPages`] batch.
+#[derive(Clone, Copy, Debug)]
+enum Staged {
+    /// An indexed frame with the page's hash, referenced by the batch.
+    Share { frame: u32 },
+    /// An earlier page of the batch with the same hash.
+    SameAs { page: usize },
+    /// A frame reserved for this page alone, to be indexed under `hash`.
+    Fresh { frame: u32, hash: PageHash },
+}
+
+/// Pages of a loading map between [`PageStore::stage_pages`] and
+/// [`PageStore::commit_pages`]: filled without the store lock.
+#[derive(Debug)]
+pub struct StagedPages {
+    map: MapId,
+    access: FrameAccess,
+    pages: Vec<Staged>,
+    mismatch: Vec<bool>,
+    filled: bool,
+}
+
+impl StagedPages {
+    /// Writes the fresh frames and byte-compares the shared ones, without
+    /// the store lock. `pages` is the batch's pages, one whole frame each,
+    /// in order; a wrong length fills nothing (the commit then fails).
+    ///
+    /// Why this is sound without the lock: a fresh frame came off the free
+    /// lists with no reference, no table and no index entry, and gets an
+    /// index entry only at the commit, so nobody else reads, writes or
+    /// discards it meanwhile. A shared frame carries the batch's reference,
+    /// so it is not freed, hence not reallocated, rewritten or discarded
+    /// (only unreferenced frames are); its bytes were complete before it was
+    /// indexed (a commit under the lock, which orders that write before this
+    /// read). So the compare reads the bytes the frame keeps, and a page is
+    /// shared only after a hash match and that compare.
+    pub fn fill(&mut self, pages: &[u8]) {
+        let frame = FRAME_SIZE as usize;
+        if pages.len() != self.pages.len() * frame {
+            return;
+        }
+        for (i, st) in self.pages.iter().enumerate() {
+            let page = &pages[i * frame..(i + 1) * frame];
+            self.mismatch[i] = match *st {
+                // SAFETY: the batch references the frame (see above).
+                Staged::Share { frame: f } => !unsafe { self.access.frame_equals(f, page) },
+                Staged::SameAs { page: j } => page != &pages[j * frame..(j + 1) * frame],
+                Staged::Fresh { frame: f, .. } => {
+                    // SAFETY: reserved for this batch alone (see above).
+                    unsafe { self.access.write_frame(f, page) };
+                    false
+                }
+            };
+        }
+        self.filled = true;
+    }
+}
 
 /// Host id of a file map (never 0, never reused within a pool generation).
 pub type MapId = u64;
@@ -156,6 +214,8 @@ struct FileMap {
     /// The VMs with a positive count in their [`VmEntry::holds`] for this map.
     holders: BTreeSet<VmId>,
     lru_tick: u64,
+    /// A batch of pages is staged and not committed yet.
+    staging: bool,
     /// The VM whose hint made this load (`None`: the operator); pressure of
     /// this load may revoke only maps that VM alone holds.
     requester: Option<VmId>,
@@ -297,9 +357,18 @@ pub struct PageStore {
     cfg: StoreConfig,
     budget: u64,
     fresh: u32,
+    /// Free frames whose memory was returned to the OS (or never used).
     free: Vec<u32>,
+    /// Free frames not yet discarded: reused first, else handed out by
+    /// [`take_discards`](PageStore::take_discards).
+    dirty: Vec<u32>,
+    /// Frames being discarded outside the lock: neither used nor allocatable
+    /// until [`finish_discards`](PageStore::finish_discards).
+    discarding: u64,
     refs: Vec<u32>,
-    indexed: Vec<bool>,
+    /// The hash under which each frame is in `index` (kept so that freeing a
+    /// frame never re-hashes it).
+    frame_hash: Vec<Option<PageHash>>,
     index: HashMap<PageHash, u32>,
     used: u64,
     tables: TableSpace,
@@ -329,8 +398,10 @@ impl PageStore {
             budget,
             fresh: 0,
             free: Vec::new(),
+            dirty: Vec::new(),
+            discarding: 0,
             refs: Vec::new(),
-            indexed: Vec::new(),
+            frame_hash: Vec::new(),
             index: HashMap::new(),
             used: 0,
             maps: HashMap::new(),
@@ -651,6 +722,7 @@ impl PageStore {
                 state: MapState::Loading,
                 holders: BTreeSet::new(),
                 lru_tick: 0,
+                staging: false,
                 requester,
             },
         );
@@ -659,7 +731,10 @@ impl PageStore {
 
     /// Adds the next page of a loading map. `page` is exactly one frame (the
     /// file's tail zero-padded) and `hash` its [`page_hash`], computed by the
-    /// caller outside any lock.
+    /// caller outside any lock. This does the whole of
+    /// [`stage_pages`](Self::stage_pages), [`StagedPages::fill`] and
+    /// [`commit_pages`](Self::commit_pages) at once (tests, small files); the
+    /// loader does the middle step without the store lock.
     pub fn add_page(
         &mut self,
         id: MapId,
@@ -670,35 +745,169 @@ impl PageStore {
         if page.len() != FRAME_SIZE as usize {
             return Err(StoreError::BadPage(page.len()));
         }
+        let mut staged = self.stage_pages(id, std::slice::from_ref(hash), now_ms)?;
+        staged.fill(page);
+        self.commit_pages(staged, page, now_ms)
+    }
+
+    /// Reserves what the next `hashes.len()` pages of loading map `id` need:
+    /// for a page whose hash is indexed, that frame, kept referenced so it
+    /// can be neither freed nor rewritten; for a page whose hash another
+    /// page of this batch has, that page; otherwise a frame of its own, which
+    /// nothing else may read or write until it is committed. The caller then
+    /// writes and compares outside the store lock ([`StagedPages::fill`]) and
+    /// commits ([`commit_pages`](Self::commit_pages)); one batch per map at
+    /// a time. A batch dropped without a commit leaks what it reserved until
+    /// the agent restarts (the loader always commits).
+    pub fn stage_pages(
+        &mut self,
+        id: MapId,
+        hashes: &[PageHash],
+        now_ms: u64,
+    ) -> Result<StagedPages, StoreError> {
         let m = self.maps.get(&id).ok_or(StoreError::NoMap(id))?;
-        if m.state != MapState::Loading || m.frames.len() >= m.page_count as usize {
+        if m.state != MapState::Loading
+            || m.staging
+            || m.frames.len() + hashes.len() > m.page_count as usize
+        {
             return Err(StoreError::NoMap(id));
         }
-        let remaining = m.page_count as u64 - m.frames.len() as u64;
         let requester = m.requester;
-        let shared = match self.index.get(hash) {
-            Some(&f) if self.pool.frame(f) == page => Some(f),
-            _ => None,
-        };
-        let frame = match shared {
-            Some(f) => {
+        let mut remaining = m.page_count as u64 - m.frames.len() as u64;
+        let mut pages: Vec<Staged> = Vec::with_capacity(hashes.len());
+        let mut fresh_here: HashMap<PageHash, usize> = HashMap::new();
+        for (i, h) in hashes.iter().enumerate() {
+            let st = if let Some(&f) = self.index.get(h) {
+                // Pinned: while we hold this reference it is not freed, so
+                // not reused, written or discarded.
                 self.refs[f as usize] += 1;
-                self.counts.pages_deduplicated += 1;
-                f
-            }
-            None => {
-                let f = self.alloc_frame(requester, remaining, now_ms)?;
-                self.pool.write_frame(f, page);
-                self.refs[f as usize] = 1;
-                if !self.index.contains_key(hash) {
-                    self.index.insert(*hash, f);
-                    self.indexed[f as usize] = true;
+                Staged::Share { frame: f }
+            } else if let Some(&j) = fresh_here.get(h) {
+                Staged::SameAs { page: j }
+            } else {
+                match self.alloc_frame(requester, remaining, now_ms) {
+                    Ok(f) => {
+                        self.refs[f as usize] = 1;
+                        fresh_here.insert(*h, i);
+                        Staged::Fresh { frame: f, hash: *h }
+                    }
+                    Err(e) => {
+                        self.unstage(&pages);
+                        return Err(e);
+                    }
                 }
-                f
-            }
-        };
+            };
+            pages.push(st);
+            remaining = remaining.saturating_sub(1);
+        }
         if let Some(m) = self.maps.get_mut(&id) {
-            m.frames.push(frame);
+            m.staging = true;
+        }
+        Ok(StagedPages {
+            map: id,
+            access: self.pool.frame_access(),
+            mismatch: vec![false; pages.len()],
+            pages,
+            filled: false,
+        })
+    }
+
+    /// Lets go of what a batch reserved.
+    fn unstage(&mut self, pages: &[Staged]) {
+        for st in pages {
+            match *st {
+                Staged::Share { frame } | Staged::Fresh { frame, .. } => self.unref_frame(frame),
+                Staged::SameAs { .. } => {}
+            }
+        }
+    }
+
+    /// Adds a filled batch to its map, in order: a shared frame whose bytes
+    /// matched, a fresh frame (now written, so now indexed under its hash),
+    /// or, for a page whose compare failed (a hash collision), a new frame
+    /// written here under the lock. `pages` are the batch's pages, as given
+    /// to [`StagedPages::fill`].
+    pub fn commit_pages(
+        &mut self,
+        staged: StagedPages,
+        pages: &[u8],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let id = staged.map;
+        let frame = FRAME_SIZE as usize;
+        let ok = staged.filled
+            && staged.access.same_pool(&self.pool.frame_access())
+            && pages.len() == staged.pages.len() * frame
+            && matches!(self.maps.get(&id), Some(m) if m.state == MapState::Loading && m.staging);
+        if !ok {
+            if staged.access.same_pool(&self.pool.frame_access()) {
+                self.unstage(&staged.pages);
+                if let Some(m) = self.maps.get_mut(&id) {
+                    m.staging = false;
+                }
+            }
+            return Err(if pages.len() != staged.pages.len() * frame {
+                StoreError::BadPage(pages.len())
+            } else {
+                StoreError::NoMap(id)
+            });
+        }
+        if let Some(m) = self.maps.get_mut(&id) {
+            m.staging = false;
+        }
+        let requester = self.maps.get(&id).and_then(|m| m.requester);
+        let mut committed: Vec<u32> = Vec::with_capacity(staged.pages.len());
+        for (i, st) in staged.pages.iter().enumerate() {
+            let page = &pages[i * frame..(i + 1) * frame];
+            let f = match *st {
+                Staged::Share { frame: f } if !staged.mismatch[i] => {
+                    self.counts.pages_deduplicated += 1;
+                    Some(f)
+                }
+                Staged::Share { frame: f } => {
+                    self.unref_frame(f);
+                    None
+                }
+                Staged::Fresh { frame: f, hash } => {
+                    if let std::collections::hash_map::Entry::Vacant(e) = self.index.entry(hash) {
+                        e.insert(f);
+                        self.frame_hash[f as usize] = Some(hash);
+                    }
+                    Some(f)
+                }
+                Staged::SameAs { page: j } if !staged.mismatch[i] => {
+                    let f = committed[j];
+                    self.refs[f as usize] += 1;
+                    self.counts.pages_deduplicated += 1;
+                    Some(f)
+                }
+                Staged::SameAs { .. } => None,
+            };
+            let f = match f {
+                Some(f) => f,
+                None => {
+                    // Equal hashes, different bytes: never shared. Rare
+                    // enough to write under the lock.
+                    match self.alloc_frame(requester, 1, now_ms) {
+                        Ok(f) => {
+                            self.pool.write_frame(f, page);
+                            self.refs[f as usize] = 1;
+                            f
+                        }
+                        Err(e) => {
+                            self.unstage(&staged.pages[i + 1..]);
+                            if let Some(m) = self.maps.get_mut(&id) {
+                                m.frames.extend_from_slice(&committed);
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            committed.push(f);
+        }
+        if let Some(m) = self.maps.get_mut(&id) {
+            m.frames.extend_from_slice(&committed);
         }
         Ok(())
     }
@@ -752,7 +961,9 @@ impl PageStore {
         now_ms: u64,
     ) -> Result<u32, StoreError> {
         loop {
-            if let Some(f) = self.free.pop() {
+            // A frame not discarded yet is reused as it is: it is about to be
+            // overwritten whole.
+            if let Some(f) = self.dirty.pop().or_else(|| self.free.pop()) {
                 self.used += 1;
                 self.pool.set_frames_used(self.used);
                 return Ok(f);
@@ -761,7 +972,7 @@ impl PageStore {
                 let f = self.fresh;
                 self.fresh += 1;
                 self.refs.push(0);
-                self.indexed.push(false);
+                self.frame_hash.push(None);
                 self.used += 1;
                 self.pool.set_frames_used(self.used);
                 return Ok(f);
@@ -908,17 +1119,39 @@ impl PageStore {
         if *r > 0 {
             return;
         }
-        if self.indexed[f as usize] {
-            let h = page_hash(self.pool.frame(f));
+        if let Some(h) = self.frame_hash[f as usize].take() {
             if self.index.get(&h) == Some(&f) {
                 self.index.remove(&h);
             }
-            self.indexed[f as usize] = false;
         }
-        self.pool.discard_frame(f);
-        self.free.push(f);
+        // Its memory goes back to the OS outside the lock (take_discards),
+        // unless it is reused first.
+        self.dirty.push(f);
         self.used -= 1;
         self.pool.set_frames_used(self.used);
+    }
+
+    /// Frames freed since the last call, for the caller to discard
+    /// ([`FrameAccess::discard_frame`]) after releasing the store lock, then
+    /// to give back with [`finish_discards`](Self::finish_discards). Until
+    /// then they are not reused.
+    pub fn take_discards(&mut self) -> Vec<u32> {
+        let v = std::mem::take(&mut self.dirty);
+        self.discarding += v.len() as u64;
+        v
+    }
+
+    /// Frames from [`take_discards`](Self::take_discards) were discarded:
+    /// they may be reused.
+    pub fn finish_discards(&mut self, frames: Vec<u32>) {
+        self.discarding = self.discarding.saturating_sub(frames.len() as u64);
+        self.free.extend(frames);
+    }
+
+    /// A handle that writes, compares and discards frames of this store's
+    /// pool outside the store lock (see [`FrameAccess`]'s contract).
+    pub fn frame_access(&self) -> FrameAccess {
+        self.pool.frame_access()
     }
 
     /// Pool-wide numbers.

@@ -447,6 +447,124 @@ fn hostile_acks_and_releases_are_ignored() {
     );
 }
 
+#[test]
+fn staged_pages_are_written_outside_and_shared_only_when_equal() {
+    let mut s = store(0, 100);
+    let a = file(1, 2);
+    let la = s
+        .load_bytes(key(1, a.len() as u64), label("a"), &a, 0)
+        .unwrap();
+    // A batch of 4: a copy of a's page 0, two zero pages, and a page whose
+    // (false) hash is a's page 1's: it must not be shared.
+    let zero = [0u8; 4096];
+    let other = [7u8; 4096];
+    let mut chunk = Vec::new();
+    chunk.extend_from_slice(&a[..4096]);
+    chunk.extend_from_slice(&zero);
+    chunk.extend_from_slice(&zero);
+    chunk.extend_from_slice(&other);
+    let hashes = [
+        page_hash(&a[..4096]),
+        page_hash(&zero),
+        page_hash(&zero),
+        page_hash(&a[4096..]),
+    ];
+    let id = s.begin_load(key(2, 4 * 4096), label("b"), None, 0).unwrap();
+    let mut staged = s.stage_pages(id, &hashes, 0).unwrap();
+    assert!(
+        s.stage_pages(id, &hashes[..1], 0).is_err(),
+        "one batch at a time"
+    );
+    staged.fill(&chunk); // no store borrow: this runs without the lock
+    s.commit_pages(staged, &chunk, 0).unwrap();
+    let lb = s.finish_load(id).unwrap();
+    let fa = s.frames_of(la.file_map_id).unwrap().to_vec();
+    let fb = s.frames_of(lb.file_map_id).unwrap().to_vec();
+    assert_eq!(fb[0], fa[0], "equal bytes shared");
+    assert_eq!(fb[1], fb[2], "equal pages of one batch shared");
+    assert_ne!(fb[3], fa[1], "equal hash, other bytes: not shared");
+    check_served(&s, &lb, &chunk);
+    check_served(&s, &la, &a);
+    assert_eq!(s.counts().pages_deduplicated, 2);
+    assert_eq!(s.counts().frames_used, 4);
+    // A same-hash pair inside a batch with different bytes is not shared
+    // either.
+    let id = s.begin_load(key(3, 2 * 4096), label("c"), None, 0).unwrap();
+    let mut pair = other.to_vec();
+    pair.extend_from_slice(&[9u8; 4096]);
+    let h = page_hash(&[42u8; 4096]);
+    let mut staged = s.stage_pages(id, &[h, h], 0).unwrap();
+    staged.fill(&pair);
+    s.commit_pages(staged, &pair, 0).unwrap();
+    let lc = s.finish_load(id).unwrap();
+    check_served(&s, &lc, &pair);
+}
+
+#[test]
+fn an_unfilled_or_foreign_batch_is_refused_and_released() {
+    let mut s = store(2, 100);
+    let id = s.begin_load(key(1, 8192), label("a"), None, 0).unwrap();
+    let d = file(3, 2);
+    let hashes: Vec<_> = d.chunks(4096).map(page_hash).collect();
+    let staged = s.stage_pages(id, &hashes, 0).unwrap();
+    assert_eq!(s.counts().frames_used, 2);
+    assert!(s.commit_pages(staged, &d, 0).is_err(), "not filled");
+    assert_eq!(s.counts().frames_used, 0, "its frames came back");
+    let mut staged = s.stage_pages(id, &hashes, 0).unwrap();
+    staged.fill(&d[..4096]); // wrong length: fills nothing
+    assert_eq!(
+        s.commit_pages(staged, &d[..4096], 0),
+        Err(StoreError::BadPage(4096))
+    );
+    // A batch of another store is refused without touching this one.
+    let mut other = store(2, 100);
+    let oid = other.begin_load(key(1, 8192), label("a"), None, 0).unwrap();
+    let mut foreign = other.stage_pages(oid, &hashes, 0).unwrap();
+    foreign.fill(&d);
+    assert!(s.commit_pages(foreign, &d, 0).is_err());
+    let mut staged = s.stage_pages(id, &hashes, 0).unwrap();
+    staged.fill(&d);
+    s.commit_pages(staged, &d, 0).unwrap();
+    let l = s.finish_load(id).unwrap();
+    check_served(&s, &l, &d);
+}
+
+#[test]
+fn freed_frames_are_not_reused_while_being_discarded() {
+    let mut s = store(2, 100);
+    let l = s
+        .load_bytes(key(1, 8192), label("a"), &file(1, 2), 0)
+        .unwrap();
+    let old: BTreeSet<u32> = s
+        .frames_of(l.file_map_id)
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    assert_eq!(s.evict_where(|_| true, 0), (1, 0));
+    let taken = s.take_discards();
+    assert_eq!(taken.iter().copied().collect::<BTreeSet<_>>(), old);
+    assert_eq!(s.counts().frames_used, 0);
+    // Being discarded: not handed out (the budget is 2 frames).
+    assert_eq!(
+        s.load_bytes(key(2, 4096), label("b"), &file(2, 1), 0),
+        Err(StoreError::PoolFull)
+    );
+    let access = s.frame_access();
+    for &f in &taken {
+        // SAFETY: handed to us by take_discards.
+        unsafe { access.discard_frame(f) };
+        assert!(s.pool().frame(f).iter().all(|&b| b == 0));
+    }
+    s.finish_discards(taken);
+    // The same bytes load again: no stale index entry survived the free.
+    let l2 = s
+        .load_bytes(key(3, 8192), label("c"), &file(1, 2), 0)
+        .unwrap();
+    check_served(&s, &l2, &file(1, 2));
+    assert_eq!(s.counts().frames_used, 2);
+}
+
 mod props {
     use proptest::prelude::*;
 
@@ -615,6 +733,15 @@ mod props {
                     Op::Tick { ms } => {
                         now += ms as u64;
                         s.tick(now);
+                        // Discard what was freed, as the service does after
+                        // releasing the lock.
+                        let taken = s.take_discards();
+                        let access = s.frame_access();
+                        for &f in &taken {
+                            // SAFETY: handed to us by take_discards.
+                            unsafe { access.discard_frame(f) };
+                        }
+                        s.finish_discards(taken);
                     }
                     Op::ReleaseAll { vm } => {
                         let all = s.is_cut_off(vm.into());

@@ -11,8 +11,11 @@ use std::time::Duration;
 use vmdedup_host_agent::namespace::{GuestIdentity, Namespace, NamespaceConfig, ResolveMode};
 use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
 use vmdedup_host_agent::ring::Hint;
-use vmdedup_host_agent::service::{EventSink, HintResult, HintService, ServiceConfig};
+use vmdedup_host_agent::service::{
+    answer_status, EventSink, HintResult, HintService, ServiceConfig,
+};
 use vmdedup_host_agent::store::{PageStore, StoreConfig, VmId};
+use vmdedup_protocol::abi::AnswerStatus;
 use vmdedup_protocol::control::MissReason;
 use vmdedup_protocol::pool::{PoolGeometry, TableHeader, TableRef, TABLE_HEADER_SIZE};
 
@@ -555,4 +558,35 @@ fn agent_loader_threads_serve_hints() {
     let l = expect_hit(svc.answer(1, &h));
     assert_eq!(guest_read(&svc, &l).0, content(5, 70_000));
     svc.shutdown();
+}
+
+#[test]
+fn agent_quota_misses_are_retryable_and_per_vm() {
+    let s = setup(0, ResolveMode::Openat2);
+    let d = &s.dirs[0].0;
+    std::fs::write(d.join("two"), content(1, 2 * 4096)).unwrap();
+    std::fs::write(d.join("one"), content(2, 4096)).unwrap();
+    std::fs::write(d.join("four"), content(3, 4 * 4096)).unwrap();
+    s.svc.set_vm_quota(1, Some(2));
+    let l2 = expect_hit(hint(&s.svc, 1, 1, b"two", ident(&d.join("two"))));
+    let over = hint(&s.svc, 1, 1, b"one", ident(&d.join("one")));
+    assert_eq!(over, HintResult::Miss(MissReason::OverQuota));
+    assert_eq!(
+        answer_status(MissReason::OverQuota),
+        AnswerStatus::Loading,
+        "the guest asks again later"
+    );
+    assert_eq!(
+        hint(&s.svc, 1, 1, b"four", ident(&d.join("four"))),
+        HintResult::Miss(MissReason::TooLarge)
+    );
+    // VM 2 is not limited by VM 1's quota.
+    let _ = expect_hit(hint(&s.svc, 2, 1, b"one", ident(&d.join("one"))));
+    let _ = expect_hit(hint(&s.svc, 2, 1, b"four", ident(&d.join("four"))));
+    // Released: VM 1 fits again.
+    s.svc.release(1, l2.file_map_id);
+    let _ = expect_hit(hint(&s.svc, 1, 1, b"one", ident(&d.join("one"))));
+    let st = s.svc.status(Some(1));
+    assert_eq!(st.counters.misses.over_quota, 1);
+    assert_eq!(st.counters.misses.too_large, 1);
 }

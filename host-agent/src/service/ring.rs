@@ -37,7 +37,6 @@ pub fn answer_status(m: MissReason) -> AnswerStatus {
         MissReason::NotFound | MissReason::NotRegular => AnswerStatus::NotFound,
         MissReason::BadPath => AnswerStatus::BadRequest,
         MissReason::NoNamespace => AnswerStatus::NamespaceNotAllowed,
-        // Both mean "ask again later" to the guest.
         // Both mean "ask again later" to the guest; so does a full quota
         // (a hit fits again once the VM released something).
         MissReason::Loading | MissReason::PoolFull | MissReason::OverQuota => AnswerStatus::Loading,

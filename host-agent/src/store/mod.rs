@@ -196,6 +196,10 @@ impl Default for StoreConfig {
 enum MapState {
     Loading,
     Live,
+    /// Dead to new hints; dropped once no VM holds it. `waiting`: the
+    /// holders that owe an acknowledgement by `deadline_ms` (not a holder
+    /// whose every reference predates its reinstatement: its new ring knows
+    /// nothing of them).
     Revoking {
         waiting: BTreeSet<VmId>,
         deadline_ms: u64,
@@ -452,13 +456,23 @@ impl PageStore {
     /// ([`vm_reconnected`](Self::vm_reconnected)) or acknowledges the cut-off
     /// ([`release_all`](Self::release_all)).
     pub fn reinstate_vm(&mut self, vm: VmId) {
-        if let Some(v) = self.vms.get_mut(&vm) {
-            if v.cut_off {
-                for h in v.holds.values_mut() {
-                    h.stale = h.refs;
-                }
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return;
+        };
+        if !v.cut_off {
+            return;
+        }
+        for h in v.holds.values_mut() {
+            h.stale = h.refs;
+        }
+        v.cut_off = false;
+        // Its new ring carries no acknowledgement of a revocation sent on
+        // the old one: it owes none (no deadline cuts it off again), and the
+        // maps stay revoking, its holds on them stale, until it reconnects.
+        for m in self.maps.values_mut() {
+            if let MapState::Revoking { waiting, .. } = &mut m.state {
+                waiting.remove(&vm);
             }
-            v.cut_off = false;
         }
     }
 
@@ -593,7 +607,7 @@ impl PageStore {
         let mut done = false;
         if let MapState::Revoking { waiting, .. } = &mut m.state {
             waiting.remove(&vm);
-            done = waiting.is_empty();
+            done = m.holders.is_empty();
         }
         if done {
             self.drop_map(id);
@@ -1039,7 +1053,18 @@ impl PageStore {
         if m.state != MapState::Live {
             return false;
         }
-        let waiting = m.holders.clone();
+        let vms = &self.vms;
+        let waiting: BTreeSet<VmId> = m
+            .holders
+            .iter()
+            .copied()
+            .filter(|vm| {
+                vms.get(vm)
+                    .and_then(|v| v.holds.get(&id))
+                    .is_some_and(|h| h.refs > h.stale)
+            })
+            .collect();
+        let held = !m.holders.is_empty();
         m.state = MapState::Revoking {
             waiting: waiting.clone(),
             deadline_ms: now_ms.saturating_add(self.cfg.ack_timeout_ms),
@@ -1050,7 +1075,7 @@ impl PageStore {
             self.by_key.remove(&key);
         }
         self.pool.revoke_table(offset);
-        if waiting.is_empty() {
+        if !held {
             self.drop_map(id);
             return true;
         }

@@ -312,6 +312,40 @@ fn a_reinstated_vm_keeps_old_holdings_until_it_reconnects() {
 }
 
 #[test]
+fn a_reinstated_vm_owes_no_old_acknowledgement() {
+    let mut s = store(0, 100);
+    s.add_vm(1);
+    let a = s
+        .load_bytes(key(1, 4096), label("a"), &file(1, 1), 0)
+        .unwrap();
+    let b = s
+        .load_bytes(key(2, 4096), label("b"), &file(2, 1), 0)
+        .unwrap();
+    s.hold(1, a.file_map_id).unwrap();
+    s.hold(1, b.file_map_id).unwrap();
+    s.revoke(a.file_map_id, 0);
+    s.tick(100);
+    assert!(s.is_cut_off(1));
+    s.reinstate_vm(1);
+    let _ = s.take_events();
+    // The old revocation's deadline is long past: not cut off again.
+    s.tick(1000);
+    assert!(!s.is_cut_off(1));
+    assert!(s.take_events().is_empty());
+    assert_eq!(s.vm_holdings(1).unwrap().revocations_pending, 0);
+    // Revoking what it holds only from before: nothing to wait for on the
+    // new ring, but the frames stay until it reconnects.
+    assert!(!s.revoke(b.file_map_id, 1000));
+    assert!(s.take_events().is_empty());
+    s.tick(5000);
+    assert!(!s.is_cut_off(1));
+    assert_eq!(s.counts().frames_used, 2);
+    assert!(s.vm_reconnected(1));
+    assert_eq!(s.counts().frames_used, 0);
+    assert_eq!(s.counts().file_maps, 0);
+}
+
+#[test]
 fn holds_are_counted_per_answer() {
     let mut s = store(0, 100);
     s.add_vm(1);
@@ -658,7 +692,7 @@ mod props {
                 assert!(s.vms[vm].holds.contains_key(id), "stray holder");
             }
             if let MapState::Revoking { waiting, .. } = &m.state {
-                assert!(!waiting.is_empty(), "a revoked map nobody waits on");
+                assert!(!m.holders.is_empty(), "a revoked map nobody holds");
                 assert!(waiting.is_subset(&m.holders));
             }
         }

@@ -417,6 +417,31 @@ impl Agent {
         Ok(poller)
     }
 
+    /// The VM is gone for good (its QEMU exited, or the operator says so):
+    /// its ring is closed and forgotten, and everything it held is released,
+    /// including what a cut-off VM kept charged because its page tables might
+    /// still map it. Its ring region file stays; its id is not reused.
+    /// Returns how many file maps it still held.
+    pub fn remove_vm(&self, name: &str) -> Result<u32, AgentError> {
+        let svc = &self.inner.service;
+        let id = svc
+            .vm_id(name)
+            .ok_or_else(|| AgentError::Config(format!("no VM called {name:?}")))?;
+        let held = svc.vms(Some(id)).first().map_or(0, |v| v.maps_held);
+        if let Some(r) = self.inner.rings.lock().ok().and_then(|mut m| m.remove(&id)) {
+            // Should a guest still be there, it falls back to lower.
+            let _ = r.post_event(EventEntry {
+                kind: EVENT_NOTICE,
+                notice: NOTICE_HOST_RESTARTING,
+                ..EventEntry::default()
+            });
+            r.close();
+        }
+        svc.remove_vm(id);
+        tracing::warn!(vm = name, id, maps_released = held, "VM removed");
+        Ok(held)
+    }
+
     /// Serves a cut-off VM again. Its ring region starts over: a new ring is
     /// written into it with a new generation, so the guest drops what it
     /// still had and reconnects, then the VM may hold maps again. Returns

@@ -298,6 +298,20 @@ enum VmCommand {
         /// VM name.
         name: String,
     },
+    /// Forget a VM that is gone (its QEMU exited) and free what it held.
+    ///
+    /// A cut-off VM keeps what it held charged to it, because its page
+    /// tables may still map those frames, until its guest acknowledges or
+    /// reconnects; when the VM is gone for good, this frees them. Its ring is
+    /// closed; its ring region file stays.
+    ///
+    /// Example: vmdedup vm remove vm3
+    Remove {
+        #[command(flatten)]
+        control: ControlArg,
+        /// VM name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -509,6 +523,7 @@ fn cmd_serve(
         .build()?;
     let hook_agent = agent.clone();
     let reinstate_agent = agent.clone();
+    let remove_agent = agent.clone();
     let ctx = Arc::new(ControlContext {
         service: agent.service().clone(),
         vm_add: Some(Box::new(move |name: &str, domain: &str| {
@@ -518,6 +533,9 @@ fn cmd_serve(
             reinstate_agent
                 .reinstate_vm(name)
                 .map_err(|e| e.to_string())
+        })),
+        vm_remove: Some(Box::new(move |name: &str| {
+            remove_agent.remove_vm(name).map_err(|e| e.to_string())
         })),
     });
     let socket = cfg.control_socket.clone();
@@ -719,6 +737,23 @@ fn cmd_vm_reinstate(control: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `vmdedup vm remove`.
+fn cmd_vm_remove(control: &Path, name: &str) -> anyhow::Result<()> {
+    let req = Request::VmRemove {
+        name: bounded(name, "VM name too long")?,
+    };
+    let (name, maps) = rpc!(
+        control,
+        req,
+        Response::VmRemoved { name, maps_released } => (name, maps_released)
+    )?;
+    println!(
+        "{}: removed; {maps} file maps it held released",
+        name.as_str()
+    );
+    Ok(())
+}
+
 /// `vmdedup qemu-args`.
 fn cmd_qemu_args(name: &str, config: &ConfigArgs, ring: &RingSizeArg) -> anyhow::Result<()> {
     let cfg = config.load()?;
@@ -807,6 +842,7 @@ fn run() -> anyhow::Result<()> {
         Command::Vm(VmCommand::Reinstate { control, name }) => {
             cmd_vm_reinstate(&control.control, &name)
         }
+        Command::Vm(VmCommand::Remove { control, name }) => cmd_vm_remove(&control.control, &name),
         Command::QemuArgs { name, config, ring } => cmd_qemu_args(&name, &config, &ring),
         Command::Config(ConfigCommand::New { config, out }) => {
             cmd_config_new(&config, out.as_deref())

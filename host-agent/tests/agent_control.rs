@@ -62,6 +62,7 @@ fn start(tag: &str) -> Agent {
     svc.add_vm(1, "vm1", "default").unwrap();
     let svc2 = svc.clone();
     let svc3 = svc.clone();
+    let svc4 = svc.clone();
     let ctx = Arc::new(ControlContext {
         service: svc,
         vm_add: Some(Box::new(move |name: &str, domain: &str| {
@@ -77,6 +78,14 @@ fn start(tag: &str) -> Agent {
             let was = svc3.is_cut_off(id);
             svc3.reinstate_vm(id);
             Ok(was)
+        })),
+        vm_remove: Some(Box::new(move |name: &str| {
+            let id = svc4
+                .vm_id(name)
+                .ok_or_else(|| format!("no VM called {name:?}"))?;
+            let held = svc4.vms(Some(id)).first().map_or(0, |v| v.maps_held);
+            svc4.remove_vm(id);
+            Ok(held)
         })),
     });
     let host = dir.join("control.sock");
@@ -240,6 +249,7 @@ fn agent_control_host_and_vm_views() {
             domain: name("other"),
         },
         Request::VmReinstate { name: name("vm1") },
+        Request::VmRemove { name: name("vm1") },
     ] {
         let r = control::request(&a.vm1, &denied).unwrap();
         assert!(
@@ -295,6 +305,23 @@ fn agent_control_host_and_vm_views() {
             dropped: 1,
             revoking: 0
         }
+    );
+    // VM remove from the host: vm9 (added above) is forgotten, then unknown.
+    let r = control::request(&a.host, &Request::VmRemove { name: name("vm9") }).unwrap();
+    assert!(
+        matches!(r, Response::VmRemoved { ref name, maps_released: 0 } if name.as_str() == "vm9"),
+        "{r:?}"
+    );
+    let r = control::request(&a.host, &Request::VmRemove { name: name("vm9") }).unwrap();
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ),
+        "{r:?}"
     );
 }
 

@@ -132,6 +132,10 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
         "{vms:?}"
     );
     assert!(agent.service().is_cut_off(1));
+    // Cut off, it keeps what it held charged: its page tables may map it.
+    let vm1 = agent.service().vms(Some(1)).pop().unwrap();
+    assert_eq!(vm1.maps_held, 1, "{vm1:?}");
+    assert_eq!(agent.service().status(None).file_maps, 1);
 
     // Reinstated: the ring starts over with another generation and the VM
     // is served again (the poller may still hold the closed ring a moment).
@@ -149,5 +153,13 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
         !agent.reinstate_vm("vm1").unwrap(),
         "served again: nothing to do"
     );
+    // The old map is still charged (the guest has not reconnected in the
+    // store's eyes): removing the VM frees both.
+    assert_eq!(agent.service().vms(Some(1)).pop().unwrap().maps_held, 2);
+    assert_eq!(agent.remove_vm("vm1").unwrap(), 2);
+    assert!(agent.remove_vm("vm1").is_err(), "gone");
+    let st = agent.service().status(None);
+    assert_eq!(st.counters.pages_mapped, 0);
+    assert_eq!(st.file_maps, 1, "only the new map, unreferenced now");
     agent.shutdown();
 }

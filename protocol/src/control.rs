@@ -95,6 +95,13 @@ pub enum Request {
         /// Name of the VM.
         name: Name,
     },
+    /// The VM is gone for good (its QEMU exited): forget it and free what
+    /// it held, cut off or not ([`Response::VmRemoved`]). Host CLI only.
+    /// (Appended last: variant indices are the wire format.)
+    VmRemove {
+        /// Name of the VM.
+        name: Name,
+    },
 }
 
 /// Why a hint was answered with a miss. Also the keys of [`MissCounts`].
@@ -337,6 +344,14 @@ pub enum Response {
         name: Name,
         /// Whether it was cut off (false: it was served already, nothing done).
         was_cut_off: bool,
+    },
+    /// Answer to [`Request::VmRemove`]. (Appended last: variant indices are
+    /// the wire format.)
+    VmRemoved {
+        /// Name of the VM.
+        name: Name,
+        /// File maps it still held, now released.
+        maps_released: u32,
     },
 }
 

@@ -27,6 +27,7 @@ fn request() -> impl Strategy<Value = Request> {
         (name(), path()).prop_map(|(ns, path)| Request::Evict { ns, path }),
         (name(), name()).prop_map(|(name, domain)| Request::VmAdd { name, domain }),
         name().prop_map(|name| Request::VmReinstate { name }),
+        name().prop_map(|name| Request::VmRemove { name }),
     ]
 }
 

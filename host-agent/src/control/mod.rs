@@ -51,6 +51,10 @@ pub type VmAddHook = dyn Fn(&str, &str) -> Result<PathBuf, String> + Send + Sync
 /// was cut off. Given by the binary (it owns the rings).
 pub type VmReinstateHook = dyn Fn(&str) -> Result<bool, String> + Send + Sync;
 
+/// Forgets a VM that is gone and frees what it held; returns how many file
+/// maps it still held. Given by the binary (it owns the rings).
+pub type VmRemoveHook = dyn Fn(&str) -> Result<u32, String> + Send + Sync;
+
 /// What requests act on.
 pub struct ControlContext {
     /// The service.
@@ -59,6 +63,8 @@ pub struct ControlContext {
     pub vm_add: Option<Box<VmAddHook>>,
     /// `vm reinstate`; `None`: refused.
     pub vm_reinstate: Option<Box<VmReinstateHook>>,
+    /// `vm remove`; `None`: refused.
+    pub vm_remove: Option<Box<VmRemoveHook>>,
 }
 
 impl std::fmt::Debug for ControlContext {
@@ -146,6 +152,21 @@ pub fn handle_request(ctx: &ControlContext, caller: Caller, req: Request) -> Res
             };
             match hook(&name) {
                 Ok(was_cut_off) => Response::VmReinstated { name, was_cut_off },
+                Err(e) => Response::error(ErrorCode::NotFound, &e),
+            }
+        }
+        Request::VmRemove { name } => {
+            if vm.is_some() {
+                return Response::error(ErrorCode::Denied, "vm remove is for the host only");
+            }
+            let Some(hook) = &ctx.vm_remove else {
+                return Response::error(ErrorCode::Denied, "vm remove is not enabled");
+            };
+            match hook(&name) {
+                Ok(maps_released) => Response::VmRemoved {
+                    name,
+                    maps_released,
+                },
                 Err(e) => Response::error(ErrorCode::NotFound, &e),
             }
         }

@@ -23,6 +23,8 @@
 //!   still have those frames in its page tables) until it acknowledges the
 //!   cut-off ([`PageStore::release_all`]), reconnects to its reinstated ring
 //!   ([`PageStore::vm_reconnected`]) or is removed ([`PageStore::remove_vm`]).
+//!   Once reinstated it owes no acknowledgement of a revocation sent on its
+//!   old ring (no deadline cuts it off again for one).
 //! - Each VM may hold at most its quota of pages (`vm_max_held_pages`, or
 //!   its own limit); a hit beyond it is a miss ([`StoreError::OverQuota`]).
 //! - Under pressure: unreferenced maps go first (least recently used first);
@@ -31,6 +33,13 @@
 //!   another VM, are never revoked for someone's load, and an operator's load
 //!   (no requesting VM) revokes nothing. The allocation that needed room fails
 //!   with [`StoreError::PoolFull`] meanwhile.
+//! - Nothing slow happens inside the store: a loader stages pages
+//!   ([`PageStore::stage_pages`]), writes and compares them with the caller's
+//!   lock released ([`StagedPages::fill`], which says why that is sound) and
+//!   commits them ([`PageStore::commit_pages`]); freeing a frame never
+//!   re-hashes it (each frame keeps its index hash), and its memory is
+//!   returned to the OS by the caller after releasing the lock
+//!   ([`PageStore::take_discards`]), before the frame may be reused.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -1,6 +1,7 @@
 //! Loaders: a queued path is resolved in its namespace, read in chunks,
 //! hashed outside the store lock and stored page by page; the path cache
-//! then says where it is, or why it is not.
+//! then says where it is, or why it is not. Jobs come from the per-VM
+//! [load queues](super::queue), taken in turn.
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 use vmdedup_protocol::control::MissReason;
 use vmdedup_protocol::pool::{pages_for_size, FRAME_SIZE};
 
-use super::{file_key, lock, read, CacheEntry, CacheKey, HintService, Shared};
+use super::queue::{LoadJob, Requester};
+use super::{file_key, lock, read, CacheEntry, HintService, Shared};
 use crate::namespace::{HostIdentity, Namespace};
 use crate::store::{page_hash, MapId, MapLabel, StoreError};
 
@@ -31,10 +33,11 @@ impl HintService {
     pub fn load_pending(&self) -> usize {
         let mut n = 0;
         loop {
-            let Some(job) = lock(&self.shared.jobs).pop_front() else {
+            let Some(job) = lock(&self.shared.jobs).pop() else {
                 break;
             };
-            run_job(&self.shared, job);
+            run_job(&self.shared, &job);
+            lock(&self.shared.jobs).done(&job);
             n += 1;
         }
         n
@@ -45,12 +48,7 @@ impl HintService {
     pub fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            let queued = !lock(&self.shared.jobs).is_empty();
-            let busy = queued
-                || lock(&self.shared.cache)
-                    .values()
-                    .any(|e| matches!(e, CacheEntry::Loading));
-            if !busy {
+            if lock(&self.shared.jobs).is_idle() {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -60,16 +58,17 @@ impl HintService {
         }
     }
 
-    /// Loads one file of a namespace now, on the calling thread. Returns its
-    /// page count.
-    pub fn load_now(&self, ns: &Namespace, rel: &[u8]) -> Result<u32, MissReason> {
-        let key: CacheKey = (ns.id(), rel.into());
-        lock(&self.shared.cache).insert(key.clone(), CacheEntry::Loading);
-        run_job(&self.shared, key.clone());
-        match lock(&self.shared.cache).get(&key) {
-            Some(CacheEntry::Ready { host, .. }) => Ok(pages_for_size(host.size) as u32),
-            Some(CacheEntry::Missing { reason, .. }) => Err(*reason),
-            _ => Err(MissReason::IoError),
+    /// Loads one file of a namespace now, on the calling thread, for `by`
+    /// (`None`: the operator). Returns its page count.
+    pub fn load_now(&self, ns: &Namespace, rel: &[u8], by: Requester) -> Result<u32, MissReason> {
+        let job = LoadJob {
+            key: (ns.id(), rel.into()),
+            by,
+        };
+        match run_job(&self.shared, &job) {
+            CacheEntry::Ready { host, .. } => Ok(pages_for_size(host.size) as u32),
+            CacheEntry::Missing { reason, .. } => Err(reason),
+            CacheEntry::Loading => Err(MissReason::IoError),
         }
     }
 }
@@ -83,7 +82,7 @@ fn worker(shared: &Shared) {
                 if shared.stop.load(Ordering::Relaxed) {
                     return;
                 }
-                if let Some(j) = q.pop_front() {
+                if let Some(j) = q.pop() {
                     break j;
                 }
                 q = shared
@@ -93,20 +92,26 @@ fn worker(shared: &Shared) {
                     .unwrap_or_else(|e| e.into_inner().0);
             }
         };
-        run_job(shared, job);
+        run_job(shared, &job);
+        lock(&shared.jobs).done(&job);
     }
 }
 
-/// Loads `key` and records the outcome in the path cache.
-fn run_job(shared: &Shared, key: CacheKey) {
+/// Loads `job` and records the outcome in the path cache; returns it.
+fn run_job(shared: &Shared, job: &LoadJob) -> CacheEntry {
     let now = shared.now_ms();
-    let entry = match load(shared, &key, now) {
-        Ok((host, map)) => CacheEntry::Ready { host, map },
+    let entry = match load(shared, job, now) {
+        Ok((host, map)) => CacheEntry::Ready {
+            host,
+            map,
+            recheck_at_ms: shared.now_ms().saturating_add(shared.cfg.recheck_ms),
+        },
         Err(reason) => {
             let retry_at_ms = (reason == MissReason::IoError)
                 .then(|| shared.now_ms() + shared.cfg.retry_after_ms);
             let drops_seen =
                 (reason == MissReason::PoolFull).then(|| lock(&shared.store).counts().maps_dropped);
+            tracing::trace!(ns = job.key.0, by = ?job.by, ?reason, "load failed");
             CacheEntry::Missing {
                 reason,
                 retry_at_ms,
@@ -114,11 +119,14 @@ fn run_job(shared: &Shared, key: CacheKey) {
             }
         }
     };
-    lock(&shared.cache).insert(key, entry);
+    lock(&shared.cache).insert(job.key.clone(), entry.clone(), shared.now_ms());
+    entry
 }
 
-/// Resolves, reads and stores one file (or finds its version stored).
-fn load(shared: &Shared, key: &CacheKey, now: u64) -> Result<(HostIdentity, MapId), MissReason> {
+/// Resolves, reads and stores one file (or finds its version stored) for
+/// `job.by`.
+fn load(shared: &Shared, job: &LoadJob, now: u64) -> Result<(HostIdentity, MapId), MissReason> {
+    let key = &job.key;
     let ns = read(&shared.namespaces)
         .get(&key.0)
         .cloned()

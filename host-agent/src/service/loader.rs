@@ -65,7 +65,14 @@ impl HintService {
             key: (ns.id(), rel.into()),
             by,
         };
-        match run_job(&self.shared, &job) {
+        // Counted as this requester's load; a hint for the path meanwhile
+        // is not queued again.
+        let counted = lock(&self.shared.jobs).begin(&job);
+        let entry = run_job(&self.shared, &job);
+        if counted {
+            lock(&self.shared.jobs).done(&job);
+        }
+        match entry {
             CacheEntry::Ready { host, .. } => Ok(pages_for_size(host.size) as u32),
             CacheEntry::Missing { reason, .. } => Err(reason),
             CacheEntry::Loading => Err(MissReason::IoError),

@@ -100,6 +100,18 @@ impl LoadQueues {
         None
     }
 
+    /// Counts `job`, run by its caller outside the queues (a warm), as
+    /// running. Returns false, counting nothing, if its path is queued or
+    /// running already; otherwise [`LoadQueues::done`] must follow.
+    pub(super) fn begin(&mut self, job: &LoadJob) -> bool {
+        if !self.keys.insert(job.key.clone()) {
+            return false;
+        }
+        self.lanes.entry(job.by).or_default().running += 1;
+        self.running += 1;
+        true
+    }
+
     /// A job [`LoadQueues::pop`] returned has finished.
     pub(super) fn done(&mut self, job: &LoadJob) {
         self.keys.remove(&job.key);
@@ -192,5 +204,12 @@ mod tests {
         }
         assert!(q.is_idle());
         assert!(q.lanes.is_empty() && q.keys.is_empty() && q.turn.is_empty());
+        // A load run outside the queues counts while it runs.
+        assert!(q.begin(&job(Some(1), 7)));
+        assert!(!q.begin(&job(Some(2), 7)));
+        assert_eq!(q.push(job(Some(2), 7), 2), Push::Duplicate);
+        assert_eq!(q.in_flight(Some(1)), 1);
+        q.done(&job(Some(1), 7));
+        assert!(q.is_idle() && q.lanes.is_empty() && q.keys.is_empty());
     }
 }

@@ -4,7 +4,11 @@
 //!
 //! Every key is a path a guest chose, so nothing here may grow with guest
 //! input: an insert beyond a cap drops the least recently used entries, and
-//! [`PathCache::age`] drops idle ones. Dropping an entry is always safe: a
+//! [`PathCache::age`] drops idle ones. `Ready` entries go last: only a
+//! file that exists on the host makes one, so their number is bounded by
+//! the host's trees, whereas any string makes a `Missing` or `Loading`
+//! entry. A guest flooding made-up paths thus pushes out its own junk (and
+//! other negative entries), not the loaded files the other VMs hit. Dropping an entry is always safe: a
 //! `Ready` entry is found again from the store index by the next load (no
 //! I/O besides the `open`), a `Missing` one is found missing again, and a
 //! `Loading` one whose load is still queued is written back when the load
@@ -53,8 +57,10 @@ struct Slot {
 #[derive(Debug)]
 pub(super) struct PathCache {
     map: HashMap<Arc<CacheKey>, Slot>,
-    /// Least recently used first.
-    order: BTreeMap<u64, Arc<CacheKey>>,
+    /// The `Ready` entries, least recently used first.
+    ready: BTreeMap<u64, Arc<CacheKey>>,
+    /// The other entries, least recently used first.
+    other: BTreeMap<u64, Arc<CacheKey>>,
     next_stamp: u64,
     bytes: usize,
     limits: CacheLimits,
@@ -66,11 +72,16 @@ fn cost(key: &CacheKey) -> usize {
     key.1.len() + ENTRY_OVERHEAD
 }
 
+fn is_ready(e: &CacheEntry) -> bool {
+    matches!(e, CacheEntry::Ready { .. })
+}
+
 impl PathCache {
     pub(super) fn new(limits: CacheLimits) -> Self {
         PathCache {
             map: HashMap::new(),
-            order: BTreeMap::new(),
+            ready: BTreeMap::new(),
+            other: BTreeMap::new(),
             next_stamp: 0,
             bytes: 0,
             limits: CacheLimits {
@@ -90,15 +101,30 @@ impl PathCache {
     /// The entry of `key`, marked as used now.
     pub(super) fn get(&mut self, key: &CacheKey, now_ms: u64) -> Option<CacheEntry> {
         let stamp = self.stamp();
-        let (k, slot) = self.map.get_key_value(key)?;
-        let k = Arc::clone(k);
-        let old = slot.stamp;
-        self.order.remove(&old);
-        self.order.insert(stamp, k);
         let slot = self.map.get_mut(key)?;
+        let (old, ready) = (slot.stamp, is_ready(&slot.entry));
         slot.stamp = stamp;
         slot.used_ms = now_ms;
-        Some(slot.entry.clone())
+        let entry = slot.entry.clone();
+        self.reorder(old, ready, stamp, ready);
+        Some(entry)
+    }
+
+    /// The order index of `Ready` entries or of the others.
+    fn order(&mut self, ready: bool) -> &mut BTreeMap<u64, Arc<CacheKey>> {
+        if ready {
+            &mut self.ready
+        } else {
+            &mut self.other
+        }
+    }
+
+    /// Moves an entry from stamp `old` in its index to stamp `new` in the
+    /// index of its (maybe new) kind.
+    fn reorder(&mut self, old: u64, was_ready: bool, new: u64, now_ready: bool) {
+        if let Some(k) = self.order(was_ready).remove(&old) {
+            self.order(now_ready).insert(new, k);
+        }
     }
 
     /// The entry of `key`, not marking it used.
@@ -109,31 +135,30 @@ impl PathCache {
     /// Replaces the entry of `key` in place if there is one (not marking it
     /// used); returns whether there was.
     pub(super) fn update(&mut self, key: &CacheKey, entry: CacheEntry) -> bool {
-        match self.map.get_mut(key) {
-            Some(s) => {
-                s.entry = entry;
-                true
-            }
-            None => false,
-        }
+        let Some(s) = self.map.get_mut(key) else {
+            return false;
+        };
+        let (stamp, was, now) = (s.stamp, is_ready(&s.entry), is_ready(&entry));
+        s.entry = entry;
+        self.reorder(stamp, was, stamp, now);
+        true
     }
 
     /// Sets the entry of `key`, as used now, then drops the least recently
     /// used entries while a cap is exceeded (never the one just set).
     pub(super) fn insert(&mut self, key: CacheKey, entry: CacheEntry, now_ms: u64) {
         let stamp = self.stamp();
+        let now_ready = is_ready(&entry);
         if let Some(slot) = self.map.get_mut(&key) {
-            let old = slot.stamp;
+            let (old, was) = (slot.stamp, is_ready(&slot.entry));
             slot.entry = entry;
             slot.stamp = stamp;
             slot.used_ms = now_ms;
-            if let Some(k) = self.order.remove(&old) {
-                self.order.insert(stamp, k);
-            }
+            self.reorder(old, was, stamp, now_ready);
         } else {
             self.bytes += cost(&key);
             let k = Arc::new(key);
-            self.order.insert(stamp, Arc::clone(&k));
+            self.order(now_ready).insert(stamp, Arc::clone(&k));
             self.map.insert(
                 k,
                 Slot {
@@ -151,9 +176,10 @@ impl PathCache {
         self.age(now_ms);
     }
 
-    /// Drops the least recently used entry.
+    /// Drops the least recently used entry that is not `Ready`, or if all
+    /// are, the least recently used one.
     fn drop_oldest(&mut self) -> bool {
-        let Some((_, k)) = self.order.pop_first() else {
+        let Some((_, k)) = self.other.pop_first().or_else(|| self.ready.pop_first()) else {
             return false;
         };
         self.bytes -= cost(&k);
@@ -168,19 +194,29 @@ impl PathCache {
             return;
         }
         let cutoff = now_ms.saturating_sub(self.limits.idle_ms);
-        while let Some((_, k)) = self.order.first_key_value() {
-            let idle = self.map.get(&**k).is_none_or(|s| s.used_ms < cutoff);
-            if !idle {
-                break;
+        for ready in [false, true] {
+            loop {
+                let order = if ready { &self.ready } else { &self.other };
+                let Some((&stamp, k)) = order.first_key_value() else {
+                    break;
+                };
+                let idle = self.map.get(&**k).is_none_or(|s| s.used_ms < cutoff);
+                if !idle {
+                    break;
+                }
+                if let Some(k) = self.order(ready).remove(&stamp) {
+                    self.bytes -= cost(&k);
+                    self.map.remove(&*k);
+                    self.dropped += 1;
+                }
             }
-            self.drop_oldest();
         }
     }
 
     /// Drops `key`'s entry.
     pub(super) fn remove(&mut self, key: &CacheKey) {
         if let Some((k, slot)) = self.map.remove_entry(key) {
-            self.order.remove(&slot.stamp);
+            self.order(is_ready(&slot.entry)).remove(&slot.stamp);
             self.bytes -= cost(&k);
         }
     }
@@ -234,11 +270,16 @@ mod tests {
     }
 
     fn check(c: &PathCache) {
-        assert_eq!(c.map.len(), c.order.len());
+        assert_eq!(c.map.len(), c.ready.len() + c.other.len());
         let bytes: usize = c.map.keys().map(|k| cost(k)).sum();
         assert_eq!(bytes, c.bytes);
         for (k, s) in &c.map {
-            assert!(Arc::ptr_eq(&c.order[&s.stamp], k));
+            let order = if is_ready(&s.entry) {
+                &c.ready
+            } else {
+                &c.other
+            };
+            assert!(Arc::ptr_eq(&order[&s.stamp], k));
         }
         assert!(c.map.len() <= c.limits.entries);
         assert!(c.map.len() <= 1 || c.bytes <= c.limits.bytes);
@@ -262,6 +303,56 @@ mod tests {
         assert!(c.peek(&key(0, 8)).is_some());
         assert!(c.peek(&key(3, 8)).is_some());
         assert_eq!(c.dropped(), 1);
+    }
+
+    fn ready() -> CacheEntry {
+        CacheEntry::Ready {
+            host: crate::namespace::HostIdentity {
+                dev: 1,
+                ino: 2,
+                size: 3,
+                mtime_ns: 4,
+            },
+            map: 5,
+            recheck_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_flood_of_made_up_paths_pushes_out_no_loaded_file() {
+        let mut c = PathCache::new(CacheLimits {
+            entries: 100,
+            bytes: 1 << 20,
+            idle_ms: 0,
+        });
+        for i in 0..10 {
+            c.insert(key(i, 8), ready(), 0);
+        }
+        // A path first loading, then loaded, moves to the protected side.
+        c.insert(key(10, 8), CacheEntry::Loading, 0);
+        assert!(c.update(&key(10, 8), ready()));
+        for i in 1000..100_000 {
+            c.insert(key(i, 30), missing(), i as u64);
+            check(&c);
+        }
+        for i in 0..=10 {
+            assert!(
+                matches!(c.peek(&key(i, 8)), Some(CacheEntry::Ready { .. })),
+                "{i}"
+            );
+        }
+        // When everything is Ready, the least recently used Ready goes.
+        let mut c = PathCache::new(CacheLimits {
+            entries: 2,
+            bytes: 1 << 20,
+            idle_ms: 0,
+        });
+        c.insert(key(0, 8), ready(), 0);
+        c.insert(key(1, 8), ready(), 0);
+        c.get(&key(0, 8), 1);
+        c.insert(key(2, 8), ready(), 2);
+        check(&c);
+        assert!(c.peek(&key(1, 8)).is_none());
     }
 
     #[test]

@@ -35,7 +35,9 @@
 //!
 //! # Locks
 //! Each lock is held briefly. Where two are held at once they are taken in
-//! this order: `cache`, `vms`, `store`; `jobs` and `sink` are taken alone;
+//! this order: `cache`, `vms`, `store`, and `cache`, `jobs` (a path is
+//! queued and marked loading at once); `jobs` is never held with `vms` or
+//! `store`; `sink` and `warming` are taken alone;
 //! `namespaces` is written only at construction. Events the store queued are
 //! delivered to the [`EventSink`] after the store lock was released.
 

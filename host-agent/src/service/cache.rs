@@ -4,15 +4,17 @@
 //!
 //! Every key is a path a guest chose, so nothing here may grow with guest
 //! input: an insert beyond a cap drops the least recently used entries, and
-//! [`PathCache::age`] drops idle ones. `Ready` entries go last: only a
-//! file that exists on the host makes one, so their number is bounded by
-//! the host's trees, whereas any string makes a `Missing` or `Loading`
-//! entry. A guest flooding made-up paths thus pushes out its own junk (and
-//! other negative entries), not the loaded files the other VMs hit. Dropping an entry is always safe: a
-//! `Ready` entry is found again from the store index by the next load (no
-//! I/O besides the `open`), a `Missing` one is found missing again, and a
-//! `Loading` one whose load is still queued is written back when the load
-//! finishes (through [`PathCache::insert`], so under the caps again).
+//! aging drops idle ones. `Ready` entries go last: only a file that exists
+//! on the host makes one, so their number is bounded by the host's trees,
+//! whereas any string makes a `Missing` or `Loading` entry. A guest flooding
+//! made-up paths thus pushes out its own junk (and other negative entries),
+//! not the loaded files the other VMs hit.
+//!
+//! Dropping an entry is always safe: a `Ready` entry is found again from the
+//! store index by the next load (no I/O besides the `open`), a `Missing` one
+//! is found missing again, and a `Loading` one whose load is still queued is
+//! written back when the load finishes (through an insert, so under the caps
+//! again).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -249,14 +249,12 @@ impl Agent {
         for ns in &config.namespaces {
             namespaces.push(Namespace::open(ns.clone())?);
         }
-        let service = HintService::new(
-            store,
-            namespaces,
-            ServiceConfig {
-                workers: config.workers,
-                ..ServiceConfig::default()
-            },
-        );
+        let mut service_cfg = ServiceConfig {
+            workers: config.workers,
+            ..ServiceConfig::default()
+        };
+        config.service.apply(&mut service_cfg);
+        let service = HintService::new(store, namespaces, service_cfg);
         let rings: RingMap = Arc::new(Mutex::new(BTreeMap::new()));
         service.set_event_sink(Arc::new(RingEvents {
             rings: Arc::clone(&rings),

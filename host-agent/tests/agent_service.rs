@@ -92,6 +92,7 @@ fn setup(budget_frames: u64, mode: ResolveMode) -> Setup {
             workers: 0,
             chunk_pages: 3,
             retry_after_ms: 0,
+            ..ServiceConfig::default()
         },
     );
     svc.add_vm(1, "vm1", "default").unwrap();

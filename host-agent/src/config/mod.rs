@@ -17,6 +17,15 @@
 //! control_group = "kvm"              # may use the control socket (mode 0660)
 //! ring_dir = "/dev/shm"              # where `vm add` creates ring regions
 //!
+//! [service]                          # bounds on what guests make the agent keep
+//! path_cache_entries = 65536         # paths remembered (least recently used go first)
+//! path_cache_size = "16M"            # bytes of paths remembered (+192 per entry)
+//! path_cache_idle_ms = 600000        # a path not hinted for this long is forgotten
+//! vm_max_loads = 16                  # loads one VM may have queued and running
+//! warm_max_files = 4096              # files one `warm` of a guest loads at most
+//! recheck_ms = 1000                  # how often a path is re-resolved for a guest
+//!                                    # whose copy differs from the cached version
+//!
 //! [[namespace]]
 //! name = "debian12"
 //! id = 1                             # what hints carry; default: position (1-based)
@@ -123,6 +132,98 @@ struct RawNamespace {
     mtime_granularity_ns: Option<u64>,
 }
 
+/// Bounds of the hint service on what guests make the agent keep and do
+/// (the `[service]` table; see [`crate::service::ServiceConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// Most path cache entries.
+    pub path_cache_entries: u64,
+    /// Most path cache bytes.
+    pub path_cache_size: u64,
+    /// A path cache entry not used for this long is dropped (0: never).
+    pub path_cache_idle_ms: u64,
+    /// Most loads one VM may have queued and running.
+    pub vm_max_loads: u64,
+    /// Most files one `warm` of a guest loads.
+    pub warm_max_files: u64,
+    /// Least time between two re-resolutions of a path for guests whose
+    /// copy differs from the cached version.
+    pub recheck_ms: u64,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        let d = crate::service::ServiceConfig::default();
+        ServiceLimits {
+            path_cache_entries: d.cache.entries as u64,
+            path_cache_size: d.cache.bytes as u64,
+            path_cache_idle_ms: d.cache.idle_ms,
+            vm_max_loads: d.vm_max_loads as u64,
+            warm_max_files: d.warm_max_files as u64,
+            recheck_ms: d.recheck_ms,
+        }
+    }
+}
+
+impl ServiceLimits {
+    /// Sets these bounds in a service configuration.
+    pub fn apply(&self, c: &mut crate::service::ServiceConfig) {
+        let us = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        c.cache.entries = us(self.path_cache_entries);
+        c.cache.bytes = us(self.path_cache_size);
+        c.cache.idle_ms = self.path_cache_idle_ms;
+        c.vm_max_loads = us(self.vm_max_loads);
+        c.warm_max_files = us(self.warm_max_files);
+        c.recheck_ms = self.recheck_ms;
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v, min) in [
+            ("path_cache_entries", self.path_cache_entries, 1),
+            ("path_cache_size", self.path_cache_size, 4096),
+            ("vm_max_loads", self.vm_max_loads, 1),
+            ("warm_max_files", self.warm_max_files, 1),
+        ] {
+            if v < min {
+                return Err(ConfigError::Invalid(format!(
+                    "[service] {key} = {v} is below {min}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    path_cache_entries: Option<u64>,
+    path_cache_size: Option<String>,
+    path_cache_idle_ms: Option<u64>,
+    vm_max_loads: Option<u64>,
+    warm_max_files: Option<u64>,
+    recheck_ms: Option<u64>,
+}
+
+impl RawService {
+    fn cook(self) -> Result<ServiceLimits, ConfigError> {
+        let d = ServiceLimits::default();
+        Ok(ServiceLimits {
+            path_cache_entries: self.path_cache_entries.unwrap_or(d.path_cache_entries),
+            path_cache_size: self
+                .path_cache_size
+                .as_deref()
+                .map(parse_size)
+                .transpose()?
+                .unwrap_or(d.path_cache_size),
+            path_cache_idle_ms: self.path_cache_idle_ms.unwrap_or(d.path_cache_idle_ms),
+            vm_max_loads: self.vm_max_loads.unwrap_or(d.vm_max_loads),
+            warm_max_files: self.warm_max_files.unwrap_or(d.warm_max_files),
+            recheck_ms: self.recheck_ms.unwrap_or(d.recheck_ms),
+        })
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -135,6 +236,8 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
     ring_dir: Option<PathBuf>,
+    #[serde(default)]
+    service: RawService,
     #[serde(default)]
     namespace: Vec<RawNamespace>,
     #[serde(default)]
@@ -163,6 +266,8 @@ pub struct AgentConfig {
     pub control_group: Option<String>,
     /// Directory of ring region files.
     pub ring_dir: PathBuf,
+    /// Bounds of the hint service.
+    pub service: ServiceLimits,
     /// Namespaces.
     pub namespaces: Vec<NamespaceConfig>,
     /// VMs.
@@ -181,6 +286,7 @@ impl Default for AgentConfig {
             control_socket: PathBuf::from("/run/vmdedup/control.sock"),
             control_group: None,
             ring_dir: PathBuf::from("/dev/shm"),
+            service: ServiceLimits::default(),
             namespaces: Vec::new(),
             vms: Vec::new(),
         }
@@ -275,6 +381,7 @@ impl AgentConfig {
             control_socket: raw.control_socket.unwrap_or(d.control_socket),
             control_group: raw.control_group,
             ring_dir: raw.ring_dir.unwrap_or(d.ring_dir),
+            service: raw.service.cook()?,
             namespaces: Vec::new(),
             vms: raw.vm,
         };
@@ -393,6 +500,7 @@ impl AgentConfig {
                 self.pool_size
             )));
         }
+        self.service.validate()?;
         let mut names = std::collections::BTreeSet::new();
         let mut ids = std::collections::BTreeSet::new();
         for n in &self.namespaces {
@@ -526,6 +634,22 @@ max_held = "1M"
     }
 
     #[test]
+    fn service_bounds_parse_and_reach_the_service() {
+        let c = AgentConfig::from_toml(
+            "[service]\npath_cache_entries = 10\npath_cache_size = \"1M\"\n\
+             vm_max_loads = 3\nrecheck_ms = 0",
+        )
+        .unwrap();
+        let mut s = crate::service::ServiceConfig::default();
+        c.service.apply(&mut s);
+        assert_eq!((s.cache.entries, s.cache.bytes), (10, 1 << 20));
+        assert_eq!((s.vm_max_loads, s.recheck_ms), (3, 0));
+        let d = crate::service::ServiceConfig::default();
+        assert_eq!(s.warm_max_files, d.warm_max_files, "defaults kept");
+        assert_eq!(s.cache.idle_ms, d.cache.idle_ms);
+    }
+
+    #[test]
     fn bad_configs_are_errors() {
         for bad in [
             "pool_size = \"3M\"",
@@ -536,6 +660,9 @@ max_held = "1M"
             "budget = \"lots\"",
             "vm_max_held = \"lots\"",
             "[[vm]]\nname = \"a\"\nmax_held = \"x\"",
+            "[service]\nvm_max_loads = 0",
+            "[service]\npath_cache_size = \"1K\"",
+            "[service]\nqueue = 3",
         ] {
             assert!(AgentConfig::from_toml(bad).is_err(), "{bad}");
         }

@@ -98,6 +98,22 @@ impl AgentConfig {
             let _ = writeln!(t, "control_group = {}", quoted(g));
         }
         let _ = writeln!(t, "ring_dir = {}", path("ring_dir", &self.ring_dir)?);
+        let l = &self.service;
+        let _ = writeln!(t, "\n[service]");
+        for (key, v) in [
+            ("path_cache_entries", l.path_cache_entries),
+            ("path_cache_idle_ms", l.path_cache_idle_ms),
+            ("vm_max_loads", l.vm_max_loads),
+            ("warm_max_files", l.warm_max_files),
+            ("recheck_ms", l.recheck_ms),
+        ] {
+            let _ = writeln!(t, "{key} = {}", int(key, v)?);
+        }
+        let _ = writeln!(
+            t,
+            "path_cache_size = {}",
+            quoted(&format_size(l.path_cache_size))
+        );
         for n in &self.namespaces {
             let domains: Vec<String> = n.domains.iter().map(|d| quoted(d)).collect();
             let _ = writeln!(t, "\n[[namespace]]");
@@ -135,7 +151,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::{parse_size, VmConfig};
+    use super::super::{parse_size, ServiceLimits, VmConfig};
     use super::*;
     use crate::namespace::NamespaceConfig;
 
@@ -255,6 +271,8 @@ mod tests {
             control in text(),
             group in prop::option::of(text()),
             ring_dir in text(),
+            limits in (1..=i64::MAX as u64, 4096..=i64::MAX as u64, 0..=i64::MAX as u64,
+                       1..=i64::MAX as u64, 1..=i64::MAX as u64, 0..=i64::MAX as u64),
             namespaces in prop::collection::vec(namespace(), 0..4),
             vms in prop::collection::vec(vm(), 0..4),
         ) {
@@ -268,6 +286,14 @@ mod tests {
                 control_socket: control.into(),
                 control_group: group,
                 ring_dir: ring_dir.into(),
+                service: ServiceLimits {
+                    path_cache_entries: limits.0,
+                    path_cache_size: limits.1,
+                    path_cache_idle_ms: limits.2,
+                    vm_max_loads: limits.3,
+                    warm_max_files: limits.4,
+                    recheck_ms: limits.5,
+                },
                 namespaces,
                 vms,
             };

@@ -112,6 +112,9 @@ pub fn handle_request(ctx: &ControlContext, caller: Caller, req: Request) -> Res
                 pages: p.pages,
                 skipped: p.skipped,
             },
+            Err(e @ crate::service::ServiceError::Busy) => {
+                Response::error(ErrorCode::Denied, &e.to_string())
+            }
             Err(e) => Response::error(ErrorCode::NotFound, &e.to_string()),
         },
         Request::Evict { ns, path } => {

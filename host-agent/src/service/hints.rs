@@ -7,6 +7,7 @@ use std::time::Instant;
 use vmdedup_protocol::control::MissReason;
 use vmdedup_protocol::pool::TableRef;
 
+use super::queue::{LoadJob, Push, Requester};
 use super::{lock, CacheEntry, CacheKey, HintService};
 use crate::namespace::{check_rel_path, GuestIdentity};
 use crate::ring::handler::Hint;
@@ -52,10 +53,21 @@ impl HintService {
         }
         let now = self.now_ms();
         let key: CacheKey = (hint.namespace_id, hint.path.into());
-        let entry = lock(&self.shared.cache).get(&key).cloned();
+        let entry = lock(&self.shared.cache).get(&key, now);
         match entry {
-            Some(CacheEntry::Ready { host, map }) => {
+            Some(CacheEntry::Ready {
+                host,
+                map,
+                recheck_at_ms,
+            }) => {
                 if !host.matches(&guest_identity(hint), ns.config().mtime_granularity_ns) {
+                    // The host file may have changed to the guest's version
+                    // since it was resolved: look again (in a loader, at
+                    // most every `recheck_ms` for this path). Until then
+                    // the cached version stands.
+                    if recheck_at_ms <= now && self.recheck(key, vm, now) {
+                        return HintResult::Miss(MissReason::Loading);
+                    }
                     return HintResult::Miss(MissReason::IdentityMismatch);
                 }
                 match self.with_store(|s| s.hold(vm, map)) {
@@ -72,7 +84,14 @@ impl HintService {
                     }
                 }
             }
-            Some(CacheEntry::Loading) => HintResult::Miss(MissReason::Loading),
+            Some(CacheEntry::Loading) => {
+                // Normally queued or running; if its job was lost (the
+                // entry outlived a bound), queue it again.
+                if !lock(&self.shared.jobs).contains(&key) {
+                    self.enqueue(key, Some(vm));
+                }
+                HintResult::Miss(MissReason::Loading)
+            }
             Some(CacheEntry::Missing {
                 reason,
                 retry_at_ms,
@@ -94,17 +113,63 @@ impl HintService {
         }
     }
 
-    /// Queues a load of `key` for `requester` unless one is queued or running.
-    pub(super) fn enqueue(&self, key: CacheKey, requester: Option<VmId>) {
-        {
+    /// Queues a load of `key` for `by` unless one is queued or running, and
+    /// marks it loading. Past `by`'s bound of loads nothing is queued or
+    /// cached: the guest is answered "loading" and asks again later.
+    pub(super) fn enqueue(&self, key: CacheKey, by: Requester) -> Push {
+        let now = self.now_ms();
+        let push = {
             let mut c = lock(&self.shared.cache);
-            if matches!(c.get(&key), Some(CacheEntry::Loading)) {
-                return;
+            let push = lock(&self.shared.jobs).push(
+                LoadJob {
+                    key: key.clone(),
+                    by,
+                },
+                self.shared.cfg.vm_max_loads,
+            );
+            if push == Push::Queued {
+                c.insert(key, CacheEntry::Loading, now);
             }
-            c.insert(key.clone(), CacheEntry::Loading);
+            push
+        };
+        if push == Push::Queued {
+            self.shared.jobs_cv.notify_one();
         }
-        lock(&self.shared.jobs).push_back((key, requester));
-        self.shared.jobs_cv.notify_one();
+        push
+    }
+
+    /// Queues a second look at a `Ready` path whose host file may have
+    /// changed, keeping the entry (other guests still hit it) but pushing
+    /// its next recheck out. Returns whether a look is queued or running.
+    fn recheck(&self, key: CacheKey, vm: VmId, now: u64) -> bool {
+        let mut c = lock(&self.shared.cache);
+        let push = lock(&self.shared.jobs).push(
+            LoadJob {
+                key: key.clone(),
+                by: Some(vm),
+            },
+            self.shared.cfg.vm_max_loads,
+        );
+        match push {
+            Push::Queued => {
+                if let Some(CacheEntry::Ready { host, map, .. }) = c.peek(&key).cloned() {
+                    c.update(
+                        &key,
+                        CacheEntry::Ready {
+                            host,
+                            map,
+                            recheck_at_ms: now.saturating_add(self.shared.cfg.recheck_ms),
+                        },
+                    );
+                }
+                drop(c);
+                self.shared.jobs_cv.notify_one();
+                true
+            }
+            Push::Duplicate => true,
+            // This VM is at its bound: it asks again later.
+            Push::Full => true,
+        }
     }
 
     /// The VM let go of a map (it closed the file).

@@ -1,6 +1,7 @@
 //! Loaders: a queued path is resolved in its namespace, read in chunks,
 //! hashed outside the store lock and stored page by page; the path cache
-//! then says where it is, or why it is not.
+//! then says where it is, or why it is not. Jobs come from the per-VM
+//! [load queues](super::queue), taken in turn.
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -12,9 +13,10 @@ use std::time::{Duration, Instant};
 use vmdedup_protocol::control::MissReason;
 use vmdedup_protocol::pool::{pages_for_size, FRAME_SIZE};
 
-use super::{file_key, lock, read, CacheEntry, CacheKey, HintService, Shared};
+use super::queue::{LoadJob, Requester};
+use super::{file_key, lock, read, CacheEntry, HintService, Shared};
 use crate::namespace::{HostIdentity, Namespace};
-use crate::store::{page_hash, MapId, MapLabel, StoreError, VmId};
+use crate::store::{page_hash, MapId, MapLabel, StoreError};
 
 /// Starts loader thread number `i`.
 pub(super) fn spawn_worker(shared: &Arc<Shared>, i: usize) -> JoinHandle<()> {
@@ -31,10 +33,11 @@ impl HintService {
     pub fn load_pending(&self) -> usize {
         let mut n = 0;
         loop {
-            let Some((job, requester)) = lock(&self.shared.jobs).pop_front() else {
+            let Some(job) = lock(&self.shared.jobs).pop() else {
                 break;
             };
-            run_job(&self.shared, job, requester);
+            run_job(&self.shared, &job);
+            lock(&self.shared.jobs).done(&job);
             n += 1;
         }
         n
@@ -45,12 +48,7 @@ impl HintService {
     pub fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            let queued = !lock(&self.shared.jobs).is_empty();
-            let busy = queued
-                || lock(&self.shared.cache)
-                    .values()
-                    .any(|e| matches!(e, CacheEntry::Loading));
-            if !busy {
+            if lock(&self.shared.jobs).is_idle() {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -60,21 +58,24 @@ impl HintService {
         }
     }
 
-    /// Loads one file of a namespace now, on the calling thread, for
-    /// `requester` (`None`: the operator). Returns its page count.
-    pub fn load_now(
-        &self,
-        ns: &Namespace,
-        rel: &[u8],
-        requester: Option<VmId>,
-    ) -> Result<u32, MissReason> {
-        let key: CacheKey = (ns.id(), rel.into());
-        lock(&self.shared.cache).insert(key.clone(), CacheEntry::Loading);
-        run_job(&self.shared, key.clone(), requester);
-        match lock(&self.shared.cache).get(&key) {
-            Some(CacheEntry::Ready { host, .. }) => Ok(pages_for_size(host.size) as u32),
-            Some(CacheEntry::Missing { reason, .. }) => Err(*reason),
-            _ => Err(MissReason::IoError),
+    /// Loads one file of a namespace now, on the calling thread, for `by`
+    /// (`None`: the operator). Returns its page count.
+    pub fn load_now(&self, ns: &Namespace, rel: &[u8], by: Requester) -> Result<u32, MissReason> {
+        let job = LoadJob {
+            key: (ns.id(), rel.into()),
+            by,
+        };
+        // Counted as this requester's load; a hint for the path meanwhile
+        // is not queued again.
+        let counted = lock(&self.shared.jobs).begin(&job);
+        let entry = run_job(&self.shared, &job);
+        if counted {
+            lock(&self.shared.jobs).done(&job);
+        }
+        match entry {
+            CacheEntry::Ready { host, .. } => Ok(pages_for_size(host.size) as u32),
+            CacheEntry::Missing { reason, .. } => Err(reason),
+            CacheEntry::Loading => Err(MissReason::IoError),
         }
     }
 }
@@ -88,7 +89,7 @@ fn worker(shared: &Shared) {
                 if shared.stop.load(Ordering::Relaxed) {
                     return;
                 }
-                if let Some(j) = q.pop_front() {
+                if let Some(j) = q.pop() {
                     break j;
                 }
                 q = shared
@@ -98,20 +99,26 @@ fn worker(shared: &Shared) {
                     .unwrap_or_else(|e| e.into_inner().0);
             }
         };
-        run_job(shared, job.0, job.1);
+        run_job(shared, &job);
+        lock(&shared.jobs).done(&job);
     }
 }
 
-/// Loads `key` for `requester` and records the outcome in the path cache.
-fn run_job(shared: &Shared, key: CacheKey, requester: Option<VmId>) {
+/// Loads `job` and records the outcome in the path cache; returns it.
+fn run_job(shared: &Shared, job: &LoadJob) -> CacheEntry {
     let now = shared.now_ms();
-    let entry = match load(shared, &key, requester, now) {
-        Ok((host, map)) => CacheEntry::Ready { host, map },
+    let entry = match load(shared, job, now) {
+        Ok((host, map)) => CacheEntry::Ready {
+            host,
+            map,
+            recheck_at_ms: shared.now_ms().saturating_add(shared.cfg.recheck_ms),
+        },
         Err(reason) => {
             let retry_at_ms = (reason == MissReason::IoError)
                 .then(|| shared.now_ms() + shared.cfg.retry_after_ms);
             let drops_seen =
                 (reason == MissReason::PoolFull).then(|| lock(&shared.store).counts().maps_dropped);
+            tracing::trace!(ns = job.key.0, by = ?job.by, ?reason, "load failed");
             CacheEntry::Missing {
                 reason,
                 retry_at_ms,
@@ -119,16 +126,14 @@ fn run_job(shared: &Shared, key: CacheKey, requester: Option<VmId>) {
             }
         }
     };
-    lock(&shared.cache).insert(key, entry);
+    lock(&shared.cache).insert(job.key.clone(), entry.clone(), shared.now_ms());
+    entry
 }
 
-/// Resolves, reads and stores one file (or finds its version stored).
-fn load(
-    shared: &Shared,
-    key: &CacheKey,
-    requester: Option<VmId>,
-    now: u64,
-) -> Result<(HostIdentity, MapId), MissReason> {
+/// Resolves, reads and stores one file (or finds its version stored) for
+/// `job.by`.
+fn load(shared: &Shared, job: &LoadJob, now: u64) -> Result<(HostIdentity, MapId), MissReason> {
+    let key = &job.key;
     let ns = read(&shared.namespaces)
         .get(&key.0)
         .cloned()
@@ -144,7 +149,7 @@ fn load(
         path: String::from_utf8_lossy(&key.1).into_owned(),
     };
     let id = shared
-        .store_op(|s| s.begin_load(fkey, label, requester, now))
+        .store_op(|s| s.begin_load(fkey, label, job.by, now))
         .map_err(store_miss)?;
     let frame = FRAME_SIZE as usize;
     let chunk_pages = shared.cfg.chunk_pages.max(1);

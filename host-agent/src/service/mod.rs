@@ -11,6 +11,8 @@
 //! | `mod.rs` | the shared state, start and stop, event delivery |
 //! | [`vms`] | the VM registry and which namespaces a VM may use |
 //! | [`hints`] | answering a hint from the path cache and the store index |
+//! | [`cache`] | the path cache, bounded and aged |
+//! | [`queue`] | per-VM load queues, bounded, served in turn |
 //! | [`loader`] | loader threads: a file read, hashed and stored |
 //! | [`warm`] | preloading and evicting namespace trees |
 //! | [`reports`] | status, VM, namespace and file listings |
@@ -21,15 +23,27 @@
 //! the store index; an unknown path is queued for a loader thread and
 //! answered "loading" ([`MissReason::Loading`]); the next hint for it hits.
 //!
+//! # Bounds
+//! Nothing a guest sends grows the agent without limit: the path cache is
+//! capped in entries and bytes and ages ([`CacheLimits`]); each VM has its
+//! own load queue, bounded in loads queued plus running
+//! ([`ServiceConfig::vm_max_loads`]; past it a hint is answered "loading"
+//! without queueing) and served in turn with the other VMs'; a VM warms one
+//! tree at a time, of at most [`ServiceConfig::warm_max_files`] files. The
+//! other per-VM state (counters, holdings) is keyed by VMs the operator
+//! registered, not by anything a guest names.
+//!
 //! # Locks
 //! Each lock is held briefly. Where two are held at once they are taken in
-//! this order: `cache`, `vms`, `store`; `jobs` and `sink` are taken alone;
+//! this order: `cache`, `vms`, `store`, and `cache`, `jobs` (a path is
+//! queued and marked loading at once); `jobs` is never held with `vms` or
+//! `store`; `sink` and `warming` are taken alone;
 //! `namespaces` is written only at construction. Events the store queued are
 //! delivered to the [`EventSink`] after the store lock was released, and the
 //! memory of frames it freed is returned to the OS then too
 //! ([`PageStore::take_discards`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
@@ -43,15 +57,19 @@ use crate::pool::FrameAccess;
 use crate::stats::Stats;
 use crate::store::{FileKey, MapId, PageStore, StoreEvent, VmId};
 
+pub mod cache;
 pub mod hints;
 pub mod loader;
+pub mod queue;
 pub mod reports;
 pub mod ring;
 pub mod ticker;
 pub mod vms;
 pub mod warm;
 
+pub use cache::CacheLimits;
 pub use hints::HintResult;
+pub use queue::Requester;
 pub use ring::answer_status;
 pub use warm::WarmProgress;
 
@@ -74,6 +92,18 @@ pub struct ServiceConfig {
     /// After an I/O error, how long before a hint triggers another load (a
     /// full pool is retried as soon as a file map was dropped).
     pub retry_after_ms: u64,
+    /// Bounds of the path cache.
+    pub cache: CacheLimits,
+    /// Most loads one VM may have queued and running; past it its hints
+    /// for paths not loaded are answered "loading" without queueing.
+    pub vm_max_loads: usize,
+    /// A guest whose copy of a loaded file differs from the cached host
+    /// version has the path resolved again, at most this often per path
+    /// (the host file may have changed too).
+    pub recheck_ms: u64,
+    /// Most files one `warm` request of a guest loads (the operator's are
+    /// not limited).
+    pub warm_max_files: usize,
 }
 
 impl Default for ServiceConfig {
@@ -82,6 +112,10 @@ impl Default for ServiceConfig {
             workers: 2,
             chunk_pages: 256,
             retry_after_ms: 100,
+            cache: CacheLimits::default(),
+            vm_max_loads: 16,
+            recheck_ms: 1_000,
+            warm_max_files: 4_096,
         }
     }
 }
@@ -101,6 +135,9 @@ pub enum ServiceError {
     /// Invalid VM or domain name.
     #[error("invalid name {0:?}")]
     BadName(String),
+    /// The VM has a `warm` running already.
+    #[error("a warm of this VM is running")]
+    Busy,
 }
 
 /// What the service knows about a path of a namespace.
@@ -108,8 +145,13 @@ pub enum ServiceError {
 enum CacheEntry {
     /// Queued for, or being read by, a loader.
     Loading,
-    /// Loaded: the host file's identity and its live map.
-    Ready { host: HostIdentity, map: MapId },
+    /// Loaded: the host file's identity and its live map. A guest whose
+    /// copy differs has the path resolved again, not before `recheck_at_ms`.
+    Ready {
+        host: HostIdentity,
+        map: MapId,
+        recheck_at_ms: u64,
+    },
     /// `retry_at_ms`: I/O errors are retried after a delay; `drops_seen`: a
     /// full pool is retried once a map was dropped since.
     Missing {
@@ -140,11 +182,11 @@ struct Shared {
     frames: FrameAccess,
     namespaces: RwLock<BTreeMap<u32, Arc<Namespace>>>,
     vms: RwLock<BTreeMap<VmId, vms::VmInfo>>,
-    cache: Mutex<HashMap<CacheKey, CacheEntry>>,
-    /// Queued loads, each with the VM whose hint queued it (`None`: the
-    /// operator).
-    jobs: Mutex<VecDeque<(CacheKey, Option<VmId>)>>,
+    cache: Mutex<cache::PathCache>,
+    jobs: Mutex<queue::LoadQueues>,
     jobs_cv: Condvar,
+    /// VMs with a `warm` running.
+    warming: Mutex<BTreeSet<VmId>>,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
     stats: Stats,
     cfg: ServiceConfig,
@@ -238,9 +280,10 @@ impl HintService {
             frames,
             namespaces: RwLock::new(ns),
             vms: RwLock::new(BTreeMap::new()),
-            cache: Mutex::new(HashMap::new()),
-            jobs: Mutex::new(VecDeque::new()),
+            cache: Mutex::new(cache::PathCache::new(cfg.cache)),
+            jobs: Mutex::new(queue::LoadQueues::default()),
             jobs_cv: Condvar::new(),
+            warming: Mutex::new(BTreeSet::new()),
             sink: RwLock::new(None),
             stats: Stats::default(),
             cfg,
@@ -279,6 +322,29 @@ impl HintService {
         for t in threads {
             let _ = t.join();
         }
+    }
+
+    /// Path cache entries and bytes charged (see [`cache::ENTRY_OVERHEAD`]).
+    pub fn path_cache_size(&self) -> (usize, usize) {
+        let c = lock(&self.shared.cache);
+        (c.len(), c.bytes())
+    }
+
+    /// Path cache entries dropped by its caps or by age so far.
+    pub fn path_cache_dropped(&self) -> u64 {
+        lock(&self.shared.cache).dropped()
+    }
+
+    /// Loads queued (not running), and hints not queued because their VM
+    /// had its bound of loads so far.
+    pub fn load_queue_size(&self) -> (usize, u64) {
+        let q = lock(&self.shared.jobs);
+        (q.queued(), q.refused())
+    }
+
+    /// Loads queued or running for `by`.
+    pub fn loads_in_flight(&self, by: Requester) -> usize {
+        lock(&self.shared.jobs).in_flight(by)
     }
 
     /// Runs `f` on the store (tests, fake guests reading the pool).

@@ -4,6 +4,27 @@
 use super::{file_key, lock, CacheEntry, HintService, ServiceError};
 use crate::store::VmId;
 
+/// A VM's one running warm; ends when dropped.
+struct WarmTurn<'a> {
+    svc: &'a HintService,
+    vm: VmId,
+}
+
+impl<'a> WarmTurn<'a> {
+    fn take(svc: &'a HintService, vm: VmId) -> Result<Self, ServiceError> {
+        if !lock(&svc.shared.warming).insert(vm) {
+            return Err(ServiceError::Busy);
+        }
+        Ok(WarmTurn { svc, vm })
+    }
+}
+
+impl Drop for WarmTurn<'_> {
+    fn drop(&mut self) {
+        lock(&self.svc.shared.warming).remove(&self.vm);
+    }
+}
+
 /// Progress of a warm-up, for a progress bar.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WarmProgress {
@@ -20,7 +41,12 @@ pub struct WarmProgress {
 impl HintService {
     /// Preloads `rel` (a file or a directory; empty: the whole namespace) of
     /// namespace `ns_name`, on the calling thread, reporting progress after
-    /// every file. `vm` restricts to the namespaces that VM may use.
+    /// every file. `vm` restricts to the namespaces that VM may use, and
+    /// bounds the work: one warm of a VM at a time ([`ServiceError::Busy`]
+    /// otherwise), loading at most [`ServiceConfig::warm_max_files`] files
+    /// (the rest are counted skipped), charged to that VM.
+    ///
+    /// [`ServiceConfig::warm_max_files`]: super::ServiceConfig::warm_max_files
     pub fn warm(
         &self,
         ns_name: &str,
@@ -31,13 +57,26 @@ impl HintService {
         let ns = self
             .namespace_named(ns_name, vm)
             .ok_or_else(|| ServiceError::NoNamespace(ns_name.to_string()))?;
+        let _turn = match vm {
+            Some(v) => Some(WarmTurn::take(self, v)?),
+            None => None,
+        };
         let files = ns.list_files(rel)?;
         let mut p = WarmProgress {
             files_total: files.len() as u64,
             ..WarmProgress::default()
         };
         progress(&p);
-        for f in files {
+        let limit = match vm {
+            Some(_) => self.shared.cfg.warm_max_files,
+            None => usize::MAX,
+        };
+        for (i, f) in files.into_iter().enumerate() {
+            if i >= limit {
+                p.skipped += 1;
+                p.files_done += 1;
+                continue;
+            }
             match self.load_now(&ns, &f, vm) {
                 Ok(pages) => p.pages += pages as u64,
                 Err(_) => p.skipped += 1,
@@ -81,10 +120,15 @@ impl HintService {
         Ok(r)
     }
 
+    /// Whether VM `vm` has a warm running.
+    pub fn is_warming(&self, vm: VmId) -> bool {
+        lock(&self.shared.warming).contains(&vm)
+    }
+
     /// Whether a cached answer still names the live map of its file version.
     fn map_is_live(&self, e: &CacheEntry) -> bool {
         match e {
-            CacheEntry::Ready { host, map } => {
+            CacheEntry::Ready { host, map, .. } => {
                 lock(&self.shared.store).lookup(&file_key(host)) == Some(*map)
             }
             _ => true,

@@ -10,6 +10,12 @@
  *                             bytes, absurd indices, and crafted hints (path
  *                             escapes, NUL, huge lengths, bad slots), for
  *                             SECONDS; prints what it sent
+ *   hostile flood N [NS]      write N hints for distinct paths (that do not
+ *                             exist) of namespace NS (default 1) into this
+ *                             guest's ring as fast as the ring takes them,
+ *                             reaping the answers itself; the vmdedup module
+ *                             must be unloaded (it owns the ring otherwise).
+ *                             Prints what was sent and answered, and the rate
  *
  * Build: gcc -static -O2 -o hostile hostile.c
  */
@@ -35,6 +41,14 @@
 #define SLOT_AREA 96
 #define SQE_SIZE 256
 #define SQE_INLINE 96
+#define CQ_AREA 64
+#define CQ_HEAD 256
+#define CQ_TAIL 320
+#define CQE_SIZE 64
+#define SQE_INLINE_MAX (SQE_SIZE - SQE_INLINE)
+#define PATH_SLOT_SIZE 4096
+#define HINT_FLAG_PATH_IN_SLOT 1
+#define ANSWER_STATUSES 16
 
 static volatile uint8_t *map_bar(uint64_t want, size_t *len, int writable)
 {
@@ -203,12 +217,140 @@ static int ring(int seconds)
 	return 0;
 }
 
+static uint32_t load32(volatile uint8_t *p, size_t off)
+{
+	return __atomic_load_n((uint32_t *)(p + off), __ATOMIC_ACQUIRE);
+}
+
+/* Path number i: distinct for every i, of varied length (most inline in the
+ * entry, some in a path slot), components shorter than NAME_MAX. */
+static size_t flood_path(uint64_t i, char *buf, size_t max)
+{
+	size_t n = (size_t)snprintf(buf, max, "flood/%llx/", (unsigned long long)i);
+	size_t len = (i % 8 == 0) ? 2000 : (i % 8 < 3) ? 300 : 60;
+
+	if (len > max)
+		len = max;
+	while (n < len) {
+		buf[n] = (n % 200 == 0) ? '/' : (char)('a' + n % 26);
+		n++;
+	}
+	return n;
+}
+
+static double now_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static int flood(unsigned long n, uint32_t ns)
+{
+	size_t len;
+	volatile uint8_t *r = map_bar(RING_MAGIC, &len, 1);
+	uint32_t sq_off, sq_n, cq_off, cq_n, slot_off, slot_n, tail, cq_head, inflight_max;
+	unsigned long sent = 0, answered = 0, stalls = 0;
+	unsigned long status[ANSWER_STATUSES + 1] = { 0 };
+	static char path[PATH_SLOT_SIZE];
+	double t0 = now_s(), t1;
+	unsigned i;
+
+	if (!r) {
+		fprintf(stderr, "hostile: no ring region\n");
+		return 1;
+	}
+	memcpy(&sq_off, (void *)(r + SQ_AREA), 4);
+	memcpy(&sq_n, (void *)(r + SQ_AREA + 4), 4);
+	memcpy(&cq_off, (void *)(r + CQ_AREA), 4);
+	memcpy(&cq_n, (void *)(r + CQ_AREA + 4), 4);
+	memcpy(&slot_off, (void *)(r + SLOT_AREA), 4);
+	memcpy(&slot_n, (void *)(r + SLOT_AREA + 4), 4);
+	if (!sq_n || !cq_n || (sq_n & (sq_n - 1)) || (cq_n & (cq_n - 1)) ||
+	    (size_t)sq_off + (size_t)sq_n * SQE_SIZE > len || (size_t)cq_off + (size_t)cq_n * CQE_SIZE > len ||
+	    (size_t)slot_off + (size_t)slot_n * PATH_SLOT_SIZE > len) {
+		fprintf(stderr, "hostile: odd ring layout\n");
+		return 1;
+	}
+	/* Answers not yet reaped never exceed a ring, nor the path slots (slot
+	 * k of a hint is reused only after its answer was read). */
+	inflight_max = sq_n < cq_n ? sq_n : cq_n;
+	if (slot_n && slot_n < inflight_max)
+		inflight_max = slot_n;
+	tail = load32(r, SQ_TAIL);
+	cq_head = load32(r, CQ_HEAD);
+	while (answered < n) {
+		uint32_t cq_tail = load32(r, CQ_TAIL), sq_head = load32(r, SQ_HEAD);
+		int progress = 0;
+
+		/* Reap. */
+		while (cq_head != cq_tail && answered < sent) {
+			size_t c = cq_off + (size_t)(cq_head % cq_n) * CQE_SIZE;
+			uint16_t st;
+
+			memcpy(&st, (void *)(r + c + 8), 2);
+			status[st < ANSWER_STATUSES ? st : ANSWER_STATUSES]++;
+			cq_head++;
+			answered++;
+			progress = 1;
+		}
+		__atomic_store_n((uint32_t *)(r + CQ_HEAD), cq_head, __ATOMIC_RELEASE);
+		/* Submit as many as fit. */
+		while (sent < n && sent - answered < inflight_max && (uint32_t)(tail - sq_head) < sq_n) {
+			size_t e = sq_off + (size_t)(tail % sq_n) * SQE_SIZE;
+			size_t plen = flood_path(sent, path, slot_n ? PATH_SLOT_SIZE : SQE_INLINE_MAX);
+			uint32_t flags = 0, slot = 0;
+
+			if (plen > SQE_INLINE_MAX) {
+				slot = (uint32_t)(sent % slot_n);
+				flags = HINT_FLAG_PATH_IN_SLOT;
+				memcpy((void *)(r + slot_off + (size_t)slot * PATH_SLOT_SIZE), path, plen);
+			} else {
+				memcpy((void *)(r + e + SQE_INLINE), path, plen);
+			}
+			put64(r, e + 0, sent);                         /* request id */
+			put32(r, e + 8, 1 | ((uint32_t)plen << 16));   /* OP_HINT, path_len */
+			put32(r, e + 12, ns);
+			put32(r, e + 16, flags);
+			put32(r, e + 20, slot);
+			put64(r, e + 24, 1);                           /* file size */
+			put64(r, e + 32, 1);                           /* mtime */
+			put64(r, e + 40, 0);
+			put64(r, e + 48, 0);
+			put64(r, e + 56, 0);
+			put64(r, e + 64, 0);
+			put64(r, e + 72, 0);
+			put64(r, e + 80, 0);
+			put64(r, e + 88, 0);
+			tail++;
+			sent++;
+			progress = 1;
+		}
+		__atomic_store_n((uint32_t *)(r + SQ_TAIL), tail, __ATOMIC_RELEASE);
+		if (!progress) {
+			stalls++;
+			usleep(50);
+		}
+	}
+	t1 = now_s();
+	printf("flood: %lu sent, %lu answered in %.1f s (%.0f hints/s), %lu stalls; status counts:",
+	       sent, answered, t1 - t0, answered / (t1 - t0 > 0 ? t1 - t0 : 1), stalls);
+	for (i = 0; i <= ANSWER_STATUSES; i++)
+		if (status[i])
+			printf(" %u=%lu", i, status[i]);
+	printf("\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && !strcmp(argv[1], "pool-write"))
 		return pool_write();
 	if (argc >= 3 && !strcmp(argv[1], "ring"))
 		return ring(atoi(argv[2]));
-	fprintf(stderr, "usage: hostile pool-write | hostile ring SECONDS\n");
+	if (argc >= 3 && !strcmp(argv[1], "flood"))
+		return flood(strtoul(argv[2], NULL, 0), argc >= 4 ? (uint32_t)strtoul(argv[3], NULL, 0) : 1);
+	fprintf(stderr, "usage: hostile pool-write | hostile ring SECONDS | hostile flood N [NS]\n");
 	return 2;
 }

@@ -57,6 +57,19 @@ impl HintService {
         self.with_store(|s| s.reinstate_vm(id));
     }
 
+    /// The cut-off VM `id` acknowledged its cut-off: no page table of it
+    /// maps a pool frame any more. (The store drops a cut-off VM's
+    /// holdings at the cut-off already; this records the edge.)
+    pub fn cut_off_acknowledged(&self, id: VmId) {
+        tracing::info!(vm = id, "cut-off acknowledged by the guest");
+    }
+
+    /// VM `id`'s guest attached its (new) ring after dropping every map it
+    /// had through an older one.
+    pub fn vm_reconnected(&self, id: VmId) {
+        tracing::debug!(vm = id, "guest attached its ring");
+    }
+
     /// Whether VM `id` is cut off.
     pub fn is_cut_off(&self, id: VmId) -> bool {
         lock(&self.shared.store).is_cut_off(id)

@@ -457,8 +457,11 @@ impl Agent {
             .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))?;
         let generation = self.next_ring_generation();
         let ring = create_ring(&path, id, generation)?;
-        let poller = self.install_ring(id, ring)?;
+        // Before a poller has the ring: the guest's attachment, which makes
+        // the service release what the VM held through the old ring, must
+        // find the VM reinstated.
         svc.reinstate_vm(id);
+        let poller = self.install_ring(id, ring)?;
         tracing::info!(
             corrupt,
             vm = name,

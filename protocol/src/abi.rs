@@ -789,8 +789,9 @@ pub const EVENT_NOTICE: u16 = 2;
 
 /// Notice: the host is restarting; the generation will change.
 pub const NOTICE_HOST_RESTARTING: u32 = 1;
-/// Notice: events were lost (see [`HOST_FLAG_EVENTS_LOST`]), or this VM was
-/// cut off; revoke everything.
+/// Notice: events were lost (see [`HOST_FLAG_EVENTS_LOST`]); revoke
+/// everything. (A cut-off is told with [`HOST_FLAG_CUT_OFF`], which a full
+/// event ring cannot lose.)
 pub const NOTICE_EVENTS_LOST: u32 = 2;
 /// Notice: the pool is under pressure; the guest should release what it can.
 pub const NOTICE_POOL_PRESSURE: u32 = 3;

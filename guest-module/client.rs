@@ -28,6 +28,14 @@
 //! counted and left to the host's acknowledgement timeout. Their answers
 //! ([`ANSWER_FLAG_MAP_OP`]) are dropped.
 //!
+//! Cut-off: a VM that did not acknowledge a revocation in time is told with
+//! [`HOST_FLAG_CUT_OFF`](crate::abi::HOST_FLAG_CUT_OFF) in the ring header,
+//! checked at every events poll whatever the event ring holds. The client
+//! zaps every held map without releasing it (the host keeps the frames
+//! charged to this VM until it sees the acknowledgement), acknowledges with
+//! [`GUEST_FLAG_CUT_OFF_ACK`](crate::abi::GUEST_FLAG_CUT_OFF_ACK), and
+//! sends no hints and installs no answer until the host writes a new ring.
+//!
 //! Lock order: the lock around this client and the region table
 //! before any [`InodeState`] lock. Nothing that can run from memory
 //! reclaim (inode eviction) takes the region table lock: eviction only marks
@@ -41,8 +49,8 @@ use kernel::time::Ktime;
 
 use crate::abi::{
     AnswerStatus, CompletionEntry, EventEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE,
-    EVENT_REVOKE, MAX_PATH_LEN, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING, OP_ACK_REVOKE, OP_HINT,
-    OP_RELEASE,
+    EVENT_REVOKE, FEATURES_KNOWN, MAX_PATH_LEN, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING,
+    OP_ACK_REVOKE, OP_HINT, OP_RELEASE,
 };
 use crate::ffi;
 use crate::file::{FileMap, Ident, InodeState, MissKind, TableKey, SWEEP_NEEDED};
@@ -171,6 +179,9 @@ pub(crate) struct Client {
     pool: Option<PoolView>,
     pool_checked: bool,
     ring_corrupt: bool,
+    /// The generation whose indices were found corrupt: the ring is used
+    /// again once the host writes another.
+    corrupt_generation: Option<u64>,
     ops: OpQueue,
 }
 
@@ -184,6 +195,7 @@ impl Client {
             pool: None,
             pool_checked: false,
             ring_corrupt: false,
+            corrupt_generation: None,
             ops: OpQueue::new(),
         }
     }
@@ -225,6 +237,12 @@ impl Client {
             stats::inc(Counter::generation_changes);
             self.disconnect();
         }
+        if self.ring_corrupt && generation.is_some() && generation != self.corrupt_generation {
+            // The host wrote a new ring over the corrupt one.
+            pr_info!("ring re-initialised by the host: attaching again\n");
+            self.ring_corrupt = false;
+            self.corrupt_generation = None;
+        }
         if generation.is_none() || self.ring_corrupt {
             return false;
         }
@@ -247,8 +265,43 @@ impl Client {
             layout.cq.entries,
             layout.eq.entries
         );
+        // Every map of an older ring was dropped (`disconnect` above, or
+        // before the ring went away): the host may release what this VM held
+        // through it once it sees this.
+        end.announce(ring, FEATURES_KNOWN);
         self.conn = Some(Conn { end });
         true
+    }
+
+    /// Whether the host cut this VM off on the current ring.
+    fn cut_off(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.end.is_cut_off())
+    }
+
+    /// Applies [`HOST_FLAG_CUT_OFF`](crate::abi::HOST_FLAG_CUT_OFF) the first
+    /// time it is seen on this ring: zaps every held map (no release: the
+    /// host keeps them charged until it sees the acknowledgement), forgets
+    /// queued map operations, then acknowledges.
+    fn check_cut_off(&mut self, ring: &Mapping) {
+        let news = self
+            .conn
+            .as_mut()
+            .is_some_and(|c| c.end.cut_off_news(ring));
+        if !news {
+            return;
+        }
+        pr_warn!("cut off by the host: every file is read from lower until the ring is reinstated\n");
+        stats::inc(Counter::cut_offs);
+        // `drop_map` zaps every PTE of the file under its lock and the fault
+        // path re-checks the map under that lock: after this no page table
+        // maps a frame of these maps.
+        self.revoke_all(false);
+        self.ops.clear();
+        if let Some(conn) = self.conn.as_ref() {
+            if conn.end.acknowledge_cut_off(ring) {
+                stats::inc(Counter::doorbells_needed);
+            }
+        }
     }
 
     /// Forgets the connection: every request is dropped and every file map
@@ -300,6 +353,12 @@ impl Client {
     /// Publishes queued map operations while the submission ring has room.
     fn flush_ops(&mut self, ring: Option<&Mapping>) {
         if self.ops.len == 0 {
+            return;
+        }
+        if self.cut_off() {
+            // The host dropped everything this VM held when it saw the
+            // acknowledgement: nothing to release or acknowledge.
+            self.ops.clear();
             return;
         }
         let Some(ring) = ring else { return };
@@ -370,6 +429,11 @@ impl Client {
         self.poll_events(Some(ring));
         self.sweep();
         self.flush_ops(Some(ring));
+        self.reclaim_slots(ring);
+        if self.cut_off() {
+            stats::inc(Counter::hints_skipped_cut_off);
+            return false;
+        }
         let Some(idx) = self.pending.iter().position(|p| p.is_none()) else {
             stats::inc(Counter::hints_skipped_ring_full);
             return false;
@@ -435,6 +499,7 @@ impl Client {
         stats::inc(Counter::ring_corrupt);
         pr_err!("ring indices corrupt: ring disabled until the host re-initialises it\n");
         self.ring_corrupt = true;
+        self.corrupt_generation = self.conn.as_ref().map(|c| c.end.generation());
         self.disconnect();
     }
 
@@ -447,11 +512,24 @@ impl Client {
                 .is_some_and(|q| kernel::time::ktime_ms_delta(now, q.sent) > PENDING_TIMEOUT_MS);
             if old {
                 if let Some(q) = p.take() {
-                    // Its path slot stays busy: the host may still read it.
+                    // The host may still read its path slot: it is freed
+                    // once `sq_head` has passed the entry.
+                    if let (Some(s), Some(conn)) = (q.slot, self.conn.as_mut()) {
+                        conn.end.abandon_slot(s);
+                    }
                     q.file.clear_pending();
                     stats::inc(Counter::requests_timed_out);
                 }
             }
+        }
+    }
+
+    /// Frees the path slots of expired requests the host has consumed.
+    fn reclaim_slots(&mut self, ring: &Mapping) {
+        match self.conn.as_mut().map(|c| c.end.reclaim_slots(ring)) {
+            Some(Ok(n)) => stats::add(Counter::slots_reclaimed, n as u64),
+            Some(Err(_)) => self.corrupt(),
+            None => {}
         }
     }
 
@@ -464,6 +542,12 @@ impl Client {
     /// the caller is not the open that sent the hint (for the counters).
     pub(crate) fn reap(&mut self, ring: Option<&Mapping>, pool: Option<&Mapping>, late: bool) {
         if !self.connect(ring) {
+            return;
+        }
+        if ffi::param(ffi::Param::FaultHoldAnswers) != 0 {
+            // The fault_hold_answers test knob: answers wait in the ring,
+            // their requests expire, and they arrive late.
+            stats::inc(Counter::answers_held_back);
             return;
         }
         let Some(ring) = ring else { return };
@@ -519,6 +603,14 @@ impl Client {
         }
         if late {
             stats::inc(Counter::answers_late);
+        }
+        if self.cut_off() {
+            // Cut off: nothing is installed (a hit answered before the
+            // cut-off is charged to this VM until the acknowledgement,
+            // which has been given: no release).
+            stats::inc(Counter::answers_cut_off);
+            p.file.set_miss(MissKind::Retry);
+            return;
         }
         let kind = match AnswerStatus::from_u16(a.status) {
             Some(AnswerStatus::Hit) => {
@@ -653,6 +745,21 @@ impl Client {
         if self.conn.is_none() {
             return;
         }
+        let knob = ffi::param(ffi::Param::FaultNoAck);
+        if knob >= 3 {
+            // The fault_no_ack=3 test knob plays a frozen guest: it looks
+            // at nothing the host says, the cut-off flag included.
+            stats::inc(Counter::events_withheld);
+            return;
+        }
+        // First and whatever the event ring holds: the cut-off flag.
+        self.check_cut_off(ring);
+        if knob == 2 {
+            // The fault_no_ack=2 test knob plays a guest stuck for good: it
+            // consumes no event, so the host's event ring fills up.
+            stats::inc(Counter::events_withheld);
+            return;
+        }
         let lost_new = self
             .conn
             .as_mut()
@@ -738,7 +845,8 @@ impl Client {
     /// Timer work: events, late answers, expiry, releases, queued map
     /// operations.
     pub(crate) fn tick(&mut self, ring: Option<&Mapping>, pool: Option<&Mapping>) {
-        if self.conn.is_none() && !self.has_pending() {
+        // A corrupt ring is looked at again: the host may have written a new one.
+        if self.conn.is_none() && !self.has_pending() && !self.ring_corrupt {
             return;
         }
         self.expire();
@@ -746,6 +854,9 @@ impl Client {
         self.poll_events(ring);
         self.sweep();
         self.flush_ops(ring);
+        if let Some(ring) = ring {
+            self.reclaim_slots(ring);
+        }
     }
 
     /// Module unload: releases what evicted files held and publishes every

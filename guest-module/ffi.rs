@@ -124,11 +124,13 @@ pub(crate) enum Param {
     DefaultVerify = 2,
     /// `fault_no_ack`: fault injection, revocations are never acknowledged.
     FaultNoAck = 3,
+    /// `fault_hold_answers`: fault injection, answers are left unread.
+    FaultHoldAnswers = 4,
 }
 
 impl Param {
     /// `VMDEDUP_PARAM_COUNT`: how many parameters `glue.c` serves.
-    const COUNT: c_int = 4;
+    const COUNT: c_int = 5;
 }
 
 // The values of `enum vmdedup_param` (glue.h asserts the same numbers).
@@ -136,7 +138,8 @@ static_assert!(Param::PollUs as c_int == 0);
 static_assert!(Param::RehintMs as c_int == 1);
 static_assert!(Param::DefaultVerify as c_int == 2);
 static_assert!(Param::FaultNoAck as c_int == 3);
-static_assert!(Param::COUNT == 4);
+static_assert!(Param::FaultHoldAnswers as c_int == 4);
+static_assert!(Param::COUNT == 5);
 
 /// Reads a module parameter.
 pub(crate) fn param(p: Param) -> u32 {

@@ -46,7 +46,10 @@ module_param(default_verify, uint, 0644);
 MODULE_PARM_DESC(default_verify, "Verify mode of mounts without verify=: 0 off, 1 sample, 2 full (default 2)");
 static unsigned int fault_no_ack;
 module_param(fault_no_ack, uint, 0644);
-MODULE_PARM_DESC(fault_no_ack, "Fault injection for tests: 1 applies revocations but never acknowledges them, as a stuck guest would; the host then cuts this VM off (default 0; never set it otherwise)");
+MODULE_PARM_DESC(fault_no_ack, "Fault injection for tests: 1 applies revocations but never acknowledges them, as a stuck guest would; the host then cuts this VM off; 2 also stops consuming events, so the event ring fills up; 3 also ignores the cut-off flag, as a frozen guest would (default 0; never set it otherwise)");
+static unsigned int fault_hold_answers;
+module_param(fault_hold_answers, uint, 0644);
+MODULE_PARM_DESC(fault_hold_answers, "Fault injection for tests: 1 leaves the host's answers unread, so requests time out and their answers arrive late once it is 0 again (default 0; never set it otherwise)");
 static unsigned int event_poll_ms = 50;
 module_param(event_poll_ms, uint, 0444);
 MODULE_PARM_DESC(event_poll_ms, "Period (ms) of the timer that applies revocation events and late answers (default 50)");
@@ -56,6 +59,7 @@ static unsigned int *const vmdedup_params[] = {
 	[VMDEDUP_PARAM_REHINT_MS] = &rehint_ms,
 	[VMDEDUP_PARAM_DEFAULT_VERIFY] = &default_verify,
 	[VMDEDUP_PARAM_FAULT_NO_ACK] = &fault_no_ack,
+	[VMDEDUP_PARAM_FAULT_HOLD_ANSWERS] = &fault_hold_answers,
 };
 static_assert(ARRAY_SIZE(vmdedup_params) == VMDEDUP_PARAM_COUNT);
 

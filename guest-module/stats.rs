@@ -58,6 +58,12 @@ counters! {
     events_unknown: "Events that named no held file map or had an unknown kind.",
     generation_changes: "Ring or pool generation changes seen (host restart).",
     ring_corrupt: "Times the ring indices were found corrupt (ring disabled until reset).",
+    cut_offs: "Cut-offs seen in the ring header (HOST_FLAG_CUT_OFF), applied and acknowledged.",
+    hints_skipped_cut_off: "Opens that sent no hint: this VM is cut off until its ring is reinstated.",
+    answers_cut_off: "Answers not applied because this VM was cut off meanwhile.",
+    events_withheld: "Events polls that consumed nothing because fault_no_ack (2 or 3) plays a stuck guest.",
+    answers_held_back: "Reaps skipped because the fault_hold_answers test knob is set.",
+    slots_reclaimed: "Path slots of expired requests freed once the host had consumed their entry.",
 }
 
 static VALUES: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];

@@ -8,9 +8,7 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use vmdedup_protocol::abi::{
-    EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING,
-};
+use vmdedup_protocol::abi::{EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_HOST_RESTARTING};
 use vmdedup_protocol::pool::TableRef;
 
 use crate::config::AgentConfig;
@@ -115,16 +113,12 @@ impl EventSink for RingEvents {
             "VM did not acknowledge a revocation in time: cut off from the pool"
         );
         if let Some(r) = self.rings.lock().ok().and_then(|m| m.get(&vm).cloned()) {
-            // A guest that is slow rather than stuck still reads its event
-            // ring: told to revoke everything, it zaps every pool mapping at
-            // its next tick and serves from lower from then on (its answers
-            // stop: the ring is closed).
-            let _ = r.post_event(EventEntry {
-                kind: EVENT_NOTICE,
-                notice: NOTICE_EVENTS_LOST,
-                ..EventEntry::default()
-            });
-            r.close();
+            // Told with a flag in the ring header, not an event: a stuck
+            // guest's event ring is full. The guest zaps every pool mapping
+            // at its next events poll and acknowledges; the ring stays
+            // served so the acknowledgement is seen (the service answers
+            // the VM's hints with misses until it is reinstated).
+            r.cut_off();
         }
     }
 }
@@ -342,6 +336,12 @@ impl Agent {
         &self.inner.service
     }
 
+    /// The shared state of VM `id`'s current ring (counters, cut-off and
+    /// attachment state).
+    pub fn ring_shared(&self, id: VmId) -> Option<Arc<RingShared>> {
+        self.inner.rings.lock().ok()?.get(&id).cloned()
+    }
+
     /// The configuration the agent runs with.
     pub fn config(&self) -> &AgentConfig {
         &self.inner.config
@@ -440,33 +440,42 @@ impl Agent {
         Ok(held)
     }
 
-    /// Serves a cut-off VM again. Its ring region starts over: a new ring is
-    /// written into it with a new generation, so the guest drops what it
-    /// still had and reconnects, then the VM may hold maps again. Returns
-    /// whether it was cut off (false: nothing to do). Fails while the poller
-    /// still holds the closed ring (it drops it within a round: try again).
+    /// Serves a cut-off VM again, or restarts a ring whose indices the
+    /// guest corrupted. Its ring region starts over: a new ring is written
+    /// into it with a new generation, so the guest drops what it still had
+    /// and reconnects (the service releases what the VM held through the
+    /// old ring when it sees the guest attach the new one), then the VM may
+    /// hold maps again. Returns whether there was something to do (false:
+    /// neither cut off nor corrupt). Fails if the poller does not let go of
+    /// the old ring within a few seconds (try again).
     pub fn reinstate_vm(&self, name: &str) -> Result<bool, AgentError> {
         let svc = &self.inner.service;
         let id = svc
             .vm_id(name)
             .ok_or_else(|| AgentError::Config(format!("no VM called {name:?}")))?;
-        if !svc.is_cut_off(id) {
-            return Ok(false);
-        }
         let old = self
             .inner
             .rings
             .lock()
             .ok()
             .and_then(|m| m.get(&id).cloned());
-        // Ours and the map's: the poller let go of the closed ring.
-        if old
-            .as_ref()
-            .is_some_and(|r| !r.is_closed() || Arc::strong_count(r) > 2)
-        {
-            return Err(AgentError::Config(format!(
-                "VM {name:?}: its old ring is still being closed; try again"
-            )));
+        let corrupt = old.as_ref().is_some_and(|r| r.is_corrupt());
+        if !svc.is_cut_off(id) && !corrupt {
+            return Ok(false);
+        }
+        if let Some(r) = &old {
+            // The poller drops a closed ring at its next round; it must
+            // stop touching the region before a new ring is written there.
+            r.close();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !r.is_dropped() {
+                if std::time::Instant::now() > deadline {
+                    return Err(AgentError::Config(format!(
+                        "VM {name:?}: its old ring is still being closed; try again"
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
         }
         drop(old);
         let path = self
@@ -478,9 +487,13 @@ impl Agent {
             .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))?;
         let generation = self.next_ring_generation();
         let ring = create_ring(&path, id, generation)?;
-        let poller = self.install_ring(id, ring)?;
+        // Before a poller has the ring: the guest's attachment, which makes
+        // the service release what the VM held through the old ring, must
+        // find the VM reinstated.
         svc.reinstate_vm(id);
+        let poller = self.install_ring(id, ring)?;
         tracing::info!(
+            corrupt,
             vm = name,
             id,
             generation,

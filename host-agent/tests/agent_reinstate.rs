@@ -1,7 +1,8 @@
 //! The whole agent with an in-process fake guest: a VM that does not
-//! acknowledge a revocation is cut off (told to revoke everything, its ring
-//! closed), and `Agent::reinstate_vm` starts its ring over with a new
-//! generation, after which it is served again.
+//! acknowledge a revocation is cut off (told with the ring header's cut-off
+//! flag, which it acknowledges), and `Agent::reinstate_vm` starts its ring
+//! over with a new generation, after which it is served again; a ring whose
+//! indices the guest corrupted is started over the same way.
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
@@ -11,9 +12,7 @@ use vmdedup_host_agent::agent::{Agent, AgentOptions};
 use vmdedup_host_agent::config::{AgentConfig, VmConfig};
 use vmdedup_host_agent::namespace::NamespaceConfig;
 use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
-use vmdedup_protocol::abi::{
-    AnswerStatus, SubmissionEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_EVENTS_LOST,
-};
+use vmdedup_protocol::abi::{ring_off, AnswerStatus, SubmissionEntry, EVENT_REVOKE};
 
 mod common;
 use common::TempDir;
@@ -118,32 +117,45 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
     let (dropped, revoking) = agent.service().evict("a", "f").unwrap();
     assert_eq!((dropped, revoking), (0, 1));
     let mut events = Vec::new();
-    wait_for("the revocation, then the cut-off notice", || {
+    wait_for("the revocation", || {
         guest.reap_events(|e| events.push((e.kind, e.notice, e.file_map_id)));
-        events
-            .iter()
-            .any(|&(k, n, _)| k == EVENT_NOTICE && n == NOTICE_EVENTS_LOST)
-            .then_some(())
+        (!events.is_empty()).then_some(())
     });
     assert_eq!(events[0], (EVENT_REVOKE, 0, map), "{events:?}");
+    wait_for("the cut-off flag", || guest.cut_off_news().then_some(()));
     let vms = agent.service().vms(None);
     assert!(
         vms.iter().any(|v| v.name.as_str() == "vm1" && v.cut_off),
         "{vms:?}"
     );
     assert!(agent.service().is_cut_off(1));
-    // Cut off, it keeps what it held charged: its page tables may map it.
+    // Cut off but not acknowledged, it keeps what it held charged: its page
+    // tables may map it.
     let vm1 = agent.service().vms(Some(1)).pop().unwrap();
     assert_eq!(vm1.maps_held, 1, "{vm1:?}");
     assert_eq!(agent.service().status(None).file_maps, 1);
+    guest.acknowledge_cut_off();
+    let ring = agent.ring_shared(1).unwrap();
+    wait_for("the acknowledgement seen", || {
+        ring.cut_off_acknowledged().then_some(())
+    });
+    // Acknowledged: what it held is released, and the revoked map dropped.
+    wait_for("the charged map released", || {
+        let held = agent.service().vms(Some(1)).pop().unwrap().maps_held;
+        (held == 0 && agent.service().status(None).file_maps == 0).then_some(())
+    });
 
     // Reinstated: the ring starts over with another generation and the VM
     // is served again (the poller may still hold the closed ring a moment).
-    let was = wait_for("the reinstatement", || agent.reinstate_vm("vm1").ok());
+    let was = agent.reinstate_vm("vm1").unwrap();
     assert!(was);
     assert!(!agent.service().is_cut_off(1));
     let mut guest = attach();
     assert_ne!(guest.generation(), first_generation);
+    let ring = agent.ring_shared(1).unwrap();
+    wait_for("the guest seen attached", || {
+        ring.guest_attached().then_some(())
+    });
     let again = hit(&mut guest, &file, &mut req);
     assert_ne!(
         again, map,
@@ -153,10 +165,26 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
         !agent.reinstate_vm("vm1").unwrap(),
         "served again: nothing to do"
     );
-    // The old map is still charged (the guest has not reconnected in the
-    // store's eyes): removing the VM frees both.
-    assert_eq!(agent.service().vms(Some(1)).pop().unwrap().maps_held, 2);
-    assert_eq!(agent.remove_vm("vm1").unwrap(), 2);
+
+    // The guest corrupts its submission tail: the ring is ignored until the
+    // host writes a new one, which `reinstate_vm` does.
+    let generation = guest.generation();
+    let map = SharedMapping::open(&ring_path).unwrap();
+    map.word(ring_off::SQ_TAIL)
+        .unwrap()
+        .store(0x8000_0000, std::sync::atomic::Ordering::Release);
+    wait_for("the corruption seen", || ring.is_corrupt().then_some(()));
+    assert!(agent.reinstate_vm("vm1").unwrap());
+    let mut guest = attach();
+    assert_ne!(guest.generation(), generation);
+    let ring = agent.ring_shared(1).unwrap();
+    assert!(!ring.is_corrupt());
+    hit(&mut guest, &file, &mut req);
+
+    // The VM is gone: removing it frees what it held (the hit after the
+    // corrupt ring restarted; the one before was released at reconnection).
+    assert_eq!(agent.service().vms(Some(1)).pop().unwrap().maps_held, 1);
+    assert_eq!(agent.remove_vm("vm1").unwrap(), 1);
     assert!(agent.remove_vm("vm1").is_err(), "gone");
     let st = agent.service().status(None);
     assert_eq!(st.counters.pages_mapped, 0);

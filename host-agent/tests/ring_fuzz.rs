@@ -176,11 +176,26 @@ fn a_guest_scribbling_while_the_host_polls_breaks_nothing() {
         }
         done2.store(true, Ordering::Release);
     });
-    let calls = AtomicU64::new(0);
-    let handler = |r: RingId, h: &Hint<'_>| {
-        calls.fetch_add(1, Ordering::Relaxed);
-        echo(r, h)
-    };
+    /// Counts every entry the host hands on: hints and map operations (a
+    /// scribbled word may make a well-formed acknowledgement or release).
+    #[derive(Default)]
+    struct Counting {
+        calls: AtomicU64,
+    }
+    impl Handler for Counting {
+        fn handle(&self, r: RingId, h: &Hint<'_>) -> Answer {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            echo(r, h)
+        }
+        fn ack_revoke(&self, _: RingId, _: u64) {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+        fn release(&self, _: RingId, _: u64) {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let handler = Counting::default();
+    let calls = &handler.calls;
     let mut total = 0u64;
     let mut rounds = 0u64;
     while !done.load(Ordering::Acquire) || rounds < 1000 {

@@ -560,3 +560,145 @@ fn acknowledgements_and_releases_reach_the_handler_and_bad_ones_are_refused() {
     );
     assert_eq!(host.shared().stats.snapshot().bad_entries, 2);
 }
+
+/// Counts the lifecycle edges the ring reports.
+#[derive(Default)]
+struct Edges {
+    cut_off_acks: Mutex<Vec<u32>>,
+    reconnects: Mutex<Vec<u32>>,
+}
+
+impl Handler for Edges {
+    fn handle(&self, ring: RingId, h: &Hint<'_>) -> Answer {
+        echo(ring, h)
+    }
+
+    fn cut_off_acknowledged(&self, ring: RingId) {
+        self.cut_off_acks.lock().unwrap().push(ring.0);
+    }
+
+    fn reconnected(&self, ring: RingId) {
+        self.reconnects.lock().unwrap().push(ring.0);
+    }
+}
+
+#[test]
+fn the_cut_off_arrives_through_a_full_event_ring_and_its_ack_is_seen_once() {
+    let sizes = RingSizes {
+        sq_entries: 8,
+        cq_entries: 8,
+        eq_entries: 4,
+        path_slots: 1,
+    };
+    let (mut host, mut guest) = ring_pair(64 << 10, Some(sizes), 0, 9);
+    let edges = Edges::default();
+    // The guest attached (GuestRing::attach announces, as the module does).
+    host.poll_round(&edges, 64);
+    assert_eq!(*edges.reconnects.lock().unwrap(), vec![9]);
+    assert!(host.shared().guest_attached());
+    // A stuck guest: it reads no event, so the event ring fills up and more
+    // events wait on the host.
+    for i in 0..20u64 {
+        host.shared().post_event(EventEntry {
+            kind: EVENT_REVOKE,
+            file_map_id: 100 + i,
+            ..EventEntry::default()
+        });
+    }
+    host.poll_round(&edges, 64);
+    assert!(!guest.cut_off_news());
+    host.shared().cut_off();
+    assert!(host.has_work(), "a cut-off not yet flagged is work");
+    host.poll_round(&edges, 64);
+    assert!(!host.has_work());
+    assert_ne!(guest.host_flags() & HOST_FLAG_CUT_OFF, 0);
+    assert!(guest.cut_off_news(), "seen although the event ring is full");
+    assert!(!guest.cut_off_news(), "news once per attachment");
+    for _ in 0..3 {
+        host.poll_round(&edges, 64);
+    }
+    assert!(
+        edges.cut_off_acks.lock().unwrap().is_empty(),
+        "not acked yet"
+    );
+    assert!(!host.shared().cut_off_acknowledged());
+    guest.acknowledge_cut_off();
+    for _ in 0..3 {
+        host.poll_round(&edges, 64);
+    }
+    assert_eq!(*edges.cut_off_acks.lock().unwrap(), vec![9]);
+    assert!(host.shared().cut_off_acknowledged());
+    assert_eq!(*edges.reconnects.lock().unwrap(), vec![9]);
+    let st = host.shared().stats.snapshot();
+    assert_eq!((st.cut_off_acks, st.attaches), (1, 1));
+    // The ring is still served (answers drain the guest's requests).
+    guest.stage(hint(1, 0, 0, 0), b"a").unwrap();
+    guest.publish();
+    assert_eq!(host.poll_round(&edges, 64), 1);
+}
+
+#[test]
+fn a_stale_guest_on_an_older_generation_is_no_reconnection() {
+    let tmp = TempDir::new("stale-guest");
+    let path = tmp.0.join("ring");
+    std::fs::write(&path, vec![0u8; 64 << 10]).unwrap();
+    let open = || SharedMapping::open(&path).unwrap();
+    let map = Arc::new(open());
+    // The guest attached generation 5 and is slow to say so.
+    let h1 = HostRing::create(open(), RingConfig::new(RingId(3), 5)).unwrap();
+    let end = vmdedup_protocol::guest::GuestEnd::attach(&*map).unwrap();
+    drop(h1);
+    // The host writes generation 6; the stale guest's announcement lands.
+    let mut h2 = HostRing::create(open(), RingConfig::new(RingId(3), 6)).unwrap();
+    assert!(end.announce(&*map, FEATURES_KNOWN));
+    let edges = Edges::default();
+    h2.poll_round(&edges, 64);
+    assert!(edges.reconnects.lock().unwrap().is_empty());
+    // The guest notices the new generation and attaches it.
+    let _g = GuestRing::attach(Arc::clone(&map), None).unwrap();
+    h2.poll_round(&edges, 64);
+    assert_eq!(*edges.reconnects.lock().unwrap(), vec![3]);
+}
+
+#[test]
+fn an_expired_requests_path_slot_is_reused_only_after_the_host_read_it() {
+    let sizes = RingSizes {
+        sq_entries: 8,
+        cq_entries: 8,
+        eq_entries: 4,
+        path_slots: 2,
+    };
+    let (mut host, mut guest) = ring_pair(64 << 10, Some(sizes), u32::MAX - 1, 1);
+    let long = path_of(1000, 7);
+    guest.stage(hint(1, 0, 1, 1), &long).unwrap();
+    guest.stage(hint(2, 0, 2, 2), &long).unwrap();
+    guest.publish();
+    assert_eq!(guest.slots_in_use(), 2);
+    // Both requests time out before the host looked at them.
+    guest.abandon(1);
+    guest.abandon(2);
+    for _ in 0..3 {
+        assert_eq!(guest.reclaim(), 0, "the host has not read the slots");
+    }
+    assert!(matches!(
+        guest.stage(hint(3, 0, 3, 3), &long),
+        Err(StageError::NoSlot)
+    ));
+    // The host consumes them (and reads the paths intact).
+    assert_eq!(host.poll_round(&echo, 64), 2);
+    assert_eq!(guest.reclaim(), 2);
+    assert_eq!(guest.slots_in_use(), 0);
+    // The late answers change nothing; both slots serve new hints.
+    let mut got = Vec::new();
+    guest.reap(|c| got.push(c));
+    check_echo(RingId(1), &got[0], 1, &long, 1, 1);
+    check_echo(RingId(1), &got[1], 2, &long, 2, 2);
+    guest.stage(hint(3, 0, 3, 3), &long).unwrap();
+    guest.stage(hint(4, 0, 4, 4), &long).unwrap();
+    guest.publish();
+    assert_eq!(host.poll_round(&echo, 64), 2);
+    got.clear();
+    guest.reap(|c| got.push(c));
+    check_echo(RingId(1), &got[0], 3, &long, 3, 3);
+    assert_eq!(guest.slots_in_use(), 0);
+}

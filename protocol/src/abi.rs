@@ -188,13 +188,31 @@ impl RegionPrefix {
 // A path longer than [`MAX_PATH_LEN`] is answered with
 // [`AnswerStatus::PathTooLong`], never truncated.
 //
+// Path slots of requests the guest gave up on (no answer in time) are
+// reclaimed once the host's `sq_head` has passed their entry: the host copies
+// a slot's path out before its Release store of `sq_head` that frees the
+// entry, and never reads the slot again; a guest that loads `sq_head` with
+// Acquire and finds it past the entry may write the slot.
+//
+// # Cut-off
+// A VM that does not acknowledge a revocation in time is cut off. The host
+// says so with [`HOST_FLAG_CUT_OFF`] in `host_flags`, not with an event: a
+// stuck guest's event ring is full, and the notice must arrive. The guest
+// checks the flag on every events poll, zaps every held map, then sets
+// [`GUEST_FLAG_CUT_OFF_ACK`] in `guest_flags`; until then the host keeps the
+// frames charged to the VM. The cut-off lasts until the host writes a new
+// ring (new generation).
+//
 // # Attaching and restarting
 // The host writes every header field and the indices first, then the prefix
 // (magic last). The guest validates prefix and layout, then starts from the
 // current index values (`tail = sq_tail`, `cq_head`, `eq_head` as found) and
 // ignores answers whose request id it does not know. The host bumps the prefix
 // `generation` whenever it re-initialises the region; a guest that sees it
-// change drops every file map it got from the old generation.
+// change drops every file map it got from the old generation before it
+// attaches the new one, then writes `guest_features` and `guest_attached`.
+// A guest that found the indices corrupt stops using the ring until the
+// generation changes, then attaches again.
 
 /// Size in bytes of the ring region header ([`RingHeader`]).
 pub const RING_HEADER_SIZE: u32 = 1024;
@@ -232,6 +250,22 @@ pub const HOST_FLAG_EVENTS_LOST: u32 = 1 << 1;
 /// `host_flags` bit: the host is shutting down; new hints are answered with
 /// [`AnswerStatus::HostRestarting`].
 pub const HOST_FLAG_STOPPING: u32 = 1 << 2;
+/// `host_flags` bit: this VM is cut off from the pool (it did not
+/// acknowledge a revocation in time). Set with Release by the host, never
+/// cleared while the ring lives (a reinstated VM gets a new ring with a new
+/// generation). Unlike an event it cannot be lost to a full event ring: the
+/// guest loads `host_flags` (Acquire) on every events poll, whatever the
+/// event ring holds. On seeing it the guest zaps every pool mapping of every
+/// map it holds, sends no release (the host keeps them charged), serves from
+/// lower and sends no more hints; then it sets [`GUEST_FLAG_CUT_OFF_ACK`].
+pub const HOST_FLAG_CUT_OFF: u32 = 1 << 3;
+
+/// `guest_flags` bit: the guest has applied [`HOST_FLAG_CUT_OFF`]: no page
+/// table of this VM maps a pool frame any more. Set with Release (a
+/// `fetch_or`) only after the zap, so a host that loads it with Acquire may
+/// free the frames the VM still had charged. Never cleared while the ring
+/// lives.
+pub const GUEST_FLAG_CUT_OFF_ACK: u32 = 1 << 0;
 
 wire_struct! {
     /// Where one ring lives in the region, as written in the header.
@@ -328,13 +362,22 @@ wire_struct! {
         pub eq_tail: IndexLine = EQ_TAIL @ 448,
         /// Writer: host, atomic read-modify-writes only (`HOST_FLAG_*`):
         /// NEED_WAKEUP set SeqCst and cleared Relaxed (the handshake in the
-        /// ring region comment), EVENTS_LOST set Release.
+        /// ring region comment), EVENTS_LOST and CUT_OFF set Release (the
+        /// guest loads the word with Acquire).
         pub host_flags: FlagsLine = HOST_FLAGS @ 512,
-        /// Writer: guest. Zero for now; reserved for guest-side notification
-        /// suppression (completion interrupts).
+        /// Writer: guest, atomic read-modify-writes only (`GUEST_FLAG_*`):
+        /// CUT_OFF_ACK set Release after the guest's zap; the host loads the
+        /// word with Acquire. Other bits zero; reserved.
         pub guest_flags: FlagsLine = GUEST_FLAGS @ 576,
+        /// Writer: guest, Release, once after attach (after it dropped every
+        /// map of an older generation and wrote `guest_features`): the low
+        /// 32 bits of the `generation` it attached. The host, loading it
+        /// with Acquire, knows the guest uses this ring (a reconnection);
+        /// a stale guest still on an older generation cannot write the
+        /// current value.
+        pub guest_attached: IndexLine = GUEST_ATTACHED @ 640,
         /// Zero; reserved.
-        pub reserved: [u8; 384] = RESERVED @ 640,
+        pub reserved: [u8; 320] = RESERVED @ 704,
     }
     also {
         /// End of the configuration bytes (`[HOST_FEATURES, CONFIG_END)` is
@@ -746,8 +789,9 @@ pub const EVENT_NOTICE: u16 = 2;
 
 /// Notice: the host is restarting; the generation will change.
 pub const NOTICE_HOST_RESTARTING: u32 = 1;
-/// Notice: events were lost (see [`HOST_FLAG_EVENTS_LOST`]), or this VM was
-/// cut off; revoke everything.
+/// Notice: events were lost (see [`HOST_FLAG_EVENTS_LOST`]); revoke
+/// everything. (A cut-off is told with [`HOST_FLAG_CUT_OFF`], which a full
+/// event ring cannot lose.)
 pub const NOTICE_EVENTS_LOST: u32 = 2;
 /// Notice: the pool is under pressure; the guest should release what it can.
 pub const NOTICE_POOL_PRESSURE: u32 = 3;

@@ -12,8 +12,10 @@
 //! What stays with the caller is policy: which requests are in flight, which
 //! maps are held, what to retry, what to count. In particular the caller
 //! remembers which request took which path slot and gives the slot back with
-//! [`GuestEnd::free_slot`] when that request's answer has been read (or
-//! never, if the host may still read the slot).
+//! [`GuestEnd::free_slot`] when that request's answer has been read, or with
+//! [`GuestEnd::abandon_slot`] when it gives up waiting: the slot is then
+//! reclaimed by [`GuestEnd::reclaim_slots`] once the host's `sq_head` shows
+//! it can no longer read it.
 //!
 //! # Contract with the host (see `abi.rs` for the layout)
 //! - The guest writes submission entries, path slots, `sq_tail`, `cq_head`
@@ -36,9 +38,9 @@ use core::sync::atomic::Ordering;
 
 use crate::abi::{
     ring_off, CompletionEntry, EventEntry, LayoutError, PrefixError, RegionKind, RegionPrefix,
-    RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_EVENTS_LOST,
-    HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, MAX_PATH_SLOTS, OP_HINT, SQE_INLINE_PATH_MAX,
-    SQE_INLINE_PATH_OFF,
+    RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, GUEST_FLAG_CUT_OFF_ACK,
+    HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP,
+    MAX_PATH_LEN, MAX_PATH_SLOTS, OP_HINT, SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
 };
 use crate::spsc::{self, Consumer, Corrupt, Producer, SharedU32};
 
@@ -98,20 +100,84 @@ pub enum StageError {
     Unmapped,
 }
 
-/// The path slots this guest has handed out: a fixed bitmap, one bit per
+const SLOT_WORDS: usize = (MAX_PATH_SLOTS as usize).div_ceil(64);
+
+/// The path slots this guest has handed out: fixed bitmaps, one bit per
 /// slot the ABI allows, so taking and freeing never allocate.
+///
+/// Abandoned slots (their request timed out, the host may still read them)
+/// go through two batches: `collecting` gathers them; when `waiting` is
+/// empty, `collecting` becomes `waiting` with `waiting_until` set to the
+/// published `sq_tail` of that moment. Every abandoned slot's entry was
+/// published before, so its index is below `waiting_until`; once the host's
+/// `sq_head` reaches `waiting_until` it has copied every one of those paths
+/// out, and the whole batch is free. The barrier of a batch never moves, so
+/// a host that keeps consuming frees every batch.
+///
+/// # Invariants
+/// `waiting` and `collecting` are subsets of `busy`, disjoint.
 #[derive(Clone, Copy, Debug)]
 struct PathSlots {
-    busy: [u64; (MAX_PATH_SLOTS as usize).div_ceil(64)],
+    busy: [u64; SLOT_WORDS],
+    collecting: [u64; SLOT_WORDS],
+    waiting: [u64; SLOT_WORDS],
+    waiting_until: u32,
     count: u32,
 }
 
 impl PathSlots {
     fn new(count: u32) -> PathSlots {
+        // INVARIANT: all empty.
         PathSlots {
-            busy: [0; (MAX_PATH_SLOTS as usize).div_ceil(64)],
+            busy: [0; SLOT_WORDS],
+            collecting: [0; SLOT_WORDS],
+            waiting: [0; SLOT_WORDS],
+            waiting_until: 0,
             count: count.min(MAX_PATH_SLOTS),
         }
+    }
+
+    /// Marks busy slot `slot` abandoned (reclaimed by [`PathSlots::reclaim`]).
+    fn abandon(&mut self, slot: u32) {
+        let (i, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        if let (Some(b), Some(c), Some(w)) = (
+            self.busy.get(i),
+            self.collecting.get_mut(i),
+            self.waiting.get(i),
+        ) {
+            // INVARIANT: only busy slots, never one already waiting.
+            if *b & bit != 0 && *w & bit == 0 {
+                *c |= bit;
+            }
+        }
+    }
+
+    /// Frees the waiting batch if `consumed(waiting_until)` says the host
+    /// is past its barrier, then starts the next batch at `tail`.
+    fn reclaim(&mut self, tail: u32, consumed: impl Fn(u32) -> bool) -> u32 {
+        let mut freed = 0;
+        let waiting = self.waiting.iter().any(|&w| w != 0);
+        if waiting && consumed(self.waiting_until) {
+            for (b, w) in self.busy.iter_mut().zip(self.waiting.iter_mut()) {
+                freed += w.count_ones();
+                *b &= !*w;
+                *w = 0;
+            }
+        }
+        if self.waiting.iter().all(|&w| w == 0) && self.collecting.iter().any(|&c| c != 0) {
+            // INVARIANT: the batch moves whole; `collecting` is emptied.
+            core::mem::swap(&mut self.waiting, &mut self.collecting);
+            self.waiting_until = tail;
+        }
+        freed
+    }
+
+    fn abandoned(&self) -> u32 {
+        self.collecting
+            .iter()
+            .chain(self.waiting.iter())
+            .map(|w| w.count_ones())
+            .sum()
     }
 
     /// Takes the lowest free slot.
@@ -131,8 +197,13 @@ impl PathSlots {
     }
 
     fn free(&mut self, slot: u32) {
-        if let Some(w) = self.busy.get_mut((slot / 64) as usize) {
-            *w &= !(1u64 << (slot % 64));
+        let (i, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        // An abandoned slot is freed only by `reclaim`: the host may still
+        // read it.
+        let abandoned = self.collecting.get(i).is_some_and(|c| c & bit != 0)
+            || self.waiting.get(i).is_some_and(|w| w & bit != 0);
+        if let (Some(w), false) = (self.busy.get_mut(i), abandoned) {
+            *w &= !bit;
         }
     }
 
@@ -183,6 +254,7 @@ pub struct GuestEnd {
     staged: u32,
     slots: PathSlots,
     events_lost_seen: bool,
+    cut_off_seen: bool,
 }
 
 impl GuestEnd {
@@ -229,7 +301,28 @@ impl GuestEnd {
             staged: 0,
             slots: PathSlots::new(layout.slots.count),
             events_lost_seen: false,
+            cut_off_seen: false,
         })
+    }
+
+    /// Tells the host this guest uses the ring: writes `guest_features`,
+    /// then stores the low 32 bits of the attached generation in
+    /// `guest_attached` with Release. Call it once after attach, after every
+    /// map of an older generation was dropped: the host releases what the
+    /// VM held before when it sees this.
+    pub fn announce<R: SharedRegion + ?Sized>(&self, region: &R, features: u64) -> bool {
+        let f = features & self.layout.features;
+        let (Some(lo), Some(hi), Some(att)) = (
+            region.word(ring_off::GUEST_FEATURES),
+            region.word(ring_off::GUEST_FEATURES + 4),
+            region.word(ring_off::GUEST_ATTACHED),
+        ) else {
+            return false;
+        };
+        lo.store(f as u32, Ordering::Relaxed);
+        hi.store((f >> 32) as u32, Ordering::Relaxed);
+        att.store(self.generation as u32, Ordering::Release);
+        true
     }
 
     /// The validated layout.
@@ -335,9 +428,50 @@ impl GuestEnd {
         Ok(())
     }
 
-    /// Gives back a path slot returned by [`GuestEnd::stage_hint`].
+    /// Gives back a path slot returned by [`GuestEnd::stage_hint`] whose
+    /// answer has been read (the host copied the path before it answered).
     pub fn free_slot(&mut self, slot: u32) {
         self.slots.free(slot);
+    }
+
+    /// Gives up on the request that holds path slot `slot` (published, no
+    /// answer yet): the host may still read the slot, so it stays busy until
+    /// [`GuestEnd::reclaim_slots`] sees `sq_head` past the entry. A later
+    /// [`GuestEnd::free_slot`] for it (the late answer) changes nothing.
+    pub fn abandon_slot(&mut self, slot: u32) {
+        self.slots.abandon(slot);
+    }
+
+    /// Frees abandoned path slots the host can no longer read: loads
+    /// `sq_head` (Acquire, checked against the capacity) and frees the batch
+    /// whose entries are all below it. Returns how many were freed.
+    pub fn reclaim_slots<R: SharedRegion + ?Sized>(&mut self, region: &R) -> Result<u32, Corrupt> {
+        if self.slots.abandoned() == 0 {
+            return Ok(0);
+        }
+        let head_word = word(region, ring_off::SQ_HEAD)?;
+        let tail = self.sq.tail();
+        let head = head_word.load(Ordering::Acquire);
+        let in_flight = tail.wrapping_sub(head);
+        if in_flight > self.layout.sq.entries {
+            return Err(Corrupt { head, tail });
+        }
+        // Every entry below `until` is consumed iff `head` is at or past
+        // it: `until` is then at least as far from `tail` as `head` is.
+        Ok(self
+            .slots
+            .reclaim(tail, |until| in_flight <= tail.wrapping_sub(until)))
+    }
+
+    /// Abandoned path slots not reclaimed yet.
+    pub fn slots_abandoned(&self) -> u32 {
+        self.slots.abandoned()
+    }
+
+    /// The free-running index the next staged entry gets (our published
+    /// tail plus what is staged).
+    pub fn next_index(&self) -> u32 {
+        self.sq.tail().wrapping_add(self.staged)
     }
 
     /// Makes the staged entries visible to the host (Release store of
@@ -438,5 +572,34 @@ impl GuestEnd {
         }
         self.events_lost_seen = true;
         true
+    }
+
+    /// Whether [`HOST_FLAG_CUT_OFF`] is set and this is the first time it
+    /// is seen on this attachment. Checks the flags word only, whatever the
+    /// event ring holds. The caller then zaps every map it holds and calls
+    /// [`GuestEnd::acknowledge_cut_off`].
+    pub fn cut_off_news<R: SharedRegion + ?Sized>(&mut self, region: &R) -> bool {
+        if self.cut_off_seen || self.host_flags(region) & HOST_FLAG_CUT_OFF == 0 {
+            return false;
+        }
+        self.cut_off_seen = true;
+        true
+    }
+
+    /// Whether the host cut this VM off (seen by [`GuestEnd::cut_off_news`]).
+    pub fn is_cut_off(&self) -> bool {
+        self.cut_off_seen
+    }
+
+    /// Sets [`GUEST_FLAG_CUT_OFF_ACK`] (Release `fetch_or`: the zap that
+    /// came before is ordered before it). Returns whether a doorbell is
+    /// needed (NEED_WAKEUP after a full fence). Call it only after every
+    /// pool mapping is gone.
+    pub fn acknowledge_cut_off<R: SharedRegion + ?Sized>(&self, region: &R) -> bool {
+        let Ok(f) = word(region, ring_off::GUEST_FLAGS) else {
+            return false;
+        };
+        f.fetch_or(GUEST_FLAG_CUT_OFF_ACK, Ordering::Release);
+        self.needs_doorbell(region)
     }
 }

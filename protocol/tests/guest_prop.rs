@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use proptest::prelude::*;
 use vmdedup_protocol::abi::{
-    prefix_off, ring_off, RingLayout, RingSizes, SubmissionEntry, OP_RELEASE, RING_HEADER_SIZE,
-    RING_MAGIC, RING_VERSION,
+    prefix_off, ring_off, RingLayout, RingSizes, SubmissionEntry, FEATURES_KNOWN,
+    GUEST_FLAG_CUT_OFF_ACK, HOST_FLAG_CUT_OFF, HOST_FLAG_NEED_WAKEUP, OP_RELEASE, RING_HEADER_SIZE,
+    RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
 };
-use vmdedup_protocol::guest::{GuestEnd, SharedRegion, StageError};
+use vmdedup_protocol::guest::{ring_generation, GuestEnd, SharedRegion, StageError};
 
 /// A region in ordinary memory, kept as atomic words so that index words can
 /// be handed out as `&AtomicU32` like the real mappings do.
@@ -224,5 +225,250 @@ proptest! {
         } else {
             prop_assert_eq!(staged, Ok(()));
         }
+    }
+}
+
+/// What the model host and guest know about one published hint.
+#[derive(Clone, Debug)]
+struct Sent {
+    id: u64,
+    slot: Option<u32>,
+    path: Vec<u8>,
+}
+
+/// One step of the path slot model.
+#[derive(Clone, Debug)]
+enum SlotStep {
+    /// The guest sends a hint with a long (slot) or short (inline) path.
+    Hint { long: bool },
+    /// The host consumes up to `n` entries, reading their paths.
+    Consume { n: u8 },
+    /// The guest gives up on its `i`th oldest unanswered request.
+    Expire { i: u8 },
+    /// The `i`th oldest consumed, unanswered request gets its answer.
+    Answer { i: u8 },
+    /// The guest reclaims abandoned slots.
+    Reclaim,
+}
+
+fn slot_step() -> impl Strategy<Value = SlotStep> {
+    prop_oneof![
+        4 => any::<bool>().prop_map(|long| SlotStep::Hint { long }),
+        2 => (0u8..5).prop_map(|n| SlotStep::Consume { n }),
+        2 => any::<u8>().prop_map(|i| SlotStep::Expire { i }),
+        2 => any::<u8>().prop_map(|i| SlotStep::Answer { i }),
+        2 => Just(SlotStep::Reclaim),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Path slots of requests that expired are reclaimed once the host
+    /// consumed their entry: a slot is never handed out again while an
+    /// unconsumed entry names it (the host could still read it), the host
+    /// always reads the path the guest wrote for that request, and once the
+    /// host has consumed everything and every answer arrived no slot stays
+    /// busy.
+    #[test]
+    fn expired_path_slots_are_reclaimed_never_reused_early(
+        sq in 0u32..4,
+        slots in 1u32..4,
+        start in any::<u32>(),
+        steps in proptest::collection::vec(slot_step(), 1..80),
+    ) {
+        let sizes = RingSizes {
+            sq_entries: 1 << sq,
+            cq_entries: 1 << sq,
+            eq_entries: 1,
+            path_slots: slots,
+        };
+        let layout = RingLayout::compute(REGION as u64, &sizes).unwrap();
+        let r = MemRegion::new(&valid_region(&sizes, 1));
+        for off in [ring_off::SQ_HEAD, ring_off::SQ_TAIL, ring_off::CQ_HEAD,
+                    ring_off::CQ_TAIL, ring_off::EQ_HEAD, ring_off::EQ_TAIL] {
+            r.set(off, start);
+        }
+        let mut g = GuestEnd::attach(&r).unwrap();
+        let mut head = start;
+        // Published, not consumed by the host: it may still read their slots.
+        let mut unconsumed: std::collections::VecDeque<Sent> = Default::default();
+        // Consumed, answer not delivered yet.
+        let mut consumed: Vec<Sent> = Vec::new();
+        // Requests the guest still waits for (their slots are its to free).
+        let mut waiting: Vec<u64> = Vec::new();
+        let mut next = 1u64;
+        for step in steps {
+            match step {
+                SlotStep::Hint { long } => {
+                    let len = if long { 1000 } else { 20 };
+                    let path: Vec<u8> = (0..len).map(|k| b'a' + ((next as usize + k) % 26) as u8).collect();
+                    let e = SubmissionEntry { request_id: next, ..SubmissionEntry::default() };
+                    match g.stage_hint(&r, e, &path) {
+                        Ok(slot) => {
+                            if let Some(s) = slot {
+                                prop_assert!(
+                                    !unconsumed.iter().any(|u| u.slot == Some(s)),
+                                    "slot {} reused while the host may read it", s
+                                );
+                                prop_assert!(long);
+                            }
+                            let (n, _) = g.publish(&r);
+                            prop_assert_eq!(n, 1);
+                            unconsumed.push_back(Sent { id: next, slot, path });
+                            waiting.push(next);
+                            next += 1;
+                        }
+                        Err(StageError::Full) | Err(StageError::NoSlot) => {}
+                        Err(e) => prop_assert!(false, "stage failed: {:?}", e),
+                    }
+                }
+                SlotStep::Consume { n } => {
+                    for _ in 0..n {
+                        let Some(s) = unconsumed.pop_front() else { break };
+                        // The host reads the path where the entry says it is.
+                        let off = match s.slot {
+                            Some(slot) => layout.path_slot_offset(slot).unwrap() as usize,
+                            None => layout.sqe_offset(head & (layout.sq.entries - 1)) as usize
+                                + SQE_INLINE_PATH_OFF as usize,
+                        };
+                        let mut got = vec![0u8; s.path.len()];
+                        prop_assert!(r.read_bytes(off, &mut got));
+                        prop_assert_eq!(&got, &s.path, "request {} path overwritten", s.id);
+                        head = head.wrapping_add(1);
+                        r.set(ring_off::SQ_HEAD, head);
+                        consumed.push(s);
+                    }
+                }
+                SlotStep::Expire { i } => {
+                    if !waiting.is_empty() {
+                        let id = waiting.remove(i as usize % waiting.len());
+                        let slot = unconsumed.iter().chain(consumed.iter())
+                            .find(|s| s.id == id).and_then(|s| s.slot);
+                        if let Some(s) = slot {
+                            g.abandon_slot(s);
+                        }
+                    }
+                }
+                SlotStep::Answer { i } => {
+                    if !consumed.is_empty() {
+                        let s = consumed.remove(i as usize % consumed.len());
+                        if let Some(k) = waiting.iter().position(|&w| w == s.id) {
+                            waiting.remove(k);
+                            if let Some(slot) = s.slot {
+                                g.free_slot(slot);
+                            }
+                        }
+                        // else: a late answer, dropped as unknown.
+                    }
+                }
+                SlotStep::Reclaim => {
+                    prop_assert!(g.reclaim_slots(&r).is_ok());
+                }
+            }
+            // Busy slots are those of requests still waited for, plus the
+            // abandoned ones not reclaimed yet.
+            let held = unconsumed.iter().chain(consumed.iter())
+                .filter(|s| s.slot.is_some() && waiting.contains(&s.id)).count() as u32;
+            prop_assert_eq!(g.slots_in_use(), held + g.slots_abandoned());
+        }
+        // The host consumes everything, every answer arrives: nothing leaks.
+        while let Some(s) = unconsumed.pop_front() {
+            head = head.wrapping_add(1);
+            r.set(ring_off::SQ_HEAD, head);
+            consumed.push(s);
+        }
+        for s in consumed.drain(..) {
+            if waiting.contains(&s.id) {
+                if let Some(slot) = s.slot {
+                    g.free_slot(slot);
+                }
+            }
+        }
+        // Two rounds: the batch collected last waits for a barrier first.
+        g.reclaim_slots(&r).unwrap();
+        g.reclaim_slots(&r).unwrap();
+        prop_assert_eq!(g.slots_abandoned(), 0);
+        prop_assert_eq!(g.slots_in_use(), 0);
+    }
+
+    /// A guest that found its ring's indices corrupt attaches again once the
+    /// host wrote a new ring (new generation) over the region, and works.
+    #[test]
+    fn a_corrupt_ring_is_attached_again_after_the_host_rewrites_it(
+        start in any::<u32>(),
+        bogus in any::<u32>(),
+        which in 0usize..3,
+    ) {
+        let sizes = RingSizes { sq_entries: 4, cq_entries: 4, eq_entries: 2, path_slots: 1 };
+        let r = MemRegion::new(&valid_region(&sizes, 7));
+        for off in [ring_off::SQ_HEAD, ring_off::SQ_TAIL, ring_off::CQ_HEAD,
+                    ring_off::CQ_TAIL, ring_off::EQ_HEAD, ring_off::EQ_TAIL] {
+            r.set(off, start);
+        }
+        let mut g = GuestEnd::attach(&r).unwrap();
+        let off = [ring_off::CQ_TAIL, ring_off::EQ_TAIL, ring_off::SQ_HEAD][which];
+        let bad = start.wrapping_add(5 + (bogus % (u32::MAX - 10)));
+        r.set(off, bad);
+        let corrupt = match which {
+            0 => g.answers(&r).is_err(),
+            1 => g.events(&r).is_err(),
+            _ => {
+                let mut e = false;
+                for _ in 0..6 {
+                    match g.stage_map_op(&r, 1, OP_RELEASE, 3) {
+                        Err(StageError::Corrupt(_)) => { e = true; break; }
+                        Ok(()) => { g.publish(&r); }
+                        Err(_) => break,
+                    }
+                }
+                e
+            }
+        };
+        prop_assert!(corrupt);
+        // Until the host rewrites it, the generation is the corrupt one's.
+        prop_assert_eq!(ring_generation(&r), Some(7));
+        // The host writes a new ring: header zeroed, indices reset, new
+        // generation (magic last, as HostRing::create does).
+        let fresh = valid_region(&sizes, 8);
+        for (i, w) in r.0.iter().enumerate().take(RING_HEADER_SIZE as usize / 4) {
+            w.store(u32::from_le_bytes(fresh[i * 4..i * 4 + 4].try_into().unwrap()), Ordering::Relaxed);
+        }
+        prop_assert_eq!(ring_generation(&r), Some(8));
+        let mut g = GuestEnd::attach(&r).unwrap();
+        prop_assert!(g.announce(&r, FEATURES_KNOWN));
+        prop_assert_eq!(r.0[ring_off::GUEST_ATTACHED / 4].load(Ordering::Relaxed), 8);
+        g.stage_hint(&r, SubmissionEntry { request_id: 1, ..Default::default() }, b"a/b").unwrap();
+        prop_assert_eq!(g.publish(&r).0, 1);
+        prop_assert_eq!(g.answers(&r), Ok(0));
+        prop_assert_eq!(g.events(&r), Ok(0));
+    }
+
+    /// The cut-off flag is news once per attachment whatever else the flags
+    /// word holds, and the acknowledgement touches only its own bit of the
+    /// guest's word (NEED_WAKEUP and the host's bits are left alone).
+    #[test]
+    fn the_cut_off_flag_is_news_once_and_acked_in_the_guests_word(
+        host_flags in any::<u32>(),
+        guest_flags in any::<u32>(),
+    ) {
+        let sizes = RingSizes { sq_entries: 4, cq_entries: 4, eq_entries: 2, path_slots: 1 };
+        let r = MemRegion::new(&valid_region(&sizes, 3));
+        r.set(ring_off::HOST_FLAGS, host_flags & !HOST_FLAG_CUT_OFF);
+        r.set(ring_off::GUEST_FLAGS, guest_flags & !GUEST_FLAG_CUT_OFF_ACK);
+        let mut g = GuestEnd::attach(&r).unwrap();
+        prop_assert!(!g.cut_off_news(&r));
+        prop_assert!(!g.is_cut_off());
+        r.set(ring_off::HOST_FLAGS, host_flags | HOST_FLAG_CUT_OFF);
+        prop_assert!(g.cut_off_news(&r));
+        prop_assert!(g.is_cut_off());
+        prop_assert!(!g.cut_off_news(&r));
+        let bell = g.acknowledge_cut_off(&r);
+        prop_assert_eq!(bell, host_flags & HOST_FLAG_NEED_WAKEUP != 0);
+        prop_assert_eq!(r.0[ring_off::HOST_FLAGS / 4].load(Ordering::Relaxed), host_flags | HOST_FLAG_CUT_OFF);
+        prop_assert_eq!(
+            r.0[ring_off::GUEST_FLAGS / 4].load(Ordering::Relaxed),
+            (guest_flags & !GUEST_FLAG_CUT_OFF_ACK) | GUEST_FLAG_CUT_OFF_ACK
+        );
     }
 }

@@ -12,8 +12,8 @@ use loom::sync::Arc;
 use loom::thread;
 use vmdedup_protocol::abi::{
     prefix_off, ring_off, AnswerStatus, CompletionEntry, RingLayout, RingSizes, SubmissionEntry,
-    HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_NEED_WAKEUP, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
-    SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
+    GUEST_FLAG_CUT_OFF_ACK, HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_CUT_OFF, HOST_FLAG_NEED_WAKEUP,
+    RING_HEADER_SIZE, RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::guest::{GuestEnd, SharedRegion, StageError};
 use vmdedup_protocol::spsc::{self, Consumer, Producer};
@@ -56,7 +56,10 @@ impl LoomRegion {
         ]
         .into_iter()
         .map(|o| (o, LoomU32(AtomicU32::new(start))))
-        .chain([(ring_off::HOST_FLAGS, LoomU32(AtomicU32::new(0)))])
+        .chain([
+            (ring_off::HOST_FLAGS, LoomU32(AtomicU32::new(0))),
+            (ring_off::GUEST_FLAGS, LoomU32(AtomicU32::new(0))),
+        ])
         .collect();
         let cells = bytes
             .chunks_exact(CHUNK)
@@ -347,4 +350,91 @@ fn the_model_catches_a_missing_doorbell_after_reaping() {
         r.is_err(),
         "loom did not find the lost wake-up of a guest that never rings after reaping"
     );
+}
+
+#[test]
+fn an_abandoned_path_slot_is_written_again_only_after_the_host_read_it() {
+    // One path slot: the request that took it times out unanswered; the
+    // guest reclaims the slot and writes the next long path into it. Loom
+    // reports a race if that write is not ordered after the host's read.
+    builder().check(|| {
+        let sizes = RingSizes {
+            sq_entries: 2,
+            cq_entries: 2,
+            eq_entries: 1,
+            path_slots: 1,
+        };
+        let (r, l) = LoomRegion::new(sizes, u32::MAX);
+        let h = {
+            let r = Arc::clone(&r);
+            thread::spawn(move || host(&r, &l, u32::MAX, 2, false))
+        };
+        let mut g = GuestEnd::attach(&*r).unwrap();
+        for round in 0..2 {
+            let e = SubmissionEntry {
+                request_id: 1,
+                ..Default::default()
+            };
+            let slot = g.stage_hint(&*r, e, &path_of(1)).unwrap();
+            assert_eq!(slot, Some(0));
+            g.publish(&*r);
+            if round == 0 {
+                // No answer in time: given up on, the slot still busy.
+                g.abandon_slot(0);
+                while g.slots_in_use() > 0 {
+                    g.reclaim_slots(&*r).unwrap();
+                    thread::yield_now();
+                }
+            }
+        }
+        h.join().unwrap();
+    });
+}
+
+#[test]
+fn a_cut_off_acknowledgement_orders_the_guests_last_use_before_reuse() {
+    // The guest reads a "frame" (a pool page it maps) until it sees the
+    // cut-off flag, then acknowledges; the host reuses the frame once it
+    // sees the acknowledgement. Loom reports a race if the acknowledgement
+    // does not order the guest's last read before the host's write.
+    builder().check(|| {
+        let sizes = RingSizes {
+            sq_entries: 2,
+            cq_entries: 2,
+            eq_entries: 1,
+            path_slots: 1,
+        };
+        let (r, l) = LoomRegion::new(sizes, 0);
+        let frame = l.path_slot_offset(0).unwrap() as usize;
+        let h = {
+            let r = Arc::clone(&r);
+            thread::spawn(move || {
+                r.w(ring_off::HOST_FLAGS)
+                    .0
+                    .fetch_or(HOST_FLAG_CUT_OFF, std::sync::atomic::Ordering::Release);
+                while r
+                    .w(ring_off::GUEST_FLAGS)
+                    .0
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    & GUEST_FLAG_CUT_OFF_ACK
+                    == 0
+                {
+                    thread::yield_now();
+                }
+                assert!(r.write_bytes(frame, &[0xa5; 16]));
+            })
+        };
+        let mut g = GuestEnd::attach(&*r).unwrap();
+        let mut page = [0u8; 16];
+        loop {
+            assert!(r.read_bytes(frame, &mut page));
+            if g.cut_off_news(&*r) {
+                break;
+            }
+            thread::yield_now();
+        }
+        assert!(g.is_cut_off());
+        g.acknowledge_cut_off(&*r);
+        h.join().unwrap();
+    });
 }

@@ -116,7 +116,7 @@ fn ring_header() -> impl Strategy<Value = RingHeader> {
         ),
         (bytes::<16>(), [index_line(), index_line(), index_line()]),
         ([index_line(), index_line(), index_line()], flags_line()),
-        (flags_line(), bytes::<384>()),
+        (flags_line(), index_line(), bytes::<320>()),
     )
         .prop_map(|(a, b, c, d)| RingHeader {
             prefix: a.0,
@@ -135,7 +135,8 @@ fn ring_header() -> impl Strategy<Value = RingHeader> {
             eq_tail: c.0[2],
             host_flags: c.1,
             guest_flags: d.0,
-            reserved: d.1,
+            guest_attached: d.1,
+            reserved: d.2,
         })
 }
 
@@ -264,7 +265,8 @@ fn fields_are_little_endian_at_their_documented_offsets() {
     );
     assert_eq!(&b[sqe_off::RESERVED + 16..][..2], &[0x0b, 0x0a]);
     assert_eq!(ring_off::PREFIX, 0);
-    assert_eq!(ring_off::RESERVED, 640);
+    assert_eq!(ring_off::GUEST_ATTACHED, 640);
+    assert_eq!(ring_off::RESERVED, 704);
     assert_eq!(size_of::<RingHeader>(), RING_HEADER_SIZE as usize);
     assert_eq!(size_of::<PoolHeader>(), POOL_HEADER_SIZE);
     assert_eq!(size_of::<TableHeader>(), TABLE_HEADER_SIZE);

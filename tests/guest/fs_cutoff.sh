@@ -4,8 +4,8 @@
 # guest: revocations are applied (PTEs zapped, lower from then on) but not
 # acknowledged. The host evicts a file this guest maps; when the
 # acknowledgement deadline (ack_timeout_ms, 5 s by default) passes the agent
-# cuts the VM off: it drops what the VM held, tells it to revoke everything
-# and closes its ring. The guest drops every pool mapping, the processes that
+# cuts the VM off and says so with the cut-off flag of the ring header. The
+# guest drops every pool mapping and acknowledges, the processes that
 # map the file keep reading correct bytes, and every read is right and comes
 # from lower from then on. Then the host reinstates the VM: its ring starts
 # over with a new generation, the guest reconnects and is served again.
@@ -21,7 +21,7 @@ ktap_header 8
 
 T1="the revocation is applied and its acknowledgement withheld (fault_no_ack)"
 T2="the host cuts the VM off once the acknowledgement deadline passed"
-T3="told so, the guest drops every pool mapping it had (revocations rise again)"
+T3="told so by the ring header's flag, the guest drops every pool mapping and acknowledges (cut_offs)"
 T4="processes mapping the revoked file keep reading correct bytes (shared and private)"
 T5="every file read after the cut-off is identical to lower"
 T6="nothing comes from the pool after the cut-off"
@@ -60,7 +60,7 @@ withheld() {
         { echo "revocations $rv0 -> $(stat_of revocations), acks_withheld $wh0 -> $(stat_of acks_withheld), acks_sent $ack0 -> $(stat_of acks_sent)"; return 1; }
 }
 ktap_check "$T1" withheld
-rv1=$(stat_of revocations)
+co1=$(stat_of cut_offs)
 cut() {
     for _ in $(seq 1 150); do
         vmdedup-guest status > /tmp/cutoff.status 2>&1 && grep -q 'CUT OFF' /tmp/cutoff.status && return 0
@@ -71,10 +71,10 @@ cut() {
 }
 ktap_check "$T2" cut
 for _ in $(seq 1 50); do
-    [ "$(stat_of revocations)" -gt "$rv1" ] && break
+    [ "$(stat_of cut_offs)" -gt "$co1" ] && break
     sleep 0.1
 done
-told() { [ "$(stat_of revocations)" -gt "$rv1" ] || { echo "revocations $rv1 -> $(stat_of revocations)"; return 1; }; }
+told() { [ "$(stat_of cut_offs)" -gt "$co1" ] || { echo "cut_offs $co1 -> $(stat_of cut_offs)"; return 1; }; }
 ktap_check "$T3" told
 sleep 1
 touch /tmp/cutoff.stop

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use vmdedup_protocol::abi::{CompletionEntry, EventEntry, RingLayout, SubmissionEntry};
+use vmdedup_protocol::abi::{
+    CompletionEntry, EventEntry, RingLayout, SubmissionEntry, FEATURES_KNOWN,
+};
 use vmdedup_protocol::guest::{AttachError, GuestEnd, StageError};
 
 use super::eventfd::EventFd;
@@ -27,7 +29,9 @@ pub struct GuestRing {
 }
 
 impl GuestRing {
-    /// Attaches to an initialised ring region (see [`GuestEnd::attach`]).
+    /// Attaches to an initialised ring region (see [`GuestEnd::attach`])
+    /// and announces it to the host ([`GuestEnd::announce`]), as the guest
+    /// module does.
     pub fn attach(
         map: Arc<SharedMapping>,
         doorbell: Option<EventFd>,
@@ -38,6 +42,7 @@ impl GuestRing {
             AttachError::Layout(e) => RingError::Layout(e),
             AttachError::Indices => RingError::Corrupt,
         })?;
+        end.announce(&*map, FEATURES_KNOWN);
         Ok(GuestRing {
             map,
             end,
@@ -141,5 +146,37 @@ impl GuestRing {
     /// The host flags word as it is now.
     pub fn host_flags(&self) -> u32 {
         self.end.host_flags(&*self.map)
+    }
+
+    /// Whether the host cut this VM off, first time seen (see
+    /// [`GuestEnd::cut_off_news`]).
+    pub fn cut_off_news(&mut self) -> bool {
+        self.end.cut_off_news(&*self.map)
+    }
+
+    /// Acknowledges the cut-off (the fake guest maps nothing).
+    pub fn acknowledge_cut_off(&mut self) {
+        if self.end.acknowledge_cut_off(&*self.map) {
+            self.ring();
+        }
+    }
+
+    /// Gives up on request `id` without its answer: its path slot, if any,
+    /// is reclaimed once the host consumed the entry ([`GuestRing::reclaim`]).
+    pub fn abandon(&mut self, id: u64) {
+        if let Some(slot) = self.slot_of.remove(&id) {
+            self.end.abandon_slot(slot);
+        }
+    }
+
+    /// Frees abandoned path slots the host can no longer read; returns how
+    /// many (0 on corrupt indices).
+    pub fn reclaim(&mut self) -> u32 {
+        self.end.reclaim_slots(&*self.map).unwrap_or(0)
+    }
+
+    /// Path slots taken and not yet freed.
+    pub fn slots_in_use(&self) -> u32 {
+        self.end.slots_in_use()
     }
 }

@@ -55,6 +55,18 @@ pub trait Handler: Send + Sync {
     /// The guest let go of `file_map_id`
     /// ([`OP_RELEASE`](vmdedup_protocol::abi::OP_RELEASE)). Default: ignored.
     fn release(&self, _ring: RingId, _file_map_id: u64) {}
+
+    /// The guest of cut-off ring `ring` acknowledged the cut-off
+    /// ([`GUEST_FLAG_CUT_OFF_ACK`](vmdedup_protocol::abi::GUEST_FLAG_CUT_OFF_ACK)):
+    /// it maps no pool frame any more, so what it still had charged may be
+    /// freed. Called once per ring. Default: ignored.
+    fn cut_off_acknowledged(&self, _ring: RingId) {}
+
+    /// The guest attached this ring (it wrote the ring's generation to
+    /// `guest_attached`, after it dropped every map of an older ring): what
+    /// it held through an older ring may be released. Called once per ring.
+    /// Default: ignored.
+    fn reconnected(&self, _ring: RingId) {}
 }
 
 impl<F> Handler for F

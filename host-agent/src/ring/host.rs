@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use vmdedup_protocol::abi::{
     check_path, prefix_off, ring_off, AnswerStatus, CompletionEntry, EventEntry, RingLayout,
     RingSizes, SubmissionEntry, ANSWER_FLAG_MAP_OP, CQE_SIZE, EQE_SIZE, EVENT_NOTICE,
-    HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, NOTICE_EVENTS_LOST, OP_ACK_REVOKE,
-    OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
+    GUEST_FLAG_CUT_OFF_ACK, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP,
+    MAX_PATH_LEN, NOTICE_EVENTS_LOST, OP_ACK_REVOKE, OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC,
+    RING_VERSION, SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::spsc::{self, Consumer, Producer};
 
@@ -72,6 +73,11 @@ pub struct RingShared {
     events_pending: AtomicBool,
     events_lost: AtomicBool,
     closed: AtomicBool,
+    cut_off: AtomicBool,
+    cut_off_acked: AtomicBool,
+    attached: AtomicBool,
+    corrupt: AtomicBool,
+    dropped: AtomicBool,
     /// Poller wake-up, set when the ring is added to a poller.
     waker: Mutex<Option<Arc<EventFd>>>,
     /// Identifies the ring inside its poller (epoll token).
@@ -110,6 +116,44 @@ impl RingShared {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Cuts the VM off: the poller sets [`HOST_FLAG_CUT_OFF`] in the ring
+    /// at its next round (it cannot be lost like an event), keeps serving
+    /// the ring and watches for the guest's acknowledgement
+    /// ([`Handler::cut_off_acknowledged`]).
+    pub fn cut_off(&self) {
+        self.cut_off.store(true, Ordering::Release);
+        self.wake_poller();
+    }
+
+    /// Whether [`RingShared::cut_off`] was called.
+    pub fn is_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::Acquire)
+    }
+
+    /// Whether the guest acknowledged the cut-off.
+    pub fn cut_off_acknowledged(&self) -> bool {
+        self.cut_off_acked.load(Ordering::Acquire)
+    }
+
+    /// Whether the guest was seen attached to this ring.
+    pub fn guest_attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    /// Whether the ring's host end is gone (the poller dropped it after
+    /// [`RingShared::close`]): nothing of the host touches the region
+    /// through it any more.
+    pub fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Whether the ring's indices were corrupt at the last poll round (the
+    /// ring is ignored until the guest fixes them or the host writes a new
+    /// ring, e.g. `vmdedup vm reinstate`).
+    pub fn is_corrupt(&self) -> bool {
+        self.corrupt.load(Ordering::Acquire)
+    }
+
     fn wake_poller(&self) {
         if let Some(w) = self
             .waker
@@ -141,6 +185,13 @@ pub struct HostRing {
     cq: Producer,
     eq: Producer,
     corrupt: bool,
+    generation: u64,
+    /// [`HOST_FLAG_CUT_OFF`] is set in the ring.
+    cut_off_flagged: bool,
+    /// The guest's acknowledgement was seen (and passed to the handler).
+    cut_off_acked: bool,
+    /// The guest's attachment was seen (and passed to the handler).
+    attached: bool,
     path_buf: Box<[u8]>,
     shared: Arc<RingShared>,
 }
@@ -195,6 +246,10 @@ impl HostRing {
             cq: Producer::new(layout.cq.entries, i, i).ok_or_else(bad)?,
             eq: Producer::new(layout.eq.entries, i, i).ok_or_else(bad)?,
             corrupt: false,
+            generation: cfg.generation,
+            cut_off_flagged: false,
+            cut_off_acked: false,
+            attached: false,
             path_buf: vec![0u8; MAX_PATH_LEN as usize].into_boxed_slice(),
             shared: Arc::new(RingShared {
                 stats: RingStats::default(),
@@ -203,6 +258,11 @@ impl HostRing {
                 events_pending: AtomicBool::new(false),
                 events_lost: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
+                cut_off: AtomicBool::new(false),
+                cut_off_acked: AtomicBool::new(false),
+                attached: AtomicBool::new(false),
+                corrupt: AtomicBool::new(false),
+                dropped: AtomicBool::new(false),
                 waker: Mutex::new(None),
                 key: AtomicU64::new(0),
             }),
@@ -243,6 +303,7 @@ impl HostRing {
     /// hints answered. Never panics and never loops beyond `budget`, whatever
     /// the region holds.
     pub fn poll_round<H: Handler + ?Sized>(&mut self, handler: &H, budget: u32) -> u32 {
+        self.lifecycle(handler);
         if self.shared.events_pending.load(Ordering::Acquire) {
             self.flush_events();
         }
@@ -254,7 +315,7 @@ impl HostRing {
             }
         };
         if avail == 0 {
-            self.corrupt = false;
+            self.clear_corrupt();
             return 0;
         }
         let want = avail.min(budget);
@@ -265,7 +326,7 @@ impl HostRing {
                 return 0;
             }
         };
-        self.corrupt = false;
+        self.clear_corrupt();
         let n = want.min(free);
         if n == 0 {
             self.shared
@@ -307,6 +368,10 @@ impl HostRing {
         }
         // Answers first, so the guest sees them as early as possible; the
         // submission slots (and their path slots' contents) were copied out.
+        // The Release store of `sq_head` below orders those copies before
+        // it: a guest that sees the head past an entry (Acquire) may reuse
+        // the entry and its path slot, even one whose request it gave up on
+        // (`GuestEnd::reclaim_slots`). No path slot is read after this.
         self.cq.publish(word!(self.cq_tail), n);
         self.sq.release(word!(self.sq_head), n);
         let st = &self.shared.stats;
@@ -323,10 +388,59 @@ impl HostRing {
     fn mark_corrupt(&mut self) {
         if !self.corrupt {
             self.corrupt = true;
+            self.shared.corrupt.store(true, Ordering::Release);
             self.shared
                 .stats
                 .corrupt_indices
                 .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn clear_corrupt(&mut self) {
+        if self.corrupt {
+            self.corrupt = false;
+            self.shared.corrupt.store(false, Ordering::Release);
+        }
+    }
+
+    /// The lifecycle edges that do not go through the rings: sets
+    /// [`HOST_FLAG_CUT_OFF`] once the VM is cut off, then watches for the
+    /// guest's [`GUEST_FLAG_CUT_OFF_ACK`]; and notices the guest attaching
+    /// this ring (`guest_attached` equal to the ring's generation). Each
+    /// edge reaches the handler once. Cheap (two loads) once settled; also
+    /// run by a parked poller at every park timeout.
+    pub fn lifecycle<H: Handler + ?Sized>(&mut self, handler: &H) {
+        if !self.attached {
+            // Acquire: pairs with the guest's Release store after it dropped
+            // what it held through an older ring.
+            let g = word!(self.guest_attached).load(Ordering::Acquire);
+            if g == self.generation as u32 {
+                self.attached = true;
+                self.shared.attached.store(true, Ordering::Release);
+                self.shared.stats.attaches.fetch_add(1, Ordering::Relaxed);
+                handler.reconnected(self.id);
+            }
+        }
+        if !self.cut_off_flagged {
+            if !self.shared.cut_off.load(Ordering::Acquire) {
+                return;
+            }
+            // Release: what the host wrote before (events, answers) is
+            // visible to a guest that sees the flag with Acquire.
+            word!(self.host_flags).fetch_or(HOST_FLAG_CUT_OFF, Ordering::Release);
+            self.cut_off_flagged = true;
+        }
+        if !self.cut_off_acked
+            && word!(self.guest_flags).load(Ordering::Acquire) & GUEST_FLAG_CUT_OFF_ACK != 0
+        {
+            // Acquire: pairs with the guest's Release after its zap.
+            self.cut_off_acked = true;
+            self.shared.cut_off_acked.store(true, Ordering::Release);
+            self.shared
+                .stats
+                .cut_off_acks
+                .fetch_add(1, Ordering::Relaxed);
+            handler.cut_off_acknowledged(self.id);
         }
     }
 
@@ -466,6 +580,9 @@ impl HostRing {
     /// their answers, or events waiting with room in the event ring. Corrupt
     /// indices count as no work. Used for the re-check before parking.
     pub fn has_work(&mut self) -> bool {
+        if self.shared.cut_off.load(Ordering::Acquire) && !self.cut_off_flagged {
+            return true;
+        }
         if self.sq.has_work(word!(self.sq_tail))
             && self.cq.free(word!(self.cq_head), 1).unwrap_or(0) > 0
         {
@@ -493,6 +610,13 @@ impl HostRing {
             self.shared.stats.doorbells.fetch_add(n, Ordering::Relaxed);
         }
         n
+    }
+}
+
+impl Drop for HostRing {
+    fn drop(&mut self) {
+        // Release: every access of the region through this ring came first.
+        self.shared.dropped.store(true, Ordering::Release);
     }
 }
 

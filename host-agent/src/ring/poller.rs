@@ -403,6 +403,12 @@ impl<H: Handler + 'static> Poller<H> {
             r.cancel_park();
         }
         if n == 0 {
+            // A guest's cut-off acknowledgement or attachment rings no
+            // doorbell of its own when there is no doorbell hardware: look
+            // for them at every timeout.
+            for r in self.set.rings.iter_mut() {
+                r.lifecycle(&*self.handler);
+            }
             if self.set.rings.iter_mut().any(|r| r.has_work()) {
                 self.ctl.stats.lost_wakeups.fetch_add(1, Ordering::Relaxed);
                 return true;

@@ -22,6 +22,10 @@ pub struct RingStats {
     pub events_sent: AtomicU64,
     /// Events dropped because the pending queue overflowed.
     pub events_dropped: AtomicU64,
+    /// Cut-offs the guest acknowledged (`GUEST_FLAG_CUT_OFF_ACK` seen).
+    pub cut_off_acks: AtomicU64,
+    /// Times the guest was seen attached to this ring (`guest_attached`).
+    pub attaches: AtomicU64,
 }
 
 /// A plain copy of [`RingStats`].
@@ -36,6 +40,8 @@ pub struct RingStatsSnapshot {
     pub doorbells: u64,
     pub events_sent: u64,
     pub events_dropped: u64,
+    pub cut_off_acks: u64,
+    pub attaches: u64,
 }
 
 impl RingStats {
@@ -51,6 +57,8 @@ impl RingStats {
             doorbells: l(&self.doorbells),
             events_sent: l(&self.events_sent),
             events_dropped: l(&self.events_dropped),
+            cut_off_acks: l(&self.cut_off_acks),
+            attaches: l(&self.attaches),
         }
     }
 }

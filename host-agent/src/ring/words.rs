@@ -23,6 +23,8 @@ pub(crate) struct Words {
     pub(crate) eq_head: NonNull<AtomicU32>,
     pub(crate) eq_tail: NonNull<AtomicU32>,
     pub(crate) host_flags: NonNull<AtomicU32>,
+    pub(crate) guest_flags: NonNull<AtomicU32>,
+    pub(crate) guest_attached: NonNull<AtomicU32>,
 }
 
 impl Words {
@@ -43,6 +45,8 @@ impl Words {
             eq_head: w(ring_off::EQ_HEAD)?,
             eq_tail: w(ring_off::EQ_TAIL)?,
             host_flags: w(ring_off::HOST_FLAGS)?,
+            guest_flags: w(ring_off::GUEST_FLAGS)?,
+            guest_attached: w(ring_off::GUEST_ATTACHED)?,
         })
     }
 }

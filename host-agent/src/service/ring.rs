@@ -28,6 +28,14 @@ impl Handler for HintService {
     fn release(&self, ring: RingId, file_map_id: u64) {
         HintService::release(self, ring.0, file_map_id);
     }
+
+    fn cut_off_acknowledged(&self, ring: RingId) {
+        HintService::cut_off_acknowledged(self, ring.0);
+    }
+
+    fn reconnected(&self, ring: RingId) {
+        HintService::vm_reconnected(self, ring.0);
+    }
 }
 
 /// The ring status a miss is reported with.

@@ -460,7 +460,8 @@ impl PageStore {
         v.max_pages.unwrap_or(self.cfg.vm_max_held_pages)
     }
 
-    /// Lets a cut-off VM be served again (after its ring was reset). What it
+    /// A new ring was written for `vm` (it was cut off, or its ring
+    /// corrupt): it may be served again. What it
     /// held before stays held and charged until it reconnects
     /// ([`vm_reconnected`](Self::vm_reconnected)) or acknowledges the cut-off
     /// ([`release_all`](Self::release_all)).
@@ -468,9 +469,9 @@ impl PageStore {
         let Some(v) = self.vms.get_mut(&vm) else {
             return;
         };
-        if !v.cut_off {
-            return;
-        }
+        // Whatever the new ring is for (a cut-off, a corrupt ring), the guest
+        // drops every map when it sees the new generation: all it holds now
+        // is stale from then on.
         for h in v.holds.values_mut() {
             h.stale = h.refs;
         }

@@ -788,11 +788,10 @@ mod props {
                         }
                     }
                     Op::Reinstate { vm } => {
-                        if s.is_cut_off(vm.into()) {
-                            for ((v, _), e) in model.iter_mut() {
-                                if *v == VmId::from(vm) {
-                                    e.1 = e.0;
-                                }
+                        // A new ring, cut off or not: all it holds is stale.
+                        for ((v, _), e) in model.iter_mut() {
+                            if *v == VmId::from(vm) {
+                                e.1 = e.0;
                             }
                         }
                         s.reinstate_vm(vm.into());

@@ -26,6 +26,7 @@ fn guest_identity(hint: &Hint<'_>) -> GuestIdentity {
     GuestIdentity {
         size: hint.file_size,
         mtime_ns: hint.mtime_ns,
+        fingerprint: hint.fingerprint,
     }
 }
 
@@ -55,7 +56,12 @@ impl HintService {
         let entry = lock(&self.shared.cache).get(&key).cloned();
         match entry {
             Some(CacheEntry::Ready { host, map }) => {
-                if !host.matches(&guest_identity(hint), ns.config().mtime_granularity_ns) {
+                let cfg = ns.config();
+                if !host.matches(
+                    &guest_identity(hint),
+                    cfg.mtime_granularity_ns,
+                    cfg.require_fingerprint,
+                ) {
                     return HintResult::Miss(MissReason::IdentityMismatch);
                 }
                 match self.with_store(|s| s.hold(vm, map)) {

@@ -419,9 +419,8 @@ pub fn parse_fingerprint_text(text: &[u8]) -> Option<Fingerprint> {
         _ => None,
     };
     let mut out = [0u8; FINGERPRINT_LEN];
-    for (i, pair) in text.chunks_exact(2).enumerate() {
-        let (hi, lo) = (digit(pair[0])?, digit(pair[1])?);
-        out[i] = (hi << 4) | lo;
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (digit(*text.get(2 * i)?)? << 4) | digit(*text.get(2 * i + 1)?)?;
     }
     Some(out)
 }
@@ -556,11 +555,11 @@ impl SubmissionEntry {
 
     /// Puts `fp` into a hint (sets [`HINT_FLAG_FINGERPRINT`]).
     pub fn set_fingerprint(&mut self, fp: &Fingerprint) {
-        for (word, bytes) in self.reserved.iter_mut().zip(fp.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(bytes);
-            *word = u64::from_le_bytes(b);
+        let mut words = [0u64; 3];
+        for (i, &b) in fp.iter().enumerate() {
+            words[i / 8] |= u64::from(b) << (8 * (i % 8));
         }
+        self.reserved = words;
         self.flags |= HINT_FLAG_FINGERPRINT;
     }
 
@@ -571,8 +570,8 @@ impl SubmissionEntry {
             return None;
         }
         let mut fp = [0u8; FINGERPRINT_LEN];
-        for (bytes, word) in fp.chunks_exact_mut(8).zip(self.reserved.iter()) {
-            bytes.copy_from_slice(&word.to_le_bytes());
+        for (i, b) in fp.iter_mut().enumerate() {
+            *b = (self.reserved[i / 8] >> (8 * (i % 8))) as u8;
         }
         Some(fp)
     }

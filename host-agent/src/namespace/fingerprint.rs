@@ -214,4 +214,33 @@ mod tests {
         assert!(!debugfs_line(Path::new("a\nb"), &text, &mut out).unwrap());
         assert!(out.is_empty());
     }
+
+    #[test]
+    fn stamp_tree_stamps_regular_files_only() {
+        let dir = std::env::temp_dir().join(format!("vmdedup-stamp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("d/e")).unwrap();
+        std::fs::write(dir.join("a"), b"one").unwrap();
+        std::fs::write(dir.join("d/e/b"), b"two").unwrap();
+        std::os::unix::fs::symlink("a", dir.join("l")).unwrap();
+        let mut out = Vec::new();
+        let r = stamp_tree(&dir, StampOutput::Debugfs, &mut out).unwrap();
+        assert_eq!((r.files, r.bytes, r.skipped.len()), (2, 6, 0));
+        let text = String::from_utf8(out).unwrap();
+        let want_b = String::from_utf8(fingerprint_text(&fingerprint_of(b"two")).to_vec()).unwrap();
+        assert!(text.contains(&format!("ea_set \"/d/e/b\" user.vmdedup.b3 {want_b}\n")));
+        assert_eq!(
+            text.lines().count(),
+            2,
+            "the symlink is not stamped: {text}"
+        );
+        // In place, where the file system keeps user attributes.
+        let r = stamp_tree(&dir, StampOutput::Xattr, &mut Vec::new()).unwrap();
+        if r.skipped.is_empty() {
+            assert_eq!(r.files, 2);
+            assert_eq!(read_xattr(&dir.join("a")), Some(fingerprint_of(b"one")));
+            assert_eq!(read_xattr(&dir.join("d/e/b")), Some(fingerprint_of(b"two")));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -43,7 +43,7 @@ ktap_check "divergent files read as the guest's own bytes" own
 wait_for() {
     _c=$1 _b=$2; shift 2
     for _ in $(seq 1 200); do
-        "$@" || return 1
+        "$@" || { echo "failed: $* ($_c at $(stat_of "$_c"))"; return 1; }
         [ "$(stat_of "$_c")" -gt "$_b" ] && return 0
         sleep 0.3
     done

@@ -450,7 +450,7 @@ impl Client {
             return false;
         };
         let id = self.next_id;
-        let entry = SubmissionEntry {
+        let mut entry = SubmissionEntry {
             request_id: id,
             opcode: OP_HINT,
             path_len,
@@ -461,6 +461,9 @@ impl Client {
             inode: ident.ino,
             ..SubmissionEntry::default()
         };
+        if let Some(fp) = &ident.fingerprint {
+            entry.set_fingerprint(fp);
+        }
         let slot = match conn.end.stage_hint(ring, entry, path) {
             Ok(slot) => slot,
             Err(StageError::Full) => {

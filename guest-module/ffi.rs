@@ -61,6 +61,19 @@ extern "C" {
     /// `io` as above; `src` valid for reads of `len` bytes.
     fn vmdedup_glue_copy_out(io: *mut c_void, src: *const c_void, len: usize) -> usize;
 
+    /// Drops the lower file's clean, unmapped page cache pages in
+    /// `[start, end)`; returns how many were dropped.
+    ///
+    /// # Safety
+    /// `io` as above (a read's or an mmap's).
+    fn vmdedup_glue_drop_lower_pages(io: *mut c_void, start: i64, end: i64) -> c_ulong;
+
+    /// A random number below `ceil` (`get_random_u32_below`), 0 for 0.
+    ///
+    /// # Safety
+    /// None.
+    fn vmdedup_glue_random_below(ceil: u32) -> u32;
+
     /// The current value of a module parameter (see [`Param`]).
     ///
     /// # Safety
@@ -160,9 +173,17 @@ pub(crate) struct IdentC {
     pub(crate) ctime_ns: i64,
     /// Its inode number.
     pub(crate) ino: u64,
+    /// The fingerprint attribute's value (hex text), when `fp_len` says so.
+    pub(crate) fp_text: [u8; crate::abi::FINGERPRINT_TEXT_LEN],
+    /// `FINGERPRINT_TEXT_LEN` if the lower file had the attribute, else 0.
+    pub(crate) fp_len: u32,
+    /// Zero.
+    pub(crate) reserved: u32,
 }
 
-static_assert!(size_of::<IdentC>() == 32);
+static_assert!(size_of::<IdentC>() == 88);
+static_assert!(offset_of!(IdentC, fp_text) == 32);
+static_assert!(offset_of!(IdentC, fp_len) == 80);
 static_assert!(offset_of!(IdentC, size) == 0);
 static_assert!(offset_of!(IdentC, mtime_ns) == 8);
 static_assert!(offset_of!(IdentC, ctime_ns) == 16);
@@ -182,6 +203,12 @@ pub(crate) struct MmapPlan {
 static_assert!(size_of::<MmapPlan>() == 16);
 static_assert!(offset_of!(MmapPlan, map_id) == 0);
 static_assert!(offset_of!(MmapPlan, set_flags) == 8);
+
+/// A random number below `ceil` (0 for 0).
+pub(crate) fn random_below(ceil: u32) -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { vmdedup_glue_random_below(ceil) }
+}
 
 /// Zaps every PTE of `mapping`.
 ///
@@ -253,6 +280,16 @@ impl Io {
             done += r as usize;
         }
         Ok(done)
+    }
+
+    /// Drops the lower file's clean, unmapped cached pages in `[start, end)`;
+    /// returns how many went.
+    pub(crate) fn drop_lower_pages(&mut self, start: u64, end: u64) -> u64 {
+        let (Ok(s), Ok(e)) = (i64::try_from(start), i64::try_from(end)) else {
+            return 0;
+        };
+        // SAFETY: live by the type invariant.
+        unsafe { vmdedup_glue_drop_lower_pages(self.0.as_ptr(), s, e) as u64 }
     }
 
     /// Copies `src` to the destination; returns how many bytes went.

@@ -12,6 +12,7 @@ use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::time::Ktime;
 
+use crate::abi::{parse_fingerprint_text, Fingerprint};
 use crate::ffi::{self, VmFault};
 use crate::mapping::Mapping;
 use crate::pool::{TableHeader, TABLE_HEADER_SIZE};
@@ -28,6 +29,9 @@ pub(crate) struct Ident {
     pub(crate) mtime_ns: i64,
     pub(crate) ctime_ns: i64,
     pub(crate) ino: u64,
+    /// The content fingerprint from the lower file's attribute, if it has a
+    /// valid one.
+    pub(crate) fingerprint: Option<Fingerprint>,
 }
 
 /// A validated answer: the frame numbers of one file, copied out of the pool
@@ -74,6 +78,10 @@ pub(crate) enum MissKind {
 struct FileState {
     ident: Option<Ident>,
     map: Option<FileMap>,
+    /// The kept answer whose install check (the verify sample, the lower
+    /// page cache dropped) is done: no read or fault uses another map's
+    /// frames before its check.
+    checked_map: Option<u64>,
     pending: bool,
     miss: Option<(MissKind, Ktime)>,
     lower_only: bool,
@@ -88,8 +96,6 @@ struct FileState {
 pub(crate) struct InodeState {
     #[pin]
     inner: Mutex<FileState>,
-    /// `verify=sample` compared the first page served already.
-    pub(crate) sampled: AtomicBool,
 }
 
 // SAFETY: `mapping` is only dereferenced (by C, in `unmap`) under the lock
@@ -101,13 +107,14 @@ impl InodeState {
         let st = FileState {
             ident: None,
             map: None,
+            checked_map: None,
             pending: false,
             miss: None,
             lower_only: false,
             mapping,
         };
         Arc::pin_init(
-            pin_init!(InodeState { inner <- kernel::new_mutex!(st, "vmdedup::file"), sampled: AtomicBool::new(false) }),
+            pin_init!(InodeState { inner <- kernel::new_mutex!(st, "vmdedup::file") }),
             GFP_KERNEL,
         )
     }
@@ -160,10 +167,6 @@ impl InodeState {
         self.inner.lock().ident.map_or(0, |i| i.ino)
     }
 
-    pub(crate) fn has_map(&self) -> bool {
-        self.inner.lock().map.is_some()
-    }
-
     /// The id of the kept answer if it covers page `pgoff` (where a mapping
     /// starts; it may reach past the end of the file).
     pub(crate) fn covering_map(&self, pgoff: u64) -> Option<u64> {
@@ -172,6 +175,24 @@ impl InodeState {
             .as_ref()
             .filter(|m| pgoff < m.frames.len() as u64)
             .map(|m| m.file_map_id)
+    }
+
+    /// The kept answer's id, and whether its install check is done.
+    pub(crate) fn current_map(&self) -> Option<(u64, bool)> {
+        let s = self.inner.lock();
+        let id = s.map.as_ref()?.file_map_id;
+        Some((id, s.checked_map == Some(id)))
+    }
+
+    /// Records that file map `id` passed its install check; false if the
+    /// file no longer uses it.
+    pub(crate) fn mark_checked(&self, id: u64) -> bool {
+        let mut s = self.inner.lock();
+        if s.map.as_ref().map(|m| m.file_map_id) != Some(id) {
+            return false;
+        }
+        s.checked_map = Some(id);
+        true
     }
 
     /// Whether the kept answer is file map `id`.
@@ -289,6 +310,11 @@ impl From<ffi::IdentC> for Ident {
             mtime_ns: id.mtime_ns,
             ctime_ns: id.ctime_ns,
             ino: id.ino,
+            fingerprint: if id.fp_len as usize == id.fp_text.len() {
+                parse_fingerprint_text(&id.fp_text)
+            } else {
+                None
+            },
         }
     }
 }

@@ -31,6 +31,7 @@
 #include <linux/namei.h>
 #include <linux/pagemap.h>
 #include <linux/pfn_t.h>
+#include <linux/random.h>
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/splice.h>
@@ -350,6 +351,19 @@ static const struct file_operations vmdedup_dir_fops = {
 
 /* ---- regular files ------------------------------------------------------ */
 
+/*
+ * The lower file's fingerprint attribute, read once per open. No permission
+ * check: the opener could read the file's bytes, whose hash this is.
+ */
+static void vmdedup_read_fingerprint(struct dentry *lower, struct vmdedup_ident *id)
+{
+	ssize_t n = __vfs_getxattr(lower, d_inode(lower), VMDEDUP_FP_XATTR,
+				   id->fp_text, sizeof(id->fp_text));
+
+	id->fp_len = n == sizeof(id->fp_text) ? n : 0;
+	id->reserved = 0;
+}
+
 static int vmdedup_file_open(struct inode *inode, struct file *file)
 {
 	struct vmdedup_sb *sbi = VSB(inode->i_sb);
@@ -380,6 +394,7 @@ static int vmdedup_file_open(struct inode *inode, struct file *file)
 		id.mtime_ns = timespec64_to_ns(&mt);
 		id.ctime_ns = timespec64_to_ns(&ct);
 		id.ino = lower->i_ino;
+		vmdedup_read_fingerprint(lp->dentry, &id);
 		vmdedup_rs_open(sbi->rs, VI(inode)->rs, &id, path, strlen(path));
 	}
 	__putname(buf);
@@ -403,6 +418,25 @@ ssize_t vmdedup_glue_read_lower(struct vmdedup_io *io, loff_t pos, size_t len)
 ssize_t vmdedup_glue_read_lower_buf(struct vmdedup_io *io, loff_t pos, void *buf, size_t len)
 {
 	return kernel_read(io->lower, buf, len, &pos);
+}
+
+/*
+ * Drops the lower file's clean, unmapped page cache pages in [start, end):
+ * what was read to check pool pages, or read before the pool served the
+ * file. Pages a process maps or that are dirty stay. Returns how many went.
+ */
+unsigned long vmdedup_glue_drop_lower_pages(struct vmdedup_io *io, loff_t start, loff_t end)
+{
+	if (start < 0 || end <= start)
+		return 0;
+	return invalidate_mapping_pages(io->lower->f_mapping, start >> PAGE_SHIFT,
+					(end - 1) >> PAGE_SHIFT);
+}
+
+/* A random number below `ceil` (0 for 0): the page verify=sample picks. */
+u32 vmdedup_glue_random_below(u32 ceil)
+{
+	return ceil ? get_random_u32_below(ceil) : 0;
 }
 
 size_t vmdedup_glue_copy_out(struct vmdedup_io *io, const void *src, size_t len)

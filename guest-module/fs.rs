@@ -7,7 +7,6 @@
 //! [`crate::entry`], which land here. Above the link and the per-file state.
 
 use core::fmt::Write;
-use core::sync::atomic::Ordering;
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow};
@@ -24,14 +23,14 @@ use crate::stats::{self, Counter};
 pub(crate) enum Verify {
     /// Nothing.
     Off,
-    /// The first page served and one page in [`SAMPLE_EVERY`] after it.
+    /// Every file the pool serves: its first page, its last page and one
+    /// page chosen at random, compared when a kept answer is first used,
+    /// before any read or fault can use one of its frames. Catches a wrong
+    /// image or a wrong answer for the file without reading it all.
     Sample,
-    /// Every page.
+    /// Every page served (which reads, and caches, the whole lower file).
     Full,
 }
-
-/// With `verify=sample`, one page in this many is compared.
-const SAMPLE_EVERY: u64 = 16;
 /// Longest mount option string we look at.
 const MAX_NAME: usize = 64;
 
@@ -180,14 +179,15 @@ impl Mount {
             let (ring, pool, client) = link.parts();
             client.reap(ring, pool, true);
         }
-        let size = file.size();
         let Ok(upos) = u64::try_from(pos) else {
             return Err(EINVAL);
         };
-        if !file.has_map() || upos >= size {
+        let map_id = self.ready_map(file, io);
+        let size = file.size();
+        let Some(map_id) = map_id.filter(|_| upos < size) else {
             stats::inc(Counter::pages_lower);
             return io.read_lower(pos, count);
-        }
+        };
         let count = count.min(usize::try_from(size - upos).unwrap_or(usize::MAX));
         let mut frame_buf = KVec::from_elem(0u8, FRAME_SIZE as usize, GFP_KERNEL)?;
         let mut lower_buf = KVec::new();
@@ -198,10 +198,11 @@ impl Mount {
             let in_page = (p % FRAME_SIZE) as usize;
             let page_len = (size - page * FRAME_SIZE).min(FRAME_SIZE) as usize;
             let chunk = (page_len - in_page).min(count - done);
-            let served = match self.pool_page(file, page, &mut frame_buf) {
-                Some(()) => {
+            let served = match self.pool_page(file, page, Some(map_id), &mut frame_buf) {
+                Some(()) if self.verify == Verify::Full => {
                     self.checked(file, io, page, page_len, &mut frame_buf, &mut lower_buf)?
                 }
+                Some(()) => true,
                 None => false,
             };
             let n = if served {
@@ -226,12 +227,77 @@ impl Mount {
         Ok(done as isize)
     }
 
+    /// The kept answer a read or a new mapping may use, once its install
+    /// check is done (`None`: serve the lower file). With `verify=sample`
+    /// the check compares the file's first page, last page and a random
+    /// page with the lower file; a difference sends the file to lower for
+    /// good. With `off` and `sample` it then drops the lower file's cached
+    /// pages (those read while the host was loading the file and those just
+    /// compared): the pool serves the file from now on, so keeping them
+    /// would only double the guest's memory for it. `full` compares every
+    /// page as it is served instead.
+    fn ready_map(&self, file: &InodeState, io: &mut Io) -> Option<u64> {
+        let (id, checked) = file.current_map()?;
+        if checked || self.verify == Verify::Full {
+            return Some(id);
+        }
+        if self.verify == Verify::Sample && !self.sample(file, io, id) {
+            return None;
+        }
+        let dropped = io.drop_lower_pages(0, i64::MAX as u64);
+        stats::add(Counter::lower_pages_dropped, dropped);
+        file.mark_checked(id).then_some(id)
+    }
+
+    /// Compares the first, the last and a random page of file map `id`
+    /// with the lower file.
+    fn sample(&self, file: &InodeState, io: &mut Io, id: u64) -> bool {
+        let size = file.size();
+        let pages = size.div_ceil(FRAME_SIZE);
+        let Some(last) = pages.checked_sub(1) else {
+            return true;
+        };
+        let random = u64::from(ffi::random_below(u32::try_from(pages).unwrap_or(u32::MAX)));
+        let (Ok(mut frame), mut lower) = (
+            KVec::from_elem(0u8, FRAME_SIZE as usize, GFP_KERNEL),
+            KVec::new(),
+        ) else {
+            return false;
+        };
+        for (i, page) in [0, last, random].into_iter().enumerate() {
+            if (i == 1 && page == 0) || (i == 2 && (page == 0 || page == last)) {
+                continue;
+            }
+            let page_len = (size - page * FRAME_SIZE).min(FRAME_SIZE) as usize;
+            if self.pool_page(file, page, Some(id), &mut frame).is_none() {
+                return false;
+            }
+            match self.checked(file, io, page, page_len, &mut frame, &mut lower) {
+                Ok(true) => {}
+                _ => return false,
+            }
+        }
+        stats::inc(Counter::verify_files);
+        true
+    }
+
     /// Copies page `page` of `file` out of its pool frame into `buf`, if the
-    /// kept answer covers it and the table is still live around the copy.
-    fn pool_page(&self, file: &InodeState, page: u64, buf: &mut [u8]) -> Option<()> {
+    /// kept answer covers it (and is file map `want`, when given) and the
+    /// table is still live around the copy.
+    fn pool_page(
+        &self,
+        file: &InodeState,
+        page: u64,
+        want: Option<u64>,
+        buf: &mut [u8],
+    ) -> Option<()> {
         let mut link = self.shared.link.lock();
         // Looked up under the link's lock, which revocations hold.
         let (frame, key) = file.frame(page)?;
+        if want.is_some_and(|w| w != key.file_map_id) {
+            // Replaced since it was checked: this read goes to lower.
+            return None;
+        }
         let (_, pool_map, client) = link.parts();
         let pool = pool_map?;
         let view = client.pool_view(Some(pool))?;
@@ -246,8 +312,9 @@ impl Mount {
         None
     }
 
-    /// Applies the verify mode to a pool page in `frame`. Returns whether the
-    /// pool bytes may be served; on a mismatch the file goes to lower for good.
+    /// Compares a pool page in `frame` with the lower file. Returns whether
+    /// the pool bytes may be served; on a mismatch the file goes to lower
+    /// for good.
     fn checked(
         &self,
         file: &InodeState,
@@ -257,16 +324,6 @@ impl Mount {
         frame: &mut [u8],
         lower: &mut KVec<u8>,
     ) -> Result<bool> {
-        let check = match self.verify {
-            Verify::Off => false,
-            Verify::Full => true,
-            Verify::Sample => {
-                page % SAMPLE_EVERY == 0 || !file.sampled.swap(true, Ordering::Relaxed)
-            }
-        };
-        if !check {
-            return Ok(true);
-        }
         if lower.is_empty() {
             lower.extend_with(FRAME_SIZE as usize, 0, GFP_KERNEL)?;
         }
@@ -294,8 +351,9 @@ impl Mount {
     /// [`MapKind`]), when the kept answer covers the mapping's start. A mapping may reach past the end of the file (ld.so
     /// maps a library's whole span); those pages fault to the lower file,
     /// which answers SIGBUS as any file mapping does.
-    /// The verify mode is applied here, to every page (or the sample) the
-    /// mapping may fault in, so faults never serve unverified frames.
+    /// The verify mode is applied here, to every page the mapping may fault
+    /// in (`full`) or to the file's sample ([`Mount::ready_map`]), so faults
+    /// never serve frames of a map whose check did not pass.
     ///
     /// Returns what fs.c makes of a pool mapping: the id of the file map
     /// it was checked against (the mapping then serves that map's frames
@@ -310,9 +368,12 @@ impl Mount {
     ) -> Option<MmapPlan> {
         let kind = MapKind::of(vm_flags);
         let id = match file {
-            Some(file) if kind.pool_ok() => file
-                .covering_map(pgoff)
-                .filter(|&id| self.verify_range(file, io, pgoff, npages) && file.uses_map(id)),
+            Some(file) if kind.pool_ok() => self.ready_map(file, io).filter(|&id| {
+                file.covering_map(pgoff) == Some(id)
+                    && (self.verify != Verify::Full
+                        || self.verify_range(file, io, pgoff, npages, id))
+                    && file.uses_map(id)
+            }),
             _ => None,
         };
         stats::inc(if id.is_some() {
@@ -332,10 +393,16 @@ impl Mount {
         })
     }
 
-    fn verify_range(&self, file: &InodeState, io: &mut Io, pgoff: u64, npages: u64) -> bool {
-        if self.verify == Verify::Off {
-            return true;
-        }
+    /// Compares every page of `[pgoff, pgoff + npages)` of file map `id`
+    /// with the lower file (`verify=full`).
+    fn verify_range(
+        &self,
+        file: &InodeState,
+        io: &mut Io,
+        pgoff: u64,
+        npages: u64,
+        id: u64,
+    ) -> bool {
         let size = file.size();
         let (Ok(mut frame), mut lower) = (
             KVec::from_elem(0u8, FRAME_SIZE as usize, GFP_KERNEL),
@@ -348,7 +415,7 @@ impl Mount {
                 break;
             }
             let page_len = (size - page * FRAME_SIZE).min(FRAME_SIZE) as usize;
-            if self.pool_page(file, page, &mut frame).is_none() {
+            if self.pool_page(file, page, Some(id), &mut frame).is_none() {
                 return false;
             }
             match self.checked(file, io, page, page_len, &mut frame, &mut lower) {

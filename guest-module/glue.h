@@ -20,14 +20,31 @@ struct file;
 struct iov_iter;
 struct vm_fault;
 
-/* The lower inode's identity, sent in a hint (ffi.rs `IdentC`). */
+/*
+ * The extended attribute of a lower file that holds its content fingerprint
+ * as hex text (FINGERPRINT_XATTR and FINGERPRINT_TEXT_LEN in
+ * protocol/src/abi.rs), written when the image is built (`vmdedup stamp`).
+ */
+#define VMDEDUP_FP_XATTR "user.vmdedup.b3"
+#define VMDEDUP_FP_TEXT_LEN 48
+
+/*
+ * The lower inode's identity, sent in a hint (ffi.rs `IdentC`): `fp_len` is
+ * VMDEDUP_FP_TEXT_LEN when `fp_text` holds the fingerprint attribute's
+ * value (Rust decodes it), else 0.
+ */
 struct vmdedup_ident {
 	u64 size;
 	s64 mtime_ns;
 	s64 ctime_ns;
 	u64 ino;
+	u8 fp_text[VMDEDUP_FP_TEXT_LEN];
+	u32 fp_len;
+	u32 reserved;
 };
-static_assert(sizeof(struct vmdedup_ident) == 32);
+static_assert(sizeof(struct vmdedup_ident) == 88);
+static_assert(offsetof(struct vmdedup_ident, fp_text) == 32);
+static_assert(offsetof(struct vmdedup_ident, fp_len) == 80);
 static_assert(offsetof(struct vmdedup_ident, size) == 0);
 static_assert(offsetof(struct vmdedup_ident, mtime_ns) == 8);
 static_assert(offsetof(struct vmdedup_ident, ctime_ns) == 16);
@@ -75,6 +92,8 @@ ssize_t vmdedup_glue_read_lower(struct vmdedup_io *io, loff_t pos, size_t len);
 ssize_t vmdedup_glue_read_lower_buf(struct vmdedup_io *io, loff_t pos, void *buf, size_t len);
 size_t vmdedup_glue_copy_out(struct vmdedup_io *io, const void *src, size_t len);
 void vmdedup_glue_unmap_all(struct address_space *mapping);
+unsigned long vmdedup_glue_drop_lower_pages(struct vmdedup_io *io, loff_t start, loff_t end);
+u32 vmdedup_glue_random_below(u32 ceil);
 vm_fault_t vmdedup_glue_insert_pfn(struct vm_fault *vmf, unsigned long pfn);
 
 /* fs.c, called from glue.c. */

@@ -47,6 +47,8 @@ counters! {
     fallbacks: "Times a file map was dropped and the file went back to lower.",
     verify_pages: "Pool pages compared with the lower file.",
     verify_mismatches: "Pool pages that differed from the lower file.",
+    verify_files: "Files whose verify=sample check (first, last and a random page) passed.",
+    lower_pages_dropped: "Lower page cache pages dropped once the pool served their file.",
     revocations: "Revocation events applied.",
     acks_sent: "Revocation acknowledgements (OP_ACK_REVOKE) published.",
     acks_withheld: "Revocation acknowledgements not sent because the fault_no_ack test knob is set.",

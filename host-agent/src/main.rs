@@ -49,6 +49,11 @@ struct ConfigArgs {
     /// whole seconds only (repeatable).
     #[arg(long = "ns-mtime-granularity", value_name = "NAME=NS")]
     ns_mtime_granularity: Vec<String>,
+    /// Hints for namespace NAME must carry a content fingerprint (the
+    /// guest's image stamped with `vmdedup stamp`); others are misses
+    /// (repeatable).
+    #[arg(long = "ns-require-fingerprint", value_name = "NAME")]
+    ns_require_fingerprint: Vec<String>,
     /// Register a VM at start, in trust domain DOMAIN (default: "default")
     /// (repeatable; adds to the config file's).
     #[arg(long = "vm", value_name = "NAME[:DOMAIN]")]
@@ -95,6 +100,9 @@ impl ConfigArgs {
         }
         for arg in &self.ns_mtime_granularity {
             cfg.set_ns_mtime_granularity_arg(arg)?;
+        }
+        for name in &self.ns_require_fingerprint {
+            cfg.set_ns_require_fingerprint_arg(name)?;
         }
         for vm in &self.vm {
             cfg.add_vm_arg(vm)?;
@@ -268,6 +276,25 @@ enum Command {
     /// Create or inspect shared region files (developer tool).
     #[command(subcommand)]
     Region(RegionCommand),
+    /// Write each file's content fingerprint into a guest image's tree.
+    ///
+    /// Run it on the staging tree before the image is made (`mke2fs -d DIR`
+    /// copies the `user.vmdedup.b3` attributes into the image); guests send
+    /// the fingerprint in their hints and the agent serves a file only if
+    /// the bytes it loaded have the same one. With `--debugfs` the tree is
+    /// left alone and a `debugfs` script is printed instead, for an image
+    /// made already.
+    ///
+    /// Example: `vmdedup stamp /srv/staging/debian12 && mke2fs -d
+    /// /srv/staging/debian12 ...`, or `vmdedup stamp --debugfs DIR |
+    /// debugfs -w -f - IMAGE`.
+    Stamp {
+        /// Print `debugfs` commands instead of setting the attributes.
+        #[arg(long)]
+        debugfs: bool,
+        /// The tree (its regular files are read, symlinks not followed).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -800,6 +827,31 @@ fn cmd_region_init(
 }
 
 /// `vmdedup region show`.
+fn cmd_stamp(dir: &Path, debugfs: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use vmdedup_host_agent::namespace::fingerprint::{stamp_tree, StampOutput};
+    let how = if debugfs {
+        StampOutput::Debugfs
+    } else {
+        StampOutput::Xattr
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let report =
+        stamp_tree(dir, how, &mut out).with_context(|| format!("stamping {}", dir.display()))?;
+    out.flush()?;
+    for p in &report.skipped {
+        eprintln!("vmdedup stamp: not stamped: {}", p.display());
+    }
+    eprintln!(
+        "vmdedup stamp: {} files, {} MiB fingerprinted, {} skipped",
+        report.files,
+        report.bytes >> 20,
+        report.skipped.len()
+    );
+    Ok(())
+}
+
 fn cmd_region_show(path: &Path) -> anyhow::Result<()> {
     let (kind, p) = region::inspect(path)?;
     println!(
@@ -854,6 +906,7 @@ fn run() -> anyhow::Result<()> {
             path,
         }) => cmd_region_init(kind, size, generation, &path),
         Command::Region(RegionCommand::Show { path }) => cmd_region_show(&path),
+        Command::Stamp { debugfs, dir } => cmd_stamp(&dir, debugfs),
     }
 }
 

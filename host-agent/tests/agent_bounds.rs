@@ -30,6 +30,7 @@ fn service(dir: &Path, cfg: ServiceConfig) -> HintService {
         dir: dir.to_path_buf(),
         domains: vec!["default".into()],
         mtime_granularity_ns: 1,
+        require_fingerprint: false,
     })
     .unwrap();
     let pool = PoolMemory::create(&PoolSpec {
@@ -58,6 +59,7 @@ fn ident(p: &Path) -> GuestIdentity {
     GuestIdentity {
         size: m.size(),
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        fingerprint: None,
     }
 }
 
@@ -72,6 +74,7 @@ fn req(path: &[u8], id: GuestIdentity) -> Hint<'_> {
         inode: 0,
         first_page: 0,
         page_count: 0,
+        fingerprint: id.fingerprint,
     }
 }
 
@@ -222,6 +225,7 @@ fn a_vm_past_its_load_bound_is_told_loading_without_queueing() {
     let none = GuestIdentity {
         size: 1,
         mtime_ns: 1,
+        fingerprint: None,
     };
     for i in 0..100 {
         let path = format!("nope/{i}");

@@ -41,6 +41,7 @@ fn start(tag: &str) -> Agent {
             dir: dir.join(name),
             domains: vec![dom.into()],
             mtime_granularity_ns: 1,
+            require_fingerprint: false,
         })
         .unwrap()
     };

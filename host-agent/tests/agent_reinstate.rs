@@ -78,6 +78,7 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
             dir: dir.join("a"),
             domains: vec!["default".into()],
             mtime_granularity_ns: 1,
+            require_fingerprint: false,
         }],
         vms: vec![VmConfig {
             name: "vm1".into(),

@@ -64,6 +64,7 @@ fn setup(budget_frames: u64, mode: ResolveMode) -> Setup {
                 dir: dir.to_path_buf(),
                 domains: vec![dom.into()],
                 mtime_granularity_ns: 1,
+                require_fingerprint: false,
             },
             mode,
         )
@@ -113,6 +114,7 @@ fn ident(p: &Path) -> GuestIdentity {
     GuestIdentity {
         size: m.size(),
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        fingerprint: None,
     }
 }
 
@@ -128,6 +130,7 @@ fn req(ns: u32, path: &[u8], id: GuestIdentity) -> Hint<'_> {
         inode: 0,
         first_page: 0,
         page_count: 0,
+        fingerprint: id.fingerprint,
     }
 }
 
@@ -275,6 +278,7 @@ fn agent_identity_mismatch_is_a_miss() {
         GuestIdentity {
             size: 0,
             mtime_ns: 0,
+            fingerprint: None,
         },
     ] {
         assert_eq!(
@@ -314,6 +318,7 @@ fn escapes(mode: ResolveMode) {
     let any = GuestIdentity {
         size: 0,
         mtime_ns: 0,
+        fingerprint: None,
     };
     let cases: Vec<(&[u8], MissReason)> = vec![
         (b"../b/other-ns", MissReason::BadPath),
@@ -537,6 +542,7 @@ fn agent_loader_threads_serve_hints() {
         dir: a.0.clone(),
         domains: vec!["*".into()],
         mtime_granularity_ns: 1,
+        require_fingerprint: false,
     })
     .unwrap();
     let pool = PoolMemory::create(&PoolSpec {
@@ -590,4 +596,89 @@ fn agent_quota_misses_are_retryable_and_per_vm() {
     let st = s.svc.status(Some(1));
     assert_eq!(st.counters.misses.over_quota, 1);
     assert_eq!(st.counters.misses.too_large, 1);
+}
+
+#[test]
+fn agent_fingerprint_tells_equal_size_and_mtime_apart() {
+    use vmdedup_host_agent::namespace::fingerprint::fingerprint_of;
+    let s = setup(0, ResolveMode::Openat2);
+    let dir = &s.dirs[0].0;
+    let data = content(7, 3 * 4096 + 5);
+    std::fs::write(dir.join("f"), &data).unwrap();
+    // The guest's copy: same size and mtime (a reproducible build), one
+    // byte different.
+    let mut theirs = data.clone();
+    theirs[5000] ^= 0xff;
+    let id = ident(&dir.join("f"));
+    let wrong = GuestIdentity {
+        fingerprint: Some(fingerprint_of(&theirs)),
+        ..id
+    };
+    let right = GuestIdentity {
+        fingerprint: Some(fingerprint_of(&data)),
+        ..id
+    };
+    assert_eq!(
+        hint(&s.svc, 1, 1, b"f", wrong),
+        HintResult::Miss(MissReason::IdentityMismatch)
+    );
+    let l = expect_hit(hint(&s.svc, 1, 1, b"f", right));
+    assert_eq!(guest_read(&s.svc, &l).0, data);
+    // Without a fingerprint size and mtime still decide (the namespace does
+    // not require one).
+    expect_hit(hint(&s.svc, 2, 1, b"f", id));
+    // A second name of the same stored file (a hardlink) is answered from
+    // the store index, and its fingerprint still comes from the bytes.
+    std::fs::hard_link(dir.join("f"), dir.join("g")).unwrap();
+    assert_eq!(
+        hint(&s.svc, 1, 1, b"g", wrong),
+        HintResult::Miss(MissReason::IdentityMismatch)
+    );
+    assert_eq!(expect_hit(hint(&s.svc, 1, 1, b"g", right)), l);
+}
+
+#[test]
+fn agent_require_fingerprint_misses_hints_without_one() {
+    use vmdedup_host_agent::namespace::fingerprint::fingerprint_of;
+    let a = TempDir::new("require-fp");
+    let data = content(9, 10_000);
+    std::fs::write(a.0.join("f"), &data).unwrap();
+    let ns = Namespace::open(NamespaceConfig {
+        name: "a".into(),
+        id: 1,
+        dir: a.0.clone(),
+        domains: vec!["*".into()],
+        mtime_granularity_ns: 1,
+        require_fingerprint: true,
+    })
+    .unwrap();
+    let pool = PoolMemory::create(&PoolSpec {
+        backing: PoolBacking::Memfd,
+        size: 1 << 20,
+        table_area: 0,
+        generation: 1,
+    })
+    .unwrap();
+    let svc = HintService::new(
+        PageStore::new(pool, StoreConfig::default()),
+        vec![ns],
+        ServiceConfig {
+            workers: 0,
+            chunk_pages: 3,
+            retry_after_ms: 0,
+            ..ServiceConfig::default()
+        },
+    );
+    svc.add_vm(1, "vm1", "default").unwrap();
+    let id = ident(&a.0.join("f"));
+    assert_eq!(
+        hint(&svc, 1, 1, b"f", id),
+        HintResult::Miss(MissReason::IdentityMismatch)
+    );
+    let with = GuestIdentity {
+        fingerprint: Some(fingerprint_of(&data)),
+        ..id
+    };
+    let l = expect_hit(hint(&svc, 1, 1, b"f", with));
+    assert_eq!(guest_read(&svc, &l).0, data);
 }

@@ -78,6 +78,7 @@ fn write_guest_run_config(dir: &Path) -> (PathBuf, AgentConfig) {
         dir: dir.to_path_buf(),
         domains: domains.iter().map(|d| d.to_string()).collect(),
         mtime_granularity_ns: 1_000_000_000,
+        require_fingerprint: false,
     };
     let vm = |name: &str, domain: &str| VmConfig {
         name: name.into(),

@@ -702,3 +702,31 @@ fn an_expired_requests_path_slot_is_reused_only_after_the_host_read_it() {
     check_echo(RingId(1), &got[0], 3, &long, 3, 3);
     assert_eq!(guest.slots_in_use(), 0);
 }
+
+#[test]
+fn fingerprints_reach_the_handler_inline_and_from_slots() {
+    let (mut host, mut guest) = ring_pair(1 << 20, None, 0, 1);
+    let fp = |n: u8| -> Fingerprint { core::array::from_fn(|i| n.wrapping_mul(31) ^ i as u8) };
+    let short = path_of(40, 1);
+    let long = path_of(3000, 2);
+    for (i, path) in [&short, &long].into_iter().enumerate() {
+        let mut e = hint(i as u64 + 1, 0, 1, 1);
+        e.set_fingerprint(&fp(i as u8 + 1));
+        guest.stage(e, path).unwrap();
+    }
+    guest.stage(hint(3, 0, 1, 1), &short).unwrap();
+    guest.publish();
+    let seen = Mutex::new(Vec::new());
+    let record = |ring: RingId, h: &Hint<'_>| {
+        seen.lock().unwrap().push((h.request_id, h.fingerprint));
+        echo(ring, h)
+    };
+    assert_eq!(host.poll_round(&record, 64), 3);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(1, Some(fp(1))), (2, Some(fp(2))), (3, None)]
+    );
+    let mut got = Vec::new();
+    guest.reap(|c| got.push(c.status));
+    assert_eq!(got, vec![0, 0, 0]);
+}

@@ -427,8 +427,57 @@ pub const OP_RELEASE: u16 = 3;
 
 /// Hint flag: the path is in path slot `path_slot`, not inline.
 pub const HINT_FLAG_PATH_IN_SLOT: u32 = 1 << 0;
+/// Hint flag: `reserved` holds the guest copy's content fingerprint
+/// ([`FINGERPRINT_LEN`] bytes, see [`SubmissionEntry::fingerprint`]). Without
+/// it `reserved` is zero.
+pub const HINT_FLAG_FINGERPRINT: u32 = 1 << 1;
 /// Every hint flag this version knows; others must be zero.
-pub const HINT_FLAGS_KNOWN: u32 = HINT_FLAG_PATH_IN_SLOT;
+pub const HINT_FLAGS_KNOWN: u32 = HINT_FLAG_PATH_IN_SLOT | HINT_FLAG_FINGERPRINT;
+
+/// Length of a file's content fingerprint: the first 24 bytes of the BLAKE3
+/// hash of the whole file (192 bits: no accidental collision, and finding
+/// one on purpose is as hard as breaking BLAKE3).
+pub const FINGERPRINT_LEN: usize = 24;
+/// A file's content fingerprint ([`FINGERPRINT_LEN`] bytes).
+pub type Fingerprint = [u8; FINGERPRINT_LEN];
+/// The extended attribute that holds a file's fingerprint in a guest's lower
+/// image, written when the image is built (`vmdedup stamp`): the
+/// fingerprint as [`FINGERPRINT_TEXT_LEN`] lowercase hex digits (text, so
+/// `getfattr` shows it and `debugfs ea_set` can write it).
+pub const FINGERPRINT_XATTR: &str = "user.vmdedup.b3";
+/// Length of the fingerprint attribute's value.
+pub const FINGERPRINT_TEXT_LEN: usize = 2 * FINGERPRINT_LEN;
+
+/// Decodes a fingerprint attribute's value: exactly
+/// [`FINGERPRINT_TEXT_LEN`] hex digits (either case). Anything else is
+/// `None` (the guest then sends no fingerprint).
+pub fn parse_fingerprint_text(text: &[u8]) -> Option<Fingerprint> {
+    if text.len() != FINGERPRINT_TEXT_LEN {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; FINGERPRINT_LEN];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (digit(*text.get(2 * i)?)? << 4) | digit(*text.get(2 * i + 1)?)?;
+    }
+    Some(out)
+}
+
+/// Encodes a fingerprint as the attribute's value (lowercase hex).
+pub fn fingerprint_text(fp: &Fingerprint) -> [u8; FINGERPRINT_TEXT_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; FINGERPRINT_TEXT_LEN];
+    for (i, b) in fp.iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 15) as usize];
+    }
+    out
+}
 
 wire_struct! {
     /// The fixed part of a submission slot: one hint or map operation.
@@ -464,8 +513,10 @@ wire_struct! {
         pub page_count: u32 = PAGE_COUNT @ 64,
         /// Zero; reserved.
         pub reserved0: u32 = RESERVED0 @ 68,
-        /// Map operations: `reserved[0]` is the file map id. Otherwise zero;
-        /// reserved (content hash hint, device id).
+        /// Map operations: `reserved[0]` is the file map id. Hints with
+        /// [`HINT_FLAG_FINGERPRINT`]: the content fingerprint, its bytes in
+        /// order (`reserved[0]` holds bytes 0..8 little-endian, ...).
+        /// Otherwise zero.
         pub reserved: [u64; 3] = RESERVED @ 72,
     }
 }
@@ -545,6 +596,29 @@ impl SubmissionEntry {
         }
     }
 
+    /// Puts `fp` into a hint (sets [`HINT_FLAG_FINGERPRINT`]).
+    pub fn set_fingerprint(&mut self, fp: &Fingerprint) {
+        let mut words = [0u64; 3];
+        for (i, &b) in fp.iter().enumerate() {
+            words[i / 8] |= u64::from(b) << (8 * (i % 8));
+        }
+        self.reserved = words;
+        self.flags |= HINT_FLAG_FINGERPRINT;
+    }
+
+    /// The content fingerprint a hint carries, if [`HINT_FLAG_FINGERPRINT`]
+    /// is set.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        if self.flags & HINT_FLAG_FINGERPRINT == 0 {
+            return None;
+        }
+        let mut fp = [0u8; FINGERPRINT_LEN];
+        for (i, b) in fp.iter_mut().enumerate() {
+            *b = (self.reserved[i / 8] >> (8 * (i % 8))) as u8;
+        }
+        Some(fp)
+    }
+
     /// Validates a copied-out map operation; returns its file map id.
     pub fn check_map_op(&self) -> Result<u64, EntryError> {
         if self.opcode != OP_ACK_REVOKE && self.opcode != OP_RELEASE {
@@ -580,7 +654,7 @@ impl SubmissionEntry {
         }
         if self.flags & !HINT_FLAGS_KNOWN != 0
             || self.reserved0 != 0
-            || self.reserved != [0; 3]
+            || (self.flags & HINT_FLAG_FINGERPRINT == 0 && self.reserved != [0; 3])
             || (self.flags & HINT_FLAG_PATH_IN_SLOT == 0 && self.path_slot != 0)
         {
             return Err(EntryError::Reserved);

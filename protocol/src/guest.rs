@@ -38,7 +38,7 @@ use core::sync::atomic::Ordering;
 
 use crate::abi::{
     ring_off, CompletionEntry, EventEntry, LayoutError, PrefixError, RegionKind, RegionPrefix,
-    RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, GUEST_FLAG_CUT_OFF_ACK,
+    RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, GUEST_FLAG_CUT_OFF_ACK, HINT_FLAG_FINGERPRINT,
     HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP,
     MAX_PATH_LEN, MAX_PATH_SLOTS, OP_HINT, SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
 };
@@ -362,7 +362,8 @@ impl GuestEnd {
 
     /// Writes a hint into the next free submission slot, not yet visible to
     /// the host (see [`GuestEnd::publish`]). Fills in `entry`'s opcode, path
-    /// length, flags and path slot. A path longer than
+    /// length, path flag and path slot (a fingerprint set with
+    /// [`SubmissionEntry::set_fingerprint`] stays). A path longer than
     /// [`SQE_INLINE_PATH_MAX`] goes to a path slot, which is returned: the
     /// caller gives it back with [`GuestEnd::free_slot`] once the answer is
     /// read. A path longer than [`MAX_PATH_LEN`] is still sent, with no
@@ -377,12 +378,13 @@ impl GuestEnd {
         let len = u16::try_from(path.len()).map_err(|_| StageError::PathTooLong)?;
         entry.opcode = OP_HINT;
         entry.path_len = len;
-        entry.flags = 0;
+        // The caller's fingerprint flag stays; the path flag is ours.
+        entry.flags &= HINT_FLAG_FINGERPRINT;
         entry.path_slot = 0;
         let sqe = self.layout.sqe_offset(at) as usize;
         let mut slot = None;
         if path.len() > SQE_INLINE_PATH_MAX as usize {
-            entry.flags = HINT_FLAG_PATH_IN_SLOT;
+            entry.flags |= HINT_FLAG_PATH_IN_SLOT;
             if path.len() <= MAX_PATH_LEN as usize {
                 let s = self.slots.take().ok_or(StageError::NoSlot)?;
                 let written = self

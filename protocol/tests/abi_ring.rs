@@ -48,13 +48,54 @@ proptest! {
         match e.check(slots) {
             Ok(PathLocation::Inline { len }) => {
                 prop_assert!((1..=SQE_INLINE_PATH_MAX).contains(&len));
-                prop_assert_eq!(e.flags, 0);
+                prop_assert_eq!(e.flags & HINT_FLAG_PATH_IN_SLOT, 0);
             }
             Ok(PathLocation::Slot { index, len }) => {
                 prop_assert!(index < slots);
                 prop_assert!((1..=MAX_PATH_LEN).contains(&len));
             }
             Err(err) => prop_assert_ne!(err.status(), AnswerStatus::Hit),
+        }
+    }
+
+    #[test]
+    fn fingerprints_survive_the_wire_and_text(
+        fp in any::<[u8; FINGERPRINT_LEN]>(),
+        path_in_slot in any::<bool>(),
+    ) {
+        let mut e = SubmissionEntry {
+            request_id: 9,
+            opcode: OP_HINT,
+            path_len: 5,
+            ..Default::default()
+        };
+        if path_in_slot {
+            e.flags = HINT_FLAG_PATH_IN_SLOT;
+        }
+        prop_assert_eq!(e.fingerprint(), None);
+        e.set_fingerprint(&fp);
+        let back = SubmissionEntry::from_le_bytes(&e.to_le_bytes());
+        prop_assert_eq!(back.fingerprint(), Some(fp));
+        prop_assert!(back.check(4).is_ok());
+        prop_assert_eq!(back.flags & HINT_FLAG_PATH_IN_SLOT != 0, path_in_slot);
+        let text = fingerprint_text(&fp);
+        prop_assert_eq!(parse_fingerprint_text(&text), Some(fp));
+        prop_assert_eq!(parse_fingerprint_text(&text.to_ascii_uppercase()), Some(fp));
+    }
+
+    #[test]
+    fn any_fingerprint_text_decodes_without_panic(
+        b in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        match parse_fingerprint_text(&b) {
+            Some(fp) => {
+                prop_assert_eq!(b.len(), FINGERPRINT_TEXT_LEN);
+                prop_assert!(b.iter().all(u8::is_ascii_hexdigit));
+                prop_assert_eq!(&fingerprint_text(&fp)[..], &b.to_ascii_lowercase()[..]);
+            }
+            None => prop_assert!(
+                b.len() != FINGERPRINT_TEXT_LEN || !b.iter().all(u8::is_ascii_hexdigit)
+            ),
         }
     }
 
@@ -152,6 +193,18 @@ fn entry_checks_give_the_documented_statuses() {
     };
     assert_eq!(e(&|x| x.opcode = 77), Err(AnswerStatus::Unsupported));
     assert_eq!(e(&|x| x.reserved[2] = 1), Err(AnswerStatus::BadRequest));
+    // With the fingerprint flag `reserved` is the fingerprint.
+    assert_eq!(
+        e(&|x| {
+            x.reserved[2] = 1;
+            x.flags = HINT_FLAG_FINGERPRINT
+        }),
+        Ok(PathLocation::Inline { len: 5 })
+    );
+    // Map operations still refuse the flag.
+    let mut op = SubmissionEntry::map_op(1, OP_RELEASE, 7);
+    op.flags = HINT_FLAG_FINGERPRINT;
+    assert!(op.check_map_op().is_err());
     assert_eq!(e(&|x| x.flags = 1 << 9), Err(AnswerStatus::BadRequest));
     assert_eq!(e(&|x| x.path_len = 0), Err(AnswerStatus::BadRequest));
     assert_eq!(e(&|x| x.path_len = 200), Err(AnswerStatus::BadRequest));

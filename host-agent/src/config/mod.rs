@@ -32,6 +32,7 @@
 //! dir = "/srv/images/debian12"
 //! domains = ["tenant-a"]             # default ["default"]; "*" = every VM
 //! mtime_granularity_ns = 1           # 1_000_000_000 if the guest keeps seconds only
+//! require_fingerprint = false        # true: hints without a content fingerprint miss
 //!
 //! [[vm]]
 //! name = "vm1"
@@ -130,6 +131,8 @@ struct RawNamespace {
     domains: Option<Vec<String>>,
     #[serde(default)]
     mtime_granularity_ns: Option<u64>,
+    #[serde(default)]
+    require_fingerprint: bool,
 }
 
 /// Bounds of the hint service on what guests make the agent keep and do
@@ -394,6 +397,7 @@ impl AgentConfig {
                     .domains
                     .unwrap_or_else(|| vec![DEFAULT_DOMAIN.to_string()]),
                 mtime_granularity_ns: n.mtime_granularity_ns.unwrap_or(1),
+                require_fingerprint: n.require_fingerprint,
             });
         }
         cfg.validate()?;
@@ -419,6 +423,7 @@ impl AgentConfig {
             dir,
             domains: vec![DEFAULT_DOMAIN.to_string()],
             mtime_granularity_ns: 1,
+            require_fingerprint: false,
         });
         self.validate()
     }
@@ -489,6 +494,14 @@ impl AgentConfig {
                 ))
             })?;
         self.namespace_mut(OPT, name)?.mtime_granularity_ns = ns;
+        Ok(())
+    }
+
+    /// Applies a `--ns-require-fingerprint NAME` argument: hints for
+    /// namespace NAME must carry a content fingerprint (see `vmdedup stamp`).
+    pub fn set_ns_require_fingerprint_arg(&mut self, name: &str) -> Result<(), ConfigError> {
+        self.namespace_mut("--ns-require-fingerprint", name)?
+            .require_fingerprint = true;
         Ok(())
     }
 

@@ -126,6 +126,9 @@ impl AgentConfig {
                 "mtime_granularity_ns = {}",
                 int("mtime_granularity_ns", n.mtime_granularity_ns)?
             );
+            if n.require_fingerprint {
+                let _ = writeln!(t, "require_fingerprint = true");
+            }
         }
         for v in &self.vms {
             let _ = writeln!(t, "\n[[vm]]");
@@ -229,13 +232,15 @@ mod tests {
             text(),
             prop::collection::vec(text(), 0..4),
             0..=i64::MAX as u64,
+            any::<bool>(),
         )
-            .prop_map(|(name, id, dir, domains, gran)| NamespaceConfig {
+            .prop_map(|(name, id, dir, domains, gran, fp)| NamespaceConfig {
                 name,
                 id,
                 dir: dir.into(),
                 domains,
                 mtime_granularity_ns: gran,
+                require_fingerprint: fp,
             })
     }
 

@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vmdedup_protocol::control::MissReason;
 
+pub mod fingerprint;
+
+pub use fingerprint::Fingerprint;
+
 /// Longest hint path the resolver accepts, in bytes.
 pub const MAX_REL_PATH: usize = 4096;
 /// Longest path component, in bytes.
@@ -132,6 +136,9 @@ pub struct HostIdentity {
     pub size: u64,
     /// Modification time, ns since the epoch.
     pub mtime_ns: i64,
+    /// Content fingerprint of the bytes loaded into the pool (`None` until
+    /// a loader has read them).
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// What the guest says about its copy (from the hint).
@@ -141,15 +148,31 @@ pub struct GuestIdentity {
     pub size: u64,
     /// Modification time, ns since the epoch.
     pub mtime_ns: i64,
+    /// Content fingerprint from the guest's lower image, if it has one.
+    pub fingerprint: Option<Fingerprint>,
 }
 
 impl HostIdentity {
-    /// Whether the guest's copy is this version: same size, and the same
-    /// mtime at `granularity_ns` (1 = exact; 1_000_000_000 for file systems
-    /// that keep seconds only).
-    pub fn matches(&self, g: &GuestIdentity, granularity_ns: u64) -> bool {
+    /// Whether the guest's copy is this version: same size, the same mtime
+    /// at `granularity_ns` (1 = exact; 1_000_000_000 for file systems that
+    /// keep seconds only), and, when the guest sent a fingerprint, the same
+    /// content fingerprint. Size and mtime alone collide on reproducible
+    /// builds, which pin every mtime; with `require_fingerprint` a guest
+    /// copy without a fingerprint never matches.
+    pub fn matches(
+        &self,
+        g: &GuestIdentity,
+        granularity_ns: u64,
+        require_fingerprint: bool,
+    ) -> bool {
         let gran = granularity_ns.clamp(1, i64::MAX as u64) as i64;
-        self.size == g.size && self.mtime_ns.div_euclid(gran) == g.mtime_ns.div_euclid(gran)
+        let content = match g.fingerprint {
+            Some(fp) => self.fingerprint == Some(fp),
+            None => !require_fingerprint,
+        };
+        content
+            && self.size == g.size
+            && self.mtime_ns.div_euclid(gran) == g.mtime_ns.div_euclid(gran)
     }
 
     // time_t and the nsec field are i64 on 64-bit targets only.
@@ -162,6 +185,7 @@ impl HostIdentity {
             mtime_ns: (st.st_mtime as i64)
                 .saturating_mul(1_000_000_000)
                 .saturating_add(st.st_mtime_nsec as i64),
+            fingerprint: None,
         }
     }
 }
@@ -197,6 +221,9 @@ pub struct NamespaceConfig {
     pub domains: Vec<String>,
     /// mtime comparison granularity in ns (1: exact).
     pub mtime_granularity_ns: u64,
+    /// Hints without a content fingerprint are misses (for trees whose
+    /// mtimes say nothing, e.g. reproducible builds).
+    pub require_fingerprint: bool,
 }
 
 /// An open namespace.
@@ -509,41 +536,83 @@ mod tests {
             ino: 2,
             size: 10,
             mtime_ns: 1_500_000_123,
+            fingerprint: None,
         };
         assert!(h.matches(
             &GuestIdentity {
                 size: 10,
-                mtime_ns: 1_500_000_123
+                mtime_ns: 1_500_000_123,
+                fingerprint: None
             },
-            1
+            1,
+            false
         ));
         assert!(!h.matches(
             &GuestIdentity {
                 size: 10,
-                mtime_ns: 1_500_000_124
+                mtime_ns: 1_500_000_124,
+                fingerprint: None
             },
-            1
+            1,
+            false
         ));
         assert!(h.matches(
             &GuestIdentity {
                 size: 10,
-                mtime_ns: 1_000_000_000
+                mtime_ns: 1_000_000_000,
+                fingerprint: None
             },
-            1_000_000_000
+            1_000_000_000,
+            false
         ));
         assert!(!h.matches(
             &GuestIdentity {
                 size: 11,
-                mtime_ns: 1_500_000_123
+                mtime_ns: 1_500_000_123,
+                fingerprint: None
             },
-            1
+            1,
+            false
         ));
         assert!(h.matches(
             &GuestIdentity {
                 size: 10,
-                mtime_ns: 1_500_000_123
+                mtime_ns: 1_500_000_123,
+                fingerprint: None
             },
-            0
+            0,
+            false
         ));
+    }
+
+    #[test]
+    fn fingerprints_decide_when_sent() {
+        let fp = fingerprint::fingerprint_of(b"one");
+        let other = fingerprint::fingerprint_of(b"two");
+        let h = HostIdentity {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 0,
+            fingerprint: Some(fp),
+        };
+        let g = |fingerprint| GuestIdentity {
+            size: 3,
+            mtime_ns: 0,
+            fingerprint,
+        };
+        // Same size and mtime, other bytes: a miss.
+        assert!(!h.matches(&g(Some(other)), 1, false));
+        assert!(h.matches(&g(Some(fp)), 1, false));
+        assert!(h.matches(&g(Some(fp)), 1, true));
+        // No fingerprint: size and mtime decide, unless one is required.
+        assert!(h.matches(&g(None), 1, false));
+        assert!(!h.matches(&g(None), 1, true));
+        // A host copy not fingerprinted never matches a guest's fingerprint.
+        let unhashed = HostIdentity {
+            fingerprint: None,
+            ..h
+        };
+        assert!(!unhashed.matches(&g(Some(fp)), 1, false));
     }
 }

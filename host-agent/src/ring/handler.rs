@@ -29,6 +29,8 @@ pub struct Hint<'a> {
     pub first_page: u64,
     /// Pages wanted (0: to the end).
     pub page_count: u32,
+    /// Guest copy: content fingerprint from its lower image, if it sent one.
+    pub fingerprint: Option<vmdedup_protocol::abi::Fingerprint>,
 }
 
 /// A handler's answer to a hint.

@@ -514,6 +514,7 @@ impl HostRing {
             inode: e.inode,
             first_page: e.first_page,
             page_count: e.page_count,
+            fingerprint: e.fingerprint(),
         };
         match handler.handle(self.id, &hint) {
             Answer::Hit(r) => CompletionEntry {

@@ -25,6 +25,12 @@ use super::{CacheEntry, CacheKey};
 /// `Arc` allocation, the order index node and allocator overhead, rounded up.
 pub const ENTRY_OVERHEAD: usize = 192;
 
+// The entry itself (value and key) fits with room for the table slot and the
+// order index node; a bigger entry needs a bigger charge.
+const _: () = assert!(
+    std::mem::size_of::<CacheEntry>() + 2 * std::mem::size_of::<CacheKey>() + 48 <= ENTRY_OVERHEAD
+);
+
 /// Limits of the path cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheLimits {
@@ -314,6 +320,7 @@ mod tests {
                 ino: 2,
                 size: 3,
                 mtime_ns: 4,
+                fingerprint: None,
             },
             map: 5,
             recheck_at_ms: 0,

@@ -27,6 +27,7 @@ fn guest_identity(hint: &Hint<'_>) -> GuestIdentity {
     GuestIdentity {
         size: hint.file_size,
         mtime_ns: hint.mtime_ns,
+        fingerprint: hint.fingerprint,
     }
 }
 
@@ -60,7 +61,12 @@ impl HintService {
                 map,
                 recheck_at_ms,
             }) => {
-                if !host.matches(&guest_identity(hint), ns.config().mtime_granularity_ns) {
+                let cfg = ns.config();
+                if !host.matches(
+                    &guest_identity(hint),
+                    cfg.mtime_granularity_ns,
+                    cfg.require_fingerprint,
+                ) {
                     // The host file may have changed to the guest's version
                     // since it was resolved: look again (in a loader, at
                     // most every `recheck_ms` for this path). Until then

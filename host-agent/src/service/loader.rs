@@ -15,6 +15,7 @@ use vmdedup_protocol::pool::{pages_for_size, FRAME_SIZE};
 
 use super::queue::{LoadJob, Requester};
 use super::{file_key, lock, read, CacheEntry, HintService, Shared};
+use crate::namespace::fingerprint::{fingerprint_reader, Fingerprinter};
 use crate::namespace::{HostIdentity, Namespace};
 use crate::store::{page_hash, MapId, MapLabel, StoreError};
 
@@ -139,9 +140,13 @@ fn load(shared: &Shared, job: &LoadJob, now: u64) -> Result<(HostIdentity, MapId
         .cloned()
         .ok_or(MissReason::NoNamespace)?;
     let mut rf = ns.resolve(&key.1).map_err(|e| e.miss_reason())?;
-    let host = rf.identity;
+    let mut host = rf.identity;
     let fkey = file_key(&host);
     if let Some(map) = lock(&shared.store).lookup(&fkey) {
+        // Stored already (another path, or the cache forgot it): its
+        // fingerprint still has to come from the bytes.
+        let fp = fingerprint_reader(&mut rf.file).map_err(|_| MissReason::IoError)?;
+        host.fingerprint = Some(fp);
         return Ok((host, map));
     }
     let label = MapLabel {
@@ -155,10 +160,12 @@ fn load(shared: &Shared, job: &LoadJob, now: u64) -> Result<(HostIdentity, MapId
     let chunk_pages = shared.cfg.chunk_pages.max(1);
     let mut buf = vec![0u8; chunk_pages * frame];
     let mut remaining = host.size;
+    let mut fp = Fingerprinter::default();
     let result = (|| {
         while remaining > 0 {
             let want = (remaining.min(buf.len() as u64)) as usize;
             read_full(&mut rf.file, &mut buf[..want])?;
+            fp.update(&buf[..want]);
             remaining -= want as u64;
             let pages = want.div_ceil(frame);
             buf[want..pages * frame].fill(0);
@@ -188,7 +195,10 @@ fn load(shared: &Shared, job: &LoadJob, now: u64) -> Result<(HostIdentity, MapId
         shared.store_op(|s| s.finish_load(id)).map_err(store_miss)
     })();
     match result {
-        Ok(loc) => Ok((host, loc.file_map_id)),
+        Ok(loc) => {
+            host.fingerprint = Some(fp.finish());
+            Ok((host, loc.file_map_id))
+        }
         Err(e) => {
             shared.store_op(|s| s.abort_load(id));
             Err(e)

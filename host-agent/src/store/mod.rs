@@ -24,6 +24,9 @@ use vmdedup_protocol::pool::{
 
 use crate::pool::PoolMemory;
 
+mod adopt;
+pub use adopt::{scan_tables, AdoptReport, FoundTable};
+
 /// Host id of a file map (never 0, never reused within a pool generation).
 pub type MapId = u64;
 /// A VM, as the ring layer numbers it (`RingId.0`).
@@ -264,6 +267,8 @@ pub struct PageStore {
     vms: BTreeMap<VmId, VmEntry>,
     events: Vec<StoreEvent>,
     counts: StoreCounts,
+    /// Frames pinned after taking over a served pool ([`PageStore::adopt`]).
+    pins: Option<adopt::Pins>,
 }
 
 impl PageStore {
@@ -298,6 +303,7 @@ impl PageStore {
                 frames_budget: budget,
                 ..StoreCounts::default()
             },
+            pins: None,
         }
     }
 
@@ -315,6 +321,7 @@ impl PageStore {
     pub fn remove_vm(&mut self, vm: VmId, now_ms: u64) {
         self.drop_holdings(vm, now_ms);
         self.vms.remove(&vm);
+        self.pins_forget(vm, None);
     }
 
     /// Lets a cut-off VM be served again (after its ring was reset).
@@ -416,7 +423,7 @@ impl PageStore {
                 state: MapState::Revoking { waiting, .. },
                 ..
             }) if waiting.contains(&vm) => self.unhold(vm, id, now_ms),
-            _ => false,
+            _ => self.pins_forget(vm, Some(id)),
         }
     }
 

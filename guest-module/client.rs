@@ -28,6 +28,15 @@
 //! counted and left to the host's acknowledgement timeout. Their answers
 //! ([`ANSWER_FLAG_MAP_OP`]) are dropped.
 //!
+//! Re-announce: a host that restarted and took the pool and this ring over
+//! in place sends [`NOTICE_REANNOUNCE`]; the maps stay valid, and at the next
+//! timer tick (after reaping every answer already published, so a hit the
+//! old host sent is not missed) the client queues one [`OP_HOLD`] per held
+//! map and then [`OP_HOLDS_DONE`] with the notice's token. The host rewrites
+//! none of the adopted frames before that. If they cannot all fit in the
+//! queue at once, every map is dropped instead (the host was never told of
+//! them, so nothing is released) and only the done is sent.
+//!
 //! Lock order: the lock around this client and the region table
 //! before any [`InodeState`] lock. Nothing that can run from memory
 //! reclaim (inode eviction) takes the region table lock: eviction only marks
@@ -41,8 +50,8 @@ use kernel::time::Ktime;
 
 use crate::abi::{
     AnswerStatus, CompletionEntry, EventEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE,
-    EVENT_REVOKE, MAX_PATH_LEN, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING, OP_ACK_REVOKE, OP_HINT,
-    OP_RELEASE,
+    EVENT_REVOKE, MAX_PATH_LEN, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING, NOTICE_REANNOUNCE,
+    OP_ACK_REVOKE, OP_HINT, OP_HOLD, OP_HOLDS_DONE, OP_RELEASE,
 };
 use crate::ffi;
 use crate::file::{FileMap, Ident, InodeState, MissKind, TableKey, SWEEP_NEEDED};
@@ -172,6 +181,8 @@ pub(crate) struct Client {
     pool_checked: bool,
     ring_corrupt: bool,
     ops: OpQueue,
+    /// The token of a re-announce notice not answered yet (0: none).
+    reannounce: u64,
 }
 
 impl Client {
@@ -185,6 +196,7 @@ impl Client {
             pool_checked: false,
             ring_corrupt: false,
             ops: OpQueue::new(),
+            reannounce: 0,
         }
     }
 
@@ -267,6 +279,7 @@ impl Client {
         }
         self.revoke_all(false);
         self.ops.clear();
+        self.reannounce = 0;
         // A new host may have taken the pool over in place with a new
         // generation (host-agent `PoolMemory::adopt_served`): read its header
         // again before trusting any answer.
@@ -317,11 +330,11 @@ impl Client {
                 Err(_) => break,
             }
             self.next_id = self.next_id.wrapping_add(1).max(1);
-            stats::inc(if opcode == OP_ACK_REVOKE {
-                Counter::acks_sent
-            } else {
-                Counter::releases_sent
-            });
+            match opcode {
+                OP_ACK_REVOKE => stats::inc(Counter::acks_sent),
+                OP_RELEASE => stats::inc(Counter::releases_sent),
+                _ => {}
+            }
             written += 1;
         }
         if written == 0 {
@@ -724,6 +737,13 @@ impl Client {
                 stats::inc(Counter::revocations);
                 self.revoke_all(true);
             }
+            (EVENT_NOTICE, NOTICE_REANNOUNCE) => {
+                // Answered at the next tick, after the answers are reaped.
+                stats::inc(Counter::reannounce_requests);
+                if e.file_map_id != 0 {
+                    self.reannounce = e.file_map_id;
+                }
+            }
             (EVENT_NOTICE, NOTICE_HOST_RESTARTING) => {
                 // The generation changes: the new host knows none of these maps.
                 stats::inc(Counter::revocations);
@@ -744,8 +764,39 @@ impl Client {
         self.expire();
         self.reap(ring, pool, true);
         self.poll_events(ring);
+        if self.reannounce != 0 {
+            // Every answer the old host published before the notice is in
+            // the completion ring by now: apply them first.
+            self.reap(ring, pool, true);
+            self.send_holds();
+        }
         self.sweep();
         self.flush_ops(ring);
+    }
+
+    /// Queues one [`OP_HOLD`] per held map, then [`OP_HOLDS_DONE`] (see the
+    /// module documentation). Waits for room in the queue while all of them
+    /// could fit.
+    fn send_holds(&mut self) {
+        let token = self.reannounce;
+        if token == 0 {
+            return;
+        }
+        let held = self.held.iter().filter(|h| h.is_some()).count();
+        let room = self.ops.buf.len().saturating_sub(self.ops.len);
+        if held + 1 > room {
+            if held < OPS_MAX {
+                return;
+            }
+            // Never all at once: let go of every map instead.
+            self.revoke_all(false);
+        }
+        for h in self.held.iter().flatten() {
+            self.ops.push(OP_HOLD, h.file_map_id);
+            stats::inc(Counter::holds_reannounced);
+        }
+        self.ops.push(OP_HOLDS_DONE, token);
+        self.reannounce = 0;
     }
 
     /// Module unload: releases what evicted files held and publishes every

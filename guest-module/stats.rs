@@ -58,6 +58,8 @@ counters! {
     events_unknown: "Events that named no held file map or had an unknown kind.",
     generation_changes: "Ring or pool generation changes seen (host restart).",
     ring_corrupt: "Times the ring indices were found corrupt (ring disabled until reset).",
+    reannounce_requests: "Re-announce notices from a host that took the pool over in place.",
+    holds_reannounced: "Held maps re-announced (OP_HOLD) to such a host.",
 }
 
 static VALUES: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];

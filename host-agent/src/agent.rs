@@ -487,6 +487,17 @@ impl Agent {
         self.inner.opts.generation.wrapping_add(n)
     }
 
+    /// Stops every thread without a word to the guests and without touching
+    /// the pool or the rings again, as a crash (SIGKILL) would; restart tests
+    /// start another agent over the same files afterwards.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn abandon(&self) {
+        if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
+            p.shutdown();
+        }
+        self.inner.service.shutdown();
+    }
+
     /// Stops the pollers and loader threads. Ring region files stay (the VMs
     /// may still map them); each ring is told the host is going away.
     pub fn shutdown(&self) {

@@ -32,10 +32,9 @@
 //! in place sends [`NOTICE_REANNOUNCE`]; the maps stay valid, and at the next
 //! timer tick (after reaping every answer already published, so a hit the
 //! old host sent is not missed) the client queues one [`OP_HOLD`] per held
-//! map and then [`OP_HOLDS_DONE`] with the notice's token. The host rewrites
-//! none of the adopted frames before that. If they cannot all fit in the
-//! queue at once, every map is dropped instead (the host was never told of
-//! them, so nothing is released) and only the done is sent.
+//! map and then [`OP_HOLDS_DONE`] with the notice's token, over as many ticks
+//! as the map-op queue needs. The host rewrites none of the adopted frames
+//! before that.
 //!
 //! Lock order: the lock around this client and the region table
 //! before any [`InodeState`] lock. Nothing that can run from memory
@@ -183,6 +182,8 @@ pub(crate) struct Client {
     ops: OpQueue,
     /// The token of a re-announce notice not answered yet (0: none).
     reannounce: u64,
+    /// The next index of `held` to re-announce.
+    reannounce_next: usize,
 }
 
 impl Client {
@@ -197,6 +198,7 @@ impl Client {
             ring_corrupt: false,
             ops: OpQueue::new(),
             reannounce: 0,
+            reannounce_next: 0,
         }
     }
 
@@ -280,9 +282,10 @@ impl Client {
         self.revoke_all(false);
         self.ops.clear();
         self.reannounce = 0;
-        // A new host may have taken the pool over in place with a new
-        // generation (host-agent `PoolMemory::adopt_served`): read its header
-        // again before trusting any answer.
+        self.reannounce_next = 0;
+        // The pool may have changed under the same device (a new pool file
+        // with a new generation, or one initialised after a late start):
+        // read its header again before trusting any answer.
         self.pool_checked = false;
         self.pool = None;
     }
@@ -741,7 +744,9 @@ impl Client {
                 // Answered at the next tick, after the answers are reaped.
                 stats::inc(Counter::reannounce_requests);
                 if e.file_map_id != 0 {
+                    // A newer notice starts over (a second restart).
                     self.reannounce = e.file_map_id;
+                    self.reannounce_next = 0;
                 }
             }
             (EVENT_NOTICE, NOTICE_HOST_RESTARTING) => {
@@ -775,28 +780,31 @@ impl Client {
     }
 
     /// Queues one [`OP_HOLD`] per held map, then [`OP_HOLDS_DONE`] (see the
-    /// module documentation). Waits for room in the queue while all of them
-    /// could fit.
+    /// module documentation), as many as the map-op queue has room for; the
+    /// next ticks go on from [`Client::reannounce_next`]. A map released
+    /// meanwhile is skipped (its slot is empty); a slot taken meanwhile by a
+    /// new answer may be announced too, which the host takes as the hold it
+    /// already counts.
     fn send_holds(&mut self) {
         let token = self.reannounce;
         if token == 0 {
             return;
         }
-        let held = self.held.iter().filter(|h| h.is_some()).count();
-        let room = self.ops.buf.len().saturating_sub(self.ops.len);
-        if held + 1 > room {
-            if held < OPS_MAX {
-                return;
+        // One place is kept for the done.
+        let mut room = self.ops.buf.len().saturating_sub(self.ops.len);
+        while room > 1 && self.reannounce_next < self.held.len() {
+            if let Some(Some(h)) = self.held.get(self.reannounce_next) {
+                self.ops.push(OP_HOLD, h.file_map_id);
+                stats::inc(Counter::holds_reannounced);
+                room -= 1;
             }
-            // Never all at once: let go of every map instead.
-            self.revoke_all(false);
+            self.reannounce_next += 1;
         }
-        for h in self.held.iter().flatten() {
-            self.ops.push(OP_HOLD, h.file_map_id);
-            stats::inc(Counter::holds_reannounced);
+        if self.reannounce_next >= self.held.len() && room > 0 {
+            self.ops.push(OP_HOLDS_DONE, token);
+            self.reannounce = 0;
+            self.reannounce_next = 0;
         }
-        self.ops.push(OP_HOLDS_DONE, token);
-        self.reannounce = 0;
     }
 
     /// Module unload: releases what evicted files held and publishes every

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use vmdedup_protocol::abi::{
-    EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING,
-    NOTICE_REANNOUNCE,
+    EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_EVENTS_LOST, NOTICE_REANNOUNCE,
 };
 use vmdedup_protocol::pool::TableRef;
 
@@ -498,16 +497,14 @@ impl Agent {
         self.inner.service.shutdown();
     }
 
-    /// Stops the pollers and loader threads. Ring region files stay (the VMs
-    /// may still map them); each ring is told the host is going away.
+    /// Stops the pollers and loader threads. Ring region files and the pool
+    /// stay as they are (the VMs still map them): guests keep their maps,
+    /// whose frames nothing rewrites, and the next agent adopts pool and
+    /// rings in place. (`NOTICE_HOST_RESTARTING`, which made every guest drop
+    /// every map, is no longer sent.)
     pub fn shutdown(&self) {
         if let Ok(rings) = self.inner.rings.lock() {
             for r in rings.values() {
-                let _ = r.post_event(EventEntry {
-                    kind: EVENT_NOTICE,
-                    notice: NOTICE_HOST_RESTARTING,
-                    ..EventEntry::default()
-                });
                 r.close();
             }
         }

@@ -351,3 +351,29 @@ fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
     assert_eq!(read_through(&cfg.pool, &a2), f);
     agent.shutdown();
 }
+
+#[test]
+fn a_stopped_agent_leaves_the_maps_to_the_next_one() {
+    let tmp = TempDir::new("restart-graceful");
+    let dir: PathBuf = tmp.0.clone();
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let f = content(11, 4 * 4096);
+    std::fs::write(dir.join("a/f"), &f).unwrap();
+    let cfg = config(&dir);
+    let old = start(&cfg, 1000);
+    let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
+    let a = vm1.hit(&dir, "f");
+    old.shutdown();
+    drop(old);
+    let agent = start(&cfg, 2000);
+    vm1.event("the re-announce notice", |e| {
+        *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
+    });
+    assert_eq!(
+        vm1.events,
+        vec![(EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)],
+        "nothing told the guest to drop its maps"
+    );
+    assert_eq!(read_through(&cfg.pool, &a), f);
+    agent.shutdown();
+}

@@ -333,6 +333,11 @@ impl PageStore {
         if matches!(self.maps.get(&id), Some(m) if m.state == MapState::Live)
             && self.hold(vm, id).is_ok()
         {
+            // Out of the LRU while pinned: revoking it under pressure would
+            // free nothing (its frames are pinned) and only make the VM drop it.
+            if let Some(m) = self.maps.get(&id) {
+                self.lru.remove(&m.lru_tick);
+            }
             return;
         }
         let generation = self.pool.geometry().generation;
@@ -625,6 +630,10 @@ mod tests {
         );
         assert!(!s.holds_done(1, 6));
         assert!(s.holds_done(1, 5));
+        assert!(
+            s.lru.values().all(|id| *id != a.file_map_id),
+            "a re-announced adopted map stays out of the LRU while pinned"
+        );
         assert!(s.pinned().is_some(), "VM 2 has not re-announced");
         s.remove_vm(2, 0);
         assert!(s.pinned().is_some(), "VM 1 owes the acknowledgement of b");
@@ -632,6 +641,10 @@ mod tests {
         s.reannounced(1, c.file_map_id);
         assert!(s.ack(1, b.file_map_id, 0));
         assert!(s.pinned().is_none());
+        assert!(
+            s.lru.values().any(|id| *id == a.file_map_id),
+            "in the LRU again"
+        );
         // The dead table and the unclaimed map are gone; `a` is held.
         assert!(s.frames_of(b.file_map_id).is_none());
         assert!(s.frames_of(c.file_map_id).is_none());

@@ -194,7 +194,10 @@ impl RegionPrefix {
 // current index values (`tail = sq_tail`, `cq_head`, `eq_head` as found) and
 // ignores answers whose request id it does not know. The host bumps the prefix
 // `generation` whenever it re-initialises the region; a guest that sees it
-// change drops every file map it got from the old generation.
+// change drops every file map it got from the old generation. A host that
+// restarts takes a valid region over in place instead (same generation,
+// indices as found, nothing rewritten) and sends [`NOTICE_REANNOUNCE`]: the
+// guest keeps its maps and tells the host which ones it holds.
 
 /// Size in bytes of the ring region header ([`RingHeader`]).
 pub const RING_HEADER_SIZE: u32 = 1024;

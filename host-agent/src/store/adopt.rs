@@ -109,7 +109,6 @@ fn table_at(geom: &PoolGeometry, pool: &[u8], off: u64, end: u64) -> Option<Foun
         || h.pool_generation != geom.generation
         || h.flags != 0
         || h.reserved != [0; 2]
-        || h.page_count == 0
         || h.page_count > MAX_TABLE_PAGES
         || pages_for_size(h.file_size) != h.page_count as u64
         || h.page_count as u64 > geom.frame_count
@@ -532,6 +531,9 @@ mod tests {
         s.hold(1, a.file_map_id).unwrap();
         s.hold(1, b.file_map_id).unwrap();
         assert!(!s.revoke(b.file_map_id, 0));
+        // An empty file has a table too (no frames); it comes last.
+        let e = s.load_bytes(key(4, 0), label("empty"), &[], 0).unwrap();
+        s.hold(1, e.file_map_id).unwrap();
         (a, b, c)
     }
 
@@ -550,9 +552,11 @@ mod tests {
             vec![
                 (a.file_map_id, true),
                 (b.file_map_id, false),
-                (c.file_map_id, true)
+                (c.file_map_id, true),
+                (c.file_map_id + 1, true)
             ]
         );
+        assert!(found[3].frames.is_empty(), "the empty file's table");
         assert_eq!(found[0].offset, a.offset);
         // Another generation's tables are not this pool's.
         let mut g = *p.geometry();
@@ -565,7 +569,7 @@ mod tests {
             .iter()
             .map(|f| f.header.file_map_id)
             .collect();
-        assert_eq!(ids, vec![b.file_map_id, c.file_map_id]);
+        assert_eq!(ids, vec![b.file_map_id, c.file_map_id, c.file_map_id + 1]);
     }
 
     #[test]
@@ -574,12 +578,13 @@ mod tests {
         let (a, b, c) = previous(&t);
         let before = std::fs::read(t.0.join("pool")).unwrap();
         let p = PoolMemory::adopt_served(&spec(&t, 99)).unwrap().unwrap();
-        // A budget of 8 frames: 7 are taken by the three maps.
+        // A budget of 8 frames: 7 are taken by the four maps (the empty
+        // file has none).
         let (mut s, report) = PageStore::adopt(p, cfg(8), [1, 2], 5);
-        assert_eq!(report.live_maps, 2);
+        assert_eq!(report.live_maps, 3);
         assert_eq!(report.dead_tables, 1);
         assert_eq!(report.frames_pinned, 7);
-        assert_eq!(report.next_map_id, c.file_map_id + 1);
+        assert_eq!(report.next_map_id, c.file_map_id + 2);
         let geom = *s.pool().geometry();
         let frames_at = geom.frame_area_offset as usize;
         assert_eq!(
@@ -598,7 +603,7 @@ mod tests {
         let a2 = s
             .load_bytes(key(1, 3 * 4096), label("a"), &file(1, 3), 0)
             .unwrap();
-        assert!(a2.file_map_id > c.file_map_id);
+        assert!(a2.file_map_id > c.file_map_id + 1);
         assert_eq!(s.frames_of(a2.file_map_id).unwrap(), &fa[..]);
         assert_eq!(s.counts().pages_deduplicated, 3);
         // Pinned: a new file finds no room (one frame left), and nothing

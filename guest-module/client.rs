@@ -36,6 +36,14 @@
 //! [`GUEST_FLAG_CUT_OFF_ACK`](crate::abi::GUEST_FLAG_CUT_OFF_ACK), and
 //! sends no hints and installs no answer until the host writes a new ring.
 //!
+//! Re-announce: a host that restarted and took the pool and this ring over
+//! in place sends [`NOTICE_REANNOUNCE`]; the maps stay valid, and at the next
+//! timer tick (after reaping every answer already published, so a hit the
+//! old host sent is not missed) the client queues one [`OP_HOLD`] per held
+//! map and then [`OP_HOLDS_DONE`] with the notice's token, over as many ticks
+//! as the map-op queue needs. The host rewrites none of the adopted frames
+//! before that.
+//!
 //! Lock order: the lock around this client and the region table
 //! before any [`InodeState`] lock. Nothing that can run from memory
 //! reclaim (inode eviction) takes the region table lock: eviction only marks
@@ -50,7 +58,7 @@ use kernel::time::Ktime;
 use crate::abi::{
     AnswerStatus, CompletionEntry, EventEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE,
     EVENT_REVOKE, FEATURES_KNOWN, MAX_PATH_LEN, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING,
-    OP_ACK_REVOKE, OP_HINT, OP_RELEASE,
+    NOTICE_REANNOUNCE, OP_ACK_REVOKE, OP_HINT, OP_HOLD, OP_HOLDS_DONE, OP_RELEASE,
 };
 use crate::ffi;
 use crate::file::{FileMap, Ident, InodeState, MissKind, TableKey, SWEEP_NEEDED};
@@ -183,6 +191,10 @@ pub(crate) struct Client {
     /// again once the host writes another.
     corrupt_generation: Option<u64>,
     ops: OpQueue,
+    /// The token of a re-announce notice not answered yet (0: none).
+    reannounce: u64,
+    /// The next index of `held` to re-announce.
+    reannounce_next: usize,
 }
 
 impl Client {
@@ -197,6 +209,8 @@ impl Client {
             ring_corrupt: false,
             corrupt_generation: None,
             ops: OpQueue::new(),
+            reannounce: 0,
+            reannounce_next: 0,
         }
     }
 
@@ -283,14 +297,13 @@ impl Client {
     /// host keeps them charged until it sees the acknowledgement), forgets
     /// queued map operations, then acknowledges.
     fn check_cut_off(&mut self, ring: &Mapping) {
-        let news = self
-            .conn
-            .as_mut()
-            .is_some_and(|c| c.end.cut_off_news(ring));
+        let news = self.conn.as_mut().is_some_and(|c| c.end.cut_off_news(ring));
         if !news {
             return;
         }
-        pr_warn!("cut off by the host: every file is read from lower until the ring is reinstated\n");
+        pr_warn!(
+            "cut off by the host: every file is read from lower until the ring is reinstated\n"
+        );
         stats::inc(Counter::cut_offs);
         // `drop_map` zaps every PTE of the file under its lock and the fault
         // path re-checks the map under that lock: after this no page table
@@ -320,9 +333,11 @@ impl Client {
         }
         self.revoke_all(false);
         self.ops.clear();
-        // A new host may have taken the pool over in place with a new
-        // generation (host-agent `PoolMemory::adopt_served`): read its header
-        // again before trusting any answer.
+        self.reannounce = 0;
+        self.reannounce_next = 0;
+        // The pool may have changed under the same device (a new pool file
+        // with a new generation, or one initialised after a late start):
+        // read its header again before trusting any answer.
         self.pool_checked = false;
         self.pool = None;
     }
@@ -376,11 +391,11 @@ impl Client {
                 Err(_) => break,
             }
             self.next_id = self.next_id.wrapping_add(1).max(1);
-            stats::inc(if opcode == OP_ACK_REVOKE {
-                Counter::acks_sent
-            } else {
-                Counter::releases_sent
-            });
+            match opcode {
+                OP_ACK_REVOKE => stats::inc(Counter::acks_sent),
+                OP_RELEASE => stats::inc(Counter::releases_sent),
+                _ => {}
+            }
             written += 1;
         }
         if written == 0 {
@@ -834,6 +849,15 @@ impl Client {
                 stats::inc(Counter::revocations);
                 self.revoke_all(true);
             }
+            (EVENT_NOTICE, NOTICE_REANNOUNCE) => {
+                // Answered at the next tick, after the answers are reaped.
+                stats::inc(Counter::reannounce_requests);
+                if e.file_map_id != 0 {
+                    // A newer notice starts over (a second restart).
+                    self.reannounce = e.file_map_id;
+                    self.reannounce_next = 0;
+                }
+            }
             (EVENT_NOTICE, NOTICE_HOST_RESTARTING) => {
                 // The generation changes: the new host knows none of these maps.
                 stats::inc(Counter::revocations);
@@ -855,10 +879,44 @@ impl Client {
         self.expire();
         self.reap(ring, pool, true);
         self.poll_events(ring);
+        if self.reannounce != 0 {
+            // Every answer the old host published before the notice is in
+            // the completion ring by now: apply them first.
+            self.reap(ring, pool, true);
+            self.send_holds();
+        }
         self.sweep();
         self.flush_ops(ring);
         if let Some(ring) = ring {
             self.reclaim_slots(ring);
+        }
+    }
+
+    /// Queues one [`OP_HOLD`] per held map, then [`OP_HOLDS_DONE`] (see the
+    /// module documentation), as many as the map-op queue has room for; the
+    /// next ticks go on from [`Client::reannounce_next`]. A map released
+    /// meanwhile is skipped (its slot is empty); a slot taken meanwhile by a
+    /// new answer may be announced too, which the host takes as the hold it
+    /// already counts.
+    fn send_holds(&mut self) {
+        let token = self.reannounce;
+        if token == 0 {
+            return;
+        }
+        // One place is kept for the done.
+        let mut room = self.ops.buf.len().saturating_sub(self.ops.len);
+        while room > 1 && self.reannounce_next < self.held.len() {
+            if let Some(Some(h)) = self.held.get(self.reannounce_next) {
+                self.ops.push(OP_HOLD, h.file_map_id);
+                stats::inc(Counter::holds_reannounced);
+                room -= 1;
+            }
+            self.reannounce_next += 1;
+        }
+        if self.reannounce_next >= self.held.len() && room > 0 {
+            self.ops.push(OP_HOLDS_DONE, token);
+            self.reannounce = 0;
+            self.reannounce_next = 0;
         }
     }
 

@@ -66,6 +66,8 @@ counters! {
     events_withheld: "Events polls that consumed nothing because fault_no_ack (2 or 3) plays a stuck guest.",
     answers_held_back: "Reaps skipped because the fault_hold_answers test knob is set.",
     slots_reclaimed: "Path slots of expired requests freed once the host had consumed their entry.",
+    reannounce_requests: "Re-announce notices from a host that took the pool over in place.",
+    holds_reannounced: "Held maps re-announced (OP_HOLD) to such a host.",
 }
 
 static VALUES: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];

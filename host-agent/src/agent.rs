@@ -8,12 +8,14 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use vmdedup_protocol::abi::{EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_HOST_RESTARTING};
+use vmdedup_protocol::abi::{
+    EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_HOST_RESTARTING, NOTICE_REANNOUNCE,
+};
 use vmdedup_protocol::pool::TableRef;
 
 use crate::config::AgentConfig;
 use crate::namespace::{Namespace, NamespaceError};
-use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec, RESTART_QUARANTINE};
+use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec};
 use crate::ring::handler::RingId;
 use crate::ring::host::{HostRing, RingConfig, RingShared};
 use crate::ring::mapping::SharedMapping;
@@ -62,8 +64,10 @@ pub struct AgentOptions {
     pub ring_size: u64,
     /// Poller threads and their back-off.
     pub pollers: PollerConfig,
-    /// Generation written into the pool and every ring region. It must differ
-    /// from the previous agent's so guests notice a restart.
+    /// Generation written into a new pool and every ring region this agent
+    /// initialises (a pool or ring taken over in place keeps its own). It
+    /// must differ from every earlier agent's; it is also the token of the
+    /// re-announce notice after a take-over.
     pub generation: u64,
 }
 
@@ -130,7 +134,7 @@ struct Inner {
     pollers: Mutex<Option<PollerPool>>,
     rings: RingMap,
     ring_paths: Mutex<BTreeMap<VmId, PathBuf>>,
-    /// Rings created while no poller runs yet (quarantine after a take-over).
+    /// Rings created while no poller runs yet.
     pending: Mutex<Vec<HostRing>>,
     /// Rings started over by [`Agent::reinstate_vm`] (for their generations).
     reinstated: std::sync::atomic::AtomicU64,
@@ -162,8 +166,9 @@ fn create_ring(path: &Path, id: VmId, generation: u64) -> Result<HostRing, Agent
 }
 
 /// Creates the ring region file of `size` bytes, or reuses an existing one of
-/// that size (a VM may still have it mapped: it is never truncated).
-fn ensure_ring_file(path: &Path, size: u64) -> Result<(), AgentError> {
+/// that size (a VM may still have it mapped: it is never truncated). Returns
+/// whether it existed with that size.
+fn ensure_ring_file(path: &Path, size: u64) -> Result<bool, AgentError> {
     let io = |source| AgentError::RingFile {
         path: path.to_path_buf(),
         source,
@@ -178,13 +183,14 @@ fn ensure_ring_file(path: &Path, size: u64) -> Result<(), AgentError> {
     let len = f.metadata().map_err(io)?.len();
     if len == 0 {
         f.set_len(size).map_err(io)?;
+        return Ok(false);
     } else if len != size {
         return Err(AgentError::Config(format!(
             "ring region {} exists with {len} bytes, not {size}: a VM may still map it; remove it or use --ring-size {len}",
             path.display()
         )));
     }
-    Ok(())
+    Ok(true)
 }
 
 impl Agent {
@@ -210,35 +216,46 @@ impl Agent {
             generation: opts.generation,
         };
         // VMs booted before the agent map the pool file already: take it over
-        // if it never served; otherwise start a new one (see PoolMemory).
-        let mut quarantine = false;
-        let pool = if let Some(p) = PoolMemory::adopt_unused(&spec)? {
-            tracing::info!(pool = %config.pool.display(), generation = p.geometry().generation, "took over an unused pool in place");
-            p
-        } else if let Some(p) = PoolMemory::adopt_served(&spec)? {
-            // A previous agent served from this file and VMs still map it:
-            // keep the file, invalidate its tables, and write no frame until
-            // every guest has seen the new ring generation (below).
-            tracing::warn!(pool = %config.pool.display(), generation = p.geometry().generation, "took over the pool of a previous agent in place: old frame tables invalidated");
-            quarantine = true;
-            p
-        } else {
-            PoolMemory::create(&spec)?
-        };
-        let frames_total = pool.geometry().frame_count;
+        // if it never served. A pool a previous agent served from is taken
+        // over untouched and the store is rebuilt from its tables; otherwise
+        // start a new one (see PoolMemory).
         let budget_frames = if config.budget == 0 {
             0
         } else {
             config.budget / 4096
         };
-        let store = PageStore::new(
-            pool,
-            StoreConfig {
-                budget_frames,
-                ack_timeout_ms: config.ack_timeout_ms,
-                vm_max_held_pages: config.vm_max_held.div_ceil(4096),
-            },
-        );
+        let store_cfg = StoreConfig {
+            budget_frames,
+            ack_timeout_ms: config.ack_timeout_ms,
+            vm_max_held_pages: config.vm_max_held.div_ceil(4096),
+        };
+        let mut adopted = false;
+        let store = if let Some(p) = PoolMemory::adopt_unused(&spec)? {
+            tracing::info!(pool = %config.pool.display(), generation = p.geometry().generation, "took over an unused pool in place");
+            PageStore::new(p, store_cfg)
+        } else if let Some(p) = PoolMemory::adopt_served(&spec)? {
+            // VMs that existed before the restart get ids 1..=n again (the
+            // order of the configuration); each must re-announce what it
+            // holds before any frame the old tables name is rewritten.
+            let generation = p.geometry().generation;
+            let expect = 1..=config.vms.len() as VmId;
+            let (store, report) = PageStore::adopt(p, store_cfg, expect, opts.generation.max(1));
+            tracing::warn!(
+                pool = %config.pool.display(),
+                generation,
+                live_maps = report.live_maps,
+                dead_tables = report.dead_tables,
+                frames_pinned = report.frames_pinned,
+                frames_indexed = report.frames_indexed,
+                next_map_id = report.next_map_id,
+                "adopted the pool of a previous agent in place: tables kept live, frames pinned until every VM re-announced its maps"
+            );
+            adopted = true;
+            store
+        } else {
+            PageStore::new(PoolMemory::create(&spec)?, store_cfg)
+        };
+        let frames_total = store.pool().geometry().frame_count;
         let mut namespaces = Vec::new();
         for ns in &config.namespaces {
             namespaces.push(Namespace::open(ns.clone())?);
@@ -254,19 +271,14 @@ impl Agent {
             rings: Arc::clone(&rings),
         }));
         service.spawn_ticker(std::time::Duration::from_millis(100));
-        // After a take-over the pollers start only after the quarantine.
-        let pollers = if quarantine {
-            None
-        } else {
-            Some(
-                PollerPool::start(opts.pollers, service.clone()).map_err(|source| {
-                    AgentError::Ring {
-                        path: PathBuf::from("(pollers)"),
-                        source,
-                    }
-                })?,
-            )
-        };
+        let pollers = Some(
+            PollerPool::start(opts.pollers, service.clone()).map_err(|source| {
+                AgentError::Ring {
+                    path: PathBuf::from("(pollers)"),
+                    source,
+                }
+            })?,
+        );
         tracing::info!(
             pool = %config.pool.display(),
             pool_size = config.pool_size,
@@ -289,44 +301,13 @@ impl Agent {
             }),
         };
         for vm in &config.vms {
-            agent.add_vm(&vm.name, &vm.domain)?;
+            agent.add_vm_inner(&vm.name, &vm.domain, adopted)?;
             if let (Some(bytes), Some(id)) = (vm.max_held, agent.inner.service.vm_id(&vm.name)) {
                 agent
                     .inner
                     .service
                     .set_vm_quota(id, Some(bytes.div_ceil(4096)));
             }
-        }
-        if quarantine {
-            // The rings now carry the new generation: each guest drops every
-            // map of the old pool within its event timer period. Only then
-            // may frames be written.
-            tracing::info!(
-                secs = RESTART_QUARANTINE.as_secs_f32(),
-                "quarantine before serving from the taken-over pool"
-            );
-            std::thread::sleep(RESTART_QUARANTINE);
-            let p = PollerPool::start(agent.inner.opts.pollers, agent.inner.service.clone())
-                .map_err(|source| AgentError::Ring {
-                    path: PathBuf::from("(pollers)"),
-                    source,
-                })?;
-            let pending = std::mem::take(
-                &mut *agent
-                    .inner
-                    .pending
-                    .lock()
-                    .map_err(|_| AgentError::Config("lock poisoned".into()))?,
-            );
-            for ring in pending {
-                p.add_ring(ring);
-            }
-            *agent
-                .inner
-                .pollers
-                .lock()
-                .map_err(|_| AgentError::Config("lock poisoned".into()))? = Some(p);
-            tracing::info!("serving again");
         }
         Ok(agent)
     }
@@ -350,6 +331,13 @@ impl Agent {
     /// Registers a VM: creates (or re-initialises) its ring region and hands
     /// it to a poller. Returns the ring region's path.
     pub fn add_vm(&self, name: &str, domain: &str) -> Result<PathBuf, AgentError> {
+        self.add_vm_inner(name, domain, false)
+    }
+
+    /// [`Agent::add_vm`]; with `adopt` (a VM that existed before the agent
+    /// took the pool over) its ring is taken over in place if it validates,
+    /// and the guest is asked to re-announce its maps.
+    fn add_vm_inner(&self, name: &str, domain: &str, adopt: bool) -> Result<PathBuf, AgentError> {
         if name.is_empty()
             || name.len() > 32
             || !name
@@ -370,11 +358,39 @@ impl Agent {
         };
         self.inner.service.add_vm(id, name, domain)?;
         let path = self.inner.config.ring_path(name);
-        let setup = || -> Result<HostRing, AgentError> {
-            ensure_ring_file(&path, self.inner.opts.ring_size)?;
-            create_ring(&path, id, self.inner.opts.generation)
+        let token = self.inner.opts.generation.max(1);
+        let setup = || -> Result<(HostRing, &'static str), AgentError> {
+            let existed = ensure_ring_file(&path, self.inner.opts.ring_size)?;
+            if !adopt {
+                return Ok((create_ring(&path, id, self.inner.opts.generation)?, "new"));
+            }
+            if !existed {
+                // No guest can have mapped anything through a ring that did
+                // not exist.
+                self.inner.service.holds_done(id, 0);
+                return Ok((create_ring(&path, id, self.inner.opts.generation)?, "new"));
+            }
+            let adopted =
+                SharedMapping::open(&path).and_then(|m| HostRing::adopt(m, RingId(id), None));
+            match adopted {
+                Ok(r) => {
+                    let _ = r.shared().post_event(EventEntry {
+                        kind: EVENT_NOTICE,
+                        notice: NOTICE_REANNOUNCE,
+                        file_map_id: token,
+                        ..EventEntry::default()
+                    });
+                    Ok((r, "adopted"))
+                }
+                Err(e) => {
+                    tracing::warn!(vm = name, error = %e, "ring does not validate: re-initialised (the guest drops its maps when it sees the new generation)");
+                    let mut r = create_ring(&path, id, self.inner.opts.generation)?;
+                    r.set_done_on_first_entry();
+                    Ok((r, "re-initialised"))
+                }
+            }
         };
-        let ring = match setup() {
+        let (ring, how) = match setup() {
             Ok(r) => r,
             Err(e) => {
                 self.inner.service.remove_vm(id);
@@ -385,7 +401,7 @@ impl Agent {
         if let Ok(mut p) = self.inner.ring_paths.lock() {
             p.insert(id, path.clone());
         }
-        tracing::info!(vm = name, id, domain, ring = %path.display(), ?poller, "VM added");
+        tracing::info!(vm = name, id, domain, ring = %path.display(), ?poller, how, "VM added");
         Ok(path)
     }
 
@@ -515,16 +531,25 @@ impl Agent {
         self.inner.opts.generation.wrapping_add(n)
     }
 
-    /// Stops the pollers and loader threads. Ring region files stay (the VMs
-    /// may still map them); each ring is told the host is going away.
+    /// Stops every thread without a word to the guests and without touching
+    /// the pool or the rings again, as a crash (SIGKILL) would; restart tests
+    /// start another agent over the same files afterwards.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn abandon(&self) {
+        if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
+            p.shutdown();
+        }
+        self.inner.service.shutdown();
+    }
+
+    /// Stops the pollers and loader threads. Ring region files and the pool
+    /// stay as they are (the VMs still map them): guests keep their maps,
+    /// whose frames nothing rewrites, and the next agent adopts pool and
+    /// rings in place. (`NOTICE_HOST_RESTARTING`, which made every guest drop
+    /// every map, is no longer sent.)
     pub fn shutdown(&self) {
         if let Ok(rings) = self.inner.rings.lock() {
             for r in rings.values() {
-                let _ = r.post_event(EventEntry {
-                    kind: EVENT_NOTICE,
-                    notice: NOTICE_HOST_RESTARTING,
-                    ..EventEntry::default()
-                });
                 r.close();
             }
         }

@@ -4,12 +4,14 @@
 //! Layout and field writers: [`vmdedup_protocol::pool`]. This module only owns
 //! the mapping and writes into it; what goes where is the page store's choice.
 //!
-//! A pool that has served is never rewritten in place: [`PoolMemory::create`]
-//! unlinks an existing file first, so a VM that still maps the old one keeps
-//! its bytes (and sees, by the generation, that answers from the new agent are
-//! not for its pool). Only a pool that never served anything is taken over in
-//! place ([`PoolMemory::adopt_unused`]): VMs booted before the agent started
-//! map that file, and nothing in it can be in use.
+//! A pool file is never truncated: [`PoolMemory::create`] unlinks an existing
+//! file first, so a VM that still maps the old one keeps its bytes. A pool
+//! that never served anything is taken over in place
+//! ([`PoolMemory::adopt_unused`]): VMs booted before the agent started map
+//! that file, and nothing in it can be in use. A pool a previous agent served
+//! from is taken over in place too, untouched ([`PoolMemory::adopt_served`]):
+//! the new agent rebuilds its state from the frame tables in it, so guests
+//! keep their maps.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -25,12 +27,6 @@ use vmdedup_protocol::pool::{
     header_off, PoolError, PoolGeometry, TableHeader, FRAME_SIZE, POOL_HEADER_SIZE, TABLE_ALIGN,
     TABLE_HEADER_SIZE, TABLE_MAGIC,
 };
-
-/// After taking over a served pool ([`PoolMemory::adopt_served`]) and
-/// re-initialising the rings, how long the agent writes no frame: every
-/// running guest notices the new ring generation within its event timer
-/// period (50 ms by default) and drops every map of the old pool first.
-pub const RESTART_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Errors creating a pool.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +45,6 @@ pub enum PoolMemoryError {
     /// The size is not usable.
     #[error("pool size {0} must be a power of two of at least 64 KiB (ivshmem BARs are)")]
     BadSize(u64),
-    /// A pool taken over in place must get a new generation.
-    #[error("the pool already has generation {0}; a new agent must use a new one")]
-    SameGeneration(u64),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PoolMemoryError {
@@ -299,34 +292,17 @@ impl PoolMemory {
     }
 
     /// Takes over, in place, a pool file a previous agent served from (it died
-    /// or restarted; VMs still map this very file). Every frame table in it is
-    /// invalidated (magic zeroed), the header gets `spec.generation` and no
-    /// frame counts as used. The frames keep their bytes: a guest may still
-    /// map some of them until it has seen the new ring generation, so the
-    /// caller must not write any frame before [`RESTART_QUARANTINE`] has
-    /// passed after the rings were re-initialised. Returns `None` when the
-    /// file is absent or is not a pool of this geometry.
+    /// or restarted; VMs still map this very file, some of them perhaps
+    /// paused). Nothing in it is written: its generation, its frame tables
+    /// and its frames stay as they are, so every map a guest holds stays
+    /// valid. The caller rebuilds its state from the tables
+    /// ([`PageStore::adopt`](crate::store::PageStore::adopt)). Returns `None`
+    /// when the file is absent or is not a pool of this geometry.
     pub fn adopt_served(spec: &PoolSpec) -> Result<Option<Self>, PoolMemoryError> {
         let Some((file, path, found)) = Self::open_matching(spec)? else {
             return Ok(None);
         };
-        if found.generation == spec.generation {
-            return Err(PoolMemoryError::SameGeneration(spec.generation));
-        }
-        let geometry = PoolGeometry::plan(spec.size, found.table_area_size, spec.generation)
-            .map_err(PoolMemoryError::Geometry)?;
-        let mut pool = Self::map(file, Some(path), spec.size, geometry)?;
-        // Tables first: a guest re-checks a table's magic around every copy,
-        // so from here on no old table is usable.
-        for off in table_slots(&found) {
-            if pool.read_u64(off) == TABLE_MAGIC {
-                pool.store_u64(off, 0, Ordering::Release);
-            }
-        }
-        let header = geometry.header().to_le_bytes();
-        pool.write(0, &header);
-        pool.set_frames_used(0);
-        Ok(Some(pool))
+        Ok(Some(Self::map(file, Some(path), spec.size, found)?))
     }
 
     /// Opens the existing pool file of `spec` read-write if its size and the
@@ -491,6 +467,12 @@ impl PoolMemory {
                 data.len(),
             )
         }
+    }
+
+    /// Writes raw bytes anywhere in the region (tests that corrupt a pool).
+    #[cfg(test)]
+    pub(crate) fn write_for_test(&mut self, offset: u64, data: &[u8]) {
+        self.write(offset, data);
     }
 
     fn store_u64(&self, offset: u64, value: u64, order: Ordering) {
@@ -807,7 +789,7 @@ mod tests {
     }
 
     #[test]
-    fn a_served_pool_is_taken_over_with_its_tables_invalidated_and_frames_kept() {
+    fn a_served_pool_is_taken_over_untouched() {
         let dir = std::env::temp_dir().join(format!("vmdedup-adopt-served-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pool");
@@ -836,11 +818,7 @@ mod tests {
         assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 8))
             .unwrap()
             .is_none());
-        // The same generation again would let old answers pass: refused.
-        assert!(matches!(
-            PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 7)),
-            Err(PoolMemoryError::SameGeneration(7))
-        ));
+        let before = std::fs::read(&path).unwrap();
         let new = PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 8))
             .unwrap()
             .expect("taken over");
@@ -850,9 +828,9 @@ mod tests {
             "the very file VMs map"
         );
         let g = PoolGeometry::from_header_bytes(&new.header_bytes(), 1 << 20).unwrap();
-        assert_eq!(g.generation, 8);
-        assert_eq!(new.read_u64(off), 0, "old table invalidated");
-        assert_eq!(new.read_u64(header_off::FRAMES_USED as u64), 0);
+        assert_eq!(g.generation, 7, "the generation is kept");
+        assert_eq!(new.read_u64(off), TABLE_MAGIC, "the table stays live");
+        assert_eq!(new.bytes(), &before[..], "not one byte written");
         assert_eq!(
             &new.frame(2)[..23],
             b"still mapped by a guest",

@@ -212,7 +212,10 @@ impl RegionPrefix {
 // change drops every file map it got from the old generation before it
 // attaches the new one, then writes `guest_features` and `guest_attached`.
 // A guest that found the indices corrupt stops using the ring until the
-// generation changes, then attaches again.
+// generation changes, then attaches again. A host that restarts takes a
+// valid region over in place instead (same generation, indices as found,
+// nothing rewritten) and sends [`NOTICE_REANNOUNCE`]: the guest keeps its
+// maps and tells the host which ones it holds.
 
 /// Size in bytes of the ring region header ([`RingHeader`]).
 pub const RING_HEADER_SIZE: u32 = 1024;
@@ -417,9 +420,17 @@ pub const OP_ACK_REVOKE: u16 = 2;
 /// Opcode: the guest no longer holds file map `reserved[0]` (the inode went
 /// away, or the file fell back to the lower file for good).
 pub const OP_RELEASE: u16 = 3;
-// Opcodes 4.. are reserved.
+/// Opcode: the guest holds file map `reserved[0]` (one per map it holds),
+/// sent after a [`NOTICE_REANNOUNCE`]: a restarted host that adopted the pool
+/// learns from these which VM may map which adopted frames.
+pub const OP_HOLD: u16 = 4;
+/// Opcode: the guest has re-announced every map it holds (the [`OP_HOLD`]s
+/// before this one); `reserved[0]` echoes the notice's `file_map_id` token.
+pub const OP_HOLDS_DONE: u16 = 5;
+// Opcodes 6.. are reserved.
 //
-// Map operations ([`OP_ACK_REVOKE`], [`OP_RELEASE`]) carry no path: path_len,
+// Map operations ([`OP_ACK_REVOKE`], [`OP_RELEASE`], [`OP_HOLD`],
+// [`OP_HOLDS_DONE`]) carry no path: path_len,
 // flags, path_slot and the identity fields are zero, `reserved[0]` is the file
 // map id (never 0) and `reserved[1..]` are zero. Like a hint, each gets exactly
 // one answer, with [`ANSWER_FLAG_MAP_OP`] set, so ring accounting stays one
@@ -621,7 +632,10 @@ impl SubmissionEntry {
 
     /// Validates a copied-out map operation; returns its file map id.
     pub fn check_map_op(&self) -> Result<u64, EntryError> {
-        if self.opcode != OP_ACK_REVOKE && self.opcode != OP_RELEASE {
+        if !matches!(
+            self.opcode,
+            OP_ACK_REVOKE | OP_RELEASE | OP_HOLD | OP_HOLDS_DONE
+        ) {
             return Err(EntryError::UnknownOpcode(self.opcode));
         }
         let [map_id, r1, r2] = self.reserved;
@@ -869,6 +883,12 @@ pub const NOTICE_HOST_RESTARTING: u32 = 1;
 pub const NOTICE_EVENTS_LOST: u32 = 2;
 /// Notice: the pool is under pressure; the guest should release what it can.
 pub const NOTICE_POOL_PRESSURE: u32 = 3;
+/// Notice: a restarted host adopted this ring and the pool in place (same
+/// generations, every map stays valid) but does not know what this VM holds:
+/// the guest sends one [`OP_HOLD`] per map it holds, then [`OP_HOLDS_DONE`]
+/// echoing this event's `file_map_id` (a non-zero token). Until then the host
+/// rewrites none of the frames the adopted tables name.
+pub const NOTICE_REANNOUNCE: u32 = 4;
 
 wire_struct! {
     /// One event.

@@ -69,6 +69,16 @@ pub trait Handler: Send + Sync {
     /// it held through an older ring may be released. Called once per ring.
     /// Default: ignored.
     fn reconnected(&self, _ring: RingId) {}
+
+    /// The guest re-announced that it holds `file_map_id`
+    /// ([`OP_HOLD`](vmdedup_protocol::abi::OP_HOLD)). Default: ignored.
+    fn hold(&self, _ring: RingId, _file_map_id: u64) {}
+
+    /// The guest re-announced all it holds
+    /// ([`OP_HOLDS_DONE`](vmdedup_protocol::abi::OP_HOLDS_DONE) with `token`;
+    /// 0 when the host saw it start over on a re-initialised ring).
+    /// Default: ignored.
+    fn holds_done(&self, _ring: RingId, _token: u64) {}
 }
 
 impl<F> Handler for F

@@ -9,8 +9,8 @@ use vmdedup_protocol::abi::{
     check_path, prefix_off, ring_off, AnswerStatus, CompletionEntry, EventEntry, RingLayout,
     RingSizes, SubmissionEntry, ANSWER_FLAG_MAP_OP, CQE_SIZE, EQE_SIZE, EVENT_NOTICE,
     GUEST_FLAG_CUT_OFF_ACK, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP,
-    MAX_PATH_LEN, NOTICE_EVENTS_LOST, OP_ACK_REVOKE, OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC,
-    RING_VERSION, SQE_INLINE_PATH_OFF,
+    MAX_PATH_LEN, NOTICE_EVENTS_LOST, OP_ACK_REVOKE, OP_HOLD, OP_HOLDS_DONE, OP_RELEASE,
+    RING_HEADER_SIZE, RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::spsc::{self, Consumer, Producer};
 
@@ -194,6 +194,8 @@ pub struct HostRing {
     attached: bool,
     path_buf: Box<[u8]>,
     shared: Arc<RingShared>,
+    /// See [`HostRing::set_done_on_first_entry`].
+    done_on_first_entry: bool,
 }
 
 // SAFETY: the raw pointers in `words` point into `map`, which is Send + Sync
@@ -266,8 +268,126 @@ impl HostRing {
                 waker: Mutex::new(None),
                 key: AtomicU64::new(0),
             }),
+            done_on_first_entry: false,
             map,
         })
+    }
+
+    /// Takes over, in place, a ring a previous agent initialised in `map`
+    /// (the agent restarted; the guest keeps its connection and its maps).
+    /// Nothing is written: the prefix must be a ring's with this region's
+    /// size and the generation it carries is kept, the layout must be exactly
+    /// the one [`HostRing::create`] would write for `sizes` (or the default
+    /// sizes), and every ring's indices must be consistent (`tail - head`
+    /// within its capacity). The host continues from the indices as found:
+    /// submissions not consumed yet are answered, answers and events already
+    /// published stay for the guest. Any doubt is an error; the caller then
+    /// re-initialises the ring with [`HostRing::create`].
+    pub fn adopt(
+        map: SharedMapping,
+        id: RingId,
+        sizes: Option<RingSizes>,
+    ) -> Result<HostRing, RingError> {
+        let region_size = map.len() as u64;
+        let mut pb = [0u8; 32];
+        if !map.read_bytes(0, &mut pb) {
+            return Err(RingError::BadSize(region_size));
+        }
+        let prefix = vmdedup_protocol::abi::RegionPrefix::from_le_bytes(&pb);
+        match prefix.validate(region_size) {
+            Ok(vmdedup_protocol::abi::RegionKind::Ring) => {}
+            Ok(_) => return Err(RingError::Corrupt),
+            Err(e) => return Err(RingError::Prefix(e)),
+        }
+        if prefix.header_size != RING_HEADER_SIZE
+            || prefix.version != RING_VERSION
+            || prefix.region_size != region_size
+        {
+            return Err(RingError::Corrupt);
+        }
+        let sizes = match sizes {
+            Some(s) => s,
+            None => RingSizes::for_region(region_size).ok_or(RingError::BadSize(region_size))?,
+        };
+        let layout = RingLayout::compute(region_size, &sizes).map_err(RingError::Layout)?;
+        let want = layout.to_le_bytes();
+        let mut have = vec![0u8; want.len()];
+        if !map.read_bytes(32, &mut have) {
+            return Err(RingError::Corrupt);
+        }
+        // `guest_features` is the guest's to write (at attach): not part of
+        // the layout the host wrote.
+        let gf = ring_off::GUEST_FEATURES - ring_off::HOST_FEATURES;
+        if let Some(b) = have.get_mut(gf..gf + 8) {
+            b.fill(0);
+        }
+        if have != want {
+            return Err(RingError::Corrupt);
+        }
+        let map = Arc::new(map);
+        let words = Words::new(&map)?;
+        // Acquire: the guest's entries before its indices are visible.
+        let load = |off| {
+            map.word(off)
+                .map(|w| w.load(Ordering::Acquire))
+                .ok_or(RingError::BadSize(region_size))
+        };
+        let (sq_head, sq_tail) = (load(ring_off::SQ_HEAD)?, load(ring_off::SQ_TAIL)?);
+        let (cq_head, cq_tail) = (load(ring_off::CQ_HEAD)?, load(ring_off::CQ_TAIL)?);
+        let (eq_head, eq_tail) = (load(ring_off::EQ_HEAD)?, load(ring_off::EQ_TAIL)?);
+        if sq_tail.wrapping_sub(sq_head) > layout.sq.entries {
+            return Err(RingError::Corrupt);
+        }
+        // A ring whose VM was cut off stays cut off for its guest until a
+        // new generation: the new agent does not know that state, so such a
+        // ring is started over rather than taken over.
+        if load(ring_off::HOST_FLAGS)? & HOST_FLAG_CUT_OFF != 0 {
+            return Err(RingError::Corrupt);
+        }
+        Ok(HostRing {
+            id,
+            layout,
+            words,
+            sq: Consumer::new(layout.sq.entries, sq_head).ok_or(RingError::Corrupt)?,
+            cq: Producer::new(layout.cq.entries, cq_head, cq_tail).ok_or(RingError::Corrupt)?,
+            eq: Producer::new(layout.eq.entries, eq_head, eq_tail).ok_or(RingError::Corrupt)?,
+            corrupt: false,
+            generation: prefix.generation,
+            cut_off_flagged: false,
+            cut_off_acked: false,
+            attached: false,
+            path_buf: vec![0u8; MAX_PATH_LEN as usize].into_boxed_slice(),
+            shared: Arc::new(RingShared {
+                stats: RingStats::default(),
+                doorbell: EventFd::new()?,
+                events: Mutex::new(VecDeque::new()),
+                events_pending: AtomicBool::new(false),
+                events_lost: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                cut_off: AtomicBool::new(false),
+                cut_off_acked: AtomicBool::new(false),
+                attached: AtomicBool::new(false),
+                corrupt: AtomicBool::new(false),
+                dropped: AtomicBool::new(false),
+                waker: Mutex::new(None),
+                key: AtomicU64::new(0),
+            }),
+            done_on_first_entry: false,
+            map,
+        })
+    }
+
+    /// The generation in the ring's prefix (kept by [`HostRing::adopt`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Makes the first entry the guest submits on this ring count as its
+    /// [`Handler::holds_done`] (token 0): for a ring re-initialised after a
+    /// restart, a guest submits only after it saw the new generation, and by
+    /// then it has dropped every map of the old connection.
+    pub fn set_done_on_first_entry(&mut self) {
+        self.done_on_first_entry = true;
     }
 
     /// The ring's identity.
@@ -335,6 +455,9 @@ impl HostRing {
                 .fetch_add(1, Ordering::Relaxed);
             return 0;
         }
+        if std::mem::take(&mut self.done_on_first_entry) {
+            handler.holds_done(self.id, 0);
+        }
         let (mut hits, mut bad) = (0u64, 0u64);
         for i in 0..n {
             let sqe_off = self.layout.sqe_offset(self.sq.slot(i)) as usize;
@@ -346,7 +469,9 @@ impl HostRing {
                 }
                 let entry = SubmissionEntry::from_le_bytes(&bytes);
                 match entry.opcode {
-                    OP_ACK_REVOKE | OP_RELEASE => self.map_op(&entry, handler, &mut bad),
+                    OP_ACK_REVOKE | OP_RELEASE | OP_HOLD | OP_HOLDS_DONE => {
+                        self.map_op(&entry, handler, &mut bad)
+                    }
                     _ => self.answer(&entry, sqe_off, handler, &mut bad),
                 }
             } else {
@@ -453,10 +578,11 @@ impl HostRing {
     ) -> CompletionEntry {
         let mut cqe = match e.check_map_op() {
             Ok(map_id) => {
-                if e.opcode == OP_ACK_REVOKE {
-                    handler.ack_revoke(self.id, map_id);
-                } else {
-                    handler.release(self.id, map_id);
+                match e.opcode {
+                    OP_ACK_REVOKE => handler.ack_revoke(self.id, map_id),
+                    OP_HOLD => handler.hold(self.id, map_id),
+                    OP_HOLDS_DONE => handler.holds_done(self.id, map_id),
+                    _ => handler.release(self.id, map_id),
                 }
                 // `miss` builds an otherwise empty answer; Hit = "taken".
                 let mut c = CompletionEntry::miss(e.request_id, AnswerStatus::Hit);

@@ -36,6 +36,27 @@ impl Handler for HintService {
     fn reconnected(&self, ring: RingId) {
         HintService::vm_reconnected(self, ring.0);
     }
+
+    fn hold(&self, ring: RingId, file_map_id: u64) {
+        self.with_store(|s| s.reannounced(ring.0, file_map_id));
+    }
+
+    fn holds_done(&self, ring: RingId, token: u64) {
+        HintService::holds_done(self, ring.0, token);
+    }
+}
+
+impl HintService {
+    /// VM `vm` re-announced every map it holds after the agent took the pool
+    /// over (`token` 0: it started over on a re-initialised ring, or never
+    /// had a ring). Returns whether it was awaited.
+    pub fn holds_done(&self, vm: crate::store::VmId, token: u64) -> bool {
+        let was = self.with_store(|s| s.holds_done(vm, token));
+        if was {
+            tracing::info!(vm, token, "VM re-announced its maps");
+        }
+        was
+    }
 }
 
 /// The ring status a miss is reported with.

@@ -107,6 +107,9 @@ impl StagedPages {
     }
 }
 
+mod adopt;
+pub use adopt::{scan_tables, AdoptReport, FoundTable};
+
 /// Host id of a file map (never 0, never reused within a pool generation).
 pub type MapId = u64;
 /// A VM, as the ring layer numbers it (`RingId.0`).
@@ -393,6 +396,8 @@ pub struct PageStore {
     vms: BTreeMap<VmId, VmEntry>,
     events: Vec<StoreEvent>,
     counts: StoreCounts,
+    /// Frames pinned after taking over a served pool ([`PageStore::adopt`]).
+    pins: Option<adopt::Pins>,
 }
 
 impl PageStore {
@@ -429,6 +434,7 @@ impl PageStore {
                 frames_budget: budget,
                 ..StoreCounts::default()
             },
+            pins: None,
         }
     }
 
@@ -446,6 +452,7 @@ impl PageStore {
     pub fn remove_vm(&mut self, vm: VmId, _now_ms: u64) {
         self.drop_holdings(vm, false);
         self.vms.remove(&vm);
+        self.pins_forget(vm, None);
     }
 
     /// Sets `vm`'s own quota in pages (`None`: the store's default; 0: no
@@ -634,7 +641,7 @@ impl PageStore {
                 state: MapState::Revoking { waiting, .. },
                 ..
             }) if waiting.contains(&vm) => self.unhold(vm, id),
-            _ => false,
+            _ => self.pins_forget(vm, Some(id)),
         }
     }
 

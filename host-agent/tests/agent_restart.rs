@@ -1,0 +1,381 @@
+//! The whole agent restarted over its own pool and ring files, with
+//! in-process fake guests: the new agent rewrites no frame a guest may map,
+//! keeps every table live and every ring connected, and frees what the old
+//! agent's tables named only after every VM re-announced its maps.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmdedup_host_agent::agent::{Agent, AgentOptions};
+use vmdedup_host_agent::config::{AgentConfig, VmConfig};
+use vmdedup_host_agent::namespace::NamespaceConfig;
+use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
+use vmdedup_protocol::abi::{
+    AnswerStatus, CompletionEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE, EVENT_REVOKE,
+    NOTICE_REANNOUNCE, OP_ACK_REVOKE, OP_HOLD, OP_HOLDS_DONE,
+};
+use vmdedup_protocol::pool::{
+    verify_table, PoolGeometry, TableRef, FRAME_SIZE, POOL_HEADER_SIZE, TABLE_HEADER_SIZE,
+};
+
+mod common;
+use common::TempDir;
+
+/// A hang guard, not a timing assertion.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+struct Guest {
+    ring: GuestRing,
+    req: u64,
+    events: Vec<(u16, u32, u64)>,
+}
+
+impl Guest {
+    fn attach(path: &Path) -> Guest {
+        Guest {
+            ring: GuestRing::attach(Arc::new(SharedMapping::open(path).unwrap()), None).unwrap(),
+            req: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Hints `rel` until the answer is a hit.
+    fn hit(&mut self, dir: &Path, rel: &str) -> CompletionEntry {
+        let md = std::fs::metadata(dir.join("a").join(rel)).unwrap();
+        wait_for("a hit", || {
+            self.req += 1;
+            let e = SubmissionEntry {
+                request_id: self.req,
+                namespace_id: 1,
+                file_size: md.size(),
+                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                ..Default::default()
+            };
+            self.ring.stage(e, rel.as_bytes()).unwrap();
+            self.ring.publish();
+            let c = self.answer(self.req);
+            (c.status == AnswerStatus::Hit as u16).then_some(c)
+        })
+    }
+
+    fn answer(&mut self, want: u64) -> CompletionEntry {
+        wait_for("an answer", || {
+            let mut got = None;
+            self.ring.reap(|c| {
+                if c.request_id == want {
+                    got = Some(c);
+                }
+            });
+            got
+        })
+    }
+
+    /// Sends map operations and waits for their answers.
+    fn map_ops(&mut self, ops: &[(u16, u64)]) {
+        for &(op, id) in ops {
+            self.req += 1;
+            self.ring.stage_map_op(self.req, op, id).unwrap();
+        }
+        self.ring.publish();
+        let last = self.answer(self.req);
+        assert_eq!(last.flags, ANSWER_FLAG_MAP_OP);
+        assert_eq!(last.status, AnswerStatus::Hit as u16);
+    }
+
+    /// Waits for an event matching `f` (keeping every event seen).
+    fn event(&mut self, what: &str, f: impl Fn(&(u16, u32, u64)) -> bool) -> (u16, u32, u64) {
+        wait_for(what, || {
+            self.ring
+                .reap_events(|e| self.events.push((e.kind, e.notice, e.file_map_id)));
+            self.events.iter().copied().find(|e| f(e))
+        })
+    }
+}
+
+fn config(dir: &Path) -> AgentConfig {
+    let vm = |name: &str| VmConfig {
+        name: name.into(),
+        domain: "default".into(),
+        guest_socket: None,
+        cid: None,
+        max_held: None,
+    };
+    AgentConfig {
+        pool: dir.join("pool"),
+        pool_size: 4 << 20,
+        ack_timeout_ms: 60_000,
+        workers: 1,
+        control_socket: dir.join("control.sock"),
+        ring_dir: dir.to_path_buf(),
+        namespaces: vec![NamespaceConfig {
+            name: "a".into(),
+            id: 1,
+            dir: dir.join("a"),
+            domains: vec!["default".into()],
+            mtime_granularity_ns: 1,
+            require_fingerprint: false,
+        }],
+        vms: vec![vm("vm1"), vm("vm2")],
+        ..AgentConfig::default()
+    }
+}
+
+fn start(config: &AgentConfig, generation: u64) -> Agent {
+    Agent::start(
+        config.clone(),
+        AgentOptions {
+            ring_size: 64 << 10,
+            pollers: PollerConfig {
+                threads: 1,
+                park_timeout: Some(Duration::from_millis(5)),
+                ..PollerConfig::default()
+            },
+            generation,
+        },
+    )
+    .unwrap()
+}
+
+fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(seed) ^ (i / 4096) as u8 ^ seed)
+        .collect()
+}
+
+/// What a guest reads through the table of answer `c`: checks the table
+/// as the guest does, then copies every page from its frames.
+fn read_through(pool: &Path, c: &CompletionEntry) -> Vec<u8> {
+    let bytes = std::fs::read(pool).unwrap();
+    let head: [u8; POOL_HEADER_SIZE] = bytes[..POOL_HEADER_SIZE].try_into().unwrap();
+    let g = PoolGeometry::from_header_bytes(&head, bytes.len() as u64).unwrap();
+    let r = TableRef {
+        offset: c.table_offset,
+        page_count: c.page_count,
+        file_map_id: c.file_map_id,
+        file_size: c.file_size,
+        map_generation: c.map_generation,
+    };
+    let (frames_off, frames_len) = g.table_span(&r).unwrap();
+    let off = c.table_offset as usize;
+    let header: [u8; TABLE_HEADER_SIZE] = bytes[off..off + TABLE_HEADER_SIZE].try_into().unwrap();
+    let frames = &bytes[frames_off as usize..(frames_off + frames_len) as usize];
+    verify_table(&g, &r, &header, frames).expect("the table is still live and intact");
+    let mut out = Vec::new();
+    for w in frames.chunks_exact(4) {
+        let f = u32::from_le_bytes(w.try_into().unwrap());
+        let o = g.frame_offset(f).unwrap() as usize;
+        out.extend_from_slice(&bytes[o..o + FRAME_SIZE as usize]);
+    }
+    out.truncate(c.file_size as usize);
+    out
+}
+
+fn frames_of(agent: &Agent, id: u64) -> Vec<u32> {
+    agent
+        .service()
+        .inspect_store(|s| s.frames_of(id).map(<[u32]>::to_vec))
+        .unwrap()
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
+    let tmp = TempDir::new("restart");
+    let dir: PathBuf = tmp.0.clone();
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let (f, g, h) = (
+        content(3, 5 * 4096 + 77),
+        content(5, 2 * 4096),
+        content(7, 3 * 4096),
+    );
+    std::fs::write(dir.join("a/f"), &f).unwrap();
+    std::fs::write(dir.join("a/g"), &g).unwrap();
+    std::fs::write(dir.join("a/h"), &h).unwrap();
+    let cfg = config(&dir);
+    let pool = cfg.pool.clone();
+
+    let old = start(&cfg, 1000);
+    let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
+    let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
+    let generations = (vm1.ring.generation(), vm2.ring.generation());
+    let a = vm1.hit(&dir, "f");
+    let b = vm1.hit(&dir, "g");
+    assert_eq!(read_through(&pool, &a), f);
+    // `g` is being revoked when the agent dies: vm1 got the event but has
+    // not acknowledged (it still maps the frames).
+    assert_eq!(old.service().evict("a", "g").unwrap(), (0, 1));
+    vm1.event("the revocation of g", |e| {
+        *e == (EVENT_REVOKE, 0, b.file_map_id)
+    });
+    let old_frames_a = frames_of(&old, a.file_map_id);
+    let before = std::fs::read(&pool).unwrap();
+
+    // The crash, and a new agent over the same files.
+    old.abandon();
+    drop(old);
+    let agent = start(&cfg, 2000);
+    let after = std::fs::read(&pool).unwrap();
+    assert_eq!(
+        after[4096..],
+        before[4096..],
+        "no table and no frame was written"
+    );
+    // Rings adopted in place: same generation, both guests still attached,
+    // each asked to re-announce with the new agent's token.
+    for (vm, gen) in [(&mut vm1, generations.0), (&mut vm2, generations.1)] {
+        assert_eq!(
+            Guest::attach(&cfg.ring_path(if gen == generations.0 { "vm1" } else { "vm2" }))
+                .ring
+                .generation(),
+            gen
+        );
+        vm.event("the re-announce notice", |e| {
+            *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
+        });
+    }
+    assert_eq!(
+        agent.service().inspect_store(|s| s.pinned()),
+        Some((8, vec![1, 2]))
+    );
+    // The held map still reads right through its table.
+    assert_eq!(read_through(&pool, &a), f);
+    assert_eq!(frames_of(&agent, a.file_map_id), old_frames_a);
+
+    // New hints work at once: `f` again gets a new map on the same frames
+    // (content index), `h` takes new frames and overwrites nothing.
+    let a2 = vm2.hit(&dir, "f");
+    assert!(a2.file_map_id > b.file_map_id, "ids are not reused");
+    assert_eq!(frames_of(&agent, a2.file_map_id), old_frames_a);
+    let c = vm2.hit(&dir, "h");
+    assert_eq!(read_through(&pool, &c), h);
+    assert_eq!(read_through(&pool, &a), f);
+
+    // vm1 re-announces both; `g` is not live any more, so it is revoked
+    // for vm1 again and the pins wait for the acknowledgement.
+    vm1.map_ops(&[
+        (OP_HOLD, a.file_map_id),
+        (OP_HOLD, b.file_map_id),
+        (OP_HOLDS_DONE, 1999),
+        (OP_HOLDS_DONE, 2000),
+    ]);
+    vm1.events.clear();
+    vm1.event("g revoked again", |e| {
+        *e == (EVENT_REVOKE, 0, b.file_map_id)
+    });
+    vm2.map_ops(&[(OP_HOLDS_DONE, 2000)]);
+    assert_eq!(
+        agent.service().inspect_store(|s| s.pinned()),
+        Some((8, vec![]))
+    );
+    vm1.map_ops(&[(OP_ACK_REVOKE, b.file_map_id)]);
+    wait_for("the pins to go", || {
+        agent
+            .service()
+            .inspect_store(|s| s.pinned())
+            .is_none()
+            .then_some(())
+    });
+    assert_eq!(read_through(&pool, &a), f);
+    assert!(agent
+        .service()
+        .inspect_store(|s| s.frames_of(b.file_map_id).is_none()));
+
+    // vm1's hold of the adopted map is a real one: evicting everything
+    // revokes it for vm1 (adopted maps have no path: the agent does not
+    // know their file), with the new maps of `f` and `h` for vm2.
+    assert_eq!(agent.service().evict("", "").unwrap(), (0, 3));
+    vm1.events.clear();
+    vm1.event("the revocation of the adopted map", |e| {
+        *e == (EVENT_REVOKE, 0, a.file_map_id)
+    });
+    agent.shutdown();
+}
+
+#[test]
+fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
+    let tmp = TempDir::new("restart-reinit");
+    let dir: PathBuf = tmp.0.clone();
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let f = content(9, 2 * 4096 + 1);
+    std::fs::write(dir.join("a/f"), &f).unwrap();
+    let cfg = config(&dir);
+    let old = start(&cfg, 1000);
+    let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
+    let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
+    let a = vm2.hit(&dir, "f");
+    let first = vm2.ring.generation();
+    old.abandon();
+    drop(old);
+    // vm2's submission tail is garbage: its ring cannot be adopted.
+    let m = SharedMapping::open(&cfg.ring_path("vm2")).unwrap();
+    m.word(vmdedup_protocol::abi::ring_off::SQ_TAIL)
+        .unwrap()
+        .fetch_add(1 << 30, std::sync::atomic::Ordering::Relaxed);
+    let agent = start(&cfg, 2000);
+    let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
+    assert_ne!(vm2.ring.generation(), first, "re-initialised");
+    assert_eq!(
+        agent.service().inspect_store(|s| s.pinned()),
+        Some((3, vec![1, 2]))
+    );
+    // Its first hint on the new ring is its re-announcement.
+    let a2 = vm2.hit(&dir, "f");
+    assert_eq!(read_through(&cfg.pool, &a2), f);
+    assert_eq!(
+        agent.service().inspect_store(|s| s.pinned()),
+        Some((3, vec![1]))
+    );
+    vm1.event("the re-announce notice", |e| {
+        *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
+    });
+    vm1.map_ops(&[(OP_HOLDS_DONE, 2000)]);
+    wait_for("the pins to go", || {
+        agent
+            .service()
+            .inspect_store(|s| s.pinned())
+            .is_none()
+            .then_some(())
+    });
+    // Nobody re-announced the old map: it is gone, the new one serves.
+    assert!(agent
+        .service()
+        .inspect_store(|s| s.frames_of(a.file_map_id).is_none()));
+    assert_eq!(read_through(&cfg.pool, &a2), f);
+    agent.shutdown();
+}
+
+#[test]
+fn a_stopped_agent_leaves_the_maps_to_the_next_one() {
+    let tmp = TempDir::new("restart-graceful");
+    let dir: PathBuf = tmp.0.clone();
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let f = content(11, 4 * 4096);
+    std::fs::write(dir.join("a/f"), &f).unwrap();
+    let cfg = config(&dir);
+    let old = start(&cfg, 1000);
+    let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
+    let a = vm1.hit(&dir, "f");
+    old.shutdown();
+    drop(old);
+    let agent = start(&cfg, 2000);
+    vm1.event("the re-announce notice", |e| {
+        *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
+    });
+    assert_eq!(
+        vm1.events,
+        vec![(EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)],
+        "nothing told the guest to drop its maps"
+    );
+    assert_eq!(read_through(&cfg.pool, &a), f);
+    agent.shutdown();
+}

@@ -682,3 +682,46 @@ fn agent_require_fingerprint_misses_hints_without_one() {
     let l = expect_hit(hint(&svc, 1, 1, b"f", with));
     assert_eq!(guest_read(&svc, &l).0, data);
 }
+
+#[test]
+fn agent_a_vm_sees_nothing_other_vms_did() {
+    let s = setup(0, ResolveMode::Openat2);
+    let d = &s.dirs[0].0;
+    std::fs::write(d.join("mine"), content(11, 3 * 4096)).unwrap();
+    std::fs::write(d.join("theirs"), content(12, 5 * 4096)).unwrap();
+    let mine = expect_hit(hint(&s.svc, 1, 1, b"mine", ident(&d.join("mine"))));
+    let seen = |vm| {
+        let st = s.svc.status(Some(vm));
+        let ns = s.svc.namespaces(Some(vm));
+        let files: Vec<String> = s
+            .svc
+            .files("", Some(vm), 0, 64)
+            .1
+            .iter()
+            .map(|f| f.path.as_str().to_string())
+            .collect();
+        (
+            st.frames_used,
+            st.file_maps,
+            st.bytes_saved,
+            st.counters,
+            ns.iter().map(|n| n.file_maps).collect::<Vec<_>>(),
+            files,
+        )
+    };
+    let before = seen(1);
+    assert_eq!(before.5, vec!["mine".to_string()], "its own map listed");
+    // VM 2 (same domain) loads another file and shares VM 1's.
+    expect_hit(hint(&s.svc, 2, 1, b"theirs", ident(&d.join("theirs"))));
+    let shared = expect_hit(hint(&s.svc, 2, 1, b"mine", ident(&d.join("mine"))));
+    assert_eq!(shared, mine);
+    // VM 3 (another domain) loads in its own namespace.
+    std::fs::write(s.dirs[1].0.join("f"), content(13, 4096)).unwrap();
+    expect_hit(hint(&s.svc, 3, 2, b"f", ident(&s.dirs[1].0.join("f"))));
+    assert!(s.svc.status(None).file_maps >= 3, "the host sees them all");
+    assert_eq!(seen(1), before, "VM 1's view did not move");
+    // The same for the other way round: VM 2 does not see VM 1 let go.
+    let vm2 = seen(2);
+    s.svc.release(1, mine.file_map_id);
+    assert_eq!(seen(2), vm2);
+}

@@ -51,10 +51,15 @@ impl HintService {
             });
         }
         if only.is_some() {
-            // A VM sees its own counters as the totals, nothing pool-wide about others.
+            // A VM sees its own counters as the totals, and nothing that
+            // other VMs change: the pool's use, its file maps and the bytes
+            // saved depend on what they loaded. Only the pool's fixed
+            // geometry stays.
             let mine = report.vms.first().map(|v| v.counters).unwrap_or_default();
             report.counters = mine;
             report.bytes_saved = 0;
+            report.frames_used = 0;
+            report.file_maps = 0;
         }
         report
     }
@@ -64,9 +69,10 @@ impl HintService {
         self.status(only).vms.into_iter().collect()
     }
 
-    /// Namespaces visible to `vm` (`None`: all), with their map counts.
+    /// Namespaces visible to `vm` (`None`: all), with their map counts
+    /// (for a VM: the maps it holds, nothing about what others loaded).
     pub fn namespaces(&self, vm: Option<VmId>) -> Vec<NamespaceReport> {
-        let maps = lock(&self.shared.store).maps();
+        let maps = self.maps_seen_by(vm);
         let all: Vec<Arc<Namespace>> = read(&self.shared.namespaces).values().cloned().collect();
         all.into_iter()
             .filter(|n| vm.is_none_or(|vm| self.namespace_for(vm, n.id()).is_some()))
@@ -77,8 +83,8 @@ impl HintService {
             .collect()
     }
 
-    /// File maps in namespaces visible to `vm` (`None`: all), optionally of
-    /// one namespace; `(total, page)`.
+    /// File maps in namespaces visible to `vm` (`None`: all; a VM sees only
+    /// the maps it holds), optionally of one namespace; `(total, page)`.
     pub fn files(
         &self,
         ns_name: &str,
@@ -92,8 +98,8 @@ impl HintService {
             .filter(|n| vm.is_none_or(|vm| self.namespace_for(vm, n.id()).is_some()))
             .map(|n| (n.id(), n.name().to_string()))
             .collect();
-        let maps: Vec<_> = lock(&self.shared.store)
-            .maps()
+        let maps: Vec<_> = self
+            .maps_seen_by(vm)
             .into_iter()
             .filter(|m| visible.contains_key(&m.label.ns))
             .collect();
@@ -112,5 +118,19 @@ impl HintService {
             })
             .collect();
         (maps.len() as u64, page)
+    }
+
+    /// Every file map (`None`: the host) or those `vm` holds: a VM must not
+    /// learn which files other VMs loaded.
+    fn maps_seen_by(&self, vm: Option<VmId>) -> Vec<crate::store::MapSummary> {
+        let store = lock(&self.shared.store);
+        let maps = store.maps();
+        match vm {
+            None => maps,
+            Some(vm) => {
+                let mine = store.held_by(vm);
+                maps.into_iter().filter(|m| mine.contains(&m.id)).collect()
+            }
+        }
     }
 }

@@ -1205,6 +1205,14 @@ impl PageStore {
         }
     }
 
+    /// The maps `vm` holds (while cut off: those still charged to it).
+    pub fn held_by(&self, vm: VmId) -> std::collections::BTreeSet<MapId> {
+        self.vms
+            .get(&vm)
+            .map(|v| v.holds.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// What `vm` holds.
     pub fn vm_holdings(&self, vm: VmId) -> Option<VmHoldings> {
         let v = self.vms.get(&vm)?;

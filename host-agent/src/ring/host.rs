@@ -85,6 +85,26 @@ pub struct RingShared {
 }
 
 impl RingShared {
+    /// The shared state of a ring a host end starts (or takes over): no
+    /// event queued, no lifecycle edge seen yet.
+    fn new() -> Result<Arc<RingShared>, RingError> {
+        Ok(Arc::new(RingShared {
+            stats: RingStats::default(),
+            doorbell: EventFd::new()?,
+            events: Mutex::new(VecDeque::new()),
+            events_pending: AtomicBool::new(false),
+            events_lost: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            cut_off: AtomicBool::new(false),
+            cut_off_acked: AtomicBool::new(false),
+            attached: AtomicBool::new(false),
+            corrupt: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
+            waker: Mutex::new(None),
+            key: AtomicU64::new(0),
+        }))
+    }
+
     /// Queues an event for the guest. The poller writes it to the event ring
     /// at its next round. Returns `false` (and makes the guest revoke
     /// everything) if too many events are already waiting.
@@ -253,21 +273,7 @@ impl HostRing {
             cut_off_acked: false,
             attached: false,
             path_buf: vec![0u8; MAX_PATH_LEN as usize].into_boxed_slice(),
-            shared: Arc::new(RingShared {
-                stats: RingStats::default(),
-                doorbell: EventFd::new()?,
-                events: Mutex::new(VecDeque::new()),
-                events_pending: AtomicBool::new(false),
-                events_lost: AtomicBool::new(false),
-                closed: AtomicBool::new(false),
-                cut_off: AtomicBool::new(false),
-                cut_off_acked: AtomicBool::new(false),
-                attached: AtomicBool::new(false),
-                corrupt: AtomicBool::new(false),
-                dropped: AtomicBool::new(false),
-                waker: Mutex::new(None),
-                key: AtomicU64::new(0),
-            }),
+            shared: RingShared::new()?,
             done_on_first_entry: false,
             map,
         })
@@ -357,21 +363,7 @@ impl HostRing {
             cut_off_acked: false,
             attached: false,
             path_buf: vec![0u8; MAX_PATH_LEN as usize].into_boxed_slice(),
-            shared: Arc::new(RingShared {
-                stats: RingStats::default(),
-                doorbell: EventFd::new()?,
-                events: Mutex::new(VecDeque::new()),
-                events_pending: AtomicBool::new(false),
-                events_lost: AtomicBool::new(false),
-                closed: AtomicBool::new(false),
-                cut_off: AtomicBool::new(false),
-                cut_off_acked: AtomicBool::new(false),
-                attached: AtomicBool::new(false),
-                corrupt: AtomicBool::new(false),
-                dropped: AtomicBool::new(false),
-                waker: Mutex::new(None),
-                key: AtomicU64::new(0),
-            }),
+            shared: RingShared::new()?,
             done_on_first_entry: false,
             map,
         })

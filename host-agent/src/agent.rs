@@ -138,6 +138,9 @@ struct Inner {
     pending: Mutex<Vec<HostRing>>,
     /// Rings started over by [`Agent::reinstate_vm`] (for their generations).
     reinstated: std::sync::atomic::AtomicU64,
+    /// VMs added at run time (name, domain), as written to
+    /// `vmdedup-added-vms` in `ring_dir`.
+    added: Mutex<Vec<(String, String)>>,
 }
 
 /// The running agent. Cheap to clone.
@@ -193,6 +196,60 @@ fn ensure_ring_file(path: &Path, size: u64) -> Result<bool, AgentError> {
     Ok(true)
 }
 
+/// The file that lists the VMs added at run time (`vmdedup vm add`), one
+/// `NAME DOMAIN` per line, in `ring_dir`: a restarted agent must know every
+/// VM that may still map the pool, not only the configured ones.
+fn added_vms_path(config: &AgentConfig) -> PathBuf {
+    config.ring_dir.join("vmdedup-added-vms")
+}
+
+/// The VMs added at run time by a previous agent (see [`added_vms_path`]),
+/// in the order they were added, without those the configuration names.
+/// A line that does not parse is skipped with a warning (the file is the
+/// agent's own, but a bad line must not stop the agent).
+fn read_added_vms(config: &AgentConfig) -> Vec<(String, String)> {
+    let path = added_vms_path(config);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the VMs added at run time");
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut f = line.split_whitespace();
+        match (f.next(), f.next(), f.next()) {
+            (Some(n), Some(d), None)
+                if crate::namespace::valid_name(n) && crate::namespace::valid_name(d) =>
+            {
+                if !config.vms.iter().any(|v| v.name == n) && !out.iter().any(|(o, _)| o == n) {
+                    out.push((n.to_string(), d.to_string()));
+                }
+            }
+            _ => tracing::warn!(file = %path.display(), line, "skipped a malformed line"),
+        }
+    }
+    out
+}
+
+/// Writes the list of VMs added at run time (atomically: a new file renamed
+/// over the old one).
+fn write_added_vms(config: &AgentConfig, vms: &[(String, String)]) -> std::io::Result<()> {
+    let path = added_vms_path(config);
+    if vms.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let tmp = path.with_extension("tmp");
+    let text: String = vms.iter().map(|(n, d)| format!("{n} {d}\n")).collect();
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)
+}
+
 impl Agent {
     /// Creates the pool, opens every namespace, starts the loader and poller
     /// threads and a ring region for every configured VM.
@@ -235,10 +292,13 @@ impl Agent {
             PageStore::new(p, store_cfg)
         } else if let Some(p) = PoolMemory::adopt_served(&spec)? {
             // VMs that existed before the restart get ids 1..=n again (the
-            // order of the configuration); each must re-announce what it
+            // order of the configuration, then those added at run time, see
+            // `read_added_vms`); each must re-announce what it
             // holds before any frame the old tables name is rewritten.
             let generation = p.geometry().generation;
-            let expect = 1..=config.vms.len() as VmId;
+            // VMs added at run time before the restart come after the
+            // configured ones, in the order they were added.
+            let expect = 1..=(config.vms.len() + read_added_vms(&config).len()) as VmId;
             let (store, report) = PageStore::adopt(p, store_cfg, expect, opts.generation.max(1));
             tracing::warn!(
                 pool = %config.pool.display(),
@@ -298,6 +358,7 @@ impl Agent {
                 ring_paths: Mutex::new(BTreeMap::new()),
                 pending: Mutex::new(Vec::new()),
                 reinstated: std::sync::atomic::AtomicU64::new(0),
+                added: Mutex::new(Vec::new()),
             }),
         };
         for vm in &config.vms {
@@ -309,6 +370,21 @@ impl Agent {
                     .set_vm_quota(id, Some(bytes.div_ceil(4096)));
             }
         }
+        let added = read_added_vms(&config);
+        for (name, domain) in &added {
+            agent.add_vm_inner(name, domain, adopted)?;
+        }
+        if !added.is_empty() {
+            tracing::info!(
+                vms = added.len(),
+                "VMs added at run time by the previous agent registered again"
+            );
+        }
+        *agent
+            .inner
+            .added
+            .lock()
+            .map_err(|_| AgentError::Config("lock poisoned".into()))? = added;
         Ok(agent)
     }
 
@@ -330,8 +406,23 @@ impl Agent {
 
     /// Registers a VM: creates (or re-initialises) its ring region and hands
     /// it to a poller. Returns the ring region's path.
+    /// A VM added this way is written to a file in `ring_dir`, so that an
+    /// agent restarted over the same pool waits for it too before it frees
+    /// any frame the VM may map.
     pub fn add_vm(&self, name: &str, domain: &str) -> Result<PathBuf, AgentError> {
-        self.add_vm_inner(name, domain, false)
+        let path = self.add_vm_inner(name, domain, false)?;
+        let mut added = self
+            .inner
+            .added
+            .lock()
+            .map_err(|_| AgentError::Config("lock poisoned".into()))?;
+        added.push((name.to_string(), domain.to_string()));
+        if let Err(e) = write_added_vms(&self.inner.config, &added) {
+            // Serving goes on; only a restart would not know this VM.
+            tracing::error!(vm = name, file = %added_vms_path(&self.inner.config).display(), error = %e,
+                "cannot record the VM added at run time: an agent restart would not wait for it");
+        }
+        Ok(path)
     }
 
     /// [`Agent::add_vm`]; with `adopt` (a VM that existed before the agent
@@ -452,6 +543,14 @@ impl Agent {
             r.close();
         }
         svc.remove_vm(id);
+        if let Ok(mut added) = self.inner.added.lock() {
+            if added.iter().any(|(n, _)| n == name) {
+                added.retain(|(n, _)| n != name);
+                if let Err(e) = write_added_vms(&self.inner.config, &added) {
+                    tracing::error!(vm = name, error = %e, "cannot update the VMs added at run time");
+                }
+            }
+        }
         tracing::warn!(vm = name, id, maps_released = held, "VM removed");
         Ok(held)
     }

@@ -379,3 +379,43 @@ fn a_stopped_agent_leaves_the_maps_to_the_next_one() {
     assert_eq!(read_through(&cfg.pool, &a), f);
     agent.shutdown();
 }
+
+#[test]
+fn a_vm_added_at_run_time_is_waited_for_after_a_restart() {
+    let tmp = TempDir::new("restart-added");
+    let dir: PathBuf = tmp.0.clone();
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let f = content(13, 3 * 4096);
+    std::fs::write(dir.join("a/f"), &f).unwrap();
+    let cfg = config(&dir);
+    let old = start(&cfg, 1000);
+    old.add_vm("vm3", "default").unwrap();
+    let mut vm3 = Guest::attach(&cfg.ring_path("vm3"));
+    let a = vm3.hit(&dir, "f");
+    old.abandon();
+    drop(old);
+
+    // The new agent knows vm3 from the file the old one wrote, gives it the
+    // same id, takes its ring over and waits for it as for the configured
+    // VMs: its map's frames stay pinned until it re-announced.
+    let agent = start(&cfg, 2000);
+    assert_eq!(agent.service().vm_id("vm3"), Some(3));
+    vm3.event("the re-announce notice", |e| {
+        *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
+    });
+    let (frames, waiting) = agent
+        .service()
+        .inspect_store(|s| s.pinned())
+        .expect("pinned after the adoption");
+    assert!(frames >= 3, "{frames}");
+    assert!(waiting.contains(&3), "{waiting:?}");
+    assert_eq!(read_through(&cfg.pool, &a), f);
+
+    // Removed, it is forgotten for good: a third agent does not know it.
+    agent.remove_vm("vm3").unwrap();
+    agent.abandon();
+    drop(agent);
+    let third = start(&cfg, 3000);
+    assert_eq!(third.service().vm_id("vm3"), None);
+    third.shutdown();
+}

@@ -616,6 +616,8 @@ impl Client {
             return;
         };
         let Some(p) = p.take() else { return };
+        let rtt_ns = (Ktime::ktime_get() - p.sent).to_ns();
+        stats::record_hint_rtt(u64::try_from(rtt_ns / 1000).unwrap_or(0));
         if let (Some(s), Some(conn)) = (p.slot, self.conn.as_mut()) {
             conn.end.free_slot(s);
         }

@@ -68,6 +68,22 @@ counters! {
     slots_reclaimed: "Path slots of expired requests freed once the host had consumed their entry.",
     reannounce_requests: "Re-announce notices from a host that took the pool over in place.",
     holds_reannounced: "Held maps re-announced (OP_HOLD) to such a host.",
+    hint_rtt_us_le_64: "Hints answered within 64 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_128: "Hints answered within 128 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_256: "Hints answered within 256 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_512: "Hints answered within 512 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_1024: "Hints answered within 1024 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_2048: "Hints answered within 2048 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_4096: "Hints answered within 4096 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_8192: "Hints answered within 8192 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_16384: "Hints answered within 16384 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_32768: "Hints answered within 32768 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_65536: "Hints answered within 65536 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_131072: "Hints answered within 131072 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_262144: "Hints answered within 262144 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_524288: "Hints answered within 524288 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_le_1048576: "Hints answered within 1048576 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
+    hint_rtt_us_over: "Hints answered more than 1048576 us after being sent.",
 }
 
 static VALUES: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];
@@ -82,6 +98,22 @@ pub(crate) fn add(c: Counter, n: u64) {
 /// Adds one to counter `c`.
 pub(crate) fn inc(c: Counter) {
     add(c, 1);
+}
+
+/// Counts one hint answered `us` microseconds after it was sent, in the
+/// `hint_rtt_us_le_*` bucket of the smallest power of two (at least 64) that
+/// is not below it, or in `hint_rtt_us_over`.
+pub(crate) fn record_hint_rtt(us: u64) {
+    // Buckets 2^6 ..= 2^20, then "over": 16 counters in a row.
+    let log = if us <= 64 {
+        6
+    } else {
+        64 - (us - 1).leading_zeros()
+    };
+    let bucket = (log.saturating_sub(6) as usize).min(15);
+    if let Some(v) = VALUES.get(Counter::hint_rtt_us_le_64 as usize + bucket) {
+        v.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Reads counter `c`.

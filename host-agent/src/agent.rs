@@ -14,6 +14,7 @@ use vmdedup_protocol::abi::{
 use vmdedup_protocol::pool::TableRef;
 
 use crate::config::AgentConfig;
+use crate::domain::{Domain, Domains};
 use crate::namespace::{Namespace, NamespaceError};
 use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec};
 use crate::ring::handler::RingId;
@@ -130,7 +131,10 @@ impl EventSink for RingEvents {
 struct Inner {
     config: AgentConfig,
     opts: AgentOptions,
-    service: HintService,
+    /// The open trust domains and which VM is in which.
+    domains: Domains,
+    /// Where every domain's service sends revocations and cut-offs.
+    events: Arc<RingEvents>,
     pollers: Mutex<Option<PollerPool>>,
     rings: RingMap,
     ring_paths: Mutex<BTreeMap<VmId, PathBuf>>,
@@ -138,6 +142,8 @@ struct Inner {
     pending: Mutex<Vec<HostRing>>,
     /// Rings started over by [`Agent::reinstate_vm`] (for their generations).
     reinstated: std::sync::atomic::AtomicU64,
+    /// Serialises adding, removing and reinstating VMs (ids, domains).
+    admin: Mutex<()>,
     /// VMs added at run time (name, domain), as written to
     /// `vmdedup-added-vms` in `ring_dir`.
     added: Mutex<Vec<(String, String)>>,
@@ -250,9 +256,14 @@ fn write_added_vms(config: &AgentConfig, vms: &[(String, String)]) -> std::io::R
     std::fs::rename(&tmp, &path)
 }
 
+/// Pool memory files are created and adopted with this mode.
+const POOL_MODE: u32 = 0o600;
+
 impl Agent {
-    /// Creates the pool, opens every namespace, starts the loader and poller
-    /// threads and a ring region for every configured VM.
+    /// Opens every namespace, starts the poller threads, and for every
+    /// configured VM (and every VM a previous agent added at run time) its
+    /// trust domain (pool, store, service; see [`crate::domain`]) and a ring
+    /// region.
     pub fn start(config: AgentConfig, opts: AgentOptions) -> Result<Agent, AgentError> {
         config
             .validate()
@@ -263,116 +274,74 @@ impl Agent {
                 opts.ring_size
             )));
         }
-        let spec = PoolSpec {
-            backing: PoolBacking::File {
-                path: config.pool.clone(),
-                mode: 0o644,
-            },
-            size: config.pool_size,
-            table_area: 0,
-            generation: opts.generation,
-        };
-        // VMs booted before the agent map the pool file already: take it over
-        // if it never served. A pool a previous agent served from is taken
-        // over untouched and the store is rebuilt from its tables; otherwise
-        // start a new one (see PoolMemory).
-        let budget_frames = if config.budget == 0 {
-            0
-        } else {
-            config.budget / 4096
-        };
-        let store_cfg = StoreConfig {
-            budget_frames,
-            ack_timeout_ms: config.ack_timeout_ms,
-            vm_max_held_pages: config.vm_max_held.div_ceil(4096),
-        };
-        let mut adopted = false;
-        let store = if let Some(p) = PoolMemory::adopt_unused(&spec)? {
-            tracing::info!(pool = %config.pool.display(), generation = p.geometry().generation, "took over an unused pool in place");
-            PageStore::new(p, store_cfg)
-        } else if let Some(p) = PoolMemory::adopt_served(&spec)? {
-            // VMs that existed before the restart get ids 1..=n again (the
-            // order of the configuration, then those added at run time, see
-            // `read_added_vms`); each must re-announce what it
-            // holds before any frame the old tables name is rewritten.
-            let generation = p.geometry().generation;
-            // VMs added at run time before the restart come after the
-            // configured ones, in the order they were added.
-            let expect = 1..=(config.vms.len() + read_added_vms(&config).len()) as VmId;
-            let (store, report) = PageStore::adopt(p, store_cfg, expect, opts.generation.max(1));
-            tracing::warn!(
-                pool = %config.pool.display(),
-                generation,
-                live_maps = report.live_maps,
-                dead_tables = report.dead_tables,
-                frames_pinned = report.frames_pinned,
-                frames_indexed = report.frames_indexed,
-                next_map_id = report.next_map_id,
-                "adopted the pool of a previous agent in place: tables kept live, frames pinned until every VM re-announced its maps"
-            );
-            adopted = true;
-            store
-        } else {
-            PageStore::new(PoolMemory::create(&spec)?, store_cfg)
-        };
-        let frames_total = store.pool().geometry().frame_count;
-        let mut namespaces = Vec::new();
+        // Every namespace directory must open before anything is created.
         for ns in &config.namespaces {
-            namespaces.push(Namespace::open(ns.clone())?);
+            Namespace::open(ns.clone())?;
         }
-        let mut service_cfg = ServiceConfig {
-            workers: config.workers,
-            ..ServiceConfig::default()
-        };
-        config.service.apply(&mut service_cfg);
-        let service = HintService::new(store, namespaces, service_cfg);
+        let stats = Arc::new(crate::stats::Stats::default());
+        let domains = Domains::new(
+            config.namespaces.iter().map(|n| n.name.clone()).collect(),
+            Arc::clone(&stats),
+        );
         let rings: RingMap = Arc::new(Mutex::new(BTreeMap::new()));
-        service.set_event_sink(Arc::new(RingEvents {
+        let events = Arc::new(RingEvents {
             rings: Arc::clone(&rings),
-        }));
-        service.spawn_ticker(std::time::Duration::from_millis(100));
+        });
         let pollers = Some(
-            PollerPool::start(opts.pollers, service.clone()).map_err(|source| {
+            PollerPool::start(opts.pollers, domains.clone()).map_err(|source| {
                 AgentError::Ring {
                     path: PathBuf::from("(pollers)"),
                     source,
                 }
             })?,
         );
-        tracing::info!(
-            pool = %config.pool.display(),
-            pool_size = config.pool_size,
-            frames_total,
-            namespaces = config.namespaces.len(),
-            pollers = opts.pollers.threads,
-            generation = opts.generation,
-            "agent started"
-        );
         let agent = Agent {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 opts,
-                service,
+                domains,
+                events,
                 pollers: Mutex::new(pollers),
                 rings,
                 ring_paths: Mutex::new(BTreeMap::new()),
                 pending: Mutex::new(Vec::new()),
                 reinstated: std::sync::atomic::AtomicU64::new(0),
+                admin: Mutex::new(()),
                 added: Mutex::new(Vec::new()),
             }),
         };
-        for vm in &config.vms {
-            agent.add_vm_inner(&vm.name, &vm.domain, adopted)?;
-            if let (Some(bytes), Some(id)) = (vm.max_held, agent.inner.service.vm_id(&vm.name)) {
-                agent
-                    .inner
-                    .service
-                    .set_vm_quota(id, Some(bytes.div_ceil(4096)));
+        // The VMs that existed before a restart get ids 1..=n again: the
+        // configured ones in order, then those added at run time in the
+        // order they were added (see `read_added_vms`). A domain whose pool
+        // a previous agent served waits for each of its VMs to re-announce
+        // what it holds before any frame its tables name is rewritten.
+        let added = read_added_vms(&config);
+        let all: Vec<(String, String)> = config
+            .vms
+            .iter()
+            .map(|v| (v.name.clone(), v.domain.clone()))
+            .chain(added.iter().cloned())
+            .collect();
+        for (_, domain) in &all {
+            if agent.inner.domains.get(domain).is_none() {
+                let expect: Vec<VmId> = (1..)
+                    .zip(&all)
+                    .filter(|(_, (_, d))| d == domain)
+                    .map(|(id, _)| id)
+                    .collect();
+                agent.open_domain(domain, &expect)?;
             }
         }
-        let added = read_added_vms(&config);
+        for vm in &config.vms {
+            agent.add_vm_inner(&vm.name, &vm.domain, true)?;
+            if let (Some(bytes), Some(id)) = (vm.max_held, agent.inner.domains.vm_id(&vm.name)) {
+                if let Some(s) = agent.inner.domains.service_of_vm(id) {
+                    s.set_vm_quota(id, Some(bytes.div_ceil(4096)));
+                }
+            }
+        }
         for (name, domain) in &added {
-            agent.add_vm_inner(name, domain, adopted)?;
+            agent.add_vm_inner(name, domain, true)?;
         }
         if !added.is_empty() {
             tracing::info!(
@@ -385,12 +354,131 @@ impl Agent {
             .added
             .lock()
             .map_err(|_| AgentError::Config("lock poisoned".into()))? = added;
+        tracing::info!(
+            domains = ?agent.inner.domains.names(),
+            namespaces = config.namespaces.len(),
+            pollers = agent.inner.opts.pollers.threads,
+            generation = agent.inner.opts.generation,
+            "agent started"
+        );
         Ok(agent)
     }
 
-    /// The hint service (status, files, warm, evict).
-    pub fn service(&self) -> &HintService {
-        &self.inner.service
+    /// Opens trust domain `name`: takes its pool file over in place or
+    /// creates it, and starts its store and service over the namespaces the
+    /// domain may use. `expect`: the VMs that a previous agent served from
+    /// this pool, which re-announce their maps before frames are rewritten.
+    fn open_domain(&self, name: &str, expect: &[VmId]) -> Result<Arc<Domain>, AgentError> {
+        let config = &self.inner.config;
+        let path = config.pool_path(name);
+        let size = config.domain_pool_size(name);
+        let budget = config.domain_budget(name);
+        let spec = PoolSpec {
+            backing: PoolBacking::File {
+                path: path.clone(),
+                mode: POOL_MODE,
+            },
+            size,
+            table_area: 0,
+            generation: self.inner.opts.generation,
+        };
+        let store_cfg = StoreConfig {
+            budget_frames: budget / 4096,
+            ack_timeout_ms: config.ack_timeout_ms,
+            vm_max_held_pages: config.vm_max_held.div_ceil(4096),
+        };
+        // VMs booted before the agent map the pool file already: take it over
+        // if it never served. A pool a previous agent served from is taken
+        // over untouched and the store is rebuilt from its tables; otherwise
+        // start a new one (see PoolMemory).
+        let (store, how, adopted) = if let Some(p) = PoolMemory::adopt_unused(&spec)? {
+            (
+                PageStore::new(p, store_cfg),
+                "unused pool taken over",
+                false,
+            )
+        } else if let Some(p) = PoolMemory::adopt_served(&spec)? {
+            let generation = p.geometry().generation;
+            let token = self.inner.opts.generation.max(1);
+            let (store, report) = PageStore::adopt(p, store_cfg, expect.iter().copied(), token);
+            tracing::warn!(
+                domain = name,
+                pool = %path.display(),
+                generation,
+                live_maps = report.live_maps,
+                dead_tables = report.dead_tables,
+                frames_pinned = report.frames_pinned,
+                frames_indexed = report.frames_indexed,
+                next_map_id = report.next_map_id,
+                "adopted the pool of a previous agent in place: tables kept live, frames pinned until every VM re-announced its maps"
+            );
+            (store, "served pool adopted", true)
+        } else {
+            (
+                PageStore::new(PoolMemory::create(&spec)?, store_cfg),
+                "new pool",
+                false,
+            )
+        };
+        let frames_total = store.pool().geometry().frame_count;
+        let mut namespaces = Vec::new();
+        for ns in config
+            .namespaces
+            .iter()
+            .filter(|n| n.domains.iter().any(|d| d == "*" || d == name))
+        {
+            namespaces.push(Namespace::open(ns.clone())?);
+        }
+        let ns_names: Vec<String> = namespaces.iter().map(|n| n.name().to_string()).collect();
+        let mut service_cfg = ServiceConfig {
+            workers: config.workers,
+            ..ServiceConfig::default()
+        };
+        config.service.apply(&mut service_cfg);
+        let service = HintService::with_stats(
+            store,
+            namespaces,
+            service_cfg,
+            Arc::clone(self.inner.domains.stats()),
+        );
+        service.set_event_sink(Arc::clone(&self.inner.events) as Arc<dyn EventSink>);
+        service.spawn_ticker(std::time::Duration::from_millis(100));
+        let domain = Arc::new(Domain::new(name, &path, service, adopted));
+        self.inner.domains.insert(Arc::clone(&domain));
+        tracing::info!(
+            domain = name,
+            pool = %path.display(),
+            pool_size = size,
+            budget,
+            frames_total,
+            namespaces = ?ns_names,
+            how,
+            "trust domain opened"
+        );
+        Ok(domain)
+    }
+
+    /// Closes trust domain `name` once its last VM is gone: stops its
+    /// service and deletes its pool file (the memory goes back to the host
+    /// once no QEMU maps it).
+    fn close_domain_if_empty(&self, name: &str) {
+        let Some(d) = self.inner.domains.remove(name) else {
+            return;
+        };
+        d.service().shutdown();
+        let deleted = match std::fs::remove_file(d.pool_path()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(domain = name, pool = %d.pool_path().display(), error = %e, "cannot delete the pool file of a closed domain");
+                false
+            }
+        };
+        tracing::warn!(domain = name, pool = %d.pool_path().display(), deleted, "trust domain closed: its last VM was removed");
+    }
+
+    /// The open trust domains: routing, status, files, warm, evict.
+    pub fn domains(&self) -> &Domains {
+        &self.inner.domains
     }
 
     /// The shared state of VM `id`'s current ring (counters, cut-off and
@@ -429,6 +517,11 @@ impl Agent {
     /// took the pool over) its ring is taken over in place if it validates,
     /// and the guest is asked to re-announce its maps.
     fn add_vm_inner(&self, name: &str, domain: &str, adopt: bool) -> Result<PathBuf, AgentError> {
+        let _admin = self
+            .inner
+            .admin
+            .lock()
+            .map_err(|_| AgentError::Config("lock poisoned".into()))?;
         if name.is_empty()
             || name.len() > 32
             || !name
@@ -447,7 +540,26 @@ impl Agent {
                 .map_err(|_| AgentError::Config("lock poisoned".into()))?;
             paths.keys().next_back().map_or(1, |k| k + 1)
         };
-        self.inner.service.add_vm(id, name, domain)?;
+        if !crate::namespace::valid_name(domain) {
+            return Err(AgentError::Config(format!(
+                "domain name {domain:?}: use 1-32 of [A-Za-z0-9_.-]"
+            )));
+        }
+        if self.inner.domains.vm_id(name).is_some() {
+            return Err(ServiceError::VmExists(name.to_string()).into());
+        }
+        let dom = match self.inner.domains.get(domain) {
+            Some(d) => d,
+            None => self.open_domain(domain, &[])?,
+        };
+        // A ring is taken over only where the pool it answers about was.
+        let adopt = adopt && dom.adopted();
+        let svc = dom.service().clone();
+        if let Err(e) = svc.add_vm(id, name, domain) {
+            self.close_domain_if_empty(domain);
+            return Err(e.into());
+        }
+        self.inner.domains.bind_vm(id, &dom);
         let path = self.inner.config.ring_path(name);
         let token = self.inner.opts.generation.max(1);
         let setup = || -> Result<(HostRing, &'static str), AgentError> {
@@ -458,7 +570,7 @@ impl Agent {
             if !existed {
                 // No guest can have mapped anything through a ring that did
                 // not exist.
-                self.inner.service.holds_done(id, 0);
+                svc.holds_done(id, 0);
                 return Ok((create_ring(&path, id, self.inner.opts.generation)?, "new"));
             }
             let adopted =
@@ -484,7 +596,9 @@ impl Agent {
         let (ring, how) = match setup() {
             Ok(r) => r,
             Err(e) => {
-                self.inner.service.remove_vm(id);
+                svc.remove_vm(id);
+                self.inner.domains.unbind_vm(id);
+                self.close_domain_if_empty(domain);
                 return Err(e);
             }
         };
@@ -528,10 +642,22 @@ impl Agent {
     /// still map it. Its ring region file stays; its id is not reused.
     /// Returns how many file maps it still held.
     pub fn remove_vm(&self, name: &str) -> Result<u32, AgentError> {
-        let svc = &self.inner.service;
-        let id = svc
+        let _admin = self
+            .inner
+            .admin
+            .lock()
+            .map_err(|_| AgentError::Config("lock poisoned".into()))?;
+        let id = self
+            .inner
+            .domains
             .vm_id(name)
             .ok_or_else(|| AgentError::Config(format!("no VM called {name:?}")))?;
+        let dom = self
+            .inner
+            .domains
+            .of_vm(id)
+            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no domain")))?;
+        let svc = dom.service();
         let held = svc.vms(Some(id)).first().map_or(0, |v| v.maps_held);
         if let Some(r) = self.inner.rings.lock().ok().and_then(|mut m| m.remove(&id)) {
             // Should a guest still be there, it falls back to lower.
@@ -543,6 +669,7 @@ impl Agent {
             r.close();
         }
         svc.remove_vm(id);
+        self.inner.domains.unbind_vm(id);
         if let Ok(mut added) = self.inner.added.lock() {
             if added.iter().any(|(n, _)| n == name) {
                 added.retain(|(n, _)| n != name);
@@ -551,7 +678,14 @@ impl Agent {
                 }
             }
         }
-        tracing::warn!(vm = name, id, maps_released = held, "VM removed");
+        tracing::warn!(
+            vm = name,
+            id,
+            domain = dom.name(),
+            maps_released = held,
+            "VM removed"
+        );
+        self.close_domain_if_empty(dom.name());
         Ok(held)
     }
 
@@ -564,10 +698,21 @@ impl Agent {
     /// neither cut off nor corrupt). Fails if the poller does not let go of
     /// the old ring within a few seconds (try again).
     pub fn reinstate_vm(&self, name: &str) -> Result<bool, AgentError> {
-        let svc = &self.inner.service;
-        let id = svc
+        let _admin = self
+            .inner
+            .admin
+            .lock()
+            .map_err(|_| AgentError::Config("lock poisoned".into()))?;
+        let id = self
+            .inner
+            .domains
             .vm_id(name)
             .ok_or_else(|| AgentError::Config(format!("no VM called {name:?}")))?;
+        let svc = self
+            .inner
+            .domains
+            .service_of_vm(id)
+            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no domain")))?;
         let old = self
             .inner
             .rings
@@ -638,7 +783,9 @@ impl Agent {
         if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
             p.shutdown();
         }
-        self.inner.service.shutdown();
+        for d in self.inner.domains.all() {
+            d.service().shutdown();
+        }
     }
 
     /// Stops the pollers and loader threads. Ring region files and the pool
@@ -655,7 +802,9 @@ impl Agent {
         if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
             p.shutdown();
         }
-        self.inner.service.shutdown();
+        for d in self.inner.domains.all() {
+            d.service().shutdown();
+        }
         tracing::info!("agent stopped");
     }
 }

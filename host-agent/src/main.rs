@@ -261,10 +261,17 @@ enum Command {
     /// Print the QEMU arguments that attach a VM to its ring region and the
     /// pool (one argument per line; use with `mapfile` or `xargs`).
     ///
-    /// Example: vmdedup qemu-args vm1 --pool /dev/shm/vmdedup.pool --pool-size 1G
+    /// The pool is the VM's trust domain's: its domain comes from --domain,
+    /// or the configuration's [[vm]] entry (--config or --vm NAME:DOMAIN),
+    /// or is "default".
+    ///
+    /// Example: vmdedup qemu-args vm1 --config /etc/vmdedup/vmdedup.toml
     QemuArgs {
         /// The VM.
         name: String,
+        /// The VM's trust domain (default: as configured, else "default").
+        #[arg(long, value_name = "DOMAIN")]
+        domain: Option<String>,
         #[command(flatten)]
         config: ConfigArgs,
         #[command(flatten)]
@@ -383,6 +390,11 @@ enum RegionCommand {
         /// Generation number to write (default: derived from the current time).
         #[arg(long)]
         generation: Option<u64>,
+        /// With --kind pool: the pool of this trust domain, PATH being the
+        /// configured `pool` (the file is PATH for "default", PATH.DOMAIN
+        /// for any other, as `vmdedup serve` names them).
+        #[arg(long, value_name = "DOMAIN")]
+        domain: Option<String>,
         /// The region file to create.
         path: PathBuf,
     },
@@ -468,10 +480,37 @@ macro_rules! rpc {
 
 fn print_status(r: &StatusReport) {
     let c = &r.counters;
-    println!(
-        "pool: {} of {} frames used (budget {}), {} file maps, generation {}",
-        r.frames_used, r.frames_total, r.frames_budget, r.file_maps, r.pool_generation
-    );
+    if r.domains.is_empty() {
+        println!(
+            "pool: {} of {} frames used (budget {}), {} file maps, generation {}",
+            r.frames_used, r.frames_total, r.frames_budget, r.file_maps, r.pool_generation
+        );
+    } else {
+        println!(
+            "pools: {} of {} frames used (budget {}), {} file maps, in {} trust domain(s)",
+            r.frames_used,
+            r.frames_total,
+            r.frames_budget,
+            r.file_maps,
+            r.domains.len()
+        );
+        println!(
+            "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4}",
+            "DOMAIN", "FRAMES", "BUDGET", "USED", "MAPS", "SAVED_MIB", "VMS"
+        );
+        for d in &r.domains {
+            println!(
+                "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4}",
+                d.name.as_str(),
+                d.frames_total,
+                d.frames_budget,
+                d.frames_used,
+                d.file_maps,
+                d.bytes_saved >> 20,
+                d.vms
+            );
+        }
+    }
     println!(
         "saved: {} MiB ({} pages mapped by VMs, {} frames held)",
         r.bytes_saved >> 20,
@@ -552,7 +591,7 @@ fn cmd_serve(
     let reinstate_agent = agent.clone();
     let remove_agent = agent.clone();
     let ctx = Arc::new(ControlContext {
-        service: agent.service().clone(),
+        domains: agent.domains().clone(),
         vm_add: Some(Box::new(move |name: &str, domain: &str| {
             hook_agent.add_vm(name, domain).map_err(|e| e.to_string())
         })),
@@ -571,7 +610,7 @@ fn cmd_serve(
         // Guest channels first: once the host socket exists, everything is up.
         let mut cids = std::collections::HashMap::new();
         for vm in &cfg.vms {
-            let Some(id) = agent.service().vm_id(&vm.name) else { continue };
+            let Some(id) = agent.domains().vm_id(&vm.name) else { continue };
             if let Some(cid) = vm.cid {
                 cids.insert(cid, id);
             }
@@ -586,7 +625,7 @@ fn cmd_serve(
             tokio::spawn(control::serve(l, Arc::clone(&ctx), Caller::Vm(id), None));
         }
         if let Some(addr) = metrics {
-            let svc = agent.service().clone();
+            let svc = agent.domains().clone();
             tokio::spawn(async move {
                 if let Err(e) = vmdedup_host_agent::metrics::serve(addr, svc).await {
                     tracing::error!(error = %e, "metrics endpoint failed");
@@ -665,11 +704,17 @@ fn cmd_files(control: &Path, ns: &str, offset: u32, limit: u16) -> anyhow::Resul
     };
     let (total, files) = rpc!(control, req, Response::Files { total, files } => (total, files))?;
     println!(
-        "{total} files of {ns} in the pool (showing {} from {offset})",
+        "{total} files of {ns} in the trust domains' pools (showing {} from {offset}; a file several domains use is in each of their pools)",
         files.len()
     );
     for f in &files {
-        println!("{:>10} {:>7}p  {}", f.size, f.pages, f.path.as_str());
+        println!(
+            "{:<12} {:>10} {:>7}p  {}",
+            f.domain.as_str(),
+            f.size,
+            f.pages,
+            f.path.as_str()
+        );
     }
     Ok(())
 }
@@ -782,9 +827,23 @@ fn cmd_vm_remove(control: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 /// `vmdedup qemu-args`.
-fn cmd_qemu_args(name: &str, config: &ConfigArgs, ring: &RingSizeArg) -> anyhow::Result<()> {
+fn cmd_qemu_args(
+    name: &str,
+    domain: Option<&str>,
+    config: &ConfigArgs,
+    ring: &RingSizeArg,
+) -> anyhow::Result<()> {
     let cfg = config.load()?;
-    for a in cfg.qemu_args(name, ring.ring_size) {
+    if let Some(d) = domain {
+        if !vmdedup_host_agent::namespace::valid_name(d) {
+            bail!("--domain {d:?}: use 1-32 of [A-Za-z0-9_.-]");
+        }
+        let configured = cfg.vm_domain(name);
+        if cfg.vms.iter().any(|v| v.name == name) && configured != d {
+            bail!("VM {name:?} is in domain {configured:?} in the configuration, not {d:?}");
+        }
+    }
+    for a in cfg.qemu_args(name, domain, ring.ring_size) {
         println!("{a}");
     }
     Ok(())
@@ -895,7 +954,12 @@ fn run() -> anyhow::Result<()> {
             cmd_vm_reinstate(&control.control, &name)
         }
         Command::Vm(VmCommand::Remove { control, name }) => cmd_vm_remove(&control.control, &name),
-        Command::QemuArgs { name, config, ring } => cmd_qemu_args(&name, &config, &ring),
+        Command::QemuArgs {
+            name,
+            domain,
+            config,
+            ring,
+        } => cmd_qemu_args(&name, domain.as_deref(), &config, &ring),
         Command::Config(ConfigCommand::New { config, out }) => {
             cmd_config_new(&config, out.as_deref())
         }
@@ -903,8 +967,21 @@ fn run() -> anyhow::Result<()> {
             kind,
             size,
             generation,
+            domain,
             path,
-        }) => cmd_region_init(kind, size, generation, &path),
+        }) => {
+            let path = match (&domain, kind) {
+                (None, _) => path,
+                (Some(d), KindArg::Pool) if vmdedup_host_agent::namespace::valid_name(d) => {
+                    vmdedup_host_agent::config::domain_pool_path(&path, d)
+                }
+                (Some(d), KindArg::Pool) => {
+                    bail!("--domain {d:?}: use 1-32 of [A-Za-z0-9_.-]")
+                }
+                (Some(_), KindArg::Ring) => bail!("--domain is for --kind pool"),
+            };
+            cmd_region_init(kind, size, generation, &path)
+        }
         Command::Region(RegionCommand::Show { path }) => cmd_region_show(&path),
         Command::Stamp { debugfs, dir } => cmd_stamp(&dir, debugfs),
     }

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vmdedup_protocol::control::{HintCounters, StatusReport};
+use vmdedup_protocol::control::{DomainReport, HintCounters, StatusReport};
 
-use crate::service::HintService;
+use crate::domain::Domains;
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,43 @@ pub fn render(r: &StatusReport) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    for (name, help, get) in [
+        (
+            "vmdedup_domain_frames_total",
+            "Frames in the trust domain's pool.",
+            (|d| d.frames_total) as fn(&DomainReport) -> u64,
+        ),
+        (
+            "vmdedup_domain_frames_budget",
+            "Frames the agent may use in the trust domain's pool.",
+            |d| d.frames_budget,
+        ),
+        (
+            "vmdedup_domain_frames_used",
+            "Frames holding file pages in the trust domain's pool.",
+            |d| d.frames_used,
+        ),
+        (
+            "vmdedup_domain_file_maps",
+            "Files in the trust domain's pool.",
+            |d| d.file_maps,
+        ),
+        (
+            "vmdedup_domain_bytes_saved",
+            "Bytes saved within the trust domain.",
+            |d| d.bytes_saved,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for d in &r.domains {
+            let _ = writeln!(
+                out,
+                "{name}{{domain=\"{}\"}} {}",
+                escape(d.name.as_str()),
+                get(d)
+            );
+        }
+    }
     for (name, help, kind) in [
         ("vmdedup_hints_total", "Hints answered.", "counter"),
         (
@@ -150,7 +187,7 @@ pub fn require_loopback(addr: SocketAddr) -> Result<(), MetricsError> {
 
 /// Serves `GET /metrics` (any path, in fact) on `addr`, which must be a
 /// loopback address, until the task is dropped.
-pub async fn serve(addr: SocketAddr, service: HintService) -> Result<(), MetricsError> {
+pub async fn serve(addr: SocketAddr, domains: Domains) -> Result<(), MetricsError> {
     require_loopback(addr)?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics endpoint ready");
@@ -159,7 +196,7 @@ pub async fn serve(addr: SocketAddr, service: HintService) -> Result<(), Metrics
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let svc = service.clone();
+        let svc = domains.clone();
         tokio::spawn(async move {
             // Read (and ignore) the request head, bounded in size and time.
             let mut buf = [0u8; 2048];

@@ -247,6 +247,23 @@ pub fn status_json(r: &StatusReport) -> serde_json::Value {
         })
         .collect();
     o.insert("vms".into(), vms.into());
+    let domains: Vec<serde_json::Value> = r
+        .domains
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "name": d.name.as_str(),
+                "pool_generation": d.pool_generation,
+                "frames_total": d.frames_total,
+                "frames_budget": d.frames_budget,
+                "frames_used": d.frames_used,
+                "file_maps": d.file_maps,
+                "bytes_saved": d.bytes_saved,
+                "vms": d.vms,
+            })
+        })
+        .collect();
+    o.insert("domains".into(), domains.into());
     serde_json::Value::Object(o)
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
+use vmdedup_host_agent::domain::{Domain, Domains};
 use vmdedup_host_agent::namespace::{Namespace, NamespaceConfig};
 use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
 use vmdedup_host_agent::service::{HintService, ServiceConfig};
@@ -52,22 +53,36 @@ fn start(tag: &str) -> Agent {
         generation: 5,
     })
     .unwrap();
-    let svc = HintService::new(
+    let domains = Domains::new(vec!["a".into(), "b".into()], Arc::default());
+    let svc = HintService::with_stats(
         PageStore::new(pool, StoreConfig::default()),
         vec![ns("a", 1, "default"), ns("b", 2, "other")],
         ServiceConfig {
             workers: 0,
             ..ServiceConfig::default()
         },
+        Arc::clone(domains.stats()),
     );
+    // One domain's service; the agent's own domain handling is in
+    // tests/agent_domains.rs.
+    let dom = Arc::new(Domain::new(
+        "default",
+        std::path::Path::new("/nonexistent"),
+        svc.clone(),
+        false,
+    ));
+    domains.insert(Arc::clone(&dom));
     svc.add_vm(1, "vm1", "default").unwrap();
+    domains.bind_vm(1, &dom);
+    let (domains2, dom2) = (domains.clone(), Arc::clone(&dom));
     let svc2 = svc.clone();
     let svc3 = svc.clone();
     let svc4 = svc.clone();
     let ctx = Arc::new(ControlContext {
-        service: svc,
+        domains,
         vm_add: Some(Box::new(move |name: &str, domain: &str| {
             svc2.add_vm(100, name, domain).map_err(|e| e.to_string())?;
+            domains2.bind_vm(100, &dom2);
             Ok(PathBuf::from(format!("/dev/shm/vmdedup-{name}.ring")))
         })),
         // The ring part is the agent's (tests/agent_reinstate.rs); here the

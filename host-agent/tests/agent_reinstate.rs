@@ -115,7 +115,7 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
     assert!(agent.reinstate_vm("nobody").is_err());
 
     // Evicted while held; the guest never acknowledges.
-    let (dropped, revoking) = agent.service().evict("a", "f").unwrap();
+    let (dropped, revoking) = agent.domains().evict("a", "f").unwrap();
     assert_eq!((dropped, revoking), (0, 1));
     let mut events = Vec::new();
     wait_for("the revocation", || {
@@ -124,17 +124,17 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
     });
     assert_eq!(events[0], (EVENT_REVOKE, 0, map), "{events:?}");
     wait_for("the cut-off flag", || guest.cut_off_news().then_some(()));
-    let vms = agent.service().vms(None);
+    let vms = agent.domains().vms(None);
     assert!(
         vms.iter().any(|v| v.name.as_str() == "vm1" && v.cut_off),
         "{vms:?}"
     );
-    assert!(agent.service().is_cut_off(1));
+    assert!(agent.domains().is_cut_off(1));
     // Cut off but not acknowledged, it keeps what it held charged: its page
     // tables may map it.
-    let vm1 = agent.service().vms(Some(1)).pop().unwrap();
+    let vm1 = agent.domains().vms(Some(1)).pop().unwrap();
     assert_eq!(vm1.maps_held, 1, "{vm1:?}");
-    assert_eq!(agent.service().status(None).file_maps, 1);
+    assert_eq!(agent.domains().status(None).file_maps, 1);
     guest.acknowledge_cut_off();
     let ring = agent.ring_shared(1).unwrap();
     wait_for("the acknowledgement seen", || {
@@ -142,15 +142,15 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
     });
     // Acknowledged: what it held is released, and the revoked map dropped.
     wait_for("the charged map released", || {
-        let held = agent.service().vms(Some(1)).pop().unwrap().maps_held;
-        (held == 0 && agent.service().status(None).file_maps == 0).then_some(())
+        let held = agent.domains().vms(Some(1)).pop().unwrap().maps_held;
+        (held == 0 && agent.domains().status(None).file_maps == 0).then_some(())
     });
 
     // Reinstated: the ring starts over with another generation and the VM
     // is served again (the poller may still hold the closed ring a moment).
     let was = agent.reinstate_vm("vm1").unwrap();
     assert!(was);
-    assert!(!agent.service().is_cut_off(1));
+    assert!(!agent.domains().is_cut_off(1));
     let mut guest = attach();
     assert_ne!(guest.generation(), first_generation);
     let ring = agent.ring_shared(1).unwrap();
@@ -184,11 +184,14 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
 
     // The VM is gone: removing it frees what it held (the hit after the
     // corrupt ring restarted; the one before was released at reconnection).
-    assert_eq!(agent.service().vms(Some(1)).pop().unwrap().maps_held, 1);
+    assert_eq!(agent.domains().vms(Some(1)).pop().unwrap().maps_held, 1);
     assert_eq!(agent.remove_vm("vm1").unwrap(), 1);
     assert!(agent.remove_vm("vm1").is_err(), "gone");
-    let st = agent.service().status(None);
+    let st = agent.domains().status(None);
     assert_eq!(st.counters.pages_mapped, 0);
-    assert_eq!(st.file_maps, 1, "only the new map, unreferenced now");
+    // It was its trust domain's last VM: the domain is closed and its pool
+    // file deleted.
+    assert!(st.domains.is_empty(), "{:?}", st.domains);
+    assert!(!dir.join("pool").exists(), "the closed domain's pool is deleted");
     agent.shutdown();
 }

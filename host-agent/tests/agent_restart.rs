@@ -183,7 +183,9 @@ fn read_through(pool: &Path, c: &CompletionEntry) -> Vec<u8> {
 
 fn frames_of(agent: &Agent, id: u64) -> Vec<u32> {
     agent
-        .service()
+        .domains()
+        .service("default")
+        .unwrap()
         .inspect_store(|s| s.frames_of(id).map(<[u32]>::to_vec))
         .unwrap()
 }
@@ -213,7 +215,7 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
     assert_eq!(read_through(&pool, &a), f);
     // `g` is being revoked when the agent dies: vm1 got the event but has
     // not acknowledged (it still maps the frames).
-    assert_eq!(old.service().evict("a", "g").unwrap(), (0, 1));
+    assert_eq!(old.domains().evict("a", "g").unwrap(), (0, 1));
     vm1.event("the revocation of g", |e| {
         *e == (EVENT_REVOKE, 0, b.file_map_id)
     });
@@ -244,7 +246,11 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
         });
     }
     assert_eq!(
-        agent.service().inspect_store(|s| s.pinned()),
+        agent
+            .domains()
+            .service("default")
+            .unwrap()
+            .inspect_store(|s| s.pinned()),
         Some((8, vec![1, 2]))
     );
     // The held map still reads right through its table.
@@ -274,26 +280,34 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
     });
     vm2.map_ops(&[(OP_HOLDS_DONE, 2000)]);
     assert_eq!(
-        agent.service().inspect_store(|s| s.pinned()),
+        agent
+            .domains()
+            .service("default")
+            .unwrap()
+            .inspect_store(|s| s.pinned()),
         Some((8, vec![]))
     );
     vm1.map_ops(&[(OP_ACK_REVOKE, b.file_map_id)]);
     wait_for("the pins to go", || {
         agent
-            .service()
+            .domains()
+            .service("default")
+            .unwrap()
             .inspect_store(|s| s.pinned())
             .is_none()
             .then_some(())
     });
     assert_eq!(read_through(&pool, &a), f);
     assert!(agent
-        .service()
+        .domains()
+        .service("default")
+        .unwrap()
         .inspect_store(|s| s.frames_of(b.file_map_id).is_none()));
 
     // vm1's hold of the adopted map is a real one: evicting everything
     // revokes it for vm1 (adopted maps have no path: the agent does not
     // know their file), with the new maps of `f` and `h` for vm2.
-    assert_eq!(agent.service().evict("", "").unwrap(), (0, 3));
+    assert_eq!(agent.domains().evict("", "").unwrap(), (0, 3));
     vm1.events.clear();
     vm1.event("the revocation of the adopted map", |e| {
         *e == (EVENT_REVOKE, 0, a.file_map_id)
@@ -325,14 +339,22 @@ fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
     let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
     assert_ne!(vm2.ring.generation(), first, "re-initialised");
     assert_eq!(
-        agent.service().inspect_store(|s| s.pinned()),
+        agent
+            .domains()
+            .service("default")
+            .unwrap()
+            .inspect_store(|s| s.pinned()),
         Some((3, vec![1, 2]))
     );
     // Its first hint on the new ring is its re-announcement.
     let a2 = vm2.hit(&dir, "f");
     assert_eq!(read_through(&cfg.pool, &a2), f);
     assert_eq!(
-        agent.service().inspect_store(|s| s.pinned()),
+        agent
+            .domains()
+            .service("default")
+            .unwrap()
+            .inspect_store(|s| s.pinned()),
         Some((3, vec![1]))
     );
     vm1.event("the re-announce notice", |e| {
@@ -341,14 +363,18 @@ fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
     vm1.map_ops(&[(OP_HOLDS_DONE, 2000)]);
     wait_for("the pins to go", || {
         agent
-            .service()
+            .domains()
+            .service("default")
+            .unwrap()
             .inspect_store(|s| s.pinned())
             .is_none()
             .then_some(())
     });
     // Nobody re-announced the old map: it is gone, the new one serves.
     assert!(agent
-        .service()
+        .domains()
+        .service("default")
+        .unwrap()
         .inspect_store(|s| s.frames_of(a.file_map_id).is_none()));
     assert_eq!(read_through(&cfg.pool, &a2), f);
     agent.shutdown();
@@ -399,12 +425,14 @@ fn a_vm_added_at_run_time_is_waited_for_after_a_restart() {
     // same id, takes its ring over and waits for it as for the configured
     // VMs: its map's frames stay pinned until it re-announced.
     let agent = start(&cfg, 2000);
-    assert_eq!(agent.service().vm_id("vm3"), Some(3));
+    assert_eq!(agent.domains().vm_id("vm3"), Some(3));
     vm3.event("the re-announce notice", |e| {
         *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
     });
     let (frames, waiting) = agent
-        .service()
+        .domains()
+        .service("default")
+        .unwrap()
         .inspect_store(|s| s.pinned())
         .expect("pinned after the adoption");
     assert!(frames >= 3, "{frames}");
@@ -416,6 +444,6 @@ fn a_vm_added_at_run_time_is_waited_for_after_a_restart() {
     agent.abandon();
     drop(agent);
     let third = start(&cfg, 3000);
-    assert_eq!(third.service().vm_id("vm3"), None);
+    assert_eq!(third.domains().vm_id("vm3"), None);
     third.shutdown();
 }

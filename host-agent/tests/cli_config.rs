@@ -126,7 +126,8 @@ fn qemu_args_prints_one_argument_per_line_for_the_ring_and_the_pool() {
     ]);
     let lines: Vec<&str> = out.lines().collect();
     let ring = d.0.join("vmdedup-vm2.ring");
-    let pool = d.0.join("vmdedup.pool");
+    // vm2 is in trust domain tenant-b: it attaches that domain's pool.
+    let pool = d.0.join("vmdedup.pool.tenant-b");
     assert_eq!(
         lines,
         [

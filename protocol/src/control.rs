@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the control framing and messages (2: misses counted over
 /// quota).
-pub const CONTROL_VERSION: u16 = 2;
+pub const CONTROL_VERSION: u16 = 3;
 /// Largest frame, length prefix included.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Size of the frame header (length + version).
@@ -37,6 +37,8 @@ pub const MAX_PATH: usize = 512;
 pub const MAX_MESSAGE: usize = 256;
 /// Most VMs in one [`Response::Vms`] or [`StatusReport::vms`].
 pub const MAX_VMS: usize = 32;
+/// Most trust domains a [`StatusReport`] lists.
+pub const MAX_DOMAINS: usize = 32;
 /// Most files in one [`Response::Files`] page (messages stay small enough
 /// to live on a thread stack several times over; page with `offset`).
 pub const MAX_FILES: usize = 16;
@@ -227,7 +229,30 @@ pub struct VmReport {
     pub counters: HintCounters,
 }
 
-/// Whole-agent status.
+/// One trust domain's pool, as [`StatusReport::domains`] lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainReport {
+    /// Name of the trust domain.
+    pub name: Name,
+    /// Its pool's generation.
+    pub pool_generation: u64,
+    /// Frames in its pool.
+    pub frames_total: u64,
+    /// Frames that may be used under its budget.
+    pub frames_budget: u64,
+    /// Frames holding data.
+    pub frames_used: u64,
+    /// File maps in its pool.
+    pub file_maps: u64,
+    /// `max(0, pages_mapped - frames_used) * 4096` within the domain.
+    pub bytes_saved: u64,
+    /// VMs in the domain.
+    pub vms: u32,
+}
+
+/// Whole-agent status. For the host the pool figures are the sums over the
+/// trust domains' pools, which [`StatusReport::domains`] lists; a VM sees
+/// its own domain's pool geometry and its own counters only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
     /// The pool generation.
@@ -246,11 +271,15 @@ pub struct StatusReport {
     pub counters: HintCounters,
     /// Per-VM entries (at most [`MAX_VMS`]; a VM caller sees only itself).
     pub vms: Vec<VmReport, MAX_VMS>,
+    /// Per trust domain pools (host only; empty for a VM caller).
+    pub domains: Vec<DomainReport, MAX_DOMAINS>,
 }
 
 /// One file map, as [`Response::Files`] lists it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileReport {
+    /// The trust domain whose pool holds it.
+    pub domain: Name,
     /// Namespace.
     pub ns: Name,
     /// Path inside it (truncated to [`MAX_PATH`] bytes on a char boundary).

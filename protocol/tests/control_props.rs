@@ -119,6 +119,18 @@ fn largest_messages_fit_in_one_frame() {
     };
     let mut vms = heapless::Vec::new();
     while vms.push(vm.clone()).is_ok() {}
+    let domain = DomainReport {
+        name: full_name.clone(),
+        pool_generation: u64::MAX,
+        frames_total: u64::MAX,
+        frames_budget: u64::MAX,
+        frames_used: u64::MAX,
+        file_maps: u64::MAX,
+        bytes_saved: u64::MAX,
+        vms: u32::MAX,
+    };
+    let mut domains = heapless::Vec::new();
+    while domains.push(domain.clone()).is_ok() {}
     let status = Response::Status(StatusReport {
         pool_generation: u64::MAX,
         frames_total: u64::MAX,
@@ -128,8 +140,10 @@ fn largest_messages_fit_in_one_frame() {
         bytes_saved: u64::MAX,
         counters,
         vms: vms.clone(),
+        domains,
     });
     let file = FileReport {
+        domain: full_name.clone(),
         ns: full_name.clone(),
         path: full_path.clone(),
         size: u64::MAX,

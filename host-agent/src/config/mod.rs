@@ -34,6 +34,10 @@
 //! mtime_granularity_ns = 1           # 1_000_000_000 if the guest keeps seconds only
 //! require_fingerprint = false        # true: hints without a content fingerprint miss
 //!
+//! [domain.tenant-a]                 # per trust domain; every key optional
+//! pool_size = "256M"                 # this domain's pool (default: pool_size)
+//! budget = "128M"                    # this domain's budget (default: budget)
+//!
 //! [[vm]]
 //! name = "vm1"
 //! domain = "tenant-a"                # default "default"
@@ -41,6 +45,11 @@
 //! cid = 3                            # AF_VSOCK CID (hosts with vhost-vsock)
 //! max_held = "64M"                   # this VM's own vm_max_held (0: no limit)
 //! ```
+//!
+//! Each trust domain has a pool of its own: the memory file `pool` for the
+//! domain `default`, and `pool` with `.DOMAIN` appended for any other (see
+//! [`domain_pool_path`]). A VM attaches only its own domain's pool; files
+//! and identical pages are shared within a domain, never across.
 //!
 //! `vm_max_held` bounds what one VM may hold of the pool: the pages of the
 //! file maps it was answered with and did not release yet (each map once).
@@ -227,6 +236,35 @@ impl RawService {
     }
 }
 
+/// A `[domain.NAME]` table: what differs for one trust domain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DomainConfig {
+    /// Its pool's size in bytes (`None`: [`AgentConfig::pool_size`]).
+    pub pool_size: Option<u64>,
+    /// Its frame budget in bytes (`None`: [`AgentConfig::budget`]).
+    pub budget: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDomain {
+    pool_size: Option<String>,
+    budget: Option<String>,
+}
+
+/// The pool memory file of trust domain `domain`, given the configured
+/// `pool` path: `pool` itself for the domain `default`, `pool.DOMAIN` for
+/// any other. The one place that names a domain's pool.
+pub fn domain_pool_path(pool: &Path, domain: &str) -> PathBuf {
+    if domain == DEFAULT_DOMAIN {
+        return pool.to_path_buf();
+    }
+    let mut name = pool.as_os_str().to_os_string();
+    name.push(".");
+    name.push(domain);
+    PathBuf::from(name)
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -241,6 +279,8 @@ struct RawConfig {
     ring_dir: Option<PathBuf>,
     #[serde(default)]
     service: RawService,
+    #[serde(default)]
+    domain: std::collections::BTreeMap<String, RawDomain>,
     #[serde(default)]
     namespace: Vec<RawNamespace>,
     #[serde(default)]
@@ -271,6 +311,9 @@ pub struct AgentConfig {
     pub ring_dir: PathBuf,
     /// Bounds of the hint service.
     pub service: ServiceLimits,
+    /// Per trust domain settings (`[domain.NAME]`); a domain not listed
+    /// uses the defaults.
+    pub domains: std::collections::BTreeMap<String, DomainConfig>,
     /// Namespaces.
     pub namespaces: Vec<NamespaceConfig>,
     /// VMs.
@@ -290,6 +333,7 @@ impl Default for AgentConfig {
             control_group: None,
             ring_dir: PathBuf::from("/dev/shm"),
             service: ServiceLimits::default(),
+            domains: std::collections::BTreeMap::new(),
             namespaces: Vec::new(),
             vms: Vec::new(),
         }
@@ -385,9 +429,20 @@ impl AgentConfig {
             control_group: raw.control_group,
             ring_dir: raw.ring_dir.unwrap_or(d.ring_dir),
             service: raw.service.cook()?,
+            domains: std::collections::BTreeMap::new(),
             namespaces: Vec::new(),
             vms: raw.vm,
         };
+        for (name, d) in raw.domain {
+            let size = |v: Option<String>| v.as_deref().map(parse_size).transpose();
+            cfg.domains.insert(
+                name,
+                DomainConfig {
+                    pool_size: size(d.pool_size)?,
+                    budget: size(d.budget)?,
+                },
+            );
+        }
         for (i, n) in raw.namespace.into_iter().enumerate() {
             cfg.namespaces.push(NamespaceConfig {
                 id: n.id.unwrap_or(i as u32 + 1),
@@ -514,6 +569,24 @@ impl AgentConfig {
             )));
         }
         self.service.validate()?;
+        for (name, d) in &self.domains {
+            if !valid_name(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "[domain.{name}]: invalid domain name (1-32 of [A-Za-z0-9_.-])"
+                )));
+            }
+            let size = self.domain_pool_size(name);
+            if !size.is_power_of_two() || size < (64 << 10) {
+                return Err(ConfigError::Invalid(format!(
+                    "[domain.{name}] pool_size {size} is not a power of two >= 64K"
+                )));
+            }
+            if d.budget.is_some_and(|b| b > size) {
+                return Err(ConfigError::Invalid(format!(
+                    "[domain.{name}] budget is above its pool_size {size}"
+                )));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         let mut ids = std::collections::BTreeSet::new();
         for n in &self.namespaces {
@@ -545,14 +618,46 @@ impl AgentConfig {
         Ok(())
     }
 
+    /// The pool memory file of trust domain `domain` ([`domain_pool_path`]).
+    pub fn pool_path(&self, domain: &str) -> PathBuf {
+        domain_pool_path(&self.pool, domain)
+    }
+
+    /// The pool size of trust domain `domain`.
+    pub fn domain_pool_size(&self, domain: &str) -> u64 {
+        self.domains
+            .get(domain)
+            .and_then(|d| d.pool_size)
+            .unwrap_or(self.pool_size)
+    }
+
+    /// The frame budget of trust domain `domain`, in bytes (0: its whole pool).
+    pub fn domain_budget(&self, domain: &str) -> u64 {
+        self.domains
+            .get(domain)
+            .and_then(|d| d.budget)
+            .unwrap_or(self.budget)
+    }
+
+    /// The trust domain of VM `vm` as configured (`default` for a VM the
+    /// configuration does not name).
+    pub fn vm_domain(&self, vm: &str) -> &str {
+        self.vms
+            .iter()
+            .find(|v| v.name == vm)
+            .map_or(DEFAULT_DOMAIN, |v| v.domain.as_str())
+    }
+
     /// Path of a VM's ring region file.
     pub fn ring_path(&self, vm: &str) -> PathBuf {
         self.ring_dir.join(format!("vmdedup-{vm}.ring"))
     }
 
     /// The QEMU arguments that attach a VM to its ring region (read-write)
-    /// and to the pool (read-only), one argument per element.
-    pub fn qemu_args(&self, vm: &str, ring_size: u64) -> Vec<String> {
+    /// and to its trust domain's pool (read-only), one argument per element.
+    /// `domain`: the VM's domain (`None`: as configured, see [`vm_domain`](Self::vm_domain)).
+    pub fn qemu_args(&self, vm: &str, domain: Option<&str>, ring_size: u64) -> Vec<String> {
+        let domain = domain.unwrap_or_else(|| self.vm_domain(vm));
         vec![
             "-object".into(),
             format!(
@@ -565,8 +670,8 @@ impl AgentConfig {
             "-object".into(),
             format!(
                 "memory-backend-file,id=vmdedup-pool,mem-path={},size={},share=on,readonly=on",
-                qemu_opt_path(&self.pool),
-                self.pool_size
+                qemu_opt_path(&self.pool_path(domain)),
+                self.domain_pool_size(domain)
             ),
             "-device".into(),
             "ivshmem-plain,memdev=vmdedup-pool".into(),
@@ -618,7 +723,7 @@ max_held = "1M"
         assert_eq!(cfg.vm_max_held, 4 << 20);
         assert_eq!(cfg.vms[0].max_held, Some(1 << 20));
         assert!(cfg
-            .qemu_args("vm1", 1 << 20)
+            .qemu_args("vm1", None, 1 << 20)
             .iter()
             .any(|a| a.contains("readonly=on")));
     }
@@ -632,7 +737,7 @@ max_held = "1M"
             ..AgentConfig::default()
         };
         assert_eq!(
-            cfg.qemu_args("vm2", 256 << 10),
+            cfg.qemu_args("vm2", None, 256 << 10),
             [
                 "-object",
                 "memory-backend-file,id=vmdedup-ring,mem-path=/run/x/vmdedup-vm2.ring,size=262144,share=on",
@@ -644,6 +749,63 @@ max_held = "1M"
                 "ivshmem-plain,memdev=vmdedup-pool",
             ]
         );
+    }
+
+    #[test]
+    fn each_domain_has_its_own_pool() {
+        let cfg = AgentConfig::from_toml(
+            r#"
+pool = "/dev/shm/p"
+pool_size = "64M"
+budget = "32M"
+[domain.tenant-a]
+pool_size = "16M"
+[domain.tenant-b]
+budget = "8M"
+[[vm]]
+name = "vm1"
+domain = "tenant-a"
+[[vm]]
+name = "vm2"
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.pool_path("default"), Path::new("/dev/shm/p"));
+        assert_eq!(cfg.pool_path("tenant-a"), Path::new("/dev/shm/p.tenant-a"));
+        assert_eq!(
+            (
+                cfg.domain_pool_size("tenant-a"),
+                cfg.domain_budget("tenant-a")
+            ),
+            (16 << 20, 32 << 20)
+        );
+        assert_eq!(
+            (
+                cfg.domain_pool_size("tenant-b"),
+                cfg.domain_budget("tenant-b")
+            ),
+            (64 << 20, 8 << 20)
+        );
+        assert_eq!(cfg.domain_pool_size("other"), 64 << 20);
+        let a = cfg.qemu_args("vm1", None, 1 << 20).join(" ");
+        assert!(
+            a.contains("mem-path=/dev/shm/p.tenant-a,size=16777216"),
+            "{a}"
+        );
+        let b = cfg.qemu_args("vm2", None, 1 << 20).join(" ");
+        assert!(b.contains("mem-path=/dev/shm/p,size=67108864"), "{b}");
+        let c = cfg.qemu_args("vm2", Some("tenant-b"), 1 << 20).join(" ");
+        assert!(c.contains("mem-path=/dev/shm/p.tenant-b,"), "{c}");
+        let back = AgentConfig::from_toml(&cfg.to_toml().unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        for bad in [
+            "[domain.\"a b\"]\npool_size = \"1M\"",
+            "[domain.a]\npool_size = \"3M\"",
+            "[domain.a]\npool_size = \"1M\"\nbudget = \"2M\"",
+            "[domain.a]\nsize = \"1M\"",
+        ] {
+            assert!(AgentConfig::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

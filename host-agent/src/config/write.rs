@@ -114,6 +114,15 @@ impl AgentConfig {
             "path_cache_size = {}",
             quoted(&format_size(l.path_cache_size))
         );
+        for (name, d) in &self.domains {
+            let _ = writeln!(t, "\n[domain.{}]", quoted(name));
+            if let Some(v) = d.pool_size {
+                let _ = writeln!(t, "pool_size = {}", quoted(&format_size(v)));
+            }
+            if let Some(v) = d.budget {
+                let _ = writeln!(t, "budget = {}", quoted(&format_size(v)));
+            }
+        }
         for n in &self.namespaces {
             let domains: Vec<String> = n.domains.iter().map(|d| quoted(d)).collect();
             let _ = writeln!(t, "\n[[namespace]]");
@@ -280,6 +289,11 @@ mod tests {
                        1..=i64::MAX as u64, 1..=i64::MAX as u64, 0..=i64::MAX as u64),
             namespaces in prop::collection::vec(namespace(), 0..4),
             vms in prop::collection::vec(vm(), 0..4),
+            domains in prop::collection::btree_map(
+                "[A-Za-z0-9_.-]{1,32}",
+                (prop::option::of(16u32..40), prop::option::of(0u64..(1 << 16))),
+                0..3,
+            ),
         ) {
             let c = AgentConfig {
                 pool: pool.into(),
@@ -299,6 +313,12 @@ mod tests {
                     warm_max_files: limits.4,
                     recheck_ms: limits.5,
                 },
+                domains: domains
+                    .into_iter()
+                    .map(|(n, (shift, budget))| {
+                        (n, crate::config::DomainConfig { pool_size: shift.map(|s| 1u64 << s), budget })
+                    })
+                    .collect(),
                 namespaces,
                 vms,
             };

@@ -31,7 +31,7 @@ use vmdedup_protocol::control::{
     MAX_FRAME_LEN,
 };
 
-use crate::service::HintService;
+use crate::domain::Domains;
 use crate::store::VmId;
 
 /// Who sent a request, as told by the transport.
@@ -57,8 +57,9 @@ pub type VmRemoveHook = dyn Fn(&str) -> Result<u32, String> + Send + Sync;
 
 /// What requests act on.
 pub struct ControlContext {
-    /// The service.
-    pub service: HintService,
+    /// The trust domains: a VM's requests go to its own domain's service,
+    /// the host's to all of them.
+    pub domains: Domains,
     /// `vm add`; `None`: refused.
     pub vm_add: Option<Box<VmAddHook>>,
     /// `vm reinstate`; `None`: refused.
@@ -89,7 +90,7 @@ pub enum ControlChannelError {
 
 /// Answers one request. Pure dispatch: no I/O besides what the service does.
 pub fn handle_request(ctx: &ControlContext, caller: Caller, req: Request) -> Response {
-    let svc = &ctx.service;
+    let svc = &ctx.domains;
     let vm = match caller {
         Caller::Host => None,
         Caller::Vm(v) => Some(v),

@@ -188,7 +188,9 @@ struct Shared {
     /// VMs with a `warm` running.
     warming: Mutex<BTreeSet<VmId>>,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
-    stats: Stats,
+    /// Counters; shared by the services of every trust domain, so that the
+    /// host's totals cover them all (a VM sees only its own).
+    stats: Arc<Stats>,
     cfg: ServiceConfig,
     start: Instant,
     stop: AtomicBool,
@@ -270,6 +272,17 @@ impl HintService {
     /// Builds the service over a store and namespaces, and starts the loader
     /// threads.
     pub fn new(store: PageStore, namespaces: Vec<Namespace>, cfg: ServiceConfig) -> Self {
+        Self::with_stats(store, namespaces, cfg, Arc::default())
+    }
+
+    /// [`HintService::new`], counting into `stats` (shared with the
+    /// services of the other trust domains).
+    pub fn with_stats(
+        store: PageStore,
+        namespaces: Vec<Namespace>,
+        cfg: ServiceConfig,
+        stats: Arc<Stats>,
+    ) -> Self {
         let ns = namespaces
             .into_iter()
             .map(|n| (n.id(), Arc::new(n)))
@@ -285,7 +298,7 @@ impl HintService {
             jobs_cv: Condvar::new(),
             warming: Mutex::new(BTreeSet::new()),
             sink: RwLock::new(None),
-            stats: Stats::default(),
+            stats,
             cfg,
             start: Instant::now(),
             stop: AtomicBool::new(false),

@@ -31,6 +31,7 @@ impl HintService {
             bytes_saved: bytes_saved(c.pages_mapped, c.frames_used),
             counters: self.shared.stats.total.snapshot(),
             vms: heapless::Vec::new(),
+            domains: heapless::Vec::new(),
         };
         report.counters.pages_mapped = c.pages_mapped;
         for (&id, info) in vms
@@ -108,6 +109,8 @@ impl HintService {
             .skip(offset)
             .take(limit)
             .map(|m| FileReport {
+                // The agent's domain layer names the domain.
+                domain: Default::default(),
                 ns: bounded_str(&visible[&m.label.ns]),
                 path: bounded_str(&m.label.path),
                 size: m.size,

@@ -192,6 +192,9 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
     // It was its trust domain's last VM: the domain is closed and its pool
     // file deleted.
     assert!(st.domains.is_empty(), "{:?}", st.domains);
-    assert!(!dir.join("pool").exists(), "the closed domain's pool is deleted");
+    assert!(
+        !dir.join("pool").exists(),
+        "the closed domain's pool is deleted"
+    );
     agent.shutdown();
 }

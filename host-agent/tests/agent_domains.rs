@@ -1,0 +1,287 @@
+//! Trust domains as a boundary, through the whole agent with in-process fake
+//! guests: each domain has a pool file of its own; a file two domains use is
+//! loaded into each pool; nothing a VM of one domain can read or be answered
+//! (its pool's bytes, the hit / "loading" answer, its status, revocations)
+//! depends on what a VM of another domain did; a domain's pool is created
+//! with its first VM and deleted with its last.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmdedup_host_agent::agent::{Agent, AgentOptions};
+use vmdedup_host_agent::config::{AgentConfig, DomainConfig, VmConfig};
+use vmdedup_host_agent::namespace::NamespaceConfig;
+use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
+use vmdedup_protocol::abi::{AnswerStatus, CompletionEntry, SubmissionEntry, EVENT_REVOKE};
+
+mod common;
+use common::TempDir;
+
+/// A hang guard, not a timing assertion.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+struct Guest {
+    ring: GuestRing,
+    next: u64,
+}
+
+impl Guest {
+    fn attach(path: &Path) -> Guest {
+        Guest {
+            ring: GuestRing::attach(Arc::new(SharedMapping::open(path).unwrap()), None).unwrap(),
+            next: 0,
+        }
+    }
+
+    /// One hint for `rel` of namespace `ns` (host copy `file`), answered.
+    fn ask(&mut self, ns: u32, rel: &str, file: &Path) -> CompletionEntry {
+        let md = std::fs::metadata(file).unwrap();
+        self.next += 1;
+        let e = SubmissionEntry {
+            request_id: self.next,
+            namespace_id: ns,
+            file_size: md.size(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            page_count: 1,
+            ..Default::default()
+        };
+        self.ring.stage(e, rel.as_bytes()).unwrap();
+        self.ring.publish();
+        let want = self.next;
+        wait_for("an answer", || {
+            let mut got = None;
+            self.ring.reap(|c| {
+                if c.request_id == want {
+                    got = Some(c);
+                }
+            });
+            got
+        })
+    }
+
+    /// Hints until the answer is a hit.
+    fn hit(&mut self, ns: u32, rel: &str, file: &Path) -> CompletionEntry {
+        wait_for("a hit", || {
+            let c = self.ask(ns, rel, file);
+            (c.status == AnswerStatus::Hit as u16).then_some(c)
+        })
+    }
+}
+
+/// Whether `needle` occurs in the file at `path`.
+fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    std::fs::read(path)
+        .unwrap()
+        .windows(needle.len())
+        .any(|w| w == needle)
+}
+
+/// Bytes no other file has: a counter-mode pseudo-random stream from `seed`.
+fn unique_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn ns(name: &str, id: u32, dir: &Path, domains: &[&str]) -> NamespaceConfig {
+    NamespaceConfig {
+        name: name.into(),
+        id,
+        dir: dir.join(name),
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        mtime_granularity_ns: 1,
+        require_fingerprint: false,
+    }
+}
+
+fn vm(name: &str, domain: &str) -> VmConfig {
+    VmConfig {
+        name: name.into(),
+        domain: domain.into(),
+        guest_socket: None,
+        cid: None,
+        max_held: None,
+    }
+}
+
+fn start(config: AgentConfig) -> Agent {
+    Agent::start(
+        config,
+        AgentOptions {
+            ring_size: 64 << 10,
+            pollers: PollerConfig {
+                threads: 1,
+                park_timeout: Some(Duration::from_millis(5)),
+                ..PollerConfig::default()
+            },
+            generation: 4000,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
+    let tmp = TempDir::new("domains");
+    let dir = tmp.0.clone();
+    for d in ["common", "secret"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let common = dir.join("common/lib.so");
+    let secret = dir.join("secret/key");
+    let (common_bytes, secret_bytes) = (unique_bytes(1, 5 * 4096 + 7), unique_bytes(2, 3 * 4096));
+    std::fs::write(&common, &common_bytes).unwrap();
+    std::fs::write(&secret, &secret_bytes).unwrap();
+    let config = AgentConfig {
+        pool: dir.join("pool"),
+        pool_size: 4 << 20,
+        // Room for the files, not for much more: domain A's pressure below.
+        budget: 0,
+        workers: 1,
+        ack_timeout_ms: 60_000,
+        control_socket: dir.join("control.sock"),
+        ring_dir: dir.clone(),
+        domains: [(
+            "tenant-a".to_string(),
+            DomainConfig {
+                pool_size: Some(2 << 20),
+                budget: Some(64 << 10),
+            },
+        )]
+        .into(),
+        namespaces: vec![
+            ns("common", 1, &dir, &["tenant-a", "tenant-b"]),
+            ns("secret", 2, &dir, &["tenant-a"]),
+        ],
+        vms: vec![vm("vm1", "tenant-a"), vm("vm2", "tenant-b")],
+        ..AgentConfig::default()
+    };
+    let (pool_a, pool_b) = (dir.join("pool.tenant-a"), dir.join("pool.tenant-b"));
+    let agent = start(config.clone());
+
+    // One pool file per domain in use, of the domain's size; none for the
+    // unused default domain.
+    assert_eq!(std::fs::metadata(&pool_a).unwrap().len(), 2 << 20);
+    assert_eq!(std::fs::metadata(&pool_b).unwrap().len(), 4 << 20);
+    assert!(!dir.join("pool").exists());
+    let attach_args = config.qemu_args("vm1", None, 64 << 10).join(" ");
+    assert!(
+        attach_args.contains(&format!("mem-path={},", pool_a.display())),
+        "{attach_args}"
+    );
+
+    let mut g1 = Guest::attach(&config.ring_path("vm1"));
+    let mut g2 = Guest::attach(&config.ring_path("vm2"));
+
+    // VM 1 loads both files into A's pool.
+    let c1 = g1.hit(1, "lib.so", &common);
+    g1.hit(2, "key", &secret);
+    assert!(file_contains(&pool_a, &secret_bytes[..64]));
+    assert!(file_contains(&pool_a, &common_bytes[4096..4160]));
+    // Nothing of it is in B's pool: not the secret, not the common file.
+    assert!(!file_contains(&pool_b, &secret_bytes[..64]));
+    assert!(!file_contains(&pool_b, &common_bytes[4096..4160]));
+
+    // VM 2's view does not depend on what VM 1 did: its first hint for the
+    // file VM 1 loaded is "loading", as if nobody had, and its status
+    // shows nothing of VM 1.
+    let before = agent.domains().status(Some(2));
+    assert_eq!(
+        g2.ask(1, "lib.so", &common).status,
+        AnswerStatus::Loading as u16,
+        "the hit / loading answer must not tell VM 2 that VM 1 loaded the file"
+    );
+    assert_eq!(
+        before.frames_used + before.file_maps + before.bytes_saved,
+        0,
+        "{before:?}"
+    );
+    assert!(before.domains.is_empty(), "a VM sees no domain list");
+    assert_eq!(before.vms.len(), 1);
+    // Its namespace may not be used from B.
+    assert_eq!(
+        g2.ask(2, "key", &secret).status,
+        AnswerStatus::NamespaceNotAllowed as u16
+    );
+    let c2 = g2.hit(1, "lib.so", &common);
+    // The common file is loaded into B's pool too, as a map of B's pool.
+    assert!(file_contains(&pool_b, &common_bytes[4096..4160]));
+    assert!(!file_contains(&pool_b, &secret_bytes[..64]));
+    let _ = (c1, c2);
+
+    // The host sees both domains' pools.
+    let st = agent.domains().status(None);
+    let names: Vec<&str> = st.domains.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["tenant-a", "tenant-b"]);
+    let (a, b) = (&st.domains[0], &st.domains[1]);
+    assert_eq!((a.file_maps, b.file_maps), (2, 1));
+    assert_eq!(a.frames_used, 5 + 1 + 3, "common (6 pages) + secret (3)");
+    assert_eq!(b.frames_used, 6);
+    assert_eq!(st.frames_used, a.frames_used + b.frames_used);
+    let (total, files) = agent.domains().files("common", None, 0, 10);
+    assert_eq!(total, 2, "one map per domain's pool");
+    let doms: Vec<&str> = files.iter().map(|f| f.domain.as_str()).collect();
+    assert_eq!(doms, ["tenant-a", "tenant-b"]);
+    // Paging crosses domains.
+    let (_, second) = agent.domains().files("common", None, 1, 10);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].domain.as_str(), "tenant-b");
+
+    // Pressure in A (budget 16 frames) revokes only A's maps, never B's:
+    // a new file in A's pool that does not fit evicts what VM 1 holds.
+    let before_b = agent.domains().status(Some(2));
+    let big = dir.join("common/big");
+    std::fs::write(&big, unique_bytes(3, 10 * 4096)).unwrap();
+    let _ = g1.ask(1, "big", &big);
+    let mut revoked = Vec::new();
+    wait_for("a revocation in A", || {
+        g1.ring.reap_events(|e| {
+            if e.kind == EVENT_REVOKE {
+                revoked.push(e.file_map_id)
+            }
+        });
+        (!revoked.is_empty()).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let mut b_events = 0;
+    g2.ring.reap_events(|_| b_events += 1);
+    assert_eq!(
+        b_events, 0,
+        "VM 2 (domain B) is not revoked for A's pressure"
+    );
+    let after_b = agent.domains().status(Some(2));
+    assert_eq!(before_b.vms[0].maps_held, after_b.vms[0].maps_held);
+    assert_eq!(after_b.vms[0].revocations_pending, 0);
+
+    // A domain opened at run time gets its pool; removing a domain's last
+    // VM deletes it.
+    let pool_c = dir.join("pool.tenant-c");
+    agent.add_vm("vm3", "tenant-c").unwrap();
+    assert!(pool_c.exists());
+    assert!(agent.add_vm("vm3", "tenant-a").is_err(), "names are unique");
+    agent.remove_vm("vm3").unwrap();
+    assert!(!pool_c.exists(), "the last VM of tenant-c is gone");
+    agent.remove_vm("vm2").unwrap();
+    assert!(!pool_b.exists());
+    assert!(pool_a.exists(), "tenant-a still has vm1");
+    let names: Vec<String> = agent.domains().names();
+    assert_eq!(names, ["tenant-a"]);
+    agent.shutdown();
+}

@@ -566,6 +566,11 @@ mod tests {
             prop_assert_eq!(&n[0].bytes, &bytes);
         }
 
+    }
+
+    proptest! {
+        // Each case searches 2 MiB: a few dozen are plenty.
+        #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
         fn finds_every_planted_needle(at in 0usize..(2 * CHUNK - 64), len in 1usize..64) {
             let data: Vec<u8> = (0..2 * CHUNK).map(|i| (i % 7) as u8 + 1).collect();

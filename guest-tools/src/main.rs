@@ -4,6 +4,11 @@
 //!
 //! The host knows which VM is asking by the vsock connection (its socket or
 //! CID), never by anything this tool says, and only tells a VM about itself.
+//!
+//! `scan-bars` plays the hostile root of a guest instead: it maps every PCI
+//! BAR and searches it for bytes that must not be there (see [`scan`]).
+
+mod scan;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,6 +57,23 @@ enum Command {
     ///
     /// Example: vmdedup-guest check-malformed
     CheckMalformed,
+    /// Map every PCI memory BAR of this guest read-only (as root) and search
+    /// it for the needles in NEEDLES_FILE: one `LABEL HEX` per line. Prints
+    /// each BAR scanned or skipped, `found LABEL (N): DEVICE resourceN
+    /// +OFFSET, ...` or `missing LABEL` per needle, and the totals. With
+    /// --file, searches those files instead (a pool file, on the host).
+    ///
+    /// Example: vmdedup-guest scan-bars /root/needles
+    ScanBars {
+        /// The needles: `LABEL HEX` per line, `#` comments.
+        needles: PathBuf,
+        /// Search this file instead of the BARs (repeatable).
+        #[arg(long = "file")]
+        files: Vec<PathBuf>,
+        /// Where the PCI devices are listed.
+        #[arg(long, default_value = "/sys/bus/pci/devices")]
+        devices: PathBuf,
+    },
 }
 
 async fn connect(cid: u32, port: u32) -> anyhow::Result<VsockStream> {
@@ -246,7 +268,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped");
         }
         Command::CheckMalformed => check_malformed(cid, port).await?,
+        Command::ScanBars {
+            needles,
+            files,
+            devices,
+        } => scan_command(&needles, &files, &devices)?,
     }
+    Ok(())
+}
+
+/// `scan-bars`: the BARs (or the files given) searched for every needle.
+fn scan_command(needles: &Path, files: &[PathBuf], devices: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(needles)
+        .with_context(|| format!("reading {}", needles.display()))?;
+    let needles = scan::parse_needles(&text).with_context(|| format!("{}", needles.display()))?;
+    let mut scanner = scan::Scanner::new(needles)?;
+    if files.is_empty() {
+        let t = scan::scan_bars(&mut scanner, devices)?;
+        println!(
+            "scanned: {} memory BARs, {} bytes; ivshmem ({:04x}:{:04x}): {} memory BARs, {} bytes",
+            t.bars,
+            t.bytes,
+            scan::IVSHMEM_ID.0,
+            scan::IVSHMEM_ID.1,
+            t.ivshmem_bars,
+            t.ivshmem_bytes
+        );
+    } else {
+        let mut bytes = 0;
+        for f in files {
+            bytes += scan::scan_file(&mut scanner, f)?;
+        }
+        println!("scanned: {} files, {bytes} bytes", files.len());
+    }
+    print!("{}", scanner.report());
     Ok(())
 }
 

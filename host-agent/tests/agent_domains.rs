@@ -15,6 +15,7 @@ use vmdedup_host_agent::config::{AgentConfig, DomainConfig, VmConfig};
 use vmdedup_host_agent::namespace::NamespaceConfig;
 use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
 use vmdedup_protocol::abi::{AnswerStatus, CompletionEntry, SubmissionEntry, EVENT_REVOKE};
+use vmdedup_protocol::pool::header_off::{FRAMES_USED, REVOCATION_EPOCH};
 
 mod common;
 use common::TempDir;
@@ -85,6 +86,12 @@ fn file_contains(path: &Path, needle: &[u8]) -> bool {
         .unwrap()
         .windows(needle.len())
         .any(|w| w == needle)
+}
+
+/// A live counter of the pool header of the pool file at `path`.
+fn header_word(path: &Path, off: usize) -> u64 {
+    let b = std::fs::read(path).unwrap();
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
 }
 
 /// Bytes no other file has: a counter-mode pseudo-random stream from `seed`.
@@ -195,9 +202,12 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     g1.hit(2, "key", &secret);
     assert!(file_contains(&pool_a, &secret_bytes[..64]));
     assert!(file_contains(&pool_a, &common_bytes[4096..4160]));
-    // Nothing of it is in B's pool: not the secret, not the common file.
+    // Nothing of it is in B's pool: not the secret, not the common file,
+    // and B's pool header's live counters did not move.
     assert!(!file_contains(&pool_b, &secret_bytes[..64]));
     assert!(!file_contains(&pool_b, &common_bytes[4096..4160]));
+    assert_eq!(header_word(&pool_a, FRAMES_USED), 9);
+    assert_eq!(header_word(&pool_b, FRAMES_USED), 0);
 
     // VM 2's view does not depend on what VM 1 did: its first hint for the
     // file VM 1 loaded is "loading", as if nobody had, and its status
@@ -269,6 +279,8 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     let after_b = agent.domains().status(Some(2));
     assert_eq!(before_b.vms[0].maps_held, after_b.vms[0].maps_held);
     assert_eq!(after_b.vms[0].revocations_pending, 0);
+    assert_ne!(header_word(&pool_a, REVOCATION_EPOCH), 0);
+    assert_eq!(header_word(&pool_b, REVOCATION_EPOCH), 0);
 
     // A domain opened at run time gets its pool; removing a domain's last
     // VM deletes it.

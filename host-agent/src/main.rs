@@ -314,7 +314,8 @@ enum VmCommand {
         control: ControlArg,
         /// VM name: 1-32 of [A-Za-z0-9_.-].
         name: String,
-        /// Trust domain (which namespaces it may use).
+        /// Trust domain: which namespaces it may use and which pool it
+        /// attaches (a new domain's pool is created with its first VM).
         #[arg(long, default_value = "default")]
         domain: String,
     },
@@ -788,6 +789,10 @@ fn cmd_vm_add(control: &Path, name: &str, domain: &str) -> anyhow::Result<()> {
         Response::VmAdded { name, ring_path } => (name, ring_path)
     )?;
     println!("{}: ring region {}", name.as_str(), ring_path.as_str());
+    println!(
+        "attach it with: vmdedup qemu-args {} --domain {domain} --config FILE",
+        name.as_str()
+    );
     Ok(())
 }
 

@@ -14,7 +14,9 @@ use vmdedup_host_agent::agent::{Agent, AgentOptions};
 use vmdedup_host_agent::config::{AgentConfig, DomainConfig, VmConfig};
 use vmdedup_host_agent::namespace::NamespaceConfig;
 use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
-use vmdedup_protocol::abi::{AnswerStatus, CompletionEntry, SubmissionEntry, EVENT_REVOKE};
+use vmdedup_protocol::abi::{
+    AnswerStatus, CompletionEntry, SubmissionEntry, EVENT_REVOKE, OP_HOLD, OP_HOLDS_DONE,
+};
 use vmdedup_protocol::pool::header_off::{FRAMES_USED, REVOCATION_EPOCH};
 
 mod common;
@@ -69,6 +71,26 @@ impl Guest {
             });
             got
         })
+    }
+
+    /// Sends map operations (re-announced holds) and waits for the answer
+    /// to the last one.
+    fn map_ops(&mut self, ops: &[(u16, u64)]) {
+        for &(op, id) in ops {
+            self.next += 1;
+            self.ring.stage_map_op(self.next, op, id).unwrap();
+        }
+        self.ring.publish();
+        let want = self.next;
+        wait_for("the map ops' answer", || {
+            let mut got = None;
+            self.ring.reap(|c| {
+                if c.request_id == want {
+                    got = Some(c);
+                }
+            });
+            got
+        });
     }
 
     /// Hints until the answer is a hit.
@@ -129,6 +151,10 @@ fn vm(name: &str, domain: &str) -> VmConfig {
 }
 
 fn start(config: AgentConfig) -> Agent {
+    start_gen(config, 4000)
+}
+
+fn start_gen(config: AgentConfig, generation: u64) -> Agent {
     Agent::start(
         config,
         AgentOptions {
@@ -138,7 +164,7 @@ fn start(config: AgentConfig) -> Agent {
                 park_timeout: Some(Duration::from_millis(5)),
                 ..PollerConfig::default()
             },
-            generation: 4000,
+            generation,
         },
     )
     .unwrap()
@@ -295,5 +321,83 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     assert!(pool_a.exists(), "tenant-a still has vm1");
     let names: Vec<String> = agent.domains().names();
     assert_eq!(names, ["tenant-a"]);
+    agent.shutdown();
+}
+
+#[test]
+fn a_restarted_agent_adopts_each_domains_pool_and_waits_for_its_own_vms() {
+    let tmp = TempDir::new("domains-restart");
+    let dir = tmp.0.clone();
+    std::fs::create_dir_all(dir.join("common")).unwrap();
+    let f = dir.join("common/f");
+    std::fs::write(&f, unique_bytes(7, 2 * 4096)).unwrap();
+    let config = AgentConfig {
+        pool: dir.join("pool"),
+        pool_size: 2 << 20,
+        workers: 1,
+        control_socket: dir.join("control.sock"),
+        ring_dir: dir.clone(),
+        namespaces: vec![ns("common", 1, &dir, &["*"])],
+        vms: vec![vm("vm1", "tenant-a"), vm("vm2", "tenant-b")],
+        ..AgentConfig::default()
+    };
+    let old = start_gen(config.clone(), 1000);
+    let mut g1 = Guest::attach(&config.ring_path("vm1"));
+    let mut g2 = Guest::attach(&config.ring_path("vm2"));
+    let m1 = g1.hit(1, "f", &f).file_map_id;
+    let m2 = g2.hit(1, "f", &f).file_map_id;
+    let before = (
+        std::fs::read(dir.join("pool.tenant-a")).unwrap(),
+        std::fs::read(dir.join("pool.tenant-b")).unwrap(),
+    );
+    old.abandon();
+    drop(old);
+
+    let agent = start_gen(config.clone(), 2000);
+    let pinned = |d: &str| {
+        agent
+            .domains()
+            .service(d)
+            .unwrap()
+            .inspect_store(|s| s.pinned())
+    };
+    for d in ["tenant-a", "tenant-b"] {
+        assert!(agent.domains().get(d).unwrap().adopted(), "{d}");
+    }
+    // Each domain's pool waits for its own VM only.
+    assert_eq!(pinned("tenant-a").map(|p| p.1), Some(vec![1]));
+    assert_eq!(pinned("tenant-b").map(|p| p.1), Some(vec![2]));
+    assert_eq!(
+        std::fs::read(dir.join("pool.tenant-a")).unwrap()[4096..],
+        before.0[4096..]
+    );
+    assert_eq!(
+        std::fs::read(dir.join("pool.tenant-b")).unwrap()[4096..],
+        before.1[4096..]
+    );
+    g1.map_ops(&[(OP_HOLD, m1), (OP_HOLDS_DONE, 2000)]);
+    wait_for("tenant-a's pins to go", || {
+        pinned("tenant-a").is_none().then_some(())
+    });
+    assert_eq!(
+        pinned("tenant-b").map(|p| p.1),
+        Some(vec![2]),
+        "tenant-b still waits for vm2"
+    );
+    g2.map_ops(&[(OP_HOLD, m2), (OP_HOLDS_DONE, 2000)]);
+    wait_for("tenant-b's pins to go", || {
+        pinned("tenant-b").is_none().then_some(())
+    });
+    let held: Vec<u32> = agent
+        .domains()
+        .vms(None)
+        .iter()
+        .map(|v| v.maps_held)
+        .collect();
+    assert_eq!(
+        held,
+        [1, 1],
+        "each VM's re-announced hold counts in its own domain"
+    );
     agent.shutdown();
 }

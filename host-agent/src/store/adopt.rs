@@ -188,8 +188,13 @@ pub(super) struct Pins {
     /// VMs that existed at the restart and have not re-announced yet.
     waiting: BTreeSet<VmId>,
     /// Re-announced maps that are not live: revoked for that VM, pinned
-    /// until it acknowledges.
-    owed: BTreeSet<(VmId, MapId)>,
+    /// until it acknowledges, by the deadline of that acknowledgement (set
+    /// at the first tick after the revocation: the store has no clock of
+    /// its own). A VM that lets it pass is cut off, as for any revocation.
+    owed: BTreeMap<(VmId, MapId), Option<u64>>,
+    /// VMs whose ring was started over while they owed or were awaited:
+    /// pinned until they attach the new ring (having dropped every map).
+    reinstated: BTreeSet<VmId>,
     /// Where dead tables were, by map id (for the revocation event).
     dead: BTreeMap<MapId, TableRef>,
     /// Every pinned frame, once each.
@@ -220,7 +225,8 @@ impl PageStore {
         let mut pins = Pins {
             token: token.max(1),
             waiting: expect.into_iter().collect(),
-            owed: BTreeSet::new(),
+            owed: BTreeMap::new(),
+            reinstated: BTreeSet::new(),
             dead: BTreeMap::new(),
             frames: Vec::new(),
             maps: Vec::new(),
@@ -361,7 +367,7 @@ impl PageStore {
             file_size: 0,
             map_generation: generation,
         });
-        if p.owed.insert((vm, id)) {
+        if p.owed.insert((vm, id), None).is_none() {
             self.events.push(StoreEvent::Revoke { vm, map });
         }
     }
@@ -391,21 +397,68 @@ impl PageStore {
             return false;
         };
         let hit = match id {
-            Some(id) => p.owed.remove(&(vm, id)),
+            Some(id) => p.owed.remove(&(vm, id)).is_some(),
             None => {
-                p.owed.retain(|&(v, _)| v != vm);
-                p.waiting.remove(&vm)
+                let owed = p.owed.len();
+                p.owed.retain(|&(v, _), _| v != vm);
+                p.waiting.remove(&vm) | (p.owed.len() != owed) | p.reinstated.remove(&vm)
             }
         };
         self.release_pins_if_done();
         hit
     }
 
+    /// `vm`'s ring was started over: no acknowledgement of what it owed can
+    /// come (no deadline may cut it off again) and it will not re-announce
+    /// on the old ring; if it owed or was awaited, the pins stay until it
+    /// attaches the new ring ([`pins_reconnected`](Self::pins_reconnected)).
+    pub(super) fn pins_reinstated(&mut self, vm: VmId) {
+        let Some(p) = self.pins.as_mut() else {
+            return;
+        };
+        let owed = p.owed.len();
+        p.owed.retain(|&(v, _), _| v != vm);
+        if p.waiting.remove(&vm) | (p.owed.len() != owed) {
+            p.reinstated.insert(vm);
+        }
+    }
+
+    /// `vm` attached its reinstated ring: it maps nothing from before.
+    /// Returns whether the pins waited for that.
+    pub(super) fn pins_reconnected(&mut self, vm: VmId) -> bool {
+        let Some(p) = self.pins.as_mut() else {
+            return false;
+        };
+        let was = p.reinstated.remove(&vm);
+        self.release_pins_if_done();
+        was
+    }
+
+    /// Starts the deadline of every owed acknowledgement that has none yet
+    /// and returns the VMs that let one pass (the caller cuts them off).
+    pub(super) fn pins_late(&mut self, now_ms: u64) -> BTreeSet<VmId> {
+        let timeout = self.cfg.ack_timeout_ms;
+        let Some(p) = self.pins.as_mut() else {
+            return BTreeSet::new();
+        };
+        let mut late = BTreeSet::new();
+        for (&(vm, _), deadline) in p.owed.iter_mut() {
+            match *deadline {
+                None => *deadline = Some(now_ms.saturating_add(timeout)),
+                Some(d) if d <= now_ms => {
+                    late.insert(vm);
+                }
+                Some(_) => {}
+            }
+        }
+        late
+    }
+
     fn release_pins_if_done(&mut self) {
         if !self
             .pins
             .as_ref()
-            .is_some_and(|p| p.waiting.is_empty() && p.owed.is_empty())
+            .is_some_and(|p| p.waiting.is_empty() && p.owed.is_empty() && p.reinstated.is_empty())
         {
             return;
         }
@@ -673,6 +726,58 @@ mod tests {
         s.load_bytes(key(9, 3 * 4096), label("new"), &file(30, 3), 0)
             .unwrap();
         assert_eq!(frames_bytes(&s, &fa), bytes_a, "held frames never reused");
+    }
+
+    #[test]
+    fn an_owed_acknowledgement_has_a_deadline_like_any_revocation() {
+        let t = tmp("adopt-owed");
+        let (a, b, _) = previous(&t);
+        let p = PoolMemory::adopt_served(&spec(&t, 99)).unwrap().unwrap();
+        let timeout = cfg(0).ack_timeout_ms;
+        let (mut s, _) = PageStore::adopt(p, cfg(0), [1], 5);
+        s.add_vm(1);
+        s.reannounced(1, a.file_map_id);
+        s.reannounced(1, b.file_map_id);
+        assert!(s.holds_done(1, 5));
+        s.take_events();
+        // The deadline starts at the first tick after the revocation.
+        s.tick(1_000);
+        s.tick(1_000 + timeout - 1);
+        assert!(!s.is_cut_off(1), "not late yet");
+        assert!(s.pinned().is_some(), "b is owed");
+        s.tick(1_000 + timeout);
+        assert!(s.is_cut_off(1), "late: cut off, as for any revocation");
+        assert_eq!(s.take_events(), vec![StoreEvent::CutOff { vm: 1 }]);
+        // Still pinned: the cut-off guest may map the frames until it
+        // acknowledges the cut-off, after which it owes nothing.
+        assert!(s.pinned().is_some());
+        let fa = s.frames_of(a.file_map_id).unwrap().to_vec();
+        assert!(s.release_all(1));
+        assert!(s.pinned().is_none());
+        assert_eq!(s.vm_holdings(1).unwrap().maps_held, 0);
+        assert!(!fa.is_empty());
+    }
+
+    #[test]
+    fn a_reconnected_vm_owes_nothing_it_owed_through_its_old_ring() {
+        let t = tmp("adopt-reconnect");
+        let (_, b, _) = previous(&t);
+        let p = PoolMemory::adopt_served(&spec(&t, 99)).unwrap().unwrap();
+        let (mut s, _) = PageStore::adopt(p, cfg(0), [1], 5);
+        s.add_vm(1);
+        s.reannounced(1, b.file_map_id);
+        assert!(s.pinned().is_some());
+        s.reinstate_vm(1);
+        assert!(
+            s.pinned().is_some(),
+            "until the guest attaches the new ring"
+        );
+        for t in [0, 10_000, 20_000] {
+            s.tick(t);
+        }
+        assert!(!s.is_cut_off(1), "no deadline for what the old ring owed");
+        assert!(s.vm_reconnected(1), "what it owed and awaited ends");
+        assert!(s.pinned().is_none());
     }
 
     #[test]

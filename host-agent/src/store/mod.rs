@@ -483,6 +483,7 @@ impl PageStore {
             h.stale = h.refs;
         }
         v.cut_off = false;
+        self.pins_reinstated(vm);
         // Its new ring carries no acknowledgement of a revocation sent on
         // the old one: it owes none (no deadline cuts it off again), and the
         // maps stay revoking, its holds on them stale, until it reconnects.
@@ -502,7 +503,11 @@ impl PageStore {
             return false;
         };
         let stale_only = !v.cut_off;
-        self.drop_holdings(vm, stale_only)
+        // A cut-off guest that acknowledged maps no pool frame: it owes no
+        // acknowledgement of a re-announced map and has nothing left to
+        // re-announce after a restart.
+        let forgot = !stale_only && self.pins_forget(vm, None);
+        self.drop_holdings(vm, stale_only) | forgot
     }
 
     /// `vm` reconnected to its reinstated ring: a new guest connection holds
@@ -512,7 +517,10 @@ impl PageStore {
         if self.vms.get(&vm).is_none_or(|v| v.cut_off) {
             return false;
         }
-        self.drop_holdings(vm, true)
+        // The guest dropped every map of its old ring before it attached
+        // the new one: nothing it owed through it pins frames any more.
+        let forgot = self.pins_reconnected(vm);
+        self.drop_holdings(vm, true) | forgot
     }
 
     /// Whether `vm` is cut off.
@@ -647,6 +655,7 @@ impl PageStore {
 
     /// Cuts off every VM that let a revocation deadline pass.
     pub fn tick(&mut self, now_ms: u64) {
+        let owed_late = self.pins_late(now_ms);
         let late: BTreeSet<VmId> = self
             .maps
             .values()
@@ -658,6 +667,7 @@ impl PageStore {
                 _ => None,
             })
             .flatten()
+            .chain(owed_late)
             .filter(|vm| !self.is_cut_off(*vm))
             .collect();
         for vm in late {

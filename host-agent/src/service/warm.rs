@@ -1,7 +1,17 @@
 //! Warm and evict: preloading a namespace tree on the caller's thread, and
 //! dropping (or revoking from the VMs) what is stored for a tree.
+//!
+//! A warm-up walks the tree strictly beneath the namespace, with the lookup
+//! hints use ([`Namespace::list_files`]): no symlink in any component of
+//! the start path or of anything walked, no mount crossing. A guest's warm
+//! of a start path that is not a file or directory beneath the namespace
+//! (missing, `..`, absolute, through a symlink, a symlink itself) gets one
+//! and the same error, so its reply says nothing about what lies outside.
+//!
+//! [`Namespace::list_files`]: crate::namespace::Namespace::list_files
 
 use super::{file_key, lock, CacheEntry, HintService, ServiceError};
+use crate::namespace::ResolveError;
 use crate::store::VmId;
 
 /// A VM's one running warm; ends when dropped.
@@ -44,7 +54,10 @@ impl HintService {
     /// every file. `vm` restricts to the namespaces that VM may use, and
     /// bounds the work: one warm of a VM at a time ([`ServiceError::Busy`]
     /// otherwise), loading at most [`ServiceConfig::warm_max_files`] files
-    /// (the rest are counted skipped), charged to that VM.
+    /// (the rest are counted skipped), charged to that VM. The tree is
+    /// walked strictly beneath the namespace (see the module documentation);
+    /// for a VM every start path that is not there is the same
+    /// [`ResolveError::NotFound`].
     ///
     /// [`ServiceConfig::warm_max_files`]: super::ServiceConfig::warm_max_files
     pub fn warm(
@@ -61,7 +74,13 @@ impl HintService {
             Some(v) => Some(WarmTurn::take(self, v)?),
             None => None,
         };
-        let files = ns.list_files(rel)?;
+        let files = match ns.list_files(rel) {
+            Ok(f) => f,
+            // One reply for whatever is not a tree beneath the namespace:
+            // which it was would tell a guest about the host outside.
+            Err(_) if vm.is_some() => return Err(ResolveError::NotFound.into()),
+            Err(e) => return Err(e.into()),
+        };
         let mut p = WarmProgress {
             files_total: files.len() as u64,
             ..WarmProgress::default()

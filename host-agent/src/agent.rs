@@ -331,6 +331,7 @@ impl Agent {
             rings: Arc::clone(&rings),
         }));
         service.spawn_ticker(std::time::Duration::from_millis(100));
+        service.warm_at_start();
         let pollers = Some(
             PollerPool::start(opts.pollers, service.clone()).map_err(|source| {
                 AgentError::Ring {

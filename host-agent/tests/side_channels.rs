@@ -1,18 +1,38 @@
-//! What a VM can learn within its trust domain: a warm-up walks strictly
-//! beneath its namespace and answers alike for everything outside it.
+//! What a VM can learn within its trust domain, and the options that close
+//! it: a warm-up walks strictly beneath its namespace and answers alike for
+//! everything outside it; `warm_at_start` makes every first hint a hit;
+//! `always_loading` makes every first hint "loading".
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
+use std::time::Duration;
 
+use vmdedup_host_agent::agent::{Agent, AgentOptions};
+use vmdedup_host_agent::config::AgentConfig;
 use vmdedup_host_agent::control::{handle_request, Caller, ControlContext};
-use vmdedup_host_agent::namespace::{Namespace, NamespaceConfig, ResolveMode};
+use vmdedup_host_agent::namespace::{GuestIdentity, Namespace, NamespaceConfig, ResolveMode};
 use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
-use vmdedup_host_agent::service::{HintService, ServiceConfig};
+use vmdedup_host_agent::ring::poller::PollerConfig;
+use vmdedup_host_agent::ring::Hint;
+use vmdedup_host_agent::service::{HintResult, HintService, ServiceConfig};
 use vmdedup_host_agent::store::{PageStore, StoreConfig, VmId};
-use vmdedup_protocol::control::{bounded_str, Request, Response};
+use vmdedup_protocol::control::{bounded_str, MissReason, Request, Response};
 
 mod common;
 use common::TempDir;
+
+/// `len` bytes that differ from page to page and from seed to seed.
+fn content(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
 
 fn ns_config(name: &str, id: u32, dir: &Path) -> NamespaceConfig {
     NamespaceConfig {
@@ -22,6 +42,8 @@ fn ns_config(name: &str, id: u32, dir: &Path) -> NamespaceConfig {
         domains: vec!["default".into()],
         mtime_granularity_ns: 1,
         require_fingerprint: false,
+        warm_at_start: false,
+        always_loading: false,
     }
 }
 
@@ -59,6 +81,56 @@ fn service(namespaces: Vec<NamespaceConfig>, mode: ResolveMode, budget_frames: u
     svc.add_vm(1, "vm1", "default").unwrap();
     svc.add_vm(2, "vm2", "default").unwrap();
     svc
+}
+
+fn ident(p: &Path) -> GuestIdentity {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    GuestIdentity {
+        size: m.size(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        fingerprint: None,
+    }
+}
+
+fn req(ns: u32, path: &[u8], id: GuestIdentity) -> Hint<'_> {
+    Hint {
+        request_id: 0,
+        namespace_id: ns,
+        path,
+        file_size: id.size,
+        mtime_ns: id.mtime_ns,
+        ctime_ns: 0,
+        inode: 0,
+        first_page: 0,
+        page_count: 0,
+        fingerprint: id.fingerprint,
+    }
+}
+
+/// Hints until the answer is no longer "loading", running loads in between;
+/// returns every answer.
+fn hint_until_done(
+    svc: &HintService,
+    vm: VmId,
+    ns: u32,
+    path: &[u8],
+    id: GuestIdentity,
+) -> Vec<HintResult> {
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = svc.answer(vm, &req(ns, path, id));
+        seen.push(r);
+        if r != HintResult::Miss(MissReason::Loading) {
+            return seen;
+        }
+        svc.load_pending();
+    }
+    panic!("still loading: {seen:?}");
+}
+
+fn is_hit(r: &HintResult) -> bool {
+    matches!(r, HintResult::Hit(_))
 }
 
 /// Paths of the files the pool holds, in namespace `ns`.
@@ -214,4 +286,217 @@ fn warm_skips_a_directory_replaced_by_a_symlink() {
     let p = svc.warm("a", b"t", Some(1), &mut |_| {}).unwrap();
     assert_eq!((p.files_total, p.skipped), (2, 0), "t/a and t/sub.old/b");
     assert_eq!(loaded(&svc, "a"), ["t/a", "t/sub.old/b"]);
+}
+
+#[test]
+fn always_loading_masks_whether_another_vm_loaded_a_file() {
+    let t = tree();
+    let masked = TempDir::new("sc-masked");
+    std::fs::write(masked.0.join("f"), vec![3u8; 10_000]).unwrap();
+    std::fs::write(t.ns.0.join("g"), vec![4u8; 10_000]).unwrap();
+    let mut paranoid = ns_config("m", 2, &masked.0);
+    paranoid.always_loading = true;
+    let svc = service(
+        vec![ns_config("a", 1, &t.ns.0), paranoid],
+        ResolveMode::Openat2,
+        0,
+    );
+    let f = ident(&masked.0.join("f"));
+    let loading = HintResult::Miss(MissReason::Loading);
+    // VM 1 loads the file: one "loading", then a hit (a real miss is not
+    // masked a second time).
+    let vm1 = hint_until_done(&svc, 1, 2, b"f", f);
+    assert_eq!(vm1.len(), 2, "{vm1:?}");
+    assert_eq!(vm1[0], loading);
+    assert!(is_hit(&vm1[1]));
+    assert_eq!(svc.masked_hits(), 0);
+    // VM 2's first hint: "loading" although the file is in the pool, and a
+    // load is queued for it as for a real miss; the next one hits.
+    assert_eq!(svc.answer(2, &req(2, b"f", f)), loading);
+    assert_eq!(svc.masked_hits(), 1);
+    assert_eq!(svc.load_queue_size().0, 1, "a load queued for VM 2");
+    assert_eq!(svc.answer(2, &req(2, b"f", f)), vm1[1]);
+    // The queued load finds the file stored: still the same map.
+    assert_eq!(svc.load_pending(), 1);
+    assert_eq!(svc.answer(2, &req(2, b"f", f)), vm1[1]);
+    assert_eq!(svc.answer(1, &req(2, b"f", f)), vm1[1]);
+    assert_eq!(svc.masked_hits(), 1);
+    // So VM 2 saw what VM 1 saw: one "loading", then hits.
+    // A path known to be missing is masked the same way.
+    let none = GuestIdentity {
+        size: 1,
+        mtime_ns: 0,
+        fingerprint: None,
+    };
+    let vm1_missing = hint_until_done(&svc, 1, 2, b"nope", none);
+    assert_eq!(
+        vm1_missing,
+        [loading, HintResult::Miss(MissReason::NotFound)]
+    );
+    assert_eq!(svc.answer(2, &req(2, b"nope", none)), loading);
+    svc.load_pending();
+    assert_eq!(
+        svc.answer(2, &req(2, b"nope", none)),
+        HintResult::Miss(MissReason::NotFound)
+    );
+    assert_eq!(svc.masked_hits(), 2);
+    // Without the option, VM 2's first hint of a file VM 1 loaded hits.
+    let g = ident(&t.ns.0.join("g"));
+    assert!(is_hit(hint_until_done(&svc, 1, 1, b"g", g).last().unwrap()));
+    assert!(is_hit(&svc.answer(2, &req(1, b"g", g))));
+    assert_eq!(svc.masked_hits(), 2);
+    // The memory goes with the VM: a VM added again under the id is
+    // masked again.
+    assert!(svc.told_loading_len(2) >= 2);
+    svc.remove_vm(2);
+    assert_eq!(svc.told_loading_len(2), 0);
+    svc.add_vm(2, "vm2", "default").unwrap();
+    assert_eq!(svc.answer(2, &req(2, b"f", f)), loading);
+    assert_eq!(svc.masked_hits(), 3);
+}
+
+#[test]
+fn always_loading_masks_a_new_version_loaded_by_another_vm() {
+    let d = TempDir::new("sc-version");
+    let p = d.0.join("f");
+    std::fs::write(&p, vec![1u8; 6000]).unwrap();
+    let mut c = ns_config("m", 1, &d.0);
+    c.always_loading = true;
+    let svc = service(vec![c], ResolveMode::Openat2, 0);
+    let v1 = ident(&p);
+    assert!(is_hit(
+        hint_until_done(&svc, 1, 1, b"f", v1).last().unwrap()
+    ));
+    let r2 = hint_until_done(&svc, 2, 1, b"f", v1);
+    assert_eq!(r2.len(), 2, "masked once: {r2:?}");
+    // The host file changes; VM 1 has the new version loaded.
+    std::thread::sleep(Duration::from_millis(10));
+    std::fs::write(&p, vec![2u8; 7000]).unwrap();
+    let v2 = ident(&p);
+    let r1 = hint_until_done(&svc, 1, 1, b"f", v2);
+    assert!(is_hit(r1.last().unwrap()), "{r1:?}");
+    // VM 2, told "loading" only for the old version, is masked again.
+    assert_eq!(
+        svc.answer(2, &req(1, b"f", v2)),
+        HintResult::Miss(MissReason::Loading)
+    );
+    assert_eq!(svc.answer(2, &req(1, b"f", v2)), *r1.last().unwrap());
+}
+
+#[test]
+fn warm_at_start_loads_marked_namespaces_so_first_hints_hit() {
+    let t = tree();
+    let other = TempDir::new("sc-cold");
+    std::fs::write(other.0.join("c"), vec![5u8; 3000]).unwrap();
+    let mut warm = ns_config("a", 1, &t.ns.0);
+    warm.warm_at_start = true;
+    let svc = service(
+        vec![warm, ns_config("cold", 2, &other.0)],
+        ResolveMode::Openat2,
+        0,
+    );
+    let p = svc.warm_at_start();
+    assert_eq!((p.files_total, p.files_done, p.skipped), (2, 2, 0));
+    assert_eq!(p.pages, 5);
+    assert_eq!(loaded(&svc, "a"), ["t/a", "t/sub/b"]);
+    assert!(loaded(&svc, "cold").is_empty());
+    for path in ["t/a", "t/sub/b"] {
+        let id = ident(&t.ns.0.join(path));
+        assert!(is_hit(&svc.answer(1, &req(1, path.as_bytes(), id))));
+        assert!(is_hit(&svc.answer(2, &req(1, path.as_bytes(), id))));
+    }
+    // Not marked: the first hint is "loading".
+    assert_eq!(
+        svc.answer(1, &req(2, b"c", ident(&other.0.join("c")))),
+        HintResult::Miss(MissReason::Loading)
+    );
+}
+
+#[test]
+fn warm_at_start_with_a_full_pool_logs_and_goes_on() {
+    let d = TempDir::new("sc-full");
+    for i in 0..3u32 {
+        std::fs::write(d.0.join(format!("f{i}")), content(i, 4096)).unwrap();
+    }
+    std::fs::write(d.0.join("huge"), content(9, 8 * 4096)).unwrap();
+    let mut c = ns_config("a", 1, &d.0);
+    c.warm_at_start = true;
+    // Room for the small files, not for the huge one.
+    let svc = service(vec![c], ResolveMode::Openat2, 6);
+    let p = svc.warm_at_start();
+    assert_eq!((p.files_total, p.files_done), (4, 4));
+    assert_eq!((p.skipped, p.pool_full), (1, 1));
+    assert_eq!(loaded(&svc, "a"), ["f0", "f1", "f2"]);
+}
+
+#[test]
+fn agent_is_warm_when_start_returns() {
+    let dir = TempDir::new("sc-agent");
+    let ns = dir.0.join("ns");
+    std::fs::create_dir_all(ns.join("lib")).unwrap();
+    for i in 0..5u32 {
+        std::fs::write(ns.join(format!("lib/f{i}")), content(i, 4096 * 2 + 1)).unwrap();
+    }
+    let mut n = ns_config("a", 1, &ns);
+    n.warm_at_start = true;
+    let config = AgentConfig {
+        pool: dir.0.join("pool"),
+        pool_size: 4 << 20,
+        workers: 1,
+        control_socket: dir.0.join("control.sock"),
+        ring_dir: dir.0.clone(),
+        namespaces: vec![n],
+        ..AgentConfig::default()
+    };
+    let agent = Agent::start(
+        config,
+        AgentOptions {
+            ring_size: 64 << 10,
+            pollers: PollerConfig {
+                threads: 1,
+                park_timeout: Some(Duration::from_millis(5)),
+                ..PollerConfig::default()
+            },
+            generation: 1,
+        },
+    )
+    .unwrap();
+    let svc = agent.service();
+    assert_eq!(svc.status(None).file_maps, 5);
+    assert_eq!(svc.status(None).frames_used, 15);
+    agent.add_vm("vm1", "default").unwrap();
+    let id = svc.vm_id("vm1").unwrap();
+    for i in 0..5 {
+        let path = format!("lib/f{i}");
+        let r = svc.answer(id, &req(1, path.as_bytes(), ident(&ns.join(&path))));
+        assert!(is_hit(&r), "{path}: {r:?}");
+    }
+    agent.shutdown();
+}
+
+#[test]
+fn config_new_writes_the_side_channel_options() {
+    let d = TempDir::new("sc-cli");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmdedup"))
+        .args(["config", "new", "--ns"])
+        .arg(format!("a={}", d.0.display()))
+        .args(["--ns", "b=/srv/b", "--ns-warm-at-start", "a"])
+        .args(["--ns-always-loading", "a", "--ns-always-loading", "b"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let c = AgentConfig::from_toml(&text).unwrap();
+    let flags: Vec<(bool, bool)> = c
+        .namespaces
+        .iter()
+        .map(|n| (n.warm_at_start, n.always_loading))
+        .collect();
+    assert_eq!(flags, [(true, true), (false, true)], "{text}");
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_vmdedup"))
+        .args(["config", "new", "--ns-warm-at-start", "nope"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no namespace \"nope\""));
 }

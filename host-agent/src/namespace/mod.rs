@@ -227,6 +227,14 @@ pub struct NamespaceConfig {
     /// Hints without a content fingerprint are misses (for trees whose
     /// mtimes say nothing, e.g. reproducible builds).
     pub require_fingerprint: bool,
+    /// Load the whole tree into the pool when the service starts, before
+    /// the agent serves anyone, so that every answer for it is a hit and a
+    /// first open says nothing about what other VMs opened.
+    pub warm_at_start: bool,
+    /// A VM's first hint for each file version is answered "loading" even
+    /// when the file is in the pool already (its next one hits), so that
+    /// whether a first open hits says nothing about other VMs.
+    pub always_loading: bool,
 }
 
 /// An open namespace.

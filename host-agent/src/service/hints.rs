@@ -1,15 +1,20 @@
 //! Answering a hint: from the path cache and the store index only, never
 //! with I/O (a path the service does not know yet is queued for a loader
-//! and answered "loading"). Releases and acknowledgements from guests.
+//! and answered "loading"). In an `always_loading` namespace a VM's first
+//! hint for a file version is "loading" whatever the pool holds (see
+//! [`always_loading`](super::always_loading)). Releases and
+//! acknowledgements from guests.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use vmdedup_protocol::control::MissReason;
 use vmdedup_protocol::pool::TableRef;
 
+use super::always_loading::Told;
 use super::queue::{LoadJob, Push, Requester};
 use super::{lock, CacheEntry, CacheKey, HintService};
-use crate::namespace::{check_rel_path, GuestIdentity};
+use crate::namespace::{check_rel_path, GuestIdentity, Namespace};
 use crate::ring::handler::Hint;
 use crate::store::{MapId, StoreError, VmId};
 
@@ -55,6 +60,73 @@ impl HintService {
         let now = self.now_ms();
         let key: CacheKey = (hint.namespace_id, hint.path.into());
         let entry = lock(&self.shared.cache).get(&key, now);
+        let masked = ns.config().always_loading;
+        if masked {
+            if let Some(r) = self.mask_first_hint(vm, &key, entry.as_ref()) {
+                return r;
+            }
+        }
+        let r = self.answer_entry(vm, hint, &ns, key, entry, now);
+        if masked && r == HintResult::Miss(MissReason::Loading) {
+            // Told "loading" for real: the version loaded next is answered
+            // normally, as it is after a masked "loading".
+            lock(&self.shared.told).set(vm, hint.namespace_id, hint.path, Told::Pending);
+        }
+        r
+    }
+
+    /// In an `always_loading` namespace: "loading" if this is `vm`'s first
+    /// hint for the loaded version (or known miss) of `key`, with a load
+    /// queued for it as for a real miss, but without touching the path
+    /// cache, which other VMs' answers come from. `None`: answer normally.
+    fn mask_first_hint(
+        &self,
+        vm: VmId,
+        key: &CacheKey,
+        entry: Option<&CacheEntry>,
+    ) -> Option<HintResult> {
+        let first = match entry {
+            Some(CacheEntry::Ready { map, .. }) => {
+                lock(&self.shared.told).first_for_map(vm, key.0, &key.1, *map)
+            }
+            Some(CacheEntry::Missing { .. }) => {
+                let mut t = lock(&self.shared.told);
+                let first = t.get(vm, key.0, &key.1).is_none();
+                if first {
+                    t.set(vm, key.0, &key.1, Told::Pending);
+                }
+                first
+            }
+            // Answered "loading" anyway.
+            Some(CacheEntry::Loading) | None => false,
+        };
+        if !first {
+            return None;
+        }
+        self.shared.masked_hits.fetch_add(1, Ordering::Relaxed);
+        let push = lock(&self.shared.jobs).push(
+            LoadJob {
+                key: key.clone(),
+                by: Some(vm),
+            },
+            self.shared.cfg.vm_max_loads,
+        );
+        if push == Push::Queued {
+            self.shared.jobs_cv.notify_one();
+        }
+        Some(HintResult::Miss(MissReason::Loading))
+    }
+
+    /// The ordinary answer for a hint whose path cache entry is `entry`.
+    fn answer_entry(
+        &self,
+        vm: VmId,
+        hint: &Hint<'_>,
+        ns: &Namespace,
+        key: CacheKey,
+        entry: Option<CacheEntry>,
+        now: u64,
+    ) -> HintResult {
         match entry {
             Some(CacheEntry::Ready {
                 host,

@@ -10,13 +10,16 @@
 //!
 //! | the path is | a real first hint | masked first hint | then |
 //! | --- | --- | --- | --- |
-//! | not known, loading | "loading" | - | the ordinary answer |
-//! | loaded (map M) | - | "loading" | the ordinary answer for M |
-//! | known missing | - | "loading" | the miss |
+//! | not known, loading | "loading" | - | "loading" while the load runs, then the ordinary answer |
+//! | loaded (map M) | - | "loading" | "loading" while the load queued for it runs, then the ordinary answer for M |
+//! | known missing | - | "loading" | the same |
 //!
-//! A VM's entry for a path is [`Told::Pending`] after a "loading" answer
+//! A VM's entry for a path is `Pending` after a "loading" answer
 //! while the path was not loaded (its next hint for the version that gets
-//! loaded is answered normally) and [`Told::Map`] after a masked one: a
+//! loaded is answered normally), `Masked` after a masked one (it is
+//! told "loading" while a load of the path is queued or running, as it
+//! would be after a real miss, so that how long it waits says nothing
+//! either) and `Map` once it was answered normally for a map: a
 //! later version (another map) is masked again, since it may have been
 //! loaded by another VM.
 //!
@@ -41,7 +44,10 @@ pub(super) enum Told {
     /// While the path was not loaded (a real miss): the version loaded
     /// next is answered normally.
     Pending,
-    /// For this loaded map (a masked hit).
+    /// Masked for this loaded map (or, with `MapId::MAX`, a known miss);
+    /// "loading" until no load of the path is queued or running.
+    Masked(MapId),
+    /// Answered normally for this map since.
     Map(MapId),
 }
 
@@ -106,23 +112,6 @@ impl ToldLoading {
         self.vms.entry(vm).or_default().set(h, told, cap);
     }
 
-    /// Whether `vm`'s hint of `path`, loaded as `map`, must be answered
-    /// "loading" first; remembers that it was. A pending "loading" answer
-    /// covers the version loaded since.
-    pub(super) fn first_for_map(&mut self, vm: VmId, ns: u32, path: &[u8], map: MapId) -> bool {
-        match self.get(vm, ns, path) {
-            Some(Told::Map(m)) if m == map => false,
-            Some(Told::Pending) => {
-                self.set(vm, ns, path, Told::Map(map));
-                false
-            }
-            _ => {
-                self.set(vm, ns, path, Told::Map(map));
-                true
-            }
-        }
-    }
-
     /// Forgets VM `vm`.
     pub(super) fn remove_vm(&mut self, vm: VmId) {
         self.vms.remove(&vm);
@@ -139,40 +128,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_contact_is_masked_once_per_map() {
+    fn per_vm_and_per_namespace() {
         let mut t = ToldLoading::new(16);
-        assert!(t.first_for_map(1, 1, b"a", 7));
-        assert!(!t.first_for_map(1, 1, b"a", 7));
-        // Another VM has its own memory.
-        assert!(t.first_for_map(2, 1, b"a", 7));
-        // A new version is masked again.
-        assert!(t.first_for_map(1, 1, b"a", 8));
-        assert!(!t.first_for_map(1, 1, b"a", 8));
-        // Same path in another namespace is another path.
-        assert!(t.first_for_map(1, 2, b"a", 8));
-        // After a real "loading" answer, the version loaded next is not masked.
-        t.set(1, 1, b"b", Told::Pending);
-        assert!(!t.first_for_map(1, 1, b"b", 9));
-        assert_eq!(t.get(1, 1, b"b"), Some(Told::Map(9)));
+        assert_eq!(t.get(1, 1, b"a"), None);
+        t.set(1, 1, b"a", Told::Masked(7));
+        assert_eq!(t.get(1, 1, b"a"), Some(Told::Masked(7)));
+        assert_eq!(t.get(2, 1, b"a"), None, "another VM");
+        assert_eq!(t.get(1, 2, b"a"), None, "another namespace");
+        assert_eq!(t.get(1, 1, b"b"), None, "another path");
+        t.set(1, 1, b"a", Told::Map(7));
+        assert_eq!(t.get(1, 1, b"a"), Some(Told::Map(7)));
+        assert_eq!(t.len(1), 1);
         t.remove_vm(1);
         assert_eq!(t.len(1), 0);
-        assert!(t.first_for_map(1, 1, b"a", 8));
+        assert_eq!(t.get(1, 1, b"a"), None);
     }
 
     #[test]
     fn bounded_oldest_forgotten_first() {
         let mut t = ToldLoading::new(4);
         for i in 0..4u64 {
-            assert!(t.first_for_map(1, 1, format!("p{i}").as_bytes(), i));
+            t.set(1, 1, format!("p{i}").as_bytes(), Told::Map(i));
         }
-        // Refreshing p0 makes p1 the oldest.
+        // Setting p0 again makes p1 the oldest.
         t.set(1, 1, b"p0", Told::Pending);
-        assert!(t.first_for_map(1, 1, b"p4", 4));
+        t.set(1, 1, b"p4", Told::Map(4));
         assert_eq!(t.len(1), 4);
         assert_eq!(t.get(1, 1, b"p1"), None, "oldest forgotten");
         assert_eq!(t.get(1, 1, b"p0"), Some(Told::Pending));
-        // Forgotten: one more masked answer, nothing else.
-        assert!(t.first_for_map(1, 1, b"p1", 1));
         for i in 0..10_000u64 {
             t.set(1, 1, &i.to_le_bytes(), Told::Pending);
         }

@@ -77,32 +77,42 @@ impl HintService {
 
     /// In an `always_loading` namespace: "loading" if this is `vm`'s first
     /// hint for the loaded version (or known miss) of `key`, with a load
-    /// queued for it as for a real miss, but without touching the path
-    /// cache, which other VMs' answers come from. `None`: answer normally.
+    /// queued for it as for a real miss but without touching the path
+    /// cache, which other VMs' answers come from; "loading" again while a
+    /// load of the path is queued or running. `None`: answer normally.
     fn mask_first_hint(
         &self,
         vm: VmId,
         key: &CacheKey,
         entry: Option<&CacheEntry>,
     ) -> Option<HintResult> {
-        let first = match entry {
-            Some(CacheEntry::Ready { map, .. }) => {
-                lock(&self.shared.told).first_for_map(vm, key.0, &key.1, *map)
-            }
-            Some(CacheEntry::Missing { .. }) => {
-                let mut t = lock(&self.shared.told);
-                let first = t.get(vm, key.0, &key.1).is_none();
-                if first {
-                    t.set(vm, key.0, &key.1, Told::Pending);
-                }
-                first
-            }
+        let loading = Some(HintResult::Miss(MissReason::Loading));
+        let version = match entry {
+            Some(CacheEntry::Ready { map, .. }) => *map,
+            Some(CacheEntry::Missing { .. }) => MapId::MAX,
             // Answered "loading" anyway.
-            Some(CacheEntry::Loading) | None => false,
+            Some(CacheEntry::Loading) | None => return None,
         };
-        if !first {
-            return None;
+        let told = lock(&self.shared.told).get(vm, key.0, &key.1);
+        match told {
+            Some(Told::Map(m)) if m == version => return None,
+            Some(Told::Masked(m)) if m == version => {
+                if lock(&self.shared.jobs).contains(key) {
+                    return loading;
+                }
+                lock(&self.shared.told).set(vm, key.0, &key.1, Told::Map(version));
+                return None;
+            }
+            // Told "loading" for real: the version loaded since is answered
+            // as after a real miss. A known miss is answered normally too.
+            Some(Told::Pending) => {
+                lock(&self.shared.told).set(vm, key.0, &key.1, Told::Map(version));
+                return None;
+            }
+            Some(Told::Map(_)) | Some(Told::Masked(_)) if version == MapId::MAX => return None,
+            _ => {}
         }
+        lock(&self.shared.told).set(vm, key.0, &key.1, Told::Masked(version));
         self.shared.masked_hits.fetch_add(1, Ordering::Relaxed);
         let push = lock(&self.shared.jobs).push(
             LoadJob {
@@ -114,7 +124,7 @@ impl HintService {
         if push == Push::Queued {
             self.shared.jobs_cv.notify_one();
         }
-        Some(HintResult::Miss(MissReason::Loading))
+        loading
     }
 
     /// The ordinary answer for a hint whose path cache entry is `entry`.

@@ -505,3 +505,34 @@ fn config_new_writes_the_side_channel_options() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no namespace \"nope\""));
 }
+
+#[test]
+fn always_loading_past_the_load_bound_stays_loading() {
+    let d = TempDir::new("sc-bound");
+    std::fs::write(d.0.join("f"), content(1, 9000)).unwrap();
+    let mut c = ns_config("m", 1, &d.0);
+    c.always_loading = true;
+    let svc = service(vec![c], ResolveMode::Openat2, 0);
+    let f = ident(&d.0.join("f"));
+    assert!(is_hit(hint_until_done(&svc, 1, 1, b"f", f).last().unwrap()));
+    // VM 2 fills its load queue with misses of its own.
+    let bound = ServiceConfig::default().vm_max_loads;
+    for i in 0..bound {
+        let p = format!("missing{i}");
+        let r = svc.answer(2, &req(1, p.as_bytes(), f));
+        assert_eq!(r, HintResult::Miss(MissReason::Loading));
+    }
+    assert_eq!(svc.loads_in_flight(Some(2)), bound);
+    // Nothing can be queued for it: "loading", as a real miss would be,
+    // and again on the next hint, until a load can be queued and has run.
+    for _ in 0..3 {
+        assert_eq!(
+            svc.answer(2, &req(1, b"f", f)),
+            HintResult::Miss(MissReason::Loading)
+        );
+    }
+    svc.load_pending();
+    let after = hint_until_done(&svc, 2, 1, b"f", f);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(is_hit(&after[1]));
+}

@@ -112,7 +112,6 @@ impl HintService {
             Some(Told::Map(_)) | Some(Told::Masked(_)) if version == MapId::MAX => return None,
             _ => {}
         }
-        lock(&self.shared.told).set(vm, key.0, &key.1, Told::Masked(version));
         self.shared.masked_hits.fetch_add(1, Ordering::Relaxed);
         let push = lock(&self.shared.jobs).push(
             LoadJob {
@@ -121,9 +120,14 @@ impl HintService {
             },
             self.shared.cfg.vm_max_loads,
         );
-        if push == Push::Queued {
-            self.shared.jobs_cv.notify_one();
+        match push {
+            Push::Queued => self.shared.jobs_cv.notify_one(),
+            // Past its bound of loads a real miss queues nothing either and
+            // is masked again next time, until a load can be queued.
+            Push::Full => return loading,
+            Push::Duplicate => {}
         }
+        lock(&self.shared.told).set(vm, key.0, &key.1, Told::Masked(version));
         loading
     }
 

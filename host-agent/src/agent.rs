@@ -443,6 +443,11 @@ impl Agent {
         );
         service.set_event_sink(Arc::clone(&self.inner.events) as Arc<dyn EventSink>);
         service.spawn_ticker(std::time::Duration::from_millis(100));
+        // Namespaces marked warm_at_start are loaded into this domain's pool
+        // before any VM of the domain is served: at start, before the
+        // control socket exists; for a domain opened by `vm add`, before the
+        // request returns.
+        service.warm_at_start();
         let domain = Arc::new(Domain::new(name, &path, service, adopted));
         self.inner.domains.insert(Arc::clone(&domain));
         tracing::info!(

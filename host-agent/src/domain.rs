@@ -117,6 +117,30 @@ impl Domains {
         }
     }
 
+    /// One open domain, `name`, over `service` (and its pool file
+    /// `pool_path`), with every VM the service knows routed to it and its
+    /// namespaces as the configured ones: a single-domain set for tools and
+    /// tests that build a service themselves.
+    pub fn single(name: &str, pool_path: &Path, service: HintService) -> Self {
+        let namespaces = service
+            .namespaces(None)
+            .iter()
+            .map(|n| n.name.as_str().to_string())
+            .collect();
+        let domains = Domains::new(namespaces, service.stats());
+        let vms: Vec<VmId> = service
+            .vms(None)
+            .iter()
+            .filter_map(|v| service.vm_id(v.name.as_str()))
+            .collect();
+        let d = Arc::new(Domain::new(name, pool_path, service, false));
+        domains.insert(Arc::clone(&d));
+        for vm in vms {
+            domains.bind_vm(vm, &d);
+        }
+        domains
+    }
+
     /// The counters every domain's service counts into.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
@@ -344,12 +368,9 @@ impl Domains {
             any = true;
             let base = sum;
             let p = d.service.warm(ns, rel, None, &mut |p| {
-                progress(&WarmProgress {
-                    files_total: base.files_total + p.files_total,
-                    files_done: base.files_done + p.files_done,
-                    pages: base.pages + p.pages,
-                    skipped: base.skipped + p.skipped,
-                })
+                let mut now = base;
+                now.add(p);
+                progress(&now)
             })?;
             tracing::info!(
                 domain = d.name,
@@ -359,10 +380,7 @@ impl Domains {
                 skipped = p.skipped,
                 "warmed into the domain's pool"
             );
-            sum.files_total += p.files_total;
-            sum.files_done += p.files_done;
-            sum.pages += p.pages;
-            sum.skipped += p.skipped;
+            sum.add(&p);
         }
         if !any {
             return Err(ServiceError::NoNamespace(ns.to_string()));

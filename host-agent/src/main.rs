@@ -54,6 +54,15 @@ struct ConfigArgs {
     /// (repeatable).
     #[arg(long = "ns-require-fingerprint", value_name = "NAME")]
     ns_require_fingerprint: Vec<String>,
+    /// Load namespace NAME into the pool when the agent starts, before it
+    /// serves, so that every answer for its files is a hit (repeatable).
+    #[arg(long = "ns-warm-at-start", value_name = "NAME")]
+    ns_warm_at_start: Vec<String>,
+    /// Answer each VM's first hint for a file of namespace NAME "loading",
+    /// even when the file is loaded, so that a first open says nothing
+    /// about what other VMs read (repeatable).
+    #[arg(long = "ns-always-loading", value_name = "NAME")]
+    ns_always_loading: Vec<String>,
     /// Register a VM at start, in trust domain DOMAIN (default: "default")
     /// (repeatable; adds to the config file's).
     #[arg(long = "vm", value_name = "NAME[:DOMAIN]")]
@@ -103,6 +112,12 @@ impl ConfigArgs {
         }
         for name in &self.ns_require_fingerprint {
             cfg.set_ns_require_fingerprint_arg(name)?;
+        }
+        for name in &self.ns_warm_at_start {
+            cfg.set_ns_warm_at_start_arg(name)?;
+        }
+        for name in &self.ns_always_loading {
+            cfg.set_ns_always_loading_arg(name)?;
         }
         for vm in &self.vm {
             cfg.add_vm_arg(vm)?;

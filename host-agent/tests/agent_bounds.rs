@@ -31,6 +31,8 @@ fn service(dir: &Path, cfg: ServiceConfig) -> HintService {
         domains: vec!["default".into()],
         mtime_granularity_ns: 1,
         require_fingerprint: false,
+        warm_at_start: false,
+        always_loading: false,
     })
     .unwrap();
     let pool = PoolMemory::create(&PoolSpec {

@@ -43,6 +43,8 @@ fn start(tag: &str) -> Agent {
             domains: vec![dom.into()],
             mtime_granularity_ns: 1,
             require_fingerprint: false,
+            warm_at_start: false,
+            always_loading: false,
         })
         .unwrap()
     };

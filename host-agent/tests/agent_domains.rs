@@ -137,6 +137,8 @@ fn ns(name: &str, id: u32, dir: &Path, domains: &[&str]) -> NamespaceConfig {
         domains: domains.iter().map(|d| d.to_string()).collect(),
         mtime_granularity_ns: 1,
         require_fingerprint: false,
+        warm_at_start: false,
+        always_loading: false,
     }
 }
 

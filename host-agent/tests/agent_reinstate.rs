@@ -79,6 +79,8 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
             domains: vec!["default".into()],
             mtime_granularity_ns: 1,
             require_fingerprint: false,
+            warm_at_start: false,
+            always_loading: false,
         }],
         vms: vec![VmConfig {
             name: "vm1".into(),

@@ -125,6 +125,8 @@ fn config(dir: &Path) -> AgentConfig {
             domains: vec!["default".into()],
             mtime_granularity_ns: 1,
             require_fingerprint: false,
+            warm_at_start: false,
+            always_loading: false,
         }],
         vms: vec![vm("vm1"), vm("vm2")],
         ..AgentConfig::default()

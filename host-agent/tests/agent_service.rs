@@ -65,6 +65,8 @@ fn setup(budget_frames: u64, mode: ResolveMode) -> Setup {
                 domains: vec![dom.into()],
                 mtime_granularity_ns: 1,
                 require_fingerprint: false,
+                warm_at_start: false,
+                always_loading: false,
             },
             mode,
         )
@@ -543,6 +545,8 @@ fn agent_loader_threads_serve_hints() {
         domains: vec!["*".into()],
         mtime_granularity_ns: 1,
         require_fingerprint: false,
+        warm_at_start: false,
+        always_loading: false,
     })
     .unwrap();
     let pool = PoolMemory::create(&PoolSpec {
@@ -650,6 +654,8 @@ fn agent_require_fingerprint_misses_hints_without_one() {
         domains: vec!["*".into()],
         mtime_granularity_ns: 1,
         require_fingerprint: true,
+        warm_at_start: false,
+        always_loading: false,
     })
     .unwrap();
     let pool = PoolMemory::create(&PoolSpec {

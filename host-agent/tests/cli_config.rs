@@ -79,6 +79,8 @@ fn write_guest_run_config(dir: &Path) -> (PathBuf, AgentConfig) {
         domains: domains.iter().map(|d| d.to_string()).collect(),
         mtime_granularity_ns: 1_000_000_000,
         require_fingerprint: false,
+        warm_at_start: false,
+        always_loading: false,
     };
     let vm = |name: &str, domain: &str| VmConfig {
         name: name.into(),

@@ -33,6 +33,10 @@
 //! domains = ["tenant-a"]             # default ["default"]; "*" = every VM
 //! mtime_granularity_ns = 1           # 1_000_000_000 if the guest keeps seconds only
 //! require_fingerprint = false        # true: hints without a content fingerprint miss
+//! warm_at_start = false              # true: load the whole tree before serving, so
+//!                                    # every answer for it is a hit
+//! always_loading = false             # true: a VM's first hint for a file is "loading"
+//!                                    # even when the file is loaded (its next one hits)
 //!
 //! [domain.tenant-a]                 # per trust domain; every key optional
 //! pool_size = "256M"                 # this domain's pool (default: pool_size)
@@ -59,6 +63,15 @@
 //! several tenants set it so that the VMs' quotas add up to about the
 //! budget, so that no VM can keep the pool full for the others (under
 //! pressure a VM's loads may revoke only its own maps).
+//!
+//! `warm_at_start` and `always_loading` close, within a trust domain, the
+//! channel of the first open: without them, whether a VM's first hint for a
+//! file hits or is answered "loading" tells it whether another VM of its
+//! domain loaded that file (see `docs/threat-model.md`). With
+//! `warm_at_start` the agent loads the namespace before it opens its
+//! control socket (what does not fit is logged and left out); with
+//! `always_loading` every VM is told "loading" once per file version
+//! whatever the pool holds, at the cost of one more round trip per file.
 
 use std::path::{Path, PathBuf};
 
@@ -142,6 +155,10 @@ struct RawNamespace {
     mtime_granularity_ns: Option<u64>,
     #[serde(default)]
     require_fingerprint: bool,
+    #[serde(default)]
+    warm_at_start: bool,
+    #[serde(default)]
+    always_loading: bool,
 }
 
 /// Bounds of the hint service on what guests make the agent keep and do
@@ -453,6 +470,8 @@ impl AgentConfig {
                     .unwrap_or_else(|| vec![DEFAULT_DOMAIN.to_string()]),
                 mtime_granularity_ns: n.mtime_granularity_ns.unwrap_or(1),
                 require_fingerprint: n.require_fingerprint,
+                warm_at_start: n.warm_at_start,
+                always_loading: n.always_loading,
             });
         }
         cfg.validate()?;
@@ -479,6 +498,8 @@ impl AgentConfig {
             domains: vec![DEFAULT_DOMAIN.to_string()],
             mtime_granularity_ns: 1,
             require_fingerprint: false,
+            warm_at_start: false,
+            always_loading: false,
         });
         self.validate()
     }
@@ -557,6 +578,22 @@ impl AgentConfig {
     pub fn set_ns_require_fingerprint_arg(&mut self, name: &str) -> Result<(), ConfigError> {
         self.namespace_mut("--ns-require-fingerprint", name)?
             .require_fingerprint = true;
+        Ok(())
+    }
+
+    /// Applies a `--ns-warm-at-start NAME` argument: namespace NAME is
+    /// loaded into the pool when the agent starts, before it serves.
+    pub fn set_ns_warm_at_start_arg(&mut self, name: &str) -> Result<(), ConfigError> {
+        self.namespace_mut("--ns-warm-at-start", name)?
+            .warm_at_start = true;
+        Ok(())
+    }
+
+    /// Applies a `--ns-always-loading NAME` argument: each VM's first hint
+    /// for a file of namespace NAME is answered "loading", loaded or not.
+    pub fn set_ns_always_loading_arg(&mut self, name: &str) -> Result<(), ConfigError> {
+        self.namespace_mut("--ns-always-loading", name)?
+            .always_loading = true;
         Ok(())
     }
 
@@ -706,6 +743,8 @@ domains = ["a", "b"]
 name = "alpine"
 id = 7
 dir = "/srv/alpine"
+warm_at_start = true
+always_loading = true
 [[vm]]
 name = "vm1"
 domain = "a"
@@ -719,6 +758,8 @@ max_held = "1M"
         assert_eq!(cfg.namespaces[0].id, 1);
         assert_eq!(cfg.namespaces[1].id, 7);
         assert_eq!(cfg.namespaces[1].domains, vec!["default"]);
+        assert!(!cfg.namespaces[0].warm_at_start && !cfg.namespaces[0].always_loading);
+        assert!(cfg.namespaces[1].warm_at_start && cfg.namespaces[1].always_loading);
         assert_eq!(cfg.vms[0].cid, Some(3));
         assert_eq!(cfg.vm_max_held, 4 << 20);
         assert_eq!(cfg.vms[0].max_held, Some(1 << 20));
@@ -870,6 +911,12 @@ name = "vm2"
         assert_eq!(c.namespaces[0].domains, ["tenant-a", "*"]);
         c.set_ns_mtime_granularity_arg("deb=1000000000").unwrap();
         assert_eq!(c.namespaces[0].mtime_granularity_ns, 1_000_000_000);
+        assert!(!c.namespaces[0].warm_at_start && !c.namespaces[0].always_loading);
+        c.set_ns_warm_at_start_arg("deb").unwrap();
+        c.set_ns_always_loading_arg("deb").unwrap();
+        assert!(c.namespaces[0].warm_at_start && c.namespaces[0].always_loading);
+        assert!(c.set_ns_warm_at_start_arg("other").is_err());
+        assert!(c.set_ns_always_loading_arg("other").is_err());
         for bad in ["deb", "other=a", "deb=a b", "deb=", "deb=a,,b"] {
             assert!(c.set_ns_domains_arg(bad).is_err(), "{bad}");
         }

@@ -138,6 +138,12 @@ impl AgentConfig {
             if n.require_fingerprint {
                 let _ = writeln!(t, "require_fingerprint = true");
             }
+            if n.warm_at_start {
+                let _ = writeln!(t, "warm_at_start = true");
+            }
+            if n.always_loading {
+                let _ = writeln!(t, "always_loading = true");
+            }
         }
         for v in &self.vms {
             let _ = writeln!(t, "\n[[vm]]");
@@ -211,6 +217,8 @@ mod tests {
         c.set_ns_domains_arg("debian12=tenant-a,*").unwrap();
         c.set_ns_mtime_granularity_arg("debian12=1000000000")
             .unwrap();
+        c.set_ns_warm_at_start_arg("debian12").unwrap();
+        c.set_ns_always_loading_arg("debian12").unwrap();
         c.add_vm_arg("vm1:tenant-a").unwrap();
         c.add_vm_arg("vm2").unwrap();
         c.budget = 512 << 20;
@@ -222,6 +230,8 @@ mod tests {
         let text = c.to_toml().unwrap();
         assert!(text.contains("pool_size = \"1G\""), "{text}");
         assert!(text.contains("domains = [\"tenant-a\", \"*\"]"), "{text}");
+        assert!(text.contains("warm_at_start = true"), "{text}");
+        assert!(text.contains("always_loading = true"), "{text}");
         assert_eq!(AgentConfig::from_toml(&text).unwrap(), c);
     }
 
@@ -242,15 +252,21 @@ mod tests {
             prop::collection::vec(text(), 0..4),
             0..=i64::MAX as u64,
             any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(name, id, dir, domains, gran, fp)| NamespaceConfig {
-                name,
-                id,
-                dir: dir.into(),
-                domains,
-                mtime_granularity_ns: gran,
-                require_fingerprint: fp,
-            })
+            .prop_map(
+                |(name, id, dir, domains, gran, fp, warm, always)| NamespaceConfig {
+                    name,
+                    id,
+                    dir: dir.into(),
+                    domains,
+                    mtime_granularity_ns: gran,
+                    require_fingerprint: fp,
+                    warm_at_start: warm,
+                    always_loading: always,
+                },
+            )
     }
 
     fn vm() -> impl Strategy<Value = VmConfig> {

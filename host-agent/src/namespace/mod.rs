@@ -9,6 +9,9 @@
 //! mount crossings. Only regular files are served; they are opened
 //! `O_NONBLOCK | O_NOCTTY` so that a FIFO or a terminal can never stall or
 //! grab the agent, and the opened file is checked to be the one inspected.
+//! A warm-up's tree walk ([`Namespace::list_files`]) opens its start and
+//! every directory it descends into through the same lookup, and never
+//! follows an entry that is not a regular file or a directory.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -224,6 +227,14 @@ pub struct NamespaceConfig {
     /// Hints without a content fingerprint are misses (for trees whose
     /// mtimes say nothing, e.g. reproducible builds).
     pub require_fingerprint: bool,
+    /// Load the whole tree into the pool when the service starts, before
+    /// the agent serves anyone, so that every answer for it is a hit and a
+    /// first open says nothing about what other VMs opened.
+    pub warm_at_start: bool,
+    /// A VM's first hint for each file version is answered "loading" even
+    /// when the file is in the pool already (its next one hits), so that
+    /// whether a first open hits says nothing about other VMs.
+    pub always_loading: bool,
 }
 
 /// An open namespace.
@@ -291,6 +302,8 @@ const RESOLVE: u64 = libc::RESOLVE_BENEATH
     | libc::RESOLVE_NO_XDEV;
 const READ_FLAGS: libc::c_int =
     libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+const DIR_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
 
 fn map_open_err(e: io::Error) -> ResolveError {
     match e.raw_os_error() {
@@ -366,56 +379,67 @@ impl Namespace {
 
     /// Opens the regular file at `rel` strictly beneath the root.
     pub fn resolve(&self, rel: &[u8]) -> Result<ResolvedFile, ResolveError> {
+        let o = self.open_beneath(rel, Want::File)?;
+        Ok(ResolvedFile {
+            file: File::from(o.fd),
+            identity: HostIdentity::from_stat(&o.st),
+        })
+    }
+
+    /// Opens what `rel` names strictly beneath the root, if it is what
+    /// `want` allows: the one lookup of hints, warm-ups and listings.
+    fn open_beneath(&self, rel: &[u8], want: Want) -> Result<Opened, ResolveError> {
         check_rel_path(rel)?;
         let c = CString::new(rel).map_err(|_| ResolveError::BadPath("NUL byte"))?;
         if self.mode == ResolveMode::Openat2 && !self.no_openat2.load(Ordering::Relaxed) {
-            match self.resolve_openat2(&c) {
+            match self.open_openat2(&c, want) {
                 Err(ResolveError::Io(e)) if e.raw_os_error() == Some(libc::ENOSYS) => {
                     self.no_openat2.store(true, Ordering::Relaxed);
                 }
                 other => return other,
             }
         }
-        self.resolve_walk(rel)
+        self.open_walk(rel, want)
     }
 
+    /// Checks the `O_PATH` probe of the last component against `want` and
+    /// the root's device, then opens it with `open(flags)` and checks that
+    /// the same inode was opened.
     fn finish(
         &self,
         probe: OwnedFd,
-        open: impl FnOnce() -> io::Result<OwnedFd>,
-    ) -> Result<ResolvedFile, ResolveError> {
+        want: Want,
+        open: impl FnOnce(libc::c_int) -> io::Result<OwnedFd>,
+    ) -> Result<Opened, ResolveError> {
         let st = fstat(probe.as_raw_fd()).map_err(ResolveError::Io)?;
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFREG => {}
-            libc::S_IFLNK => return Err(ResolveError::Symlink),
+        let kind = st.st_mode & libc::S_IFMT;
+        let flags = match (kind, want) {
+            (libc::S_IFREG, Want::File | Want::FileOrDir) => READ_FLAGS,
+            (libc::S_IFDIR, Want::Dir | Want::FileOrDir) => DIR_FLAGS,
+            (libc::S_IFLNK, _) => return Err(ResolveError::Symlink),
             _ => return Err(ResolveError::NotRegular),
-        }
+        };
         if st.st_dev != self.root_dev {
             return Err(ResolveError::Escape);
         }
-        let fd = open().map_err(map_open_err)?;
+        let fd = open(flags).map_err(map_open_err)?;
         let st2 = fstat(fd.as_raw_fd()).map_err(ResolveError::Io)?;
-        if st2.st_mode & libc::S_IFMT != libc::S_IFREG
-            || st2.st_dev != st.st_dev
-            || st2.st_ino != st.st_ino
+        if st2.st_mode & libc::S_IFMT != kind || st2.st_dev != st.st_dev || st2.st_ino != st.st_ino
         {
             // Replaced between the check and the open: the tree is not immutable.
             return Err(ResolveError::NotRegular);
         }
-        Ok(ResolvedFile {
-            file: File::from(fd),
-            identity: HostIdentity::from_stat(&st2),
-        })
+        Ok(Opened { fd, st: st2 })
     }
 
-    fn resolve_openat2(&self, c: &CString) -> Result<ResolvedFile, ResolveError> {
+    fn open_openat2(&self, c: &CString, want: Want) -> Result<Opened, ResolveError> {
         let root = self.root.as_raw_fd();
         let probe =
             openat2(root, c, libc::O_PATH | libc::O_NOFOLLOW, RESOLVE).map_err(map_open_err)?;
-        self.finish(probe, || openat2(root, c, READ_FLAGS, RESOLVE))
+        self.finish(probe, want, |flags| openat2(root, c, flags, RESOLVE))
     }
 
-    fn resolve_walk(&self, rel: &[u8]) -> Result<ResolvedFile, ResolveError> {
+    fn open_walk(&self, rel: &[u8], want: Want) -> Result<Opened, ResolveError> {
         let mut parts = rel.split(|&b| b == b'/').peekable();
         // SAFETY: duplicating our own open root descriptor.
         let mut dir =
@@ -427,7 +451,7 @@ impl Namespace {
                 .map_err(map_open_err)?;
             if parts.peek().is_none() {
                 let parent = dir.as_raw_fd();
-                return self.finish(probe, || openat(parent, &name, READ_FLAGS));
+                return self.finish(probe, want, |flags| openat(parent, &name, flags));
             }
             let st = fstat(probe.as_raw_fd()).map_err(ResolveError::Io)?;
             match st.st_mode & libc::S_IFMT {
@@ -444,52 +468,130 @@ impl Namespace {
     }
 
     /// Lists the regular files beneath `start` (a relative directory or file;
-    /// empty for the root), as namespace-relative paths, sorted. Symlinks and
-    /// mount points are not followed. Each file must still be opened through
-    /// [`resolve`](Self::resolve).
+    /// empty for the root), as namespace-relative paths, sorted. `start` is
+    /// looked up as a hint path is (no symlink in any component, no mount
+    /// crossing); every directory walked is opened the same way, and
+    /// entries are examined without following them: symlinks, mount points
+    /// and anything but regular files and directories are left out, so
+    /// nothing outside the namespace is listed or counted. Each file must
+    /// still be opened through [`resolve`](Self::resolve).
     pub fn list_files(&self, start: &[u8]) -> Result<Vec<Vec<u8>>, ResolveError> {
-        let mut out = Vec::new();
-        let base = if start.is_empty() {
-            self.cfg.dir.clone()
+        let first = if start.is_empty() {
+            let dot = CString::from(c".");
+            let fd = openat(self.root.as_raw_fd(), &dot, DIR_FLAGS).map_err(map_open_err)?;
+            let st = fstat(fd.as_raw_fd()).map_err(ResolveError::Io)?;
+            Opened { fd, st }
         } else {
-            check_rel_path(start)?;
-            use std::os::unix::ffi::OsStrExt;
-            self.cfg.dir.join(std::ffi::OsStr::from_bytes(start))
+            self.open_beneath(start, Want::FileOrDir)?
         };
-        let meta = std::fs::symlink_metadata(&base).map_err(map_open_err)?;
-        if meta.file_type().is_file() {
+        let mut out = Vec::new();
+        if first.st.st_mode & libc::S_IFMT == libc::S_IFREG {
             out.push(start.to_vec());
             return Ok(out);
         }
-        if !meta.is_dir() {
-            return Err(ResolveError::NotRegular);
-        }
-        let mut stack = vec![(base, start.to_vec())];
-        while let Some((dir, rel)) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                continue;
+        // Directories still to list, by path: each is opened again through
+        // the resolver, so that no descriptor is kept per pending directory.
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        let mut next = Some((first.fd, start.to_vec()));
+        loop {
+            let (fd, rel) = match next.take() {
+                Some(d) => d,
+                None => match pending.pop() {
+                    None => break,
+                    Some(rel) => match self.open_beneath(&rel, Want::Dir) {
+                        Ok(o) => (o.fd, rel),
+                        // Changed since it was listed: left out.
+                        Err(_) => continue,
+                    },
+                },
             };
-            for e in rd.flatten() {
-                let Ok(ft) = e.file_type() else { continue };
-                let name = e.file_name();
+            for (name, kind, dev) in dir_entries(fd) {
                 let mut r = rel.clone();
                 if !r.is_empty() {
                     r.push(b'/');
                 }
-                r.extend_from_slice(name.as_encoded_bytes());
-                if ft.is_file() {
-                    out.push(r);
-                } else if ft.is_dir() {
-                    use std::os::unix::fs::MetadataExt;
-                    if e.metadata().is_ok_and(|m| m.dev() == self.root_dev) {
-                        stack.push((e.path(), r));
-                    }
+                r.extend_from_slice(&name);
+                if dev != self.root_dev || r.len() > MAX_REL_PATH {
+                    continue;
+                }
+                match kind {
+                    libc::S_IFREG => out.push(r),
+                    libc::S_IFDIR => pending.push(r),
+                    _ => {}
                 }
             }
         }
         out.sort();
         Ok(out)
     }
+}
+
+/// What a lookup beneath the root may end at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// Either.
+    FileOrDir,
+}
+
+/// A regular file or directory opened for reading beneath the root.
+struct Opened {
+    fd: OwnedFd,
+    st: libc::stat,
+}
+
+/// The entries of directory `fd` (consumed) but `.` and `..`: each name,
+/// with its file type and device as `fstatat(AT_SYMLINK_NOFOLLOW)` sees
+/// them (a symlink is a symlink, never what it points to). Entries that
+/// vanish meanwhile are left out.
+fn dir_entries(fd: OwnedFd) -> Vec<(Vec<u8>, libc::mode_t, u64)> {
+    use std::os::fd::IntoRawFd;
+    let raw = fd.into_raw_fd();
+    // SAFETY: `raw` is an open directory descriptor we own; on success the
+    // stream owns it and `closedir` below closes it.
+    let dir = unsafe { libc::fdopendir(raw) };
+    if dir.is_null() {
+        // SAFETY: fdopendir failed, so `raw` is still ours and closed once.
+        unsafe { libc::close(raw) };
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: `dir` is a valid stream until the closedir below.
+        let e = unsafe { libc::readdir(dir) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: readdir returned a valid entry whose `d_name` is
+        // NUL-terminated; it stays valid until the next readdir on `dir`,
+        // and is copied out before that.
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        // SAFETY: an all-zero stat is a valid value to be overwritten.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `dirfd` of a valid stream; `name` is NUL-terminated; `st`
+        // is a valid out-pointer.
+        let r = unsafe {
+            libc::fstatat(
+                libc::dirfd(dir),
+                name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 {
+            out.push((bytes.to_vec(), st.st_mode & libc::S_IFMT, st.st_dev));
+        }
+    }
+    // SAFETY: `dir` came from fdopendir and is closed once (closing `raw`).
+    unsafe { libc::closedir(dir) };
+    out
 }
 
 #[cfg(test)]

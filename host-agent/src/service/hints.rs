@@ -1,15 +1,20 @@
 //! Answering a hint: from the path cache and the store index only, never
 //! with I/O (a path the service does not know yet is queued for a loader
-//! and answered "loading"). Releases and acknowledgements from guests.
+//! and answered "loading"). In an `always_loading` namespace a VM's first
+//! hint for a file version is "loading" whatever the pool holds (see
+//! [`always_loading`](super::always_loading)). Releases and
+//! acknowledgements from guests.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use vmdedup_protocol::control::MissReason;
 use vmdedup_protocol::pool::TableRef;
 
+use super::always_loading::Told;
 use super::queue::{LoadJob, Push, Requester};
 use super::{lock, CacheEntry, CacheKey, HintService};
-use crate::namespace::{check_rel_path, GuestIdentity};
+use crate::namespace::{check_rel_path, GuestIdentity, Namespace};
 use crate::ring::handler::Hint;
 use crate::store::{MapId, StoreError, VmId};
 
@@ -55,6 +60,87 @@ impl HintService {
         let now = self.now_ms();
         let key: CacheKey = (hint.namespace_id, hint.path.into());
         let entry = lock(&self.shared.cache).get(&key, now);
+        let masked = ns.config().always_loading;
+        if masked {
+            if let Some(r) = self.mask_first_hint(vm, &key, entry.as_ref()) {
+                return r;
+            }
+        }
+        let r = self.answer_entry(vm, hint, &ns, key, entry, now);
+        if masked && r == HintResult::Miss(MissReason::Loading) {
+            // Told "loading" for real: the version loaded next is answered
+            // normally, as it is after a masked "loading".
+            lock(&self.shared.told).set(vm, hint.namespace_id, hint.path, Told::Pending);
+        }
+        r
+    }
+
+    /// In an `always_loading` namespace: "loading" if this is `vm`'s first
+    /// hint for the loaded version (or known miss) of `key`, with a load
+    /// queued for it as for a real miss but without touching the path
+    /// cache, which other VMs' answers come from; "loading" again while a
+    /// load of the path is queued or running. `None`: answer normally.
+    fn mask_first_hint(
+        &self,
+        vm: VmId,
+        key: &CacheKey,
+        entry: Option<&CacheEntry>,
+    ) -> Option<HintResult> {
+        let loading = Some(HintResult::Miss(MissReason::Loading));
+        let version = match entry {
+            Some(CacheEntry::Ready { map, .. }) => *map,
+            Some(CacheEntry::Missing { .. }) => MapId::MAX,
+            // Answered "loading" anyway.
+            Some(CacheEntry::Loading) | None => return None,
+        };
+        let told = lock(&self.shared.told).get(vm, key.0, &key.1);
+        match told {
+            Some(Told::Map(m)) if m == version => return None,
+            Some(Told::Masked(m)) if m == version => {
+                if lock(&self.shared.jobs).contains(key) {
+                    return loading;
+                }
+                lock(&self.shared.told).set(vm, key.0, &key.1, Told::Map(version));
+                return None;
+            }
+            // Told "loading" for real: the version loaded since is answered
+            // as after a real miss. A known miss is answered normally too.
+            Some(Told::Pending) => {
+                lock(&self.shared.told).set(vm, key.0, &key.1, Told::Map(version));
+                return None;
+            }
+            Some(Told::Map(_)) | Some(Told::Masked(_)) if version == MapId::MAX => return None,
+            _ => {}
+        }
+        self.shared.masked_hits.fetch_add(1, Ordering::Relaxed);
+        let push = lock(&self.shared.jobs).push(
+            LoadJob {
+                key: key.clone(),
+                by: Some(vm),
+            },
+            self.shared.cfg.vm_max_loads,
+        );
+        match push {
+            Push::Queued => self.shared.jobs_cv.notify_one(),
+            // Past its bound of loads a real miss queues nothing either and
+            // is masked again next time, until a load can be queued.
+            Push::Full => return loading,
+            Push::Duplicate => {}
+        }
+        lock(&self.shared.told).set(vm, key.0, &key.1, Told::Masked(version));
+        loading
+    }
+
+    /// The ordinary answer for a hint whose path cache entry is `entry`.
+    fn answer_entry(
+        &self,
+        vm: VmId,
+        hint: &Hint<'_>,
+        ns: &Namespace,
+        key: CacheKey,
+        entry: Option<CacheEntry>,
+        now: u64,
+    ) -> HintResult {
         match entry {
             Some(CacheEntry::Ready {
                 host,

@@ -11,6 +11,7 @@
 //! | `mod.rs` | the shared state, start and stop, event delivery |
 //! | [`vms`] | the VM registry and which namespaces a VM may use |
 //! | [`hints`] | answering a hint from the path cache and the store index |
+//! | [`always_loading`] | what each VM was answered "loading" for, where first opens are masked |
 //! | [`cache`] | the path cache, bounded and aged |
 //! | [`queue`] | per-VM load queues, bounded, served in turn |
 //! | [`loader`] | loader threads: a file read, hashed and stored |
@@ -37,14 +38,14 @@
 //! Each lock is held briefly. Where two are held at once they are taken in
 //! this order: `cache`, `vms`, `store`, and `cache`, `jobs` (a path is
 //! queued and marked loading at once); `jobs` is never held with `vms` or
-//! `store`; `sink` and `warming` are taken alone;
+//! `store`; `sink`, `warming` and `told` are taken alone;
 //! `namespaces` is written only at construction. Events the store queued are
 //! delivered to the [`EventSink`] after the store lock was released, and the
 //! memory of frames it freed is returned to the OS then too
 //! ([`PageStore::take_discards`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -57,6 +58,7 @@ use crate::pool::FrameAccess;
 use crate::stats::Stats;
 use crate::store::{FileKey, MapId, PageStore, StoreEvent, VmId};
 
+pub mod always_loading;
 pub mod cache;
 pub mod hints;
 pub mod loader;
@@ -187,6 +189,10 @@ struct Shared {
     jobs_cv: Condvar,
     /// VMs with a `warm` running.
     warming: Mutex<BTreeSet<VmId>>,
+    /// What each VM was answered "loading" for (`always_loading` namespaces).
+    told: Mutex<always_loading::ToldLoading>,
+    /// Hints of loaded files answered "loading" by `always_loading`.
+    masked_hits: AtomicU64,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
     /// Counters; shared by the services of every trust domain, so that the
     /// host's totals cover them all (a VM sees only its own).
@@ -297,6 +303,10 @@ impl HintService {
             jobs: Mutex::new(queue::LoadQueues::default()),
             jobs_cv: Condvar::new(),
             warming: Mutex::new(BTreeSet::new()),
+            told: Mutex::new(always_loading::ToldLoading::new(
+                always_loading::TOLD_PER_VM,
+            )),
+            masked_hits: AtomicU64::new(0),
             sink: RwLock::new(None),
             stats,
             cfg,
@@ -315,6 +325,11 @@ impl HintService {
     /// Milliseconds since the service started (the store's clock).
     pub fn now_ms(&self) -> u64 {
         self.shared.now_ms()
+    }
+
+    /// The counters this service counts into.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.shared.stats)
     }
 
     /// Sets where revocations and cut-offs go.
@@ -358,6 +373,20 @@ impl HintService {
     /// Loads queued or running for `by`.
     pub fn loads_in_flight(&self, by: Requester) -> usize {
         lock(&self.shared.jobs).in_flight(by)
+    }
+
+    /// Hints answered "loading" although their file was loaded (or known
+    /// missing), because the namespace is `always_loading` and it was the
+    /// VM's first hint for that version.
+    pub fn masked_hits(&self) -> u64 {
+        self.shared.masked_hits.load(Ordering::Relaxed)
+    }
+
+    /// Paths VM `vm` is remembered to have been answered "loading" for
+    /// (`always_loading` namespaces; at most
+    /// [`always_loading::TOLD_PER_VM`]).
+    pub fn told_loading_len(&self, vm: VmId) -> usize {
+        lock(&self.shared.told).len(vm)
     }
 
     /// Runs `f` on the store (tests, fake guests reading the pool).

@@ -48,6 +48,7 @@ impl HintService {
     /// The VM is gone (its QEMU exited): drops everything it held.
     pub fn remove_vm(&self, id: VmId) {
         write(&self.shared.vms).remove(&id);
+        lock(&self.shared.told).remove_vm(id);
         let now = self.now_ms();
         self.with_store(|s| s.remove_vm(id, now));
     }

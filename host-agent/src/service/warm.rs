@@ -1,8 +1,23 @@
 //! Warm and evict: preloading a namespace tree on the caller's thread, and
 //! dropping (or revoking from the VMs) what is stored for a tree.
+//!
+//! A warm-up walks the tree strictly beneath the namespace, with the lookup
+//! hints use ([`Namespace::list_files`]): no symlink in any component of
+//! the start path or of anything walked, no mount crossing. A guest's warm
+//! of a start path that is not a file or directory beneath the namespace
+//! (missing, `..`, absolute, through a symlink, a symlink itself) gets one
+//! and the same error, so its reply says nothing about what lies outside.
 
-use super::{file_key, lock, CacheEntry, HintService, ServiceError};
+use std::time::{Duration, Instant};
+
+use vmdedup_protocol::control::MissReason;
+
+use super::{file_key, lock, read, CacheEntry, HintService, ServiceError};
+use crate::namespace::{Namespace, ResolveError};
 use crate::store::VmId;
+
+/// How often a warm-up at start logs its progress.
+const START_LOG_EVERY: Duration = Duration::from_secs(3);
 
 /// A VM's one running warm; ends when dropped.
 struct WarmTurn<'a> {
@@ -36,6 +51,19 @@ pub struct WarmProgress {
     pub pages: u64,
     /// Files skipped (unreadable, not regular, pool full).
     pub skipped: u64,
+    /// Of the files skipped, those for which the pool had no room.
+    pub pool_full: u64,
+}
+
+impl WarmProgress {
+    /// Adds `o`'s counts to these.
+    pub fn add(&mut self, o: &WarmProgress) {
+        self.files_total += o.files_total;
+        self.files_done += o.files_done;
+        self.pages += o.pages;
+        self.skipped += o.skipped;
+        self.pool_full += o.pool_full;
+    }
 }
 
 impl HintService {
@@ -44,7 +72,10 @@ impl HintService {
     /// every file. `vm` restricts to the namespaces that VM may use, and
     /// bounds the work: one warm of a VM at a time ([`ServiceError::Busy`]
     /// otherwise), loading at most [`ServiceConfig::warm_max_files`] files
-    /// (the rest are counted skipped), charged to that VM.
+    /// (the rest are counted skipped), charged to that VM. The tree is
+    /// walked strictly beneath the namespace (see the module documentation);
+    /// for a VM every start path that is not there is the same
+    /// [`ResolveError::NotFound`].
     ///
     /// [`ServiceConfig::warm_max_files`]: super::ServiceConfig::warm_max_files
     pub fn warm(
@@ -61,7 +92,13 @@ impl HintService {
             Some(v) => Some(WarmTurn::take(self, v)?),
             None => None,
         };
-        let files = ns.list_files(rel)?;
+        let files = match ns.list_files(rel) {
+            Ok(f) => f,
+            // One reply for whatever is not a tree beneath the namespace:
+            // which it was would tell a guest about the host outside.
+            Err(_) if vm.is_some() => return Err(ResolveError::NotFound.into()),
+            Err(e) => return Err(e.into()),
+        };
         let mut p = WarmProgress {
             files_total: files.len() as u64,
             ..WarmProgress::default()
@@ -79,12 +116,82 @@ impl HintService {
             }
             match self.load_now(&ns, &f, vm) {
                 Ok(pages) => p.pages += pages as u64,
-                Err(_) => p.skipped += 1,
+                Err(reason) => {
+                    p.skipped += 1;
+                    if matches!(reason, MissReason::PoolFull | MissReason::TooLarge) {
+                        p.pool_full += 1;
+                    }
+                }
             }
             p.files_done += 1;
             progress(&p);
         }
         Ok(p)
+    }
+
+    /// Loads every namespace of this service marked `warm_at_start`, whole,
+    /// on the calling thread, as the operator's warm does (it revokes
+    /// nothing). Meant to run before the agent serves anyone, so that every
+    /// answer for those files is a hit. Progress is logged every few
+    /// seconds and at the end; files that do not fit the pool or cannot be
+    /// read are logged and left out, never an error. Returns the totals.
+    pub fn warm_at_start(&self) -> WarmProgress {
+        let marked: Vec<std::sync::Arc<Namespace>> = read(&self.shared.namespaces)
+            .values()
+            .filter(|n| n.config().warm_at_start)
+            .cloned()
+            .collect();
+        let mut total = WarmProgress::default();
+        for ns in marked {
+            let name = ns.name();
+            let t0 = Instant::now();
+            let mut last = t0;
+            tracing::info!(ns = name, dir = %ns.dir().display(), "warming at start");
+            let r = self.warm(name, b"", None, &mut |p| {
+                if last.elapsed() >= START_LOG_EVERY {
+                    last = Instant::now();
+                    tracing::info!(
+                        ns = name,
+                        files = p.files_done,
+                        of = p.files_total,
+                        pages = p.pages,
+                        skipped = p.skipped,
+                        "warming at start"
+                    );
+                }
+            });
+            match r {
+                Ok(p) => {
+                    tracing::info!(
+                        ns = name,
+                        files = p.files_done - p.skipped,
+                        pages = p.pages,
+                        skipped = p.skipped,
+                        ms = t0.elapsed().as_millis() as u64,
+                        "warmed at start"
+                    );
+                    if p.pool_full > 0 {
+                        tracing::warn!(
+                            ns = name,
+                            files = p.pool_full,
+                            "warm at start: the pool had no room for some files; their first opens are not all hits"
+                        );
+                    }
+                    if p.skipped > p.pool_full {
+                        tracing::warn!(
+                            ns = name,
+                            files = p.skipped - p.pool_full,
+                            "warm at start: some files could not be read"
+                        );
+                    }
+                    total.add(&p);
+                }
+                Err(e) => {
+                    tracing::error!(ns = name, error = %e, "warm at start failed");
+                }
+            }
+        }
+        total
     }
 
     /// Evicts (unreferenced) or revokes (referenced) the maps of namespace

@@ -4,7 +4,6 @@
 //! [`Agent`].
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +13,7 @@ use vmdedup_protocol::abi::{
 use vmdedup_protocol::pool::TableRef;
 
 use crate::config::AgentConfig;
+use crate::hostfile::{FileAccess, HostFileError};
 use crate::namespace::{Namespace, NamespaceError};
 use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec};
 use crate::ring::handler::RingId;
@@ -55,6 +55,10 @@ pub enum AgentError {
     /// The service refused (e.g. a VM name in use).
     #[error("{0}")]
     Service(#[from] ServiceError),
+    /// A host file could not be created, or an existing one is not one to
+    /// adopt.
+    #[error("{0}")]
+    HostFile(#[from] HostFileError),
 }
 
 /// How to run the agent, beyond [`AgentConfig`].
@@ -130,6 +134,8 @@ impl EventSink for RingEvents {
 struct Inner {
     config: AgentConfig,
     opts: AgentOptions,
+    /// Who besides the agent may open its pool and ring files.
+    files: FileAccess,
     service: HintService,
     pollers: Mutex<Option<PollerPool>>,
     rings: RingMap,
@@ -168,23 +174,27 @@ fn create_ring(path: &Path, id: VmId, generation: u64) -> Result<HostRing, Agent
     HostRing::create(map, RingConfig::new(RingId(id), generation)).map_err(ring_err)
 }
 
-/// Creates the ring region file of `size` bytes, or reuses an existing one of
-/// that size (a VM may still have it mapped: it is never truncated). Returns
-/// whether it existed with that size.
-fn ensure_ring_file(path: &Path, size: u64) -> Result<bool, AgentError> {
+/// Creates the ring region file of `size` bytes with `access`, or reuses an
+/// existing one of that size (a VM may still have it mapped: it is never
+/// truncated) if [`FileAccess::open_existing`] accepts it: a regular file of
+/// the agent's, no symlink, one link. Returns whether it existed with that
+/// size. (Its magic is checked when the ring is adopted.)
+fn ensure_ring_file(path: &Path, size: u64, access: &FileAccess) -> Result<bool, AgentError> {
     let io = |source| AgentError::RingFile {
         path: path.to_path_buf(),
         source,
     };
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io)?;
+    let Some(f) = access.open_existing(path, "ring region", None)? else {
+        access
+            .create_new(path, "ring region")?
+            .set_len(size)
+            .map_err(io)?;
+        return Ok(false);
+    };
     let len = f.metadata().map_err(io)?.len();
     if len == 0 {
+        // Made but never sized (an agent stopped in between): nothing maps it.
+        access.adopted(&f, path, "ring region")?;
         f.set_len(size).map_err(io)?;
         return Ok(false);
     } else if len != size {
@@ -193,6 +203,7 @@ fn ensure_ring_file(path: &Path, size: u64) -> Result<bool, AgentError> {
             path.display()
         )));
     }
+    access.adopted(&f, path, "ring region")?;
     Ok(true)
 }
 
@@ -263,10 +274,11 @@ impl Agent {
                 opts.ring_size
             )));
         }
+        let files = FileAccess::from_config(&config)?;
         let spec = PoolSpec {
             backing: PoolBacking::File {
                 path: config.pool.clone(),
-                mode: 0o644,
+                access: files,
             },
             size: config.pool_size,
             table_area: 0,
@@ -352,6 +364,7 @@ impl Agent {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 opts,
+                files,
                 service,
                 pollers: Mutex::new(pollers),
                 rings,
@@ -451,7 +464,7 @@ impl Agent {
         let path = self.inner.config.ring_path(name);
         let token = self.inner.opts.generation.max(1);
         let setup = || -> Result<(HostRing, &'static str), AgentError> {
-            let existed = ensure_ring_file(&path, self.inner.opts.ring_size)?;
+            let existed = ensure_ring_file(&path, self.inner.opts.ring_size, &self.inner.files)?;
             if !adopt {
                 return Ok((create_ring(&path, id, self.inner.opts.generation)?, "new"));
             }

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod config;
 pub mod control;
+pub mod hostfile;
 pub mod metrics;
 pub mod namespace;
 pub mod pool;

@@ -16,6 +16,8 @@
 //! control_socket = "/run/vmdedup/control.sock"
 //! control_group = "kvm"              # may use the control socket (mode 0660)
 //! ring_dir = "/dev/shm"              # where `vm add` creates ring regions
+//! file_owner = "libvirt-qemu"        # pools, rings and guest sockets are chowned
+//! file_group = "kvm"                 # to these and 0660 (default: 0600, the agent's)
 //!
 //! [service]                          # bounds on what guests make the agent keep
 //! path_cache_entries = 65536         # paths remembered (least recently used go first)
@@ -239,6 +241,8 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
     ring_dir: Option<PathBuf>,
+    file_owner: Option<String>,
+    file_group: Option<String>,
     #[serde(default)]
     service: RawService,
     #[serde(default)]
@@ -269,6 +273,13 @@ pub struct AgentConfig {
     pub control_group: Option<String>,
     /// Directory of ring region files.
     pub ring_dir: PathBuf,
+    /// User that pools, ring regions and guest sockets are chowned to (mode
+    /// 0660), e.g. the user QEMU runs as; `None`: the agent's (mode 0600
+    /// unless `file_group` is set). A number is taken as a uid.
+    pub file_owner: Option<String>,
+    /// Group that pools, ring regions and guest sockets are chowned to (mode
+    /// 0660); `None`: the agent's. A number is taken as a gid.
+    pub file_group: Option<String>,
     /// Bounds of the hint service.
     pub service: ServiceLimits,
     /// Namespaces.
@@ -289,6 +300,8 @@ impl Default for AgentConfig {
             control_socket: PathBuf::from("/run/vmdedup/control.sock"),
             control_group: None,
             ring_dir: PathBuf::from("/dev/shm"),
+            file_owner: None,
+            file_group: None,
             service: ServiceLimits::default(),
             namespaces: Vec::new(),
             vms: Vec::new(),
@@ -384,6 +397,8 @@ impl AgentConfig {
             control_socket: raw.control_socket.unwrap_or(d.control_socket),
             control_group: raw.control_group,
             ring_dir: raw.ring_dir.unwrap_or(d.ring_dir),
+            file_owner: raw.file_owner,
+            file_group: raw.file_group,
             service: raw.service.cook()?,
             namespaces: Vec::new(),
             vms: raw.vm,
@@ -593,6 +608,8 @@ pool_size = "64M"
 budget = "16M"
 vm_max_held = "4M"
 control_group = "kvm"
+file_owner = "libvirt-qemu"
+file_group = "kvm"
 [[namespace]]
 name = "deb"
 dir = "/srv/deb"
@@ -617,6 +634,8 @@ max_held = "1M"
         assert_eq!(cfg.vms[0].cid, Some(3));
         assert_eq!(cfg.vm_max_held, 4 << 20);
         assert_eq!(cfg.vms[0].max_held, Some(1 << 20));
+        assert_eq!(cfg.file_owner.as_deref(), Some("libvirt-qemu"));
+        assert_eq!(cfg.file_group.as_deref(), Some("kvm"));
         assert!(cfg
             .qemu_args("vm1", 1 << 20)
             .iter()

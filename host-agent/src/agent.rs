@@ -4,7 +4,6 @@
 //! [`Agent`].
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +14,7 @@ use vmdedup_protocol::pool::TableRef;
 
 use crate::config::AgentConfig;
 use crate::domain::{Domain, Domains};
+use crate::hostfile::{FileAccess, HostFileError};
 use crate::namespace::{Namespace, NamespaceError};
 use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec};
 use crate::ring::handler::RingId;
@@ -56,6 +56,10 @@ pub enum AgentError {
     /// The service refused (e.g. a VM name in use).
     #[error("{0}")]
     Service(#[from] ServiceError),
+    /// A host file could not be created, or an existing one is not one to
+    /// adopt.
+    #[error("{0}")]
+    HostFile(#[from] HostFileError),
 }
 
 /// How to run the agent, beyond [`AgentConfig`].
@@ -135,6 +139,8 @@ struct Inner {
     domains: Domains,
     /// Where every domain's service sends revocations and cut-offs.
     events: Arc<RingEvents>,
+    /// Who besides the agent may open its pool and ring files.
+    files: FileAccess,
     pollers: Mutex<Option<PollerPool>>,
     rings: RingMap,
     ring_paths: Mutex<BTreeMap<VmId, PathBuf>>,
@@ -174,23 +180,27 @@ fn create_ring(path: &Path, id: VmId, generation: u64) -> Result<HostRing, Agent
     HostRing::create(map, RingConfig::new(RingId(id), generation)).map_err(ring_err)
 }
 
-/// Creates the ring region file of `size` bytes, or reuses an existing one of
-/// that size (a VM may still have it mapped: it is never truncated). Returns
-/// whether it existed with that size.
-fn ensure_ring_file(path: &Path, size: u64) -> Result<bool, AgentError> {
+/// Creates the ring region file of `size` bytes with `access`, or reuses an
+/// existing one of that size (a VM may still have it mapped: it is never
+/// truncated) if [`FileAccess::open_existing`] accepts it: a regular file of
+/// the agent's, no symlink, one link. Returns whether it existed with that
+/// size. (Its magic is checked when the ring is adopted.)
+fn ensure_ring_file(path: &Path, size: u64, access: &FileAccess) -> Result<bool, AgentError> {
     let io = |source| AgentError::RingFile {
         path: path.to_path_buf(),
         source,
     };
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io)?;
+    let Some(f) = access.open_existing(path, "ring region", None)? else {
+        access
+            .create_new(path, "ring region")?
+            .set_len(size)
+            .map_err(io)?;
+        return Ok(false);
+    };
     let len = f.metadata().map_err(io)?.len();
     if len == 0 {
+        // Made but never sized (an agent stopped in between): nothing maps it.
+        access.adopted(&f, path, "ring region")?;
         f.set_len(size).map_err(io)?;
         return Ok(false);
     } else if len != size {
@@ -199,6 +209,7 @@ fn ensure_ring_file(path: &Path, size: u64) -> Result<bool, AgentError> {
             path.display()
         )));
     }
+    access.adopted(&f, path, "ring region")?;
     Ok(true)
 }
 
@@ -228,7 +239,7 @@ fn read_added_vms(config: &AgentConfig) -> Vec<(String, String)> {
         let mut f = line.split_whitespace();
         match (f.next(), f.next(), f.next()) {
             (Some(n), Some(d), None)
-                if crate::namespace::valid_name(n) && crate::namespace::valid_name(d) =>
+                if crate::namespace::valid_name(n) && crate::config::valid_domain(d) =>
             {
                 if !config.vms.iter().any(|v| v.name == n) && !out.iter().any(|(o, _)| o == n) {
                     out.push((n.to_string(), d.to_string()));
@@ -256,9 +267,6 @@ fn write_added_vms(config: &AgentConfig, vms: &[(String, String)]) -> std::io::R
     std::fs::rename(&tmp, &path)
 }
 
-/// Pool memory files are created and adopted with this mode.
-const POOL_MODE: u32 = 0o600;
-
 impl Agent {
     /// Opens every namespace, starts the poller threads, and for every
     /// configured VM (and every VM a previous agent added at run time) its
@@ -274,6 +282,7 @@ impl Agent {
                 opts.ring_size
             )));
         }
+        let files = FileAccess::from_config(&config)?;
         // Every namespace directory must open before anything is created.
         for ns in &config.namespaces {
             Namespace::open(ns.clone())?;
@@ -301,6 +310,7 @@ impl Agent {
                 opts,
                 domains,
                 events,
+                files,
                 pollers: Mutex::new(pollers),
                 rings,
                 ring_paths: Mutex::new(BTreeMap::new()),
@@ -376,7 +386,8 @@ impl Agent {
         let spec = PoolSpec {
             backing: PoolBacking::File {
                 path: path.clone(),
-                mode: POOL_MODE,
+                // QEMU attaches a pool readonly=on: its group reads only.
+                access: self.inner.files.read_only_group(),
             },
             size,
             table_area: 0,
@@ -545,9 +556,9 @@ impl Agent {
                 .map_err(|_| AgentError::Config("lock poisoned".into()))?;
             paths.keys().next_back().map_or(1, |k| k + 1)
         };
-        if !crate::namespace::valid_name(domain) {
+        if !crate::config::valid_domain(domain) {
             return Err(AgentError::Config(format!(
-                "domain name {domain:?}: use 1-32 of [A-Za-z0-9_.-]"
+                "domain name {domain:?}: use 1-32 of [A-Za-z0-9_.-], not \"lock\""
             )));
         }
         if self.inner.domains.vm_id(name).is_some() {
@@ -568,7 +579,7 @@ impl Agent {
         let path = self.inner.config.ring_path(name);
         let token = self.inner.opts.generation.max(1);
         let setup = || -> Result<(HostRing, &'static str), AgentError> {
-            let existed = ensure_ring_file(&path, self.inner.opts.ring_size)?;
+            let existed = ensure_ring_file(&path, self.inner.opts.ring_size, &self.inner.files)?;
             if !adopt {
                 return Ok((create_ring(&path, id, self.inner.opts.generation)?, "new"));
             }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod config;
 pub mod control;
 pub mod domain;
+pub mod hostfile;
 pub mod metrics;
 pub mod namespace;
 pub mod pool;

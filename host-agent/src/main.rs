@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use vmdedup_host_agent::agent::{Agent, AgentOptions};
 use vmdedup_host_agent::config::{parse_size, AgentConfig};
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
+use vmdedup_host_agent::hostfile::{AgentLock, FileAccess};
 use vmdedup_host_agent::region;
 use vmdedup_host_agent::ring::poller::PollerConfig;
 use vmdedup_host_agent::stats;
@@ -86,6 +87,15 @@ struct ConfigArgs {
     /// agent's user).
     #[arg(long, value_name = "GROUP")]
     control_group: Option<String>,
+    /// User the pool, ring region and guest socket files are chowned to
+    /// (mode 0660), e.g. the user QEMU runs as (default: the agent's user,
+    /// mode 0600).
+    #[arg(long, value_name = "USER")]
+    file_owner: Option<String>,
+    /// Group the pool, ring region and guest socket files are chowned to
+    /// (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    file_group: Option<String>,
     /// Loader threads (default 2).
     #[arg(long)]
     workers: Option<usize>,
@@ -139,6 +149,12 @@ impl ConfigArgs {
         }
         if let Some(g) = &self.control_group {
             cfg.control_group = Some(g.clone());
+        }
+        if let Some(u) = &self.file_owner {
+            cfg.file_owner = Some(u.clone());
+        }
+        if let Some(g) = &self.file_group {
+            cfg.file_group = Some(g.clone());
         }
         if let Some(w) = self.workers {
             cfg.workers = w;
@@ -579,6 +595,14 @@ fn cmd_serve(
         vmdedup_host_agent::metrics::require_loopback(addr)?;
     }
     let cfg = config.load()?;
+    if let Some(dir) = cfg.control_socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // One agent per set of paths: before anything is created, adopted or
+    // removed (a stale control socket included). Held until the end.
+    let lock = AgentLock::acquire(&cfg)?;
+    let files = FileAccess::from_config(&cfg)?;
+    let control_access = FileAccess::control(&cfg)?;
     let agent = Agent::start(
         cfg.clone(),
         AgentOptions {
@@ -591,15 +615,7 @@ fn cmd_serve(
             generation: time_generation(),
         },
     )?;
-    let group = match &cfg.control_group {
-        Some(g) => Some(
-            control::group_id(g).with_context(|| format!("control group {g:?} does not exist"))?,
-        ),
-        None => None,
-    };
-    if let Some(dir) = cfg.control_socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let group = control_access.group;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -635,7 +651,7 @@ fn cmd_serve(
                 (None, Some(dir)) => dir.join(format!("{}.vsock_{}", vm.name, guest.vsock_port)),
                 (None, None) => continue,
             };
-            let l = control::bind(&path, None).with_context(|| format!("binding {}", path.display()))?;
+            let l = control::bind_as(&path, &files, "guest socket").with_context(|| format!("binding {}", path.display()))?;
             tracing::info!(vm = vm.name, socket = %path.display(), "guest channel (hybrid vsock) ready");
             guest_sockets.push(path);
             tokio::spawn(control::serve(l, Arc::clone(&ctx), Caller::Vm(id), None));
@@ -656,7 +672,7 @@ fn cmd_serve(
                 }
             });
         }
-        let listener = control::bind(&socket, group).with_context(|| format!("binding {}", socket.display()))?;
+        let listener = control::bind_as(&socket, &control_access, "control socket").with_context(|| format!("binding {}", socket.display()))?;
         tracing::info!(socket = %socket.display(), "control socket ready");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -671,6 +687,7 @@ fn cmd_serve(
     for p in guest_sockets {
         let _ = std::fs::remove_file(p);
     }
+    drop(lock);
     result
 }
 
@@ -855,8 +872,8 @@ fn cmd_qemu_args(
 ) -> anyhow::Result<()> {
     let cfg = config.load()?;
     if let Some(d) = domain {
-        if !vmdedup_host_agent::namespace::valid_name(d) {
-            bail!("--domain {d:?}: use 1-32 of [A-Za-z0-9_.-]");
+        if !vmdedup_host_agent::config::valid_domain(d) {
+            bail!("--domain {d:?}: use 1-32 of [A-Za-z0-9_.-], not \"lock\"");
         }
         let configured = cfg.vm_domain(name);
         if cfg.vms.iter().any(|v| v.name == name) && configured != d {
@@ -992,11 +1009,11 @@ fn run() -> anyhow::Result<()> {
         }) => {
             let path = match (&domain, kind) {
                 (None, _) => path,
-                (Some(d), KindArg::Pool) if vmdedup_host_agent::namespace::valid_name(d) => {
+                (Some(d), KindArg::Pool) if vmdedup_host_agent::config::valid_domain(d) => {
                     vmdedup_host_agent::config::domain_pool_path(&path, d)
                 }
                 (Some(d), KindArg::Pool) => {
-                    bail!("--domain {d:?}: use 1-32 of [A-Za-z0-9_.-]")
+                    bail!("--domain {d:?}: use 1-32 of [A-Za-z0-9_.-], not \"lock\"")
                 }
                 (Some(_), KindArg::Ring) => bail!("--domain is for --kind pool"),
             };

@@ -12,17 +12,24 @@
 //! from is taken over in place too, untouched ([`PoolMemory::adopt_served`]):
 //! the new agent rebuilds its state from the frame tables in it, so guests
 //! keep their maps.
+//!
+//! Either take-over adopts only a file that [`crate::hostfile`] accepts (a
+//! regular file, no symlink, the agent's, one link, the configured size)
+//! and whose header is a pool of the configured geometry; anything else is
+//! an error and the file is left alone. New pool files are made by
+//! [`crate::hostfile`] too: mode 0600, or 0660 with a configured owner or
+//! group.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::hostfile::{FileAccess, HostFileError};
 use vmdedup_protocol::pool::{
     header_off, PoolError, PoolGeometry, TableHeader, FRAME_SIZE, POOL_HEADER_SIZE, TABLE_ALIGN,
     TABLE_HEADER_SIZE, TABLE_MAGIC,
@@ -45,6 +52,17 @@ pub enum PoolMemoryError {
     /// The size is not usable.
     #[error("pool size {0} must be a power of two of at least 64 KiB (ivshmem BARs are)")]
     BadSize(u64),
+    /// An existing pool file is not one the agent may adopt.
+    #[error("{0}")]
+    Refused(#[from] HostFileError),
+    /// An existing pool file does not hold a pool of the configured geometry.
+    #[error("pool {path}: {reason}: refusing to adopt it; remove it if no VM maps it")]
+    NotAPool {
+        /// The pool file.
+        path: PathBuf,
+        /// What its header says instead.
+        reason: String,
+    },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PoolMemoryError {
@@ -60,8 +78,8 @@ pub enum PoolBacking {
     File {
         /// The file path QEMU's `memory-backend-file` will name.
         path: PathBuf,
-        /// Permission bits of the new file (e.g. `0o640`).
-        mode: u32,
+        /// Who besides the agent may open it (mode 0600 or 0660).
+        access: FileAccess,
     },
     /// An anonymous memfd (tests, or QEMU started with an inherited fd).
     Memfd,
@@ -257,8 +275,8 @@ impl PoolMemory {
         let geometry = PoolGeometry::plan(spec.size, table_area, spec.generation)
             .map_err(PoolMemoryError::Geometry)?;
         let (file, path) = match &spec.backing {
-            PoolBacking::File { path, mode } => {
-                (Self::create_file(path, *mode)?, Some(path.clone()))
+            PoolBacking::File { path, access } => {
+                (Self::create_file(path, access)?, Some(path.clone()))
             }
             PoolBacking::Memfd => (Self::create_memfd()?, None),
         };
@@ -274,11 +292,13 @@ impl PoolMemory {
     /// in its table area (a pool `vmdedup region init` made, which VMs may
     /// already map). Its generation is kept, so VMs that read its header at
     /// boot accept the tables written into it from now on. Returns `None` when
-    /// the file is absent or not such a pool; then [`PoolMemory::create`]
-    /// makes a new one (a pool that served may still be mapped by guest
-    /// processes, so it is never rewritten in place).
+    /// the file is absent (then [`PoolMemory::create`] makes a new one) or
+    /// served already (a pool that served may still be mapped by guest
+    /// processes, so it is never rewritten in place: see
+    /// [`PoolMemory::adopt_served`]). A file that is not such a pool, or
+    /// that [`FileAccess::open_existing`] refuses, is an error.
     pub fn adopt_unused(spec: &PoolSpec) -> Result<Option<Self>, PoolMemoryError> {
-        let Some((file, path, found)) = Self::open_matching(spec)? else {
+        let Some((file, path, found)) = Self::open_existing(spec)? else {
             return Ok(None);
         };
         let pool = Self::map(file, Some(path), spec.size, found)?;
@@ -297,51 +317,53 @@ impl PoolMemory {
     /// and its frames stay as they are, so every map a guest holds stays
     /// valid. The caller rebuilds its state from the tables
     /// ([`PageStore::adopt`](crate::store::PageStore::adopt)). Returns `None`
-    /// when the file is absent or is not a pool of this geometry.
+    /// when the file is absent; a file that is not a pool of this geometry,
+    /// or that [`FileAccess::open_existing`] refuses, is an error.
     pub fn adopt_served(spec: &PoolSpec) -> Result<Option<Self>, PoolMemoryError> {
-        let Some((file, path, found)) = Self::open_matching(spec)? else {
+        let Some((file, path, found)) = Self::open_existing(spec)? else {
             return Ok(None);
         };
         Ok(Some(Self::map(file, Some(path), spec.size, found)?))
     }
 
-    /// Opens the existing pool file of `spec` read-write if its size and the
-    /// geometry in its header are what `spec` plans (whatever its
-    /// generation); `None` if it is absent or anything else.
-    fn open_matching(
+    /// Opens the existing pool file of `spec` read-write, if there is one,
+    /// after [`FileAccess::open_existing`]'s checks (which include the size),
+    /// and checks that its header is a pool of the geometry `spec` plans
+    /// (whatever its generation). `None` if it is absent.
+    fn open_existing(
         spec: &PoolSpec,
     ) -> Result<Option<(File, PathBuf, PoolGeometry)>, PoolMemoryError> {
-        let PoolBacking::File { path, .. } = &spec.backing else {
+        let PoolBacking::File { path, access } = &spec.backing else {
             return Ok(None);
         };
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(format!("open {}", path.display()))(e)),
-        };
-        let len = file.metadata().map_err(io_err("stat pool"))?.len();
-        if len != spec.size {
+        let Some(file) = access.open_existing(path, "pool", Some(spec.size))? else {
             return Ok(None);
-        }
+        };
         let mut head = [0u8; POOL_HEADER_SIZE];
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
-            .map_err(io_err("read pool header"))?;
-        let Ok(found) = PoolGeometry::from_header_bytes(&head, len) else {
-            return Ok(None);
-        };
+            .map_err(io_err(format!("read the header of {}", path.display())))?;
+        let found = PoolGeometry::from_header_bytes(&head, spec.size).map_err(|e| {
+            PoolMemoryError::NotAPool {
+                path: path.clone(),
+                reason: format!("no valid vmdedup pool header ({e:?})"),
+            }
+        })?;
         let table_area = if spec.table_area == 0 {
             (spec.size / 32).max(FRAME_SIZE)
         } else {
             spec.table_area
         };
         match PoolGeometry::plan(spec.size, table_area, found.generation) {
-            Ok(g) if g == found => Ok(Some((file, path.clone(), found))),
-            _ => Ok(None),
+            Ok(g) if g == found => {
+                access.adopted(&file, path, "pool")?;
+                Ok(Some((file, path.clone(), found)))
+            }
+            _ => Err(PoolMemoryError::NotAPool {
+                path: path.clone(),
+                reason: format!(
+                    "its header describes another layout ({found:?}) than this agent's"
+                ),
+            }),
         }
     }
 
@@ -383,24 +405,15 @@ impl PoolMemory {
         })
     }
 
-    fn create_file(path: &Path, mode: u32) -> Result<File, PoolMemoryError> {
+    /// Makes a new pool file at `path` (an old one is unlinked first, never
+    /// truncated: a VM may still map it).
+    fn create_file(path: &Path, access: &FileAccess) -> Result<File, PoolMemoryError> {
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(format!("unlink old {}", path.display()))(e)),
         }
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(io_err(format!("create {}", path.display())))?;
-        // The umask may have cut the mode; the caller asked for exactly this.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io_err(format!("chmod {}", path.display())))?;
-        Ok(f)
+        Ok(access.create_new(path, "pool")?)
     }
 
     fn create_memfd() -> Result<File, PoolMemoryError> {
@@ -681,7 +694,7 @@ mod tests {
         let spec = PoolSpec {
             backing: PoolBacking::File {
                 path: path.clone(),
-                mode: 0o640,
+                access: FileAccess::PRIVATE,
             },
             size: 1 << 16,
             table_area: 0,
@@ -707,8 +720,10 @@ mod tests {
             2
         );
         assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o640
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&path).unwrap().permissions()
+            ) & 0o777,
+            0o600
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -717,7 +732,7 @@ mod tests {
         PoolSpec {
             backing: PoolBacking::File {
                 path: path.to_path_buf(),
-                mode: 0o600,
+                access: FileAccess::PRIVATE,
             },
             size,
             table_area: 0,
@@ -749,10 +764,11 @@ mod tests {
             "same file, not a new one"
         );
         drop(p);
-        // Another size: not adopted.
-        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 21, 5))
-            .unwrap()
-            .is_none());
+        // Another size: refused.
+        assert!(matches!(
+            PoolMemory::adopt_unused(&file_spec(&path, 1 << 21, 5)),
+            Err(PoolMemoryError::Refused(HostFileError::Size { .. }))
+        ));
         // Once it holds a frame table, it served: never adopted.
         let mut p = PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5))
             .unwrap()
@@ -780,11 +796,15 @@ mod tests {
         assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5))
             .unwrap()
             .is_none());
-        // Garbage: not adopted.
+        // Garbage: refused, and left as it is.
         std::fs::write(&path, vec![0x5au8; 1 << 20]).unwrap();
-        assert!(PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5))
-            .unwrap()
-            .is_none());
+        let e = PoolMemory::adopt_unused(&file_spec(&path, 1 << 20, 5)).unwrap_err();
+        assert!(matches!(e, PoolMemoryError::NotAPool { .. }), "{e}");
+        assert!(
+            e.to_string().contains("no valid vmdedup pool header"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), vec![0x5au8; 1 << 20]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -837,14 +857,10 @@ mod tests {
             "frames untouched"
         );
         drop(new);
-        // Another size or garbage: not taken over.
-        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 21, 9))
-            .unwrap()
-            .is_none());
+        // Another size or garbage: refused.
+        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 21, 9)).is_err());
         std::fs::write(&path, vec![0x5au8; 1 << 20]).unwrap();
-        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 9))
-            .unwrap()
-            .is_none());
+        assert!(PoolMemory::adopt_served(&file_spec(&path, 1 << 20, 9)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,7 +4,7 @@
 //! guest as an `ivshmem-plain` device. Only its [`RegionPrefix`] is written here;
 //! the ring and pool layouts behind it belong to their own modules.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -62,13 +62,15 @@ pub fn init(
     };
     match kind {
         RegionKind::Ring => {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)
-                .map_err(io_err(path))?;
+            // A new file (0600, see `hostfile`): an old one is unlinked, not
+            // rewritten through whatever its path leads to.
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(path)(e)),
+                _ => {}
+            }
+            let f = crate::hostfile::FileAccess::PRIVATE
+                .create_new(path, "ring region")
+                .map_err(|e| other(e.to_string()))?;
             f.set_len(size).map_err(io_err(path))?;
             drop(f);
             crate::ring::init_ring_file(path, generation).map_err(|e| other(e.to_string()))?;
@@ -77,7 +79,7 @@ pub fn init(
             crate::pool::PoolMemory::create(&crate::pool::PoolSpec {
                 backing: crate::pool::PoolBacking::File {
                     path: path.to_path_buf(),
-                    mode: 0o644,
+                    access: crate::hostfile::FileAccess::PRIVATE,
                 },
                 size,
                 table_area: 0,

@@ -16,6 +16,8 @@
 //! control_socket = "/run/vmdedup/control.sock"
 //! control_group = "kvm"              # may use the control socket (mode 0660)
 //! ring_dir = "/dev/shm"              # where `vm add` creates ring regions
+//! file_owner = "libvirt-qemu"        # pools, rings and guest sockets are chowned
+//! file_group = "kvm"                 # to these and 0660, pools 0640 (default: 0600)
 //!
 //! [service]                          # bounds on what guests make the agent keep
 //! path_cache_entries = 65536         # paths remembered (least recently used go first)
@@ -269,6 +271,13 @@ struct RawDomain {
     budget: Option<String>,
 }
 
+/// Whether `name` may name a trust domain: a [`valid_name`] other than
+/// `lock` (the pool of a domain `lock` would be the agent's lock file
+/// `pool.lock`).
+pub fn valid_domain(name: &str) -> bool {
+    valid_name(name) && name != "lock"
+}
+
 /// The pool memory file of trust domain `domain`, given the configured
 /// `pool` path: `pool` itself for the domain `default`, `pool.DOMAIN` for
 /// any other. The one place that names a domain's pool.
@@ -294,6 +303,8 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
     ring_dir: Option<PathBuf>,
+    file_owner: Option<String>,
+    file_group: Option<String>,
     #[serde(default)]
     service: RawService,
     #[serde(default)]
@@ -326,6 +337,13 @@ pub struct AgentConfig {
     pub control_group: Option<String>,
     /// Directory of ring region files.
     pub ring_dir: PathBuf,
+    /// User that pools, ring regions and guest sockets are chowned to (mode
+    /// 0660), e.g. the user QEMU runs as; `None`: the agent's (mode 0600
+    /// unless `file_group` is set). A number is taken as a uid.
+    pub file_owner: Option<String>,
+    /// Group that pools, ring regions and guest sockets are chowned to (mode
+    /// 0660); `None`: the agent's. A number is taken as a gid.
+    pub file_group: Option<String>,
     /// Bounds of the hint service.
     pub service: ServiceLimits,
     /// Per trust domain settings (`[domain.NAME]`); a domain not listed
@@ -349,6 +367,8 @@ impl Default for AgentConfig {
             control_socket: PathBuf::from("/run/vmdedup/control.sock"),
             control_group: None,
             ring_dir: PathBuf::from("/dev/shm"),
+            file_owner: None,
+            file_group: None,
             service: ServiceLimits::default(),
             domains: std::collections::BTreeMap::new(),
             namespaces: Vec::new(),
@@ -394,7 +414,7 @@ pub fn parse_ns_arg(arg: &str) -> Result<(String, PathBuf), ConfigError> {
 /// Parses a `--vm NAME[:DOMAIN]` argument (domain `default` if not given).
 pub fn parse_vm_arg(arg: &str) -> Result<VmConfig, ConfigError> {
     let (name, domain) = arg.split_once(':').unwrap_or((arg, DEFAULT_DOMAIN));
-    if !valid_name(name) || !valid_name(domain) {
+    if !valid_name(name) || !valid_domain(domain) {
         return Err(ConfigError::Invalid(format!(
             "--vm {arg:?}: expected NAME or NAME:DOMAIN, each 1-32 of [A-Za-z0-9_.-]"
         )));
@@ -445,6 +465,8 @@ impl AgentConfig {
             control_socket: raw.control_socket.unwrap_or(d.control_socket),
             control_group: raw.control_group,
             ring_dir: raw.ring_dir.unwrap_or(d.ring_dir),
+            file_owner: raw.file_owner,
+            file_group: raw.file_group,
             service: raw.service.cook()?,
             domains: std::collections::BTreeMap::new(),
             namespaces: Vec::new(),
@@ -544,7 +566,7 @@ impl AgentConfig {
         const OPT: &str = "--ns-domains";
         let (name, list) = split_ns_value(OPT, arg)?;
         let domains: Vec<String> = list.split(',').map(|d| d.trim().to_string()).collect();
-        if let Some(bad) = domains.iter().find(|d| *d != "*" && !valid_name(d)) {
+        if let Some(bad) = domains.iter().find(|d| *d != "*" && !valid_domain(d)) {
             return Err(ConfigError::Invalid(format!(
                 "{OPT} {arg:?}: invalid domain {bad:?} (1-32 of [A-Za-z0-9_.-], or *)"
             )));
@@ -607,9 +629,9 @@ impl AgentConfig {
         }
         self.service.validate()?;
         for (name, d) in &self.domains {
-            if !valid_name(name) {
+            if !valid_domain(name) {
                 return Err(ConfigError::Invalid(format!(
-                    "[domain.{name}]: invalid domain name (1-32 of [A-Za-z0-9_.-])"
+                    "[domain.{name}]: invalid domain name (1-32 of [A-Za-z0-9_.-], not \"lock\")"
                 )));
             }
             let size = self.domain_pool_size(name);
@@ -639,7 +661,7 @@ impl AgentConfig {
         }
         let mut vms = std::collections::BTreeSet::new();
         for v in &self.vms {
-            if !valid_name(&v.name) || !valid_name(&v.domain) {
+            if !valid_name(&v.name) || !valid_domain(&v.domain) {
                 return Err(ConfigError::Invalid(format!(
                     "VM {:?} / domain {:?}",
                     v.name, v.domain
@@ -735,6 +757,8 @@ pool_size = "64M"
 budget = "16M"
 vm_max_held = "4M"
 control_group = "kvm"
+file_owner = "libvirt-qemu"
+file_group = "kvm"
 [[namespace]]
 name = "deb"
 dir = "/srv/deb"
@@ -763,6 +787,8 @@ max_held = "1M"
         assert_eq!(cfg.vms[0].cid, Some(3));
         assert_eq!(cfg.vm_max_held, 4 << 20);
         assert_eq!(cfg.vms[0].max_held, Some(1 << 20));
+        assert_eq!(cfg.file_owner.as_deref(), Some("libvirt-qemu"));
+        assert_eq!(cfg.file_group.as_deref(), Some("kvm"));
         assert!(cfg
             .qemu_args("vm1", None, 1 << 20)
             .iter()
@@ -844,6 +870,8 @@ name = "vm2"
             "[domain.a]\npool_size = \"3M\"",
             "[domain.a]\npool_size = \"1M\"\nbudget = \"2M\"",
             "[domain.a]\nsize = \"1M\"",
+            "[domain.lock]\npool_size = \"1M\"",
+            "[[vm]]\nname = \"a\"\ndomain = \"lock\"",
         ] {
             assert!(AgentConfig::from_toml(bad).is_err(), "{bad}");
         }

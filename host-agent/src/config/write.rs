@@ -98,6 +98,12 @@ impl AgentConfig {
             let _ = writeln!(t, "control_group = {}", quoted(g));
         }
         let _ = writeln!(t, "ring_dir = {}", path("ring_dir", &self.ring_dir)?);
+        if let Some(u) = &self.file_owner {
+            let _ = writeln!(t, "file_owner = {}", quoted(u));
+        }
+        if let Some(g) = &self.file_group {
+            let _ = writeln!(t, "file_group = {}", quoted(g));
+        }
         let l = &self.service;
         let _ = writeln!(t, "\n[service]");
         for (key, v) in [
@@ -223,6 +229,8 @@ mod tests {
         c.add_vm_arg("vm2").unwrap();
         c.budget = 512 << 20;
         c.control_group = Some("kvm".into());
+        c.file_owner = Some("libvirt-qemu".into());
+        c.file_group = Some("kvm".into());
         c.vms[0].guest_socket = Some("/run/vmdedup/vm1.vsock_5555".into());
         c.vms[0].cid = Some(3);
         c.add_ns_arg("odd=/srv/x").unwrap();
@@ -301,6 +309,7 @@ mod tests {
             control in text(),
             group in prop::option::of(text()),
             ring_dir in text(),
+            files in (prop::option::of(text()), prop::option::of(text())),
             limits in (1..=i64::MAX as u64, 4096..=i64::MAX as u64, 0..=i64::MAX as u64,
                        1..=i64::MAX as u64, 1..=i64::MAX as u64, 0..=i64::MAX as u64),
             namespaces in prop::collection::vec(namespace(), 0..4),
@@ -321,6 +330,8 @@ mod tests {
                 control_socket: control.into(),
                 control_group: group,
                 ring_dir: ring_dir.into(),
+                file_owner: files.0,
+                file_group: files.1,
                 service: ServiceLimits {
                     path_cache_entries: limits.0,
                     path_cache_size: limits.1,

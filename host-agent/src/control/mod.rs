@@ -1,14 +1,15 @@
 //! The control channel: request/response frames
 //! ([`vmdedup_protocol::control`]) over stream sockets.
 //!
-//! - The host socket (CLI): mode 0660, optionally group-owned by a configured
+//! - The host socket (CLI): mode 0600, or 0660 group-owned by a configured
 //!   group; a peer must be root, the agent's own user, or in that group
 //!   (checked again with `SO_PEERCRED`). It may do everything.
 //! - Guest sockets: one listener per VM (hybrid vsock: the Unix socket
 //!   `<uds>_<port>` that vhost-user-vsock / Firecracker connect for that VM).
 //!   The VM is the one the listener belongs to, never what a message says;
 //!   it sees its own stats and the namespaces it may use, may warm those,
-//!   and nothing else.
+//!   and nothing else. Mode 0600, or 0660 owned by the configured
+//!   `file_owner`/`file_group` ([`crate::hostfile::FileAccess`]).
 //! - AF_VSOCK ([`serve_vsock`], tokio-vsock) for hosts with vhost-vsock: the
 //!   VM is the one whose configured CID the kernel reports for the peer.
 //!
@@ -19,7 +20,6 @@
 //! answered with [`ErrorCode::BadRequest`] and the connection is closed.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,9 +83,10 @@ pub enum ControlChannelError {
     /// A frame could not be encoded or decoded.
     #[error("{0}")]
     Frame(ControlError),
-    /// The socket path is in use by something that is not a socket.
-    #[error("{0}: exists and is not a socket")]
-    NotASocket(PathBuf),
+    /// The socket could not be made (something else is at its path, an
+    /// unknown group, ...).
+    #[error("{0}")]
+    HostFile(#[from] crate::hostfile::HostFileError),
 }
 
 /// Answers one request. Pure dispatch: no I/O besides what the service does.
@@ -323,35 +324,38 @@ pub async fn serve_vsock(
     }
 }
 
-/// Binds a control socket at `path` with mode 0660 (group `group` if given).
-/// A stale socket file is replaced; any other file is an error. Must be
-/// called inside a tokio runtime.
+/// Binds a control socket at `path`: mode 0600, or 0660 of group `group`
+/// if given (the host socket with `control_group`). A stale socket file is
+/// replaced; any other file is an error. Must be called inside a tokio
+/// runtime.
 pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ControlChannelError> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => return Err(ControlChannelError::NotASocket(path.to_path_buf())),
-        Err(_) => {}
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(g) = group {
-        std::os::unix::fs::chown(path, None, Some(g))?;
-    }
-    Ok(l)
+    bind_as(
+        path,
+        &crate::hostfile::FileAccess {
+            owner: None,
+            group,
+            group_read_only: false,
+        },
+        "control socket",
+    )
 }
 
-/// Looks a group name up (for `control_group`).
+/// Binds a socket at `path` with `access` (see
+/// [`FileAccess::bind_socket`](crate::hostfile::FileAccess::bind_socket));
+/// `what` names it in errors. Must be called inside a tokio runtime.
+pub fn bind_as(
+    path: &Path,
+    access: &crate::hostfile::FileAccess,
+    what: &'static str,
+) -> Result<UnixListener, ControlChannelError> {
+    let l = access.bind_socket(path, what)?;
+    l.set_nonblocking(true)?;
+    Ok(UnixListener::from_std(l)?)
+}
+
+/// Looks a group name (or number) up (for `control_group`).
 pub fn group_id(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `c` is NUL-terminated; getgrnam returns null or a pointer to static data
-    // that we read at once (the agent calls this once at start, single-threaded).
-    let g = unsafe { libc::getgrnam(c.as_ptr()) };
-    if g.is_null() {
-        return None;
-    }
-    // SAFETY: non-null result of getgrnam.
-    Some(unsafe { (*g).gr_gid })
+    crate::hostfile::group_id("control_group", name).ok()
 }
 
 /// Blocking client: sends one request and reads one response (the CLI).

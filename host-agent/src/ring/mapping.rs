@@ -66,11 +66,15 @@ impl SharedMapping {
         Ok(SharedMapping { ptr, len })
     }
 
-    /// Opens a region file (e.g. under `/dev/shm`) and maps all of it.
+    /// Opens a region file (e.g. under `/dev/shm`) and maps all of it. A
+    /// symlink is not followed (the agent checks its region files before it
+    /// maps them, see [`crate::hostfile`]).
     pub fn open(path: &Path) -> Result<SharedMapping, RingError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let f = File::options()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|source| RingError::Os {
                 what: "open region file",

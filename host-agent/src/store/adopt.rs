@@ -536,7 +536,7 @@ mod tests {
         PoolSpec {
             backing: PoolBacking::File {
                 path: t.0.join("pool"),
-                mode: 0o600,
+                access: crate::hostfile::FileAccess::PRIVATE,
             },
             size: SIZE,
             table_area: 8192,

@@ -263,7 +263,24 @@ fn write_added_vms(config: &AgentConfig, vms: &[(String, String)]) -> std::io::R
     }
     let tmp = path.with_extension("tmp");
     let text: String = vms.iter().map(|(n, d)| format!("{n} {d}\n")).collect();
-    std::fs::write(&tmp, text)?;
+    // Private, and never through a symlink someone put in the ring
+    // directory (a stale temporary file is replaced, not followed).
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?
+    };
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
     std::fs::rename(&tmp, &path)
 }
 

@@ -550,11 +550,7 @@ impl Agent {
     /// took the pool over) its ring is taken over in place if it validates,
     /// and the guest is asked to re-announce its maps.
     fn add_vm_inner(&self, name: &str, domain: &str, adopt: bool) -> Result<PathBuf, AgentError> {
-        let _admin = self
-            .inner
-            .admin
-            .lock()
-            .map_err(|_| AgentError::Config("lock poisoned".into()))?;
+        let _admin = self.admin()?;
         if name.is_empty()
             || name.len() > 32
             || !name
@@ -669,17 +665,21 @@ impl Agent {
         Ok(poller)
     }
 
+    /// Takes the lock that serialises adding, removing and reinstating VMs.
+    fn admin(&self) -> Result<std::sync::MutexGuard<'_, ()>, AgentError> {
+        self.inner
+            .admin
+            .lock()
+            .map_err(|_| AgentError::Config("lock poisoned".into()))
+    }
+
     /// The VM is gone for good (its QEMU exited, or the operator says so):
     /// its ring is closed and forgotten, and everything it held is released,
     /// including what a cut-off VM kept charged because its page tables might
     /// still map it. Its ring region file stays; its id is not reused.
     /// Returns how many file maps it still held.
     pub fn remove_vm(&self, name: &str) -> Result<u32, AgentError> {
-        let _admin = self
-            .inner
-            .admin
-            .lock()
-            .map_err(|_| AgentError::Config("lock poisoned".into()))?;
+        let _admin = self.admin()?;
         let id = self
             .inner
             .domains
@@ -731,11 +731,7 @@ impl Agent {
     /// neither cut off nor corrupt). Fails if the poller does not let go of
     /// the old ring within a few seconds (try again).
     pub fn reinstate_vm(&self, name: &str) -> Result<bool, AgentError> {
-        let _admin = self
-            .inner
-            .admin
-            .lock()
-            .map_err(|_| AgentError::Config("lock poisoned".into()))?;
+        let _admin = self.admin()?;
         let id = self
             .inner
             .domains

@@ -6,7 +6,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmdedup_host_agent::agent::{Agent, AgentOptions};
 use vmdedup_host_agent::config::{AgentConfig, VmConfig};
@@ -15,19 +15,7 @@ use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
 use vmdedup_protocol::abi::{ring_off, AnswerStatus, SubmissionEntry, EVENT_REVOKE};
 
 mod common;
-use common::TempDir;
-
-/// A hang guard, not a timing assertion.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use common::{wait_for, TempDir};
 
 /// Hints `f` until the answer is a hit; returns its file map id.
 fn hit(guest: &mut GuestRing, file: &std::path::Path, next_req: &mut u64) -> u64 {

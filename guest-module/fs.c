@@ -32,6 +32,7 @@
 #include <linux/pagemap.h>
 #include <linux/pfn_t.h>
 #include <linux/random.h>
+#include <linux/sched/mm.h>
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/splice.h>
@@ -492,10 +493,16 @@ static vm_fault_t vmdedup_pool_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct inode *inode = file_inode(vma->vm_file);
+	unsigned int nofs;
 	vm_fault_t ret;
+	bool served;
 
 	/*
 	 * Rust inserts the pool frame under the file's lock, or says "lower".
+	 * Memory reclaim takes that lock class too, when it evicts one of our
+	 * inodes: no allocation under it may enter filesystem reclaim, so the
+	 * page table vm_insert_mixed() may allocate is allocated NOFS (lockdep
+	 * saw file lock -> fs_reclaim -> evict -> file lock).
 	 * Either way the PTE is read-only (a private mapping's vm_page_prot has
 	 * no write bit), so on a write fault to a private mapping the
 	 * VM_FAULT_NOPAGE we return makes do_cow_fault() give up its copy, the
@@ -503,8 +510,11 @@ static vm_fault_t vmdedup_pool_fault(struct vm_fault *vmf)
 	 * mapped (a pool frame: from its user address) into an anonymous page.
 	 * A pool frame is never written through a user mapping.
 	 */
-	if (vmdedup_rs_fault(VSB(inode->i_sb)->rs, VI(inode)->rs, vmf, (u64)(uintptr_t)vma->vm_private_data,
-			     vmf->pgoff, vma->vm_flags, &ret))
+	nofs = memalloc_nofs_save();
+	served = vmdedup_rs_fault(VSB(inode->i_sb)->rs, VI(inode)->rs, vmf,
+				  (u64)(uintptr_t)vma->vm_private_data, vmf->pgoff, vma->vm_flags, &ret);
+	memalloc_nofs_restore(nofs);
+	if (served)
 		return ret;
 	ret = vmdedup_fault_lower(vmf);
 	vmdedup_rs_fault_lower_done(ret);

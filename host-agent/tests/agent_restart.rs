@@ -3,17 +3,13 @@
 //! keeps every table live and every ring connected, and frees what the old
 //! agent's tables named only after every VM re-announced its maps.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use vmdedup_host_agent::agent::{Agent, AgentOptions};
-use vmdedup_host_agent::config::{AgentConfig, VmConfig};
-use vmdedup_host_agent::namespace::NamespaceConfig;
-use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
+use vmdedup_host_agent::agent::Agent;
+use vmdedup_host_agent::config::AgentConfig;
+use vmdedup_host_agent::ring::SharedMapping;
 use vmdedup_protocol::abi::{
-    AnswerStatus, CompletionEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE, EVENT_REVOKE,
+    AnswerStatus, CompletionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE, EVENT_REVOKE,
     NOTICE_REANNOUNCE, OP_ACK_REVOKE, OP_HOLD, OP_HOLDS_DONE,
 };
 use vmdedup_protocol::pool::{
@@ -21,84 +17,19 @@ use vmdedup_protocol::pool::{
 };
 
 mod common;
+use common::agent::{start_agent, vm, Guest};
+use common::service::ns_config;
 use common::{wait_for, TempDir};
 
-struct Guest {
-    ring: GuestRing,
-    req: u64,
-    events: Vec<(u16, u32, u64)>,
-}
-
-impl Guest {
-    fn attach(path: &Path) -> Guest {
-        Guest {
-            ring: GuestRing::attach(Arc::new(SharedMapping::open(path).unwrap()), None).unwrap(),
-            req: 0,
-            events: Vec::new(),
-        }
-    }
-
-    /// Hints `rel` until the answer is a hit.
-    fn hit(&mut self, dir: &Path, rel: &str) -> CompletionEntry {
-        let md = std::fs::metadata(dir.join("a").join(rel)).unwrap();
-        wait_for("a hit", || {
-            self.req += 1;
-            let e = SubmissionEntry {
-                request_id: self.req,
-                namespace_id: 1,
-                file_size: md.size(),
-                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                ..Default::default()
-            };
-            self.ring.stage(e, rel.as_bytes()).unwrap();
-            self.ring.publish();
-            let c = self.answer(self.req);
-            (c.status == AnswerStatus::Hit as u16).then_some(c)
-        })
-    }
-
-    fn answer(&mut self, want: u64) -> CompletionEntry {
-        wait_for("an answer", || {
-            let mut got = None;
-            self.ring.reap(|c| {
-                if c.request_id == want {
-                    got = Some(c);
-                }
-            });
-            got
-        })
-    }
-
-    /// Sends map operations and waits for their answers.
-    fn map_ops(&mut self, ops: &[(u16, u64)]) {
-        for &(op, id) in ops {
-            self.req += 1;
-            self.ring.stage_map_op(self.req, op, id).unwrap();
-        }
-        self.ring.publish();
-        let last = self.answer(self.req);
-        assert_eq!(last.flags, ANSWER_FLAG_MAP_OP);
-        assert_eq!(last.status, AnswerStatus::Hit as u16);
-    }
-
-    /// Waits for an event matching `f` (keeping every event seen).
-    fn event(&mut self, what: &str, f: impl Fn(&(u16, u32, u64)) -> bool) -> (u16, u32, u64) {
-        wait_for(what, || {
-            self.ring
-                .reap_events(|e| self.events.push((e.kind, e.notice, e.file_map_id)));
-            self.events.iter().copied().find(|e| f(e))
-        })
-    }
+/// Sends map operations and checks that the last one was answered as a
+/// map operation, successfully.
+fn map_ops(guest: &mut Guest, ops: &[(u16, u64)]) {
+    let last = guest.map_ops(ops);
+    assert_eq!(last.flags, ANSWER_FLAG_MAP_OP);
+    assert_eq!(last.status, AnswerStatus::Hit as u16);
 }
 
 fn config(dir: &Path) -> AgentConfig {
-    let vm = |name: &str| VmConfig {
-        name: name.into(),
-        domain: "default".into(),
-        guest_socket: None,
-        cid: None,
-        max_held: None,
-    };
     AgentConfig {
         pool: dir.join("pool"),
         pool_size: 4 << 20,
@@ -106,35 +37,10 @@ fn config(dir: &Path) -> AgentConfig {
         workers: 1,
         control_socket: dir.join("control.sock"),
         ring_dir: dir.to_path_buf(),
-        namespaces: vec![NamespaceConfig {
-            name: "a".into(),
-            id: 1,
-            dir: dir.join("a"),
-            domains: vec!["default".into()],
-            mtime_granularity_ns: 1,
-            require_fingerprint: false,
-            warm_at_start: false,
-            always_loading: false,
-        }],
-        vms: vec![vm("vm1"), vm("vm2")],
+        namespaces: vec![ns_config("a", 1, &dir.join("a"), &["default"])],
+        vms: vec![vm("vm1", "default"), vm("vm2", "default")],
         ..AgentConfig::default()
     }
-}
-
-fn start(config: &AgentConfig, generation: u64) -> Agent {
-    Agent::start(
-        config.clone(),
-        AgentOptions {
-            ring_size: 64 << 10,
-            pollers: PollerConfig {
-                threads: 1,
-                park_timeout: Some(Duration::from_millis(5)),
-                ..PollerConfig::default()
-            },
-            generation,
-        },
-    )
-    .unwrap()
 }
 
 fn content(seed: u8, len: usize) -> Vec<u8> {
@@ -196,12 +102,12 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
     let cfg = config(&dir);
     let pool = cfg.pool.clone();
 
-    let old = start(&cfg, 1000);
+    let old = start_agent(cfg.clone(), 1000);
     let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
     let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
     let generations = (vm1.ring.generation(), vm2.ring.generation());
-    let a = vm1.hit(&dir, "f");
-    let b = vm1.hit(&dir, "g");
+    let a = vm1.hit(1, "f", &dir.join("a/f"), 0);
+    let b = vm1.hit(1, "g", &dir.join("a/g"), 0);
     assert_eq!(read_through(&pool, &a), f);
     // `g` is being revoked when the agent dies: vm1 got the event but has
     // not acknowledged (it still maps the frames).
@@ -215,7 +121,7 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
     // The crash, and a new agent over the same files.
     old.abandon();
     drop(old);
-    let agent = start(&cfg, 2000);
+    let agent = start_agent(cfg.clone(), 2000);
     let after = std::fs::read(&pool).unwrap();
     assert_eq!(
         after[4096..],
@@ -249,26 +155,29 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
 
     // New hints work at once: `f` again gets a new map on the same frames
     // (content index), `h` takes new frames and overwrites nothing.
-    let a2 = vm2.hit(&dir, "f");
+    let a2 = vm2.hit(1, "f", &dir.join("a/f"), 0);
     assert!(a2.file_map_id > b.file_map_id, "ids are not reused");
     assert_eq!(frames_of(&agent, a2.file_map_id), old_frames_a);
-    let c = vm2.hit(&dir, "h");
+    let c = vm2.hit(1, "h", &dir.join("a/h"), 0);
     assert_eq!(read_through(&pool, &c), h);
     assert_eq!(read_through(&pool, &a), f);
 
     // vm1 re-announces both; `g` is not live any more, so it is revoked
     // for vm1 again and the pins wait for the acknowledgement.
-    vm1.map_ops(&[
-        (OP_HOLD, a.file_map_id),
-        (OP_HOLD, b.file_map_id),
-        (OP_HOLDS_DONE, 1999),
-        (OP_HOLDS_DONE, 2000),
-    ]);
+    map_ops(
+        &mut vm1,
+        &[
+            (OP_HOLD, a.file_map_id),
+            (OP_HOLD, b.file_map_id),
+            (OP_HOLDS_DONE, 1999),
+            (OP_HOLDS_DONE, 2000),
+        ],
+    );
     vm1.events.clear();
     vm1.event("g revoked again", |e| {
         *e == (EVENT_REVOKE, 0, b.file_map_id)
     });
-    vm2.map_ops(&[(OP_HOLDS_DONE, 2000)]);
+    map_ops(&mut vm2, &[(OP_HOLDS_DONE, 2000)]);
     assert_eq!(
         agent
             .domains()
@@ -277,7 +186,7 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
             .inspect_store(|s| s.pinned()),
         Some((8, vec![]))
     );
-    vm1.map_ops(&[(OP_ACK_REVOKE, b.file_map_id)]);
+    map_ops(&mut vm1, &[(OP_ACK_REVOKE, b.file_map_id)]);
     wait_for("the pins to go", || {
         agent
             .domains()
@@ -313,10 +222,10 @@ fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
     let f = content(9, 2 * 4096 + 1);
     std::fs::write(dir.join("a/f"), &f).unwrap();
     let cfg = config(&dir);
-    let old = start(&cfg, 1000);
+    let old = start_agent(cfg.clone(), 1000);
     let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
     let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
-    let a = vm2.hit(&dir, "f");
+    let a = vm2.hit(1, "f", &dir.join("a/f"), 0);
     let first = vm2.ring.generation();
     old.abandon();
     drop(old);
@@ -325,7 +234,7 @@ fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
     m.word(vmdedup_protocol::abi::ring_off::SQ_TAIL)
         .unwrap()
         .fetch_add(1 << 30, std::sync::atomic::Ordering::Relaxed);
-    let agent = start(&cfg, 2000);
+    let agent = start_agent(cfg.clone(), 2000);
     let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
     assert_ne!(vm2.ring.generation(), first, "re-initialised");
     assert_eq!(
@@ -337,7 +246,7 @@ fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
         Some((3, vec![1, 2]))
     );
     // Its first hint on the new ring is its re-announcement.
-    let a2 = vm2.hit(&dir, "f");
+    let a2 = vm2.hit(1, "f", &dir.join("a/f"), 0);
     assert_eq!(read_through(&cfg.pool, &a2), f);
     assert_eq!(
         agent
@@ -350,7 +259,7 @@ fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
     vm1.event("the re-announce notice", |e| {
         *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
     });
-    vm1.map_ops(&[(OP_HOLDS_DONE, 2000)]);
+    map_ops(&mut vm1, &[(OP_HOLDS_DONE, 2000)]);
     wait_for("the pins to go", || {
         agent
             .domains()
@@ -378,12 +287,12 @@ fn a_stopped_agent_leaves_the_maps_to_the_next_one() {
     let f = content(11, 4 * 4096);
     std::fs::write(dir.join("a/f"), &f).unwrap();
     let cfg = config(&dir);
-    let old = start(&cfg, 1000);
+    let old = start_agent(cfg.clone(), 1000);
     let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
-    let a = vm1.hit(&dir, "f");
+    let a = vm1.hit(1, "f", &dir.join("a/f"), 0);
     old.shutdown();
     drop(old);
-    let agent = start(&cfg, 2000);
+    let agent = start_agent(cfg.clone(), 2000);
     vm1.event("the re-announce notice", |e| {
         *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
     });
@@ -404,17 +313,17 @@ fn a_vm_added_at_run_time_is_waited_for_after_a_restart() {
     let f = content(13, 3 * 4096);
     std::fs::write(dir.join("a/f"), &f).unwrap();
     let cfg = config(&dir);
-    let old = start(&cfg, 1000);
+    let old = start_agent(cfg.clone(), 1000);
     old.add_vm("vm3", "default").unwrap();
     let mut vm3 = Guest::attach(&cfg.ring_path("vm3"));
-    let a = vm3.hit(&dir, "f");
+    let a = vm3.hit(1, "f", &dir.join("a/f"), 0);
     old.abandon();
     drop(old);
 
     // The new agent knows vm3 from the file the old one wrote, gives it the
     // same id, takes its ring over and waits for it as for the configured
     // VMs: its map's frames stay pinned until it re-announced.
-    let agent = start(&cfg, 2000);
+    let agent = start_agent(cfg.clone(), 2000);
     assert_eq!(agent.domains().vm_id("vm3"), Some(3));
     vm3.event("the re-announce notice", |e| {
         *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
@@ -433,7 +342,7 @@ fn a_vm_added_at_run_time_is_waited_for_after_a_restart() {
     agent.remove_vm("vm3").unwrap();
     agent.abandon();
     drop(agent);
-    let third = start(&cfg, 3000);
+    let third = start_agent(cfg.clone(), 3000);
     assert_eq!(third.domains().vm_id("vm3"), None);
     third.shutdown();
 }

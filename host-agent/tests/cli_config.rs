@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use vmdedup_host_agent::config::{AgentConfig, VmConfig};
+use vmdedup_host_agent::config::AgentConfig;
 use vmdedup_host_agent::namespace::NamespaceConfig;
 
 mod common;
+use common::agent::vm;
+use common::service::ns_config;
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
@@ -73,21 +75,8 @@ fn write_guest_run_config(dir: &Path) -> (PathBuf, AgentConfig) {
     ]);
     assert_eq!(out, "", "with -o nothing goes to standard output");
     let ns = |name: &str, id, dir: &Path, domains: &[&str]| NamespaceConfig {
-        name: name.into(),
-        id,
-        dir: dir.to_path_buf(),
-        domains: domains.iter().map(|d| d.to_string()).collect(),
         mtime_granularity_ns: 1_000_000_000,
-        require_fingerprint: false,
-        warm_at_start: false,
-        always_loading: false,
-    };
-    let vm = |name: &str, domain: &str| VmConfig {
-        name: name.into(),
-        domain: domain.into(),
-        guest_socket: None,
-        cid: None,
-        max_held: None,
+        ..ns_config(name, id, dir, domains)
     };
     let want = AgentConfig {
         pool,

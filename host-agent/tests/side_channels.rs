@@ -7,17 +7,16 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
-use vmdedup_host_agent::agent::{Agent, AgentOptions};
-use vmdedup_host_agent::config::{AgentConfig, VmConfig};
+use vmdedup_host_agent::config::AgentConfig;
 use vmdedup_host_agent::control::{handle_request, Caller, ControlContext};
 use vmdedup_host_agent::domain::Domains;
 use vmdedup_host_agent::namespace::{GuestIdentity, Namespace, NamespaceConfig, ResolveMode};
-use vmdedup_host_agent::ring::poller::PollerConfig;
 use vmdedup_host_agent::service::{HintResult, HintService, ServiceConfig};
 use vmdedup_host_agent::store::{StoreConfig, VmId};
 use vmdedup_protocol::control::{bounded_str, MissReason, Request, Response};
 
 mod common;
+use common::agent::{start_agent, vm};
 use common::service::{content, hint_until_done, ident, is_hit, ns_config, req, service_over};
 use common::TempDir;
 
@@ -366,28 +365,10 @@ fn agent_is_warm_when_start_returns() {
         ring_dir: dir.0.clone(),
         namespaces: vec![n],
         // The domain's pool opens with its first VM, and is warmed then.
-        vms: vec![VmConfig {
-            name: "vm1".into(),
-            domain: "default".into(),
-            guest_socket: None,
-            cid: None,
-            max_held: None,
-        }],
+        vms: vec![vm("vm1", "default")],
         ..AgentConfig::default()
     };
-    let agent = Agent::start(
-        config,
-        AgentOptions {
-            ring_size: 64 << 10,
-            pollers: PollerConfig {
-                threads: 1,
-                park_timeout: Some(Duration::from_millis(5)),
-                ..PollerConfig::default()
-            },
-            generation: 1,
-        },
-    )
-    .unwrap();
+    let agent = start_agent(config, 1);
     let svc = agent.domains().service("default").unwrap();
     assert_eq!(svc.status(None).file_maps, 5);
     assert_eq!(svc.status(None).frames_used, 15);

@@ -1,6 +1,7 @@
 //! Helpers shared by the host-agent integration tests.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod service;
 
 use std::sync::Arc;

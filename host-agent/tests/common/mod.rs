@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod process;
 pub mod service;
 
 use std::sync::Arc;

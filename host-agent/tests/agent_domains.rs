@@ -13,7 +13,7 @@ use vmdedup_protocol::abi::{AnswerStatus, EVENT_REVOKE, OP_HOLD, OP_HOLDS_DONE};
 use vmdedup_protocol::pool::header_off::{FRAMES_USED, REVOCATION_EPOCH};
 
 mod common;
-use common::agent::{start_agent, vm, Guest};
+use common::agent::{agent_config, start_agent, vm, Guest};
 use common::service::ns_config;
 use common::{wait_for, TempDir};
 
@@ -57,14 +57,9 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     std::fs::write(&common, &common_bytes).unwrap();
     std::fs::write(&secret, &secret_bytes).unwrap();
     let config = AgentConfig {
-        pool: dir.join("pool"),
-        pool_size: 4 << 20,
         // Room for the files, not for much more: domain A's pressure below.
         budget: 0,
-        workers: 1,
         ack_timeout_ms: 60_000,
-        control_socket: dir.join("control.sock"),
-        ring_dir: dir.clone(),
         domains: [(
             "tenant-a".to_string(),
             DomainConfig {
@@ -73,12 +68,15 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
             },
         )]
         .into(),
-        namespaces: vec![
-            ns_config("common", 1, &dir.join("common"), &["tenant-a", "tenant-b"]),
-            ns_config("secret", 2, &dir.join("secret"), &["tenant-a"]),
-        ],
-        vms: vec![vm("vm1", "tenant-a"), vm("vm2", "tenant-b")],
-        ..AgentConfig::default()
+        ..agent_config(
+            &dir,
+            4 << 20,
+            vec![
+                ns_config("common", 1, &dir.join("common"), &["tenant-a", "tenant-b"]),
+                ns_config("secret", 2, &dir.join("secret"), &["tenant-a"]),
+            ],
+            vec![vm("vm1", "tenant-a"), vm("vm2", "tenant-b")],
+        )
     };
     let (pool_a, pool_b) = (dir.join("pool.tenant-a"), dir.join("pool.tenant-b"));
     let agent = start_agent(config.clone(), 4000);
@@ -205,16 +203,12 @@ fn a_restarted_agent_adopts_each_domains_pool_and_waits_for_its_own_vms() {
     std::fs::create_dir_all(dir.join("common")).unwrap();
     let f = dir.join("common/f");
     std::fs::write(&f, unique_bytes(7, 2 * 4096)).unwrap();
-    let config = AgentConfig {
-        pool: dir.join("pool"),
-        pool_size: 2 << 20,
-        workers: 1,
-        control_socket: dir.join("control.sock"),
-        ring_dir: dir.clone(),
-        namespaces: vec![ns_config("common", 1, &dir.join("common"), &["*"])],
-        vms: vec![vm("vm1", "tenant-a"), vm("vm2", "tenant-b")],
-        ..AgentConfig::default()
-    };
+    let config = agent_config(
+        &dir,
+        2 << 20,
+        vec![ns_config("common", 1, &dir.join("common"), &["*"])],
+        vec![vm("vm1", "tenant-a"), vm("vm2", "tenant-b")],
+    );
     let old = start_agent(config.clone(), 1000);
     let mut g1 = Guest::attach(&config.ring_path("vm1"));
     let mut g2 = Guest::attach(&config.ring_path("vm2"));

@@ -9,7 +9,7 @@ use vmdedup_host_agent::ring::SharedMapping;
 use vmdedup_protocol::abi::{ring_off, EVENT_REVOKE};
 
 mod common;
-use common::agent::{start_agent, vm, Guest};
+use common::agent::{agent_config, start_agent, vm, Guest};
 use common::service::ns_config;
 use common::{wait_for, TempDir};
 
@@ -21,15 +21,13 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
     let file = dir.join("a/f");
     std::fs::write(&file, vec![3u8; 3 * 4096 + 5]).unwrap();
     let config = AgentConfig {
-        pool: dir.join("pool"),
-        pool_size: 4 << 20,
         ack_timeout_ms: 200,
-        workers: 1,
-        control_socket: dir.join("control.sock"),
-        ring_dir: dir.clone(),
-        namespaces: vec![ns_config("a", 1, &dir.join("a"), &["default"])],
-        vms: vec![vm("vm1", "default")],
-        ..AgentConfig::default()
+        ..agent_config(
+            &dir,
+            4 << 20,
+            vec![ns_config("a", 1, &dir.join("a"), &["default"])],
+            vec![vm("vm1", "default")],
+        )
     };
     let ring_path = config.ring_path("vm1");
     let agent = start_agent(config, 1000);

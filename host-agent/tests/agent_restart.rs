@@ -17,7 +17,7 @@ use vmdedup_protocol::pool::{
 };
 
 mod common;
-use common::agent::{start_agent, vm, Guest};
+use common::agent::{agent_config, start_agent, vm, Guest};
 use common::service::ns_config;
 use common::{wait_for, TempDir};
 
@@ -31,15 +31,13 @@ fn map_ops(guest: &mut Guest, ops: &[(u16, u64)]) {
 
 fn config(dir: &Path) -> AgentConfig {
     AgentConfig {
-        pool: dir.join("pool"),
-        pool_size: 4 << 20,
         ack_timeout_ms: 60_000,
-        workers: 1,
-        control_socket: dir.join("control.sock"),
-        ring_dir: dir.to_path_buf(),
-        namespaces: vec![ns_config("a", 1, &dir.join("a"), &["default"])],
-        vms: vec![vm("vm1", "default"), vm("vm2", "default")],
-        ..AgentConfig::default()
+        ..agent_config(
+            dir,
+            4 << 20,
+            vec![ns_config("a", 1, &dir.join("a"), &["default"])],
+            vec![vm("vm1", "default"), vm("vm2", "default")],
+        )
     }
 }
 

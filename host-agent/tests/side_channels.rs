@@ -16,7 +16,7 @@ use vmdedup_host_agent::store::{StoreConfig, VmId};
 use vmdedup_protocol::control::{bounded_str, MissReason, Request, Response};
 
 mod common;
-use common::agent::{start_agent, vm};
+use common::agent::{agent_config, start_agent, vm};
 use common::service::{content, hint_until_done, ident, is_hit, ns_config, req, service_over};
 use common::TempDir;
 
@@ -357,17 +357,8 @@ fn agent_is_warm_when_start_returns() {
     }
     let mut n = ns_config("a", 1, &ns, &["default"]);
     n.warm_at_start = true;
-    let config = AgentConfig {
-        pool: dir.0.join("pool"),
-        pool_size: 4 << 20,
-        workers: 1,
-        control_socket: dir.0.join("control.sock"),
-        ring_dir: dir.0.clone(),
-        namespaces: vec![n],
-        // The domain's pool opens with its first VM, and is warmed then.
-        vms: vec![vm("vm1", "default")],
-        ..AgentConfig::default()
-    };
+    // The domain's pool opens with its first VM, and is warmed then.
+    let config = agent_config(&dir.0, 4 << 20, vec![n], vec![vm("vm1", "default")]);
     let agent = start_agent(config, 1);
     let svc = agent.domains().service("default").unwrap();
     assert_eq!(svc.status(None).file_maps, 5);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use vmdedup_host_agent::agent::{Agent, AgentOptions};
 use vmdedup_host_agent::config::{AgentConfig, VmConfig};
+use vmdedup_host_agent::namespace::NamespaceConfig;
 use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
 use vmdedup_protocol::abi::{AnswerStatus, CompletionEntry, SubmissionEntry};
 
@@ -20,6 +21,26 @@ pub fn vm(name: &str, domain: &str) -> VmConfig {
         guest_socket: None,
         cid: None,
         max_held: None,
+    }
+}
+
+/// A config with the pool, control socket and rings in `dir`, one loader
+/// thread, and these namespaces and VMs; the rest default.
+pub fn agent_config(
+    dir: &Path,
+    pool_size: u64,
+    namespaces: Vec<NamespaceConfig>,
+    vms: Vec<VmConfig>,
+) -> AgentConfig {
+    AgentConfig {
+        pool: dir.join("pool"),
+        pool_size,
+        workers: 1,
+        control_socket: dir.join("control.sock"),
+        ring_dir: dir.to_path_buf(),
+        namespaces,
+        vms,
+        ..AgentConfig::default()
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use vmdedup_host_agent::agent::Agent;
 use vmdedup_host_agent::config::AgentConfig;
 use vmdedup_host_agent::ring::SharedMapping;
+use vmdedup_host_agent::store::PageStore;
 use vmdedup_protocol::abi::{
     AnswerStatus, CompletionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE, EVENT_REVOKE,
     NOTICE_REANNOUNCE, OP_ACK_REVOKE, OP_HOLD, OP_HOLDS_DONE,
@@ -75,20 +76,27 @@ fn read_through(pool: &Path, c: &CompletionEntry) -> Vec<u8> {
     out
 }
 
+/// A scratch directory with namespace "a" created in it, and the config over it.
+fn scratch(tag: &str) -> (TempDir, PathBuf, AgentConfig) {
+    let tmp = TempDir::new(tag);
+    let dir = tmp.0.clone();
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let cfg = config(&dir);
+    (tmp, dir, cfg)
+}
+
+/// `f` run on the page store of `agent`'s default domain.
+fn in_store<R>(agent: &Agent, f: impl FnOnce(&PageStore) -> R) -> R {
+    agent.domains().service("default").unwrap().inspect_store(f)
+}
+
 fn frames_of(agent: &Agent, id: u64) -> Vec<u32> {
-    agent
-        .domains()
-        .service("default")
-        .unwrap()
-        .inspect_store(|s| s.frames_of(id).map(<[u32]>::to_vec))
-        .unwrap()
+    in_store(agent, |s| s.frames_of(id).map(<[u32]>::to_vec)).unwrap()
 }
 
 #[test]
 fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
-    let tmp = TempDir::new("restart");
-    let dir: PathBuf = tmp.0.clone();
-    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let (_tmp, dir, cfg) = scratch("restart");
     let (f, g, h) = (
         content(3, 5 * 4096 + 77),
         content(5, 2 * 4096),
@@ -97,7 +105,6 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
     std::fs::write(dir.join("a/f"), &f).unwrap();
     std::fs::write(dir.join("a/g"), &g).unwrap();
     std::fs::write(dir.join("a/h"), &h).unwrap();
-    let cfg = config(&dir);
     let pool = cfg.pool.clone();
 
     let old = start_agent(cfg.clone(), 1000);
@@ -139,14 +146,7 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
             *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
         });
     }
-    assert_eq!(
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned()),
-        Some((8, vec![1, 2]))
-    );
+    assert_eq!(in_store(&agent, |s| s.pinned()), Some((8, vec![1, 2])));
     // The held map still reads right through its table.
     assert_eq!(read_through(&pool, &a), f);
     assert_eq!(frames_of(&agent, a.file_map_id), old_frames_a);
@@ -176,30 +176,13 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
         *e == (EVENT_REVOKE, 0, b.file_map_id)
     });
     map_ops(&mut vm2, &[(OP_HOLDS_DONE, 2000)]);
-    assert_eq!(
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned()),
-        Some((8, vec![]))
-    );
+    assert_eq!(in_store(&agent, |s| s.pinned()), Some((8, vec![])));
     map_ops(&mut vm1, &[(OP_ACK_REVOKE, b.file_map_id)]);
     wait_for("the pins to go", || {
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned())
-            .is_none()
-            .then_some(())
+        in_store(&agent, |s| s.pinned()).is_none().then_some(())
     });
     assert_eq!(read_through(&pool, &a), f);
-    assert!(agent
-        .domains()
-        .service("default")
-        .unwrap()
-        .inspect_store(|s| s.frames_of(b.file_map_id).is_none()));
+    assert!(in_store(&agent, |s| s.frames_of(b.file_map_id).is_none()));
 
     // vm1's hold of the adopted map is a real one: evicting everything
     // revokes it for vm1 (adopted maps have no path: the agent does not
@@ -214,12 +197,9 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
 
 #[test]
 fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
-    let tmp = TempDir::new("restart-reinit");
-    let dir: PathBuf = tmp.0.clone();
-    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let (_tmp, dir, cfg) = scratch("restart-reinit");
     let f = content(9, 2 * 4096 + 1);
     std::fs::write(dir.join("a/f"), &f).unwrap();
-    let cfg = config(&dir);
     let old = start_agent(cfg.clone(), 1000);
     let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
     let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
@@ -235,56 +215,29 @@ fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
     let agent = start_agent(cfg.clone(), 2000);
     let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
     assert_ne!(vm2.ring.generation(), first, "re-initialised");
-    assert_eq!(
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned()),
-        Some((3, vec![1, 2]))
-    );
+    assert_eq!(in_store(&agent, |s| s.pinned()), Some((3, vec![1, 2])));
     // Its first hint on the new ring is its re-announcement.
     let a2 = vm2.hit(1, "f", &dir.join("a/f"), 0);
     assert_eq!(read_through(&cfg.pool, &a2), f);
-    assert_eq!(
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned()),
-        Some((3, vec![1]))
-    );
+    assert_eq!(in_store(&agent, |s| s.pinned()), Some((3, vec![1])));
     vm1.event("the re-announce notice", |e| {
         *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
     });
     map_ops(&mut vm1, &[(OP_HOLDS_DONE, 2000)]);
     wait_for("the pins to go", || {
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned())
-            .is_none()
-            .then_some(())
+        in_store(&agent, |s| s.pinned()).is_none().then_some(())
     });
     // Nobody re-announced the old map: it is gone, the new one serves.
-    assert!(agent
-        .domains()
-        .service("default")
-        .unwrap()
-        .inspect_store(|s| s.frames_of(a.file_map_id).is_none()));
+    assert!(in_store(&agent, |s| s.frames_of(a.file_map_id).is_none()));
     assert_eq!(read_through(&cfg.pool, &a2), f);
     agent.shutdown();
 }
 
 #[test]
 fn a_stopped_agent_leaves_the_maps_to_the_next_one() {
-    let tmp = TempDir::new("restart-graceful");
-    let dir: PathBuf = tmp.0.clone();
-    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let (_tmp, dir, cfg) = scratch("restart-graceful");
     let f = content(11, 4 * 4096);
     std::fs::write(dir.join("a/f"), &f).unwrap();
-    let cfg = config(&dir);
     let old = start_agent(cfg.clone(), 1000);
     let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
     let a = vm1.hit(1, "f", &dir.join("a/f"), 0);
@@ -305,12 +258,9 @@ fn a_stopped_agent_leaves_the_maps_to_the_next_one() {
 
 #[test]
 fn a_vm_added_at_run_time_is_waited_for_after_a_restart() {
-    let tmp = TempDir::new("restart-added");
-    let dir: PathBuf = tmp.0.clone();
-    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let (_tmp, dir, cfg) = scratch("restart-added");
     let f = content(13, 3 * 4096);
     std::fs::write(dir.join("a/f"), &f).unwrap();
-    let cfg = config(&dir);
     let old = start_agent(cfg.clone(), 1000);
     old.add_vm("vm3", "default").unwrap();
     let mut vm3 = Guest::attach(&cfg.ring_path("vm3"));
@@ -326,12 +276,7 @@ fn a_vm_added_at_run_time_is_waited_for_after_a_restart() {
     vm3.event("the re-announce notice", |e| {
         *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
     });
-    let (frames, waiting) = agent
-        .domains()
-        .service("default")
-        .unwrap()
-        .inspect_store(|s| s.pinned())
-        .expect("pinned after the adoption");
+    let (frames, waiting) = in_store(&agent, |s| s.pinned()).expect("pinned after the adoption");
     assert!(frames >= 3, "{frames}");
     assert!(waiting.contains(&3), "{waiting:?}");
     assert_eq!(read_through(&cfg.pool, &a), f);

@@ -3,126 +3,39 @@
 //! under their caps while another VM is served; a host file that changed
 //! is noticed; a guest's warm is one at a time and bounded.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vmdedup_host_agent::namespace::{GuestIdentity, Namespace, NamespaceConfig};
-use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
-use vmdedup_host_agent::ring::{GuestRing, Hint, HostRing, RingConfig, RingId, SharedMapping};
+use vmdedup_host_agent::namespace::{GuestIdentity, Namespace};
+use vmdedup_host_agent::ring::{GuestRing, HostRing, RingConfig, RingId, SharedMapping};
 use vmdedup_host_agent::service::{
     CacheLimits, HintResult, HintService, ServiceConfig, ServiceError,
 };
-use vmdedup_host_agent::store::{PageStore, StoreConfig, VmId};
+use vmdedup_host_agent::store::{StoreConfig, VmId};
 use vmdedup_protocol::abi::{AnswerStatus, SubmissionEntry};
 use vmdedup_protocol::control::MissReason;
-use vmdedup_protocol::pool::{PoolGeometry, TableHeader, TableRef, TABLE_HEADER_SIZE};
 
 mod common;
+use common::service::{
+    expect_hit, guest_read, hint_until_done, ident, ns_config, req, service_over,
+};
 use common::TempDir;
 
 /// A service over one namespace "a" (id 1) in `dir`, VMs 1 and 2.
 fn service(dir: &Path, cfg: ServiceConfig) -> HintService {
-    let ns = Namespace::open(NamespaceConfig {
-        name: "a".into(),
-        id: 1,
-        dir: dir.to_path_buf(),
-        domains: vec!["default".into()],
-        mtime_granularity_ns: 1,
-        require_fingerprint: false,
-        warm_at_start: false,
-        always_loading: false,
-    })
-    .unwrap();
-    let pool = PoolMemory::create(&PoolSpec {
-        backing: PoolBacking::Memfd,
-        size: 4 << 20,
-        table_area: 64 << 10,
-        generation: 9,
-    })
-    .unwrap();
-    let store = PageStore::new(
-        pool,
-        StoreConfig {
-            budget_frames: 0,
-            ack_timeout_ms: 1_000_000,
-            ..StoreConfig::default()
-        },
-    );
-    let svc = HintService::new(store, vec![ns], cfg);
-    svc.add_vm(1, "vm1", "default").unwrap();
-    svc.add_vm(2, "vm2", "default").unwrap();
-    svc
+    let ns = Namespace::open(ns_config("a", 1, dir, &["default"])).unwrap();
+    let store = StoreConfig {
+        budget_frames: 0,
+        ack_timeout_ms: 1_000_000,
+        ..StoreConfig::default()
+    };
+    service_over(vec![ns], 9, store, cfg)
 }
 
-fn ident(p: &Path) -> GuestIdentity {
-    let m = std::fs::metadata(p).unwrap();
-    GuestIdentity {
-        size: m.size(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        fingerprint: None,
-    }
-}
-
-fn req(path: &[u8], id: GuestIdentity) -> Hint<'_> {
-    Hint {
-        request_id: 0,
-        namespace_id: 1,
-        path,
-        file_size: id.size,
-        mtime_ns: id.mtime_ns,
-        ctime_ns: 0,
-        inode: 0,
-        first_page: 0,
-        page_count: 0,
-        fingerprint: id.fingerprint,
-    }
-}
-
-/// Hints until the answer is not "loading", running queued loads between.
+/// Hints `path` of namespace 1 until the answer is not "loading".
 fn hint(svc: &HintService, vm: VmId, path: &[u8], id: GuestIdentity) -> HintResult {
-    for _ in 0..4 {
-        let r = svc.answer(vm, &req(path, id));
-        if r != HintResult::Miss(MissReason::Loading) {
-            return r;
-        }
-        svc.load_pending();
-    }
-    panic!("still loading");
-}
-
-/// The file's bytes as a guest reads them out of the pool.
-fn guest_read(svc: &HintService, loc: &TableRef) -> Vec<u8> {
-    svc.inspect_store(|s| {
-        let pool = s.pool().bytes();
-        let hb: [u8; 128] = pool[..128].try_into().unwrap();
-        let g = PoolGeometry::from_header_bytes(&hb, pool.len() as u64).unwrap();
-        let (start, len) = g.table_span(loc).unwrap();
-        let off = loc.offset as usize;
-        let th: [u8; TABLE_HEADER_SIZE] = pool[off..off + TABLE_HEADER_SIZE].try_into().unwrap();
-        let mut v = g
-            .check_table_header(loc, &TableHeader::from_le_bytes(&th))
-            .unwrap();
-        let fb = &pool[start as usize..(start + len) as usize];
-        v.update(fb).unwrap();
-        v.finish().unwrap();
-        let mut out = Vec::new();
-        for i in 0..loc.page_count {
-            let f = vmdedup_protocol::pool::frame_at(fb, i).unwrap();
-            let o = g.frame_offset(f).unwrap() as usize;
-            out.extend_from_slice(&pool[o..o + 4096]);
-        }
-        out.truncate(loc.file_size as usize);
-        out
-    })
-}
-
-fn expect_hit(r: HintResult) -> TableRef {
-    match r {
-        HintResult::Hit(l) => l,
-        other => panic!("expected a hit, got {other:?}"),
-    }
+    *hint_until_done(svc, vm, 1, path, id, 4).last().unwrap()
 }
 
 /// Sets a file's mtime (so a rewrite is a new version even within a tick).
@@ -149,7 +62,7 @@ fn a_changed_host_file_is_noticed_and_its_new_version_served() {
     set_mtime(&p, 1_000_000);
     let old_id = ident(&p);
     let l1 = expect_hit(hint(&svc, 1, b"lib.so", old_id));
-    assert_eq!(guest_read(&svc, &l1), old);
+    assert_eq!(guest_read(&svc, &l1).0, old);
 
     // The host file and the second guest's copy change together.
     let new: Vec<u8> = (0..5 * 4096 + 1).map(|i| (i % 239) as u8 ^ 0x5a).collect();
@@ -157,27 +70,27 @@ fn a_changed_host_file_is_noticed_and_its_new_version_served() {
     set_mtime(&p, 2_000_000);
     let new_id = ident(&p);
     assert_eq!(
-        svc.answer(2, &req(b"lib.so", new_id)),
+        svc.answer(2, &req(1, b"lib.so", new_id)),
         HintResult::Miss(MissReason::Loading),
         "a mismatch against a cached version looks again"
     );
     assert_eq!(svc.load_pending(), 1);
-    let l2 = expect_hit(svc.answer(2, &req(b"lib.so", new_id)));
+    let l2 = expect_hit(svc.answer(2, &req(1, b"lib.so", new_id)));
     assert_ne!(l2.file_map_id, l1.file_map_id);
-    assert_eq!(guest_read(&svc, &l2), new, "the new version is served");
+    assert_eq!(guest_read(&svc, &l2).0, new, "the new version is served");
     // The first guest's map stays valid, with the old bytes.
-    assert_eq!(guest_read(&svc, &l1), old);
+    assert_eq!(guest_read(&svc, &l1).0, old);
     // A guest that still has the old copy is now the one that differs: its
     // look again finds the current version stored, and loads nothing.
     let maps = svc.inspect_store(|s| s.counts().file_maps);
     assert_eq!(
-        svc.answer(1, &req(b"lib.so", old_id)),
+        svc.answer(1, &req(1, b"lib.so", old_id)),
         HintResult::Miss(MissReason::Loading)
     );
     assert_eq!(svc.load_pending(), 1);
     assert_eq!(svc.inspect_store(|s| s.counts().file_maps), maps);
     assert_eq!(
-        expect_hit(svc.answer(2, &req(b"lib.so", new_id))).file_map_id,
+        expect_hit(svc.answer(2, &req(1, b"lib.so", new_id))).file_map_id,
         l2.file_map_id
     );
 }
@@ -203,13 +116,13 @@ fn a_divergent_guest_rechecks_a_path_at_most_once_per_interval() {
     };
     for _ in 0..1000 {
         assert_eq!(
-            svc.answer(2, &req(b"f", other)),
+            svc.answer(2, &req(1, b"f", other)),
             HintResult::Miss(MissReason::IdentityMismatch)
         );
     }
     assert_eq!(svc.load_pending(), 0, "no load before the interval passed");
     // Other guests keep hitting the cached version meanwhile.
-    expect_hit(svc.answer(1, &req(b"f", id)));
+    expect_hit(svc.answer(1, &req(1, b"f", id)));
 }
 
 #[test]
@@ -232,7 +145,7 @@ fn a_vm_past_its_load_bound_is_told_loading_without_queueing() {
     for i in 0..100 {
         let path = format!("nope/{i}");
         assert_eq!(
-            svc.answer(1, &req(path.as_bytes(), none)),
+            svc.answer(1, &req(1, path.as_bytes(), none)),
             HintResult::Miss(MissReason::Loading)
         );
     }
@@ -241,20 +154,20 @@ fn a_vm_past_its_load_bound_is_told_loading_without_queueing() {
     // The other VM has a queue of its own.
     let id = ident(&dir.0.join("honest"));
     assert_eq!(
-        svc.answer(2, &req(b"honest", id)),
+        svc.answer(2, &req(1, b"honest", id)),
         HintResult::Miss(MissReason::Loading)
     );
     assert_eq!(svc.loads_in_flight(Some(2)), 1);
     assert_eq!(svc.load_pending(), 5);
-    expect_hit(svc.answer(2, &req(b"honest", id)));
+    expect_hit(svc.answer(2, &req(1, b"honest", id)));
     // What was refused is asked for again and loaded then.
     assert_eq!(
-        svc.answer(1, &req(b"nope/99", none)),
+        svc.answer(1, &req(1, b"nope/99", none)),
         HintResult::Miss(MissReason::Loading)
     );
     svc.load_pending();
     assert_eq!(
-        svc.answer(1, &req(b"nope/99", none)),
+        svc.answer(1, &req(1, b"nope/99", none)),
         HintResult::Miss(MissReason::NotFound)
     );
 }

@@ -9,52 +9,33 @@ use std::sync::Arc;
 
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
 use vmdedup_host_agent::domain::{Domain, Domains};
-use vmdedup_host_agent::namespace::{Namespace, NamespaceConfig};
-use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
+use vmdedup_host_agent::namespace::Namespace;
 use vmdedup_host_agent::service::{HintService, ServiceConfig};
 use vmdedup_host_agent::store::{PageStore, StoreConfig};
 use vmdedup_protocol::control::*;
 
+mod common;
+use common::service::{memfd_pool, ns_config};
+use common::TempDir;
+
 struct Agent {
-    dir: PathBuf,
+    _dir: TempDir,
     host: PathBuf,
     vm1: PathBuf,
     _rt: std::thread::JoinHandle<()>,
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn start(tag: &str) -> Agent {
-    let dir = std::env::temp_dir().join(format!("vmdedup-ctl-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = TempDir::new(&format!("ctl-{tag}"));
+    let dir = tmp.0.clone();
     std::fs::create_dir_all(dir.join("a/sub")).unwrap();
     std::fs::create_dir_all(dir.join("b")).unwrap();
     std::fs::write(dir.join("a/sub/f"), vec![7u8; 10_000]).unwrap();
     std::fs::write(dir.join("b/g"), vec![8u8; 5_000]).unwrap();
     let ns = |name: &str, id, dom: &str| {
-        Namespace::open(NamespaceConfig {
-            name: name.into(),
-            id,
-            dir: dir.join(name),
-            domains: vec![dom.into()],
-            mtime_granularity_ns: 1,
-            require_fingerprint: false,
-            warm_at_start: false,
-            always_loading: false,
-        })
-        .unwrap()
+        Namespace::open(ns_config(name, id, &dir.join(name), &[dom])).unwrap()
     };
-    let pool = PoolMemory::create(&PoolSpec {
-        backing: PoolBacking::Memfd,
-        size: 1 << 20,
-        table_area: 0,
-        generation: 5,
-    })
-    .unwrap();
+    let pool = memfd_pool(1 << 20, 0, 5);
     let domains = Domains::new(vec!["a".into(), "b".into()], Arc::default());
     let svc = HintService::with_stats(
         PageStore::new(pool, StoreConfig::default()),
@@ -127,7 +108,7 @@ fn start(tag: &str) -> Agent {
     });
     rx.recv().unwrap();
     Agent {
-        dir,
+        _dir: tmp,
         host,
         vm1,
         _rt: rt,

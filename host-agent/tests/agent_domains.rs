@@ -5,90 +5,17 @@
 //! depends on what a VM of another domain did; a domain's pool is created
 //! with its first VM and deleted with its last.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use vmdedup_host_agent::agent::{Agent, AgentOptions};
-use vmdedup_host_agent::config::{AgentConfig, DomainConfig, VmConfig};
-use vmdedup_host_agent::namespace::NamespaceConfig;
-use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
-use vmdedup_protocol::abi::{
-    AnswerStatus, CompletionEntry, SubmissionEntry, EVENT_REVOKE, OP_HOLD, OP_HOLDS_DONE,
-};
+use vmdedup_host_agent::config::{AgentConfig, DomainConfig};
+use vmdedup_protocol::abi::{AnswerStatus, EVENT_REVOKE, OP_HOLD, OP_HOLDS_DONE};
 use vmdedup_protocol::pool::header_off::{FRAMES_USED, REVOCATION_EPOCH};
 
 mod common;
+use common::agent::{agent_config, start_agent, vm, Guest};
+use common::service::ns_config;
 use common::{wait_for, TempDir};
-
-struct Guest {
-    ring: GuestRing,
-    next: u64,
-}
-
-impl Guest {
-    fn attach(path: &Path) -> Guest {
-        Guest {
-            ring: GuestRing::attach(Arc::new(SharedMapping::open(path).unwrap()), None).unwrap(),
-            next: 0,
-        }
-    }
-
-    /// One hint for `rel` of namespace `ns` (host copy `file`), answered.
-    fn ask(&mut self, ns: u32, rel: &str, file: &Path) -> CompletionEntry {
-        let md = std::fs::metadata(file).unwrap();
-        self.next += 1;
-        let e = SubmissionEntry {
-            request_id: self.next,
-            namespace_id: ns,
-            file_size: md.size(),
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            page_count: 1,
-            ..Default::default()
-        };
-        self.ring.stage(e, rel.as_bytes()).unwrap();
-        self.ring.publish();
-        let want = self.next;
-        wait_for("an answer", || {
-            let mut got = None;
-            self.ring.reap(|c| {
-                if c.request_id == want {
-                    got = Some(c);
-                }
-            });
-            got
-        })
-    }
-
-    /// Sends map operations (re-announced holds) and waits for the answer
-    /// to the last one.
-    fn map_ops(&mut self, ops: &[(u16, u64)]) {
-        for &(op, id) in ops {
-            self.next += 1;
-            self.ring.stage_map_op(self.next, op, id).unwrap();
-        }
-        self.ring.publish();
-        let want = self.next;
-        wait_for("the map ops' answer", || {
-            let mut got = None;
-            self.ring.reap(|c| {
-                if c.request_id == want {
-                    got = Some(c);
-                }
-            });
-            got
-        });
-    }
-
-    /// Hints until the answer is a hit.
-    fn hit(&mut self, ns: u32, rel: &str, file: &Path) -> CompletionEntry {
-        wait_for("a hit", || {
-            let c = self.ask(ns, rel, file);
-            (c.status == AnswerStatus::Hit as u16).then_some(c)
-        })
-    }
-}
 
 /// Whether `needle` occurs in the file at `path`.
 fn file_contains(path: &Path, needle: &[u8]) -> bool {
@@ -117,49 +44,6 @@ fn unique_bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn ns(name: &str, id: u32, dir: &Path, domains: &[&str]) -> NamespaceConfig {
-    NamespaceConfig {
-        name: name.into(),
-        id,
-        dir: dir.join(name),
-        domains: domains.iter().map(|d| d.to_string()).collect(),
-        mtime_granularity_ns: 1,
-        require_fingerprint: false,
-        warm_at_start: false,
-        always_loading: false,
-    }
-}
-
-fn vm(name: &str, domain: &str) -> VmConfig {
-    VmConfig {
-        name: name.into(),
-        domain: domain.into(),
-        guest_socket: None,
-        cid: None,
-        max_held: None,
-    }
-}
-
-fn start(config: AgentConfig) -> Agent {
-    start_gen(config, 4000)
-}
-
-fn start_gen(config: AgentConfig, generation: u64) -> Agent {
-    Agent::start(
-        config,
-        AgentOptions {
-            ring_size: 64 << 10,
-            pollers: PollerConfig {
-                threads: 1,
-                park_timeout: Some(Duration::from_millis(5)),
-                ..PollerConfig::default()
-            },
-            generation,
-        },
-    )
-    .unwrap()
-}
-
 #[test]
 fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     let tmp = TempDir::new("domains");
@@ -173,14 +57,9 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     std::fs::write(&common, &common_bytes).unwrap();
     std::fs::write(&secret, &secret_bytes).unwrap();
     let config = AgentConfig {
-        pool: dir.join("pool"),
-        pool_size: 4 << 20,
         // Room for the files, not for much more: domain A's pressure below.
         budget: 0,
-        workers: 1,
         ack_timeout_ms: 60_000,
-        control_socket: dir.join("control.sock"),
-        ring_dir: dir.clone(),
         domains: [(
             "tenant-a".to_string(),
             DomainConfig {
@@ -189,15 +68,18 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
             },
         )]
         .into(),
-        namespaces: vec![
-            ns("common", 1, &dir, &["tenant-a", "tenant-b"]),
-            ns("secret", 2, &dir, &["tenant-a"]),
-        ],
-        vms: vec![vm("vm1", "tenant-a"), vm("vm2", "tenant-b")],
-        ..AgentConfig::default()
+        ..agent_config(
+            &dir,
+            4 << 20,
+            vec![
+                ns_config("common", 1, &dir.join("common"), &["tenant-a", "tenant-b"]),
+                ns_config("secret", 2, &dir.join("secret"), &["tenant-a"]),
+            ],
+            vec![vm("vm1", "tenant-a"), vm("vm2", "tenant-b")],
+        )
     };
     let (pool_a, pool_b) = (dir.join("pool.tenant-a"), dir.join("pool.tenant-b"));
-    let agent = start(config.clone());
+    let agent = start_agent(config.clone(), 4000);
 
     // One pool file per domain in use, of the domain's size; none for the
     // unused default domain.
@@ -214,8 +96,8 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     let mut g2 = Guest::attach(&config.ring_path("vm2"));
 
     // VM 1 loads both files into A's pool.
-    let c1 = g1.hit(1, "lib.so", &common);
-    g1.hit(2, "key", &secret);
+    let c1 = g1.hit(1, "lib.so", &common, 1);
+    g1.hit(2, "key", &secret, 1);
     assert!(file_contains(&pool_a, &secret_bytes[..64]));
     assert!(file_contains(&pool_a, &common_bytes[4096..4160]));
     // Nothing of it is in B's pool: not the secret, not the common file,
@@ -230,7 +112,7 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     // shows nothing of VM 1.
     let before = agent.domains().status(Some(2));
     assert_eq!(
-        g2.ask(1, "lib.so", &common).status,
+        g2.ask(1, "lib.so", &common, 1).status,
         AnswerStatus::Loading as u16,
         "the hit / loading answer must not tell VM 2 that VM 1 loaded the file"
     );
@@ -243,10 +125,10 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     assert_eq!(before.vms.len(), 1);
     // Its namespace may not be used from B.
     assert_eq!(
-        g2.ask(2, "key", &secret).status,
+        g2.ask(2, "key", &secret, 1).status,
         AnswerStatus::NamespaceNotAllowed as u16
     );
-    let c2 = g2.hit(1, "lib.so", &common);
+    let c2 = g2.hit(1, "lib.so", &common, 1);
     // The common file is loaded into B's pool too, as a map of B's pool.
     assert!(file_contains(&pool_b, &common_bytes[4096..4160]));
     assert!(!file_contains(&pool_b, &secret_bytes[..64]));
@@ -275,7 +157,7 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     let before_b = agent.domains().status(Some(2));
     let big = dir.join("common/big");
     std::fs::write(&big, unique_bytes(3, 10 * 4096)).unwrap();
-    let _ = g1.ask(1, "big", &big);
+    let _ = g1.ask(1, "big", &big, 1);
     let mut revoked = Vec::new();
     wait_for("a revocation in A", || {
         g1.ring.reap_events(|e| {
@@ -321,21 +203,17 @@ fn a_restarted_agent_adopts_each_domains_pool_and_waits_for_its_own_vms() {
     std::fs::create_dir_all(dir.join("common")).unwrap();
     let f = dir.join("common/f");
     std::fs::write(&f, unique_bytes(7, 2 * 4096)).unwrap();
-    let config = AgentConfig {
-        pool: dir.join("pool"),
-        pool_size: 2 << 20,
-        workers: 1,
-        control_socket: dir.join("control.sock"),
-        ring_dir: dir.clone(),
-        namespaces: vec![ns("common", 1, &dir, &["*"])],
-        vms: vec![vm("vm1", "tenant-a"), vm("vm2", "tenant-b")],
-        ..AgentConfig::default()
-    };
-    let old = start_gen(config.clone(), 1000);
+    let config = agent_config(
+        &dir,
+        2 << 20,
+        vec![ns_config("common", 1, &dir.join("common"), &["*"])],
+        vec![vm("vm1", "tenant-a"), vm("vm2", "tenant-b")],
+    );
+    let old = start_agent(config.clone(), 1000);
     let mut g1 = Guest::attach(&config.ring_path("vm1"));
     let mut g2 = Guest::attach(&config.ring_path("vm2"));
-    let m1 = g1.hit(1, "f", &f).file_map_id;
-    let m2 = g2.hit(1, "f", &f).file_map_id;
+    let m1 = g1.hit(1, "f", &f, 1).file_map_id;
+    let m2 = g2.hit(1, "f", &f, 1).file_map_id;
     let before = (
         std::fs::read(dir.join("pool.tenant-a")).unwrap(),
         std::fs::read(dir.join("pool.tenant-b")).unwrap(),
@@ -343,7 +221,7 @@ fn a_restarted_agent_adopts_each_domains_pool_and_waits_for_its_own_vms() {
     old.abandon();
     drop(old);
 
-    let agent = start_gen(config.clone(), 2000);
+    let agent = start_agent(config.clone(), 2000);
     let pinned = |d: &str| {
         agent
             .domains()

@@ -3,17 +3,14 @@
 //! keeps every table live and every ring connected, and frees what the old
 //! agent's tables named only after every VM re-announced its maps.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use vmdedup_host_agent::agent::{Agent, AgentOptions};
-use vmdedup_host_agent::config::{AgentConfig, VmConfig};
-use vmdedup_host_agent::namespace::NamespaceConfig;
-use vmdedup_host_agent::ring::{GuestRing, PollerConfig, SharedMapping};
+use vmdedup_host_agent::agent::Agent;
+use vmdedup_host_agent::config::AgentConfig;
+use vmdedup_host_agent::ring::SharedMapping;
+use vmdedup_host_agent::store::PageStore;
 use vmdedup_protocol::abi::{
-    AnswerStatus, CompletionEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE, EVENT_REVOKE,
+    AnswerStatus, CompletionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE, EVENT_REVOKE,
     NOTICE_REANNOUNCE, OP_ACK_REVOKE, OP_HOLD, OP_HOLDS_DONE,
 };
 use vmdedup_protocol::pool::{
@@ -21,120 +18,28 @@ use vmdedup_protocol::pool::{
 };
 
 mod common;
+use common::agent::{agent_config, start_agent, vm, Guest};
+use common::service::ns_config;
 use common::{wait_for, TempDir};
 
-struct Guest {
-    ring: GuestRing,
-    req: u64,
-    events: Vec<(u16, u32, u64)>,
-}
-
-impl Guest {
-    fn attach(path: &Path) -> Guest {
-        Guest {
-            ring: GuestRing::attach(Arc::new(SharedMapping::open(path).unwrap()), None).unwrap(),
-            req: 0,
-            events: Vec::new(),
-        }
-    }
-
-    /// Hints `rel` until the answer is a hit.
-    fn hit(&mut self, dir: &Path, rel: &str) -> CompletionEntry {
-        let md = std::fs::metadata(dir.join("a").join(rel)).unwrap();
-        wait_for("a hit", || {
-            self.req += 1;
-            let e = SubmissionEntry {
-                request_id: self.req,
-                namespace_id: 1,
-                file_size: md.size(),
-                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                ..Default::default()
-            };
-            self.ring.stage(e, rel.as_bytes()).unwrap();
-            self.ring.publish();
-            let c = self.answer(self.req);
-            (c.status == AnswerStatus::Hit as u16).then_some(c)
-        })
-    }
-
-    fn answer(&mut self, want: u64) -> CompletionEntry {
-        wait_for("an answer", || {
-            let mut got = None;
-            self.ring.reap(|c| {
-                if c.request_id == want {
-                    got = Some(c);
-                }
-            });
-            got
-        })
-    }
-
-    /// Sends map operations and waits for their answers.
-    fn map_ops(&mut self, ops: &[(u16, u64)]) {
-        for &(op, id) in ops {
-            self.req += 1;
-            self.ring.stage_map_op(self.req, op, id).unwrap();
-        }
-        self.ring.publish();
-        let last = self.answer(self.req);
-        assert_eq!(last.flags, ANSWER_FLAG_MAP_OP);
-        assert_eq!(last.status, AnswerStatus::Hit as u16);
-    }
-
-    /// Waits for an event matching `f` (keeping every event seen).
-    fn event(&mut self, what: &str, f: impl Fn(&(u16, u32, u64)) -> bool) -> (u16, u32, u64) {
-        wait_for(what, || {
-            self.ring
-                .reap_events(|e| self.events.push((e.kind, e.notice, e.file_map_id)));
-            self.events.iter().copied().find(|e| f(e))
-        })
-    }
+/// Sends map operations and checks that the last one was answered as a
+/// map operation, successfully.
+fn map_ops(guest: &mut Guest, ops: &[(u16, u64)]) {
+    let last = guest.map_ops(ops);
+    assert_eq!(last.flags, ANSWER_FLAG_MAP_OP);
+    assert_eq!(last.status, AnswerStatus::Hit as u16);
 }
 
 fn config(dir: &Path) -> AgentConfig {
-    let vm = |name: &str| VmConfig {
-        name: name.into(),
-        domain: "default".into(),
-        guest_socket: None,
-        cid: None,
-        max_held: None,
-    };
     AgentConfig {
-        pool: dir.join("pool"),
-        pool_size: 4 << 20,
         ack_timeout_ms: 60_000,
-        workers: 1,
-        control_socket: dir.join("control.sock"),
-        ring_dir: dir.to_path_buf(),
-        namespaces: vec![NamespaceConfig {
-            name: "a".into(),
-            id: 1,
-            dir: dir.join("a"),
-            domains: vec!["default".into()],
-            mtime_granularity_ns: 1,
-            require_fingerprint: false,
-            warm_at_start: false,
-            always_loading: false,
-        }],
-        vms: vec![vm("vm1"), vm("vm2")],
-        ..AgentConfig::default()
+        ..agent_config(
+            dir,
+            4 << 20,
+            vec![ns_config("a", 1, &dir.join("a"), &["default"])],
+            vec![vm("vm1", "default"), vm("vm2", "default")],
+        )
     }
-}
-
-fn start(config: &AgentConfig, generation: u64) -> Agent {
-    Agent::start(
-        config.clone(),
-        AgentOptions {
-            ring_size: 64 << 10,
-            pollers: PollerConfig {
-                threads: 1,
-                park_timeout: Some(Duration::from_millis(5)),
-                ..PollerConfig::default()
-            },
-            generation,
-        },
-    )
-    .unwrap()
 }
 
 fn content(seed: u8, len: usize) -> Vec<u8> {
@@ -171,20 +76,27 @@ fn read_through(pool: &Path, c: &CompletionEntry) -> Vec<u8> {
     out
 }
 
+/// A scratch directory with namespace "a" created in it, and the config over it.
+fn scratch(tag: &str) -> (TempDir, PathBuf, AgentConfig) {
+    let tmp = TempDir::new(tag);
+    let dir = tmp.0.clone();
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let cfg = config(&dir);
+    (tmp, dir, cfg)
+}
+
+/// `f` run on the page store of `agent`'s default domain.
+fn in_store<R>(agent: &Agent, f: impl FnOnce(&PageStore) -> R) -> R {
+    agent.domains().service("default").unwrap().inspect_store(f)
+}
+
 fn frames_of(agent: &Agent, id: u64) -> Vec<u32> {
-    agent
-        .domains()
-        .service("default")
-        .unwrap()
-        .inspect_store(|s| s.frames_of(id).map(<[u32]>::to_vec))
-        .unwrap()
+    in_store(agent, |s| s.frames_of(id).map(<[u32]>::to_vec)).unwrap()
 }
 
 #[test]
 fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
-    let tmp = TempDir::new("restart");
-    let dir: PathBuf = tmp.0.clone();
-    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let (_tmp, dir, cfg) = scratch("restart");
     let (f, g, h) = (
         content(3, 5 * 4096 + 77),
         content(5, 2 * 4096),
@@ -193,15 +105,14 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
     std::fs::write(dir.join("a/f"), &f).unwrap();
     std::fs::write(dir.join("a/g"), &g).unwrap();
     std::fs::write(dir.join("a/h"), &h).unwrap();
-    let cfg = config(&dir);
     let pool = cfg.pool.clone();
 
-    let old = start(&cfg, 1000);
+    let old = start_agent(cfg.clone(), 1000);
     let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
     let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
     let generations = (vm1.ring.generation(), vm2.ring.generation());
-    let a = vm1.hit(&dir, "f");
-    let b = vm1.hit(&dir, "g");
+    let a = vm1.hit(1, "f", &dir.join("a/f"), 0);
+    let b = vm1.hit(1, "g", &dir.join("a/g"), 0);
     assert_eq!(read_through(&pool, &a), f);
     // `g` is being revoked when the agent dies: vm1 got the event but has
     // not acknowledged (it still maps the frames).
@@ -215,7 +126,7 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
     // The crash, and a new agent over the same files.
     old.abandon();
     drop(old);
-    let agent = start(&cfg, 2000);
+    let agent = start_agent(cfg.clone(), 2000);
     let after = std::fs::read(&pool).unwrap();
     assert_eq!(
         after[4096..],
@@ -235,64 +146,43 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
             *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
         });
     }
-    assert_eq!(
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned()),
-        Some((8, vec![1, 2]))
-    );
+    assert_eq!(in_store(&agent, |s| s.pinned()), Some((8, vec![1, 2])));
     // The held map still reads right through its table.
     assert_eq!(read_through(&pool, &a), f);
     assert_eq!(frames_of(&agent, a.file_map_id), old_frames_a);
 
     // New hints work at once: `f` again gets a new map on the same frames
     // (content index), `h` takes new frames and overwrites nothing.
-    let a2 = vm2.hit(&dir, "f");
+    let a2 = vm2.hit(1, "f", &dir.join("a/f"), 0);
     assert!(a2.file_map_id > b.file_map_id, "ids are not reused");
     assert_eq!(frames_of(&agent, a2.file_map_id), old_frames_a);
-    let c = vm2.hit(&dir, "h");
+    let c = vm2.hit(1, "h", &dir.join("a/h"), 0);
     assert_eq!(read_through(&pool, &c), h);
     assert_eq!(read_through(&pool, &a), f);
 
     // vm1 re-announces both; `g` is not live any more, so it is revoked
     // for vm1 again and the pins wait for the acknowledgement.
-    vm1.map_ops(&[
-        (OP_HOLD, a.file_map_id),
-        (OP_HOLD, b.file_map_id),
-        (OP_HOLDS_DONE, 1999),
-        (OP_HOLDS_DONE, 2000),
-    ]);
+    map_ops(
+        &mut vm1,
+        &[
+            (OP_HOLD, a.file_map_id),
+            (OP_HOLD, b.file_map_id),
+            (OP_HOLDS_DONE, 1999),
+            (OP_HOLDS_DONE, 2000),
+        ],
+    );
     vm1.events.clear();
     vm1.event("g revoked again", |e| {
         *e == (EVENT_REVOKE, 0, b.file_map_id)
     });
-    vm2.map_ops(&[(OP_HOLDS_DONE, 2000)]);
-    assert_eq!(
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned()),
-        Some((8, vec![]))
-    );
-    vm1.map_ops(&[(OP_ACK_REVOKE, b.file_map_id)]);
+    map_ops(&mut vm2, &[(OP_HOLDS_DONE, 2000)]);
+    assert_eq!(in_store(&agent, |s| s.pinned()), Some((8, vec![])));
+    map_ops(&mut vm1, &[(OP_ACK_REVOKE, b.file_map_id)]);
     wait_for("the pins to go", || {
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned())
-            .is_none()
-            .then_some(())
+        in_store(&agent, |s| s.pinned()).is_none().then_some(())
     });
     assert_eq!(read_through(&pool, &a), f);
-    assert!(agent
-        .domains()
-        .service("default")
-        .unwrap()
-        .inspect_store(|s| s.frames_of(b.file_map_id).is_none()));
+    assert!(in_store(&agent, |s| s.frames_of(b.file_map_id).is_none()));
 
     // vm1's hold of the adopted map is a real one: evicting everything
     // revokes it for vm1 (adopted maps have no path: the agent does not
@@ -307,16 +197,13 @@ fn a_restarted_agent_adopts_the_pool_and_guests_keep_their_maps() {
 
 #[test]
 fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
-    let tmp = TempDir::new("restart-reinit");
-    let dir: PathBuf = tmp.0.clone();
-    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let (_tmp, dir, cfg) = scratch("restart-reinit");
     let f = content(9, 2 * 4096 + 1);
     std::fs::write(dir.join("a/f"), &f).unwrap();
-    let cfg = config(&dir);
-    let old = start(&cfg, 1000);
+    let old = start_agent(cfg.clone(), 1000);
     let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
     let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
-    let a = vm2.hit(&dir, "f");
+    let a = vm2.hit(1, "f", &dir.join("a/f"), 0);
     let first = vm2.ring.generation();
     old.abandon();
     drop(old);
@@ -325,65 +212,38 @@ fn a_ring_that_does_not_validate_starts_over_and_its_first_entry_counts() {
     m.word(vmdedup_protocol::abi::ring_off::SQ_TAIL)
         .unwrap()
         .fetch_add(1 << 30, std::sync::atomic::Ordering::Relaxed);
-    let agent = start(&cfg, 2000);
+    let agent = start_agent(cfg.clone(), 2000);
     let mut vm2 = Guest::attach(&cfg.ring_path("vm2"));
     assert_ne!(vm2.ring.generation(), first, "re-initialised");
-    assert_eq!(
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned()),
-        Some((3, vec![1, 2]))
-    );
+    assert_eq!(in_store(&agent, |s| s.pinned()), Some((3, vec![1, 2])));
     // Its first hint on the new ring is its re-announcement.
-    let a2 = vm2.hit(&dir, "f");
+    let a2 = vm2.hit(1, "f", &dir.join("a/f"), 0);
     assert_eq!(read_through(&cfg.pool, &a2), f);
-    assert_eq!(
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned()),
-        Some((3, vec![1]))
-    );
+    assert_eq!(in_store(&agent, |s| s.pinned()), Some((3, vec![1])));
     vm1.event("the re-announce notice", |e| {
         *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
     });
-    vm1.map_ops(&[(OP_HOLDS_DONE, 2000)]);
+    map_ops(&mut vm1, &[(OP_HOLDS_DONE, 2000)]);
     wait_for("the pins to go", || {
-        agent
-            .domains()
-            .service("default")
-            .unwrap()
-            .inspect_store(|s| s.pinned())
-            .is_none()
-            .then_some(())
+        in_store(&agent, |s| s.pinned()).is_none().then_some(())
     });
     // Nobody re-announced the old map: it is gone, the new one serves.
-    assert!(agent
-        .domains()
-        .service("default")
-        .unwrap()
-        .inspect_store(|s| s.frames_of(a.file_map_id).is_none()));
+    assert!(in_store(&agent, |s| s.frames_of(a.file_map_id).is_none()));
     assert_eq!(read_through(&cfg.pool, &a2), f);
     agent.shutdown();
 }
 
 #[test]
 fn a_stopped_agent_leaves_the_maps_to_the_next_one() {
-    let tmp = TempDir::new("restart-graceful");
-    let dir: PathBuf = tmp.0.clone();
-    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let (_tmp, dir, cfg) = scratch("restart-graceful");
     let f = content(11, 4 * 4096);
     std::fs::write(dir.join("a/f"), &f).unwrap();
-    let cfg = config(&dir);
-    let old = start(&cfg, 1000);
+    let old = start_agent(cfg.clone(), 1000);
     let mut vm1 = Guest::attach(&cfg.ring_path("vm1"));
-    let a = vm1.hit(&dir, "f");
+    let a = vm1.hit(1, "f", &dir.join("a/f"), 0);
     old.shutdown();
     drop(old);
-    let agent = start(&cfg, 2000);
+    let agent = start_agent(cfg.clone(), 2000);
     vm1.event("the re-announce notice", |e| {
         *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
     });
@@ -398,33 +258,25 @@ fn a_stopped_agent_leaves_the_maps_to_the_next_one() {
 
 #[test]
 fn a_vm_added_at_run_time_is_waited_for_after_a_restart() {
-    let tmp = TempDir::new("restart-added");
-    let dir: PathBuf = tmp.0.clone();
-    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let (_tmp, dir, cfg) = scratch("restart-added");
     let f = content(13, 3 * 4096);
     std::fs::write(dir.join("a/f"), &f).unwrap();
-    let cfg = config(&dir);
-    let old = start(&cfg, 1000);
+    let old = start_agent(cfg.clone(), 1000);
     old.add_vm("vm3", "default").unwrap();
     let mut vm3 = Guest::attach(&cfg.ring_path("vm3"));
-    let a = vm3.hit(&dir, "f");
+    let a = vm3.hit(1, "f", &dir.join("a/f"), 0);
     old.abandon();
     drop(old);
 
     // The new agent knows vm3 from the file the old one wrote, gives it the
     // same id, takes its ring over and waits for it as for the configured
     // VMs: its map's frames stay pinned until it re-announced.
-    let agent = start(&cfg, 2000);
+    let agent = start_agent(cfg.clone(), 2000);
     assert_eq!(agent.domains().vm_id("vm3"), Some(3));
     vm3.event("the re-announce notice", |e| {
         *e == (EVENT_NOTICE, NOTICE_REANNOUNCE, 2000)
     });
-    let (frames, waiting) = agent
-        .domains()
-        .service("default")
-        .unwrap()
-        .inspect_store(|s| s.pinned())
-        .expect("pinned after the adoption");
+    let (frames, waiting) = in_store(&agent, |s| s.pinned()).expect("pinned after the adoption");
     assert!(frames >= 3, "{frames}");
     assert!(waiting.contains(&3), "{waiting:?}");
     assert_eq!(read_through(&cfg.pool, &a), f);
@@ -433,7 +285,7 @@ fn a_vm_added_at_run_time_is_waited_for_after_a_restart() {
     agent.remove_vm("vm3").unwrap();
     agent.abandon();
     drop(agent);
-    let third = start(&cfg, 3000);
+    let third = start_agent(cfg.clone(), 3000);
     assert_eq!(third.domains().vm_id("vm3"), None);
     third.shutdown();
 }

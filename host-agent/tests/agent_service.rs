@@ -9,30 +9,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vmdedup_host_agent::namespace::{GuestIdentity, Namespace, NamespaceConfig, ResolveMode};
-use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
-use vmdedup_host_agent::ring::Hint;
 use vmdedup_host_agent::service::{
     answer_status, EventSink, HintResult, HintService, ServiceConfig,
 };
 use vmdedup_host_agent::store::{PageStore, StoreConfig, VmId};
 use vmdedup_protocol::abi::AnswerStatus;
 use vmdedup_protocol::control::MissReason;
-use vmdedup_protocol::pool::{PoolGeometry, TableHeader, TableRef, TABLE_HEADER_SIZE};
+use vmdedup_protocol::pool::TableRef;
 
 mod common;
+use common::service::{
+    content, expect_hit, guest_read, hint_until_done, ident, memfd_pool, ns_config, req,
+    service_over,
+};
 use common::TempDir;
-
-fn content(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 #[derive(Default)]
 struct Events(Mutex<Vec<(char, VmId, u64)>>);
@@ -57,49 +47,21 @@ fn setup(budget_frames: u64, mode: ResolveMode) -> Setup {
     let a = TempDir::new("ns-a");
     let b = TempDir::new("ns-b");
     let ns = |name: &str, id, dir: &Path, dom: &str| {
-        Namespace::open_with(
-            NamespaceConfig {
-                name: name.into(),
-                id,
-                dir: dir.to_path_buf(),
-                domains: vec![dom.into()],
-                mtime_granularity_ns: 1,
-                require_fingerprint: false,
-                warm_at_start: false,
-                always_loading: false,
-            },
-            mode,
-        )
-        .unwrap()
+        Namespace::open_with(ns_config(name, id, dir, &[dom]), mode).unwrap()
     };
     let namespaces = vec![ns("a", 1, &a.0, "default"), ns("b", 2, &b.0, "other")];
-    let pool = PoolMemory::create(&PoolSpec {
-        backing: PoolBacking::Memfd,
-        size: 4 << 20,
-        table_area: 64 << 10,
-        generation: 77,
-    })
-    .unwrap();
-    let store = PageStore::new(
-        pool,
-        StoreConfig {
-            budget_frames,
-            ack_timeout_ms: 1_000_000,
-            ..StoreConfig::default()
-        },
-    );
-    let svc = HintService::new(
-        store,
-        namespaces,
-        ServiceConfig {
-            workers: 0,
-            chunk_pages: 3,
-            retry_after_ms: 0,
-            ..ServiceConfig::default()
-        },
-    );
-    svc.add_vm(1, "vm1", "default").unwrap();
-    svc.add_vm(2, "vm2", "default").unwrap();
+    let store = StoreConfig {
+        budget_frames,
+        ack_timeout_ms: 1_000_000,
+        ..StoreConfig::default()
+    };
+    let cfg = ServiceConfig {
+        workers: 0,
+        chunk_pages: 3,
+        retry_after_ms: 0,
+        ..ServiceConfig::default()
+    };
+    let svc = service_over(namespaces, 77, store, cfg);
     svc.add_vm(3, "vm3", "other").unwrap();
     let events = Arc::new(Events::default());
     svc.set_event_sink(events.clone());
@@ -110,80 +72,9 @@ fn setup(budget_frames: u64, mode: ResolveMode) -> Setup {
     }
 }
 
-fn ident(p: &Path) -> GuestIdentity {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).unwrap();
-    GuestIdentity {
-        size: m.size(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        fingerprint: None,
-    }
-}
-
-/// A hint for `path` of namespace `ns`, by a guest whose copy is `id`.
-fn req(ns: u32, path: &[u8], id: GuestIdentity) -> Hint<'_> {
-    Hint {
-        request_id: 0,
-        namespace_id: ns,
-        path,
-        file_size: id.size,
-        mtime_ns: id.mtime_ns,
-        ctime_ns: 0,
-        inode: 0,
-        first_page: 0,
-        page_count: 0,
-        fingerprint: id.fingerprint,
-    }
-}
-
 /// Hints until the answer is no longer "loading" (running the loader in between).
 fn hint(svc: &HintService, vm: VmId, ns: u32, path: &[u8], id: GuestIdentity) -> HintResult {
-    for _ in 0..3 {
-        let r = svc.answer(vm, &req(ns, path, id));
-        if r != HintResult::Miss(MissReason::Loading) {
-            return r;
-        }
-        svc.load_pending();
-    }
-    panic!("still loading");
-}
-
-/// What a guest does with a hit: validate the table and read the file out of the frames.
-fn guest_read(svc: &HintService, loc: &TableRef) -> (Vec<u8>, Vec<u32>) {
-    svc.inspect_store(|s| {
-        let pool = s.pool().bytes();
-        let hb: [u8; 128] = pool[..128].try_into().unwrap();
-        let g = PoolGeometry::from_header_bytes(&hb, pool.len() as u64).unwrap();
-        let r = *loc;
-        let (start, len) = g.table_span(&r).unwrap();
-        let th: [u8; TABLE_HEADER_SIZE] = pool
-            [loc.offset as usize..loc.offset as usize + TABLE_HEADER_SIZE]
-            .try_into()
-            .unwrap();
-        let mut v = g
-            .check_table_header(&r, &TableHeader::from_le_bytes(&th))
-            .unwrap();
-        let fb = &pool[start as usize..(start + len) as usize];
-        v.update(fb).unwrap();
-        v.finish().unwrap();
-        let mut out = Vec::new();
-        let mut frames = Vec::new();
-        for i in 0..loc.page_count {
-            let f = vmdedup_protocol::pool::frame_at(fb, i).unwrap();
-            frames.push(f);
-            let off = g.frame_offset(f).unwrap() as usize;
-            out.extend_from_slice(&pool[off..off + 4096]);
-        }
-        out.truncate(loc.file_size as usize);
-        (out, frames)
-    })
-}
-
-fn expect_hit(r: HintResult) -> TableRef {
-    match r {
-        HintResult::Hit(l) => l,
-        other => panic!("expected a hit, got {other:?}"),
-    }
+    *hint_until_done(svc, vm, ns, path, id, 3).last().unwrap()
 }
 
 #[test]
@@ -538,24 +429,8 @@ fn agent_warm_then_first_hint_hits_and_evict() {
 fn agent_loader_threads_serve_hints() {
     let a = TempDir::new("threads");
     std::fs::write(a.0.join("f"), content(5, 70_000)).unwrap();
-    let ns = Namespace::open(NamespaceConfig {
-        name: "a".into(),
-        id: 1,
-        dir: a.0.clone(),
-        domains: vec!["*".into()],
-        mtime_granularity_ns: 1,
-        require_fingerprint: false,
-        warm_at_start: false,
-        always_loading: false,
-    })
-    .unwrap();
-    let pool = PoolMemory::create(&PoolSpec {
-        backing: PoolBacking::Memfd,
-        size: 1 << 20,
-        table_area: 0,
-        generation: 1,
-    })
-    .unwrap();
+    let ns = Namespace::open(ns_config("a", 1, &a.0, &["*"])).unwrap();
+    let pool = memfd_pool(1 << 20, 0, 1);
     let svc = HintService::new(
         PageStore::new(pool, StoreConfig::default()),
         vec![ns],
@@ -648,23 +523,11 @@ fn agent_require_fingerprint_misses_hints_without_one() {
     let data = content(9, 10_000);
     std::fs::write(a.0.join("f"), &data).unwrap();
     let ns = Namespace::open(NamespaceConfig {
-        name: "a".into(),
-        id: 1,
-        dir: a.0.clone(),
-        domains: vec!["*".into()],
-        mtime_granularity_ns: 1,
         require_fingerprint: true,
-        warm_at_start: false,
-        always_loading: false,
+        ..ns_config("a", 1, &a.0, &["*"])
     })
     .unwrap();
-    let pool = PoolMemory::create(&PoolSpec {
-        backing: PoolBacking::Memfd,
-        size: 1 << 20,
-        table_area: 0,
-        generation: 1,
-    })
-    .unwrap();
+    let pool = memfd_pool(1 << 20, 0, 1);
     let svc = HintService::new(
         PageStore::new(pool, StoreConfig::default()),
         vec![ns],

@@ -3,13 +3,15 @@
 //! runs with it, and `qemu-args --config` prints the devices a VM needs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-use vmdedup_host_agent::config::{AgentConfig, VmConfig};
+use vmdedup_host_agent::config::AgentConfig;
 use vmdedup_host_agent::namespace::NamespaceConfig;
 
 mod common;
+use common::agent::vm;
+use common::process::spawn_agent;
+use common::service::ns_config;
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
@@ -73,21 +75,8 @@ fn write_guest_run_config(dir: &Path) -> (PathBuf, AgentConfig) {
     ]);
     assert_eq!(out, "", "with -o nothing goes to standard output");
     let ns = |name: &str, id, dir: &Path, domains: &[&str]| NamespaceConfig {
-        name: name.into(),
-        id,
-        dir: dir.to_path_buf(),
-        domains: domains.iter().map(|d| d.to_string()).collect(),
         mtime_granularity_ns: 1_000_000_000,
-        require_fingerprint: false,
-        warm_at_start: false,
-        always_loading: false,
-    };
-    let vm = |name: &str, domain: &str| VmConfig {
-        name: name.into(),
-        domain: domain.into(),
-        guest_socket: None,
-        cid: None,
-        max_held: None,
+        ..ns_config(name, id, dir, domains)
     };
     let want = AgentConfig {
         pool,
@@ -173,42 +162,18 @@ fn config_new_says_what_is_wrong() {
     }
 }
 
-/// Stops the agent when the test ends, however it ends.
-struct Agent(Child);
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of a child this test started and has
-        // not reaped yet, so the pid cannot name another process.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn serve_runs_with_the_written_config() {
     let d = TempDir::new("cli-serve");
     let (file, want) = write_guest_run_config(&d.0);
-    let child = Command::new(BIN)
-        .args(["serve", "--config", s(&file), "--ring-size", "64K"])
-        .env("VMDEDUP_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut agent = Agent(child);
-    // Generous: the machine may be busy; this only bounds a broken agent.
-    let give_up = Instant::now() + Duration::from_secs(120);
-    while !want.control_socket.exists() {
-        assert!(
-            agent.0.try_wait().unwrap().is_none(),
-            "the agent exited with the written configuration"
-        );
-        assert!(
-            Instant::now() < give_up,
-            "the agent never opened its socket"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config", s(&file), "--ring-size", "64K"])
+        .env("VMDEDUP_LOG", "warn");
+    let _agent = spawn_agent(
+        cmd,
+        &want.control_socket,
+        "the agent exited with the written configuration",
+    );
     let vms = ok_stdout(&["vms", "--control", s(&want.control_socket)]);
     let rows: Vec<Vec<&str>> = vms
         .lines()

@@ -9,13 +9,14 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use vmdedup_host_agent::hostfile::group_id;
 use vmdedup_host_agent::region;
 
 mod common;
+use common::process::{spawn_agent, AgentProcess};
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
@@ -101,7 +102,7 @@ impl Paths {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut agent = Agent(child);
+        let mut agent = AgentProcess(child);
         let give_up = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(st) = agent.0.try_wait().unwrap() {
@@ -120,29 +121,14 @@ impl Paths {
     }
 
     /// Starts an agent and waits until its control socket answers.
-    fn start(&self, extra: &[&str]) -> Agent {
-        let child = self
-            .serve(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut agent = Agent(child);
-        // Generous: the machine may be busy; this only bounds a broken agent.
-        let give_up = Instant::now() + Duration::from_secs(120);
-        while !self.control.exists() {
-            assert!(
-                agent.0.try_wait().unwrap().is_none(),
-                "the agent exited before it opened its control socket"
-            );
-            assert!(
-                Instant::now() < give_up,
-                "the agent never opened its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        agent
+    fn start(&self, extra: &[&str]) -> AgentProcess {
+        let mut cmd = self.serve(extra);
+        cmd.stdin(Stdio::null());
+        spawn_agent(
+            cmd,
+            &self.control,
+            "the agent exited before it opened its control socket",
+        )
     }
 
     fn status(&self) -> Output {
@@ -150,19 +136,6 @@ impl Paths {
             .args(["status", "--control", s(&self.control)])
             .output()
             .unwrap()
-    }
-}
-
-/// Stops the agent when the test ends, however it ends.
-struct Agent(Child);
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: kill(2) on the pid of a child this test started and
-            // has not reaped yet, so the pid cannot name another process.
-            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        }
-        let _ = self.0.wait();
     }
 }
 

@@ -7,131 +7,37 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
-use vmdedup_host_agent::agent::{Agent, AgentOptions};
-use vmdedup_host_agent::config::{AgentConfig, VmConfig};
+use vmdedup_host_agent::config::AgentConfig;
 use vmdedup_host_agent::control::{handle_request, Caller, ControlContext};
 use vmdedup_host_agent::domain::Domains;
 use vmdedup_host_agent::namespace::{GuestIdentity, Namespace, NamespaceConfig, ResolveMode};
-use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
-use vmdedup_host_agent::ring::poller::PollerConfig;
-use vmdedup_host_agent::ring::Hint;
 use vmdedup_host_agent::service::{HintResult, HintService, ServiceConfig};
-use vmdedup_host_agent::store::{PageStore, StoreConfig, VmId};
+use vmdedup_host_agent::store::{StoreConfig, VmId};
 use vmdedup_protocol::control::{bounded_str, MissReason, Request, Response};
 
 mod common;
+use common::agent::{agent_config, start_agent, vm};
+use common::service::{content, hint_until_done, ident, is_hit, ns_config, req, service_over};
 use common::TempDir;
-
-/// `len` bytes that differ from page to page and from seed to seed.
-fn content(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn ns_config(name: &str, id: u32, dir: &Path) -> NamespaceConfig {
-    NamespaceConfig {
-        name: name.into(),
-        id,
-        dir: dir.to_path_buf(),
-        domains: vec!["default".into()],
-        mtime_granularity_ns: 1,
-        require_fingerprint: false,
-        warm_at_start: false,
-        always_loading: false,
-    }
-}
 
 /// A service (no loader threads: tests run loads) over `namespaces`, with
 /// VMs 1 and 2 in domain default and a budget of `budget_frames` (0: all).
 fn service(namespaces: Vec<NamespaceConfig>, mode: ResolveMode, budget_frames: u64) -> HintService {
-    let pool = PoolMemory::create(&PoolSpec {
-        backing: PoolBacking::Memfd,
-        size: 4 << 20,
-        table_area: 64 << 10,
-        generation: 5,
-    })
-    .unwrap();
-    let store = PageStore::new(
-        pool,
-        StoreConfig {
-            budget_frames,
-            ..StoreConfig::default()
-        },
-    );
     let namespaces = namespaces
         .into_iter()
         .map(|c| Namespace::open_with(c, mode).unwrap())
         .collect();
-    let svc = HintService::new(
-        store,
-        namespaces,
-        ServiceConfig {
-            workers: 0,
-            retry_after_ms: 0,
-            recheck_ms: 0,
-            ..ServiceConfig::default()
-        },
-    );
-    svc.add_vm(1, "vm1", "default").unwrap();
-    svc.add_vm(2, "vm2", "default").unwrap();
-    svc
-}
-
-fn ident(p: &Path) -> GuestIdentity {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).unwrap();
-    GuestIdentity {
-        size: m.size(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        fingerprint: None,
-    }
-}
-
-fn req(ns: u32, path: &[u8], id: GuestIdentity) -> Hint<'_> {
-    Hint {
-        request_id: 0,
-        namespace_id: ns,
-        path,
-        file_size: id.size,
-        mtime_ns: id.mtime_ns,
-        ctime_ns: 0,
-        inode: 0,
-        first_page: 0,
-        page_count: 0,
-        fingerprint: id.fingerprint,
-    }
-}
-
-/// Hints until the answer is no longer "loading", running loads in between;
-/// returns every answer.
-fn hint_until_done(
-    svc: &HintService,
-    vm: VmId,
-    ns: u32,
-    path: &[u8],
-    id: GuestIdentity,
-) -> Vec<HintResult> {
-    let mut seen = Vec::new();
-    for _ in 0..4 {
-        let r = svc.answer(vm, &req(ns, path, id));
-        seen.push(r);
-        if r != HintResult::Miss(MissReason::Loading) {
-            return seen;
-        }
-        svc.load_pending();
-    }
-    panic!("still loading: {seen:?}");
-}
-
-fn is_hit(r: &HintResult) -> bool {
-    matches!(r, HintResult::Hit(_))
+    let store = StoreConfig {
+        budget_frames,
+        ..StoreConfig::default()
+    };
+    let cfg = ServiceConfig {
+        workers: 0,
+        retry_after_ms: 0,
+        recheck_ms: 0,
+        ..ServiceConfig::default()
+    };
+    service_over(namespaces, 5, store, cfg)
 }
 
 /// Paths of the files the pool holds, in namespace `ns`.
@@ -192,7 +98,7 @@ fn guest_warm(ctx: &ControlContext, vm: VmId, path: &str) -> Response {
 
 fn warm_stays_beneath(mode: ResolveMode) {
     let t = tree();
-    let svc = service(vec![ns_config("a", 1, &t.ns.0)], mode, 0);
+    let svc = service(vec![ns_config("a", 1, &t.ns.0, &["default"])], mode, 0);
     let ctx = ControlContext {
         domains: Domains::single("default", Path::new("/nonexistent"), svc.clone()),
         vm_add: None,
@@ -280,7 +186,11 @@ fn warm_skips_a_directory_replaced_by_a_symlink() {
     // A directory listed, then swapped for a symlink out before it is
     // walked, is opened through the resolver and so left out.
     let t = tree();
-    let svc = service(vec![ns_config("a", 1, &t.ns.0)], ResolveMode::Openat2, 0);
+    let svc = service(
+        vec![ns_config("a", 1, &t.ns.0, &["default"])],
+        ResolveMode::Openat2,
+        0,
+    );
     let r = &t.ns.0;
     std::fs::rename(r.join("t/sub"), r.join("t/sub.old")).unwrap();
     symlink(t._out.0.join("deeper"), r.join("t/sub")).unwrap();
@@ -295,10 +205,10 @@ fn always_loading_masks_whether_another_vm_loaded_a_file() {
     let masked = TempDir::new("sc-masked");
     std::fs::write(masked.0.join("f"), vec![3u8; 10_000]).unwrap();
     std::fs::write(t.ns.0.join("g"), vec![4u8; 10_000]).unwrap();
-    let mut paranoid = ns_config("m", 2, &masked.0);
+    let mut paranoid = ns_config("m", 2, &masked.0, &["default"]);
     paranoid.always_loading = true;
     let svc = service(
-        vec![ns_config("a", 1, &t.ns.0), paranoid],
+        vec![ns_config("a", 1, &t.ns.0, &["default"]), paranoid],
         ResolveMode::Openat2,
         0,
     );
@@ -306,7 +216,7 @@ fn always_loading_masks_whether_another_vm_loaded_a_file() {
     let loading = HintResult::Miss(MissReason::Loading);
     // VM 1 loads the file: one "loading", then a hit (a real miss is not
     // masked a second time).
-    let vm1 = hint_until_done(&svc, 1, 2, b"f", f);
+    let vm1 = hint_until_done(&svc, 1, 2, b"f", f, 4);
     assert_eq!(vm1.len(), 2, "{vm1:?}");
     assert_eq!(vm1[0], loading);
     assert!(is_hit(&vm1[1]));
@@ -330,8 +240,8 @@ fn always_loading_masks_whether_another_vm_loaded_a_file() {
     let h = content(11, 20_000);
     std::fs::write(masked.0.join("h"), &h).unwrap();
     let hid = ident(&masked.0.join("h"));
-    let first = hint_until_done(&svc, 1, 2, b"h", hid);
-    let second = hint_until_done(&svc, 2, 2, b"h", hid);
+    let first = hint_until_done(&svc, 1, 2, b"h", hid, 4);
+    let second = hint_until_done(&svc, 2, 2, b"h", hid, 4);
     assert_eq!(first, second, "the same answers, loaded or not");
     assert_eq!(svc.masked_hits(), 2);
     // A path known to be missing is masked the same way.
@@ -340,16 +250,18 @@ fn always_loading_masks_whether_another_vm_loaded_a_file() {
         mtime_ns: 0,
         fingerprint: None,
     };
-    let vm1_missing = hint_until_done(&svc, 1, 2, b"nope", none);
+    let vm1_missing = hint_until_done(&svc, 1, 2, b"nope", none, 4);
     assert_eq!(
         vm1_missing,
         [loading, HintResult::Miss(MissReason::NotFound)]
     );
-    assert_eq!(hint_until_done(&svc, 2, 2, b"nope", none), vm1_missing);
+    assert_eq!(hint_until_done(&svc, 2, 2, b"nope", none, 4), vm1_missing);
     assert_eq!(svc.masked_hits(), 3);
     // Without the option, VM 2's first hint of a file VM 1 loaded hits.
     let g = ident(&t.ns.0.join("g"));
-    assert!(is_hit(hint_until_done(&svc, 1, 1, b"g", g).last().unwrap()));
+    assert!(is_hit(
+        hint_until_done(&svc, 1, 1, b"g", g, 4).last().unwrap()
+    ));
     assert!(is_hit(&svc.answer(2, &req(1, b"g", g))));
     assert_eq!(svc.masked_hits(), 3);
     // The memory goes with the VM: a VM added again under the id is
@@ -367,24 +279,24 @@ fn always_loading_masks_a_new_version_loaded_by_another_vm() {
     let d = TempDir::new("sc-version");
     let p = d.0.join("f");
     std::fs::write(&p, vec![1u8; 6000]).unwrap();
-    let mut c = ns_config("m", 1, &d.0);
+    let mut c = ns_config("m", 1, &d.0, &["default"]);
     c.always_loading = true;
     let svc = service(vec![c], ResolveMode::Openat2, 0);
     let v1 = ident(&p);
     assert!(is_hit(
-        hint_until_done(&svc, 1, 1, b"f", v1).last().unwrap()
+        hint_until_done(&svc, 1, 1, b"f", v1, 4).last().unwrap()
     ));
-    let r2 = hint_until_done(&svc, 2, 1, b"f", v1);
+    let r2 = hint_until_done(&svc, 2, 1, b"f", v1, 4);
     assert_eq!(r2.len(), 2, "masked once: {r2:?}");
     assert_eq!(svc.masked_hits(), 1);
     // The host file changes; VM 1 has the new version loaded.
     std::thread::sleep(Duration::from_millis(10));
     std::fs::write(&p, vec![2u8; 7000]).unwrap();
     let v2 = ident(&p);
-    let r1 = hint_until_done(&svc, 1, 1, b"f", v2);
+    let r1 = hint_until_done(&svc, 1, 1, b"f", v2, 4);
     assert!(is_hit(r1.last().unwrap()), "{r1:?}");
     // VM 2, told "loading" only for the old version, is masked again.
-    assert_eq!(hint_until_done(&svc, 2, 1, b"f", v2).len(), 2);
+    assert_eq!(hint_until_done(&svc, 2, 1, b"f", v2, 4).len(), 2);
     assert_eq!(svc.masked_hits(), 2);
     assert_eq!(svc.answer(2, &req(1, b"f", v2)), *r1.last().unwrap());
 }
@@ -394,10 +306,10 @@ fn warm_at_start_loads_marked_namespaces_so_first_hints_hit() {
     let t = tree();
     let other = TempDir::new("sc-cold");
     std::fs::write(other.0.join("c"), vec![5u8; 3000]).unwrap();
-    let mut warm = ns_config("a", 1, &t.ns.0);
+    let mut warm = ns_config("a", 1, &t.ns.0, &["default"]);
     warm.warm_at_start = true;
     let svc = service(
-        vec![warm, ns_config("cold", 2, &other.0)],
+        vec![warm, ns_config("cold", 2, &other.0, &["default"])],
         ResolveMode::Openat2,
         0,
     );
@@ -425,7 +337,7 @@ fn warm_at_start_with_a_full_pool_logs_and_goes_on() {
         std::fs::write(d.0.join(format!("f{i}")), content(i, 4096)).unwrap();
     }
     std::fs::write(d.0.join("huge"), content(9, 8 * 4096)).unwrap();
-    let mut c = ns_config("a", 1, &d.0);
+    let mut c = ns_config("a", 1, &d.0, &["default"]);
     c.warm_at_start = true;
     // Room for the small files, not for the huge one.
     let svc = service(vec![c], ResolveMode::Openat2, 6);
@@ -443,38 +355,11 @@ fn agent_is_warm_when_start_returns() {
     for i in 0..5u32 {
         std::fs::write(ns.join(format!("lib/f{i}")), content(i, 4096 * 2 + 1)).unwrap();
     }
-    let mut n = ns_config("a", 1, &ns);
+    let mut n = ns_config("a", 1, &ns, &["default"]);
     n.warm_at_start = true;
-    let config = AgentConfig {
-        pool: dir.0.join("pool"),
-        pool_size: 4 << 20,
-        workers: 1,
-        control_socket: dir.0.join("control.sock"),
-        ring_dir: dir.0.clone(),
-        namespaces: vec![n],
-        // The domain's pool opens with its first VM, and is warmed then.
-        vms: vec![VmConfig {
-            name: "vm1".into(),
-            domain: "default".into(),
-            guest_socket: None,
-            cid: None,
-            max_held: None,
-        }],
-        ..AgentConfig::default()
-    };
-    let agent = Agent::start(
-        config,
-        AgentOptions {
-            ring_size: 64 << 10,
-            pollers: PollerConfig {
-                threads: 1,
-                park_timeout: Some(Duration::from_millis(5)),
-                ..PollerConfig::default()
-            },
-            generation: 1,
-        },
-    )
-    .unwrap();
+    // The domain's pool opens with its first VM, and is warmed then.
+    let config = agent_config(&dir.0, 4 << 20, vec![n], vec![vm("vm1", "default")]);
+    let agent = start_agent(config, 1);
     let svc = agent.domains().service("default").unwrap();
     assert_eq!(svc.status(None).file_maps, 5);
     assert_eq!(svc.status(None).frames_used, 15);
@@ -518,11 +403,13 @@ fn config_new_writes_the_side_channel_options() {
 fn always_loading_past_the_load_bound_stays_loading() {
     let d = TempDir::new("sc-bound");
     std::fs::write(d.0.join("f"), content(1, 9000)).unwrap();
-    let mut c = ns_config("m", 1, &d.0);
+    let mut c = ns_config("m", 1, &d.0, &["default"]);
     c.always_loading = true;
     let svc = service(vec![c], ResolveMode::Openat2, 0);
     let f = ident(&d.0.join("f"));
-    assert!(is_hit(hint_until_done(&svc, 1, 1, b"f", f).last().unwrap()));
+    assert!(is_hit(
+        hint_until_done(&svc, 1, 1, b"f", f, 4).last().unwrap()
+    ));
     // VM 2 fills its load queue with misses of its own.
     let bound = ServiceConfig::default().vm_max_loads;
     for i in 0..bound {
@@ -540,7 +427,7 @@ fn always_loading_past_the_load_bound_stays_loading() {
         );
     }
     svc.load_pending();
-    let after = hint_until_done(&svc, 2, 1, b"f", f);
+    let after = hint_until_done(&svc, 2, 1, b"f", f, 4);
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(is_hit(&after[1]));
 }

@@ -1,6 +1,10 @@
 //! Helpers shared by the host-agent integration tests.
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod process;
+pub mod service;
+
 use std::sync::Arc;
 
 use vmdedup_host_agent::ring::{

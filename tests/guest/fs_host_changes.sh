@@ -22,6 +22,9 @@ if [ -z "$pair" ] || [ "${HOST_CHANGE:-}" = "" ]; then
 fi
 ktap_diag "host change: $HOST_CHANGE; tree $pair"
 gen0=$(stat_of generation_changes); ra0=$(stat_of reannounce_requests); fb0=$(stat_of fallbacks)
+# The late suite starts the agent only after this line (guest-run
+# --agent-after): the counters above predate the host's arrival.
+ktap_diag "fs_host_changes: baseline taken"
 metric=answers_hit
 [ "$HOST_CHANGE" = restart ] && metric=pages_pool
 changed() { [ "$(stat_of generation_changes)" -gt "$gen0" ] || [ "$(stat_of reannounce_requests)" -gt "$ra0" ]; }

@@ -113,13 +113,7 @@ impl HintService {
             _ => {}
         }
         self.shared.masked_hits.fetch_add(1, Ordering::Relaxed);
-        let push = lock(&self.shared.jobs).push(
-            LoadJob {
-                key: key.clone(),
-                by: Some(vm),
-            },
-            self.shared.cfg.vm_max_loads,
-        );
+        let push = self.push_job(key, Some(vm));
         match push {
             Push::Queued => self.shared.jobs_cv.notify_one(),
             // Past its bound of loads a real miss queues nothing either and
@@ -205,6 +199,19 @@ impl HintService {
         }
     }
 
+    /// Puts a load of `key` for `by` on the queues, within `by`'s bound of
+    /// loads; the caller wakes a loader if it was queued. The one place a
+    /// load job is made: misses, rechecks and masked first hints.
+    fn push_job(&self, key: &CacheKey, by: Requester) -> Push {
+        lock(&self.shared.jobs).push(
+            LoadJob {
+                key: key.clone(),
+                by,
+            },
+            self.shared.cfg.vm_max_loads,
+        )
+    }
+
     /// Queues a load of `key` for `by` unless one is queued or running, and
     /// marks it loading. Past `by`'s bound of loads nothing is queued or
     /// cached: the guest is answered "loading" and asks again later.
@@ -212,13 +219,7 @@ impl HintService {
         let now = self.now_ms();
         let push = {
             let mut c = lock(&self.shared.cache);
-            let push = lock(&self.shared.jobs).push(
-                LoadJob {
-                    key: key.clone(),
-                    by,
-                },
-                self.shared.cfg.vm_max_loads,
-            );
+            let push = self.push_job(&key, by);
             if push == Push::Queued {
                 c.insert(key, CacheEntry::Loading, now);
             }
@@ -235,13 +236,7 @@ impl HintService {
     /// its next recheck out. Returns whether a look is queued or running.
     fn recheck(&self, key: CacheKey, vm: VmId, now: u64) -> bool {
         let mut c = lock(&self.shared.cache);
-        let push = lock(&self.shared.jobs).push(
-            LoadJob {
-                key: key.clone(),
-                by: Some(vm),
-            },
-            self.shared.cfg.vm_max_loads,
-        );
+        let push = self.push_job(&key, Some(vm));
         match push {
             Push::Queued => {
                 if let Some(CacheEntry::Ready { host, map, .. }) = c.peek(&key).cloned() {

@@ -296,6 +296,14 @@ enum Command {
     /// or the configuration's [[vm]] entry (--config or --vm NAME:DOMAIN),
     /// or is "default".
     ///
+    /// A virtio-balloon device with free page reporting comes with them:
+    /// the guest hands the memory it frees back to the host (the lower
+    /// pages it drops once the pool serves a file among them). The guest
+    /// kernel needs CONFIG_VIRTIO_BALLOON and CONFIG_PAGE_REPORTING. A VM
+    /// that has a balloon already (libvirt adds one) takes --no-balloon and
+    /// turns reporting on in its own (`<memballoon model='virtio'
+    /// freePageReporting='on'/>`).
+    ///
     /// Example: vmdedup qemu-args vm1 --config /etc/vmdedup/vmdedup.toml
     QemuArgs {
         /// The VM.
@@ -303,6 +311,9 @@ enum Command {
         /// The VM's trust domain (default: as configured, else "default").
         #[arg(long, value_name = "DOMAIN")]
         domain: Option<String>,
+        /// Leave out the virtio-balloon device (the VM has its own).
+        #[arg(long)]
+        no_balloon: bool,
         #[command(flatten)]
         config: ConfigArgs,
         #[command(flatten)]
@@ -867,6 +878,7 @@ fn cmd_vm_remove(control: &Path, name: &str) -> anyhow::Result<()> {
 fn cmd_qemu_args(
     name: &str,
     domain: Option<&str>,
+    balloon: bool,
     config: &ConfigArgs,
     ring: &RingSizeArg,
 ) -> anyhow::Result<()> {
@@ -880,7 +892,11 @@ fn cmd_qemu_args(
             bail!("VM {name:?} is in domain {configured:?} in the configuration, not {d:?}");
         }
     }
-    for a in cfg.qemu_args(name, domain, ring.ring_size) {
+    let mut args = cfg.qemu_args(name, domain, ring.ring_size);
+    if balloon {
+        args.extend(vmdedup_host_agent::config::BALLOON_QEMU_ARGS.map(String::from));
+    }
+    for a in args {
         println!("{a}");
     }
     Ok(())
@@ -994,9 +1010,10 @@ fn run() -> anyhow::Result<()> {
         Command::QemuArgs {
             name,
             domain,
+            no_balloon,
             config,
             ring,
-        } => cmd_qemu_args(&name, domain.as_deref(), &config, &ring),
+        } => cmd_qemu_args(&name, domain.as_deref(), !no_balloon, &config, &ring),
         Command::Config(ConfigCommand::New { config, out }) => {
             cmd_config_new(&config, out.as_deref())
         }

@@ -104,7 +104,7 @@ fn config_new_writes_what_the_options_say_and_reads_back_the_same() {
 }
 
 #[test]
-fn qemu_args_prints_one_argument_per_line_for_the_ring_and_the_pool() {
+fn qemu_args_prints_one_argument_per_line_for_the_ring_the_pool_and_the_balloon() {
     let d = TempDir::new("cli-qemu");
     let (file, _) = write_guest_run_config(&d.0);
     let out = ok_stdout(&[
@@ -136,8 +136,14 @@ fn qemu_args_prints_one_argument_per_line_for_the_ring_and_the_pool() {
             ),
             "-device".to_string(),
             "ivshmem-plain,memdev=vmdedup-pool".to_string(),
+            "-device".to_string(),
+            "virtio-balloon-pci,id=vmdedup-balloon,free-page-reporting=on".to_string(),
         ]
     );
+    // A VM with a balloon of its own gets the regions only.
+    let out = ok_stdout(&["qemu-args", "vm2", "--config", s(&file), "--no-balloon"]);
+    assert_eq!(out.lines().count(), 8, "{out}");
+    assert!(!out.contains("balloon"), "{out}");
 }
 
 #[test]

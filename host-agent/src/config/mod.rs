@@ -738,6 +738,15 @@ impl AgentConfig {
     }
 }
 
+/// The QEMU arguments of the virtio-balloon device a VM gets for free page
+/// reporting (`vmdedup qemu-args`, `scripts/guest-run`): it never inflates,
+/// it only takes the free memory the guest reports and gives it back to the
+/// host.
+pub const BALLOON_QEMU_ARGS: [&str; 2] = [
+    "-device",
+    "virtio-balloon-pci,id=vmdedup-balloon,free-page-reporting=on",
+];
+
 /// A path as the value of a QEMU `key=value,...` option: a comma is doubled,
 /// or QEMU would read the rest as another option.
 fn qemu_opt_path(p: &Path) -> String {

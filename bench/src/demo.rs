@@ -3,7 +3,11 @@
 //! Guest-side numbers come from the module's counters, which each demo guest
 //! prints every second (`DEMO-STATS k=v ...` on its output port, which
 //! `scripts/guest-run` writes to `WORKDIR/vmN.out.log`); host-side numbers
-//! come from the agent (`vmdedup status --json`).
+//! come from the agent (`vmdedup status --json`). Host memory is measured
+//! from outside: the `Pss` of each QEMU's guest-RAM mapping in
+//! `/proc/PID/smaps` (pids from `WORKDIR/vmN.pid`) plus the pages allocated
+//! to the pool files (`st_blocks`), before the workload (when a guest says
+//! `DEMO-PHASE ready`) and after it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,6 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::agent;
+use crate::procfs;
+use crate::tree_pages;
 
 /// Options of `demo-monitor`.
 #[derive(clap::Args)]
@@ -40,6 +46,88 @@ pub struct Args {
     /// Whether the guests stay up after the workload (--keep).
     #[arg(long)]
     keep: bool,
+    /// Each guest's RAM in MiB (to find the guest-RAM mapping in smaps).
+    #[arg(long)]
+    mem_mib: Option<u64>,
+    /// The directory holding the pool file(s) (`vmdedup.pool*`).
+    #[arg(long)]
+    regions: Option<PathBuf>,
+    /// A tree the guests read (repeatable): one copy of the data is the sum
+    /// of their pages.
+    #[arg(long)]
+    tree: Vec<PathBuf>,
+}
+
+/// Host memory measured from outside, in bytes.
+#[derive(Default)]
+struct Memory {
+    /// Per guest: guest-RAM `Pss` when it was ready to start its workload.
+    before: Vec<Option<u64>>,
+    /// Per guest: the latest guest-RAM `Pss` (kept once its QEMU is gone).
+    now: Vec<Option<u64>>,
+    /// Pool pages when the first guest was ready.
+    pool_before: Option<u64>,
+    /// The latest pool pages (kept once the files are gone).
+    pool_now: Option<u64>,
+}
+
+impl Memory {
+    fn new(vms: usize) -> Memory {
+        Memory {
+            before: vec![None; vms],
+            now: vec![None; vms],
+            ..Memory::default()
+        }
+    }
+
+    /// Takes one sample of every guest's RAM and of the pool.
+    fn sample(&mut self, a: &Args, guests: &[Guest]) {
+        let Some(mem) = a.mem_mib else { return };
+        for (i, g) in guests.iter().enumerate() {
+            let pid = std::fs::read_to_string(a.workdir.join(format!("vm{}.pid", i + 1)))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            let pss = pid
+                .and_then(|p| procfs::guest_ram(p, mem << 20))
+                .map(|r| r.pss);
+            if let Some(pss) = pss {
+                self.now[i] = Some(pss);
+                if self.before[i].is_none() && g.phase == "ready" {
+                    self.before[i] = Some(pss);
+                }
+            }
+        }
+        if let Some(p) = a.regions.as_deref().and_then(pool_bytes) {
+            self.pool_now = Some(p);
+            if self.pool_before.is_none() && guests.iter().any(|g| g.phase == "ready") {
+                self.pool_before = Some(p);
+            }
+        }
+    }
+
+    fn guests_now(&self) -> Option<u64> {
+        self.now.iter().copied().sum()
+    }
+
+    fn guests_before(&self) -> Option<u64> {
+        self.before.iter().copied().sum()
+    }
+}
+
+/// Pages allocated to the pool files in `dir` (`vmdedup.pool`, and
+/// `vmdedup.pool.DOMAIN` for other trust domains); `None` if there are none.
+fn pool_bytes(dir: &std::path::Path) -> Option<u64> {
+    let mut total = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name == "vmdedup.pool" || name.starts_with("vmdedup.pool.") {
+            if let Some(b) = procfs::allocated_bytes(&e.path()) {
+                total = Some(total.unwrap_or(0) + b);
+            }
+        }
+    }
+    total
 }
 
 /// What one guest's output says so far.
@@ -136,22 +224,37 @@ fn fmt_us(us: u64) -> String {
     }
 }
 
-fn table(a: &Args, guests: &[Guest], status: Option<&Value>, elapsed: Duration) -> String {
+fn table(
+    a: &Args,
+    guests: &[Guest],
+    status: Option<&Value>,
+    mem: &Memory,
+    elapsed: Duration,
+) -> String {
     let mut t = String::new();
     let secs = elapsed.as_secs();
     let _ = writeln!(t, "{}   (elapsed {}:{:02})", a.title, secs / 60, secs % 60);
     let _ = writeln!(t);
     let _ = writeln!(
         t,
-        "{:<4} {:<32} | {:>7} {:>6} {:>7} {:>10} {:>10} {:>9} | {:>11}",
-        "", "", "files", "", "host", "pages from", "pages from", "", "agent: pool"
+        "{:<4} {:<32} | {:>7} {:>6} {:>7} {:>10} {:>10} {:>9} | {:>11} | {:>11}",
+        "", "", "files", "", "host", "pages from", "pages from", "", "agent: pool", "host: guest"
     );
     let _ = writeln!(
         t,
-        "{:<4} {:<32} | {:>7} {:>6} {:>7} {:>10} {:>10} {:>9} | {:>11}",
-        "VM", "state", "hinted", "hits", "loading", "pool", "lower", "fallbacks", "mapped"
+        "{:<4} {:<32} | {:>7} {:>6} {:>7} {:>10} {:>10} {:>9} | {:>11} | {:>11}",
+        "VM",
+        "state",
+        "hinted",
+        "hits",
+        "loading",
+        "pool",
+        "lower",
+        "fallbacks",
+        "mapped",
+        "RAM (Pss)"
     );
-    let _ = writeln!(t, "{}", "-".repeat(113));
+    let _ = writeln!(t, "{}", "-".repeat(127));
     for (i, g) in guests.iter().enumerate() {
         let name = format!("vm{}", i + 1);
         let mapped = status
@@ -159,7 +262,7 @@ fn table(a: &Args, guests: &[Guest], status: Option<&Value>, elapsed: Duration) 
             .map(|v| agent::u(v, "pages_mapped"));
         let _ = writeln!(
             t,
-            "{:<4} {:<32} | {:>7} {:>6} {:>7} {:>10} {:>10} {:>9} | {:>11}",
+            "{:<4} {:<32} | {:>7} {:>6} {:>7} {:>10} {:>10} {:>9} | {:>11} | {:>11}",
             name,
             g.state(),
             g.s("hints_sent"),
@@ -169,9 +272,15 @@ fn table(a: &Args, guests: &[Guest], status: Option<&Value>, elapsed: Duration) 
             g.s("pages_lower"),
             g.s("fallbacks"),
             mapped.map(pages_mib).unwrap_or_else(|| "-".into()),
+            mem.now
+                .get(i)
+                .copied()
+                .flatten()
+                .map(mib)
+                .unwrap_or_else(|| "-".into()),
         );
     }
-    let _ = writeln!(t, "{}", "-".repeat(113));
+    let _ = writeln!(t, "{}", "-".repeat(127));
     match status {
         Some(s) => {
             let lat = s.get("hint_latency_us");
@@ -192,14 +301,82 @@ fn table(a: &Args, guests: &[Guest], status: Option<&Value>, elapsed: Duration) 
             let _ = writeln!(t, "host: agent not answering yet");
         }
     }
+    if let (Some(g), Some(p)) = (mem.guests_now(), mem.pool_now) {
+        let _ = writeln!(
+            t,
+            "host memory, measured: guests' RAM {} + pool {} = {}",
+            mib(g),
+            mib(p),
+            mib(g + p)
+        );
+    }
     let _ = writeln!(
         t,
-        "(files hinted / hits / loading / pages: the guest module's counters; mapped: the agent's pages_mapped for that VM)"
+        "(files hinted / hits / loading / pages: the guest module's counters; mapped: the agent's pages_mapped for that VM;\n RAM: the Pss of the guest's RAM in its QEMU's smaps)"
     );
     t
 }
 
-fn summary(guests: &[Guest], status: Option<&Value>) -> String {
+/// The summary's measured part: host memory before and after the workload
+/// against one copy of the data the guests read.
+fn memory_summary(t: &mut String, mem: &Memory, vms: usize, one_copy: Option<u64>) {
+    let (Some(gb), Some(ga), Some(pb), Some(pa)) = (
+        mem.guests_before(),
+        mem.guests_now(),
+        mem.pool_before,
+        mem.pool_now,
+    ) else {
+        let _ = writeln!(
+            t,
+            "host memory: not measured (no smaps of every guest's RAM, or no pool file, before and after the workload)"
+        );
+        return;
+    };
+    let _ = writeln!(
+        t,
+        "host memory, measured from outside (Pss of each guest's RAM in /proc/PID/smaps, plus the pages allocated to the pool):"
+    );
+    let _ = writeln!(
+        t,
+        "      before the workload: guests {}, pool {}",
+        mib(gb),
+        mib(pb)
+    );
+    let _ = writeln!(
+        t,
+        "      after it:            guests {}, pool {}",
+        mib(ga),
+        mib(pa)
+    );
+    let inc = (ga + pa).saturating_sub(gb + pb);
+    match one_copy.filter(|&c| c > 0) {
+        Some(c) => {
+            let _ = writeln!(
+                t,
+                "      the workload added {}: {:.2}x one copy of the files the guests read ({}); without sharing each of the {} guests caches its own copy (up to {:.0}x).",
+                mib(inc),
+                inc as f64 / c as f64,
+                mib(c),
+                vms,
+                vms as f64
+            );
+        }
+        None => {
+            let _ = writeln!(t, "      the workload added {}", mib(inc));
+        }
+    }
+    let _ = writeln!(
+        t,
+        "      (guest RAM a guest frees stays resident on the host; a page counted in the pool is counted once, however many guests map it)"
+    );
+}
+
+fn summary(
+    guests: &[Guest],
+    status: Option<&Value>,
+    mem: &Memory,
+    one_copy: Option<u64>,
+) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "\n== summary ==");
     for (i, g) in guests.iter().enumerate() {
@@ -254,6 +431,7 @@ fn summary(guests: &[Guest], status: Option<&Value>) -> String {
     } else {
         let _ = writeln!(t, "host: no status from the agent");
     }
+    memory_summary(&mut t, mem, guests.len(), one_copy);
     t
 }
 
@@ -270,6 +448,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut last_status: Option<Value> = None;
     let mut summarized = false;
     let mut last_plain = Instant::now() - Duration::from_secs(60);
+    let mut mem = Memory::new(a.vms);
+    // One copy of the data: every page of every tree, counted as the pool
+    // stores it (the last page of a file whole).
+    let mut one_copy = None;
+    for dir in &a.tree {
+        match tree_pages::count(dir) {
+            Ok(p) => one_copy = Some(one_copy.unwrap_or(0) + p.pages * 4096),
+            Err(e) => eprintln!("demo-monitor: cannot count {}: {e:#}", dir.display()),
+        }
+    }
     loop {
         let running = alive(a.pid);
         let guests: Vec<Guest> = (1..=a.vms)
@@ -278,9 +466,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if let Some(s) = agent::status(&a.vmdedup, &control) {
             last_status = Some(s);
         }
+        mem.sample(&a, &guests);
         let all_done = guests.iter().all(Guest::finished);
         if !summarized {
-            let t = table(&a, &guests, last_status.as_ref(), start.elapsed());
+            let t = table(&a, &guests, last_status.as_ref(), &mem, start.elapsed());
             let mut out = std::io::stdout().lock();
             if tty {
                 // Home, clear, redraw.
@@ -311,7 +500,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 }
             }
             let st = fin.or(last_status.clone());
-            print!("{}", summary(&guests, st.as_ref()));
+            print!("{}", summary(&guests, st.as_ref(), &mem, one_copy));
             if a.keep && running {
                 println!(
                     "--keep: the guests stay up (logs in {}); press Ctrl-C to stop them",

@@ -66,10 +66,12 @@ fn parse_smaps(text: &str) -> Vec<Vma> {
 }
 
 /// Whether a VMA can hold guest RAM of `ram_bytes`: an anonymous or memfd
-/// mapping, not executable (the TCG code buffer is), and as large as the RAM
-/// (QEMU maps RAM in one piece; THP or KSM do not split the VMA).
+/// mapping (`memory-backend-ram`, or `memory-backend-memfd`, whose memfd is
+/// named after the backend's type or id), not executable (the TCG code buffer
+/// is), and as large as the RAM (QEMU maps RAM in one piece; THP or KSM do
+/// not split the VMA).
 fn is_guest_ram(v: &Vma, ram_kb: u64) -> bool {
-    let backing = v.path.is_empty() || v.path.starts_with("/memfd:ram");
+    let backing = v.path.is_empty() || v.path.starts_with("/memfd:");
     backing && !v.perms.contains('x') && v.size_kb == ram_kb
 }
 
@@ -210,6 +212,21 @@ Pss:                2048 kB
         assert_eq!(ram[0].pss_kb, 51200);
         assert_eq!(ram[1].path, "/memfd:ram (deleted)");
         assert_eq!(ram[1].shmem_kb, 4096);
+    }
+
+    #[test]
+    fn finds_the_memfd_of_a_memory_backend_memfd() {
+        // scripts/guest-run's guests: `-object memory-backend-memfd,id=ram`.
+        let smaps = "\
+7f5e23fff000-7f5e33fff000 rw-s 00000000 00:01 44715                      /memfd:memory-backend-memfd (deleted)
+Size:             262144 kB
+Rss:               90000 kB
+Pss:               90000 kB
+RssShmem:          90000 kB
+";
+        let v = parse_smaps(smaps);
+        assert!(is_guest_ram(&v[0], 262144));
+        assert!(!is_guest_ram(&v[0], 524288));
     }
 
     #[test]

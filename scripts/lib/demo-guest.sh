@@ -18,6 +18,10 @@ stats() {
 }
 (while :; do stats; sleep 1; done) &
 ticker=$!
+# The host's monitor samples each guest's RAM (smaps) once this line is out:
+# that is the "before the workload" figure the summary's increment starts at.
+echo "DEMO-PHASE ready"
+sleep 3
 rc=0
 # One name a line, none with spaces (scripts/guest-run checks them).
 namespaces=$(cat /etc/vmdedup/namespaces)

@@ -140,6 +140,8 @@ struct Guest {
     errors: Vec<String>,
     done_rc: Option<String>,
     exit: Option<String>,
+    /// `/proc/meminfo` fields (kB) and `lower_pages_dropped` at the end.
+    meminfo: BTreeMap<String, u64>,
 }
 
 impl Guest {
@@ -152,6 +154,12 @@ impl Guest {
             let line = line.trim_end_matches('\r');
             if let Some(rest) = line.strip_prefix("DEMO-STATS ") {
                 g.stats = rest
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+                    .collect();
+            } else if let Some(rest) = line.strip_prefix("DEMO-MEMINFO ") {
+                g.meminfo = rest
                     .split_whitespace()
                     .filter_map(|kv| kv.split_once('='))
                     .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
@@ -401,6 +409,20 @@ fn summary(
             g.s("verify_pages"),
             g.s("verify_mismatches"),
         );
+        if !g.meminfo.is_empty() {
+            let kb = |k: &str| mib(g.meminfo.get(k).copied().unwrap_or(0) * 1024);
+            let _ = writeln!(
+                t,
+                "     memory at the end: page cache {} (shmem {}), anonymous {}, slab {}, free {} of {}; lower pages dropped {}",
+                kb("Cached"),
+                kb("Shmem"),
+                kb("AnonPages"),
+                kb("Slab"),
+                kb("MemFree"),
+                kb("MemTotal"),
+                g.meminfo.get("lower_pages_dropped").copied().unwrap_or(0),
+            );
+        }
         for p in g.python.iter().chain(g.reads.iter()) {
             let _ = writeln!(t, "     {p}");
         }

@@ -45,6 +45,11 @@ done
 kill "$ticker" 2>/dev/null
 wait "$ticker" 2>/dev/null
 stats
+# What this guest's memory holds now (kB), for the summary's account of the
+# host memory the workload added; and the lower pages the module dropped.
+sync; sleep 3
+echo "DEMO-MEMINFO $(grep -E '^(MemTotal|MemFree|Cached|Buffers|AnonPages|Shmem|Slab):' /proc/meminfo \
+    | tr -d ' ' | sed 's/kB$//' | tr ':' '=' | tr '\n' ' ')lower_pages_dropped=$(cat $S/lower_pages_dropped 2>/dev/null || echo 0)"
 [ "$(cat $S/verify_mismatches 2>/dev/null || echo 0)" = 0 ] || { echo "DEMO-ERROR verify mismatches"; rc=1; }
 echo "DEMO-DONE rc=$rc"
 exit "$rc"

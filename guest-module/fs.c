@@ -440,9 +440,41 @@ u32 vmdedup_glue_random_below(u32 ceil)
 	return ceil ? get_random_u32_below(ceil) : 0;
 }
 
-size_t vmdedup_glue_copy_out(struct vmdedup_io *io, const void *src, size_t len)
+/*
+ * Copies from a pool frame (the pool's kernel mapping) to the read's
+ * destination inside a pool read section (glue.c): with page faults
+ * disabled, so a fault on the user buffer cuts the copy short instead of
+ * being handled in the section. Returns how many bytes went.
+ */
+size_t vmdedup_glue_copy_pool(struct vmdedup_io *io, const void *src, size_t len)
 {
-	return copy_to_iter(src, len, io->iter);
+	size_t n;
+
+	pagefault_disable();
+	n = copy_to_iter(src, len, io->iter);
+	pagefault_enable();
+	return n;
+}
+
+/* verify=full: whether pool bytes equal the lower bytes read for them. */
+bool vmdedup_glue_pool_equal(const void *pool, const void *buf, size_t len)
+{
+	return !memcmp(pool, buf, len);
+}
+
+/* Takes back the last `len` bytes copied to the destination. */
+void vmdedup_glue_revert(struct vmdedup_io *io, size_t len)
+{
+	iov_iter_revert(io->iter, len);
+}
+
+/*
+ * Faults in the next `len` bytes of the destination (outside any pool read
+ * section); returns how many could not be.
+ */
+size_t vmdedup_glue_fault_in(struct vmdedup_io *io, size_t len)
+{
+	return fault_in_iov_iter_writeable(io->iter, len);
 }
 
 static ssize_t vmdedup_read_iter(struct kiocb *iocb, struct iov_iter *to)

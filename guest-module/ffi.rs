@@ -135,6 +135,14 @@ extern "C" {
     /// `VM_MIXEDMAP` mapping; `pfn` a frame that may be mapped read-only
     /// into user space until the mapping's PTEs are zapped.
     fn vmdedup_glue_insert_pfn(vmf: *mut c_void, pfn: c_ulong) -> c_uint;
+
+    /// `vmf_insert_mixed()` of `pfn` at file page `pgoff` of the faulting
+    /// VMA (fault-around); `VM_FAULT_SIGBUS` if the page is outside it. A
+    /// present PTE is left alone.
+    ///
+    /// # Safety
+    /// As [`vmdedup_glue_insert_pfn`].
+    fn vmdedup_glue_insert_pfn_at(vmf: *mut c_void, pgoff: c_ulong, pfn: c_ulong) -> c_uint;
 }
 
 /// `vm_flags_t`: the flags of a mapping (`vma->vm_flags`).
@@ -311,6 +319,16 @@ pub(crate) unsafe fn unmap_all(mapping: *mut c_void) {
 pub(crate) unsafe fn insert_pfn(vmf: *mut c_void, pfn: u64) -> VmFault {
     // SAFETY: forwarded caller contract.
     unsafe { vmdedup_glue_insert_pfn(vmf, pfn as c_ulong) }
+}
+
+/// Inserts pool frame `pfn` at file page `pgoff` of the faulting VMA of
+/// `vmf` (fault-around).
+///
+/// # Safety
+/// As [`vmdedup_glue_insert_pfn`].
+pub(crate) unsafe fn insert_pfn_at(vmf: *mut c_void, pgoff: u64, pfn: u64) -> VmFault {
+    // SAFETY: forwarded caller contract.
+    unsafe { vmdedup_glue_insert_pfn_at(vmf, pgoff as c_ulong, pfn as c_ulong) }
 }
 
 /// One read in progress (`struct vmdedup_io` in `glue.h`, opaque here).

@@ -328,23 +328,32 @@ impl InodeState {
     }
 
     /// Maps the pool frame of page `pgoff` of file map `id` with `insert`
-    /// (given the frame's PFN) under the file's lock, if the file keeps that
-    /// map, it covers the page and its table is live; returns `insert`'s
-    /// result, `None` for lower. A revocation drops the map and zaps the
-    /// file's PTEs under this same lock, so whatever `insert` maps is either
-    /// zapped by it or never made.
-    pub(crate) fn insert_frame(
+    /// (given the page and the frame's PFN) under the file's lock, if the
+    /// file keeps that map, it covers the page and its table is live; then,
+    /// if that succeeded with `ok`, the frames of the other pages of
+    /// `around` the map covers (fault-around). Returns `insert`'s result for
+    /// `pgoff` and how many neighbours it mapped with `ok`; `None` for
+    /// lower. A revocation drops the map and zaps the file's PTEs under this
+    /// same lock, so whatever `insert` maps is either zapped by it or never
+    /// made.
+    pub(crate) fn insert_frames(
         &self,
         id: u64,
         pgoff: u64,
-        insert: impl FnOnce(u64) -> VmFault,
-    ) -> Option<VmFault> {
+        around: core::ops::Range<u64>,
+        ok: VmFault,
+        mut insert: impl FnMut(u64, u64) -> VmFault,
+    ) -> Option<(VmFault, u64)> {
         let s = self.inner.lock();
         let m = s.map.as_ref().filter(|m| m.file_map_id == id)?;
-        let frame = *m.frames.get(usize::try_from(pgoff).ok()?)?;
-        let off = m.geom.frame_offset(frame).ok()?;
-        m.window
-            .range(usize::try_from(off).ok()?, FRAME_SIZE as usize)?;
+        let pfn = |page: u64| -> Option<u64> {
+            let frame = *m.frames.get(usize::try_from(page).ok()?)?;
+            let off = m.geom.frame_offset(frame).ok()?;
+            m.window
+                .range(usize::try_from(off).ok()?, FRAME_SIZE as usize)?;
+            Some((m.window.phys() + off) >> kernel::page::PAGE_SHIFT)
+        };
+        let first = pfn(pgoff)?;
         let live = m.key().live_with(|o, b| {
             // SAFETY: under the lock of the file that keeps the map (window
             // invariant).
@@ -355,9 +364,19 @@ impl InodeState {
             // follows drops the map.
             return None;
         }
-        let ret = insert((m.window.phys() + off) >> kernel::page::PAGE_SHIFT);
+        let ret = insert(pgoff, first);
+        let mut mapped = 0;
+        if ret == ok {
+            for page in around.filter(|&p| p != pgoff) {
+                if let Some(f) = pfn(page) {
+                    if insert(page, f) == ok {
+                        mapped += 1;
+                    }
+                }
+            }
+        }
         drop(s);
-        Some(ret)
+        Some((ret, mapped))
     }
 
     /// Keeps a validated answer. Returns false if the file no longer wants one.

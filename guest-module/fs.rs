@@ -504,7 +504,9 @@ impl Mount {
     }
 
     /// Serves a fault at page `pgoff` of a pool mapping that was checked
-    /// against file map `map_id`: inserts the pool frame and returns the
+    /// against file map `map_id`: inserts the pool frame (and those of the
+    /// pages of `around` the map covers: fault-around; every page of the
+    /// mapping passed the map's check when it was made) and returns the
     /// `vm_fault_t` of the insertion, or `None` when the mapping must fall
     /// back to the lower file's page (the map was revoked, dropped or
     /// replaced since, or its table is dead).
@@ -526,17 +528,27 @@ impl Mount {
         vmf: *mut core::ffi::c_void,
         map_id: u64,
         pgoff: u64,
+        around: core::ops::Range<u64>,
         vm_flags: VmFlags,
     ) -> Option<VmFault> {
         let file = file?;
-        let ret = file.insert_frame(map_id, pgoff, |pfn| {
-            // SAFETY: `vmf` is the fault in progress on a VM_MIXEDMAP mapping
-            // (caller contract); `pfn` is a frame of the pool BAR, inside the
-            // pool (`frame_offset` checked it against the geometry), of a map
-            // the file still uses, and the file lock held across the
-            // insertion orders it before any revocation's zap.
-            unsafe { ffi::insert_pfn(vmf, pfn) }
-        })?;
+        let (ret, around) =
+            file.insert_frames(map_id, pgoff, around, ffi::VM_FAULT_NOPAGE, |page, pfn| {
+                // SAFETY: `vmf` is the fault in progress on a VM_MIXEDMAP
+                // mapping (caller contract); `pfn` is a frame of the pool BAR,
+                // inside the pool (`frame_offset` checked it against the
+                // geometry), of a map the file still uses and the mapping
+                // was checked against, and the file lock held across the
+                // insertion orders it before any revocation's zap.
+                unsafe {
+                    if page == pgoff {
+                        ffi::insert_pfn(vmf, pfn)
+                    } else {
+                        ffi::insert_pfn_at(vmf, page, pfn)
+                    }
+                }
+            })?;
+        stats::add(Counter::faults_around_pages, around);
         stats::inc(Counter::faults_pool);
         if MapKind::of(vm_flags).exec() {
             stats::inc(Counter::faults_pool_exec);

@@ -265,8 +265,19 @@ impl InodeState {
     /// The kept answer's id, and whether its install check is done.
     pub(crate) fn current_map(&self) -> Option<(u64, bool)> {
         let s = self.inner.lock();
-        let id = s.map.as_ref()?.file_map_id;
-        Some((id, s.checked_map == Some(id)))
+        current(&s)
+    }
+
+    /// What a read looks at first, under one lock: whether a request is
+    /// pending, the kept answer as [`InodeState::current_map`] says, and
+    /// the file's size.
+    pub(crate) fn read_state(&self) -> (bool, Option<(u64, bool)>, u64) {
+        let s = self.inner.lock();
+        let size = s
+            .map
+            .as_ref()
+            .map_or_else(|| s.ident.map_or(0, |i| i.size), |m| m.file_size);
+        (s.pending, current(&s), size)
     }
 
     /// Records that file map `id` passed its install check; false if the
@@ -434,6 +445,12 @@ impl InodeState {
             SWEEP_NEEDED.store(true, Ordering::Release);
         }
     }
+}
+
+/// The kept answer's id and whether its install check is done.
+fn current(s: &FileState) -> Option<(u64, bool)> {
+    let id = s.map.as_ref()?.file_map_id;
+    Some((id, s.checked_map == Some(id)))
 }
 
 /// Zaps every PTE mapping the file (pool frames and lower pages alike), if

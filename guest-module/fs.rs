@@ -199,16 +199,19 @@ impl Mount {
             return io.read_lower(pos, count);
         };
         // Take an answer that arrived after the open stopped polling.
-        if file.is_pending() {
-            let mut link = self.shared.link.lock();
-            let (ring, pool, client) = link.parts();
-            client.reap(ring, pool, true);
+        let (pending, mut current, mut size) = file.read_state();
+        if pending {
+            {
+                let mut link = self.shared.link.lock();
+                let (ring, pool, client) = link.parts();
+                client.reap(ring, pool, true);
+            }
+            (_, current, size) = file.read_state();
         }
         let Ok(upos) = u64::try_from(pos) else {
             return Err(EINVAL);
         };
-        let map_id = self.ready_map(file, io);
-        let size = file.size();
+        let map_id = self.ready_map_of(file, io, current);
         let Some(map_id) = map_id.filter(|_| upos < size) else {
             stats::inc(Counter::pages_lower);
             return io.read_lower(pos, count);
@@ -355,7 +358,18 @@ impl Mount {
     /// would only double the guest's memory for it. `full` compares every
     /// page as it is served instead.
     fn ready_map(&self, file: &InodeState, io: &mut Io) -> Option<u64> {
-        let (id, checked) = file.current_map()?;
+        self.ready_map_of(file, io, file.current_map())
+    }
+
+    /// [`Mount::ready_map`] for the kept answer `current` (as
+    /// [`InodeState::current_map`] said it a moment ago).
+    fn ready_map_of(
+        &self,
+        file: &InodeState,
+        io: &mut Io,
+        current: Option<(u64, bool)>,
+    ) -> Option<u64> {
+        let (id, checked) = current?;
         if checked || self.verify == Verify::Full {
             return Some(id);
         }

@@ -48,6 +48,12 @@
 //! before any [`InodeState`] lock. Nothing that can run from memory
 //! reclaim (inode eviction) takes the region table lock: eviction only marks
 //! the file state and sets [`SWEEP_NEEDED`]; the timer does the rest.
+//!
+//! Readers and faults do not take the lock around this client: they copy
+//! from (or map) pool frames under the file's lock or inside a pool read
+//! section (SRCU, see glue.c), and every path here that lets the host reuse
+//! frames first drops the map from its file and then waits for the readers
+//! ([`Client::sync_readers`], with this lock held and no file lock).
 
 use core::sync::atomic::Ordering;
 
@@ -195,6 +201,11 @@ pub(crate) struct Client {
     reannounce: u64,
     /// The next index of `held` to re-announce.
     reannounce_next: usize,
+    /// A map was dropped from its file (or a map operation queued) since
+    /// the last [`Client::sync_readers`]: readers may still copy from its
+    /// frames, so nothing that lets the host reuse frames goes out before
+    /// the next one.
+    unsynced: bool,
 }
 
 impl Client {
@@ -211,6 +222,22 @@ impl Client {
             ops: OpQueue::new(),
             reannounce: 0,
             reannounce_next: 0,
+            unsynced: false,
+        }
+    }
+
+    /// Waits for every pool read section that may still copy from a frame
+    /// of a map dropped since the last call (one wait for the whole batch).
+    /// Called, with the link's lock held and no file lock, before the host
+    /// is told anything that lets it reuse frames: acknowledgements and
+    /// releases ([`Client::flush_ops`]), the cut-off acknowledgement, the
+    /// announce of a new ring; [`crate::link::Link::detach`] waits before
+    /// the region is unmapped. Every drop happens under the file's lock
+    /// before this is called, and a reader looks a map up under that lock
+    /// inside its section: see glue.c for the whole argument.
+    pub(crate) fn sync_readers(&mut self) {
+        if core::mem::take(&mut self.unsynced) {
+            ffi::pool_sync();
         }
     }
 
@@ -281,7 +308,8 @@ impl Client {
         );
         // Every map of an older ring was dropped (`disconnect` above, or
         // before the ring went away): the host may release what this VM held
-        // through it once it sees this.
+        // through it once it sees this, so no reader may still copy from it.
+        self.sync_readers();
         end.announce(ring, FEATURES_KNOWN);
         self.conn = Some(Conn { end });
         true
@@ -310,6 +338,9 @@ impl Client {
         // maps a frame of these maps.
         self.revoke_all(false);
         self.ops.clear();
+        // The host drops every map of this VM when it sees the
+        // acknowledgement: no reader may still copy from their frames.
+        self.sync_readers();
         if let Some(conn) = self.conn.as_ref() {
             if conn.end.acknowledge_cut_off(ring) {
                 stats::inc(Counter::doorbells_needed);
@@ -358,6 +389,7 @@ impl Client {
                 if h.file.drop_map(h.file_map_id) {
                     stats::inc(Counter::fallbacks);
                 }
+                self.unsynced = true;
                 if release {
                     self.ops.push(OP_RELEASE, h.file_map_id);
                 }
@@ -377,6 +409,12 @@ impl Client {
             return;
         }
         let Some(ring) = ring else { return };
+        if self.conn.is_none() {
+            return;
+        }
+        // The maps these operations name were dropped from their files
+        // before they were queued.
+        self.sync_readers();
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
@@ -420,6 +458,8 @@ impl Client {
         for h in self.held.iter_mut() {
             if h.as_ref().is_some_and(|h| !h.file.uses_map(h.file_map_id)) {
                 if let Some(h) = h.take() {
+                    // Dropped from its file already; readers may still copy.
+                    self.unsynced = true;
                     self.ops.push(OP_RELEASE, h.file_map_id);
                 }
             }
@@ -690,6 +730,7 @@ impl Client {
             // Untracked maps could not be revoked: refuse to use it.
             file.drop_map(file_map_id);
             stats::inc(Counter::fallbacks);
+            self.unsynced = true;
             self.ops.push(OP_RELEASE, file_map_id);
         }
     }
@@ -756,6 +797,8 @@ impl Client {
             pool_generation: header.pool_generation,
             file_size: a.file_size,
             frames,
+            window: pool.window(),
+            geom: view.geom,
         })
     }
 
@@ -844,6 +887,8 @@ impl Client {
                 if ffi::param(ffi::Param::FaultNoAck) != 0 {
                     stats::inc(Counter::acks_withheld);
                 } else {
+                    // Sent after the readers of the dropped map are done.
+                    self.unsynced = true;
                     self.ops.push(OP_ACK_REVOKE, e.file_map_id);
                 }
             }

@@ -389,7 +389,8 @@ extern "C" fn vmdedup_rs_fault_lower_done(ret: VmFault) {
 }
 
 /// Serves a fault on a pool mapping (flags `vm_flags`) checked against file
-/// map `map_id`: inserts the pool frame and returns 1 with the insertion's
+/// map `map_id`: inserts the pool frame (and, fault-around, those of the
+/// pages `around_first..around_end` of the faulting VMA) and returns 1 with the insertion's
 /// `vm_fault_t` in `*ret`, or returns 0 when the fault must be served from
 /// the lower file (the map was revoked or replaced).
 ///
@@ -403,6 +404,8 @@ unsafe extern "C" fn vmdedup_rs_fault(
     vmf: *mut c_void,
     map_id: u64,
     pgoff: c_ulong,
+    around_first: c_ulong,
+    around_end: c_ulong,
     vm_flags: VmFlags,
     ret: *mut c_uint,
 ) -> c_int {
@@ -411,9 +414,10 @@ unsafe extern "C" fn vmdedup_rs_fault(
     }
     // SAFETY: forwarded caller contract.
     let (m, file) = unsafe { (mount(m), inode_state(ist)) };
+    let around = around_first as u64..around_end as u64;
     // SAFETY: `vmf` is the fault in progress on a VM_MIXEDMAP mapping of this
     // file with these flags (caller contract).
-    match unsafe { m.fault(file.as_deref(), vmf, map_id, pgoff as u64, vm_flags) } {
+    match unsafe { m.fault(file.as_deref(), vmf, map_id, pgoff as u64, around, vm_flags) } {
         Some(r) => {
             // SAFETY: `ret` is valid for a write (caller contract).
             unsafe { *ret = r };

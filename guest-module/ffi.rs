@@ -54,12 +54,51 @@ extern "C" {
         len: usize,
     ) -> isize;
 
-    /// Copies `len` bytes from `src` to the read's destination; returns how
-    /// many were copied (fewer on a fault in the user buffer).
+    /// Copies `len` bytes from a pool frame at `src` to the read's
+    /// destination with page faults disabled; returns how many were copied
+    /// (fewer when the user buffer needs a fault: see [`vmdedup_glue_fault_in`]).
     ///
     /// # Safety
-    /// `io` as above; `src` valid for reads of `len` bytes.
-    fn vmdedup_glue_copy_out(io: *mut c_void, src: *const c_void, len: usize) -> usize;
+    /// `io` as above; `src` valid for reads of `len` bytes for the whole call.
+    fn vmdedup_glue_copy_pool(io: *mut c_void, src: *const c_void, len: usize) -> usize;
+
+    /// `memcmp(pool, buf, len) == 0`.
+    ///
+    /// # Safety
+    /// `pool` and `buf` valid for reads of `len` bytes.
+    fn vmdedup_glue_pool_equal(pool: *const c_void, buf: *const c_void, len: usize) -> bool;
+
+    /// Takes back the last `len` bytes copied to the read's destination.
+    ///
+    /// # Safety
+    /// `io` as above; `len` at most what was copied to it by this read.
+    fn vmdedup_glue_revert(io: *mut c_void, len: usize);
+
+    /// Faults in the next `len` bytes of the read's destination; returns how
+    /// many could not be.
+    ///
+    /// # Safety
+    /// `io` as above.
+    fn vmdedup_glue_fault_in(io: *mut c_void, len: usize) -> usize;
+
+    /// `srcu_read_lock()` of the pool readers' SRCU domain (see glue.c).
+    ///
+    /// # Safety
+    /// The index must be passed to [`vmdedup_glue_pool_read_unlock`] once.
+    fn vmdedup_glue_pool_read_lock() -> c_int;
+
+    /// `srcu_read_unlock()` of the pool readers' SRCU domain.
+    ///
+    /// # Safety
+    /// `idx` from [`vmdedup_glue_pool_read_lock`], not yet unlocked.
+    fn vmdedup_glue_pool_read_unlock(idx: c_int);
+
+    /// `synchronize_srcu()` of the pool readers' SRCU domain: every read
+    /// section that began before it has ended when it returns.
+    ///
+    /// # Safety
+    /// None; it sleeps, so not in atomic context.
+    fn vmdedup_glue_pool_sync();
 
     /// Drops the lower file's clean, unmapped page cache pages in
     /// `[start, end)`; returns how many were dropped.
@@ -96,6 +135,14 @@ extern "C" {
     /// `VM_MIXEDMAP` mapping; `pfn` a frame that may be mapped read-only
     /// into user space until the mapping's PTEs are zapped.
     fn vmdedup_glue_insert_pfn(vmf: *mut c_void, pfn: c_ulong) -> c_uint;
+
+    /// `vmf_insert_mixed()` of `pfn` at file page `pgoff` of the faulting
+    /// VMA (fault-around); `VM_FAULT_SIGBUS` if the page is outside it. A
+    /// present PTE is left alone.
+    ///
+    /// # Safety
+    /// As [`vmdedup_glue_insert_pfn`].
+    fn vmdedup_glue_insert_pfn_at(vmf: *mut c_void, pgoff: c_ulong, pfn: c_ulong) -> c_uint;
 }
 
 /// `vm_flags_t`: the flags of a mapping (`vma->vm_flags`).
@@ -204,6 +251,52 @@ static_assert!(size_of::<MmapPlan>() == 16);
 static_assert!(offset_of!(MmapPlan, map_id) == 0);
 static_assert!(offset_of!(MmapPlan, set_flags) == 8);
 
+/// A read-side section of the pool readers' SRCU domain (glue.c documents
+/// the ordering argument): whatever a reader looked up from a kept file map
+/// after entering it stays mapped until it is dropped. Not `Send`: it ends
+/// in the task that began it.
+pub(crate) struct PoolReadSection {
+    idx: c_int,
+    _not_send: core::marker::PhantomData<*mut ()>,
+}
+
+impl PoolReadSection {
+    /// Enters a section.
+    pub(crate) fn enter() -> Self {
+        // SAFETY: the index is kept and passed to the unlock exactly once, in
+        // `drop`.
+        let idx = unsafe { vmdedup_glue_pool_read_lock() };
+        PoolReadSection {
+            idx,
+            _not_send: core::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for PoolReadSection {
+    fn drop(&mut self) {
+        // SAFETY: `idx` came from the lock in `enter` and is unlocked once.
+        unsafe { vmdedup_glue_pool_read_unlock(self.idx) }
+    }
+}
+
+/// Waits until every pool read section that began before this call has
+/// ended. Sleeps; call it holding no lock a reader takes inside a section
+/// (readers take only file locks there).
+pub(crate) fn pool_sync() {
+    // SAFETY: called from process context (every caller holds a mutex).
+    unsafe { vmdedup_glue_pool_sync() }
+}
+
+/// Whether `len` bytes at `pool` equal `buf`.
+///
+/// # Safety
+/// `pool` must be valid for reads of `buf.len()` bytes.
+pub(crate) unsafe fn pool_equal(pool: *const u8, buf: &[u8]) -> bool {
+    // SAFETY: `pool` by the caller contract; `buf` is a slice.
+    unsafe { vmdedup_glue_pool_equal(pool.cast(), buf.as_ptr().cast(), buf.len()) }
+}
+
 /// A random number below `ceil` (0 for 0).
 pub(crate) fn random_below(ceil: u32) -> u32 {
     // SAFETY: no preconditions.
@@ -226,6 +319,16 @@ pub(crate) unsafe fn unmap_all(mapping: *mut c_void) {
 pub(crate) unsafe fn insert_pfn(vmf: *mut c_void, pfn: u64) -> VmFault {
     // SAFETY: forwarded caller contract.
     unsafe { vmdedup_glue_insert_pfn(vmf, pfn as c_ulong) }
+}
+
+/// Inserts pool frame `pfn` at file page `pgoff` of the faulting VMA of
+/// `vmf` (fault-around).
+///
+/// # Safety
+/// As [`vmdedup_glue_insert_pfn`].
+pub(crate) unsafe fn insert_pfn_at(vmf: *mut c_void, pgoff: u64, pfn: u64) -> VmFault {
+    // SAFETY: forwarded caller contract.
+    unsafe { vmdedup_glue_insert_pfn_at(vmf, pgoff as c_ulong, pfn as c_ulong) }
 }
 
 /// One read in progress (`struct vmdedup_io` in `glue.h`, opaque here).
@@ -292,10 +395,30 @@ impl Io {
         unsafe { vmdedup_glue_drop_lower_pages(self.0.as_ptr(), s, e) as u64 }
     }
 
-    /// Copies `src` to the destination; returns how many bytes went.
-    pub(crate) fn copy_out(&mut self, src: &[u8]) -> usize {
-        // SAFETY: live by the type invariant; `src` valid for its length.
-        unsafe { vmdedup_glue_copy_out(self.0.as_ptr(), src.as_ptr().cast(), src.len()) }
+    /// Copies `len` bytes of a pool frame at `src` to the destination with
+    /// page faults disabled; returns how many bytes went (fewer when the
+    /// destination needs a fault: [`Io::fault_in`] it outside the section).
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `len` bytes for the whole call.
+    pub(crate) unsafe fn copy_pool(&mut self, src: *const u8, len: usize) -> usize {
+        // SAFETY: live by the type invariant; `src` by the caller contract.
+        unsafe { vmdedup_glue_copy_pool(self.0.as_ptr(), src.cast(), len) }
+    }
+
+    /// Takes back the last `len` bytes copied to the destination (at most
+    /// what this read copied with [`Io::copy_pool`] since).
+    pub(crate) fn revert(&mut self, len: usize) {
+        // SAFETY: live by the type invariant; callers revert only bytes they
+        // just copied.
+        unsafe { vmdedup_glue_revert(self.0.as_ptr(), len) }
+    }
+
+    /// Faults in the next `len` bytes of the destination; returns whether
+    /// any of them could be.
+    pub(crate) fn fault_in(&mut self, len: usize) -> bool {
+        // SAFETY: live by the type invariant.
+        unsafe { vmdedup_glue_fault_in(self.0.as_ptr(), len) < len }
     }
 }
 

@@ -12,10 +12,12 @@ use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::time::Ktime;
 
+use core::marker::PhantomData;
+
 use crate::abi::{parse_fingerprint_text, Fingerprint};
-use crate::ffi::{self, VmFault};
-use crate::mapping::Mapping;
-use crate::pool::{TableHeader, TABLE_HEADER_SIZE};
+use crate::ffi::{self, Io, PoolReadSection, VmFault};
+use crate::mapping::{Mapping, PoolWindow};
+use crate::pool::{PoolGeometry, TableHeader, FRAME_SIZE, TABLE_HEADER_SIZE};
 
 /// Set when a file state let go of a map outside the client (eviction,
 /// verify mismatch, identity change, a dead table found by a read): the
@@ -43,6 +45,20 @@ pub(crate) struct FileMap {
     pub(crate) pool_generation: u64,
     pub(crate) file_size: u64,
     pub(crate) frames: KVVec<u32>,
+    /// The pool the table was read from, and its geometry: what a read or
+    /// a fault needs to reach a frame without the link's lock.
+    pub(crate) window: PoolWindow,
+    pub(crate) geom: PoolGeometry,
+}
+
+impl FileMap {
+    fn key(&self) -> TableKey {
+        TableKey {
+            offset: self.table_offset,
+            file_map_id: self.file_map_id,
+            pool_generation: self.pool_generation,
+        }
+    }
 }
 
 /// Which pool table a kept answer was copied from: enough to check, around a
@@ -58,9 +74,78 @@ impl TableKey {
     /// Copies the table header out of `pool` and checks its magic, file map
     /// id and pool generation ([`TableHeader::describes`]).
     pub(crate) fn live(&self, pool: &Mapping) -> bool {
+        self.live_with(|off, b| pool.read_bytes(off, b))
+    }
+
+    /// As [`TableKey::live`], reading the header with `read`.
+    fn live_with(&self, read: impl FnOnce(usize, &mut [u8]) -> bool) -> bool {
         let mut b = [0u8; TABLE_HEADER_SIZE];
-        usize::try_from(self.offset).is_ok_and(|off| pool.read_bytes(off, &mut b))
+        usize::try_from(self.offset).is_ok_and(|off| read(off, &mut b))
             && TableHeader::from_le_bytes(&b).describes(self.file_map_id, self.pool_generation)
+    }
+}
+
+/// Pages of a file served from consecutive pool frames, looked up under the
+/// file's lock inside a pool read section and usable only within it (the
+/// lifetime `'s`): a revocation, release or cut-off that drops the map
+/// waits for the section to end before it tells the host (see glue.c).
+pub(crate) struct Run<'s> {
+    window: PoolWindow,
+    /// Byte offset in the pool of the first page's frame.
+    off: usize,
+    /// How many pages (consecutive frames).
+    pages: u64,
+    key: TableKey,
+    _section: PhantomData<&'s PoolReadSection>,
+}
+
+impl Run<'_> {
+    /// Bytes the run covers.
+    pub(crate) fn bytes(&self) -> usize {
+        (self.pages * FRAME_SIZE) as usize
+    }
+
+    /// The file map the frames belong to.
+    pub(crate) fn map_id(&self) -> u64 {
+        self.key.file_map_id
+    }
+
+    /// The kernel address of `len` bytes at byte `from` of the run.
+    fn src(&self, from: usize, len: usize) -> Option<*const u8> {
+        if from.checked_add(len)? > self.bytes() {
+            return None;
+        }
+        self.window.range(self.off.checked_add(from)?, len)
+    }
+
+    /// Whether the table is still live: its magic, file map id and pool
+    /// generation ([`TableKey::live`]).
+    pub(crate) fn live(&self) -> bool {
+        self.key.live_with(|off, b| {
+            // SAFETY: the run was looked up from a kept map inside the
+            // section that `'s` borrows, which has not ended (window
+            // invariant).
+            unsafe { self.window.read_bytes(off, b) }
+        })
+    }
+
+    /// Copies `len` bytes at byte `from` of the run to the read's
+    /// destination; `None` if the range is not in the run, else how many
+    /// bytes went (fewer if the destination needs a fault).
+    pub(crate) fn copy_out(&self, io: &mut Io, from: usize, len: usize) -> Option<usize> {
+        let src = self.src(from, len)?;
+        // SAFETY: `src` is `len` bytes inside the window (checked by `src`),
+        // mapped while the section `'s` lasts (as in `live`).
+        Some(unsafe { io.copy_pool(src, len) })
+    }
+
+    /// Whether the `buf.len()` bytes at byte `from` of the run equal `buf`.
+    pub(crate) fn equals(&self, from: usize, buf: &[u8]) -> bool {
+        let Some(src) = self.src(from, buf.len()) else {
+            return false;
+        };
+        // SAFETY: as in `copy_out`.
+        unsafe { ffi::pool_equal(src, buf) }
     }
 }
 
@@ -180,8 +265,19 @@ impl InodeState {
     /// The kept answer's id, and whether its install check is done.
     pub(crate) fn current_map(&self) -> Option<(u64, bool)> {
         let s = self.inner.lock();
-        let id = s.map.as_ref()?.file_map_id;
-        Some((id, s.checked_map == Some(id)))
+        current(&s)
+    }
+
+    /// What a read looks at first, under one lock: whether a request is
+    /// pending, the kept answer as [`InodeState::current_map`] says, and
+    /// the file's size.
+    pub(crate) fn read_state(&self) -> (bool, Option<(u64, bool)>, u64) {
+        let s = self.inner.lock();
+        let size = s
+            .map
+            .as_ref()
+            .map_or_else(|| s.ident.map_or(0, |i| i.size), |m| m.file_size);
+        (s.pending, current(&s), size)
     }
 
     /// Records that file map `id` passed its install check; false if the
@@ -204,36 +300,94 @@ impl InodeState {
             .is_some_and(|m| m.file_map_id == id)
     }
 
-    /// The frame of `page` and the table it came from, if the kept answer
-    /// covers the page.
-    pub(crate) fn frame(&self, page: u64) -> Option<(u32, TableKey)> {
+    /// The run of pool frames serving pages `page..` of file map `want`,
+    /// at most `max_pages` of them, if the file keeps that map and it
+    /// covers `page`. Looked up under the file's lock inside `section`, so a
+    /// drop of the map either comes first (no run) or waits for the section
+    /// to end before the host hears of it.
+    pub(crate) fn run<'s>(
+        &self,
+        _section: &'s PoolReadSection,
+        page: u64,
+        want: u64,
+        max_pages: u64,
+    ) -> Option<Run<'s>> {
         let s = self.inner.lock();
-        let m = s.map.as_ref()?;
-        let f = *m.frames.get(usize::try_from(page).ok()?)?;
-        let key = TableKey {
-            offset: m.table_offset,
-            file_map_id: m.file_map_id,
-            pool_generation: m.pool_generation,
-        };
-        Some((f, key))
+        let m = s.map.as_ref().filter(|m| m.file_map_id == want)?;
+        let i = usize::try_from(page).ok()?;
+        let first = *m.frames.get(i)?;
+        let mut pages = 1u64;
+        while pages < max_pages {
+            let next = m.frames.get(i + pages as usize).copied();
+            if next.is_none() || next != first.checked_add(pages as u32) {
+                break;
+            }
+            pages += 1;
+        }
+        // Every frame of the run is in the pool: the first and the last are.
+        let off = m.geom.frame_offset(first).ok()?;
+        m.geom.frame_offset(first + (pages - 1) as u32).ok()?;
+        let off = usize::try_from(off).ok()?;
+        m.window.range(off, (pages * FRAME_SIZE) as usize)?;
+        Some(Run {
+            window: m.window,
+            off,
+            pages,
+            key: m.key(),
+            _section: PhantomData,
+        })
     }
 
-    /// Runs `insert` under the file's lock if the kept answer is still file
-    /// map `id`, and returns its result; `None` if the map is gone. A
-    /// revocation drops the map and zaps the file's PTEs under this same
-    /// lock, so whatever `insert` maps is either zapped by it or never made.
-    pub(crate) fn insert_if_uses(
+    /// Maps the pool frame of page `pgoff` of file map `id` with `insert`
+    /// (given the page and the frame's PFN) under the file's lock, if the
+    /// file keeps that map, it covers the page and its table is live; then,
+    /// if that succeeded with `ok`, the frames of the other pages of
+    /// `around` the map covers (fault-around). Returns `insert`'s result for
+    /// `pgoff` and how many neighbours it mapped with `ok`; `None` for
+    /// lower. A revocation drops the map and zaps the file's PTEs under this
+    /// same lock, so whatever `insert` maps is either zapped by it or never
+    /// made.
+    pub(crate) fn insert_frames(
         &self,
         id: u64,
-        insert: impl FnOnce() -> VmFault,
-    ) -> Option<VmFault> {
+        pgoff: u64,
+        around: core::ops::Range<u64>,
+        ok: VmFault,
+        mut insert: impl FnMut(u64, u64) -> VmFault,
+    ) -> Option<(VmFault, u64)> {
         let s = self.inner.lock();
-        if s.map.as_ref().map(|m| m.file_map_id) != Some(id) {
+        let m = s.map.as_ref().filter(|m| m.file_map_id == id)?;
+        let pfn = |page: u64| -> Option<u64> {
+            let frame = *m.frames.get(usize::try_from(page).ok()?)?;
+            let off = m.geom.frame_offset(frame).ok()?;
+            m.window
+                .range(usize::try_from(off).ok()?, FRAME_SIZE as usize)?;
+            Some((m.window.phys() + off) >> kernel::page::PAGE_SHIFT)
+        };
+        let first = pfn(pgoff)?;
+        let live = m.key().live_with(|o, b| {
+            // SAFETY: under the lock of the file that keeps the map (window
+            // invariant).
+            unsafe { m.window.read_bytes(o, b) }
+        });
+        if !live {
+            // Being revoked (or its slot already reused): the event that
+            // follows drops the map.
             return None;
         }
-        let ret = insert();
+        let ret = insert(pgoff, first);
+        let mut mapped = 0;
+        if ret == ok {
+            for page in around.filter(|&p| p != pgoff) {
+                if let Some(f) = pfn(page) {
+                    if insert(page, f) == ok {
+                        mapped += 1;
+                    }
+                }
+            }
+        }
         drop(s);
-        Some(ret)
+        Some((ret, mapped))
     }
 
     /// Keeps a validated answer. Returns false if the file no longer wants one.
@@ -291,6 +445,12 @@ impl InodeState {
             SWEEP_NEEDED.store(true, Ordering::Release);
         }
     }
+}
+
+/// The kept answer's id and whether its install check is done.
+fn current(s: &FileState) -> Option<(u64, bool)> {
+    let id = s.map.as_ref()?.file_map_id;
+    Some((id, s.checked_map == Some(id)))
 }
 
 /// Zaps every PTE mapping the file (pool frames and lower pages alike), if

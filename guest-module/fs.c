@@ -43,6 +43,8 @@
 #include "glue.h"
 
 #define VMDEDUPFS_MAGIC 0x766d6464 /* "vmdd" */
+/* Pages a read fault on a pool mapping maps at once (fault-around). */
+#define VMDEDUP_FAULT_AROUND 16
 
 struct vmdedup_sb {
 	struct path lower_root;
@@ -440,9 +442,41 @@ u32 vmdedup_glue_random_below(u32 ceil)
 	return ceil ? get_random_u32_below(ceil) : 0;
 }
 
-size_t vmdedup_glue_copy_out(struct vmdedup_io *io, const void *src, size_t len)
+/*
+ * Copies from a pool frame (the pool's kernel mapping) to the read's
+ * destination inside a pool read section (glue.c): with page faults
+ * disabled, so a fault on the user buffer cuts the copy short instead of
+ * being handled in the section. Returns how many bytes went.
+ */
+size_t vmdedup_glue_copy_pool(struct vmdedup_io *io, const void *src, size_t len)
 {
-	return copy_to_iter(src, len, io->iter);
+	size_t n;
+
+	pagefault_disable();
+	n = copy_to_iter(src, len, io->iter);
+	pagefault_enable();
+	return n;
+}
+
+/* verify=full: whether pool bytes equal the lower bytes read for them. */
+bool vmdedup_glue_pool_equal(const void *pool, const void *buf, size_t len)
+{
+	return !memcmp(pool, buf, len);
+}
+
+/* Takes back the last `len` bytes copied to the destination. */
+void vmdedup_glue_revert(struct vmdedup_io *io, size_t len)
+{
+	iov_iter_revert(io->iter, len);
+}
+
+/*
+ * Faults in the next `len` bytes of the destination (outside any pool read
+ * section); returns how many could not be.
+ */
+size_t vmdedup_glue_fault_in(struct vmdedup_io *io, size_t len)
+{
+	return fault_in_iov_iter_writeable(io->iter, len);
 }
 
 static ssize_t vmdedup_read_iter(struct kiocb *iocb, struct iov_iter *to)
@@ -493,10 +527,25 @@ static vm_fault_t vmdedup_pool_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct inode *inode = file_inode(vma->vm_file);
+	unsigned long first = vmf->pgoff, end = vmf->pgoff + 1;
 	unsigned int nofs;
 	vm_fault_t ret;
 	bool served;
 
+	/*
+	 * Fault-around, as filemap_map_pages() does for page cache pages: a read
+	 * fault also maps the pool frames of the neighbouring pages, in the
+	 * aligned block of VMDEDUP_FAULT_AROUND pages around the fault, clipped
+	 * to the VMA (Rust clips it to the file and to the frames of the map the
+	 * mapping was checked against). A write fault (copy-on-write of a
+	 * private mapping) maps only its own page.
+	 */
+	if (!(vmf->flags & FAULT_FLAG_WRITE)) {
+		unsigned long block = ALIGN_DOWN(vmf->pgoff, VMDEDUP_FAULT_AROUND);
+
+		first = max(block, vma->vm_pgoff);
+		end = min(block + VMDEDUP_FAULT_AROUND, vma->vm_pgoff + vma_pages(vma));
+	}
 	/*
 	 * Rust inserts the pool frame under the file's lock, or says "lower".
 	 * Memory reclaim takes that lock class too, when it evicts one of our
@@ -512,7 +561,8 @@ static vm_fault_t vmdedup_pool_fault(struct vm_fault *vmf)
 	 */
 	nofs = memalloc_nofs_save();
 	served = vmdedup_rs_fault(VSB(inode->i_sb)->rs, VI(inode)->rs, vmf,
-				  (u64)(uintptr_t)vma->vm_private_data, vmf->pgoff, vma->vm_flags, &ret);
+				  (u64)(uintptr_t)vma->vm_private_data, vmf->pgoff, first, end,
+				  vma->vm_flags, &ret);
 	memalloc_nofs_restore(nofs);
 	if (served)
 		return ret;
@@ -525,6 +575,24 @@ static vm_fault_t vmdedup_pool_fault(struct vm_fault *vmf)
 vm_fault_t vmdedup_glue_insert_pfn(struct vm_fault *vmf, unsigned long pfn)
 {
 	return vmf_insert_mixed(vmf->vma, vmf->address, __pfn_to_pfn_t(pfn, PFN_DEV));
+}
+
+/*
+ * Fault-around: maps pool frame `pfn` at file page `pgoff` of the faulting
+ * VMA, read-only like the faulting page, unless something is mapped there
+ * already (vmf_insert_mixed() leaves a present PTE alone: a page a private
+ * mapping copied on write stays). Called from Rust with the file's lock held.
+ * VM_FAULT_SIGBUS if `pgoff` is outside the VMA.
+ */
+vm_fault_t vmdedup_glue_insert_pfn_at(struct vm_fault *vmf, unsigned long pgoff, unsigned long pfn)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	unsigned long addr;
+
+	if (pgoff < vma->vm_pgoff || pgoff - vma->vm_pgoff >= vma_pages(vma))
+		return VM_FAULT_SIGBUS;
+	addr = vma->vm_start + ((pgoff - vma->vm_pgoff) << PAGE_SHIFT);
+	return vmf_insert_mixed(vma, addr, __pfn_to_pfn_t(pfn, PFN_DEV));
 }
 
 /*

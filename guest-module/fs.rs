@@ -12,7 +12,7 @@ use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow};
 use kernel::time::Ktime;
 
-use crate::ffi::{self, Io, MmapPlan, VmFault, VmFlags};
+use crate::ffi::{self, Io, MmapPlan, PoolReadSection, VmFault, VmFlags};
 use crate::file::{Ident, InodeState};
 use crate::link::Shared;
 use crate::pool::FRAME_SIZE;
@@ -33,6 +33,28 @@ pub(crate) enum Verify {
 }
 /// Longest mount option string we look at.
 const MAX_NAME: usize = 64;
+/// The largest lower buffer a read allocates for `verify=full` (one per
+/// read call): pool bytes are compared with the lower file this many bytes
+/// at a time.
+const VERIFY_CHUNK: usize = 64 * 1024;
+
+/// What one step of a read did.
+enum Step {
+    /// Bytes copied from pool frames (0: retry, the destination was faulted in).
+    Pool(usize),
+    /// The page goes to the lower file.
+    Lower,
+    /// The destination cannot be written: stop.
+    Fault,
+}
+
+/// Pages spanned by `len` bytes from byte `in_page` of a page.
+fn run_pages(in_page: usize, len: usize) -> u64 {
+    if len == 0 {
+        return 0;
+    }
+    (in_page + len).div_ceil(FRAME_SIZE as usize) as u64
+}
 
 impl Verify {
     fn name(self) -> &'static str {
@@ -142,22 +164,25 @@ impl Mount {
         let deadline_ns = i64::from(ffi::param(ffi::Param::PollUs)).saturating_mul(1000);
         // The pending request keeps a reference of its own.
         let file = Arc::from(file);
-        let mut link = self.shared.link.lock();
-        let (ring, pool, client) = link.parts();
-        if !client.submit(ring, &file, ns_id, &ident, path) {
-            file.clear_pending();
-            return;
-        }
-        let start = Ktime::ktime_get();
-        loop {
+        {
+            let mut link = self.shared.link.lock();
+            let (ring, pool, client) = link.parts();
+            if !client.submit(ring, &file, ns_id, &ident, path) {
+                file.clear_pending();
+                return;
+            }
             client.reap(ring, pool, false);
-            if !file.is_pending() {
-                break;
-            }
-            if Ktime::ktime_get().to_ns().saturating_sub(start.to_ns()) >= deadline_ns {
-                break;
-            }
+        }
+        // Poll for the answer, taking the link's lock only to reap: reads,
+        // faults and the timer of other files must not wait for this spin.
+        let start = Ktime::ktime_get();
+        while file.is_pending()
+            && Ktime::ktime_get().to_ns().saturating_sub(start.to_ns()) < deadline_ns
+        {
             core::hint::spin_loop();
+            let mut link = self.shared.link.lock();
+            let (ring, pool, client) = link.parts();
+            client.reap(ring, pool, false);
         }
     }
 
@@ -174,57 +199,153 @@ impl Mount {
             return io.read_lower(pos, count);
         };
         // Take an answer that arrived after the open stopped polling.
-        if file.is_pending() {
-            let mut link = self.shared.link.lock();
-            let (ring, pool, client) = link.parts();
-            client.reap(ring, pool, true);
+        let (pending, mut current, mut size) = file.read_state();
+        if pending {
+            {
+                let mut link = self.shared.link.lock();
+                let (ring, pool, client) = link.parts();
+                client.reap(ring, pool, true);
+            }
+            (_, current, size) = file.read_state();
         }
         let Ok(upos) = u64::try_from(pos) else {
             return Err(EINVAL);
         };
-        let map_id = self.ready_map(file, io);
-        let size = file.size();
+        let map_id = self.ready_map_of(file, io, current);
         let Some(map_id) = map_id.filter(|_| upos < size) else {
             stats::inc(Counter::pages_lower);
             return io.read_lower(pos, count);
         };
         let count = count.min(usize::try_from(size - upos).unwrap_or(usize::MAX));
-        let mut frame_buf = KVec::from_elem(0u8, FRAME_SIZE as usize, GFP_KERNEL)?;
-        let mut lower_buf = KVec::new();
+        // verify=full: one lower buffer for the whole call.
+        let mut lower = KVec::new();
         let mut done = 0usize;
         while done < count {
             let p = upos + done as u64;
-            let page = p / FRAME_SIZE;
-            let in_page = (p % FRAME_SIZE) as usize;
-            let page_len = (size - page * FRAME_SIZE).min(FRAME_SIZE) as usize;
-            let chunk = (page_len - in_page).min(count - done);
-            let served = match self.pool_page(file, page, Some(map_id), &mut frame_buf) {
-                Some(()) if self.verify == Verify::Full => {
-                    self.checked(file, io, page, page_len, &mut frame_buf, &mut lower_buf)?
+            let left = count - done;
+            let n = match self.read_run(file, io, map_id, p, left, &mut lower)? {
+                Step::Pool(n) => n,
+                Step::Fault => break,
+                Step::Lower => {
+                    let chunk = (FRAME_SIZE - p % FRAME_SIZE).min(left as u64) as usize;
+                    let n = io.read_lower(p as i64, chunk)? as usize;
+                    stats::inc(Counter::pages_lower);
+                    if n < chunk {
+                        done += n;
+                        break;
+                    }
+                    n
                 }
-                Some(()) => true,
-                None => false,
-            };
-            let n = if served {
-                let src = frame_buf.get(in_page..in_page + chunk).ok_or(EINVAL)?;
-                let n = io.copy_out(src);
-                stats::inc(Counter::pages_pool);
-                stats::add(Counter::bytes_pool, n as u64);
-                n
-            } else {
-                let n = io.read_lower(p as i64, chunk)?;
-                stats::inc(Counter::pages_lower);
-                n as usize
             };
             done += n;
-            if n < chunk {
-                break;
-            }
         }
         if done == 0 && count > 0 {
             return Err(EFAULT);
         }
         Ok(done as isize)
+    }
+
+    /// Serves bytes `p..p + left` of `file` from the run of consecutive
+    /// pool frames of file map `map_id` that starts at `p`'s page: the run
+    /// is looked up under the file's lock inside a pool read section
+    /// (glue.c: a revocation waits for the section before it is
+    /// acknowledged), copied straight to the destination in one call, and
+    /// the table is checked live before and after the copy. A copy followed
+    /// by a failed check is taken back and the page read from lower.
+    /// With `verify=full` the lower bytes are read first (outside the
+    /// section) and the pool bytes are served only if they are equal.
+    fn read_run(
+        &self,
+        file: &InodeState,
+        io: &mut Io,
+        map_id: u64,
+        p: u64,
+        left: usize,
+        lower: &mut KVec<u8>,
+    ) -> Result<Step> {
+        let page = p / FRAME_SIZE;
+        let in_page = (p % FRAME_SIZE) as usize;
+        let mut want = left;
+        let mut got_lower = 0;
+        if self.verify == Verify::Full {
+            if lower.is_empty() {
+                let cap = VERIFY_CHUNK.min((in_page + left).next_multiple_of(FRAME_SIZE as usize));
+                lower.extend_with(cap, 0, GFP_KERNEL)?;
+            }
+            // Compared (and served) at most a buffer at a time.
+            want = left.min(lower.len());
+            let buf = lower.get_mut(..want).ok_or(EINVAL)?;
+            got_lower = io.read_lower_buf(p as i64, buf)?;
+        }
+        let max_pages = (in_page + want).div_ceil(FRAME_SIZE as usize) as u64;
+        let section = PoolReadSection::enter();
+        let Some(run) = file.run(&section, page, map_id, max_pages) else {
+            return Ok(Step::Lower);
+        };
+        let id = run.map_id();
+        let len = want.min(run.bytes() - in_page);
+        if !run.live() {
+            drop(section);
+            self.table_dead(file, id);
+            return Ok(Step::Lower);
+        }
+        if self.verify == Verify::Full {
+            stats::add(Counter::verify_pages, run_pages(in_page, len));
+            let same = got_lower >= len && lower.get(..len).is_some_and(|b| run.equals(in_page, b));
+            if !same {
+                drop(section);
+                self.mismatch(file, page);
+                return Ok(Step::Lower);
+            }
+        }
+        let Some(copied) = run.copy_out(io, in_page, len) else {
+            return Ok(Step::Lower);
+        };
+        let live = run.live();
+        drop(section);
+        if !live {
+            // Revoked (or its slot reused) during the copy: what was copied
+            // may be wrong; take it back and read lower.
+            io.revert(copied);
+            self.table_dead(file, id);
+            return Ok(Step::Lower);
+        }
+        if copied > 0 {
+            stats::add(Counter::pages_pool, run_pages(in_page, copied));
+            stats::add(Counter::bytes_pool, copied as u64);
+        }
+        if copied < len {
+            // The destination needs a fault, made outside the section; the
+            // next step looks the frames up again.
+            let faulted = io.fault_in(len - copied);
+            if copied == 0 && !faulted {
+                return Ok(Step::Fault);
+            }
+        }
+        Ok(Step::Pool(copied))
+    }
+
+    /// The table of file map `id` is no longer live: the file goes back to
+    /// lower (the revocation event that follows, or the timer's sweep,
+    /// tells the host).
+    fn table_dead(&self, file: &InodeState, id: u64) {
+        if file.drop_map(id) {
+            stats::inc(Counter::fallbacks);
+        }
+    }
+
+    /// Pool bytes from `page` on differ from the lower file's: the file
+    /// goes to lower for good.
+    fn mismatch(&self, file: &InodeState, page: u64) {
+        stats::inc(Counter::verify_mismatches);
+        pr_err!(
+            "vmdedupfs: ns={}: pool page {} of ino {} differs from lower: file falls back to lower for good\n",
+            Bytes(&self.ns_name),
+            page,
+            file.ino()
+        );
+        file.lower_for_good();
+        stats::inc(Counter::fallbacks);
     }
 
     /// The kept answer a read or a new mapping may use, once its install
@@ -237,7 +358,18 @@ impl Mount {
     /// would only double the guest's memory for it. `full` compares every
     /// page as it is served instead.
     fn ready_map(&self, file: &InodeState, io: &mut Io) -> Option<u64> {
-        let (id, checked) = file.current_map()?;
+        self.ready_map_of(file, io, file.current_map())
+    }
+
+    /// [`Mount::ready_map`] for the kept answer `current` (as
+    /// [`InodeState::current_map`] said it a moment ago).
+    fn ready_map_of(
+        &self,
+        file: &InodeState,
+        io: &mut Io,
+        current: Option<(u64, bool)>,
+    ) -> Option<u64> {
+        let (id, checked) = current?;
         if checked || self.verify == Verify::Full {
             return Some(id);
         }
@@ -258,91 +390,70 @@ impl Mount {
             return true;
         };
         let random = u64::from(ffi::random_below(u32::try_from(pages).unwrap_or(u32::MAX)));
-        let (Ok(mut frame), mut lower) = (
-            KVec::from_elem(0u8, FRAME_SIZE as usize, GFP_KERNEL),
-            KVec::new(),
-        ) else {
-            return false;
-        };
         for (i, page) in [0, last, random].into_iter().enumerate() {
             if (i == 1 && page == 0) || (i == 2 && (page == 0 || page == last)) {
                 continue;
             }
-            let page_len = (size - page * FRAME_SIZE).min(FRAME_SIZE) as usize;
-            if self.pool_page(file, page, Some(id), &mut frame).is_none() {
+            if !self.compare_pages(file, io, page, 1, id) {
                 return false;
-            }
-            match self.checked(file, io, page, page_len, &mut frame, &mut lower) {
-                Ok(true) => {}
-                _ => return false,
             }
         }
         stats::inc(Counter::verify_files);
         true
     }
 
-    /// Copies page `page` of `file` out of its pool frame into `buf`, if the
-    /// kept answer covers it (and is file map `want`, when given) and the
-    /// table is still live around the copy.
-    fn pool_page(
-        &self,
-        file: &InodeState,
-        page: u64,
-        want: Option<u64>,
-        buf: &mut [u8],
-    ) -> Option<()> {
-        let mut link = self.shared.link.lock();
-        // Looked up under the link's lock, which revocations hold.
-        let (frame, key) = file.frame(page)?;
-        if want.is_some_and(|w| w != key.file_map_id) {
-            // Replaced since it was checked: this read goes to lower.
-            return None;
-        }
-        let (_, pool_map, client) = link.parts();
-        let pool = pool_map?;
-        let view = client.pool_view(Some(pool))?;
-        let off = usize::try_from(view.geom.frame_offset(frame).ok()?).ok()?;
-        if key.live(pool) && pool.read_bytes(off, buf) && key.live(pool) {
-            return Some(());
-        }
-        drop(link);
-        if file.drop_map(key.file_map_id) {
-            stats::inc(Counter::fallbacks);
-        }
-        None
-    }
-
-    /// Compares a pool page in `frame` with the lower file. Returns whether
-    /// the pool bytes may be served; on a mismatch the file goes to lower
-    /// for good.
-    fn checked(
+    /// Compares pages `first..first + npages` of file map `id` (those
+    /// inside the file) with the lower file, a run of frames at a time
+    /// inside a pool read section. False if a page differs (the file then
+    /// goes to lower for good) or the map no longer serves one.
+    fn compare_pages(
         &self,
         file: &InodeState,
         io: &mut Io,
-        page: u64,
-        page_len: usize,
-        frame: &mut [u8],
-        lower: &mut KVec<u8>,
-    ) -> Result<bool> {
-        if lower.is_empty() {
-            lower.extend_with(FRAME_SIZE as usize, 0, GFP_KERNEL)?;
+        first: u64,
+        npages: u64,
+        id: u64,
+    ) -> bool {
+        let size = file.size();
+        let end = first.saturating_add(npages).min(size.div_ceil(FRAME_SIZE));
+        if first >= end {
+            return true;
         }
-        let want = lower.get_mut(..page_len).ok_or(EINVAL)?;
-        let got = io.read_lower_buf((page * FRAME_SIZE) as i64, want)?;
-        stats::inc(Counter::verify_pages);
-        if got == page_len && frame.get(..page_len) == lower.get(..page_len) {
-            return Ok(true);
+        let cap = VERIFY_CHUNK.min(((end - first) * FRAME_SIZE) as usize);
+        let mut lower = KVec::new();
+        if lower.extend_with(cap, 0u8, GFP_KERNEL).is_err() {
+            return false;
         }
-        stats::inc(Counter::verify_mismatches);
-        pr_err!(
-            "vmdedupfs: ns={}: pool page {} of ino {} differs from lower: file falls back to lower for good\n",
-            Bytes(&self.ns_name),
-            page,
-            file.ino()
-        );
-        file.lower_for_good();
-        stats::inc(Counter::fallbacks);
-        Ok(false)
+        let mut page = first;
+        while page < end {
+            let chunk_pages = (end - page).min((cap as u64) / FRAME_SIZE);
+            let bytes = (size - page * FRAME_SIZE).min(chunk_pages * FRAME_SIZE) as usize;
+            let Some(buf) = lower.get_mut(..bytes) else {
+                return false;
+            };
+            let Ok(got) = io.read_lower_buf((page * FRAME_SIZE) as i64, buf) else {
+                return false;
+            };
+            let section = PoolReadSection::enter();
+            let Some(run) = file.run(&section, page, id, chunk_pages) else {
+                return false;
+            };
+            let len = bytes.min(run.bytes());
+            if !run.live() {
+                drop(section);
+                self.table_dead(file, id);
+                return false;
+            }
+            let same = got >= len && lower.get(..len).is_some_and(|b| run.equals(0, b));
+            drop(section);
+            stats::add(Counter::verify_pages, run_pages(0, len));
+            if !same {
+                self.mismatch(file, page);
+                return false;
+            }
+            page += run_pages(0, len).max(1);
+        }
+        true
     }
 
     /// Whether a mapping of `npages` at `pgoff` with flags `vm_flags` may map
@@ -403,37 +514,20 @@ impl Mount {
         npages: u64,
         id: u64,
     ) -> bool {
-        let size = file.size();
-        let (Ok(mut frame), mut lower) = (
-            KVec::from_elem(0u8, FRAME_SIZE as usize, GFP_KERNEL),
-            KVec::new(),
-        ) else {
-            return false;
-        };
-        for page in pgoff..pgoff.saturating_add(npages) {
-            if page.saturating_mul(FRAME_SIZE) >= size {
-                break;
-            }
-            let page_len = (size - page * FRAME_SIZE).min(FRAME_SIZE) as usize;
-            if self.pool_page(file, page, Some(id), &mut frame).is_none() {
-                return false;
-            }
-            match self.checked(file, io, page, page_len, &mut frame, &mut lower) {
-                Ok(true) => {}
-                _ => return false,
-            }
-        }
-        true
+        self.compare_pages(file, io, pgoff, npages, id)
     }
 
     /// Serves a fault at page `pgoff` of a pool mapping that was checked
-    /// against file map `map_id`: inserts the pool frame and returns the
+    /// against file map `map_id`: inserts the pool frame (and those of the
+    /// pages of `around` the map covers: fault-around; every page of the
+    /// mapping passed the map's check when it was made) and returns the
     /// `vm_fault_t` of the insertion, or `None` when the mapping must fall
     /// back to the lower file's page (the map was revoked, dropped or
     /// replaced since, or its table is dead).
     ///
-    /// The frame is chosen under the link's lock and inserted under the
-    /// file's lock after checking that the file still uses `map_id`. A
+    /// The frame is looked up and inserted under the file's lock after
+    /// checking that the file still uses `map_id` (no link lock: a fault may
+    /// come from a copy to user memory inside a pool read section). A
     /// revocation drops the map and zaps the file's PTEs under that same
     /// lock before it is acknowledged, so an insertion either happens before
     /// the zap (and is zapped) or sees the map gone: no pool PTE survives an
@@ -448,34 +542,27 @@ impl Mount {
         vmf: *mut core::ffi::c_void,
         map_id: u64,
         pgoff: u64,
+        around: core::ops::Range<u64>,
         vm_flags: VmFlags,
     ) -> Option<VmFault> {
         let file = file?;
-        let pfn = {
-            let mut link = self.shared.link.lock();
-            let (frame, key) = file.frame(pgoff)?;
-            if key.file_map_id != map_id {
-                return None;
-            }
-            let (_, pool_map, client) = link.parts();
-            let pool = pool_map?;
-            let view = client.pool_view(Some(pool))?;
-            let off = view.geom.frame_offset(frame).ok()?;
-            if !key.live(pool) {
-                // Being revoked (or its slot already reused): the event that
-                // follows drops the map.
-                return None;
-            }
-            (pool.phys() + off) >> kernel::page::PAGE_SHIFT
-        };
-        let ret = file.insert_if_uses(map_id, || {
-            // SAFETY: `vmf` is the fault in progress on a VM_MIXEDMAP mapping
-            // (caller contract); `pfn` is a frame of the pool BAR, inside the
-            // pool (`frame_offset` checked it against the geometry), of a map
-            // the file still uses, and the file lock held across the
-            // insertion orders it before any revocation's zap.
-            unsafe { ffi::insert_pfn(vmf, pfn) }
-        })?;
+        let (ret, around) =
+            file.insert_frames(map_id, pgoff, around, ffi::VM_FAULT_NOPAGE, |page, pfn| {
+                // SAFETY: `vmf` is the fault in progress on a VM_MIXEDMAP
+                // mapping (caller contract); `pfn` is a frame of the pool BAR,
+                // inside the pool (`frame_offset` checked it against the
+                // geometry), of a map the file still uses and the mapping
+                // was checked against, and the file lock held across the
+                // insertion orders it before any revocation's zap.
+                unsafe {
+                    if page == pgoff {
+                        ffi::insert_pfn(vmf, pfn)
+                    } else {
+                        ffi::insert_pfn_at(vmf, page, pfn)
+                    }
+                }
+            })?;
+        stats::add(Counter::faults_around_pages, around);
         stats::inc(Counter::faults_pool);
         if MapKind::of(vm_flags).exec() {
             stats::inc(Counter::faults_pool_exec);

@@ -6,7 +6,9 @@
  *    memremap BAR2, then hand the mapping to Rust, which decides what it is;
  *  - /sys/kernel/vmdedup/{ring,pool,stats}/...: each show() is a call into Rust;
  *  - the module parameters (read by Rust through vmdedup_glue_param());
- *  - the event timer (a delayed work that calls vmdedup_rs_tick()).
+ *  - the event timer (a delayed work that calls vmdedup_rs_tick());
+ *  - the SRCU domain that orders copies from pool frames before the host is
+ *    told it may reuse them.
  * The vmdedupfs operation tables are in fs.c.
  *
  * Every function shared with Rust is declared in glue.h; the Rust side keeps
@@ -18,6 +20,7 @@
 #include <linux/module.h>
 #include <linux/pci.h>
 #include <linux/slab.h>
+#include <linux/srcu.h>
 #include <linux/sysfs.h>
 #include <linux/workqueue.h>
 
@@ -62,6 +65,57 @@ static unsigned int *const vmdedup_params[] = {
 	[VMDEDUP_PARAM_FAULT_HOLD_ANSWERS] = &fault_hold_answers,
 };
 static_assert(ARRAY_SIZE(vmdedup_params) == VMDEDUP_PARAM_COUNT);
+
+/*
+ * Pool readers: every read(2) that copies from a pool frame, and every
+ * comparison of a pool frame with the lower file, runs inside a read-side
+ * section of this SRCU domain; nothing that lets the host reuse a frame
+ * (acknowledging a revocation, releasing a map, acknowledging a cut-off,
+ * announcing a new ring, unmapping the pool region) happens before a
+ * synchronize_srcu() that follows the map's removal from its file.
+ *
+ * Why that is enough (fs.rs `Mount::read`, file.rs `InodeState::run`,
+ * client.rs `Client::sync_readers`):
+ *  - A reader enters the section, then looks the frames up under the file's
+ *    lock, then copies, then leaves. The writer drops the map under the same
+ *    lock, then (later, holding no file lock) calls synchronize_srcu(), and
+ *    only then tells the host.
+ *  - A reader that found the map looked it up before the drop (the file
+ *    lock orders the two), so it entered the section before the drop, hence
+ *    before synchronize_srcu() began: synchronize_srcu() waits for it, and
+ *    its copy is finished before the host hears anything.
+ *  - A reader that looks up after the drop does not find the map (it is
+ *    gone under the lock) and reads the lower file.
+ *  - The host can also change a table on its own (restart, a hostile or
+ *    buggy host): the table's magic, file map id and pool generation are
+ *    checked before and after each copy, and a copy followed by a failed
+ *    check is reverted and read again from lower.
+ *
+ * Locks: synchronize_srcu() is called with the link lock held (client.rs)
+ * and never with a file lock held. Inside a section readers take only the
+ * file lock, never the link lock, and copy to user memory with page faults
+ * disabled (a fault there could need a lock the synchronizer holds: a fault
+ * on a vmdedupfs mapping, or a userfaultfd handler that opens a file); a
+ * copy cut short by a fault leaves the section, faults the user pages in
+ * and looks the frames up again. Batches: one synchronize_srcu() per batch
+ * of map operations published, not one per map.
+ */
+DEFINE_STATIC_SRCU(vmdedup_pool_srcu);
+
+int vmdedup_glue_pool_read_lock(void)
+{
+	return srcu_read_lock(&vmdedup_pool_srcu);
+}
+
+void vmdedup_glue_pool_read_unlock(int idx)
+{
+	srcu_read_unlock(&vmdedup_pool_srcu, idx);
+}
+
+void vmdedup_glue_pool_sync(void)
+{
+	synchronize_srcu(&vmdedup_pool_srcu);
+}
 
 unsigned int vmdedup_glue_param(enum vmdedup_param which)
 {

@@ -83,6 +83,9 @@ enum vmdedup_param {
 int vmdedup_glue_init(const void *ctx);
 void vmdedup_glue_exit(void);
 unsigned int vmdedup_glue_param(enum vmdedup_param which);
+int vmdedup_glue_pool_read_lock(void);
+void vmdedup_glue_pool_read_unlock(int idx);
+void vmdedup_glue_pool_sync(void);
 
 /* glue.c, called from fs.c. */
 const void *vmdedup_glue_ctx(void);
@@ -90,11 +93,15 @@ const void *vmdedup_glue_ctx(void);
 /* fs.c, called from Rust (ffi.rs). */
 ssize_t vmdedup_glue_read_lower(struct vmdedup_io *io, loff_t pos, size_t len);
 ssize_t vmdedup_glue_read_lower_buf(struct vmdedup_io *io, loff_t pos, void *buf, size_t len);
-size_t vmdedup_glue_copy_out(struct vmdedup_io *io, const void *src, size_t len);
+size_t vmdedup_glue_copy_pool(struct vmdedup_io *io, const void *src, size_t len);
+bool vmdedup_glue_pool_equal(const void *pool, const void *buf, size_t len);
+void vmdedup_glue_revert(struct vmdedup_io *io, size_t len);
+size_t vmdedup_glue_fault_in(struct vmdedup_io *io, size_t len);
 void vmdedup_glue_unmap_all(struct address_space *mapping);
 unsigned long vmdedup_glue_drop_lower_pages(struct vmdedup_io *io, loff_t start, loff_t end);
 u32 vmdedup_glue_random_below(u32 ceil);
 vm_fault_t vmdedup_glue_insert_pfn(struct vm_fault *vmf, unsigned long pfn);
+vm_fault_t vmdedup_glue_insert_pfn_at(struct vm_fault *vmf, unsigned long pgoff, unsigned long pfn);
 
 /* fs.c, called from glue.c. */
 int vmdedup_fs_init(void);
@@ -118,7 +125,8 @@ ssize_t vmdedup_rs_read_iter(void *mnt, void *ist, struct vmdedup_io *io, loff_t
 int vmdedup_rs_mmap(void *mnt, void *ist, struct vmdedup_io *io, vm_flags_t vm_flags, unsigned long pgoff,
 		    unsigned long npages, struct vmdedup_mmap_plan *plan);
 int vmdedup_rs_fault(void *mnt, void *ist, struct vm_fault *vmf, u64 map_id, unsigned long pgoff,
-		     vm_flags_t vm_flags, vm_fault_t *ret);
+		     unsigned long around_first, unsigned long around_end, vm_flags_t vm_flags,
+		     vm_fault_t *ret);
 void vmdedup_rs_fault_lower_done(vm_fault_t ret);
 
 #endif

@@ -45,8 +45,10 @@ impl Link {
     pub(crate) fn detach(&mut self, slot: Slot) {
         if let Some(dev) = self.regions.detach(slot) {
             // Nothing may point into the region any more: every pool PTE is
-            // zapped (held maps dropped) before the glue unmaps it.
+            // zapped (held maps dropped) and every read section that could
+            // still copy from their frames has ended before the glue unmaps it.
             self.client.reset();
+            crate::ffi::pool_sync();
             self.client = Client::new();
             pr_info!("{}: region detached\n", dev.as_str());
         }

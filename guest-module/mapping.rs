@@ -33,45 +33,21 @@ impl Mapping {
         self.len
     }
 
-    /// Physical address of byte 0 (for PFN mappings of pool frames).
-    pub(crate) fn phys(&self) -> u64 {
-        self.phys
+    /// The mapping as a pool window for file maps taken from it (see
+    /// [`PoolWindow`] for how long it may be used).
+    pub(crate) fn window(&self) -> PoolWindow {
+        PoolWindow {
+            base: self.base,
+            len: self.len,
+            phys: self.phys,
+        }
     }
 
     /// Copies `out.len()` bytes at `off` out of the shared memory with volatile
     /// loads. Returns false (copying nothing) if the range is not mapped.
     pub(crate) fn read_bytes(&self, off: usize, out: &mut [u8]) -> bool {
-        let Some(end) = off.checked_add(out.len()) else {
-            return false;
-        };
-        if end > self.len {
-            return false;
-        }
-        // Word-sized loads where both sides are aligned: frames are copied
-        // on every read, byte loads would be needlessly slow.
-        let mut i = 0;
-        if (self.base.as_ptr() as usize + off) % 8 == 0 && out.as_ptr() as usize % 8 == 0 {
-            while i + 8 <= out.len() {
-                // SAFETY: `off + i + 8 <= end <= self.len`, mapped by the type
-                // invariant, and 8-aligned (checked above, `i` steps by 8).
-                let v = unsafe {
-                    core::ptr::read_volatile(self.base.as_ptr().add(off + i).cast::<u64>())
-                };
-                if let Some(d) = out.get_mut(i..i + 8) {
-                    d.copy_from_slice(&v.to_ne_bytes());
-                }
-                i += 8;
-            }
-        }
-        while i < out.len() {
-            // SAFETY: `off + i < end <= self.len`, mapped by the type invariant.
-            let v = unsafe { core::ptr::read_volatile(self.base.as_ptr().add(off + i)) };
-            if let Some(d) = out.get_mut(i) {
-                *d = v;
-            }
-            i += 1;
-        }
-        true
+        // SAFETY: `base` points to `len` mapped bytes (type invariant).
+        unsafe { read_volatile_bytes(self.base, self.len, off, out) }
     }
 
     /// Writes `data` at `off` with volatile stores (ring region only: the pool
@@ -132,6 +108,96 @@ impl Mapping {
         Some(u64::from_le_bytes(bytes))
     }
 }
+
+/// Copies `out.len()` bytes at `off` of the `len` bytes at `base` with
+/// volatile loads (the host may write them meanwhile). Returns false
+/// (copying nothing) if the range is out of bounds.
+///
+/// # Safety
+/// `base` must point to `len` mapped bytes for the whole call.
+unsafe fn read_volatile_bytes(base: NonNull<u8>, len: usize, off: usize, out: &mut [u8]) -> bool {
+    let Some(end) = off.checked_add(out.len()) else {
+        return false;
+    };
+    if end > len {
+        return false;
+    }
+    // Word-sized loads where both sides are aligned (table headers, ring
+    // entries); byte loads for the rest.
+    let mut i = 0;
+    if (base.as_ptr() as usize + off) % 8 == 0 && out.as_ptr() as usize % 8 == 0 {
+        while i + 8 <= out.len() {
+            // SAFETY: `off + i + 8 <= end <= len`, mapped by the caller
+            // contract, and 8-aligned (checked above, `i` steps by 8).
+            let v = unsafe { core::ptr::read_volatile(base.as_ptr().add(off + i).cast::<u64>()) };
+            if let Some(d) = out.get_mut(i..i + 8) {
+                d.copy_from_slice(&v.to_ne_bytes());
+            }
+            i += 8;
+        }
+    }
+    while i < out.len() {
+        // SAFETY: `off + i < end <= len`, mapped by the caller contract.
+        let v = unsafe { core::ptr::read_volatile(base.as_ptr().add(off + i)) };
+        if let Some(d) = out.get_mut(i) {
+            *d = v;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The pool mapping as a file map keeps it, to copy from its frames without
+/// the link's lock.
+///
+/// # Invariants
+/// `base` points to `len` bytes mapped from physical address `phys`. They
+/// stay mapped while a file map holding this window is kept by its file
+/// and, after it is dropped, until every pool read section that began
+/// before the drop has ended: the region is unmapped only after every map
+/// is dropped and [`crate::ffi::pool_sync`] has returned
+/// ([`crate::link::Link::detach`]). So a window may be used under the lock
+/// of a file that keeps the map, or inside a pool read section entered
+/// before the window was looked up from a kept map.
+#[derive(Clone, Copy)]
+pub(crate) struct PoolWindow {
+    base: NonNull<u8>,
+    len: usize,
+    phys: u64,
+}
+
+impl PoolWindow {
+    /// The kernel address of `len` bytes at `off`, if they are in the
+    /// mapping.
+    pub(crate) fn range(&self, off: usize, len: usize) -> Option<*const u8> {
+        let end = off.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `off <= end <= self.len`: inside (or one past) the mapping.
+        Some(unsafe { self.base.as_ptr().add(off) }.cast_const())
+    }
+
+    /// Physical address of byte 0 (for PFN mappings of pool frames).
+    pub(crate) fn phys(&self) -> u64 {
+        self.phys
+    }
+
+    /// As [`Mapping::read_bytes`].
+    ///
+    /// # Safety
+    /// The window must be usable (see the type invariant): under the lock of
+    /// a file that keeps the map, or in a read section entered before the
+    /// window was looked up from a kept map.
+    pub(crate) unsafe fn read_bytes(&self, off: usize, out: &mut [u8]) -> bool {
+        // SAFETY: mapped for the whole call by the caller contract.
+        unsafe { read_volatile_bytes(self.base, self.len, off, out) }
+    }
+}
+
+// SAFETY: a window refers to memory mapped for the module as a whole; the
+// type invariant, not the thread, says when it may be used.
+unsafe impl Send for PoolWindow {}
 
 impl crate::guest::SharedRegion for Mapping {
     type Word = core::sync::atomic::AtomicU32;

@@ -41,6 +41,7 @@ counters! {
     mmap_pool_exec: "Executable mappings (code) mapped from pool frames.",
     faults_pool: "Page faults served with a pool frame.",
     faults_pool_exec: "Page faults in executable mappings served with a pool frame.",
+    faults_around_pages: "Neighbouring pool frames a read fault on a pool mapping mapped too (fault-around: up to 16 pages in the aligned block around the fault, within the VMA, the file and the map the mapping was checked against; a page already mapped counts too).",
     faults_lower: "Page faults on a pool mapping served with the lower file's page (map revoked or replaced).",
     faults_failed: "Page faults on a pool mapping that could not be served.",
     doorbells_needed: "Times NEED_WAKEUP was set after publishing (no doorbell hardware: counted only).",

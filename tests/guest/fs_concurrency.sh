@@ -12,7 +12,9 @@
 # mmapwatch workers keep a shared and a private mapping of the evicted files
 # and compare every page on each pass. The test also checks that the churn
 # really happened: revocations, releases, a generation change, pool-served
-# reads and faults, and workers seen on every CPU.
+# reads and faults, and workers seen on every CPU. One more treecheck worker
+# reads a second mount of the namespace with verify=off, whose reads are
+# copied straight from pool frames with nothing compared in the kernel.
 #
 # Needs the concurrency suite (tests/run --suite concurrency: a guest with
 # 2 vCPUs, FS_REVOKE_HOST=1 and tests/host/evict-on-marker on the host,
@@ -21,7 +23,7 @@
 . /tests/lib/ktap.sh
 # shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
-ktap_header 9
+ktap_header 10
 
 T1="the guest has at least two CPUs online"
 T2="the workers ran on every CPU"
@@ -32,6 +34,7 @@ T6="reads and faults were served from the pool during the churn, and after it"
 T7="every treecheck pass saw only lower's bytes (read, pread, shared and private mmap)"
 T8="every mapping read lower's bytes throughout (shared and private, written pages kept)"
 T9="no verify mismatch, no failed fault; the tree is identical to lower afterwards"
+T10="reads copied straight from pool frames (verify=off) raced the revocations and saw only lower's bytes"
 [ "${FS_REVOKE_HOST:-0}" = 1 ] || ktap_skip_from 1 "no host evicting on request (tests/run --suite concurrency)"
 fs_load 2>/dev/null
 KNOB=/sys/module/vmdedup/parameters/fault_no_ack
@@ -84,6 +87,28 @@ for i in $(seq 1 $((NCPU + 1))); do
     ) &
     TPIDS="$TPIDS $!"
 done
+# The verify=off reader: the same files through a second mount of the
+# namespace (the host's map reaches both mounts' inodes, so a revocation
+# drops it from both), compared by treecheck with lower; only the table
+# checks around each copy and the wait for readers before each
+# acknowledgement keep it from reading a revoked frame.
+OFF=/tmp/conc.offmnt
+mkdir -p "$OFF"
+offmounted=0
+mount -t vmdedupfs -o "ns=$NS,nsid=$(fs_nsid "$NS"),lower=$L,verify=off" none "$OFF" && offmounted=1
+if [ "$offmounted" = 1 ]; then
+    (
+        while [ ! -e "$STOP" ]; do
+            rc=0
+            for d in $(echo "$FILES" | cut -d/ -f1 | sort -u); do
+                "$TREECHECK" "$OFF/$d" "$L/$d" > /tmp/conc.offtree.last 2>&1 || { rc=1; break; }
+            done
+            echo "pass $rc" >> /tmp/conc.offtree
+            [ "$rc" = 0 ] || cp /tmp/conc.offtree.last /tmp/conc.offtree.failed
+        done
+    ) &
+    TPIDS="$TPIDS $!"
+fi
 # Releases: unused inodes dropped every second while the readers reopen them.
 (
     while [ ! -e "$STOP" ]; do
@@ -221,5 +246,14 @@ clean() {
     same_tree "$M" "$L"
 }
 ktap_check "$T9" clean
+offpasses=$(grep -c '^pass' /tmp/conc.offtree 2>/dev/null)
+ktap_diag "verify=off treecheck passes: ${offpasses:-0}; failed: $(grep -c '^pass [1-9]' /tmp/conc.offtree 2>/dev/null)"
+offreads() {
+    [ "$offmounted" = 1 ] || { echo "could not mount $NS again with verify=off"; return 1; }
+    [ "${offpasses:-0}" -gt 0 ] || { echo "no verify=off treecheck pass finished"; return 1; }
+    ! grep -q '^pass [1-9]' /tmp/conc.offtree || { head -n 5 /tmp/conc.offtree.failed; return 1; }
+}
+ktap_check "$T10" offreads
+[ "$offmounted" = 1 ] && umount "$OFF"
 ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 ktap_finish

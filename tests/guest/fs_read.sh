@@ -9,7 +9,7 @@
 . /tests/lib/ktap.sh
 # shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
-ktap_header 8
+ktap_header 9
 
 fs_load
 own=""
@@ -45,15 +45,21 @@ TREECHECK=$(command -v treecheck || true)
 [ -x /tests/tools/treecheck ] && TREECHECK=/tests/tools/treecheck
 if [ -n "$TREECHECK" ]; then
     mp0=$(stat_of mmap_pool_private)
+    fa0=$(stat_of faults_around_pages)
     ktap_run "every file byte-identical through odd-sized reads, pread at odd offsets, shared and private mmap" each treecheck_tree
     if [ "$(stat_of answers_hit)" -gt 0 ]; then
         ktap_check "private mappings were served from pool frames" test "$(stat_of mmap_pool_private)" -gt "$mp0"
+        # The trees have files of many pages: a read fault maps the
+        # neighbouring pool frames too (and treecheck then compares them).
+        ktap_check "pool mapping faults mapped neighbouring frames (fault-around)" test "$(stat_of faults_around_pages)" -gt "$fa0"
     else
         ktap_skip "private mappings were served from pool frames" "no host agent serving these namespaces"
+        ktap_skip "pool mapping faults mapped neighbouring frames (fault-around)" "no host agent serving these namespaces"
     fi
 else
     ktap_skip "every file byte-identical through odd-sized reads, pread at odd offsets, shared and private mmap" "no treecheck helper in the guest (tests/guest/tools/treecheck.c, built static)"
     ktap_skip "private mappings were served from pool frames" "no treecheck helper in the guest"
+    ktap_skip "pool mapping faults mapped neighbouring frames (fault-around)" "no treecheck helper in the guest"
 fi
 ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 if [ "$(stat_of answers_hit)" -gt 0 ] && [ "$(stat_of pages_pool)" -gt "$pool0" ]; then

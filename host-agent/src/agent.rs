@@ -551,14 +551,9 @@ impl Agent {
     /// and the guest is asked to re-announce its maps.
     fn add_vm_inner(&self, name: &str, domain: &str, adopt: bool) -> Result<PathBuf, AgentError> {
         let _admin = self.admin()?;
-        if name.is_empty()
-            || name.len() > 32
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        if !crate::config::valid_vm_name(name) {
             return Err(AgentError::Config(format!(
-                "VM name {name:?}: use 1-32 of [A-Za-z0-9_.-]"
+                "VM name {name:?}: use 1-32 of [A-Za-z0-9_.-], not \".\" or \"..\""
             )));
         }
         let id: VmId = {

@@ -870,6 +870,10 @@ fn cmd_qemu_args(
     config: &ConfigArgs,
     ring: &RingSizeArg,
 ) -> anyhow::Result<()> {
+    // The name becomes part of a file path: the same rule as `vm add`.
+    if !vmdedup_host_agent::config::valid_vm_name(name) {
+        bail!("VM name {name:?}: use 1-32 of [A-Za-z0-9_.-], not \".\" or \"..\"");
+    }
     let cfg = config.load()?;
     if let Some(d) = domain {
         if !vmdedup_host_agent::config::valid_domain(d) {

@@ -278,6 +278,13 @@ pub fn valid_domain(name: &str) -> bool {
     valid_name(name) && name != "lock"
 }
 
+/// Whether `name` may name a VM: 1-32 of `[A-Za-z0-9_.-]`, not `.` or
+/// `..`. The one rule for `vm add`, `--vm`, `[[vm]]` and `qemu-args`: the
+/// name becomes part of a ring region's file name.
+pub fn valid_vm_name(name: &str) -> bool {
+    valid_name(name) && name.len() <= 32
+}
+
 /// The pool memory file of trust domain `domain`, given the configured
 /// `pool` path: `pool` itself for the domain `default`, `pool.DOMAIN` for
 /// any other. The one place that names a domain's pool.
@@ -414,7 +421,7 @@ pub fn parse_ns_arg(arg: &str) -> Result<(String, PathBuf), ConfigError> {
 /// Parses a `--vm NAME[:DOMAIN]` argument (domain `default` if not given).
 pub fn parse_vm_arg(arg: &str) -> Result<VmConfig, ConfigError> {
     let (name, domain) = arg.split_once(':').unwrap_or((arg, DEFAULT_DOMAIN));
-    if !valid_name(name) || !valid_domain(domain) {
+    if !valid_vm_name(name) || !valid_domain(domain) {
         return Err(ConfigError::Invalid(format!(
             "--vm {arg:?}: expected NAME or NAME:DOMAIN, each 1-32 of [A-Za-z0-9_.-]"
         )));
@@ -661,7 +668,7 @@ impl AgentConfig {
         }
         let mut vms = std::collections::BTreeSet::new();
         for v in &self.vms {
-            if !valid_name(&v.name) || !valid_domain(&v.domain) {
+            if !valid_vm_name(&v.name) || !valid_domain(&v.domain) {
                 return Err(ConfigError::Invalid(format!(
                     "VM {:?} / domain {:?}",
                     v.name, v.domain

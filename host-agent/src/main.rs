@@ -12,6 +12,7 @@ use vmdedup_host_agent::agent::{Agent, AgentOptions};
 use vmdedup_host_agent::config::{parse_size, AgentConfig};
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
 use vmdedup_host_agent::hostfile::{AgentLock, FileAccess};
+use vmdedup_host_agent::preflight;
 use vmdedup_host_agent::region;
 use vmdedup_host_agent::ring::poller::PollerConfig;
 use vmdedup_host_agent::stats;
@@ -106,9 +107,18 @@ struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// The configuration, checked by itself: every problem is reported
+    /// (see [`Problems`]).
     fn load(&self) -> anyhow::Result<AgentConfig> {
+        let cfg = self.load_unchecked()?;
+        Problems::check(cfg.problems())?;
+        Ok(cfg)
+    }
+
+    /// The configuration the file and options describe, not checked yet.
+    fn load_unchecked(&self) -> anyhow::Result<AgentConfig> {
         let mut cfg = match &self.config {
-            Some(p) => AgentConfig::load(p)?,
+            Some(p) => AgentConfig::load_unchecked(p)?,
             None => AgentConfig::default(),
         };
         for ns in &self.ns {
@@ -162,10 +172,36 @@ impl ConfigArgs {
         if let Some(t) = self.ack_timeout_ms {
             cfg.ack_timeout_ms = t;
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 }
+
+/// Exit status when the configuration, or the host it would run on, is not
+/// fit to serve (`EX_CONFIG` of sysexits.h); every problem was printed.
+const EXIT_CONFIG: u8 = 78;
+
+/// Every problem of a configuration (or of the host for it), one line each:
+/// printed all at once, exit status [`EXIT_CONFIG`].
+#[derive(Debug)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn check(problems: Vec<String>) -> anyhow::Result<()> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(problems).into())
+        }
+    }
+}
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for Problems {}
 
 /// The size of the VMs' ring regions (not part of the configuration file).
 #[derive(Args, Clone)]
@@ -228,6 +264,12 @@ enum Command {
         /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Only check the configuration and what the host must provide for it
+        /// (directories, users and groups, sockets, free memory for the
+        /// pools), print "ok" and what would run, and exit; nothing is
+        /// created, adopted, locked or deleted.
+        #[arg(long)]
+        check: bool,
     },
     /// Show pool use, savings and hint counters of the running agent.
     ///
@@ -590,11 +632,26 @@ fn cmd_serve(
     park_timeout_ms: u64,
     guest: GuestChannelArgs,
     metrics: Option<std::net::SocketAddr>,
+    check: bool,
 ) -> anyhow::Result<()> {
-    if let Some(addr) = metrics {
-        vmdedup_host_agent::metrics::require_loopback(addr)?;
+    // Everything is checked, and every problem reported at once, before
+    // any file is created, adopted, locked or removed.
+    let cfg = config.load_unchecked()?;
+    let mut problems = cfg.problems();
+    problems.extend(preflight::check(
+        &cfg,
+        &preflight::ServeOptions {
+            ring_size: ring.ring_size,
+            metrics,
+            guest_socket_dir: guest.guest_socket_dir.clone(),
+        },
+    ));
+    Problems::check(problems)?;
+    if check {
+        println!("ok");
+        println!("{}", preflight::summary(&cfg));
+        return Ok(());
     }
-    let cfg = config.load()?;
     if let Some(dir) = cfg.control_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -975,7 +1032,16 @@ fn run() -> anyhow::Result<()> {
             park_timeout_ms,
             guest,
             metrics,
-        } => cmd_serve(config, ring, pollers, park_timeout_ms, guest, metrics),
+            check,
+        } => cmd_serve(
+            config,
+            ring,
+            pollers,
+            park_timeout_ms,
+            guest,
+            metrics,
+            check,
+        ),
         Command::Status { control, json } => cmd_status(&control.control, json),
         Command::Vms { control } => cmd_vms(&control.control),
         Command::Files {
@@ -1039,6 +1105,14 @@ fn main() -> ExitCode {
         .init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Problems>().is_some() => {
+            if let Some(Problems(all)) = e.downcast_ref::<Problems>() {
+                for p in all {
+                    eprintln!("vmdedup: error: {p}");
+                }
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             eprintln!("vmdedup: error: {e:#}");
             ExitCode::FAILURE

@@ -657,6 +657,20 @@ fn cmd_serve(
     }
     // One agent per set of paths: before anything is created, adopted or
     // removed (a stale control socket included). Held until the end.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Before anything is created: SIGHUP's default action would kill the
+    // agent (a closed terminal, a `systemctl reload`); from here on it only
+    // logs. SIGTERM is caught as early, so that it too stops cleanly.
+    let (mut hup, mut term) = {
+        let _rt = rt.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::hangup()).context("catching SIGHUP")?,
+            signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        )
+    };
     let lock = AgentLock::acquire(&cfg)?;
     let files = FileAccess::from_config(&cfg)?;
     let control_access = FileAccess::control(&cfg)?;
@@ -673,9 +687,6 @@ fn cmd_serve(
         },
     )?;
     let group = control_access.group;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let hook_agent = agent.clone();
     let reinstate_agent = agent.clone();
     let remove_agent = agent.clone();
@@ -731,11 +742,23 @@ fn cmd_serve(
         }
         let listener = control::bind_as(&socket, &control_access, "control socket").with_context(|| format!("binding {}", socket.display()))?;
         tracing::info!(socket = %socket.display(), "control socket ready");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = control::serve(listener, ctx, Caller::Host, group) => {}
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        let serve = control::serve(listener, ctx, Caller::Host, group);
+        tokio::pin!(serve);
+        loop {
+            tokio::select! {
+                _ = &mut serve => break,
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT: stopping");
+                    break;
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    break;
+                }
+                _ = hup.recv() => tracing::warn!(
+                    "SIGHUP: configuration reload is not supported; restart the agent"
+                ),
+            }
         }
         anyhow::Ok(())
     });

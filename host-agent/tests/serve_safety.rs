@@ -1,5 +1,5 @@
 //! `vmdedup serve` as an operator meets it: everything is checked before
-//! anything is touched (`--check` touches nothing at all).
+//! anything is touched (`--check` touches nothing at all), and signals.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -191,4 +191,96 @@ fn a_pool_its_filesystem_cannot_hold_is_refused_before_it_is_made() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+}
+
+/// A spawned `vmdedup serve` whose log lines arrive on a channel.
+struct Served {
+    child: std::process::Child,
+    log: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Served {
+    fn start(config: &Path, control: &Path) -> Served {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", s(config)])
+            .env("VMDEDUP_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let mut me = Served {
+            child,
+            log,
+            seen: Vec::new(),
+        };
+        me.wait_log("control socket ready");
+        assert!(control.exists());
+        me
+    }
+
+    /// Waits (generously: the machine may be busy) for a log line with
+    /// `what`; fails if the agent's log ends first.
+    fn wait_log(&mut self, what: &str) {
+        loop {
+            match self.log.recv_timeout(std::time::Duration::from_secs(120)) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(what) {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no log line {what:?}; the log:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of a child this test started and has not
+        // reaped yet, so the pid cannot name another process.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sighup_is_harmless_and_sigterm_and_sigint_stop_cleanly() {
+    for stop in [libc::SIGTERM, libc::SIGINT] {
+        let d = TempDir::new(&format!("serve-signals-{stop}"));
+        let file = good_config(&d.0);
+        let control = d.0.join("run/control.sock");
+        let mut agent = Served::start(&file, &control);
+        for _ in 0..2 {
+            agent.signal(libc::SIGHUP);
+            agent.wait_log("SIGHUP: configuration reload is not supported; restart the agent");
+        }
+        assert!(
+            agent.child.try_wait().unwrap().is_none(),
+            "SIGHUP killed it"
+        );
+        let o = vmdedup(&["vms", "--control", s(&control)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("vm1"));
+        agent.signal(stop);
+        agent.wait_log("agent stopped");
+        let status = agent.child.wait().unwrap();
+        assert!(status.success(), "signal {stop}: {status:?}");
+        assert!(!control.exists(), "the control socket is left behind");
+    }
 }

@@ -235,9 +235,35 @@ const VSOCK_PORT: u32 = 5555;
 /// Where the running agent is.
 #[derive(Args, Clone)]
 struct ControlArg {
-    /// Control socket of the running agent.
-    #[arg(long, default_value = "/run/vmdedup/control.sock")]
-    control: PathBuf,
+    /// Control socket of the running agent (default: the --config file's
+    /// `control_socket`, else $VMDEDUP_CONTROL, else
+    /// /run/vmdedup/control.sock).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// The agent's configuration file, for its `control_socket`.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The control socket when nothing says otherwise.
+const DEFAULT_CONTROL: &str = "/run/vmdedup/control.sock";
+
+impl ControlArg {
+    /// The control socket: --control, the --config file's, $VMDEDUP_CONTROL
+    /// or the default, the first that is given.
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.control {
+            return Ok(p.clone());
+        }
+        if let Some(file) = &self.config {
+            // Only the socket is wanted: the rest is the agent's to check.
+            return Ok(AgentConfig::load_unchecked(file)?.control_socket);
+        }
+        match std::env::var_os("VMDEDUP_CONTROL") {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => Ok(PathBuf::from(DEFAULT_CONTROL)),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -1065,25 +1091,27 @@ fn run() -> anyhow::Result<()> {
             metrics,
             check,
         ),
-        Command::Status { control, json } => cmd_status(&control.control, json),
-        Command::Vms { control } => cmd_vms(&control.control),
+        Command::Status { control, json } => cmd_status(&control.socket()?, json),
+        Command::Vms { control } => cmd_vms(&control.socket()?),
         Command::Files {
             control,
             ns,
             offset,
             limit,
-        } => cmd_files(&control.control, &ns, offset, limit),
-        Command::Warm { control, ns, path } => cmd_warm(&control.control, &ns, &path),
-        Command::Evict { control, ns, path } => cmd_evict(&control.control, &ns, &path),
+        } => cmd_files(&control.socket()?, &ns, offset, limit),
+        Command::Warm { control, ns, path } => cmd_warm(&control.socket()?, &ns, &path),
+        Command::Evict { control, ns, path } => cmd_evict(&control.socket()?, &ns, &path),
         Command::Vm(VmCommand::Add {
             control,
             name,
             domain,
-        }) => cmd_vm_add(&control.control, &name, &domain),
+        }) => cmd_vm_add(&control.socket()?, &name, &domain),
         Command::Vm(VmCommand::Reinstate { control, name }) => {
-            cmd_vm_reinstate(&control.control, &name)
+            cmd_vm_reinstate(&control.socket()?, &name)
         }
-        Command::Vm(VmCommand::Remove { control, name }) => cmd_vm_remove(&control.control, &name),
+        Command::Vm(VmCommand::Remove { control, name }) => {
+            cmd_vm_remove(&control.socket()?, &name)
+        }
         Command::QemuArgs {
             name,
             domain,

@@ -284,3 +284,71 @@ fn sighup_is_harmless_and_sigterm_and_sigint_stop_cleanly() {
         assert!(!control.exists(), "the control socket is left behind");
     }
 }
+
+#[test]
+fn a_running_agent_whose_pool_filesystem_fills_up_answers_pool_full() {
+    let d = TempDir::new("serve-fs-full");
+    let mnt = d.0.join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "vmdedup-test"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("cannot mount a tmpfs (not root?): this test checks nothing here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    // 6 MiB of pages no two of which are equal.
+    let tree = d.0.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    for f in 0u64..6 {
+        let bytes: Vec<u8> = (0..(1u64 << 20) / 8)
+            .flat_map(|i| {
+                (f << 40 | i)
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    .to_le_bytes()
+            })
+            .collect();
+        std::fs::write(tree.join(format!("f{f}")), bytes).unwrap();
+    }
+    let file = d.0.join("agent.toml");
+    let control = d.0.join("control.sock");
+    // The budget fits the filesystem when the agent starts...
+    std::fs::write(
+        &file,
+        format!(
+            "pool = \"{m}/pool\"\npool_size = \"64M\"\nbudget = \"6M\"\nring_dir = \"{d}\"\n\
+             control_socket = \"{c}\"\n\
+             [[namespace]]\nname = \"sys\"\ndir = \"{t}\"\n\
+             [[vm]]\nname = \"vm1\"\n",
+            m = s(&mnt),
+            d = s(&d.0),
+            c = s(&control),
+            t = s(&tree)
+        ),
+    )
+    .unwrap();
+    let mut agent = Served::start(&file, &control);
+    // ... then something else takes all of it.
+    let hog = mnt.join("hog");
+    let mut w = std::fs::File::create(&hog).unwrap();
+    let chunk = vec![1u8; 64 << 10];
+    while std::io::Write::write_all(&mut w, &chunk).is_ok() {}
+    drop(w);
+    let o = vmdedup(&["warm", "sys", "--control", s(&control)]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.contains(" 0 skipped"), "everything fit? {out}");
+    agent.wait_log("no room for more of the pool");
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
+    let o = vmdedup(&["status", "--json", "--control", s(&control)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -1246,5 +1246,7 @@ mod tests {
             rpc!(&path, Request::Vms, Response::Vms(v) => v).unwrap_err()
         );
         assert!(msg.contains("cannot reach the agent at"), "{msg}");
+        // The OS error once, not once per layer.
+        assert_eq!(msg.matches("os error").count(), 1, "{msg}");
     }
 }

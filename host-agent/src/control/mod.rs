@@ -79,15 +79,16 @@ impl std::fmt::Debug for ControlContext {
 /// Control-channel errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlChannelError {
-    /// Socket I/O.
-    #[error("{0}")]
+    /// Socket I/O (shown as the OS error alone: it is its own source, so
+    /// a chain printed with `{:#}` names it once).
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// A frame could not be encoded or decoded.
     #[error("{0}")]
     Frame(ControlError),
     /// The socket could not be made (something else is at its path, an
     /// unknown group, ...).
-    #[error("{0}")]
+    #[error(transparent)]
     HostFile(#[from] crate::hostfile::HostFileError),
 }
 

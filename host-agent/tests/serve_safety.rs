@@ -352,3 +352,50 @@ fn a_running_agent_whose_pool_filesystem_fills_up_answers_pool_full() {
     let o = vmdedup(&["status", "--json", "--control", s(&control)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn a_vm_added_when_the_ring_filesystem_is_full_is_refused_not_fatal() {
+    let d = TempDir::new("serve-ring-full");
+    let mnt = d.0.join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "vmdedup-test"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("cannot mount a tmpfs (not root?): this test checks nothing here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let file = good_config(&d.0);
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        &format!("ring_dir = \"{}\"", s(&d.0)),
+        &format!("ring_dir = \"{}\"", s(&mnt)),
+    );
+    std::fs::write(&file, text).unwrap();
+    let control = d.0.join("run/control.sock");
+    let mut agent = Served::start(&file, &control);
+    let hog = mnt.join("hog");
+    let mut w = std::fs::File::create(&hog).unwrap();
+    let chunk = vec![1u8; 64 << 10];
+    while std::io::Write::write_all(&mut w, &chunk).is_ok() {}
+    drop(w);
+    let o = vmdedup(&["vm", "add", "vm2", "--control", s(&control)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "vm2 was added on a full filesystem");
+    assert!(err.contains("has no room"), "{err}");
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
+    // Once there is room again, the VM is added.
+    std::fs::remove_file(&hog).unwrap();
+    let o = vmdedup(&["vm", "add", "vm2", "--control", s(&control)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    agent.signal(libc::SIGTERM);
+    agent.wait_log("agent stopped");
+}

@@ -319,6 +319,9 @@ pub async fn serve(
     group: Option<u32>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
+    // Refused peers are told why a few at a time, apart from the served
+    // ones: one that connects in a loop takes no slot of theirs.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
     loop {
         let s = match listener.accept().await {
             Ok((s, _)) => s,
@@ -341,7 +344,13 @@ pub async fn serve(
                     uid,
                     "control connection refused: not root, the agent's user or in control_group"
                 );
-                tokio::spawn(refuse(s, refusal(uid, me, group)));
+                if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
+                    let message = refusal(uid, me, group);
+                    tokio::spawn(async move {
+                        refuse(s, message).await;
+                        drop(permit);
+                    });
+                }
                 continue;
             }
         }

@@ -191,10 +191,9 @@ fn ensure_ring_file(path: &Path, size: u64, access: &FileAccess) -> Result<bool,
         source,
     };
     let Some(f) = access.open_existing(path, "ring region", None)? else {
-        access
-            .create_new(path, "ring region")?
-            .set_len(size)
-            .map_err(io)?;
+        let f = access.create_new(path, "ring region")?;
+        f.set_len(size).map_err(io)?;
+        reserve_ring_file(&f, path, size)?;
         return Ok(false);
     };
     let len = f.metadata().map_err(io)?.len();
@@ -202,6 +201,7 @@ fn ensure_ring_file(path: &Path, size: u64, access: &FileAccess) -> Result<bool,
         // Made but never sized (an agent stopped in between): nothing maps it.
         access.adopted(&f, path, "ring region")?;
         f.set_len(size).map_err(io)?;
+        reserve_ring_file(&f, path, size)?;
         return Ok(false);
     } else if len != size {
         return Err(AgentError::Config(format!(
@@ -210,7 +210,34 @@ fn ensure_ring_file(path: &Path, size: u64, access: &FileAccess) -> Result<bool,
         )));
     }
     access.adopted(&f, path, "ring region")?;
+    reserve_ring_file(&f, path, size)?;
     Ok(true)
+}
+
+/// Backs the whole ring region file with memory before the agent writes
+/// into its mapping: on a full tmpfs a store into a page it cannot back
+/// would kill the agent with SIGBUS. A filesystem without `fallocate` is
+/// left as it is.
+fn reserve_ring_file(f: &std::fs::File, path: &Path, size: u64) -> Result<(), AgentError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate(2) mode 0 on a file we opened, inside its size: it
+    // only allocates blocks, never changes bytes or the size.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        Some(libc::ENOSPC) => Err(AgentError::Config(format!(
+            "ring region {}: its filesystem has no room for {size} bytes; free some or use another ring_dir",
+            path.display()
+        ))),
+        _ => Err(AgentError::RingFile {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
 }
 
 /// The file that lists the VMs added at run time (`vmdedup vm add`), one
@@ -551,14 +578,9 @@ impl Agent {
     /// and the guest is asked to re-announce its maps.
     fn add_vm_inner(&self, name: &str, domain: &str, adopt: bool) -> Result<PathBuf, AgentError> {
         let _admin = self.admin()?;
-        if name.is_empty()
-            || name.len() > 32
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        if !crate::config::valid_vm_name(name) {
             return Err(AgentError::Config(format!(
-                "VM name {name:?}: use 1-32 of [A-Za-z0-9_.-]"
+                "VM name {name:?}: use 1-32 of [A-Za-z0-9_.-], not \".\" or \"..\""
             )));
         }
         let id: VmId = {

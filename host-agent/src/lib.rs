@@ -10,6 +10,7 @@ pub mod hostfile;
 pub mod metrics;
 pub mod namespace;
 pub mod pool;
+pub mod preflight;
 pub mod region;
 pub mod ring;
 pub mod service;

@@ -12,6 +12,7 @@ use vmdedup_host_agent::agent::{Agent, AgentOptions};
 use vmdedup_host_agent::config::{parse_size, AgentConfig};
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
 use vmdedup_host_agent::hostfile::{AgentLock, FileAccess};
+use vmdedup_host_agent::preflight;
 use vmdedup_host_agent::region;
 use vmdedup_host_agent::ring::poller::PollerConfig;
 use vmdedup_host_agent::stats;
@@ -106,9 +107,18 @@ struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// The configuration, checked by itself: every problem is reported
+    /// (see [`Problems`]).
     fn load(&self) -> anyhow::Result<AgentConfig> {
+        let cfg = self.load_unchecked()?;
+        Problems::check(cfg.problems())?;
+        Ok(cfg)
+    }
+
+    /// The configuration the file and options describe, not checked yet.
+    fn load_unchecked(&self) -> anyhow::Result<AgentConfig> {
         let mut cfg = match &self.config {
-            Some(p) => AgentConfig::load(p)?,
+            Some(p) => AgentConfig::load_unchecked(p)?,
             None => AgentConfig::default(),
         };
         for ns in &self.ns {
@@ -162,10 +172,36 @@ impl ConfigArgs {
         if let Some(t) = self.ack_timeout_ms {
             cfg.ack_timeout_ms = t;
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 }
+
+/// Exit status when the configuration, or the host it would run on, is not
+/// fit to serve (`EX_CONFIG` of sysexits.h); every problem was printed.
+const EXIT_CONFIG: u8 = 78;
+
+/// Every problem of a configuration (or of the host for it), one line each:
+/// printed all at once, exit status [`EXIT_CONFIG`].
+#[derive(Debug)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn check(problems: Vec<String>) -> anyhow::Result<()> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(problems).into())
+        }
+    }
+}
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for Problems {}
 
 /// The size of the VMs' ring regions (not part of the configuration file).
 #[derive(Args, Clone)]
@@ -199,9 +235,35 @@ const VSOCK_PORT: u32 = 5555;
 /// Where the running agent is.
 #[derive(Args, Clone)]
 struct ControlArg {
-    /// Control socket of the running agent.
-    #[arg(long, default_value = "/run/vmdedup/control.sock")]
-    control: PathBuf,
+    /// Control socket of the running agent (default: the --config file's
+    /// `control_socket`, else $VMDEDUP_CONTROL, else
+    /// /run/vmdedup/control.sock).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// The agent's configuration file, for its `control_socket`.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The control socket when nothing says otherwise.
+const DEFAULT_CONTROL: &str = "/run/vmdedup/control.sock";
+
+impl ControlArg {
+    /// The control socket: --control, the --config file's, $VMDEDUP_CONTROL
+    /// or the default, the first that is given.
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.control {
+            return Ok(p.clone());
+        }
+        if let Some(file) = &self.config {
+            // Only the socket is wanted: the rest is the agent's to check.
+            return Ok(AgentConfig::load_unchecked(file)?.control_socket);
+        }
+        match std::env::var_os("VMDEDUP_CONTROL") {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => Ok(PathBuf::from(DEFAULT_CONTROL)),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -228,6 +290,12 @@ enum Command {
         /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Only check the configuration and what the host must provide for it
+        /// (directories, users and groups, sockets, free memory for the
+        /// pools), print "ok" and what would run, and exit; nothing is
+        /// created, adopted, locked or deleted.
+        #[arg(long)]
+        check: bool,
     },
     /// Show pool use, savings and hint counters of the running agent.
     ///
@@ -601,16 +669,45 @@ fn cmd_serve(
     park_timeout_ms: u64,
     guest: GuestChannelArgs,
     metrics: Option<std::net::SocketAddr>,
+    check: bool,
 ) -> anyhow::Result<()> {
-    if let Some(addr) = metrics {
-        vmdedup_host_agent::metrics::require_loopback(addr)?;
+    // Everything is checked, and every problem reported at once, before
+    // any file is created, adopted, locked or removed.
+    let cfg = config.load_unchecked()?;
+    let mut problems = cfg.problems();
+    problems.extend(preflight::check(
+        &cfg,
+        &preflight::ServeOptions {
+            ring_size: ring.ring_size,
+            metrics,
+            guest_socket_dir: guest.guest_socket_dir.clone(),
+        },
+    ));
+    Problems::check(problems)?;
+    if check {
+        println!("ok");
+        println!("{}", preflight::summary(&cfg));
+        return Ok(());
     }
-    let cfg = config.load()?;
     if let Some(dir) = cfg.control_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     // One agent per set of paths: before anything is created, adopted or
     // removed (a stale control socket included). Held until the end.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Before anything is created: SIGHUP's default action would kill the
+    // agent (a closed terminal, a `systemctl reload`); from here on it only
+    // logs. SIGTERM is caught as early, so that it too stops cleanly.
+    let (mut hup, mut term) = {
+        let _rt = rt.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::hangup()).context("catching SIGHUP")?,
+            signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        )
+    };
     let lock = AgentLock::acquire(&cfg)?;
     let files = FileAccess::from_config(&cfg)?;
     let control_access = FileAccess::control(&cfg)?;
@@ -627,9 +724,6 @@ fn cmd_serve(
         },
     )?;
     let group = control_access.group;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let hook_agent = agent.clone();
     let reinstate_agent = agent.clone();
     let remove_agent = agent.clone();
@@ -685,11 +779,23 @@ fn cmd_serve(
         }
         let listener = control::bind_as(&socket, &control_access, "control socket").with_context(|| format!("binding {}", socket.display()))?;
         tracing::info!(socket = %socket.display(), "control socket ready");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = control::serve(listener, ctx, Caller::Host, group) => {}
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        let serve = control::serve(listener, ctx, Caller::Host, group);
+        tokio::pin!(serve);
+        loop {
+            tokio::select! {
+                _ = &mut serve => break,
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT: stopping");
+                    break;
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    break;
+                }
+                _ = hup.recv() => tracing::warn!(
+                    "SIGHUP: configuration reload is not supported; restart the agent"
+                ),
+            }
         }
         anyhow::Ok(())
     });
@@ -882,6 +988,10 @@ fn cmd_qemu_args(
     config: &ConfigArgs,
     ring: &RingSizeArg,
 ) -> anyhow::Result<()> {
+    // The name becomes part of a file path: the same rule as `vm add`.
+    if !vmdedup_host_agent::config::valid_vm_name(name) {
+        bail!("VM name {name:?}: use 1-32 of [A-Za-z0-9_.-], not \".\" or \"..\"");
+    }
     let cfg = config.load()?;
     if let Some(d) = domain {
         if !vmdedup_host_agent::config::valid_domain(d) {
@@ -987,26 +1097,37 @@ fn run() -> anyhow::Result<()> {
             park_timeout_ms,
             guest,
             metrics,
-        } => cmd_serve(config, ring, pollers, park_timeout_ms, guest, metrics),
-        Command::Status { control, json } => cmd_status(&control.control, json),
-        Command::Vms { control } => cmd_vms(&control.control),
+            check,
+        } => cmd_serve(
+            config,
+            ring,
+            pollers,
+            park_timeout_ms,
+            guest,
+            metrics,
+            check,
+        ),
+        Command::Status { control, json } => cmd_status(&control.socket()?, json),
+        Command::Vms { control } => cmd_vms(&control.socket()?),
         Command::Files {
             control,
             ns,
             offset,
             limit,
-        } => cmd_files(&control.control, &ns, offset, limit),
-        Command::Warm { control, ns, path } => cmd_warm(&control.control, &ns, &path),
-        Command::Evict { control, ns, path } => cmd_evict(&control.control, &ns, &path),
+        } => cmd_files(&control.socket()?, &ns, offset, limit),
+        Command::Warm { control, ns, path } => cmd_warm(&control.socket()?, &ns, &path),
+        Command::Evict { control, ns, path } => cmd_evict(&control.socket()?, &ns, &path),
         Command::Vm(VmCommand::Add {
             control,
             name,
             domain,
-        }) => cmd_vm_add(&control.control, &name, &domain),
+        }) => cmd_vm_add(&control.socket()?, &name, &domain),
         Command::Vm(VmCommand::Reinstate { control, name }) => {
-            cmd_vm_reinstate(&control.control, &name)
+            cmd_vm_reinstate(&control.socket()?, &name)
         }
-        Command::Vm(VmCommand::Remove { control, name }) => cmd_vm_remove(&control.control, &name),
+        Command::Vm(VmCommand::Remove { control, name }) => {
+            cmd_vm_remove(&control.socket()?, &name)
+        }
         Command::QemuArgs {
             name,
             domain,
@@ -1052,6 +1173,14 @@ fn main() -> ExitCode {
         .init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Problems>().is_some() => {
+            if let Some(Problems(all)) = e.downcast_ref::<Problems>() {
+                for p in all {
+                    eprintln!("vmdedup: error: {p}");
+                }
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             eprintln!("vmdedup: error: {e:#}");
             ExitCode::FAILURE
@@ -1134,5 +1263,7 @@ mod tests {
             rpc!(&path, Request::Vms, Response::Vms(v) => v).unwrap_err()
         );
         assert!(msg.contains("cannot reach the agent at"), "{msg}");
+        // The OS error once, not once per layer.
+        assert_eq!(msg.matches("os error").count(), 1, "{msg}");
     }
 }

@@ -19,6 +19,16 @@
 //! an error and the file is left alone. New pool files are made by
 //! [`crate::hostfile`] too: mode 0600, or 0660 with a configured owner or
 //! group.
+//!
+//! A pool file may be larger than what its filesystem can hold (a 1 GiB pool
+//! on Docker's 64 MiB `/dev/shm`): a store into a page of a shared mapping
+//! that tmpfs cannot back kills the process with SIGBUS. So no byte of the
+//! pool is written before its memory is reserved with `fallocate`
+//! ([`PoolMemory::reserve_frame`], [`PoolMemory::reserve_range`]): in
+//! [`RESERVE_CHUNK`] steps as the allocator grows into the pool (not the
+//! whole pool up front: host memory is measured by the file's allocated
+//! blocks), and frame by frame where holes were punched. A reservation that
+//! fails (ENOSPC) is a full pool to the caller.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -26,7 +36,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::hostfile::{FileAccess, HostFileError};
@@ -127,6 +137,145 @@ impl Drop for Mapping {
     }
 }
 
+/// How much of the pool file's memory is reserved at once as the allocator
+/// grows into the pool (a huge page, so hugetlbfs reserves whole pages too).
+pub const RESERVE_CHUNK: u64 = 2 << 20;
+
+/// A chunk this agent never reserved: reserve it whole.
+const CHUNK_UNRESERVED: u8 = 0;
+/// A chunk whose every byte is backed: nothing to do.
+const CHUNK_RESERVED: u8 = 1;
+/// A chunk that may have holes (punched, or a pool taken over): reserve
+/// exactly what is about to be written.
+const CHUNK_PARTIAL: u8 = 2;
+
+/// What of the pool file is backed by memory, shared by a [`PoolMemory`] and
+/// its [`FrameAccess`] handles.
+///
+/// # Invariants
+/// A chunk marked [`CHUNK_RESERVED`] has no hole: every hole punch marks its
+/// chunk [`CHUNK_PARTIAL`] before the punched frame can be allocated again,
+/// and a whole-chunk reservation marks the chunk reserved only if nobody
+/// marked it partial meanwhile (compare-exchange from unreserved).
+struct Reservation {
+    chunks: Box<[AtomicU8]>,
+    region_size: u64,
+    /// False once `fallocate` said the filesystem cannot reserve (then
+    /// writes go ahead unreserved, as before; logged once).
+    supported: AtomicBool,
+    /// Reservations the filesystem refused (ENOSPC and friends).
+    failures: AtomicU64,
+    path: Option<PathBuf>,
+}
+
+impl Reservation {
+    fn new(region_size: u64, path: Option<PathBuf>, initial: u8) -> Self {
+        let n = region_size.div_ceil(RESERVE_CHUNK) as usize;
+        Reservation {
+            chunks: (0..n).map(|_| AtomicU8::new(initial)).collect(),
+            region_size,
+            supported: AtomicBool::new(true),
+            failures: AtomicU64::new(0),
+            path,
+        }
+    }
+
+    /// Backs `offset..offset+len` of `file` with memory (see
+    /// [`PoolMemory::reserve_range`]).
+    fn reserve(&self, file: &File, offset: u64, len: u64) -> Result<(), io::Error> {
+        let end = offset.saturating_add(len).min(self.region_size);
+        if offset >= end || !self.supported.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut chunk = offset / RESERVE_CHUNK;
+        while chunk * RESERVE_CHUNK < end {
+            let Some(state) = self.chunks.get(chunk as usize) else {
+                break;
+            };
+            let c_start = chunk * RESERVE_CHUNK;
+            let c_end = (c_start + RESERVE_CHUNK).min(self.region_size);
+            match state.load(Ordering::Acquire) {
+                CHUNK_RESERVED => {}
+                CHUNK_UNRESERVED => {
+                    self.fallocate(file, c_start, c_end - c_start)?;
+                    let _ = state.compare_exchange(
+                        CHUNK_UNRESERVED,
+                        CHUNK_RESERVED,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+                _ => {
+                    let (a, b) = (offset.max(c_start), end.min(c_end));
+                    self.fallocate(file, a, b - a)?;
+                }
+            }
+            chunk += 1;
+        }
+        Ok(())
+    }
+
+    fn fallocate(&self, file: &File, offset: u64, len: u64) -> Result<(), io::Error> {
+        // SAFETY: fallocate(2) mode 0 on our own file, inside its size; it
+        // only allocates blocks and never changes bytes or the size.
+        let r = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                0,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+                if self.supported.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        pool = %self.path.as_deref().unwrap_or(Path::new("(memfd)")).display(),
+                        "the pool's filesystem cannot reserve memory (no fallocate): a full filesystem would kill the agent with SIGBUS; use tmpfs or hugetlbfs"
+                    );
+                }
+                Ok(())
+            }
+            Some(libc::EINTR) => self.fallocate(file, offset, len),
+            _ => {
+                if self.failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                    let free = free_bytes(file).map_or("unknown".to_string(), |b| b.to_string());
+                    tracing::warn!(
+                        pool = %self.path.as_deref().unwrap_or(Path::new("(memfd)")).display(),
+                        pool_size = self.region_size,
+                        offset,
+                        len,
+                        filesystem_free_bytes = %free,
+                        error = %e,
+                        "the pool's filesystem has no room for more of the pool: treated as a full pool (logged once; make the filesystem larger or pool_size/budget smaller)"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Called after a hole was punched at `offset`.
+    fn holed(&self, offset: u64) {
+        if let Some(c) = self.chunks.get((offset / RESERVE_CHUNK) as usize) {
+            c.store(CHUNK_PARTIAL, Ordering::Release);
+        }
+    }
+}
+
+/// Free bytes on the filesystem of `file`.
+fn free_bytes(file: &File) -> Option<u64> {
+    // SAFETY: an all-zero statvfs is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and a valid out-pointer.
+    let r = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) };
+    (r == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// The mapped pool.
 ///
 /// # Invariants
@@ -143,6 +292,7 @@ pub struct PoolMemory {
     file: Arc<File>,
     path: Option<PathBuf>,
     punch_holes: bool,
+    reservation: Arc<Reservation>,
 }
 
 // SAFETY: the mapping is shared only with `FrameAccess` handles, whose
@@ -162,6 +312,7 @@ pub struct FrameAccess {
     file: Arc<File>,
     geometry: PoolGeometry,
     punch_holes: bool,
+    reservation: Arc<Reservation>,
 }
 
 impl std::fmt::Debug for FrameAccess {
@@ -236,6 +387,9 @@ impl FrameAccess {
         let Ok(off) = self.geometry.frame_offset(frame) else {
             return;
         };
+        // Marked before the punch: the frame must be reserved again before
+        // it is written, whatever happens to the punch.
+        self.reservation.holed(off);
         // SAFETY: punching a hole in our own file over a frame nobody uses
         // (the caller's promise); the mapping stays valid and reads back
         // zeros. A failure is not fatal: the frame keeps its memory.
@@ -281,7 +435,9 @@ impl PoolMemory {
             PoolBacking::Memfd => (Self::create_memfd()?, None),
         };
         file.set_len(spec.size).map_err(io_err("set size"))?;
-        let mut pool = Self::map(file, path, spec.size, geometry)?;
+        let mut pool = Self::map(file, path, spec.size, geometry, CHUNK_UNRESERVED)?;
+        pool.reserve_range(0, FRAME_SIZE)
+            .map_err(io_err("reserve memory for the header"))?;
         let header = geometry.header().to_le_bytes();
         pool.write(0, &header);
         Ok(pool)
@@ -301,7 +457,9 @@ impl PoolMemory {
         let Some((file, path, found)) = Self::open_existing(spec)? else {
             return Ok(None);
         };
-        let pool = Self::map(file, Some(path), spec.size, found)?;
+        let pool = Self::map(file, Some(path), spec.size, found, CHUNK_PARTIAL)?;
+        pool.reserve_range(0, FRAME_SIZE)
+            .map_err(io_err("reserve memory for the header"))?;
         if pool.read_u64(header_off::FRAMES_USED as u64) != 0 {
             return Ok(None);
         }
@@ -323,7 +481,10 @@ impl PoolMemory {
         let Some((file, path, found)) = Self::open_existing(spec)? else {
             return Ok(None);
         };
-        Ok(Some(Self::map(file, Some(path), spec.size, found)?))
+        let pool = Self::map(file, Some(path), spec.size, found, CHUNK_PARTIAL)?;
+        pool.reserve_range(0, FRAME_SIZE)
+            .map_err(io_err("reserve memory for the header"))?;
+        Ok(Some(pool))
     }
 
     /// Opens the existing pool file of `spec` read-write, if there is one,
@@ -367,12 +528,15 @@ impl PoolMemory {
         }
     }
 
-    /// Maps `file` (`size` bytes) read-write and shared.
+    /// Maps `file` (`size` bytes) read-write and shared; every reservation
+    /// chunk starts in state `chunks` (unreserved for a new file, partial
+    /// for one taken over, whose holes are not known).
     fn map(
         file: File,
         path: Option<PathBuf>,
         size: u64,
         geometry: PoolGeometry,
+        chunks: u8,
     ) -> Result<Self, PoolMemoryError> {
         let punch_holes = !is_hugetlbfs(&file);
         // SAFETY: a fresh shared mapping of a file we own, of exactly its size;
@@ -400,6 +564,7 @@ impl PoolMemory {
             }),
             geometry,
             file: Arc::new(file),
+            reservation: Arc::new(Reservation::new(size, path.clone(), chunks)),
             path,
             punch_holes,
         })
@@ -451,7 +616,33 @@ impl PoolMemory {
             file: Arc::clone(&self.file),
             geometry: self.geometry,
             punch_holes: self.punch_holes,
+            reservation: Arc::clone(&self.reservation),
         }
+    }
+
+    /// Backs `offset..offset+len` of the pool file with memory before it is
+    /// written, so that the write cannot fault (SIGBUS on a full tmpfs): the
+    /// chunks of [`RESERVE_CHUNK`] bytes it touches are reserved whole the
+    /// first time, and exactly the range where holes may be. An error (the
+    /// filesystem is full) means the range must not be written; the caller
+    /// treats the pool as full. On a filesystem without `fallocate` this
+    /// does nothing (logged once).
+    pub fn reserve_range(&self, offset: u64, len: u64) -> Result<(), io::Error> {
+        self.reservation.reserve(&self.file, offset, len)
+    }
+
+    /// [`reserve_range`](Self::reserve_range) for frame `frame`.
+    pub fn reserve_frame(&self, frame: u32) -> Result<(), io::Error> {
+        let off = self
+            .geometry
+            .frame_offset(frame)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.reserve_range(off, FRAME_SIZE)
+    }
+
+    /// How many reservations the filesystem refused so far.
+    pub fn reserve_failures(&self) -> u64 {
+        self.reservation.failures.load(Ordering::Relaxed)
     }
 
     /// The whole region, read-only (for tests and fake guests, which read
@@ -543,6 +734,7 @@ impl PoolMemory {
         let Ok(off) = self.geometry.frame_offset(frame) else {
             return;
         };
+        self.reservation.holed(off);
         // SAFETY: punching a hole in our own file over a frame no table
         // references; the mapping stays valid and reads back zeros.
         let r = unsafe {

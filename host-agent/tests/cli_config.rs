@@ -194,3 +194,30 @@ fn serve_runs_with_the_written_config() {
         );
     }
 }
+
+#[test]
+fn qemu_args_refuses_names_that_are_not_vm_names() {
+    let d = TempDir::new("cli-qemu-names");
+    let (file, _) = write_guest_run_config(&d.0);
+    let long = "x".repeat(33);
+    for name in ["../../etc/evil", "..", ".", "a/b", "", "a,b", "vm 1", &long] {
+        let o = vmdedup(&["qemu-args", name, "--config", s(&file)]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{name:?} was accepted");
+        assert!(err.contains("VM name"), "{name:?}: {err}");
+        assert!(o.stdout.is_empty(), "{name:?}: no arguments on errors");
+    }
+    // A valid name whose paths hold a comma still gets it doubled.
+    let dir = d.0.join("a,b");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = ok_stdout(&[
+        "qemu-args",
+        "vm-1.x_y",
+        "--ring-dir",
+        s(&dir),
+        "--pool",
+        s(&dir.join("p")),
+    ]);
+    assert!(out.contains("a,,b/vmdedup-vm-1.x_y.ring"), "{out}");
+    assert!(out.contains("a,,b/p,"), "{out}");
+}

@@ -278,6 +278,13 @@ pub fn valid_domain(name: &str) -> bool {
     valid_name(name) && name != "lock"
 }
 
+/// Whether `name` may name a VM: 1-32 of `[A-Za-z0-9_.-]`, not `.` or
+/// `..`. The one rule for `vm add`, `--vm`, `[[vm]]` and `qemu-args`: the
+/// name becomes part of a ring region's file name.
+pub fn valid_vm_name(name: &str) -> bool {
+    valid_name(name) && name.len() <= 32
+}
+
 /// The pool memory file of trust domain `domain`, given the configured
 /// `pool` path: `pool` itself for the domain `default`, `pool.DOMAIN` for
 /// any other. The one place that names a domain's pool.
@@ -414,7 +421,7 @@ pub fn parse_ns_arg(arg: &str) -> Result<(String, PathBuf), ConfigError> {
 /// Parses a `--vm NAME[:DOMAIN]` argument (domain `default` if not given).
 pub fn parse_vm_arg(arg: &str) -> Result<VmConfig, ConfigError> {
     let (name, domain) = arg.split_once(':').unwrap_or((arg, DEFAULT_DOMAIN));
-    if !valid_name(name) || !valid_domain(domain) {
+    if !valid_vm_name(name) || !valid_domain(domain) {
         return Err(ConfigError::Invalid(format!(
             "--vm {arg:?}: expected NAME or NAME:DOMAIN, each 1-32 of [A-Za-z0-9_.-]"
         )));
@@ -436,8 +443,16 @@ fn split_ns_value<'a>(opt: &str, arg: &'a str) -> Result<(&'a str, &'a str), Con
 }
 
 impl AgentConfig {
-    /// Parses a TOML configuration.
+    /// Parses a TOML configuration and [`validate`](Self::validate)s it.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg = Self::from_toml_unchecked(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML configuration without checking its values (the caller
+    /// reports every [`problem`](Self::problems) at once).
+    pub fn from_toml_unchecked(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let d = AgentConfig::default();
         let mut cfg = AgentConfig {
@@ -496,23 +511,37 @@ impl AgentConfig {
                 always_loading: n.always_loading,
             });
         }
+        Ok(cfg)
+    }
+
+    /// Reads, parses and [`validate`](Self::validate)s a TOML configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg = Self::load_unchecked(path)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Reads and parses a TOML configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads and parses a TOML configuration file without checking its
+    /// values (see [`from_toml_unchecked`](Self::from_toml_unchecked)).
+    pub fn load_unchecked(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&text)
+        Self::from_toml_unchecked(&text)
     }
 
     /// Adds a `--ns NAME=HOSTDIR` namespace (domain `default`, next free id).
     pub fn add_ns_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
         let (name, dir) = parse_ns_arg(arg)?;
         let id = self.namespaces.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        // Only this option's own problem: the rest of the configuration is
+        // checked, all at once, by its reader.
+        if self.namespaces.iter().any(|n| n.name == name) {
+            return Err(ConfigError::Invalid(format!(
+                "--ns {arg:?}: namespace {name:?} declared twice"
+            )));
+        }
         self.namespaces.push(NamespaceConfig {
             name,
             id,
@@ -523,7 +552,7 @@ impl AgentConfig {
             warm_at_start: false,
             always_loading: false,
         });
-        self.validate()
+        Ok(())
     }
 
     /// Adds a `--vm NAME[:DOMAIN]` VM. A VM the configuration has already is
@@ -619,62 +648,100 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// Checks names, ids and sizes.
+    /// Checks names, ids, sizes and values; the first problem
+    /// [`problems`](Self::problems) finds is the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(p) => Err(ConfigError::Invalid(p)),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem of the configuration by itself (names, ids, sizes,
+    /// values), one line each, naming the key: `vmdedup serve` prints them
+    /// all at once. What the host must provide (directories, groups, free
+    /// memory, sockets) is [`crate::preflight`]'s.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
         if !self.pool_size.is_power_of_two() || self.pool_size < (64 << 10) {
-            return Err(ConfigError::Invalid(format!(
+            out.push(format!(
                 "pool_size {} is not a power of two >= 64K",
                 self.pool_size
-            )));
+            ));
         }
-        self.service.validate()?;
+        if self.budget > self.pool_size {
+            out.push(format!(
+                "budget {} is above pool_size {}: the pool cannot hold it",
+                format_size(self.budget),
+                format_size(self.pool_size)
+            ));
+        }
+        if self.workers == 0 {
+            out.push("workers = 0: at least one loader thread is needed".to_string());
+        }
+        if let Err(e) = self.service.validate() {
+            out.push(e.to_string());
+        }
         for (name, d) in &self.domains {
             if !valid_domain(name) {
-                return Err(ConfigError::Invalid(format!(
+                out.push(format!(
                     "[domain.{name}]: invalid domain name (1-32 of [A-Za-z0-9_.-], not \"lock\")"
-                )));
+                ));
             }
             let size = self.domain_pool_size(name);
             if !size.is_power_of_two() || size < (64 << 10) {
-                return Err(ConfigError::Invalid(format!(
+                out.push(format!(
                     "[domain.{name}] pool_size {size} is not a power of two >= 64K"
-                )));
+                ));
             }
             if d.budget.is_some_and(|b| b > size) {
-                return Err(ConfigError::Invalid(format!(
+                out.push(format!(
                     "[domain.{name}] budget is above its pool_size {size}"
-                )));
+                ));
             }
         }
         let mut names = std::collections::BTreeSet::new();
         let mut ids = std::collections::BTreeSet::new();
         for n in &self.namespaces {
             if !valid_name(&n.name) {
-                return Err(ConfigError::Invalid(format!("namespace name {:?}", n.name)));
+                out.push(format!("namespace name {:?}", n.name));
             }
             if !names.insert(n.name.as_str()) || !ids.insert(n.id) {
-                return Err(ConfigError::Invalid(format!(
+                out.push(format!(
                     "namespace {:?} (id {}) declared twice",
                     n.name, n.id
-                )));
+                ));
             }
         }
         let mut vms = std::collections::BTreeSet::new();
+        let mut cids: std::collections::BTreeMap<u32, &str> = std::collections::BTreeMap::new();
         for v in &self.vms {
-            if !valid_name(&v.name) || !valid_domain(&v.domain) {
-                return Err(ConfigError::Invalid(format!(
-                    "VM {:?} / domain {:?}",
+            if !valid_vm_name(&v.name) || !valid_domain(&v.domain) {
+                out.push(format!(
+                    "VM {:?} / domain {:?}: use 1-32 of [A-Za-z0-9_.-] (a domain not \"lock\")",
                     v.name, v.domain
-                )));
+                ));
             }
             if !vms.insert(v.name.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "VM {:?} declared twice",
+                out.push(format!("VM {:?} declared twice", v.name));
+            }
+            match v.cid {
+                Some(c @ (0 | 1 | 2 | u32::MAX)) => out.push(format!(
+                    "[[vm]] {:?}: cid {c} is reserved (0: hypervisor, 1: local, 2: host, 4294967295: any); guests use 3 and up",
                     v.name
-                )));
+                )),
+                Some(c) => {
+                    if let Some(other) = cids.insert(c, v.name.as_str()) {
+                        out.push(format!(
+                            "[[vm]] {:?}: cid {c} is VM {other:?}'s already",
+                            v.name
+                        ));
+                    }
+                }
+                None => {}
             }
         }
-        Ok(())
+        out
     }
 
     /// The pool memory file of trust domain `domain` ([`domain_pool_path`]).

@@ -305,7 +305,7 @@ mod tests {
             budget in any::<u64>(),
             ack in 0..=i64::MAX as u64,
             vm_max_held in any::<u64>(),
-            workers in 0usize..64,
+            workers in 1usize..64,
             control in text(),
             group in prop::option::of(text()),
             ring_dir in text(),
@@ -323,7 +323,8 @@ mod tests {
             let c = AgentConfig {
                 pool: pool.into(),
                 pool_size: 1 << pool_shift,
-                budget,
+                // At most the pool (a budget above it is refused).
+                budget: budget % ((1u64 << pool_shift) + 1),
                 ack_timeout_ms: ack,
                 vm_max_held,
                 workers,

@@ -3,7 +3,9 @@
 //!
 //! - The host socket (CLI): mode 0600, or 0660 group-owned by a configured
 //!   group; a peer must be root, the agent's own user, or in that group
-//!   (checked again with `SO_PEERCRED`). It may do everything.
+//!   as its primary group or a supplementary one (checked again with
+//!   `SO_PEERCRED` and the user database's `getgrouplist`); another peer is
+//!   answered with [`ErrorCode::Denied`] saying why. It may do everything.
 //! - Guest sockets: one listener per VM (hybrid vsock: the Unix socket
 //!   `<uds>_<port>` that vhost-user-vsock / Firecracker connect for that VM).
 //!   The VM is the one the listener belongs to, never what a message says;
@@ -77,15 +79,16 @@ impl std::fmt::Debug for ControlContext {
 /// Control-channel errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlChannelError {
-    /// Socket I/O.
-    #[error("{0}")]
+    /// Socket I/O (shown as the OS error alone: it is its own source, so
+    /// a chain printed with `{:#}` names it once).
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// A frame could not be encoded or decoded.
     #[error("{0}")]
     Frame(ControlError),
     /// The socket could not be made (something else is at its path, an
     /// unknown group, ...).
-    #[error("{0}")]
+    #[error(transparent)]
     HostFile(#[from] crate::hostfile::HostFileError),
 }
 
@@ -234,18 +237,81 @@ where
     }
 }
 
-fn peer_allowed(s: &UnixStream, group: Option<u32>) -> bool {
-    let Ok(cred) = s.peer_cred() else {
-        return false;
+/// Who may use the host control socket: root, the agent's own user, or a
+/// user whose primary group (`gid`, from `SO_PEERCRED`) or supplementary
+/// groups (`groups_of(uid)`, asked only then) include `group`.
+fn peer_allowed(
+    uid: u32,
+    gid: u32,
+    me: u32,
+    group: Option<u32>,
+    groups_of: impl FnOnce(u32, u32) -> Vec<u32>,
+) -> bool {
+    uid == 0 || uid == me || group.is_some_and(|g| g == gid || groups_of(uid, gid).contains(&g))
+}
+
+/// The groups of the user `uid` (primary `gid`) in the user database
+/// (`getgrouplist`): how a login would start. Empty if `uid` has no name.
+pub fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value to be overwritten.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: `pw`, `buf` and `out` are valid for writes of their sizes for
+    // the call; `pw`'s strings point into `buf`, read below while it lives.
+    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    if r != 0 || out.is_null() || pw.pw_name.is_null() {
+        return Vec::new();
+    }
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut groups: Vec<libc::gid_t> = vec![0; n as usize];
+        let asked = n;
+        // SAFETY: `pw_name` is a NUL-terminated string in `buf`; `groups`
+        // has room for `n` entries, and getgrouplist writes at most that
+        // many (it sets `n` to the number needed when they do not fit).
+        let r = unsafe { libc::getgrouplist(pw.pw_name, gid, groups.as_mut_ptr(), &mut n) };
+        if r >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return groups;
+        }
+        if n <= asked || n > 65536 {
+            return Vec::new();
+        }
+    }
+}
+
+/// Why a peer of the host control socket is refused, as it is told.
+fn refusal(uid: u32, me: u32, group: Option<u32>) -> String {
+    match group {
+        Some(g) => format!(
+            "uid {uid} may not use this agent: only root, the agent's user (uid {me}) and members of control_group (gid {g}) may"
+        ),
+        None => format!(
+            "uid {uid} may not use this agent: only root and the agent's user (uid {me}) may (set control_group to let a group in)"
+        ),
+    }
+}
+
+/// Tells a refused peer why, after reading its request (so that it is not
+/// met with a broken pipe), and closes.
+async fn refuse(mut s: UnixStream, message: String) {
+    let mut len = [0u8; 4];
+    let read = async {
+        s.read_exact(&mut len).await.ok()?;
+        let n = frame_body_len(len).ok()?;
+        let mut body = vec![0u8; n];
+        s.read_exact(&mut body).await.ok()
     };
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    cred.uid() == 0 || cred.uid() == me || group.is_some_and(|g| g == cred.gid())
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    let _ = s
+        .write_all(&encode(&Response::error(ErrorCode::Denied, &message)))
+        .await;
 }
 
 /// Accepts connections on `listener` for `caller` until the task is dropped.
 /// For [`Caller::Host`], peers other than root, the agent's user or
-/// `group` members (primary group) are refused.
+/// members of `group` (primary or supplementary) are told so and refused.
 pub async fn serve(
     listener: UnixListener,
     ctx: Arc<ControlContext>,
@@ -253,6 +319,9 @@ pub async fn serve(
     group: Option<u32>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
+    // Refused peers are told why a few at a time, apart from the served
+    // ones: one that connects in a loop takes no slot of theirs.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
     loop {
         let s = match listener.accept().await {
             Ok((s, _)) => s,
@@ -263,8 +332,27 @@ pub async fn serve(
                 continue;
             }
         };
-        if caller == Caller::Host && !peer_allowed(&s, group) {
-            continue;
+        if caller == Caller::Host {
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            let cred = s.peer_cred().ok().map(|c| (c.uid(), c.gid()));
+            let allowed =
+                cred.is_some_and(|(uid, gid)| peer_allowed(uid, gid, me, group, user_groups));
+            if !allowed {
+                let uid = cred.map_or(u32::MAX, |(u, _)| u);
+                tracing::warn!(
+                    uid,
+                    "control connection refused: not root, the agent's user or in control_group"
+                );
+                if let Ok(permit) = Arc::clone(&refusals).try_acquire_owned() {
+                    let message = refusal(uid, me, group);
+                    tokio::spawn(async move {
+                        refuse(s, message).await;
+                        drop(permit);
+                    });
+                }
+                continue;
+            }
         }
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(?caller, "too many control connections: refused one");
@@ -371,4 +459,29 @@ pub fn request(path: &Path, req: &Request) -> Result<Response, ControlChannelErr
     let mut body = vec![0u8; body_len];
     s.read_exact(&mut body)?;
     Response::decode_body(&body).map_err(ControlChannelError::Frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_root_the_agent_or_in_the_group_primary_or_supplementary() {
+        let none = |_, _| Vec::new();
+        let supplementary = |_, _| vec![100, 7];
+        let unasked = |_, _| -> Vec<u32> { panic!("groups looked up for no reason") };
+        assert!(peer_allowed(0, 5, 1000, None, unasked));
+        assert!(peer_allowed(1000, 5, 1000, None, unasked));
+        assert!(!peer_allowed(1001, 5, 1000, None, unasked));
+        assert!(peer_allowed(1001, 7, 1000, Some(7), unasked));
+        assert!(peer_allowed(1001, 5, 1000, Some(7), supplementary));
+        assert!(!peer_allowed(1001, 5, 1000, Some(7), none));
+        assert!(!peer_allowed(1001, 5, 1000, Some(8), supplementary));
+    }
+
+    #[test]
+    fn the_user_database_gives_root_its_groups() {
+        assert!(user_groups(0, 0).contains(&0));
+        assert!(user_groups(u32::MAX - 7, 0).is_empty());
+    }
 }

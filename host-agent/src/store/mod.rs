@@ -325,6 +325,10 @@ pub struct StoreCounts {
     pub over_quota: u64,
     /// File maps dropped (evicted, revoked and acknowledged, aborted).
     pub maps_dropped: u64,
+    /// Allocations answered "pool full" because the pool's filesystem had
+    /// no memory left for the frame or table (see
+    /// [`PoolMemory::reserve_range`]).
+    pub filesystem_full: u64,
 }
 
 /// First-fit allocator of table space, in [`vmdedup_protocol::pool::TABLE_ALIGN`] units.
@@ -742,7 +746,13 @@ impl PageStore {
         let len = table_bytes(page_count);
         let table_offset = loop {
             if let Some(off) = self.tables.alloc(len) {
-                break off;
+                // The table is written at `finish_load`: back it now, so that
+                // a full filesystem is a full pool, not a SIGBUS.
+                if self.pool.reserve_range(off, len).is_ok() {
+                    break off;
+                }
+                self.tables.release(off, len);
+                self.counts.filesystem_full += 1;
             }
             if !self.evict_one_unreferenced() {
                 self.revoke_for_pressure(requester, pages, now_ms);
@@ -1003,13 +1013,28 @@ impl PageStore {
     ) -> Result<u32, StoreError> {
         loop {
             // A frame not discarded yet is reused as it is: it is about to be
-            // overwritten whole.
-            if let Some(f) = self.dirty.pop().or_else(|| self.free.pop()) {
+            // overwritten whole, and its memory was never given back.
+            if let Some(f) = self.dirty.pop() {
                 self.used += 1;
                 self.pool.set_frames_used(self.used);
                 return Ok(f);
             }
-            if (self.fresh as u64) < self.budget {
+            // A discarded or new frame is backed with memory before anyone
+            // writes it; a full filesystem is a full pool (an unreferenced map
+            // evicted below leaves frames on `dirty` that need no memory).
+            if let Some(f) = self.free.pop() {
+                if self.pool.reserve_frame(f).is_ok() {
+                    self.used += 1;
+                    self.pool.set_frames_used(self.used);
+                    return Ok(f);
+                }
+                self.free.push(f);
+                self.counts.filesystem_full += 1;
+            } else if (self.fresh as u64) < self.budget
+                && self.pool.reserve_frame(self.fresh).is_err()
+            {
+                self.counts.filesystem_full += 1;
+            } else if (self.fresh as u64) < self.budget {
                 let f = self.fresh;
                 self.fresh += 1;
                 self.refs.push(0);

@@ -6,41 +6,14 @@
 //! root, as the selftest machines have; without it the test says so and
 //! checks nothing).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vmdedup_host_agent::hostfile::FileAccess;
 use vmdedup_host_agent::pool::{PoolBacking, PoolMemory, PoolSpec};
 use vmdedup_host_agent::store::{page_hash, FileKey, MapLabel, PageStore, StoreConfig, StoreError};
 
 mod common;
-use common::TempDir;
-
-/// An 8 MiB tmpfs, unmounted when dropped.
-struct SmallTmpfs(PathBuf, #[allow(dead_code)] TempDir);
-
-impl SmallTmpfs {
-    fn mount(tag: &str) -> Option<SmallTmpfs> {
-        let d = TempDir::new(tag);
-        let dir = d.0.join("mnt");
-        std::fs::create_dir_all(&dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8m", "vmdedup-test"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("cannot mount a tmpfs (not root?): this test checks nothing here");
-            return None;
-        }
-        Some(SmallTmpfs(dir, d))
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
+use common::SmallTmpfs;
 
 fn spec(path: &Path, size: u64) -> PoolSpec {
     PoolSpec {
@@ -61,7 +34,7 @@ fn allocated_bytes(path: &Path) -> u64 {
 
 #[test]
 fn a_pool_larger_than_its_tmpfs_fills_up_instead_of_faulting() {
-    let Some(fs) = SmallTmpfs::mount("pool-space") else {
+    let Some(fs) = SmallTmpfs::mount("pool-space", "8m") else {
         return;
     };
     let path = fs.0.join("pool");

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::SystemTime;
 
 mod common;
-use common::TempDir;
+use common::{SmallTmpfs, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
 
@@ -288,24 +288,10 @@ fn sighup_is_harmless_and_sigterm_and_sigint_stop_cleanly() {
 #[test]
 fn a_running_agent_whose_pool_filesystem_fills_up_answers_pool_full() {
     let d = TempDir::new("serve-fs-full");
-    let mnt = d.0.join("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "vmdedup-test"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("cannot mount a tmpfs (not root?): this test checks nothing here");
+    let Some(fs) = SmallTmpfs::mount("serve-small", "8m") else {
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    };
+    let mnt = fs.0.clone();
     // 6 MiB of pages no two of which are equal.
     let tree = d.0.join("tree");
     std::fs::create_dir_all(&tree).unwrap();
@@ -356,24 +342,10 @@ fn a_running_agent_whose_pool_filesystem_fills_up_answers_pool_full() {
 #[test]
 fn a_vm_added_when_the_ring_filesystem_is_full_is_refused_not_fatal() {
     let d = TempDir::new("serve-ring-full");
-    let mnt = d.0.join("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "vmdedup-test"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("cannot mount a tmpfs (not root?): this test checks nothing here");
+    let Some(fs) = SmallTmpfs::mount("serve-small-ring", "4m") else {
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    };
+    let mnt = fs.0.clone();
     let file = good_config(&d.0);
     let text = std::fs::read_to_string(&file).unwrap().replace(
         &format!("ring_dir = \"{}\"", s(&d.0)),

@@ -115,6 +115,37 @@ impl Drop for TempDir {
     }
 }
 
+/// A small tmpfs mounted for a test, unmounted when dropped. Mounting needs
+/// root, as the selftest machines have; without it `mount` says so and
+/// returns `None`, and the caller checks nothing.
+pub struct SmallTmpfs(pub std::path::PathBuf, TempDir);
+
+impl SmallTmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it, e.g. "8m").
+    pub fn mount(tag: &str, size: &str) -> Option<SmallTmpfs> {
+        let d = TempDir::new(tag);
+        let dir = d.0.join("mnt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "vmdedup-test"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("cannot mount a tmpfs (not root?): this test checks nothing here");
+            return None;
+        }
+        Some(SmallTmpfs(dir, d))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        // Before the directory it is mounted on goes (the field's drop).
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Polls `f` until it returns something, for at most a minute: a hang
 /// guard, not a timing assertion.
 pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {

@@ -406,6 +406,14 @@ impl Io {
         unsafe { vmdedup_glue_copy_pool(self.0.as_ptr(), src.cast(), len) }
     }
 
+    /// Copies `buf` to the destination with page faults disabled; returns
+    /// how many bytes went (fewer when the destination needs a fault).
+    pub(crate) fn copy_buf(&mut self, buf: &[u8]) -> usize {
+        // SAFETY: a slice is valid for reads of its length for the whole
+        // call; `copy_pool` asks no more of its source.
+        unsafe { self.copy_pool(buf.as_ptr(), buf.len()) }
+    }
+
     /// Takes back the last `len` bytes copied to the destination (at most
     /// what this read copied with [`Io::copy_pool`] since).
     pub(crate) fn revert(&mut self, len: usize) {

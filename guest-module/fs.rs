@@ -253,7 +253,10 @@ impl Mount {
     /// the table is checked live before and after the copy. A copy followed
     /// by a failed check is taken back and the page read from lower.
     /// With `verify=full` the lower bytes are read first (outside the
-    /// section) and the pool bytes are served only if they are equal.
+    /// section) and compared with the pool's; when they are equal, the
+    /// compared lower bytes are what the destination gets, so that no
+    /// change of the frame between the comparison and a second copy from
+    /// it could put unchecked bytes in its place.
     fn read_run(
         &self,
         file: &InodeState,
@@ -289,17 +292,20 @@ impl Mount {
             self.table_dead(file, id);
             return Ok(Step::Lower);
         }
-        if self.verify == Verify::Full {
+        let copied = if self.verify == Verify::Full {
             stats::add(Counter::verify_pages, run_pages(in_page, len));
             let same = got_lower >= len && lower.get(..len).is_some_and(|b| run.equals(in_page, b));
-            if !same {
+            let Some(checked) = lower.get(..len).filter(|_| same) else {
                 drop(section);
                 self.mismatch(file, page);
                 return Ok(Step::Lower);
-            }
-        }
-        let Some(copied) = run.copy_out(io, in_page, len) else {
-            return Ok(Step::Lower);
+            };
+            io.copy_buf(checked)
+        } else {
+            let Some(copied) = run.copy_out(io, in_page, len) else {
+                return Ok(Step::Lower);
+            };
+            copied
         };
         let live = run.live();
         drop(section);

@@ -762,12 +762,8 @@ fn cmd_serve(
             tokio::spawn(control::serve(l, Arc::clone(&ctx), Caller::Vm(id), None));
         }
         if let Some(addr) = metrics {
-            let svc = agent.domains().clone();
-            tokio::spawn(async move {
-                if let Err(e) = vmdedup_host_agent::metrics::serve(addr, svc).await {
-                    tracing::error!(error = %e, "metrics endpoint failed");
-                }
-            });
+            let l = vmdedup_host_agent::metrics::bind(addr).await.with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+            tokio::spawn(vmdedup_host_agent::metrics::serve(l, agent.domains().clone()));
         }
         if guest.af_vsock {
             let (port, c) = (guest.vsock_port, Arc::clone(&ctx));

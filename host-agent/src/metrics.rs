@@ -185,12 +185,20 @@ pub fn require_loopback(addr: SocketAddr) -> Result<(), MetricsError> {
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) on `addr`, which must be a
-/// loopback address, until the task is dropped.
-pub async fn serve(addr: SocketAddr, domains: Domains) -> Result<(), MetricsError> {
+/// Listens on `addr`, which must be a loopback address. The agent binds
+/// before it reports itself started, so that a port it cannot have is an
+/// error at start, not a line in the log.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, MetricsError> {
     require_loopback(addr)?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics endpoint ready");
+    Ok(tokio::net::TcpListener::bind(addr).await?)
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `listener` until the task
+/// is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, domains: Domains) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics endpoint ready");
+    }
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;

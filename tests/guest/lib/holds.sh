@@ -87,17 +87,21 @@ holds_run() {
     # of another map (drop_caches evicts every unused inode); the second
     # inode's must not drop the mapped file's map, so the host must count at
     # most releases - 1 maps fewer than before.
+    # More releases can follow at any time (the timer's sweep lets go of
+    # maps of inodes drop_caches evicted), so each decision uses counts
+    # read together: answers read after releases, and the releases that
+    # can be in maps_held read after it.
     still_held() {
-        rel=0
-        for _ in $(seq 1 150); do
+        rel=0 ans=0 answered=0
+        for _ in $(seq 1 600); do
             rel=$(( $(stat_of releases_sent) - rs0 ))
-            [ $(( $(stat_of map_op_answers) - mo0 )) -ge "$rel" ] && break
+            ans=$(( $(stat_of map_op_answers) - mo0 ))
+            [ "$ans" -ge "$rel" ] && answered=1 && break
             sleep 0.2
         done
-        rel=$(( $(stat_of releases_sent) - rs0 ))
-        [ $(( $(stat_of map_op_answers) - mo0 )) -ge "$rel" ] ||
-            { echo "releases not all answered ($rel sent)"; return 1; }
+        [ "$answered" = 1 ] || { echo "releases not all answered ($rel sent, $ans answers)"; return 1; }
         held1=$(host_maps_held)
+        rel=$(( $(stat_of releases_sent) - rs0 ))
         { [ -n "$held1" ] && [ "$held1" -ge $((held0 - rel + 1)) ]; } ||
             { echo "host maps_held $held0 -> $held1 after $rel release(s): the mapped file's map was dropped"; return 1; }
     }

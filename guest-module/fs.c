@@ -23,6 +23,7 @@
 #include <linux/backing-file.h>
 #include <linux/cred.h>
 #include <linux/dcache.h>
+#include <linux/fadvise.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/mm.h>
@@ -427,13 +428,28 @@ ssize_t vmdedup_glue_read_lower_buf(struct vmdedup_io *io, loff_t pos, void *buf
  * Drops the lower file's clean, unmapped page cache pages in [start, end):
  * what was read to check pool pages, or read before the pool served the
  * file. Pages a process maps or that are dirty stay. Returns how many went.
+ *
+ * POSIX_FADV_DONTNEED rather than invalidate_mapping_pages() alone: a page
+ * read a moment ago can still sit in a CPU's LRU batch, whose reference
+ * makes invalidation skip it, and only the fadvise path (which drains the
+ * local batch, and every CPU's when some pages stayed) can reach the
+ * non-exported drains. The count is the mapping's page count before and
+ * after, so it can include a page someone else dropped meanwhile: it is a
+ * statistic, nothing depends on it.
  */
 unsigned long vmdedup_glue_drop_lower_pages(struct vmdedup_io *io, loff_t start, loff_t end)
 {
+	struct address_space *mapping = io->lower->f_mapping;
+	unsigned long before, after;
+
 	if (start < 0 || end <= start)
 		return 0;
-	return invalidate_mapping_pages(io->lower->f_mapping, start >> PAGE_SHIFT,
-					(end - 1) >> PAGE_SHIFT);
+	before = READ_ONCE(mapping->nrpages);
+	if (vfs_fadvise(io->lower, start, end - start, POSIX_FADV_DONTNEED))
+		return invalidate_mapping_pages(mapping, start >> PAGE_SHIFT,
+						(end - 1) >> PAGE_SHIFT);
+	after = READ_ONCE(mapping->nrpages);
+	return before > after ? before - after : 0;
 }
 
 /* A random number below `ceil` (0 for 0): the page verify=sample picks. */

@@ -13,6 +13,7 @@ use vmdedup_host_agent::config::{parse_size, AgentConfig};
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
 use vmdedup_host_agent::hostfile::{AgentLock, FileAccess};
 use vmdedup_host_agent::preflight;
+use vmdedup_host_agent::qemu;
 use vmdedup_host_agent::region;
 use vmdedup_host_agent::ring::poller::PollerConfig;
 use vmdedup_host_agent::stats;
@@ -203,6 +204,9 @@ impl std::fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
+/// `serve --ring-size` when not given.
+const DEFAULT_RING_SIZE: u64 = 1 << 20;
+
 /// The size of the VMs' ring regions (not part of the configuration file).
 #[derive(Args, Clone)]
 struct RingSizeArg {
@@ -357,35 +361,52 @@ enum Command {
     /// Manage VMs of the running agent.
     #[command(subcommand)]
     Vm(VmCommand),
-    /// Print the QEMU arguments that attach a VM to its ring region and the
-    /// pool (one argument per line; use with `mapfile` or `xargs`).
+    /// Print what attaches a VM to its ring region and its trust domain's
+    /// pool: QEMU arguments (one per line, for `mapfile` or `xargs`), a
+    /// shell line, JSON, or the parts of a libvirt domain XML.
     ///
-    /// The pool is the VM's trust domain's: its domain comes from --domain,
-    /// or the configuration's [[vm]] entry (--config or --vm NAME:DOMAIN),
-    /// or is "default".
+    /// The paths and sizes come from the running agent (its control socket:
+    /// --control, the --config file's `control_socket`, $VMDEDUP_CONTROL or
+    /// /run/vmdedup/control.sock). Without an agent they come from the
+    /// configuration (--config FILE and the options on top of it), the
+    /// ring's size from --ring-size, else the ring file's, else serve's
+    /// default; standard error says which source was used. Options that
+    /// describe the files must agree with a running agent.
     ///
     /// A virtio-balloon device with free page reporting comes with them:
     /// the guest hands the memory it frees back to the host (the lower
     /// pages it drops once the pool serves a file among them). The guest
     /// kernel needs CONFIG_VIRTIO_BALLOON and CONFIG_PAGE_REPORTING. A VM
-    /// that has a balloon already (libvirt adds one) takes --no-balloon and
-    /// turns reporting on in its own (`<memballoon model='virtio'
-    /// freePageReporting='on'/>`).
+    /// that has a balloon already takes --no-balloon and turns reporting on
+    /// in its own (libvirt: `--format libvirt` prints `<memballoon
+    /// model='virtio' freePageReporting='on'/>`).
     ///
-    /// Example: vmdedup qemu-args vm1 --config /etc/vmdedup/vmdedup.toml
+    /// Example: vmdedup qemu-args vm1 --format libvirt --config /etc/vmdedup/vmdedup.toml
     QemuArgs {
         /// The VM.
         name: String,
-        /// The VM's trust domain (default: as configured, else "default").
+        /// The VM's trust domain (default: the agent's, else as configured,
+        /// else "default").
         #[arg(long, value_name = "DOMAIN")]
         domain: Option<String>,
         /// Leave out the virtio-balloon device (the VM has its own).
         #[arg(long)]
         no_balloon: bool,
+        /// What to print: QEMU arguments one per line, one shell-quoted
+        /// line, a JSON document (the arguments and the paths and sizes),
+        /// or libvirt domain XML.
+        #[arg(long, value_enum, default_value = "lines")]
+        format: QemuFormat,
+        /// The user QEMU runs as, for the ownership commands printed with
+        /// --format libvirt.
+        #[arg(long, value_name = "USER", default_value = "libvirt-qemu")]
+        qemu_user: String,
+        /// Size of the VM's ring region when there is no agent to ask (the
+        /// agent's `serve --ring-size`).
+        #[arg(long, value_parser = size_arg)]
+        ring_size: Option<u64>,
         #[command(flatten)]
         config: ConfigArgs,
-        #[command(flatten)]
-        ring: RingSizeArg,
     },
     /// Write an agent configuration file for `vmdedup serve --config`.
     #[command(subcommand)]
@@ -475,6 +496,19 @@ enum ConfigCommand {
         #[arg(long, short = 'o', value_name = "FILE")]
         out: Option<PathBuf>,
     },
+}
+
+/// `qemu-args --format`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum QemuFormat {
+    /// One QEMU argument per line.
+    Lines,
+    /// The QEMU arguments on one line, quoted for a POSIX shell.
+    Shell,
+    /// A JSON document: the arguments, and the paths and sizes.
+    Json,
+    /// libvirt domain XML: `<shmem>`, `<memballoon>`, `<qemu:commandline>`.
+    Libvirt,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -727,6 +761,7 @@ fn cmd_serve(
     let hook_agent = agent.clone();
     let reinstate_agent = agent.clone();
     let remove_agent = agent.clone();
+    let attachment_agent = agent.clone();
     let ctx = Arc::new(ControlContext {
         domains: agent.domains().clone(),
         vm_add: Some(Box::new(move |name: &str, domain: &str| {
@@ -739,6 +774,9 @@ fn cmd_serve(
         })),
         vm_remove: Some(Box::new(move |name: &str| {
             remove_agent.remove_vm(name).map_err(|e| e.to_string())
+        })),
+        vm_attachment: Some(Box::new(move |name: &str| {
+            attachment_agent.attachment(name).map_err(|e| e.to_string())
         })),
     });
     let socket = cfg.control_socket.clone();
@@ -982,30 +1020,162 @@ fn cmd_qemu_args(
     domain: Option<&str>,
     balloon: bool,
     config: &ConfigArgs,
-    ring: &RingSizeArg,
+    ring_size: Option<u64>,
+    format: QemuFormat,
+    qemu_user: &str,
 ) -> anyhow::Result<()> {
     // The name becomes part of a file path: the same rule as `vm add`.
     if !vmdedup_host_agent::config::valid_vm_name(name) {
         bail!("VM name {name:?}: use 1-32 of [A-Za-z0-9_.-], not \".\" or \"..\"");
     }
-    let cfg = config.load()?;
     if let Some(d) = domain {
         if !vmdedup_host_agent::config::valid_domain(d) {
             bail!("--domain {d:?}: use 1-32 of [A-Za-z0-9_.-], not \"lock\"");
         }
+    }
+    let (a, source) = qemu_attachment(name, domain, config, ring_size)?;
+    match format {
+        QemuFormat::Lines => {
+            for arg in a.qemu_args(balloon) {
+                println!("{arg}");
+            }
+        }
+        QemuFormat::Shell => {
+            let line: Vec<String> = a
+                .qemu_args(balloon)
+                .iter()
+                .map(|s| qemu::shell_quote(s))
+                .collect();
+            println!("{}", line.join(" "));
+        }
+        QemuFormat::Json => {
+            let kind = if source.starts_with("the running agent") {
+                "agent"
+            } else {
+                "config"
+            };
+            println!("{}", serde_json::to_string_pretty(&a.json(balloon, kind))?);
+        }
+        QemuFormat::Libvirt => {
+            let parts = a.libvirt(balloon);
+            print!("{}", parts.text());
+            for n in &parts.notes {
+                eprintln!("vmdedup: qemu-args: {n}");
+            }
+            eprintln!(
+                "vmdedup: qemu-args: QEMU runs as {qemu_user} under libvirt: give it the ring (read-write) and the pool (read-only) before the VM starts, with\n  {}\nor set file_owner = \"{qemu_user}\" in the agent's configuration; AppArmor and SELinux need rules too (docs/libvirt.md)",
+                a.ownership_commands(qemu_user).join("\n  ")
+            );
+        }
+    }
+    eprintln!("vmdedup: qemu-args: {name}'s paths and sizes from {source}");
+    Ok(())
+}
+
+/// Where VM `name` attaches and where that was learnt: from the running
+/// agent, else from the configuration and options (see `qemu-args --help`).
+fn qemu_attachment(
+    name: &str,
+    domain: Option<&str>,
+    config: &ConfigArgs,
+    ring_size: Option<u64>,
+) -> anyhow::Result<(qemu::Attachment, String)> {
+    let socket = ControlArg {
+        control: config.control.clone(),
+        config: config.config.clone(),
+    }
+    .socket()?;
+    let described = config.config.is_some()
+        || config.pool.is_some()
+        || config.pool_size.is_some()
+        || config.ring_dir.is_some()
+        || ring_size.is_some();
+    let why_not = match qemu::ask_agent(&socket, name) {
+        Ok(a) => {
+            // Options may only repeat what the agent serves: a VM attached
+            // to other files than the agent's would not be served.
+            let mut differ = Vec::new();
+            if let Some(d) = domain.filter(|d| *d != a.domain) {
+                differ.push(format!(
+                    "--domain {d}: the agent has {name} in {}",
+                    a.domain
+                ));
+            }
+            if let Some(r) = ring_size.filter(|r| *r != a.ring_size) {
+                differ.push(format!(
+                    "--ring-size {r}: the agent's ring is {} bytes",
+                    a.ring_size
+                ));
+            }
+            if let Some(s) = config.pool_size.filter(|s| *s != a.pool_size) {
+                differ.push(format!(
+                    "--pool-size {s}: the agent's pool is {} bytes",
+                    a.pool_size
+                ));
+            }
+            if let Some(p) = &config.pool {
+                let want = vmdedup_host_agent::config::domain_pool_path(p, &a.domain);
+                if want != a.pool_path {
+                    differ.push(format!(
+                        "--pool {}: the agent's pool is {}",
+                        p.display(),
+                        a.pool_path.display()
+                    ));
+                }
+            }
+            if let Some(dir) = &config.ring_dir {
+                if dir.join(format!("vmdedup-{name}.ring")) != a.ring_path {
+                    differ.push(format!(
+                        "--ring-dir {}: the agent's ring is {}",
+                        dir.display(),
+                        a.ring_path.display()
+                    ));
+                }
+            }
+            if !differ.is_empty() {
+                bail!(
+                    "the running agent at {} serves {name} otherwise ({}); drop those options",
+                    socket.display(),
+                    differ.join("; ")
+                );
+            }
+            return Ok((a, format!("the running agent at {}", socket.display())));
+        }
+        Err(e @ qemu::AskError::NoSuchVm { .. }) => {
+            bail!("{e}: add it with `vmdedup vm add {name}`, or attach a VM it serves")
+        }
+        Err(e @ qemu::AskError::Refused { .. }) => return Err(e.into()),
+        Err(e) => e,
+    };
+    if !described {
+        bail!(
+            "{why_not}; start `vmdedup serve`, point --control at it, or give --config FILE to take the paths from the configuration"
+        );
+    }
+    let cfg = config.load()?;
+    if let Some(d) = domain {
         let configured = cfg.vm_domain(name);
         if cfg.vms.iter().any(|v| v.name == name) && configured != d {
             bail!("VM {name:?} is in domain {configured:?} in the configuration, not {d:?}");
         }
     }
-    let mut args = cfg.qemu_args(name, domain, ring.ring_size);
-    if balloon {
-        args.extend(vmdedup_host_agent::config::BALLOON_QEMU_ARGS.map(String::from));
-    }
-    for a in args {
-        println!("{a}");
-    }
-    Ok(())
+    let ring_path = cfg.ring_path(name);
+    let (ring, ring_from) = match ring_size {
+        Some(r) => (r, "--ring-size".to_string()),
+        None => match std::fs::metadata(&ring_path) {
+            Ok(m) if m.len() > 0 => (m.len(), format!("the size of {}", ring_path.display())),
+            _ => (DEFAULT_RING_SIZE, "serve's default ring size".to_string()),
+        },
+    };
+    let a = qemu::Attachment::from_config(&cfg, name, domain, ring);
+    let what = match &config.config {
+        Some(f) => format!("the configuration {}", f.display()),
+        None => "the options".to_string(),
+    };
+    Ok((
+        a,
+        format!("{what}, the ring's size from {ring_from} ({why_not})"),
+    ))
 }
 
 /// `vmdedup config new`.
@@ -1128,9 +1298,19 @@ fn run() -> anyhow::Result<()> {
             name,
             domain,
             no_balloon,
+            format,
+            qemu_user,
+            ring_size,
             config,
-            ring,
-        } => cmd_qemu_args(&name, domain.as_deref(), !no_balloon, &config, &ring),
+        } => cmd_qemu_args(
+            &name,
+            domain.as_deref(),
+            !no_balloon,
+            &config,
+            ring_size,
+            format,
+            &qemu_user,
+        ),
         Command::Config(ConfigCommand::New { config, out }) => {
             cmd_config_new(&config, out.as_deref())
         }

@@ -1033,7 +1033,7 @@ fn cmd_qemu_args(
             bail!("--domain {d:?}: use 1-32 of [A-Za-z0-9_.-], not \"lock\"");
         }
     }
-    let (a, source) = qemu_attachment(name, domain, config, ring_size)?;
+    let (a, from_agent, source) = qemu_attachment(name, domain, config, ring_size)?;
     match format {
         QemuFormat::Lines => {
             for arg in a.qemu_args(balloon) {
@@ -1049,11 +1049,7 @@ fn cmd_qemu_args(
             println!("{}", line.join(" "));
         }
         QemuFormat::Json => {
-            let kind = if source.starts_with("the running agent") {
-                "agent"
-            } else {
-                "config"
-            };
+            let kind = if from_agent { "agent" } else { "config" };
             println!("{}", serde_json::to_string_pretty(&a.json(balloon, kind))?);
         }
         QemuFormat::Libvirt => {
@@ -1072,14 +1068,15 @@ fn cmd_qemu_args(
     Ok(())
 }
 
-/// Where VM `name` attaches and where that was learnt: from the running
-/// agent, else from the configuration and options (see `qemu-args --help`).
+/// Where VM `name` attaches, whether the running agent said so (else the
+/// configuration and options did: see `qemu-args --help`), and a sentence
+/// that says which.
 fn qemu_attachment(
     name: &str,
     domain: Option<&str>,
     config: &ConfigArgs,
     ring_size: Option<u64>,
-) -> anyhow::Result<(qemu::Attachment, String)> {
+) -> anyhow::Result<(qemu::Attachment, bool, String)> {
     let socket = ControlArg {
         control: config.control.clone(),
         config: config.config.clone(),
@@ -1139,7 +1136,11 @@ fn qemu_attachment(
                     differ.join("; ")
                 );
             }
-            return Ok((a, format!("the running agent at {}", socket.display())));
+            return Ok((
+                a,
+                true,
+                format!("the running agent at {}", socket.display()),
+            ));
         }
         Err(e @ qemu::AskError::NoSuchVm { .. }) => {
             bail!("{e}: add it with `vmdedup vm add {name}`, or attach a VM it serves")
@@ -1174,6 +1175,7 @@ fn qemu_attachment(
     };
     Ok((
         a,
+        false,
         format!("{what}, the ring's size from {ring_from} ({why_not})"),
     ))
 }

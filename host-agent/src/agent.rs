@@ -744,6 +744,41 @@ impl Agent {
         Ok(held)
     }
 
+    /// Where VM `name` attaches: its ring region and its trust domain's
+    /// pool, with the sizes of the files as they are (what QEMU maps), or
+    /// as configured if a file cannot be read.
+    pub fn attachment(&self, name: &str) -> Result<crate::qemu::Attachment, AgentError> {
+        let id = self
+            .inner
+            .domains
+            .vm_id(name)
+            .ok_or_else(|| AgentError::Config(format!("no VM called {name:?}")))?;
+        let dom = self
+            .inner
+            .domains
+            .of_vm(id)
+            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no domain")))?;
+        let ring_path = self
+            .inner
+            .ring_paths
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&id).cloned())
+            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))?;
+        let size = |p: &Path, configured: u64| std::fs::metadata(p).map_or(configured, |m| m.len());
+        Ok(crate::qemu::Attachment {
+            vm: name.to_string(),
+            domain: dom.name().to_string(),
+            ring_size: size(&ring_path, self.inner.opts.ring_size),
+            ring_path,
+            pool_size: size(
+                dom.pool_path(),
+                self.inner.config.domain_pool_size(dom.name()),
+            ),
+            pool_path: dom.pool_path().to_path_buf(),
+        })
+    }
+
     /// Serves a cut-off VM again, or restarts a ring whose indices the
     /// guest corrupted. Its ring region starts over: a new ring is written
     /// into it with a new generation, so the guest drops what it still had

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod pool;
 pub mod preflight;
+pub mod qemu;
 pub mod region;
 pub mod ring;
 pub mod service;

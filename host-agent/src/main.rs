@@ -19,6 +19,9 @@ use vmdedup_host_agent::stats;
 use vmdedup_protocol::abi::RegionKind;
 use vmdedup_protocol::control::{Request, Response, StatusReport};
 
+mod qemu_args_cmd;
+use qemu_args_cmd::{cmd_qemu_args, QemuFormat};
+
 /// vmdedup host agent: serves file pages shared by all VMs from one pool.
 ///
 /// Guests tell the agent which file they open, by name, over a shared-memory
@@ -357,35 +360,52 @@ enum Command {
     /// Manage VMs of the running agent.
     #[command(subcommand)]
     Vm(VmCommand),
-    /// Print the QEMU arguments that attach a VM to its ring region and the
-    /// pool (one argument per line; use with `mapfile` or `xargs`).
+    /// Print what attaches a VM to its ring region and its trust domain's
+    /// pool: QEMU arguments (one per line, for `mapfile` or `xargs`), a
+    /// shell line, JSON, or the parts of a libvirt domain XML.
     ///
-    /// The pool is the VM's trust domain's: its domain comes from --domain,
-    /// or the configuration's [[vm]] entry (--config or --vm NAME:DOMAIN),
-    /// or is "default".
+    /// The paths and sizes come from the running agent (its control socket:
+    /// --control, the --config file's `control_socket`, $VMDEDUP_CONTROL or
+    /// /run/vmdedup/control.sock). Without an agent they come from the
+    /// configuration (--config FILE and the options on top of it), the
+    /// ring's size from --ring-size, else the ring file's, else serve's
+    /// default; standard error says which source was used. Options that
+    /// describe the files must agree with a running agent.
     ///
     /// A virtio-balloon device with free page reporting comes with them:
     /// the guest hands the memory it frees back to the host (the lower
     /// pages it drops once the pool serves a file among them). The guest
     /// kernel needs CONFIG_VIRTIO_BALLOON and CONFIG_PAGE_REPORTING. A VM
-    /// that has a balloon already (libvirt adds one) takes --no-balloon and
-    /// turns reporting on in its own (`<memballoon model='virtio'
-    /// freePageReporting='on'/>`).
+    /// that has a balloon already takes --no-balloon and turns reporting on
+    /// in its own (libvirt: `--format libvirt` prints `<memballoon
+    /// model='virtio' freePageReporting='on'/>`).
     ///
-    /// Example: vmdedup qemu-args vm1 --config /etc/vmdedup/vmdedup.toml
+    /// Example: vmdedup qemu-args vm1 --format libvirt --config /etc/vmdedup/vmdedup.toml
     QemuArgs {
         /// The VM.
         name: String,
-        /// The VM's trust domain (default: as configured, else "default").
+        /// The VM's trust domain (default: the agent's, else as configured,
+        /// else "default").
         #[arg(long, value_name = "DOMAIN")]
         domain: Option<String>,
         /// Leave out the virtio-balloon device (the VM has its own).
         #[arg(long)]
         no_balloon: bool,
+        /// What to print: QEMU arguments one per line, one shell-quoted
+        /// line, a JSON document (the arguments and the paths and sizes),
+        /// or libvirt domain XML.
+        #[arg(long, value_enum, default_value = "lines")]
+        format: QemuFormat,
+        /// The user QEMU runs as, for the ownership commands printed with
+        /// --format libvirt.
+        #[arg(long, value_name = "USER", default_value = "libvirt-qemu")]
+        qemu_user: String,
+        /// Size of the VM's ring region when there is no agent to ask (the
+        /// agent's `serve --ring-size`).
+        #[arg(long, value_parser = size_arg)]
+        ring_size: Option<u64>,
         #[command(flatten)]
         config: ConfigArgs,
-        #[command(flatten)]
-        ring: RingSizeArg,
     },
     /// Write an agent configuration file for `vmdedup serve --config`.
     #[command(subcommand)]
@@ -727,6 +747,7 @@ fn cmd_serve(
     let hook_agent = agent.clone();
     let reinstate_agent = agent.clone();
     let remove_agent = agent.clone();
+    let attachment_agent = agent.clone();
     let ctx = Arc::new(ControlContext {
         domains: agent.domains().clone(),
         vm_add: Some(Box::new(move |name: &str, domain: &str| {
@@ -739,6 +760,9 @@ fn cmd_serve(
         })),
         vm_remove: Some(Box::new(move |name: &str| {
             remove_agent.remove_vm(name).map_err(|e| e.to_string())
+        })),
+        vm_attachment: Some(Box::new(move |name: &str| {
+            attachment_agent.attachment(name).map_err(|e| e.to_string())
         })),
     });
     let socket = cfg.control_socket.clone();
@@ -976,38 +1000,6 @@ fn cmd_vm_remove(control: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `vmdedup qemu-args`.
-fn cmd_qemu_args(
-    name: &str,
-    domain: Option<&str>,
-    balloon: bool,
-    config: &ConfigArgs,
-    ring: &RingSizeArg,
-) -> anyhow::Result<()> {
-    // The name becomes part of a file path: the same rule as `vm add`.
-    if !vmdedup_host_agent::config::valid_vm_name(name) {
-        bail!("VM name {name:?}: use 1-32 of [A-Za-z0-9_.-], not \".\" or \"..\"");
-    }
-    let cfg = config.load()?;
-    if let Some(d) = domain {
-        if !vmdedup_host_agent::config::valid_domain(d) {
-            bail!("--domain {d:?}: use 1-32 of [A-Za-z0-9_.-], not \"lock\"");
-        }
-        let configured = cfg.vm_domain(name);
-        if cfg.vms.iter().any(|v| v.name == name) && configured != d {
-            bail!("VM {name:?} is in domain {configured:?} in the configuration, not {d:?}");
-        }
-    }
-    let mut args = cfg.qemu_args(name, domain, ring.ring_size);
-    if balloon {
-        args.extend(vmdedup_host_agent::config::BALLOON_QEMU_ARGS.map(String::from));
-    }
-    for a in args {
-        println!("{a}");
-    }
-    Ok(())
-}
-
 /// `vmdedup config new`.
 fn cmd_config_new(config: &ConfigArgs, out: Option<&Path>) -> anyhow::Result<()> {
     let text = config.load()?.to_toml()?;
@@ -1128,9 +1120,19 @@ fn run() -> anyhow::Result<()> {
             name,
             domain,
             no_balloon,
+            format,
+            qemu_user,
+            ring_size,
             config,
-            ring,
-        } => cmd_qemu_args(&name, domain.as_deref(), !no_balloon, &config, &ring),
+        } => cmd_qemu_args(
+            &name,
+            domain.as_deref(),
+            !no_balloon,
+            &config,
+            ring_size,
+            format,
+            &qemu_user,
+        ),
         Command::Config(ConfigCommand::New { config, out }) => {
             cmd_config_new(&config, out.as_deref())
         }

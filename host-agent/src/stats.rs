@@ -32,18 +32,47 @@ use vmdedup_protocol::pool::FRAME_SIZE;
 const SUB: usize = 4;
 const BUCKETS: usize = 40 * SUB;
 
-/// A latency histogram in microseconds with quarter-octave buckets.
+/// A latency histogram in microseconds with quarter-octave buckets, and
+/// the sum of its samples.
 #[derive(Debug)]
 pub struct LatencyHistogram {
     buckets: Box<[AtomicU64]>,
+    sum_us: AtomicU64,
 }
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
         }
     }
+}
+
+/// The upper bounds, in microseconds, of the cumulative buckets the
+/// metrics endpoint exports: powers of two from 4 µs to about 4.2 s. Each is
+/// a boundary of the quarter-octave buckets (a sample of `us` whole
+/// microseconds is below `2^k` exactly when its bucket ends below it), so the
+/// exported counts are exact, not interpolated.
+pub const EXPORTED_BOUNDS_US: [u64; 21] = {
+    let mut b = [0u64; 21];
+    let mut i = 0;
+    while i < b.len() {
+        b[i] = 1 << (i + 2);
+        i += 1;
+    }
+    b
+};
+
+/// A histogram read once, as the metrics endpoint exports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencyBuckets {
+    /// Samples below each of [`EXPORTED_BOUNDS_US`] (cumulative).
+    pub below: [u64; EXPORTED_BOUNDS_US.len()],
+    /// Every sample (the `+Inf` bucket and `_count`).
+    pub count: u64,
+    /// Sum of the samples, microseconds.
+    pub sum_us: u64,
 }
 
 fn bucket_of(us: u64) -> usize {
@@ -69,6 +98,28 @@ impl LatencyHistogram {
     /// Records one sample.
     pub fn record(&self, us: u64) {
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The cumulative counts at [`EXPORTED_BOUNDS_US`], read bucket by
+    /// bucket once (so `count` is the sum of the same reads, whatever is
+    /// recorded meanwhile).
+    pub fn exported(&self) -> LatencyBuckets {
+        let mut out = LatencyBuckets {
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+            ..LatencyBuckets::default()
+        };
+        for (b, c) in self.buckets.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            out.count += n;
+            // Every value of bucket `b` is at most bucket_upper(b).
+            for (i, bound) in EXPORTED_BOUNDS_US.iter().enumerate() {
+                if bucket_upper(b) < *bound {
+                    out.below[i] += n;
+                }
+            }
+        }
+        out
     }
 
     /// The `pct`-th percentile (0..=100), as a bucket's upper bound; 0 when empty.
@@ -133,6 +184,11 @@ impl HintStats {
             Some(r) => self.misses[reason_index(r)].fetch_add(1, Ordering::Relaxed),
         };
         self.latency.record(latency_us);
+    }
+
+    /// Its hint latency histogram.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
     }
 
     /// A plain copy (`pages_mapped` is filled in by the caller).
@@ -301,6 +357,24 @@ mod tests {
         assert_eq!(h.percentile(50), bucket_upper(bucket_of(10)));
         assert_eq!(h.percentile(99), bucket_upper(bucket_of(1000)));
         assert!(bucket_upper(bucket_of(1000)) < 1000 * 5 / 4);
+    }
+
+    #[test]
+    fn exported_buckets_count_samples_below_each_bound() {
+        let h = LatencyHistogram::default();
+        let samples = [
+            0u64, 3, 4, 5, 7, 8, 100, 127, 128, 129, 4_000_000, 9_000_000,
+        ];
+        for us in samples {
+            h.record(us);
+        }
+        let e = h.exported();
+        assert_eq!(e.count, samples.len() as u64);
+        assert_eq!(e.sum_us, samples.iter().sum::<u64>());
+        for (i, bound) in EXPORTED_BOUNDS_US.iter().enumerate() {
+            let want = samples.iter().filter(|&&s| s < *bound).count() as u64;
+            assert_eq!(e.below[i], want, "below {bound}");
+        }
     }
 
     #[test]

@@ -86,6 +86,9 @@ fn start(tag: &str) -> Agent {
             svc4.remove_vm(id);
             Ok(held)
         })),
+        // The paths are the agent's (tests/qemu_args.rs); here only that
+        // guests may not ask.
+        vm_attachment: Some(Box::new(|name: &str| Err(format!("no VM called {name:?}")))),
     });
     let host = dir.join("control.sock");
     let vm1 = dir.join("vm1.vsock_5555");
@@ -249,6 +252,7 @@ fn agent_control_host_and_vm_views() {
         },
         Request::VmReinstate { name: name("vm1") },
         Request::VmRemove { name: name("vm1") },
+        Request::VmAttachment { name: name("vm1") },
     ] {
         let r = control::request(&a.vm1, &denied).unwrap();
         assert!(

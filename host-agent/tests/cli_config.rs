@@ -213,6 +213,8 @@ fn qemu_args_refuses_names_that_are_not_vm_names() {
     let out = ok_stdout(&[
         "qemu-args",
         "vm-1.x_y",
+        "--control",
+        s(&d.0.join("no-agent.sock")),
         "--ring-dir",
         s(&dir),
         "--pool",

@@ -104,6 +104,14 @@ pub enum Request {
         /// Name of the VM.
         name: Name,
     },
+    /// Where VM `name` attaches: its ring region and its trust domain's
+    /// pool, with their sizes ([`Response::VmAttachment`]), for `vmdedup
+    /// qemu-args`. Host CLI only. (Appended last: variant indices are the
+    /// wire format.)
+    VmAttachment {
+        /// Name of the VM.
+        name: Name,
+    },
 }
 
 /// Why a hint was answered with a miss. Also the keys of [`MissCounts`].
@@ -382,6 +390,27 @@ pub enum Response {
         /// File maps it still held, now released.
         maps_released: u32,
     },
+    /// Answer to [`Request::VmAttachment`]. (Appended last: variant indices
+    /// are the wire format.)
+    VmAttachment(AttachmentReport),
+}
+
+/// The files a VM's QEMU maps, as the running agent serves them
+/// ([`Response::VmAttachment`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentReport {
+    /// Name of the VM.
+    pub name: Name,
+    /// Its trust domain.
+    pub domain: Name,
+    /// Its ring region file (the VM maps it read-write).
+    pub ring_path: RelPath,
+    /// The ring region's size in bytes.
+    pub ring_size: u64,
+    /// Its trust domain's pool file (the VM maps it read-only).
+    pub pool_path: RelPath,
+    /// The pool's size in bytes.
+    pub pool_size: u64,
 }
 
 /// Why a frame could not be encoded or decoded.

@@ -28,7 +28,23 @@ fn request() -> impl Strategy<Value = Request> {
         (name(), name()).prop_map(|(name, domain)| Request::VmAdd { name, domain }),
         name().prop_map(|name| Request::VmReinstate { name }),
         name().prop_map(|name| Request::VmRemove { name }),
+        name().prop_map(|name| Request::VmAttachment { name }),
     ]
+}
+
+fn attachment() -> impl Strategy<Value = Response> {
+    (name(), name(), path(), any::<u64>(), path(), any::<u64>()).prop_map(
+        |(name, domain, ring_path, ring_size, pool_path, pool_size)| {
+            Response::VmAttachment(AttachmentReport {
+                name,
+                domain,
+                ring_path,
+                ring_size,
+                pool_path,
+                pool_size,
+            })
+        },
+    )
 }
 
 proptest! {
@@ -69,6 +85,69 @@ proptest! {
         other[4] ^= 0xff;
         prop_assert!(matches!(Request::decode(&other), Err(ControlError::Version(_))));
     }
+
+    #[test]
+    fn attachments_round_trip_and_damage_is_refused(resp in attachment(), cut in any::<usize>(), junk in any::<u8>()) {
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let n = resp.encode(&mut buf).unwrap();
+        let frame = &buf[..n];
+        prop_assert_eq!(Response::decode(frame), Ok(resp.clone()));
+        prop_assert!(Response::decode(&frame[..cut % n]).is_err());
+        let mut longer = frame.to_vec();
+        longer.push(junk);
+        prop_assert_eq!(Response::decode(&longer), Err(ControlError::TrailingBytes));
+    }
+
+    #[test]
+    fn a_damaged_attachment_never_panics(resp in attachment(), at in any::<usize>(), byte in any::<u8>()) {
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let n = resp.encode(&mut buf).unwrap();
+        let mut frame = buf[..n].to_vec();
+        let at = FRAME_HEADER_LEN + at % (n - FRAME_HEADER_LEN);
+        frame[at] = byte;
+        let _ = Response::decode(&frame);
+    }
+}
+
+/// Messages added later are appended: the ones older clients and agents
+/// send keep their bytes.
+#[test]
+fn older_messages_keep_their_encoding() {
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let name: Name = bounded_str("vm1");
+    for (msg, body) in [
+        (Request::Status, vec![0u8]),
+        (Request::Vms, vec![1]),
+        (
+            Request::VmAdd {
+                name: name.clone(),
+                domain: bounded_str(""),
+            },
+            vec![6, 3, b'v', b'm', b'1', 0],
+        ),
+        (
+            Request::VmReinstate { name: name.clone() },
+            vec![7, 3, b'v', b'm', b'1'],
+        ),
+        (
+            Request::VmRemove { name: name.clone() },
+            vec![8, 3, b'v', b'm', b'1'],
+        ),
+        (
+            Request::VmAttachment { name: name.clone() },
+            vec![9, 3, b'v', b'm', b'1'],
+        ),
+    ] {
+        let n = msg.encode(&mut buf).unwrap();
+        assert_eq!(&buf[FRAME_HEADER_LEN..n], &body[..], "{msg:?}");
+        assert_eq!(Request::decode(&buf[..n]), Ok(msg));
+    }
+    let removed = Response::VmRemoved {
+        name,
+        maps_released: 2,
+    };
+    let n = removed.encode(&mut buf).unwrap();
+    assert_eq!(&buf[FRAME_HEADER_LEN..n], &[9, 3, b'v', b'm', b'1', 2]);
 }
 
 #[test]
@@ -158,7 +237,15 @@ fn largest_messages_fit_in_one_frame() {
         files,
     };
     let mut buf = vec![0u8; MAX_FRAME_LEN];
-    for msg in [status, Response::Vms(vms), listing] {
+    let attachment = Response::VmAttachment(AttachmentReport {
+        name: full_name.clone(),
+        domain: full_name.clone(),
+        ring_path: full_path.clone(),
+        ring_size: u64::MAX,
+        pool_path: full_path.clone(),
+        pool_size: u64::MAX,
+    });
+    for msg in [status, Response::Vms(vms), listing, attachment] {
         let n = msg.encode(&mut buf).expect("largest message fits");
         assert_eq!(Response::decode(&buf[..n]), Ok(msg));
     }

@@ -783,25 +783,7 @@ impl AgentConfig {
     /// and to its trust domain's pool (read-only), one argument per element.
     /// `domain`: the VM's domain (`None`: as configured, see [`vm_domain`](Self::vm_domain)).
     pub fn qemu_args(&self, vm: &str, domain: Option<&str>, ring_size: u64) -> Vec<String> {
-        let domain = domain.unwrap_or_else(|| self.vm_domain(vm));
-        vec![
-            "-object".into(),
-            format!(
-                "memory-backend-file,id=vmdedup-ring,mem-path={},size={},share=on",
-                qemu_opt_path(&self.ring_path(vm)),
-                ring_size
-            ),
-            "-device".into(),
-            "ivshmem-plain,memdev=vmdedup-ring".into(),
-            "-object".into(),
-            format!(
-                "memory-backend-file,id=vmdedup-pool,mem-path={},size={},share=on,readonly=on",
-                qemu_opt_path(&self.pool_path(domain)),
-                self.domain_pool_size(domain)
-            ),
-            "-device".into(),
-            "ivshmem-plain,memdev=vmdedup-pool".into(),
-        ]
+        crate::qemu::Attachment::from_config(self, vm, domain, ring_size).region_args()
     }
 }
 
@@ -813,12 +795,6 @@ pub const BALLOON_QEMU_ARGS: [&str; 2] = [
     "-device",
     "virtio-balloon-pci,id=vmdedup-balloon,free-page-reporting=on",
 ];
-
-/// A path as the value of a QEMU `key=value,...` option: a comma is doubled,
-/// or QEMU would read the rest as another option.
-fn qemu_opt_path(p: &Path) -> String {
-    p.display().to_string().replace(',', ",,")
-}
 
 #[cfg(test)]
 mod tests {

@@ -57,6 +57,10 @@ pub type VmReinstateHook = dyn Fn(&str) -> Result<bool, String> + Send + Sync;
 /// maps it still held. Given by the binary (it owns the rings).
 pub type VmRemoveHook = dyn Fn(&str) -> Result<u32, String> + Send + Sync;
 
+/// Where a VM attaches (`qemu-args`). Given by the binary (it owns the
+/// rings).
+pub type VmAttachmentHook = dyn Fn(&str) -> Result<crate::qemu::Attachment, String> + Send + Sync;
+
 /// What requests act on.
 pub struct ControlContext {
     /// The trust domains: a VM's requests go to its own domain's service,
@@ -68,6 +72,8 @@ pub struct ControlContext {
     pub vm_reinstate: Option<Box<VmReinstateHook>>,
     /// `vm remove`; `None`: refused.
     pub vm_remove: Option<Box<VmRemoveHook>>,
+    /// `qemu-args`; `None`: refused.
+    pub vm_attachment: Option<Box<VmAttachmentHook>>,
 }
 
 impl std::fmt::Debug for ControlContext {
@@ -174,6 +180,21 @@ pub fn handle_request(ctx: &ControlContext, caller: Caller, req: Request) -> Res
                 Ok(maps_released) => Response::VmRemoved {
                     name,
                     maps_released,
+                },
+                Err(e) => Response::error(ErrorCode::NotFound, &e),
+            }
+        }
+        Request::VmAttachment { name } => {
+            if vm.is_some() {
+                return Response::error(ErrorCode::Denied, "qemu-args is for the host only");
+            }
+            let Some(hook) = &ctx.vm_attachment else {
+                return Response::error(ErrorCode::Denied, "qemu-args is not enabled");
+            };
+            match hook(&name) {
+                Ok(a) => match a.to_report() {
+                    Ok(r) => Response::VmAttachment(r),
+                    Err(e) => Response::error(ErrorCode::Internal, &e),
                 },
                 Err(e) => Response::error(ErrorCode::NotFound, &e),
             }

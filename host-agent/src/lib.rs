@@ -13,6 +13,7 @@ pub mod pool;
 pub mod preflight;
 pub mod region;
 pub mod ring;
+pub mod sd_notify;
 pub mod service;
 pub mod stats;
 pub mod store;

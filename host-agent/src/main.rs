@@ -15,6 +15,7 @@ use vmdedup_host_agent::hostfile::{AgentLock, FileAccess};
 use vmdedup_host_agent::preflight;
 use vmdedup_host_agent::region;
 use vmdedup_host_agent::ring::poller::PollerConfig;
+use vmdedup_host_agent::sd_notify::Notifier;
 use vmdedup_host_agent::stats;
 use vmdedup_protocol::abi::RegionKind;
 use vmdedup_protocol::control::{Request, Response, StatusReport};
@@ -708,6 +709,9 @@ fn cmd_serve(
             signal(SignalKind::terminate()).context("catching SIGTERM")?,
         )
     };
+    // systemd (`Type=notify`) hears READY=1 once everything listens.
+    let notifier = Notifier::from_env().context("$NOTIFY_SOCKET")?;
+    notifier.tell("STATUS=creating pools and ring regions");
     let lock = AgentLock::acquire(&cfg)?;
     let files = FileAccess::from_config(&cfg)?;
     let control_access = FileAccess::control(&cfg)?;
@@ -766,15 +770,18 @@ fn cmd_serve(
             tokio::spawn(vmdedup_host_agent::metrics::serve(l, agent.domains().clone()));
         }
         if guest.af_vsock {
+            // Bound here, so that READY=1 comes after it listens.
             let (port, c) = (guest.vsock_port, Arc::clone(&ctx));
+            let bound = control::bind_vsock(port);
             tokio::spawn(async move {
-                if let Err(e) = control::serve_vsock(port, c, cids).await {
+                if let Err(e) = async { control::serve_vsock_on(bound?, c, cids).await }.await {
                     tracing::error!(error = %e, port, "AF_VSOCK listener failed (is vhost-vsock loaded?)");
                 }
             });
         }
         let listener = control::bind_as(&socket, &control_access, "control socket").with_context(|| format!("binding {}", socket.display()))?;
         tracing::info!(socket = %socket.display(), "control socket ready");
+        notifier.tell(&ready_message(&cfg, &socket));
         let serve = control::serve(listener, ctx, Caller::Host, group);
         tokio::pin!(serve);
         loop {
@@ -795,6 +802,7 @@ fn cmd_serve(
         }
         anyhow::Ok(())
     });
+    notifier.tell("STOPPING=1\nSTATUS=stopping");
     agent.shutdown();
     let _ = std::fs::remove_file(&socket);
     for p in guest_sockets {
@@ -802,6 +810,17 @@ fn cmd_serve(
     }
     drop(lock);
     result
+}
+
+/// What `serve` tells the service manager once it serves: READY=1 and a
+/// STATUS= line an operator sees in `systemctl status`.
+fn ready_message(cfg: &AgentConfig, socket: &Path) -> String {
+    format!(
+        "READY=1\nSTATUS=serving {} VM(s), {} namespace(s); control socket {}",
+        cfg.vms.len(),
+        cfg.namespaces.len(),
+        socket.display()
+    )
 }
 
 /// `vmdedup status`.

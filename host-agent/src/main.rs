@@ -20,13 +20,18 @@ use vmdedup_host_agent::stats;
 use vmdedup_protocol::abi::RegionKind;
 use vmdedup_protocol::control::{Request, Response, StatusReport};
 
+#[path = "cli/exit.rs"]
+mod exit;
+#[path = "cli/generate.rs"]
+mod generate;
+
 /// vmdedup host agent: serves file pages shared by all VMs from one pool.
 ///
 /// Guests tell the agent which file they open, by name, over a shared-memory
 /// ring; the agent answers with references to frames in one pool that every
 /// VM maps read-only, so identical file pages are kept once on the host.
 #[derive(Parser)]
-#[command(name = "vmdedup", version, about, long_about = None)]
+#[command(name = "vmdedup", version, about, long_about = None, after_help = exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -179,7 +184,7 @@ impl ConfigArgs {
 
 /// Exit status when the configuration, or the host it would run on, is not
 /// fit to serve (`EX_CONFIG` of sysexits.h); every problem was printed.
-const EXIT_CONFIG: u8 = 78;
+const EXIT_CONFIG: u8 = exit::CONFIG;
 
 /// Every problem of a configuration (or of the host for it), one line each:
 /// printed all at once, exit status [`EXIT_CONFIG`].
@@ -413,6 +418,9 @@ enum Command {
         /// The tree (its regular files are read, symlinks not followed).
         dir: PathBuf,
     },
+    /// Write the man pages or a shell completion script (for packaging).
+    #[command(subcommand, hide = true)]
+    Generate(generate::GenerateCommand),
 }
 
 #[derive(Subcommand)]
@@ -558,15 +566,17 @@ fn rpc<T>(
     take: impl FnOnce(Response) -> Option<T>,
 ) -> anyhow::Result<T> {
     let resp = control::request(control, req).with_context(|| {
-        format!(
+        exit::Unreachable(format!(
             "cannot reach the agent at {} (is `vmdedup serve` running? --control/VMDEDUP_CONTROL)",
             control.display()
-        )
+        ))
     })?;
     match resp {
-        Response::Error { code, message } => {
-            bail!("the agent refused ({code:?}): {}", message.as_str())
-        }
+        Response::Error { code, message } => Err(exit::Refused(format!(
+            "the agent refused ({code:?}): {}",
+            message.as_str()
+        ))
+        .into()),
         other => {
             let kind = variant_name(&other);
             take(other).with_context(|| {
@@ -1104,7 +1114,7 @@ fn cmd_region_show(path: &Path) -> anyhow::Result<()> {
 }
 
 fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    match exit::parse_or_exit::<Cli>().command {
         Command::Serve {
             config,
             ring,
@@ -1174,6 +1184,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Region(RegionCommand::Show { path }) => cmd_region_show(&path),
         Command::Stamp { debugfs, dir } => cmd_stamp(&dir, debugfs),
+        Command::Generate(what) => generate::run(<Cli as clap::CommandFactory>::command(), what),
     }
 }
 
@@ -1198,7 +1209,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("vmdedup: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::code(&e))
         }
     }
 }

@@ -59,6 +59,24 @@ fn usage_unreachable_refused_config_and_other_failures() {
         code(&vmdedup(&["serve", "--check", "--config", s(&bad)])),
         Some(78)
     );
+    // So is one that cannot be read or parsed, for serve and the clients,
+    // and a bad option.
+    std::fs::write(&bad, "pool_size = [\n").unwrap();
+    for args in [
+        &["serve", "--check", "--config", s(&bad)][..],
+        &["serve", "--config", s(&bad)][..],
+        &["status", "--config", s(&bad)][..],
+        &["qemu-args", "vm1", "--config", s(&d.0.join("missing.toml"))][..],
+        &["serve", "--check", "--ns", "no-equals-sign"][..],
+    ] {
+        let o = vmdedup(args);
+        assert_eq!(
+            code(&o),
+            Some(78),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     // Any other failure.
     let o = vmdedup(&["region", "show", s(&d.0.join("no-such-region"))]);
     assert_eq!(code(&o), Some(1), "{}", String::from_utf8_lossy(&o.stderr));

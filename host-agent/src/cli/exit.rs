@@ -7,8 +7,8 @@ pub const USAGE: u8 = 2;
 pub const REFUSED: u8 = 3;
 /// The agent's control socket cannot be reached.
 pub const UNREACHABLE: u8 = 4;
-/// The configuration, or the host it would run on, is not fit to serve
-/// (`EX_CONFIG` of sysexits.h); every problem was printed.
+/// The configuration (its file or the options) is not valid, or the host
+/// it would run on is not fit to serve it (`EX_CONFIG` of sysexits.h).
 pub const CONFIG: u8 = 78;
 
 /// The exit status table, as `--help` and the man page show it.
@@ -19,7 +19,8 @@ Exit status:
   2   usage: the command line could not be parsed
   3   the agent refused the request (no such VM or namespace, not allowed)
   4   the agent cannot be reached (not running, wrong --control, no access)
-  78  serve: the configuration or the host is not fit to serve";
+  78  the configuration (file or options) is not valid, or the host is
+      not fit to serve it (every problem is printed)";
 
 /// An error meaning the agent could not be reached: shown as its text, exit
 /// status [`UNREACHABLE`].
@@ -55,9 +56,14 @@ pub fn parse_or_exit<P: clap::Parser>() -> P {
     })
 }
 
-/// The exit status for an error that is not a configuration problem.
+/// The exit status for an error (a list of configuration problems has
+/// its own, printed apart).
 pub fn code(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<Unreachable>().is_some() {
+    if e.downcast_ref::<vmdedup_host_agent::config::ConfigError>()
+        .is_some()
+    {
+        CONFIG
+    } else if e.downcast_ref::<Unreachable>().is_some() {
         UNREACHABLE
     } else if e.downcast_ref::<Refused>().is_some() {
         REFUSED
@@ -87,6 +93,8 @@ mod tests {
         let e = anyhow::Error::new(Refused("the agent refused".into())).context("vm remove");
         assert_eq!(code(&e), REFUSED);
         assert_eq!(code(&anyhow::anyhow!("disk full")), 1);
+        let bad = vmdedup_host_agent::config::AgentConfig::from_toml("pool_size = 3").unwrap_err();
+        assert_eq!(code(&anyhow::Error::new(bad).context("--config x")), CONFIG);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! through start-up, a guest's hints over its ring, a load, the control
 //! socket, a guest socket, the metrics port and shutdown, makes only system
 //! calls the unit's `SystemCallFilter=` lines allow (evaluated as systemd
-//! does, with the groups of the installed `systemd-analyze`).
+//! does, with the groups of the installed `systemd-analyze`); and the
+//! agent runs as an unprivileged user with only the unit's capabilities,
+//! umask and no-new-privileges (through `setpriv`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -176,6 +178,26 @@ fn syscalls_in(trace: &str) -> BTreeSet<String> {
     out
 }
 
+/// Waits for READY=1 on `notify` (generously: the machine may be busy),
+/// failing at once if `child` exits first.
+fn wait_ready(notify: &UnixDatagram, child: &mut Child) {
+    notify
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    for _ in 0..240 {
+        if let Ok(n) = notify.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                return;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the agent exited before READY=1: {status:?}");
+        }
+    }
+    panic!("no READY=1 in 2 minutes");
+}
+
 /// Stops strace's child (the agent) and strace if a check failed first.
 struct Traced(Child);
 
@@ -240,9 +262,6 @@ fn the_syscall_filter_allows_every_call_serve_makes() {
     };
     let notify_path = d.0.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
     let trace = d.0.join("trace");
     let mut traced = Traced(
         Command::new("strace")
@@ -265,13 +284,7 @@ fn the_syscall_filter_allows_every_call_serve_makes() {
             .spawn()
             .expect("strace (Debian package strace, installed by scripts/setup)"),
     );
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = notify.recv(&mut buf).expect("the agent never got ready");
-        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-            break;
-        }
-    }
+    wait_ready(&notify, &mut traced.0);
     // A guest hints over its ring until the file is loaded and served.
     let mut guest = Guest::attach(&d.0.join("vmdedup-vm1.ring"));
     guest.hit(1, "lib/libfoo.so", &file, 4);
@@ -312,4 +325,107 @@ fn the_syscall_filter_allows_every_call_serve_makes() {
         denied.is_empty(),
         "the unit's SystemCallFilter denies {denied:?} (traced: {calls:?})"
     );
+}
+
+/// The capabilities a unit line names, as setpriv takes them
+/// (`+dac_read_search,+chown`).
+fn setpriv_caps(unit: &str, key: &str) -> String {
+    let caps: Vec<String> = values(unit, key)
+        .join(" ")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(!caps.is_empty(), "no {key}");
+    caps.join(",")
+}
+
+#[test]
+fn serve_works_as_an_unprivileged_user_with_the_units_capabilities() {
+    let unit = std::fs::read_to_string(unit_path()).unwrap();
+    assert_eq!(
+        values(&unit, "CapabilityBoundingSet"),
+        values(&unit, "AmbientCapabilities")
+    );
+    let caps = setpriv_caps(&unit, "AmbientCapabilities");
+    let umask = values(&unit, "UMask").pop().expect("UMask=");
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test switches to an unprivileged user: run it as root (CI does)"
+    );
+    let d = TempDir::new("unit-creds");
+    let (nobody, daemon) = (65534u32, 1u32);
+    // A tree only root may read (CAP_DAC_READ_SEARCH reads it), files
+    // handed to another user (CAP_CHOWN, then CAP_FOWNER for their mode).
+    let tree = d.0.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f"), vec![5u8; 8192]).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = d.0.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(nobody), Some(65534)).unwrap();
+    let control = state.join("control.sock");
+    let config = d.0.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "pool = \"{st}/pool\"\npool_size = \"1M\"\nring_dir = \"{st}\"\n\
+             control_socket = \"{c}\"\nfile_owner = \"{daemon}\"\n\
+             [[namespace]]\nname = \"sys\"\ndir = \"{t}\"\n\
+             [[vm]]\nname = \"vm1\"\n",
+            st = s(&state),
+            c = s(&control),
+            t = s(&tree)
+        ),
+    )
+    .unwrap();
+    let notify_path = d.0.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    std::os::unix::fs::chown(&notify_path, Some(nobody), None).unwrap();
+    let mut agent = Traced(
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                &nobody.to_string(),
+                "--regid",
+                "65534",
+                "--clear-groups",
+            ])
+            .args(["--no-new-privs", "--inh-caps", &format!("-all,{caps}")])
+            .args(["--ambient-caps", &format!("-all,{caps}")])
+            .args(["--bounding-set", &format!("-all,{caps}")])
+            .args(["sh", "-c", &format!("umask {umask} && exec \"$0\" \"$@\"")])
+            .args([BIN, "serve", "--config", s(&config)])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("VMDEDUP_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("setpriv (Debian package util-linux)"),
+    );
+    wait_ready(&notify, &mut agent.0);
+    use std::os::unix::fs::MetadataExt;
+    for (file, mode) in [("pool", 0o640), ("vmdedup-vm1.ring", 0o660)] {
+        let m = std::fs::metadata(state.join(file)).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (daemon, mode), "{file}");
+    }
+    let o = Command::new(BIN)
+        .args(["warm", "sys", "--control", s(&control)])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("1 files, 2 pages"),
+        "warm as nobody: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut guest = Guest::attach(&state.join("vmdedup-vm1.ring"));
+    guest.hit(1, "f", &tree.join("f"), 2);
+    // SAFETY: kill(2) on a child this test started and has not reaped
+    // (setpriv and sh exec the agent, so the child is the agent).
+    assert_eq!(unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = agent.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }

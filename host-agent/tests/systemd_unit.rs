@@ -55,6 +55,11 @@ fn the_unit_scores_at_most_3_and_verifies() {
     let unit = std::fs::read_to_string(unit_path()).unwrap();
     assert_eq!(values(&unit, "Type"), ["notify"]);
     assert!(values(&unit, "LimitMEMLOCK").is_empty(), "no LimitMEMLOCK");
+    // The pools outlive the agent: systemd must not remove its /dev/shm files.
+    assert!(
+        values(&unit, "RemoveIPC").iter().all(|v| v == "no"),
+        "RemoveIPC would delete the pools"
+    );
     let families = values(&unit, "RestrictAddressFamilies").join(" ");
     for f in ["AF_UNIX", "AF_VSOCK", "AF_INET", "AF_INET6"] {
         assert!(families.split(' ').any(|x| x == f), "{f} not allowed");

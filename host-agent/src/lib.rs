@@ -14,6 +14,7 @@ pub mod preflight;
 pub mod qemu;
 pub mod region;
 pub mod ring;
+pub mod sd_notify;
 pub mod service;
 pub mod stats;
 pub mod store;

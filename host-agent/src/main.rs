@@ -15,12 +15,17 @@ use vmdedup_host_agent::hostfile::{AgentLock, FileAccess};
 use vmdedup_host_agent::preflight;
 use vmdedup_host_agent::region;
 use vmdedup_host_agent::ring::poller::PollerConfig;
+use vmdedup_host_agent::sd_notify::Notifier;
 use vmdedup_host_agent::stats;
 use vmdedup_protocol::abi::RegionKind;
 use vmdedup_protocol::control::{Request, Response, StatusReport};
 
 mod qemu_args_cmd;
 use qemu_args_cmd::{cmd_qemu_args, QemuFormat};
+#[path = "cli/exit.rs"]
+mod exit;
+#[path = "cli/generate.rs"]
+mod generate;
 
 /// vmdedup host agent: serves file pages shared by all VMs from one pool.
 ///
@@ -28,7 +33,7 @@ use qemu_args_cmd::{cmd_qemu_args, QemuFormat};
 /// ring; the agent answers with references to frames in one pool that every
 /// VM maps read-only, so identical file pages are kept once on the host.
 #[derive(Parser)]
-#[command(name = "vmdedup", version, about, long_about = None)]
+#[command(name = "vmdedup", version, about, long_about = None, after_help = exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -181,7 +186,7 @@ impl ConfigArgs {
 
 /// Exit status when the configuration, or the host it would run on, is not
 /// fit to serve (`EX_CONFIG` of sysexits.h); every problem was printed.
-const EXIT_CONFIG: u8 = 78;
+const EXIT_CONFIG: u8 = exit::CONFIG;
 
 /// Every problem of a configuration (or of the host for it), one line each:
 /// printed all at once, exit status [`EXIT_CONFIG`].
@@ -432,6 +437,9 @@ enum Command {
         /// The tree (its regular files are read, symlinks not followed).
         dir: PathBuf,
     },
+    /// Write the man pages or a shell completion script (for packaging).
+    #[command(subcommand, hide = true)]
+    Generate(generate::GenerateCommand),
 }
 
 #[derive(Subcommand)]
@@ -577,15 +585,17 @@ fn rpc<T>(
     take: impl FnOnce(Response) -> Option<T>,
 ) -> anyhow::Result<T> {
     let resp = control::request(control, req).with_context(|| {
-        format!(
+        exit::Unreachable(format!(
             "cannot reach the agent at {} (is `vmdedup serve` running? --control/VMDEDUP_CONTROL)",
             control.display()
-        )
+        ))
     })?;
     match resp {
-        Response::Error { code, message } => {
-            bail!("the agent refused ({code:?}): {}", message.as_str())
-        }
+        Response::Error { code, message } => Err(exit::Refused(format!(
+            "the agent refused ({code:?}): {}",
+            message.as_str()
+        ))
+        .into()),
         other => {
             let kind = variant_name(&other);
             take(other).with_context(|| {
@@ -728,6 +738,9 @@ fn cmd_serve(
             signal(SignalKind::terminate()).context("catching SIGTERM")?,
         )
     };
+    // systemd (`Type=notify`) hears READY=1 once everything listens.
+    let notifier = Notifier::from_env().context("$NOTIFY_SOCKET")?;
+    notifier.tell("STATUS=creating pools and ring regions");
     let lock = AgentLock::acquire(&cfg)?;
     let files = FileAccess::from_config(&cfg)?;
     let control_access = FileAccess::control(&cfg)?;
@@ -790,15 +803,18 @@ fn cmd_serve(
             tokio::spawn(vmdedup_host_agent::metrics::serve(l, agent.domains().clone()));
         }
         if guest.af_vsock {
+            // Bound here, so that READY=1 comes after it listens.
             let (port, c) = (guest.vsock_port, Arc::clone(&ctx));
+            let bound = control::bind_vsock(port);
             tokio::spawn(async move {
-                if let Err(e) = control::serve_vsock(port, c, cids).await {
+                if let Err(e) = async { control::serve_vsock_on(bound?, c, cids).await }.await {
                     tracing::error!(error = %e, port, "AF_VSOCK listener failed (is vhost-vsock loaded?)");
                 }
             });
         }
         let listener = control::bind_as(&socket, &control_access, "control socket").with_context(|| format!("binding {}", socket.display()))?;
         tracing::info!(socket = %socket.display(), "control socket ready");
+        notifier.tell(&ready_message(&cfg, &socket));
         let serve = control::serve(listener, ctx, Caller::Host, group);
         tokio::pin!(serve);
         loop {
@@ -819,6 +835,7 @@ fn cmd_serve(
         }
         anyhow::Ok(())
     });
+    notifier.tell("STOPPING=1\nSTATUS=stopping");
     agent.shutdown();
     let _ = std::fs::remove_file(&socket);
     for p in guest_sockets {
@@ -826,6 +843,17 @@ fn cmd_serve(
     }
     drop(lock);
     result
+}
+
+/// What `serve` tells the service manager once it serves: READY=1 and a
+/// STATUS= line an operator sees in `systemctl status`.
+fn ready_message(cfg: &AgentConfig, socket: &Path) -> String {
+    format!(
+        "READY=1\nSTATUS=serving {} VM(s), {} namespace(s); control socket {}",
+        cfg.vms.len(),
+        cfg.namespaces.len(),
+        socket.display()
+    )
 }
 
 /// `vmdedup status`.
@@ -1077,7 +1105,7 @@ fn cmd_region_show(path: &Path) -> anyhow::Result<()> {
 }
 
 fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    match exit::parse_or_exit::<Cli>().command {
         Command::Serve {
             config,
             ring,
@@ -1157,6 +1185,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Region(RegionCommand::Show { path }) => cmd_region_show(&path),
         Command::Stamp { debugfs, dir } => cmd_stamp(&dir, debugfs),
+        Command::Generate(what) => generate::run(<Cli as clap::CommandFactory>::command(), what),
     }
 }
 
@@ -1181,7 +1210,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("vmdedup: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::code(&e))
         }
     }
 }

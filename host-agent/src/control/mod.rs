@@ -401,10 +401,25 @@ pub async fn serve_vsock(
     ctx: Arc<ControlContext>,
     cids: std::collections::HashMap<u32, VmId>,
 ) -> std::io::Result<()> {
-    let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+    serve_vsock_on(bind_vsock(port)?, ctx, cids).await
+}
+
+/// Listens on AF_VSOCK `port` (any CID), for [`serve_vsock_on`]: binding
+/// apart from serving lets `serve` report readiness only once it listens.
+/// Must be called within a tokio runtime.
+pub fn bind_vsock(port: u32) -> std::io::Result<tokio_vsock::VsockListener> {
+    tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
         tokio_vsock::VMADDR_CID_ANY,
         port,
-    ))?;
+    ))
+}
+
+/// [`serve_vsock`] on a listener [`bind_vsock`] made.
+pub async fn serve_vsock_on(
+    listener: tokio_vsock::VsockListener,
+    ctx: Arc<ControlContext>,
+    cids: std::collections::HashMap<u32, VmId>,
+) -> std::io::Result<()> {
     let mut slots = std::collections::HashMap::new();
     loop {
         let (s, peer) = match listener.accept().await {

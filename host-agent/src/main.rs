@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vmdedup_host_agent::agent::{Agent, AgentOptions};
-use vmdedup_host_agent::config::{parse_size, AgentConfig};
+use vmdedup_host_agent::config::{parse_size, AgentConfig, ConfigError};
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
 use vmdedup_host_agent::hostfile::{AgentLock, FileAccess};
 use vmdedup_host_agent::preflight;
@@ -17,7 +17,7 @@ use vmdedup_host_agent::region;
 use vmdedup_host_agent::ring::poller::PollerConfig;
 use vmdedup_host_agent::stats;
 use vmdedup_protocol::abi::RegionKind;
-use vmdedup_protocol::control::{Request, Response, StatusReport};
+use vmdedup_protocol::control::{ErrorCode, Request, Response, StatusReport};
 
 /// vmdedup host agent: serves file pages shared by all VMs from one pool.
 ///
@@ -116,13 +116,20 @@ impl ConfigArgs {
     }
 
     /// The configuration the file and options describe, not checked yet.
+    /// A file that cannot be read or parsed, or an option that does not
+    /// parse, is a [`Problems`] too.
     fn load_unchecked(&self) -> anyhow::Result<AgentConfig> {
+        self.build()
+            .map_err(|e| Problems(vec![e.to_string()]).into())
+    }
+
+    fn build(&self) -> Result<AgentConfig, ConfigError> {
         let mut cfg = match &self.config {
             Some(p) => AgentConfig::load_unchecked(p)?,
             None => AgentConfig::default(),
         };
         for ns in &self.ns {
-            cfg.add_ns_arg(ns).with_context(|| format!("--ns {ns}"))?;
+            cfg.add_ns_arg(ns)?;
         }
         for arg in &self.ns_domains {
             cfg.set_ns_domains_arg(arg)?;
@@ -556,15 +563,14 @@ fn rpc<T>(
     req: &Request,
     take: impl FnOnce(Response) -> Option<T>,
 ) -> anyhow::Result<T> {
-    let resp = control::request(control, req).with_context(|| {
-        format!(
-            "cannot reach the agent at {} (is `vmdedup serve` running? --control/VMDEDUP_CONTROL)",
-            control.display()
-        )
-    })?;
+    let resp = control::request(control, req).map_err(|e| unreachable(control, &e))?;
     match resp {
         Response::Error { code, message } => {
-            bail!("the agent refused ({code:?}): {}", message.as_str())
+            bail!(
+                "the agent refused{}: {}",
+                refusal_kind(code),
+                message.as_str()
+            )
         }
         other => {
             let kind = variant_name(&other);
@@ -575,6 +581,37 @@ fn rpc<T>(
                 )
             })
         }
+    }
+}
+
+/// Why the agent at `control` could not be asked, and what to do about it.
+fn unreachable(control: &Path, e: &control::ControlChannelError) -> anyhow::Error {
+    use std::io::ErrorKind;
+    let io = match e {
+        control::ControlChannelError::Io(io) => Some(io.kind()),
+        _ => None,
+    };
+    let todo = match io {
+        Some(ErrorKind::PermissionDenied) => {
+            "run as root (sudo), as the agent's user, or as a member of its control_group"
+        }
+        Some(ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            "is `vmdedup serve` running? Name its socket with --control, --config or VMDEDUP_CONTROL"
+        }
+        _ => "is it a vmdedup agent of the same version?",
+    };
+    anyhow::anyhow!(
+        "cannot reach the agent at {}: {e} ({todo})",
+        control.display()
+    )
+}
+
+/// How the agent refused, in words (`""` where its message says it all).
+fn refusal_kind(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadRequest => " a request it could not read",
+        ErrorCode::Denied | ErrorCode::NotFound | ErrorCode::Exists => "",
+        ErrorCode::Internal => " after an internal error",
     }
 }
 
@@ -762,7 +799,7 @@ fn cmd_serve(
             tokio::spawn(control::serve(l, Arc::clone(&ctx), Caller::Vm(id), None));
         }
         if let Some(addr) = metrics {
-            let l = vmdedup_host_agent::metrics::bind(addr).await.with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+            let l = vmdedup_host_agent::metrics::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen there: {e}"))?;
             tokio::spawn(vmdedup_host_agent::metrics::serve(l, agent.domains().clone()));
         }
         if guest.af_vsock {
@@ -899,7 +936,8 @@ fn cmd_warm(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
-    let (files, pages, skipped) = resp?;
+    let (files, pages, skipped) =
+        resp.with_context(|| format!("warm {ns} {path}").trim_end().to_string())?;
     println!(
         "warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped, in {:.1}s",
         start.elapsed().as_secs_f64()
@@ -917,7 +955,8 @@ fn cmd_evict(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
         control,
         req,
         Response::Evicted { dropped, revoking } => (dropped, revoking)
-    )?;
+    )
+    .with_context(|| format!("evict {ns} {path}"))?;
     println!("evicted {ns}/{path}: {dropped} file maps dropped, {revoking} being revoked from VMs");
     Ok(())
 }
@@ -1030,8 +1069,8 @@ fn cmd_region_init(
         KindArg::Pool => RegionKind::Pool,
     };
     let generation = generation.unwrap_or_else(time_generation);
-    region::init(path, kind, size, generation)
-        .with_context(|| format!("creating region {}", path.display()))?;
+    // Its errors name the file.
+    region::init(path, kind, size, generation)?;
     let (kind, p) = region::inspect(path)?;
     println!(
         "{}: {:?} region, version {}, {} bytes, generation {}",
@@ -1167,6 +1206,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // How errors are reported, one convention for every crate here: an
+    // error type's `Display` says all there is to say about it, its cause's
+    // text included, and such a type exposes no `source()` (its cause field
+    // is not called `source` and has no `#[source]`), so that the `{:#}`
+    // chain below cannot print the cause twice; a variant that only wraps
+    // another error is `#[error(transparent)]` (the only place for
+    // `#[from]`). An error of a type that
+    // breaks the rule is turned into text with `map_err(|e| anyhow!(..{e}))`,
+    // never given `.context()`. The binary adds only what the library cannot
+    // know (which option, which socket, what to do) as `context`. Every
+    // message names the file, key, VM or namespace it is about, in words
+    // (never a `Debug` rendering), and says what to do where there is
+    // something to do; `host-agent/tests/cli_errors.rs` checks it.
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Problems>().is_some() => {
@@ -1248,10 +1300,7 @@ mod tests {
             rpc!(&path, req, Response::VmReinstated { was_cut_off, .. } => was_cut_off)
                 .unwrap_err()
         );
-        assert!(
-            msg.starts_with("the agent refused (NotFound): no VM called"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("the agent refused: no VM called"), "{msg}");
         t.join().unwrap();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
         let msg = format!(

@@ -643,19 +643,27 @@ fn print_status(r: &StatusReport) {
             r.domains.len()
         );
         println!(
-            "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4}",
-            "DOMAIN", "FRAMES", "BUDGET", "USED", "MAPS", "SAVED_MIB", "VMS"
+            "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4} {:>8}",
+            "DOMAIN", "FRAMES", "BUDGET", "USED", "MAPS", "SAVED_MIB", "VMS", "FS_FULL"
         );
         for d in &r.domains {
             println!(
-                "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4}",
+                "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4} {:>8}",
                 d.name.as_str(),
                 d.frames_total,
                 d.frames_budget,
                 d.frames_used,
                 d.file_maps,
                 d.bytes_saved >> 20,
-                d.vms
+                d.vms,
+                d.filesystem_full
+            );
+        }
+        for d in r.domains.iter().filter(|d| d.filesystem_full > 0) {
+            println!(
+                "domain {}: its pool's filesystem was full {} times while the pool had room: give the filesystem more memory (e.g. a larger /dev/shm) or lower pool_size/budget",
+                d.name.as_str(),
+                d.filesystem_full
             );
         }
     }

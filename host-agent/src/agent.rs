@@ -29,36 +29,36 @@ use crate::store::{PageStore, StoreConfig, VmId};
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The configuration is not usable.
-    #[error("configuration: {0}")]
+    #[error("{0}")]
     Config(String),
     /// The pool could not be created.
-    #[error("pool: {0}")]
+    #[error(transparent)]
     Pool(#[from] PoolMemoryError),
     /// A namespace could not be opened.
-    #[error("namespace: {0}")]
+    #[error(transparent)]
     Namespace(#[from] NamespaceError),
     /// A ring region could not be created or mapped.
-    #[error("ring region {path}: {source}")]
+    #[error("ring region {path}: {cause}")]
     Ring {
         /// The ring region file.
         path: PathBuf,
         /// Why.
-        source: RingError,
+        cause: RingError,
     },
     /// A ring region file could not be created.
-    #[error("ring region {path}: {source}")]
+    #[error("ring region {path}: {cause}")]
     RingFile {
         /// The ring region file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The service refused (e.g. a VM name in use).
-    #[error("{0}")]
+    #[error(transparent)]
     Service(#[from] ServiceError),
     /// A host file could not be created, or an existing one is not one to
     /// adopt.
-    #[error("{0}")]
+    #[error(transparent)]
     HostFile(#[from] HostFileError),
 }
 
@@ -174,7 +174,7 @@ impl std::fmt::Debug for Agent {
 fn create_ring(path: &Path, id: VmId, generation: u64) -> Result<HostRing, AgentError> {
     let ring_err = |source| AgentError::Ring {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let map = SharedMapping::open(path).map_err(ring_err)?;
     HostRing::create(map, RingConfig::new(RingId(id), generation)).map_err(ring_err)
@@ -188,7 +188,7 @@ fn create_ring(path: &Path, id: VmId, generation: u64) -> Result<HostRing, Agent
 fn ensure_ring_file(path: &Path, size: u64, access: &FileAccess) -> Result<bool, AgentError> {
     let io = |source| AgentError::RingFile {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let Some(f) = access.open_existing(path, "ring region", None)? else {
         let f = access.create_new(path, "ring region")?;
@@ -235,7 +235,7 @@ fn reserve_ring_file(f: &std::fs::File, path: &Path, size: u64) -> Result<(), Ag
         ))),
         _ => Err(AgentError::RingFile {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         }),
     }
 }
@@ -344,7 +344,7 @@ impl Agent {
             PollerPool::start(opts.pollers, domains.clone()).map_err(|source| {
                 AgentError::Ring {
                     path: PathBuf::from("(pollers)"),
-                    source,
+                    cause: source,
                 }
             })?,
         );
@@ -702,11 +702,9 @@ impl Agent {
     /// Returns how many file maps it still held.
     pub fn remove_vm(&self, name: &str) -> Result<u32, AgentError> {
         let _admin = self.admin()?;
-        let id = self
-            .inner
-            .domains
-            .vm_id(name)
-            .ok_or_else(|| AgentError::Config(format!("no VM called {name:?}")))?;
+        let id = self.inner.domains.vm_id(name).ok_or_else(|| {
+            AgentError::Config(format!("no VM called {name:?} (`vmdedup vms` lists them)"))
+        })?;
         let dom = self
             .inner
             .domains
@@ -789,11 +787,9 @@ impl Agent {
     /// the old ring within a few seconds (try again).
     pub fn reinstate_vm(&self, name: &str) -> Result<bool, AgentError> {
         let _admin = self.admin()?;
-        let id = self
-            .inner
-            .domains
-            .vm_id(name)
-            .ok_or_else(|| AgentError::Config(format!("no VM called {name:?}")))?;
+        let id = self.inner.domains.vm_id(name).ok_or_else(|| {
+            AgentError::Config(format!("no VM called {name:?} (`vmdedup vms` lists them)"))
+        })?;
         let svc = self
             .inner
             .domains

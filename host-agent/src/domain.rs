@@ -258,6 +258,7 @@ impl Domains {
                 file_maps: r.file_maps,
                 bytes_saved: r.bytes_saved,
                 vms: r.vms.len() as u32,
+                filesystem_full: d.service.filesystem_full(),
             });
             for v in r.vms {
                 if report.vms.len() < MAX_VMS {

@@ -143,7 +143,7 @@ pub enum HostFileError {
         name: String,
     },
     /// A system call failed.
-    #[error("{what} {path}: {op}: {source}")]
+    #[error("{what} {path}: {op}: {cause}")]
     Io {
         /// What the file is for.
         what: &'static str,
@@ -152,7 +152,7 @@ pub enum HostFileError {
         /// What was being done.
         op: &'static str,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -166,7 +166,7 @@ fn io_err(
         what,
         path,
         op,
-        source,
+        cause: source,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vmdedup_host_agent::agent::{Agent, AgentOptions};
-use vmdedup_host_agent::config::{parse_size, AgentConfig};
+use vmdedup_host_agent::config::{parse_size, AgentConfig, ConfigError};
 use vmdedup_host_agent::control::{self, Caller, ControlContext};
 use vmdedup_host_agent::hostfile::{AgentLock, FileAccess};
 use vmdedup_host_agent::preflight;
@@ -18,7 +18,7 @@ use vmdedup_host_agent::ring::poller::PollerConfig;
 use vmdedup_host_agent::sd_notify::Notifier;
 use vmdedup_host_agent::stats;
 use vmdedup_protocol::abi::RegionKind;
-use vmdedup_protocol::control::{Request, Response, StatusReport};
+use vmdedup_protocol::control::{ErrorCode, Request, Response, StatusReport};
 
 mod qemu_args_cmd;
 use qemu_args_cmd::{cmd_qemu_args, QemuFormat};
@@ -124,13 +124,20 @@ impl ConfigArgs {
     }
 
     /// The configuration the file and options describe, not checked yet.
+    /// A file that cannot be read or parsed, or an option that does not
+    /// parse, is a [`Problems`] too.
     fn load_unchecked(&self) -> anyhow::Result<AgentConfig> {
+        self.build()
+            .map_err(|e| Problems(vec![e.to_string()]).into())
+    }
+
+    fn build(&self) -> Result<AgentConfig, ConfigError> {
         let mut cfg = match &self.config {
             Some(p) => AgentConfig::load_unchecked(p)?,
             None => AgentConfig::default(),
         };
         for ns in &self.ns {
-            cfg.add_ns_arg(ns).with_context(|| format!("--ns {ns}"))?;
+            cfg.add_ns_arg(ns)?;
         }
         for arg in &self.ns_domains {
             cfg.set_ns_domains_arg(arg)?;
@@ -584,15 +591,11 @@ fn rpc<T>(
     req: &Request,
     take: impl FnOnce(Response) -> Option<T>,
 ) -> anyhow::Result<T> {
-    let resp = control::request(control, req).with_context(|| {
-        exit::Unreachable(format!(
-            "cannot reach the agent at {} (is `vmdedup serve` running? --control/VMDEDUP_CONTROL)",
-            control.display()
-        ))
-    })?;
+    let resp = control::request(control, req).map_err(|e| unreachable(control, &e))?;
     match resp {
         Response::Error { code, message } => Err(exit::Refused(format!(
-            "the agent refused ({code:?}): {}",
+            "the agent refused{}: {}",
+            refusal_kind(code),
             message.as_str()
         ))
         .into()),
@@ -605,6 +608,38 @@ fn rpc<T>(
                 )
             })
         }
+    }
+}
+
+/// Why the agent at `control` could not be asked, and what to do about it.
+fn unreachable(control: &Path, e: &control::ControlChannelError) -> anyhow::Error {
+    use std::io::ErrorKind;
+    let io = match e {
+        control::ControlChannelError::Io(io) => Some(io.kind()),
+        _ => None,
+    };
+    let todo = match io {
+        Some(ErrorKind::PermissionDenied) => {
+            "run as root (sudo), as the agent's user, or as a member of its control_group"
+        }
+        Some(ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            "is `vmdedup serve` running? Name its socket with --control, --config or VMDEDUP_CONTROL"
+        }
+        _ => "is it a vmdedup agent of the same version?",
+    };
+    exit::Unreachable(format!(
+        "cannot reach the agent at {}: {e} ({todo})",
+        control.display()
+    ))
+    .into()
+}
+
+/// How the agent refused, in words (`""` where its message says it all).
+fn refusal_kind(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadRequest => " a request it could not read",
+        ErrorCode::Denied | ErrorCode::NotFound | ErrorCode::Exists => "",
+        ErrorCode::Internal => " after an internal error",
     }
 }
 
@@ -636,19 +671,27 @@ fn print_status(r: &StatusReport) {
             r.domains.len()
         );
         println!(
-            "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4}",
-            "DOMAIN", "FRAMES", "BUDGET", "USED", "MAPS", "SAVED_MIB", "VMS"
+            "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4} {:>8}",
+            "DOMAIN", "FRAMES", "BUDGET", "USED", "MAPS", "SAVED_MIB", "VMS", "FS_FULL"
         );
         for d in &r.domains {
             println!(
-                "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4}",
+                "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4} {:>8}",
                 d.name.as_str(),
                 d.frames_total,
                 d.frames_budget,
                 d.frames_used,
                 d.file_maps,
                 d.bytes_saved >> 20,
-                d.vms
+                d.vms,
+                d.filesystem_full
+            );
+        }
+        for d in r.domains.iter().filter(|d| d.filesystem_full > 0) {
+            println!(
+                "domain {}: its pool's filesystem was full {} times while the pool had room: give the filesystem more memory (e.g. a larger /dev/shm) or lower pool_size/budget",
+                d.name.as_str(),
+                d.filesystem_full
             );
         }
     }
@@ -799,7 +842,7 @@ fn cmd_serve(
             tokio::spawn(control::serve(l, Arc::clone(&ctx), Caller::Vm(id), None));
         }
         if let Some(addr) = metrics {
-            let l = vmdedup_host_agent::metrics::bind(addr).await.with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+            let l = vmdedup_host_agent::metrics::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen there: {e}"))?;
             tokio::spawn(vmdedup_host_agent::metrics::serve(l, agent.domains().clone()));
         }
         if guest.af_vsock {
@@ -951,7 +994,8 @@ fn cmd_warm(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
-    let (files, pages, skipped) = resp?;
+    let (files, pages, skipped) =
+        resp.with_context(|| format!("warm {ns} {path}").trim_end().to_string())?;
     println!(
         "warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped, in {:.1}s",
         start.elapsed().as_secs_f64()
@@ -969,7 +1013,8 @@ fn cmd_evict(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
         control,
         req,
         Response::Evicted { dropped, revoking } => (dropped, revoking)
-    )?;
+    )
+    .with_context(|| format!("evict {ns} {path}"))?;
     println!("evicted {ns}/{path}: {dropped} file maps dropped, {revoking} being revoked from VMs");
     Ok(())
 }
@@ -1050,8 +1095,8 @@ fn cmd_region_init(
         KindArg::Pool => RegionKind::Pool,
     };
     let generation = generation.unwrap_or_else(time_generation);
-    region::init(path, kind, size, generation)
-        .with_context(|| format!("creating region {}", path.display()))?;
+    // Its errors name the file.
+    region::init(path, kind, size, generation)?;
     let (kind, p) = region::inspect(path)?;
     println!(
         "{}: {:?} region, version {}, {} bytes, generation {}",
@@ -1198,6 +1243,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // How errors are reported, one convention for every crate here: an
+    // error type's `Display` says all there is to say about it, its cause's
+    // text included, and such a type exposes no `source()` (its cause field
+    // is not called `source` and has no `#[source]`), so that the `{:#}`
+    // chain below cannot print the cause twice; a variant that only wraps
+    // another error is `#[error(transparent)]` (the only place for
+    // `#[from]`). An error of a type that
+    // breaks the rule is turned into text with `map_err(|e| anyhow!(..{e}))`,
+    // never given `.context()`. The binary adds only what the library cannot
+    // know (which option, which socket, what to do) as `context`. Every
+    // message names the file, key, VM or namespace it is about, in words
+    // (never a `Debug` rendering), and says what to do where there is
+    // something to do; `host-agent/tests/cli_errors.rs` checks it.
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Problems>().is_some() => {
@@ -1279,10 +1337,7 @@ mod tests {
             rpc!(&path, req, Response::VmReinstated { was_cut_off, .. } => was_cut_off)
                 .unwrap_err()
         );
-        assert!(
-            msg.starts_with("the agent refused (NotFound): no VM called"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("the agent refused: no VM called"), "{msg}");
         t.join().unwrap();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
         let msg = format!(

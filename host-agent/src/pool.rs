@@ -49,21 +49,21 @@ use vmdedup_protocol::pool::{
 #[derive(Debug, thiserror::Error)]
 pub enum PoolMemoryError {
     /// Creating, sizing or mapping the memory file failed.
-    #[error("pool {what}: {source}")]
+    #[error("pool {what}: {cause}")]
     Io {
         /// What was being done.
         what: String,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The geometry is impossible.
-    #[error("pool geometry: {0:?}")]
+    #[error("pool geometry: {0}")]
     Geometry(PoolError),
     /// The size is not usable.
     #[error("pool size {0} must be a power of two of at least 64 KiB (ivshmem BARs are)")]
     BadSize(u64),
     /// An existing pool file is not one the agent may adopt.
-    #[error("{0}")]
+    #[error(transparent)]
     Refused(#[from] HostFileError),
     /// An existing pool file does not hold a pool of the configured geometry.
     #[error("pool {path}: {reason}: refusing to adopt it; remove it if no VM maps it")]
@@ -77,7 +77,7 @@ pub enum PoolMemoryError {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PoolMemoryError {
     let what = what.into();
-    move |source| PoolMemoryError::Io { what, source }
+    move |cause| PoolMemoryError::Io { what, cause }
 }
 
 /// Where the pool lives.
@@ -506,7 +506,7 @@ impl PoolMemory {
         let found = PoolGeometry::from_header_bytes(&head, spec.size).map_err(|e| {
             PoolMemoryError::NotAPool {
                 path: path.clone(),
-                reason: format!("no valid vmdedup pool header ({e:?})"),
+                reason: format!("no valid vmdedup pool header ({e})"),
             }
         })?;
         let table_area = if spec.table_area == 0 {
@@ -522,7 +522,8 @@ impl PoolMemory {
             _ => Err(PoolMemoryError::NotAPool {
                 path: path.clone(),
                 reason: format!(
-                    "its header describes another layout ({found:?}) than this agent's"
+                    "its header describes {} frames from offset {} and a table area of {} bytes, not this configuration's layout",
+                    found.frame_count, found.frame_area_offset, found.table_area_size
                 ),
             }),
         }

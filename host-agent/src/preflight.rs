@@ -235,8 +235,7 @@ fn memory(out: &mut Vec<String>, cfg: &AgentConfig, opts: &ServeOptions) {
             // A missing ring_dir is reported by itself.
             if report_missing {
                 out.push(format!(
-                    "{what} {}: directory {} does not exist",
-                    file.display(),
+                    "{what}: directory {} does not exist",
                     dir.display()
                 ));
             }
@@ -256,14 +255,9 @@ fn memory(out: &mut Vec<String>, cfg: &AgentConfig, opts: &ServeOptions) {
         d.what.push(what);
     };
     for domain in start_domains(cfg) {
-        let what = format!("pool of domain {domain:?}");
-        add(
-            out,
-            &cfg.pool_path(&domain),
-            pool_need(cfg, &domain),
-            what,
-            true,
-        );
+        let path = cfg.pool_path(&domain);
+        let what = format!("pool of domain {domain:?} ({})", path.display());
+        add(out, &path, pool_need(cfg, &domain), what, true);
     }
     let mut seen = std::collections::BTreeSet::new();
     for v in cfg.vms.iter().filter(|v| seen.insert(v.name.as_str())) {
@@ -271,7 +265,11 @@ fn memory(out: &mut Vec<String>, cfg: &AgentConfig, opts: &ServeOptions) {
             out,
             &cfg.ring_path(&v.name),
             opts.ring_size,
-            format!("ring region of VM {:?}", v.name),
+            format!(
+                "ring region of VM {:?} ({})",
+                v.name,
+                cfg.ring_path(&v.name).display()
+            ),
             false,
         );
     }
@@ -279,8 +277,9 @@ fn memory(out: &mut Vec<String>, cfg: &AgentConfig, opts: &ServeOptions) {
         let have = d.free.saturating_add(d.held);
         if d.need > have {
             out.push(format!(
-                "{} need up to {} on the filesystem of {}, which has {} free: lower budget or pool_size, or make that filesystem larger",
+                "{} {} up to {} on the filesystem of {}, which has {} free: lower budget or pool_size, or make that filesystem larger",
                 d.what.join(", "),
+                if d.what.len() == 1 { "needs" } else { "together need" },
                 mib(d.need),
                 d.dir.display(),
                 mib(have)

@@ -14,18 +14,21 @@ use vmdedup_protocol::abi::{PrefixError, RegionKind, RegionPrefix};
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
     /// The file could not be created, read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The region file.
         path: String,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    /// A lower layer's error (it names the file).
+    #[error("{0}")]
+    Other(String),
     /// The size is not usable for an ivshmem BAR.
     #[error("region size {0} is not a power of two of at least 4096 bytes (ivshmem BARs must be)")]
     BadSize(u64),
     /// The file does not carry a valid prefix.
-    #[error("{path}: not a valid vmdedup region: {reason:?}")]
+    #[error("{path}: not a vmdedup region: {reason}")]
     Invalid {
         /// The region file.
         path: String,
@@ -37,7 +40,7 @@ pub enum RegionError {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
     move |source| RegionError::Io {
         path: path.display().to_string(),
-        source,
+        cause: source,
     }
 }
 
@@ -56,9 +59,14 @@ pub fn init(
     if size < 4096 || !size.is_power_of_two() {
         return Err(RegionError::BadSize(size));
     }
-    let other = |e: String| RegionError::Io {
-        path: path.display().to_string(),
-        source: std::io::Error::other(e),
+    // A lower layer's error, named by the file once: most name it already.
+    let other = |e: String| {
+        let p = path.display().to_string();
+        RegionError::Other(if e.contains(&p) {
+            e
+        } else {
+            format!("{p}: {e}")
+        })
     };
     match kind {
         RegionKind::Ring => {

@@ -316,6 +316,7 @@ pub fn status_json(r: &StatusReport) -> serde_json::Value {
                 "file_maps": d.file_maps,
                 "bytes_saved": d.bytes_saved,
                 "vms": d.vms,
+                "filesystem_full": d.filesystem_full,
             })
         })
         .collect();

@@ -375,3 +375,44 @@ fn agent_control_malformed_frames_are_rejected_and_the_agent_survives() {
         Response::Status(_)
     ));
 }
+
+/// A peer of the previous control version (3) is answered in its own
+/// version, with a status it can decode; a current peer in the current one.
+#[test]
+fn agent_control_answers_each_peer_in_its_version() {
+    let a = start("versions");
+    let mut frame = vec![0u8; MAX_FRAME_LEN];
+    let n = Request::Status.encode(&mut frame).unwrap();
+    frame.truncate(n);
+    let answer = |version: u16| {
+        let mut f = frame.clone();
+        f[4..6].copy_from_slice(&version.to_le_bytes());
+        let mut s = UnixStream::connect(&a.host).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        s.write_all(&f).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    let now = answer(CONTROL_VERSION);
+    let old = answer(CONTROL_VERSION_MIN);
+    assert_eq!(u16::from_le_bytes([now[4], now[5]]), CONTROL_VERSION);
+    assert_eq!(u16::from_le_bytes([old[4], old[5]]), CONTROL_VERSION_MIN);
+    let (Ok(Response::Status(now)), Ok(Response::Status(old))) =
+        (Response::decode(&now), Response::decode(&old))
+    else {
+        panic!("not two status answers");
+    };
+    assert!(!now.domains.is_empty());
+    // The same report, but for what version 3 cannot carry.
+    assert_eq!(old.domains.len(), now.domains.len());
+    for (o, n) in old.domains.iter().zip(&now.domains) {
+        assert_eq!(o.filesystem_full, 0);
+        assert_eq!(o.name, n.name);
+        assert_eq!(o.frames_total, n.frames_total);
+        assert_eq!(o.frames_budget, n.frames_budget);
+    }
+    assert_eq!(old.frames_total, now.frames_total);
+}

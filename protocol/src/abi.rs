@@ -88,6 +88,55 @@ pub enum PrefixError {
     BadRegionSize(u64),
 }
 
+impl core::fmt::Display for RegionKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            RegionKind::Ring => "ring",
+            RegionKind::Pool => "pool",
+        })
+    }
+}
+
+/// Says what was found and what was expected, for an operator: the magic as
+/// the ASCII it spells when it spells one, in hex otherwise.
+impl core::fmt::Display for PrefixError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            PrefixError::TooSmall => f.write_str("too small to hold a region header"),
+            PrefixError::UnknownMagic(m) => {
+                let b = m.to_le_bytes();
+                if b.iter().all(|c| c.is_ascii_graphic() || *c == b' ') {
+                    f.write_str("its magic is \"")?;
+                    for c in b {
+                        write!(f, "{}", c as char)?;
+                    }
+                    f.write_str("\"")?;
+                } else {
+                    write!(f, "its magic is {m:#018x}")?;
+                }
+                f.write_str(", not a vmdedup ring (VMDDRING) or pool (VMDDPOOL)")
+            }
+            PrefixError::UnknownVersion(kind, v) => {
+                let known = match kind {
+                    RegionKind::Ring => RING_VERSION,
+                    RegionKind::Pool => POOL_VERSION,
+                };
+                write!(
+                    f,
+                    "a {kind} region of version {v}, this build knows version {known}"
+                )
+            }
+            PrefixError::BadHeaderSize(n) => {
+                write!(f, "its header size {n} is outside the region")
+            }
+            PrefixError::BadRegionSize(n) => write!(
+                f,
+                "its region size {n} is zero or larger than the file or device"
+            ),
+        }
+    }
+}
+
 impl RegionPrefix {
     /// Classifies and validates a prefix copied out of a device of `device_len`
     /// bytes. The prefix must already be a private copy: validation of shared

@@ -23,8 +23,16 @@ use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
 /// Version of the control framing and messages (2: misses counted over
-/// quota).
-pub const CONTROL_VERSION: u16 = 3;
+/// quota; 4: [`DomainReport::filesystem_full`]).
+///
+/// Version 3 peers are still understood: a version 3 frame decodes (a
+/// [`DomainReport`] from it has `filesystem_full` 0), and the agent answers
+/// each request in the version it came in ([`Response::encode_version`]).
+/// Only [`Response::Status`] differs between the two; every other message
+/// is the same bytes under either version.
+pub const CONTROL_VERSION: u16 = 4;
+/// Oldest version still decoded and answered.
+pub const CONTROL_VERSION_MIN: u16 = 3;
 /// Largest frame, length prefix included.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Size of the frame header (length + version).
@@ -256,6 +264,11 @@ pub struct DomainReport {
     pub bytes_saved: u64,
     /// VMs in the domain.
     pub vms: u32,
+    /// Allocations refused (answered "pool full") because the filesystem
+    /// under the domain's pool file had no memory left for the frame or
+    /// table, though the pool itself had room: the filesystem is smaller
+    /// than the pool (e.g. a small `/dev/shm`). (Version 4; appended last.)
+    pub filesystem_full: u64,
 }
 
 /// Whole-agent status. For the host the pool figures are the sums over the
@@ -462,20 +475,32 @@ pub fn frame_body_len(len_field: [u8; 4]) -> Result<usize, ControlError> {
 }
 
 fn encode<T: Serialize>(msg: &T, buf: &mut [u8]) -> Result<usize, ControlError> {
+    encode_version(msg, CONTROL_VERSION, &[], buf)
+}
+
+/// Encodes `prefix` then `msg` as the payload of a frame of `version`.
+fn encode_version<T: Serialize>(
+    msg: &T,
+    version: u16,
+    prefix: &[u8],
+    buf: &mut [u8],
+) -> Result<usize, ControlError> {
     let cap = buf.len().min(MAX_FRAME_LEN);
+    let too_big = ControlError::Oversized(MAX_FRAME_LEN as u64 + 1);
     let body = buf
         .get_mut(FRAME_HEADER_LEN..cap)
         .ok_or(ControlError::Oversized(cap as u64))?;
-    let n = postcard::to_slice(msg, body)
-        .map_err(|_| ControlError::Oversized(MAX_FRAME_LEN as u64 + 1))?
-        .len();
+    let (head, rest) = body.split_at_mut_checked(prefix.len()).ok_or(too_big)?;
+    head.copy_from_slice(prefix);
+    let n = prefix.len() + postcard::to_slice(msg, rest).map_err(|_| too_big)?.len();
     let len = (n + 2) as u32;
     buf[..4].copy_from_slice(&len.to_le_bytes());
-    buf[4..6].copy_from_slice(&CONTROL_VERSION.to_le_bytes());
+    buf[4..6].copy_from_slice(&version.to_le_bytes());
     Ok(n + FRAME_HEADER_LEN)
 }
 
-fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, ControlError> {
+/// The body (version + payload) of a whole frame, its length checked.
+fn frame_body(frame: &[u8]) -> Result<&[u8], ControlError> {
     let len: [u8; 4] = frame
         .get(..4)
         .and_then(|s| s.try_into().ok())
@@ -488,19 +513,25 @@ fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, ControlError> {
     if body.len() > body_len {
         return Err(ControlError::TrailingBytes);
     }
-    decode_body(body)
+    Ok(body)
 }
 
-fn decode_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ControlError> {
+/// The version of a body and its payload; a version this build does not
+/// decode is an error.
+fn split_version(body: &[u8]) -> Result<(u16, &[u8]), ControlError> {
     let ver: [u8; 2] = body
         .get(..2)
         .and_then(|s| s.try_into().ok())
         .ok_or(ControlError::Truncated)?;
     let ver = u16::from_le_bytes(ver);
-    if ver != CONTROL_VERSION {
+    if !(CONTROL_VERSION_MIN..=CONTROL_VERSION).contains(&ver) {
         return Err(ControlError::Version(ver));
     }
-    let payload = body.get(2..).ok_or(ControlError::Truncated)?;
+    Ok((ver, body.get(2..).ok_or(ControlError::Truncated)?))
+}
+
+/// Exactly one `T` in `payload`.
+fn decode_payload<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, ControlError> {
     let (msg, rest) =
         postcard::take_from_bytes::<T>(payload).map_err(|_| ControlError::Malformed)?;
     if !rest.is_empty() {
@@ -508,6 +539,101 @@ fn decode_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ControlError
     }
     Ok(msg)
 }
+
+/// Version 3 of the one message that changed in version 4.
+mod v3 {
+    use super::*;
+
+    /// [`super::DomainReport`] without `filesystem_full`.
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct DomainReport {
+        name: Name,
+        pool_generation: u64,
+        frames_total: u64,
+        frames_budget: u64,
+        frames_used: u64,
+        file_maps: u64,
+        bytes_saved: u64,
+        vms: u32,
+    }
+
+    /// [`super::StatusReport`] of version 3 domain reports.
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct StatusReport {
+        pool_generation: u64,
+        frames_total: u64,
+        frames_budget: u64,
+        frames_used: u64,
+        file_maps: u64,
+        bytes_saved: u64,
+        counters: HintCounters,
+        vms: Vec<VmReport, MAX_VMS>,
+        domains: Vec<DomainReport, MAX_DOMAINS>,
+    }
+
+    impl From<&super::StatusReport> for StatusReport {
+        fn from(r: &super::StatusReport) -> Self {
+            StatusReport {
+                pool_generation: r.pool_generation,
+                frames_total: r.frames_total,
+                frames_budget: r.frames_budget,
+                frames_used: r.frames_used,
+                file_maps: r.file_maps,
+                bytes_saved: r.bytes_saved,
+                counters: r.counters,
+                vms: r.vms.clone(),
+                domains: r
+                    .domains
+                    .iter()
+                    .map(|d| DomainReport {
+                        name: d.name.clone(),
+                        pool_generation: d.pool_generation,
+                        frames_total: d.frames_total,
+                        frames_budget: d.frames_budget,
+                        frames_used: d.frames_used,
+                        file_maps: d.file_maps,
+                        bytes_saved: d.bytes_saved,
+                        vms: d.vms,
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    impl From<StatusReport> for super::StatusReport {
+        fn from(r: StatusReport) -> Self {
+            super::StatusReport {
+                pool_generation: r.pool_generation,
+                frames_total: r.frames_total,
+                frames_budget: r.frames_budget,
+                frames_used: r.frames_used,
+                file_maps: r.file_maps,
+                bytes_saved: r.bytes_saved,
+                counters: r.counters,
+                vms: r.vms,
+                domains: r
+                    .domains
+                    .into_iter()
+                    .map(|d| super::DomainReport {
+                        name: d.name,
+                        pool_generation: d.pool_generation,
+                        frames_total: d.frames_total,
+                        frames_budget: d.frames_budget,
+                        frames_used: d.frames_used,
+                        file_maps: d.file_maps,
+                        bytes_saved: d.bytes_saved,
+                        vms: d.vms,
+                        filesystem_full: 0,
+                    })
+                    .collect(),
+            }
+        }
+    }
+}
+
+/// Postcard's encoding of [`Response::Status`]'s variant index (a varint
+/// 0): the byte before its report. Variant indices are the wire format.
+const STATUS_VARIANT: u8 = 0;
 
 impl Request {
     /// Encodes the request as one frame into `buf` (at least
@@ -518,13 +644,21 @@ impl Request {
 
     /// Decodes one whole frame (length field included).
     pub fn decode(frame: &[u8]) -> Result<Self, ControlError> {
-        decode(frame)
+        Self::decode_body(frame_body(frame)?)
     }
 
     /// Decodes the bytes after the length field (version + payload), as a
     /// stream reader has them after [`frame_body_len`].
     pub fn decode_body(body: &[u8]) -> Result<Self, ControlError> {
-        decode_body(body)
+        Self::decode_body_version(body).map(|(r, _)| r)
+    }
+
+    /// [`decode_body`](Self::decode_body), and the version the request came
+    /// in, for [`Response::encode_version`]. (Requests are the same in
+    /// every version decoded.)
+    pub fn decode_body_version(body: &[u8]) -> Result<(Self, u16), ControlError> {
+        let (ver, payload) = split_version(body)?;
+        Ok((decode_payload(payload)?, ver))
     }
 }
 
@@ -535,14 +669,32 @@ impl Response {
         encode(self, buf)
     }
 
+    /// Encodes the response for a peer of `version` (one of
+    /// [`CONTROL_VERSION_MIN`]..=[`CONTROL_VERSION`]; another is encoded as
+    /// [`CONTROL_VERSION`]).
+    pub fn encode_version(&self, version: u16, buf: &mut [u8]) -> Result<usize, ControlError> {
+        match (version, self) {
+            (3, Response::Status(r)) => {
+                encode_version(&v3::StatusReport::from(r), 3, &[STATUS_VARIANT], buf)
+            }
+            (3, other) => encode_version(other, 3, &[], buf),
+            (_, other) => encode(other, buf),
+        }
+    }
+
     /// Decodes one whole frame (length field included).
     pub fn decode(frame: &[u8]) -> Result<Self, ControlError> {
-        decode(frame)
+        Self::decode_body(frame_body(frame)?)
     }
 
     /// Decodes the bytes after the length field (version + payload).
     pub fn decode_body(body: &[u8]) -> Result<Self, ControlError> {
-        decode_body(body)
+        match split_version(body)? {
+            (3, [STATUS_VARIANT, report @ ..]) => {
+                decode_payload::<v3::StatusReport>(report).map(|r| Response::Status(r.into()))
+            }
+            (_, payload) => decode_payload(payload),
+        }
     }
 
     /// An error response; `message` is cut to [`MAX_MESSAGE`] bytes.

@@ -34,6 +34,32 @@ pub enum LayoutError {
     RegionTooSmall,
 }
 
+impl core::fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            LayoutError::BadEntries(n) => write!(
+                f,
+                "ring capacity {n} is not a power of two from 1 to {MAX_RING_ENTRIES}"
+            ),
+            LayoutError::BadEntrySize(n) => {
+                write!(f, "entry size {n} is not this ABI's")
+            }
+            LayoutError::BadArea(n) => write!(
+                f,
+                "an area at offset {n} is misaligned, overlaps another or ends beyond the region"
+            ),
+            LayoutError::CompletionTooSmall => {
+                f.write_str("the completion ring is smaller than the submission ring")
+            }
+            LayoutError::BadSlotCount(n) => {
+                write!(f, "{n} path slots, more than {MAX_PATH_SLOTS}")
+            }
+            LayoutError::BadFeatures(b) => write!(f, "unknown or inconsistent feature bits {b:#x}"),
+            LayoutError::RegionTooSmall => f.write_str("the region is too small for the rings"),
+        }
+    }
+}
+
 /// The configuration part of a ring header: features and where everything is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingLayout {

@@ -185,6 +185,36 @@ pub enum PoolError {
     ShortTable,
 }
 
+impl core::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            PoolError::Prefix(e) => e.fmt(f),
+            PoolError::NotAPool => f.write_str("a ring region, not a pool"),
+            PoolError::BadHeaderSize(n) => write!(f, "pool header size {n} is too small"),
+            PoolError::BadFrameSize(n) => write!(f, "frame size {n}, not {FRAME_SIZE}"),
+            PoolError::BadEntrySize(n) => {
+                write!(f, "frame entry size {n}, not {FRAME_ENTRY_SIZE}")
+            }
+            PoolError::BadTableArea => {
+                f.write_str("the table area is misaligned, overlaps or lies outside the pool")
+            }
+            PoolError::BadFrameArea => {
+                f.write_str("the frame area is misaligned or lies outside the pool")
+            }
+            PoolError::RegionTooSmall => {
+                f.write_str("too small for a header page, a table area and one frame")
+            }
+            PoolError::FrameOutOfRange(n) => write!(f, "frame {n} is beyond the pool"),
+            PoolError::BadTableOffset(n) => write!(f, "table offset {n} is outside the table area"),
+            PoolError::BadPageCount(n) => write!(f, "page count {n} does not fit the file"),
+            PoolError::TableNotLive => f.write_str("the table is revoked or was never published"),
+            PoolError::TableMismatch => f.write_str("the table describes another file map"),
+            PoolError::BadChecksum => f.write_str("the table's checksum does not match"),
+            PoolError::ShortTable => f.write_str("the table is shorter than announced"),
+        }
+    }
+}
+
 impl From<PrefixError> for PoolError {
     fn from(e: PrefixError) -> Self {
         PoolError::Prefix(e)

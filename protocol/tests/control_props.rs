@@ -60,11 +60,18 @@ proptest! {
 
     #[test]
     fn valid_header_random_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let mut f = ((payload.len() + 2) as u32).to_le_bytes().to_vec();
-        f.extend_from_slice(&CONTROL_VERSION.to_le_bytes());
-        f.extend_from_slice(&payload);
-        let _ = Request::decode(&f);
-        let _ = Response::decode(&f);
+        // Every version decoded, the older one's status decoder included.
+        for v in [CONTROL_VERSION_MIN, CONTROL_VERSION] {
+            let mut f = ((payload.len() + 2) as u32).to_le_bytes().to_vec();
+            f.extend_from_slice(&v.to_le_bytes());
+            f.extend_from_slice(&payload);
+            let _ = Request::decode(&f);
+            let _ = Response::decode(&f);
+            let mut status = f.clone();
+            status.insert(6, 0);
+            status[..4].copy_from_slice(&((payload.len() + 3) as u32).to_le_bytes());
+            let _ = Response::decode(&status);
+        }
     }
 
     #[test]
@@ -150,6 +157,213 @@ fn older_messages_keep_their_encoding() {
     assert_eq!(&buf[FRAME_HEADER_LEN..n], &[9, 3, b'v', b'm', b'1', 2]);
 }
 
+fn counters() -> impl Strategy<Value = HintCounters> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(hints, hits, pool_full, p99)| HintCounters {
+            hints,
+            hits,
+            misses: MissCounts {
+                pool_full,
+                ..MissCounts::default()
+            },
+            pages_mapped: hits / 2,
+            hint_latency_us_p50: p99 / 2,
+            hint_latency_us_p99: p99,
+        },
+    )
+}
+
+fn domain_report() -> impl Strategy<Value = DomainReport> {
+    (name(), any::<[u64; 6]>(), any::<u32>(), any::<u64>()).prop_map(|(name, n, vms, fs)| {
+        DomainReport {
+            name,
+            pool_generation: n[0],
+            frames_total: n[1],
+            frames_budget: n[2],
+            frames_used: n[3],
+            file_maps: n[4],
+            bytes_saved: n[5],
+            vms,
+            filesystem_full: fs,
+        }
+    })
+}
+
+fn status_report() -> impl Strategy<Value = StatusReport> {
+    let vm = (name(), name(), any::<bool>(), any::<u32>(), counters()).prop_map(
+        |(name, domain, cut_off, maps_held, counters)| VmReport {
+            name,
+            domain,
+            cut_off,
+            maps_held,
+            revocations_pending: maps_held / 3,
+            counters,
+        },
+    );
+    (
+        any::<[u64; 6]>(),
+        counters(),
+        proptest::collection::vec(vm, 0..4),
+        proptest::collection::vec(domain_report(), 0..5),
+    )
+        .prop_map(|(n, counters, vms, domains)| StatusReport {
+            pool_generation: n[0],
+            frames_total: n[1],
+            frames_budget: n[2],
+            frames_used: n[3],
+            file_maps: n[4],
+            bytes_saved: n[5],
+            counters,
+            vms: vms.into_iter().collect(),
+            domains: domains.into_iter().collect(),
+        })
+}
+
+/// What a version 3 build (before `filesystem_full`) encodes: the same
+/// fields, in the same order, without the new one.
+mod v3 {
+    use serde::Serialize;
+    use vmdedup_protocol::control::{HintCounters, Name, VmReport, MAX_DOMAINS, MAX_VMS};
+
+    #[derive(Serialize)]
+    pub struct DomainReport {
+        pub name: Name,
+        pub pool_generation: u64,
+        pub frames_total: u64,
+        pub frames_budget: u64,
+        pub frames_used: u64,
+        pub file_maps: u64,
+        pub bytes_saved: u64,
+        pub vms: u32,
+    }
+
+    #[derive(Serialize)]
+    pub struct StatusReport {
+        pub pool_generation: u64,
+        pub frames_total: u64,
+        pub frames_budget: u64,
+        pub frames_used: u64,
+        pub file_maps: u64,
+        pub bytes_saved: u64,
+        pub counters: HintCounters,
+        pub vms: heapless::Vec<VmReport, MAX_VMS>,
+        pub domains: heapless::Vec<DomainReport, MAX_DOMAINS>,
+    }
+
+    /// The version 3 response enum, as far as `Status` (variant 0).
+    #[derive(Serialize)]
+    pub enum Response {
+        Status(StatusReport),
+    }
+}
+
+/// `r` as a version 3 build encodes `Response::Status(r)`, as a whole frame.
+fn v3_status_frame(r: &StatusReport) -> Vec<u8> {
+    let old = v3::Response::Status(v3::StatusReport {
+        pool_generation: r.pool_generation,
+        frames_total: r.frames_total,
+        frames_budget: r.frames_budget,
+        frames_used: r.frames_used,
+        file_maps: r.file_maps,
+        bytes_saved: r.bytes_saved,
+        counters: r.counters,
+        vms: r.vms.clone(),
+        domains: r
+            .domains
+            .iter()
+            .map(|d| v3::DomainReport {
+                name: d.name.clone(),
+                pool_generation: d.pool_generation,
+                frames_total: d.frames_total,
+                frames_budget: d.frames_budget,
+                frames_used: d.frames_used,
+                file_maps: d.file_maps,
+                bytes_saved: d.bytes_saved,
+                vms: d.vms,
+            })
+            .collect(),
+    });
+    let mut space = vec![0u8; MAX_FRAME_LEN];
+    let payload = postcard::to_slice(&old, &mut space).unwrap().to_vec();
+    let mut f = ((payload.len() + 2) as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(&3u16.to_le_bytes());
+    f.extend_from_slice(&payload);
+    f
+}
+
+/// `frame` with its version field set to `v`.
+fn with_version(frame: &[u8], v: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[4..6].copy_from_slice(&v.to_le_bytes());
+    f
+}
+
+fn other_response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(files, pages, skipped)| {
+            Response::Warmed {
+                files,
+                pages,
+                skipped,
+            }
+        }),
+        (name(), path()).prop_map(|(name, ring_path)| Response::VmAdded { name, ring_path }),
+        "[ -~]{0,300}".prop_map(|m| Response::error(ErrorCode::NotFound, &m)),
+        (name(), any::<u32>()).prop_map(|(name, maps_released)| Response::VmRemoved {
+            name,
+            maps_released
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A status with `filesystem_full` round-trips in this version; for a
+    /// version 3 peer it is the bytes a version 3 build writes, and they
+    /// decode to the same report with `filesystem_full` 0.
+    #[test]
+    fn status_round_trips_in_both_versions(r in status_report()) {
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let msg = Response::Status(r.clone());
+        let n = msg.encode(&mut buf).unwrap();
+        prop_assert_eq!(Response::decode(&buf[..n]), Ok(msg.clone()));
+        let n3 = msg.encode_version(3, &mut buf).unwrap();
+        let old = v3_status_frame(&r);
+        prop_assert_eq!(&buf[..n3], &old[..]);
+        let mut zeroed = r.clone();
+        for d in zeroed.domains.iter_mut() {
+            d.filesystem_full = 0;
+        }
+        prop_assert_eq!(Response::decode(&old), Ok(Response::Status(zeroed)));
+        // Damaged old frames are refused, never a panic.
+        for cut in [0, 1, 5, 6, old.len() / 2, old.len() - 1] {
+            prop_assert!(Response::decode(&old[..cut]).is_err());
+        }
+    }
+
+    /// Every other message is the same bytes in versions 3 and 4, and a
+    /// request of either version decodes with its version.
+    #[test]
+    fn other_messages_are_the_same_in_both_versions(resp in other_response(), req in request()) {
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let n = resp.encode(&mut buf).unwrap();
+        let now = buf[..n].to_vec();
+        let n3 = resp.encode_version(3, &mut buf).unwrap();
+        prop_assert_eq!(&buf[..n3], &with_version(&now, 3)[..]);
+        prop_assert_eq!(Response::decode(&buf[..n3]), Ok(resp.clone()));
+        let n = req.encode(&mut buf).unwrap();
+        for v in [3u16, CONTROL_VERSION] {
+            let f = with_version(&buf[..n], v);
+            prop_assert_eq!(Request::decode_body_version(&f[4..]), Ok((req.clone(), v)));
+        }
+        for v in [0u16, 2, CONTROL_VERSION + 1, u16::MAX] {
+            let f = with_version(&buf[..n], v);
+            prop_assert_eq!(Request::decode(&f), Err(ControlError::Version(v)));
+        }
+    }
+}
+
 #[test]
 fn oversized_length_is_refused_before_reading() {
     assert_eq!(
@@ -207,6 +421,7 @@ fn largest_messages_fit_in_one_frame() {
         file_maps: u64::MAX,
         bytes_saved: u64::MAX,
         vms: u32::MAX,
+        filesystem_full: u64::MAX,
     };
     let mut domains = heapless::Vec::new();
     while domains.push(domain.clone()).is_ok() {}
@@ -247,7 +462,9 @@ fn largest_messages_fit_in_one_frame() {
     });
     for msg in [status, Response::Vms(vms), listing, attachment] {
         let n = msg.encode(&mut buf).expect("largest message fits");
-        assert_eq!(Response::decode(&buf[..n]), Ok(msg));
+        assert_eq!(Response::decode(&buf[..n]), Ok(msg.clone()));
+        msg.encode_version(3, &mut buf)
+            .expect("largest message fits for a version 3 peer");
     }
     // a buffer that is too small is an error, not a panic
     assert!(Response::error(ErrorCode::Internal, "x")

@@ -89,12 +89,12 @@ pub use write::format_size;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
     #[error("{0}")]
@@ -244,7 +244,7 @@ impl RawService {
             path_cache_size: self
                 .path_cache_size
                 .as_deref()
-                .map(parse_size)
+                .map(|s| key_size("[service] path_cache_size", s))
                 .transpose()?
                 .unwrap_or(d.path_cache_size),
             path_cache_idle_ms: self.path_cache_idle_ms.unwrap_or(d.path_cache_idle_ms),
@@ -394,12 +394,42 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
         Some(b'T') => (&s[..s.len() - 1], 40),
         _ => (s, 0),
     };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::Invalid(format!("{s:?} is not a size")))?;
+    let n: u64 = num.trim().parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{s:?} is not a size (a number of bytes, or with K, M, G or T)"
+        ))
+    })?;
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| ConfigError::Invalid(format!("{s:?} is too large")))
+}
+
+/// [`parse_size`] for configuration key `key`, which its error names.
+fn key_size(key: &str, s: &str) -> Result<u64, ConfigError> {
+    parse_size(s).map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))
+}
+
+/// A TOML error as one line: where it is and what is wrong.
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before.len() - start + 1;
+            // The line itself, for the key it sets.
+            let text: String = text[start..]
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .chars()
+                .take(60)
+                .collect();
+            format!("line {line}, column {column}, `{text}`: {msg}")
+        }
+        None => msg,
+    }
 }
 
 /// Parses a `--ns NAME=HOSTDIR` argument.
@@ -453,27 +483,28 @@ impl AgentConfig {
     /// Parses a TOML configuration without checking its values (the caller
     /// reports every [`problem`](Self::problems) at once).
     pub fn from_toml_unchecked(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(toml_message(text, &e)))?;
         let d = AgentConfig::default();
         let mut cfg = AgentConfig {
             pool: raw.pool.unwrap_or(d.pool),
             pool_size: raw
                 .pool_size
                 .as_deref()
-                .map(parse_size)
+                .map(|s| key_size("pool_size", s))
                 .transpose()?
                 .unwrap_or(d.pool_size),
             budget: raw
                 .budget
                 .as_deref()
-                .map(parse_size)
+                .map(|s| key_size("budget", s))
                 .transpose()?
                 .unwrap_or(0),
             ack_timeout_ms: raw.ack_timeout_ms.unwrap_or(d.ack_timeout_ms),
             vm_max_held: raw
                 .vm_max_held
                 .as_deref()
-                .map(parse_size)
+                .map(|s| key_size("vm_max_held", s))
                 .transpose()?
                 .unwrap_or(0),
             workers: raw.workers.unwrap_or(d.workers),
@@ -488,14 +519,13 @@ impl AgentConfig {
             vms: raw.vm,
         };
         for (name, d) in raw.domain {
-            let size = |v: Option<String>| v.as_deref().map(parse_size).transpose();
-            cfg.domains.insert(
-                name,
-                DomainConfig {
-                    pool_size: size(d.pool_size)?,
-                    budget: size(d.budget)?,
-                },
-            );
+            let size = |key: &str, v: Option<String>| {
+                v.as_deref()
+                    .map(|s| key_size(&format!("[domain.{name}] {key}"), s))
+                    .transpose()
+            };
+            let (pool_size, budget) = (size("pool_size", d.pool_size)?, size("budget", d.budget)?);
+            cfg.domains.insert(name, DomainConfig { pool_size, budget });
         }
         for (i, n) in raw.namespace.into_iter().enumerate() {
             cfg.namespaces.push(NamespaceConfig {
@@ -526,9 +556,18 @@ impl AgentConfig {
     pub fn load_unchecked(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
-        Self::from_toml_unchecked(&text)
+        // Every message names the file; a parse error says how to get a
+        // valid one.
+        Self::from_toml_unchecked(&text).map_err(|e| match e {
+            ConfigError::Parse(m) => ConfigError::Parse(format!(
+                "{}: {m} (`vmdedup config new` writes a valid file)",
+                path.display()
+            )),
+            ConfigError::Invalid(m) => ConfigError::Invalid(format!("{}: {m}", path.display())),
+            other => other,
+        })
     }
 
     /// Adds a `--ns NAME=HOSTDIR` namespace (domain `default`, next free id).

@@ -29,8 +29,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use vmdedup_protocol::control::{
-    bounded_str, frame_body_len, ControlError, ErrorCode, Request, Response, MAX_FILES,
-    MAX_FRAME_LEN,
+    bounded_str, frame_body_len, ControlError, ErrorCode, Request, Response, CONTROL_VERSION,
+    MAX_FILES, MAX_FRAME_LEN,
 };
 
 use crate::domain::Domains;
@@ -202,13 +202,14 @@ pub fn handle_request(ctx: &ControlContext, caller: Caller, req: Request) -> Res
     }
 }
 
-fn encode(resp: &Response) -> Vec<u8> {
+/// `resp` as a frame of `version`, the version its request came in.
+fn encode(resp: &Response, version: u16) -> Vec<u8> {
     let mut buf = vec![0u8; MAX_FRAME_LEN];
-    match resp.encode(&mut buf) {
+    match resp.encode_version(version, &mut buf) {
         Ok(n) => buf.truncate(n),
         Err(e) => {
             let n = Response::error(ErrorCode::Internal, &e.to_string())
-                .encode(&mut buf)
+                .encode_version(version, &mut buf)
                 .unwrap_or(0);
             buf.truncate(n);
         }
@@ -236,13 +237,16 @@ where
                 let read =
                     tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body)).await;
                 match read {
-                    Ok(Ok(_)) => Request::decode_body(&body),
+                    Ok(Ok(_)) => Request::decode_body_version(&body),
                     _ => Err(ControlError::Truncated),
                 }
             }
         };
+        // Answered in the request's version; a frame that could not be
+        // read, in this build's.
+        let version = req.as_ref().map_or(CONTROL_VERSION, |(_, v)| *v);
         let (resp, close) = match req {
-            Ok(r) => {
+            Ok((r, _)) => {
                 let c = ctx.clone();
                 // Warm and friends do file I/O: keep them off the reactor.
                 let resp = tokio::task::spawn_blocking(move || handle_request(&c, caller, r))
@@ -252,7 +256,7 @@ where
             }
             Err(e) => (Response::error(ErrorCode::BadRequest, &e.to_string()), true),
         };
-        if s.write_all(&encode(&resp)).await.is_err() || close {
+        if s.write_all(&encode(&resp, version)).await.is_err() || close {
             return;
         }
     }
@@ -322,11 +326,19 @@ async fn refuse(mut s: UnixStream, message: String) {
         s.read_exact(&mut len).await.ok()?;
         let n = frame_body_len(len).ok()?;
         let mut body = vec![0u8; n];
-        s.read_exact(&mut body).await.ok()
+        s.read_exact(&mut body).await.ok()?;
+        Request::decode_body_version(&body).ok().map(|(_, v)| v)
     };
-    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    let version = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(CONTROL_VERSION);
     let _ = s
-        .write_all(&encode(&Response::error(ErrorCode::Denied, &message)))
+        .write_all(&encode(
+            &Response::error(ErrorCode::Denied, &message),
+            version,
+        ))
         .await;
 }
 

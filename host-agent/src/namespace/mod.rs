@@ -77,14 +77,14 @@ pub enum NamespaceError {
     #[error("invalid namespace name {0:?}")]
     BadName(String),
     /// The root directory cannot be opened.
-    #[error("namespace {name}: {dir}: {source}")]
+    #[error("namespace {name}: {dir}: {cause}")]
     Root {
         /// Namespace.
         name: String,
         /// Its directory.
         dir: PathBuf,
         /// Why.
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -330,7 +330,7 @@ impl Namespace {
         let root_err = |source| NamespaceError::Root {
             name: cfg.name.clone(),
             dir: cfg.dir.clone(),
-            source,
+            cause: source,
         };
         let dir = CString::new(cfg.dir.as_os_str().as_encoded_bytes())
             .map_err(|_| root_err(io::Error::from_raw_os_error(libc::EINVAL)))?;

@@ -19,7 +19,7 @@ impl EventFd {
         if fd < 0 {
             return Err(RingError::Os {
                 what: "eventfd",
-                source: std::io::Error::last_os_error(),
+                cause: std::io::Error::last_os_error(),
             });
         }
         // SAFETY: `fd` was just created and is owned by nobody else.
@@ -36,7 +36,7 @@ impl EventFd {
     pub fn try_clone(&self) -> Result<EventFd, RingError> {
         let fd = self.fd.try_clone().map_err(|source| RingError::Os {
             what: "dup eventfd",
-            source,
+            cause: source,
         })?;
         Ok(EventFd { fd })
     }

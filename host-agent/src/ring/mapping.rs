@@ -36,7 +36,7 @@ unsafe impl Sync for SharedMapping {}
 fn last_os_error(what: &'static str) -> RingError {
     RingError::Os {
         what,
-        source: std::io::Error::last_os_error(),
+        cause: std::io::Error::last_os_error(),
     }
 }
 
@@ -78,13 +78,13 @@ impl SharedMapping {
             .open(path)
             .map_err(|source| RingError::Os {
                 what: "open region file",
-                source,
+                cause: source,
             })?;
         let len = f
             .metadata()
             .map_err(|source| RingError::Os {
                 what: "stat region file",
-                source,
+                cause: source,
             })?
             .len();
         let len = usize::try_from(len).map_err(|_| RingError::BadSize(len))?;
@@ -106,7 +106,7 @@ impl SharedMapping {
         let f = File::from(fd);
         f.set_len(len as u64).map_err(|source| RingError::Os {
             what: "ftruncate memfd",
-            source,
+            cause: source,
         })?;
         let map = Self::map_fd(f.as_fd(), len)?;
         Ok((map, OwnedFd::from(f)))

@@ -60,21 +60,21 @@ use vmdedup_protocol::abi::{LayoutError, PrefixError};
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Os {
         /// What was being done.
         what: &'static str,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The region is too small or not mappable.
     #[error("ring region size {0} is not usable")]
     BadSize(u64),
     /// The requested or found layout is invalid.
-    #[error("ring layout refused: {0:?}")]
+    #[error("ring layout refused: {0}")]
     Layout(LayoutError),
     /// The region prefix is invalid (guest side attach).
-    #[error("ring region prefix refused: {0:?}")]
+    #[error("ring region prefix refused: {0}")]
     Prefix(PrefixError),
     /// The indices found at attach are inconsistent.
     #[error("ring indices are inconsistent")]

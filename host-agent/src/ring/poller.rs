@@ -131,7 +131,7 @@ impl PollerPool {
                 .spawn(move || poller.run())
                 .map_err(|source| RingError::Os {
                     what: "spawn poller",
-                    source,
+                    cause: source,
                 })?;
             pool.ctls.push(ctl);
             pool.joins.push(join);
@@ -449,7 +449,7 @@ impl Epoll {
         if fd < 0 {
             return Err(RingError::Os {
                 what: "epoll_create1",
-                source: std::io::Error::last_os_error(),
+                cause: std::io::Error::last_os_error(),
             });
         }
         // SAFETY: `fd` was just created and is owned by nobody else.
@@ -467,7 +467,7 @@ impl Epoll {
         if r < 0 {
             return Err(RingError::Os {
                 what: "epoll_ctl",
-                source: std::io::Error::last_os_error(),
+                cause: std::io::Error::last_os_error(),
             });
         }
         Ok(())

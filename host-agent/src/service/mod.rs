@@ -129,7 +129,7 @@ pub enum ServiceError {
     #[error("no namespace {0:?} for this caller")]
     NoNamespace(String),
     /// The path is invalid or not found.
-    #[error("{0}")]
+    #[error(transparent)]
     Resolve(#[from] ResolveError),
     /// VM name or id in use.
     #[error("VM {0:?} exists")]

@@ -65,6 +65,12 @@ impl HintService {
         report
     }
 
+    /// Allocations of this service's pool refused because its filesystem
+    /// was full (host only: it depends on what every VM loaded).
+    pub fn filesystem_full(&self) -> u64 {
+        lock(&self.shared.store).counts().filesystem_full
+    }
+
     /// The VMs (`only`: just that one).
     pub fn vms(&self, only: Option<VmId>) -> Vec<VmReport> {
         self.status(only).vms.into_iter().collect()

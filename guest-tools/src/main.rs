@@ -104,7 +104,11 @@ async fn rpc(cid: u32, port: u32, req: &Request) -> anyhow::Result<Response> {
     s.write_all(&buf[..n]).await?;
     match read_response(&mut s).await? {
         Response::Error { code, message } => {
-            bail!("the agent refused ({code:?}): {}", message.as_str())
+            bail!(
+                "the agent refused{}: {}",
+                code.refusal_kind(),
+                message.as_str()
+            )
         }
         r => Ok(r),
     }

@@ -18,7 +18,7 @@ use vmdedup_host_agent::ring::poller::PollerConfig;
 use vmdedup_host_agent::sd_notify::Notifier;
 use vmdedup_host_agent::stats;
 use vmdedup_protocol::abi::RegionKind;
-use vmdedup_protocol::control::{ErrorCode, Request, Response, StatusReport};
+use vmdedup_protocol::control::{Request, Response, StatusReport};
 
 mod qemu_args_cmd;
 use qemu_args_cmd::{cmd_qemu_args, QemuFormat};
@@ -595,7 +595,7 @@ fn rpc<T>(
     match resp {
         Response::Error { code, message } => Err(exit::Refused(format!(
             "the agent refused{}: {}",
-            refusal_kind(code),
+            code.refusal_kind(),
             message.as_str()
         ))
         .into()),
@@ -632,15 +632,6 @@ fn unreachable(control: &Path, e: &control::ControlChannelError) -> anyhow::Erro
         control.display()
     ))
     .into()
-}
-
-/// How the agent refused, in words (`""` where its message says it all).
-fn refusal_kind(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::BadRequest => " a request it could not read",
-        ErrorCode::Denied | ErrorCode::NotFound | ErrorCode::Exists => "",
-        ErrorCode::Internal => " after an internal error",
-    }
 }
 
 /// [`rpc`] with the expected answer written as a pattern:

@@ -31,8 +31,8 @@ pub enum MetricsError {
     /// Only loopback addresses are allowed: the counters say what VMs read.
     #[error("{0}: the metrics endpoint binds to loopback addresses only (127.0.0.0/8 or ::1)")]
     NotLoopback(SocketAddr),
-    /// Binding failed.
-    #[error("{0}")]
+    /// Binding failed (shown as the OS error alone, once).
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

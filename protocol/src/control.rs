@@ -339,6 +339,18 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// How the agent refused, in words to put after "the agent refused"
+    /// (`""` where the answer's message says it all).
+    pub fn refusal_kind(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => " a request it could not read",
+            ErrorCode::Denied | ErrorCode::NotFound | ErrorCode::Exists => "",
+            ErrorCode::Internal => " after an internal error",
+        }
+    }
+}
+
 /// What the agent answers.
 // Variants are bounded and unboxed on purpose: no allocation in decoding.
 #[allow(clippy::large_enum_variant)]

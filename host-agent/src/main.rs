@@ -328,6 +328,10 @@ enum Command {
     Vms {
         #[command(flatten)]
         control: ControlArg,
+        /// Print a JSON array, one object per VM with the keys of
+        /// `status --json`'s `vms`.
+        #[arg(long)]
+        json: bool,
     },
     /// List the files of a namespace that are in the pool.
     ///
@@ -343,6 +347,10 @@ enum Command {
         /// Show at most this many files.
         #[arg(long, default_value_t = 16)]
         limit: u16,
+        /// Print JSON: `namespace`, `total`, `offset` and `files`, a list of
+        /// `domain`, `size`, `pages` and `path`.
+        #[arg(long)]
+        json: bool,
     },
     /// Preload a namespace tree (or a subtree) into the pool, so the first VM
     /// hits as well and hit/miss timing reveals nothing about other VMs.
@@ -902,8 +910,13 @@ fn cmd_status(control: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// `vmdedup vms`.
-fn cmd_vms(control: &Path) -> anyhow::Result<()> {
+fn cmd_vms(control: &Path, json: bool) -> anyhow::Result<()> {
     let vms = rpc!(control, Request::Vms, Response::Vms(v) => v)?;
+    if json {
+        let list: Vec<serde_json::Value> = vms.iter().map(stats::vm_json).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
     println!(
         "{:<16} {:<12} {:>8} {:>8} {:>8} {:>6}",
         "VM", "DOMAIN", "HINTS", "HITS", "MAPS", "STATE"
@@ -923,7 +936,7 @@ fn cmd_vms(control: &Path) -> anyhow::Result<()> {
 }
 
 /// `vmdedup files`.
-fn cmd_files(control: &Path, ns: &str, offset: u32, limit: u16) -> anyhow::Result<()> {
+fn cmd_files(control: &Path, ns: &str, offset: u32, limit: u16, json: bool) -> anyhow::Result<()> {
     let known = rpc!(control, Request::Namespaces, Response::Namespaces(n) => n)?;
     if !known.iter().any(|n| n.name.as_str() == ns) {
         let names: Vec<&str> = known.iter().map(|n| n.name.as_str()).collect();
@@ -935,6 +948,23 @@ fn cmd_files(control: &Path, ns: &str, offset: u32, limit: u16) -> anyhow::Resul
         limit,
     };
     let (total, files) = rpc!(control, req, Response::Files { total, files } => (total, files))?;
+    if json {
+        let list: Vec<serde_json::Value> = files
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "domain": f.domain.as_str(),
+                    "size": f.size,
+                    "pages": f.pages,
+                    "path": f.path.as_str(),
+                })
+            })
+            .collect();
+        let doc =
+            serde_json::json!({ "namespace": ns, "total": total, "offset": offset, "files": list });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     println!(
         "{total} files of {ns} in the trust domains' pools (showing {} from {offset}; a file several domains use is in each of their pools)",
         files.len()
@@ -1160,13 +1190,14 @@ fn run() -> anyhow::Result<()> {
             check,
         ),
         Command::Status { control, json } => cmd_status(&control.socket()?, json),
-        Command::Vms { control } => cmd_vms(&control.socket()?),
+        Command::Vms { control, json } => cmd_vms(&control.socket()?, json),
         Command::Files {
             control,
             ns,
             offset,
             limit,
-        } => cmd_files(&control.socket()?, &ns, offset, limit),
+            json,
+        } => cmd_files(&control.socket()?, &ns, offset, limit, json),
         Command::Warm { control, ns, path } => cmd_warm(&control.socket()?, &ns, &path),
         Command::Evict { control, ns, path } => cmd_evict(&control.socket()?, &ns, &path),
         Command::Vm(VmCommand::Add {

@@ -278,6 +278,18 @@ fn counters_json(c: &HintCounters) -> serde_json::Map<String, serde_json::Value>
     o
 }
 
+/// One VM as `status --json` lists it under `vms`, and `vms --json` prints it.
+pub fn vm_json(v: &vmdedup_protocol::control::VmReport) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("name".into(), v.name.as_str().into());
+    m.insert("domain".into(), v.domain.as_str().into());
+    m.insert("cut_off".into(), v.cut_off.into());
+    m.insert("maps_held".into(), v.maps_held.into());
+    m.insert("revocations_pending".into(), v.revocations_pending.into());
+    m.extend(counters_json(&v.counters));
+    serde_json::Value::Object(m)
+}
+
 /// The documented `status --json` document of a status report.
 pub fn status_json(r: &StatusReport) -> serde_json::Value {
     let mut o = serde_json::Map::new();
@@ -288,20 +300,7 @@ pub fn status_json(r: &StatusReport) -> serde_json::Value {
     o.insert("file_maps".into(), r.file_maps.into());
     o.insert("bytes_saved".into(), r.bytes_saved.into());
     o.extend(counters_json(&r.counters));
-    let vms: Vec<serde_json::Value> = r
-        .vms
-        .iter()
-        .map(|v| {
-            let mut m = serde_json::Map::new();
-            m.insert("name".into(), v.name.as_str().into());
-            m.insert("domain".into(), v.domain.as_str().into());
-            m.insert("cut_off".into(), v.cut_off.into());
-            m.insert("maps_held".into(), v.maps_held.into());
-            m.insert("revocations_pending".into(), v.revocations_pending.into());
-            m.extend(counters_json(&v.counters));
-            serde_json::Value::Object(m)
-        })
-        .collect();
+    let vms: Vec<serde_json::Value> = r.vms.iter().map(vm_json).collect();
     o.insert("vms".into(), vms.into());
     let domains: Vec<serde_json::Value> = r
         .domains

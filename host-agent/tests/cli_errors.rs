@@ -4,9 +4,10 @@
 //! what it is about (the file, key, VM or namespace), with no panic, no
 //! Rust `Debug` rendering and no clause said twice.
 //!
-//! The exit statuses `main.rs` uses: 2 for a command line clap refuses,
-//! [`EXIT_CONFIG`] (78, `EX_CONFIG`) for a configuration or host not fit
-//! to serve, 1 for anything else (agent unreachable, refused, failed).
+//! The exit statuses (docs/install.md): 2 for a command line clap refuses,
+//! [`EXIT_REFUSED`] (3) when the agent refused, [`EXIT_UNREACHABLE`] (4)
+//! when it could not be reached, [`EXIT_CONFIG`] (78, `EX_CONFIG`) for a
+//! configuration or host not fit to serve, 1 for anything else.
 //!
 //! Rows that need root (a tmpfs of their own, another user) are skipped
 //! without it, and the skips are counted and printed.
@@ -28,6 +29,10 @@ const EXIT_USAGE: i32 = 2;
 const EXIT_CONFIG: i32 = 78;
 /// Anything else: the agent unreachable or refusing, a file unusable.
 const EXIT_FAILURE: i32 = 1;
+/// The agent refused the request.
+const EXIT_REFUSED: i32 = 3;
+/// The agent could not be reached.
+const EXIT_UNREACHABLE: i32 = 4;
 
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
@@ -385,20 +390,20 @@ fn bad_inputs_without_an_agent() {
         ),
         case(
             "a dead control socket",
-            EXIT_FAILURE,
+            EXIT_UNREACHABLE,
             &["status", "--control", &dead],
             &[&dead, "vmdedup serve"],
         ),
         // Our own.
         case(
             "no control socket",
-            EXIT_FAILURE,
+            EXIT_UNREACHABLE,
             &["vms", "--control", &f.ps("nope.sock")],
             &[&f.ps("nope.sock"), "vmdedup serve"],
         ),
         case(
             "a control socket that is a regular file",
-            EXIT_FAILURE,
+            EXIT_UNREACHABLE,
             &["status", "--control", &notsock],
             &[&notsock],
         ),
@@ -406,14 +411,14 @@ fn bad_inputs_without_an_agent() {
             env: vec![("VMDEDUP_CONTROL", f.ps("env.sock"))],
             ..case(
                 "VMDEDUP_CONTROL naming no socket",
-                EXIT_FAILURE,
+                EXIT_UNREACHABLE,
                 &["status"],
                 &[&f.ps("env.sock"), "VMDEDUP_CONTROL"],
             )
         },
         case(
             "status --config of a missing file",
-            EXIT_FAILURE,
+            EXIT_CONFIG,
             &["status", "--config", &missing],
             &[&missing],
         ),
@@ -624,7 +629,17 @@ fn bad_inputs_without_an_agent() {
         case(
             "qemu-args with another domain than configured",
             EXIT_FAILURE,
-            &["qemu-args", "vm1", "--vm", "vm1:a", "--domain", "b"],
+            // --pool-size: the files are described, so no agent is needed.
+            &[
+                "qemu-args",
+                "vm1",
+                "--vm",
+                "vm1:a",
+                "--domain",
+                "b",
+                "--pool-size",
+                "1M",
+            ],
             &["vm1", "\"a\"", "\"b\""],
         ),
     ];
@@ -699,31 +714,31 @@ fn bad_inputs_with_an_agent() {
         },
         case(
             "vm remove of an unknown VM",
-            EXIT_FAILURE,
+            EXIT_REFUSED,
             &["vm", "remove", "ghost", "--control", &c],
             &["ghost", "vmdedup vms"],
         ),
         case(
             "vm reinstate of an unknown VM",
-            EXIT_FAILURE,
+            EXIT_REFUSED,
             &["vm", "reinstate", "ghost", "--control", &c],
             &["ghost", "vmdedup vms"],
         ),
         case(
             "vm add of a name with a slash",
-            EXIT_FAILURE,
+            EXIT_REFUSED,
             &["vm", "add", "../x", "--control", &c],
             &["../x", "A-Za-z0-9"],
         ),
         case(
             "vm add of a VM that exists",
-            EXIT_FAILURE,
+            EXIT_REFUSED,
             &["vm", "add", "vm1", "--control", &c],
             &["vm1", "exists"],
         ),
         case(
             "vm add into a bad domain",
-            EXIT_FAILURE,
+            EXIT_REFUSED,
             &["vm", "add", "vm9", "--domain", "a/b", "--control", &c],
             &["a/b"],
         ),
@@ -735,25 +750,25 @@ fn bad_inputs_with_an_agent() {
         ),
         case(
             "warm of an unknown namespace",
-            EXIT_FAILURE,
+            EXIT_REFUSED,
             &["warm", "nope", "--control", &c],
             &["nope"],
         ),
         case(
             "evict of an unknown namespace",
-            EXIT_FAILURE,
+            EXIT_REFUSED,
             &["evict", "nope", "f", "--control", &c],
             &["nope"],
         ),
         case(
             "warm of a path that leaves the namespace",
-            EXIT_FAILURE,
+            EXIT_REFUSED,
             &["warm", "sys", "../..", "--control", &c],
             &["../.."],
         ),
         case(
             "warm of a missing path",
-            EXIT_FAILURE,
+            EXIT_REFUSED,
             &["warm", "sys", "no/such/file", "--control", &c],
             &["no/such/file"],
         ),
@@ -765,7 +780,7 @@ fn bad_inputs_with_an_agent() {
             uid: Some(65534),
             ..case(
                 "a user who may not use the control socket",
-                EXIT_FAILURE,
+                EXIT_UNREACHABLE,
                 &["status", "--control", &c],
                 &[&c, "control_group"],
             )

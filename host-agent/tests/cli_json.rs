@@ -1,0 +1,135 @@
+//! `--json` on every listing command (`status`, `vms`, `files`): each
+//! prints one JSON document that says what the human table says.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+mod common;
+use common::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
+
+fn vmdedup(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("VMDEDUP_LOG", "warn")
+        .env_remove("VMDEDUP_CONTROL")
+        .output()
+        .unwrap()
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let o = vmdedup(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn listings_print_json() {
+    let d = TempDir::new("cli-json");
+    let tree = d.0.join("tree");
+    std::fs::create_dir_all(tree.join("lib")).unwrap();
+    // 3 pages and 1 byte: 4 pages in the pool.
+    std::fs::write(tree.join("lib/a.so"), vec![7u8; 3 * 4096 + 1]).unwrap();
+    let control = d.0.join("control.sock");
+    let notify_path = d.0.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let _agent = Agent(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--pool-size",
+                "4M",
+                "--vm",
+                "vm1",
+                "--vm",
+                "vm2:blue",
+            ])
+            .args(["--ns", &format!("sys={}", s(&tree))])
+            .args(["--ns-domains", "sys=default,blue"])
+            .args(["--pool", s(&d.0.join("pool")), "--ring-dir", s(&d.0)])
+            .args(["--control", s(&control)])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("VMDEDUP_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = notify.recv(&mut buf).expect("the agent never got ready");
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break;
+        }
+    }
+    let c = s(&control);
+    let o = vmdedup(&["warm", "sys", "--control", c]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let vms = json(&["vms", "--json", "--control", c]);
+    let list = vms.as_array().expect("vms --json is an array");
+    let mut names: Vec<(&str, &str)> = list
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["domain"].as_str().unwrap()))
+        .collect();
+    names.sort();
+    assert_eq!(names, [("vm1", "default"), ("vm2", "blue")]);
+    for v in list {
+        assert_eq!(v["cut_off"], false);
+        assert_eq!(v["maps_held"], 0);
+        assert_eq!(v["hints"], 0, "no guest hinted yet");
+    }
+    // The same objects as status --json lists.
+    let status = json(&["status", "--json", "--control", c]);
+    assert_eq!(status["vms"], vms);
+
+    // Warmed into both domains' pools: one entry per domain.
+    let files = json(&["files", "sys", "--json", "--control", c]);
+    assert_eq!(files["namespace"], "sys");
+    assert_eq!(files["offset"], 0);
+    assert_eq!(files["total"], 2, "{files}");
+    let mut domains: Vec<&str> = files["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f["path"], "lib/a.so");
+            assert_eq!(f["size"], 3 * 4096 + 1);
+            assert_eq!(f["pages"], 4);
+            f["domain"].as_str().unwrap()
+        })
+        .collect();
+    domains.sort();
+    assert_eq!(domains, ["blue", "default"]);
+    // --offset past the end: the total stays, the list is empty.
+    let rest = json(&["files", "sys", "--json", "--offset", "2", "--control", c]);
+    assert_eq!(rest["total"], 2);
+    assert_eq!(rest["files"].as_array().unwrap().len(), 0);
+}

@@ -63,9 +63,12 @@ say "root: overlay over ${stack#/run/vmdedup/}"
 mkdir -p /newroot/etc/vmdedup
 cp /etc/vmdedup/* /newroot/etc/vmdedup/
 # The guest's name (VMDEDUP_GUEST= on the kernel command line) as its host name.
+# Its machine id, derived from the name: one per guest, the same at every
+# boot (the image's is empty, which systemd would take for a first boot).
 if [ -n "${VMDEDUP_GUEST:-}" ]; then
     echo "$VMDEDUP_GUEST" > /newroot/etc/vmdedup/guest
     echo "$VMDEDUP_GUEST" > /newroot/etc/hostname
+    echo "vmdedup-guest-$VMDEDUP_GUEST" | md5sum | cut -c1-32 > /newroot/etc/machine-id
 fi
 # The selftests and the programs --add put in /usr/bin of the initramfs.
 [ -d /tests ] && cp -r /tests /newroot/tests
@@ -77,7 +80,9 @@ fi
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
 for d in lower shared rw; do
     mkdir -p "/newroot/run/vmdedup/$d"
-    if mountpoint -q "/run/vmdedup/$d"; then mount --move "/run/vmdedup/$d" "/newroot/run/vmdedup/$d"; fi
+    if grep -q " /run/vmdedup/$d " /proc/mounts; then
+        mount --move "/run/vmdedup/$d" "/newroot/run/vmdedup/$d" || say "cannot move /run/vmdedup/$d into the new root"
+    fi
 done
 mount --move /dev /newroot/dev
 umount /sys /proc

@@ -217,8 +217,10 @@ impl Mount {
             return io.read_lower(pos, count);
         };
         let count = count.min(usize::try_from(size - upos).unwrap_or(usize::MAX));
-        // verify=full: one lower buffer for the whole call.
-        let mut lower = KVec::new();
+        // verify=full: one lower buffer for the whole call. KVVec: 64 KiB
+        // of contiguous memory may not be there under pressure, and a read
+        // must not fail for it (kvmalloc falls back to vmalloc, silently).
+        let mut lower = KVVec::new();
         let mut done = 0usize;
         while done < count {
             let p = upos + done as u64;
@@ -264,7 +266,7 @@ impl Mount {
         map_id: u64,
         p: u64,
         left: usize,
-        lower: &mut KVec<u8>,
+        lower: &mut KVVec<u8>,
     ) -> Result<Step> {
         let page = p / FRAME_SIZE;
         let in_page = (p % FRAME_SIZE) as usize;
@@ -426,7 +428,8 @@ impl Mount {
             return true;
         }
         let cap = VERIFY_CHUNK.min(((end - first) * FRAME_SIZE) as usize);
-        let mut lower = KVec::new();
+        // KVVec, as in a verify=full read: no order-4 allocation failure.
+        let mut lower = KVVec::new();
         if lower.extend_with(cap, 0u8, GFP_KERNEL).is_err() {
             return false;
         }

@@ -56,6 +56,12 @@ pub struct Args {
     /// of their pages.
     #[arg(long)]
     tree: Vec<PathBuf>,
+    /// Write the host memory measured before and after the workload to this
+    /// file as JSON (bytes: guests_before, guests_after, pool_before,
+    /// pool_after; null where not measured), for `scripts/demo --distro`'s
+    /// comparison with a boot without vmdedup.
+    #[arg(long)]
+    result: Option<PathBuf>,
 }
 
 /// Host memory measured from outside, in bytes.
@@ -523,6 +529,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             let st = fin.or(last_status.clone());
             print!("{}", summary(&guests, st.as_ref(), &mem, one_copy));
+            if let Some(f) = &a.result {
+                let doc = serde_json::json!({
+                    "guests_before": mem.guests_before(),
+                    "guests_after": mem.guests_now(),
+                    "pool_before": mem.pool_before,
+                    "pool_after": mem.pool_now,
+                });
+                if let Err(e) = std::fs::write(f, format!("{doc}\n")) {
+                    eprintln!("demo-monitor: cannot write {}: {e}", f.display());
+                }
+            }
             if a.keep && running {
                 println!(
                     "--keep: the guests stay up (logs in {}); press Ctrl-C to stop them",
@@ -537,4 +554,70 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// Options of `demo-compare`.
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// The run without vmdedup (`demo-monitor --result`).
+    baseline: PathBuf,
+    /// The run with vmdedup.
+    vmdedup: PathBuf,
+}
+
+/// Host memory of one run, from its `demo-monitor --result` file.
+struct RunMemory {
+    guests_before: u64,
+    guests_after: u64,
+    pool_after: u64,
+}
+
+fn run_memory(path: &std::path::Path) -> anyhow::Result<RunMemory> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let get = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .with_context(|| format!("{}: {k} was not measured", path.display()))
+    };
+    Ok(RunMemory {
+        guests_before: get("guests_before")?,
+        guests_after: get("guests_after")?,
+        pool_after: get("pool_after").unwrap_or(0),
+    })
+}
+
+/// Prints how much host memory the guests and the pool held at the end of
+/// each run, and what the workload added to it in each.
+pub fn compare(a: CompareArgs) -> anyhow::Result<()> {
+    let base = run_memory(&a.baseline)?;
+    let with = run_memory(&a.vmdedup)?;
+    let base_total = base.guests_after + base.pool_after;
+    let with_total = with.guests_after + with.pool_after;
+    println!("\n== host memory: the same boot and workload, without and with vmdedup ==");
+    println!(
+        "without vmdedup: guests and pool {} at the end ({} once booted, before the workload)",
+        mib(base_total),
+        mib(base.guests_before)
+    );
+    println!(
+        "with vmdedup:    guests {} + pool {} = {} at the end ({} once booted)",
+        mib(with.guests_after),
+        mib(with.pool_after),
+        mib(with_total),
+        mib(with.guests_before)
+    );
+    if base_total > 0 {
+        let diff = base_total as i64 - with_total as i64;
+        println!(
+            "vmdedup {} {} of host memory ({:.0}% of the run without it), measured from outside (smaps Pss of each guest's RAM, the pool file's allocated pages)",
+            if diff >= 0 { "saved" } else { "cost" },
+            mib(diff.unsigned_abs()),
+            diff.unsigned_abs() as f64 * 100.0 / base_total as f64
+        );
+    }
+    Ok(())
 }

@@ -35,6 +35,9 @@ struct Cli {
 enum Command {
     /// The live table of scripts/demo (refreshes every second).
     DemoMonitor(demo::Args),
+    /// Compare the host memory of two demo runs (`demo-monitor --result`
+    /// files): the same boot without vmdedup, then with it.
+    DemoCompare(demo::CompareArgs),
     /// Sample host memory, KSM and agent counters every second (JSON lines).
     Sample(sample::Args),
     /// Write report.md, report.json and memory.png from a bench run.
@@ -50,6 +53,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::DemoMonitor(a) => demo::run(a),
+        Command::DemoCompare(a) => demo::compare(a),
         Command::Sample(a) => sample::run(a),
         Command::Report(a) => report::run(a),
         Command::TreePages(a) => tree_pages::run(a),

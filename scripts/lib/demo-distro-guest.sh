@@ -21,7 +21,7 @@ ticker=$!
 # Boot done (this unit starts once multi-user.target is reached); the
 # host's monitor samples each guest's RAM when this line is out.
 systemctl is-system-running --wait > /dev/null 2>&1
-echo "booted: $(systemctl is-system-running 2>&1), root $(findmnt -n -o FSTYPE /) over $(findmnt -n -o FSTYPE /run/vmdedup/shared 2>/dev/null || echo 'the image alone')"
+echo "booted: $(systemctl is-system-running 2>&1), root $(findmnt -n -o FSTYPE /) over $(findmnt -n -o FSTYPE /run/vmdedupfs/shared 2>/dev/null || echo 'the image alone')"
 echo "DEMO-PHASE ready"
 sleep 3
 rc=0

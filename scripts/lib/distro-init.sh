@@ -11,7 +11,7 @@
 #   5. switch_root to /sbin/init (systemd).
 # If the module does not load or vmdedupfs does not mount (no host agent, no
 # ring device), the overlay goes straight over the image: the guest boots as
-# it would without vmdedup. The layers stay visible under /run/vmdedup
+# it would without vmdedup. The layers stay visible under /run/vmdedupfs
 # (lower, shared, rw) in the booted system.
 #
 # What guest-run decided is in /etc/vmdedup/ of the initramfs and is copied
@@ -40,25 +40,25 @@ for b in /sys/block/vd*; do
     [ -e "$b/serial" ] && [ "$(cat "$b/serial")" = ns-root ] && dev=/dev/${b##*/}
 done
 [ -n "$dev" ] || fatal "no disk with serial ns-root (the shared image)"
-mkdir -p /run/vmdedup/lower /run/vmdedup/shared /run/vmdedup/rw /newroot
-mount -t ext4 -o ro,noload "$dev" /run/vmdedup/lower || fatal "cannot mount $dev (the shared image) read-only"
+mkdir -p /run/vmdedupfs/lower /run/vmdedupfs/shared /run/vmdedupfs/rw /newroot
+mount -t ext4 -o ro,noload "$dev" /run/vmdedupfs/lower || fatal "cannot mount $dev (the shared image) read-only"
 
-stack=/run/vmdedup/lower
+stack=/run/vmdedupfs/lower
 if [ "$(conf insmod)" = 1 ]; then
-    ko=/run/vmdedup/lower/lib/modules/$(uname -r)/extra/vmdedup.ko
+    ko=/run/vmdedupfs/lower/lib/modules/$(uname -r)/extra/vmdedup.ko
     if ! insmod "$ko"; then
         say "cannot load $ko: booting from the image alone"
-    elif ! mount -t vmdedupfs -o "ns=root,nsid=1,lower=/run/vmdedup/lower,verify=$(conf verify)" none /run/vmdedup/shared; then
+    elif ! mount -t vmdedupfs -o "ns=root,nsid=1,lower=/run/vmdedupfs/lower,verify=$(conf verify)" none /run/vmdedupfs/shared; then
         say "cannot mount vmdedupfs: booting from the image alone"
     else
-        stack=/run/vmdedup/shared
+        stack=/run/vmdedupfs/shared
     fi
 fi
-mount -t tmpfs -o mode=0755 tmpfs /run/vmdedup/rw || fatal "cannot mount the tmpfs upper layer"
-mkdir -p /run/vmdedup/rw/upper /run/vmdedup/rw/work
-mount -t overlay -o "lowerdir=$stack,upperdir=/run/vmdedup/rw/upper,workdir=/run/vmdedup/rw/work" overlay /newroot \
+mount -t tmpfs -o mode=0755 tmpfs /run/vmdedupfs/rw || fatal "cannot mount the tmpfs upper layer"
+mkdir -p /run/vmdedupfs/rw/upper /run/vmdedupfs/rw/work
+mount -t overlay -o "lowerdir=$stack,upperdir=/run/vmdedupfs/rw/upper,workdir=/run/vmdedupfs/rw/work" overlay /newroot \
     || fatal "cannot mount the overlay root over $stack"
-say "root: overlay over ${stack#/run/vmdedup/}"
+say "root: overlay over ${stack#/run/vmdedupfs/}"
 
 mkdir -p /newroot/etc/vmdedup
 cp /etc/vmdedup/* /newroot/etc/vmdedup/
@@ -73,15 +73,15 @@ fi
 # The selftests and the programs --add put in /usr/bin of the initramfs.
 [ -d /tests ] && cp -r /tests /newroot/tests
 [ -d /usr/bin ] && mkdir -p /newroot/usr/local/bin && cp -a /usr/bin/. /newroot/usr/local/bin/
-# The layers are mounted at /run/vmdedup/* from the start, so the paths in
+# The layers are mounted at /run/vmdedupfs/* from the start, so the paths in
 # the overlay's options stay true in the booted system: its /run is a tmpfs
 # of our own, which systemd keeps (it mounts one only where none is), and
 # the layers move there.
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
 for d in lower shared rw; do
-    mkdir -p "/newroot/run/vmdedup/$d"
-    if grep -q " /run/vmdedup/$d " /proc/mounts; then
-        mount --move "/run/vmdedup/$d" "/newroot/run/vmdedup/$d" || say "cannot move /run/vmdedup/$d into the new root"
+    mkdir -p "/newroot/run/vmdedupfs/$d"
+    if grep -q " /run/vmdedupfs/$d " /proc/mounts; then
+        mount --move "/run/vmdedupfs/$d" "/newroot/run/vmdedupfs/$d" || say "cannot move /run/vmdedupfs/$d into the new root"
     fi
 done
 mount --move /dev /newroot/dev

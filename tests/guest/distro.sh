@@ -5,7 +5,8 @@
 #   DISTRO_ABSENT=1: the guest was booted with no host agent; it must still
 #   reach multi-user.target, from the image alone (or through vmdedupfs with
 #   every file read from the lower: the module may load and mount with no
-#   agent serving the ring).
+#   agent serving the ring). This guest also runs the host agent's systemd
+#   unit (staged in /tests/install by tests/run).
 # shellcheck source=lib/ktap.sh
 . /tests/lib/ktap.sh
 # shellcheck source=lib/fs.sh
@@ -35,11 +36,46 @@ lower_only() {
     [ "$n" = 0 ] || { echo "$n pages came from a pool with no agent"; return 1; }
 }
 
+# The host agent's own systemd unit, run by this guest's systemd (a real
+# systemd 252 as PID 1, which the build machine has not): the files
+# `scripts/install --destdir` staged are in /tests/install. It must start
+# under its whole sandbox (Type=notify: READY=1 once it serves), run as the
+# vmdedup user with its files private and its control socket open to the
+# group, score at most 3.0 in systemd-analyze security, and stop cleanly.
+agent_unit() {
+    [ -d /tests/install ] || { echo "no staged install in /tests/install"; return 1; }
+    cp -a /tests/install/. / || return 1
+    systemd-sysusers || { echo "systemd-sysusers failed"; return 1; }
+    getent passwd vmdedup > /dev/null || { echo "no vmdedup user"; return 1; }
+    mkdir -p /srv/ns && cp /etc/os-release /srv/ns/
+    vmdedup config new --ns "etc=/srv/ns" --vm vm1 --pool-size 16M -o /etc/vmdedup/vmdedup.toml || return 1
+    sed -i '1i control_group = "vmdedup"' /etc/vmdedup/vmdedup.toml
+    systemctl daemon-reload
+    systemctl start vmdedup || { journalctl -u vmdedup --no-pager | tail -n 3; return 1; }
+    [ "$(systemctl is-active vmdedup)" = active ] || { echo "vmdedup is $(systemctl is-active vmdedup)"; return 1; }
+    systemctl show -p StatusText vmdedup | grep -q 'StatusText=serving 1 VM' \
+        || { echo "no READY status: $(systemctl show -p StatusText vmdedup)"; return 1; }
+    for f in /dev/shm/vmdedup.pool /dev/shm/vmdedup-vm1.ring; do
+        [ "$(stat -c '%U %a' "$f")" = "vmdedup 600" ] || { echo "$f: $(stat -c '%U %a' "$f")"; return 1; }
+    done
+    [ "$(stat -c '%G %a' /run/vmdedup/control.sock)" = "vmdedup 660" ] \
+        || { echo "control socket: $(stat -c '%G %a' /run/vmdedup/control.sock)"; return 1; }
+    vmdedup vms --json --control /run/vmdedup/control.sock | grep -q '"name": "vm1"' \
+        || { echo "vmdedup vms does not list vm1"; return 1; }
+    score=$(systemd-analyze security vmdedup.service --no-pager | sed -n 's/.*Overall exposure level for vmdedup.service: \([0-9.]*\).*/\1/p')
+    echo "# systemd-analyze security vmdedup.service: $score"
+    awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 3.0) }' || { echo "exposure $score, above 3.0"; return 1; }
+    systemctl stop vmdedup
+    [ "$(systemctl is-active vmdedup)" = inactive ] || { echo "after stop: $(systemctl is-active vmdedup)"; return 1; }
+    journalctl -u vmdedup --no-pager | grep -q 'agent stopped' || { echo "no 'agent stopped' in the journal"; return 1; }
+}
+
 if [ "${DISTRO_ABSENT:-0}" = 1 ]; then
-    ktap_header 3
+    ktap_header 4
     ktap_check "multi-user.target reached with nginx and cron, systemd as PID 1" multi_user
     ktap_check "system running, no failed unit" booted
     ktap_check "no page came from the pool" lower_only
+    ktap_run "the agent's unit starts, serves and stops under systemd" agent_unit
     ktap_finish; exit $?
 fi
 
@@ -52,17 +88,17 @@ stack() {
     [ "$fs" = overlay ] || { echo "/ is $fs, not overlay"; return 1; }
     opts=$(findmnt -n -o OPTIONS /)
     case ",$opts," in
-        *,lowerdir=/run/vmdedup/shared,*) ;;
-        *) echo "the root overlay's lower is not /run/vmdedup/shared: $opts"; return 1 ;;
+        *,lowerdir=/run/vmdedupfs/shared,*) ;;
+        *) echo "the root overlay's lower is not /run/vmdedupfs/shared: $opts"; return 1 ;;
     esac
-    fs=$(findmnt -n -o FSTYPE /run/vmdedup/shared)
-    [ "$fs" = vmdedupfs ] || { echo "/run/vmdedup/shared is '$fs', not vmdedupfs"; return 1; }
-    case ",$(findmnt -n -o OPTIONS /run/vmdedup/shared)," in
-        *,lower=/run/vmdedup/lower,*) ;;
-        *) echo "vmdedupfs's lower is not /run/vmdedup/lower"; return 1 ;;
+    fs=$(findmnt -n -o FSTYPE /run/vmdedupfs/shared)
+    [ "$fs" = vmdedupfs ] || { echo "/run/vmdedupfs/shared is '$fs', not vmdedupfs"; return 1; }
+    case ",$(findmnt -n -o OPTIONS /run/vmdedupfs/shared)," in
+        *,lower=/run/vmdedupfs/lower,*) ;;
+        *) echo "vmdedupfs's lower is not /run/vmdedupfs/lower"; return 1 ;;
     esac
-    fs=$(findmnt -n -o FSTYPE /run/vmdedup/lower)
-    [ "$fs" = ext4 ] || { echo "/run/vmdedup/lower is '$fs', not the ext4 image"; return 1; }
+    fs=$(findmnt -n -o FSTYPE /run/vmdedupfs/lower)
+    [ "$fs" = ext4 ] || { echo "/run/vmdedupfs/lower is '$fs', not the ext4 image"; return 1; }
 }
 ktap_check "root is an overlay over vmdedupfs over the image" stack
 
@@ -130,7 +166,7 @@ ktap_check "python3, perl, gcc, apt-cache and curl to nginx work" workload
 # the image's bytes by read, pread, and shared and private mmap; the guest
 # runs with verify=full, which compares every pool page as it is served.
 usr_same() {
-    [ "$(awk '$2 == "/run/vmdedup/shared" { print $4 }' /proc/mounts | tr ',' '\n' | grep '^verify=')" = verify=full ] \
+    [ "$(awk '$2 == "/run/vmdedupfs/shared" { print $4 }' /proc/mounts | tr ',' '\n' | grep '^verify=')" = verify=full ] \
         || { echo "the mount is not verify=full"; return 1; }
     p0=$(stat_of pages_pool)
     # /usr/local/bin holds this test's own programs, in the upper layer.
@@ -138,7 +174,7 @@ usr_same() {
         [ "$d" = /usr/local ] || [ -L "$d" ] && continue
         # treecheck wants at least one file (/usr/games and /usr/src are empty).
         [ -n "$(find "$d" -type f -print -quit)" ] || continue
-        treecheck "$d" "/run/vmdedup/lower$d" > /tmp/treecheck.out 2>&1 || { tail -n 3 /tmp/treecheck.out; return 1; }
+        treecheck "$d" "/run/vmdedupfs/lower$d" > /tmp/treecheck.out 2>&1 || { tail -n 3 /tmp/treecheck.out; return 1; }
         echo "# $d: $(tail -n 1 /tmp/treecheck.out)"
     done
     [ "$(stat_of verify_mismatches)" = 0 ] || { echo "verify_mismatches $(stat_of verify_mismatches)"; return 1; }
@@ -148,10 +184,10 @@ ktap_run "every file under /usr equals the image" usr_same
 
 upper() {
     echo "written by $VMDEDUP_GUEST" > /etc/vmdedup-selftest
-    [ "$(cat /run/vmdedup/rw/upper/etc/vmdedup-selftest 2>/dev/null)" = "written by $VMDEDUP_GUEST" ] \
+    [ "$(cat /run/vmdedupfs/rw/upper/etc/vmdedup-selftest 2>/dev/null)" = "written by $VMDEDUP_GUEST" ] \
         || { echo "/etc/vmdedup-selftest is not in the upper layer"; return 1; }
-    [ ! -e /run/vmdedup/lower/etc/vmdedup-selftest ] || { echo "the write reached the image"; return 1; }
-    [ ! -e /run/vmdedup/shared/etc/vmdedup-selftest ] || { echo "the write shows in vmdedupfs"; return 1; }
+    [ ! -e /run/vmdedupfs/lower/etc/vmdedup-selftest ] || { echo "the write reached the image"; return 1; }
+    [ ! -e /run/vmdedupfs/shared/etc/vmdedup-selftest ] || { echo "the write shows in vmdedupfs"; return 1; }
 }
 ktap_check "a file written under /etc lands in the upper layer" upper
 

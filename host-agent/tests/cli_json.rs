@@ -1,12 +1,11 @@
 //! `--json` on every listing command (`status`, `vms`, `files`): each
 //! prints one JSON document that says what the human table says.
 
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 mod common;
+use common::process::spawn_ready;
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
@@ -39,15 +38,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn listings_print_json() {
     let d = TempDir::new("cli-json");
@@ -56,39 +46,22 @@ fn listings_print_json() {
     // 3 pages and 1 byte: 4 pages in the pool.
     std::fs::write(tree.join("lib/a.so"), vec![7u8; 3 * 4096 + 1]).unwrap();
     let control = d.0.join("control.sock");
-    let notify_path = d.0.join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let _agent = Agent(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--pool-size",
-                "4M",
-                "--vm",
-                "vm1",
-                "--vm",
-                "vm2:blue",
-            ])
-            .args(["--ns", &format!("sys={}", s(&tree))])
-            .args(["--ns-domains", "sys=default,blue"])
-            .args(["--pool", s(&d.0.join("pool")), "--ring-dir", s(&d.0)])
-            .args(["--control", s(&control)])
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("VMDEDUP_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = notify.recv(&mut buf).expect("the agent never got ready");
-        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-            break;
-        }
-    }
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--pool-size",
+        "4M",
+        "--vm",
+        "vm1",
+        "--vm",
+        "vm2:blue",
+    ])
+    .args(["--ns", &format!("sys={}", s(&tree))])
+    .args(["--ns-domains", "sys=default,blue"])
+    .args(["--pool", s(&d.0.join("pool")), "--ring-dir", s(&d.0)])
+    .args(["--control", s(&control)])
+    .env("VMDEDUP_LOG", "warn");
+    let _agent = spawn_ready(cmd, &d.0, "the agent exited");
     let c = s(&control);
     let o = vmdedup(&["warm", "sys", "--control", c]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

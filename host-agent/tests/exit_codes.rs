@@ -1,12 +1,11 @@
 //! The exit status of each kind of failure, as `vmdedup --help` and the
 //! man page document it.
 
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 mod common;
+use common::process::spawn_ready;
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
@@ -26,17 +25,6 @@ fn s(p: &Path) -> &str {
 
 fn code(o: &Output) -> Option<i32> {
     o.status.code()
-}
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -85,30 +73,13 @@ fn usage_unreachable_refused_config_and_other_failures() {
     let tree = d.0.join("tree");
     std::fs::create_dir_all(&tree).unwrap();
     let control = d.0.join("control.sock");
-    let notify_path = d.0.join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let _agent = Agent(
-        Command::new(BIN)
-            .args(["serve", "--pool-size", "1M", "--vm", "vm1"])
-            .args(["--ns", &format!("sys={}", s(&tree))])
-            .args(["--pool", s(&d.0.join("pool")), "--ring-dir", s(&d.0)])
-            .args(["--control", s(&control)])
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("VMDEDUP_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = notify.recv(&mut buf).expect("the agent never got ready");
-        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-            break;
-        }
-    }
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--pool-size", "1M", "--vm", "vm1"])
+        .args(["--ns", &format!("sys={}", s(&tree))])
+        .args(["--pool", s(&d.0.join("pool")), "--ring-dir", s(&d.0)])
+        .args(["--control", s(&control)])
+        .env("VMDEDUP_LOG", "warn");
+    let _agent = spawn_ready(cmd, &d.0, "the agent exited");
     let o = vmdedup(&["vms", "--control", s(&control)]);
     assert_eq!(code(&o), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     for args in [

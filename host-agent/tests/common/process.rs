@@ -1,5 +1,6 @@
 //! A `vmdedup serve` run as a child process of the test.
 
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,4 +39,39 @@ pub fn spawn_agent(mut cmd: Command, control: &Path, exited: &str) -> AgentProce
         std::thread::sleep(Duration::from_millis(20));
     }
     agent
+}
+
+/// Spawns the agent `cmd` with `NOTIFY_SOCKET` set to a datagram socket in
+/// `dir`, and waits for its `READY=1`: from then on every pool, ring and
+/// socket exists. Fails with `exited` if it exits first.
+pub fn spawn_ready(mut cmd: Command, dir: &Path, exited: &str) -> AgentProcess {
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let notify = UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let child = cmd
+        .env("NOTIFY_SOCKET", &path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut agent = AgentProcess(child);
+    // Generous: the machine may be busy; this only bounds a broken agent.
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Ok(n) = notify.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                // The agent notifies again when it stops (STOPPING=1): keep
+                // the socket open for the rest of the test process.
+                std::mem::forget(notify);
+                return agent;
+            }
+        }
+        assert!(agent.0.try_wait().unwrap().is_none(), "{exited}");
+        assert!(Instant::now() < give_up, "the agent never sent READY=1");
+    }
 }

@@ -7,17 +7,9 @@
 # DEMO-STATS / DEMO-PHASE / DEMO-MEMINFO / DEMO-DONE lines as the busybox
 # demo guests (scripts/lib/demo-guest.sh), for the host's live table.
 passes=${1:-2}
-S=/sys/kernel/vmdedup/stats
-stats() {
-    line=DEMO-STATS
-    for c in hints_sent answers_hit answers_miss_loading pages_pool pages_lower faults_pool mmap_pool \
-             fallbacks verify_pages verify_mismatches bytes_pool; do
-        line="$line $c=$(cat "$S/$c" 2>/dev/null || echo 0)"
-    done
-    echo "$line"
-}
-(while :; do stats; sleep 1; done) &
-ticker=$!
+# shellcheck source=demo-report.sh
+. "$(dirname "$0")/demo-report.sh"
+demo_ticker_start
 # Boot done (this unit starts once multi-user.target is reached); the
 # host's monitor samples each guest's RAM when this line is out.
 systemctl is-system-running --wait > /dev/null 2>&1
@@ -50,12 +42,4 @@ print(json.dumps({"sqlite": sqlite3.sqlite_version, "sum": str(sum(decimal.Decim
     echo "DEMO-READ pass $p: python3, perl, gcc, apt-cache, curl"
     p=$((p + 1))
 done
-kill "$ticker" 2>/dev/null
-wait "$ticker" 2>/dev/null
-stats
-sync; sleep 3
-echo "DEMO-MEMINFO $(grep -E '^(MemTotal|MemFree|Cached|Buffers|AnonPages|Shmem|Slab):' /proc/meminfo \
-    | tr -d ' ' | sed 's/kB$//' | tr ':' '=' | tr '\n' ' ')lower_pages_dropped=$(cat $S/lower_pages_dropped 2>/dev/null || echo 0)"
-[ "$(cat $S/verify_mismatches 2>/dev/null || echo 0)" = 0 ] || { echo "DEMO-ERROR verify mismatches"; rc=1; }
-echo "DEMO-DONE rc=$rc"
-exit "$rc"
+demo_finish "$rc"

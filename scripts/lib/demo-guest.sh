@@ -7,17 +7,9 @@
 # Prints DEMO-STATS lines (the module's counters) every second for the host's
 # live table, DEMO-PHASE lines as it goes, and DEMO-DONE at the end.
 passes=${1:-2}
-S=/sys/kernel/vmdedup/stats
-stats() {
-    line=DEMO-STATS
-    for c in hints_sent answers_hit answers_miss_loading pages_pool pages_lower faults_pool mmap_pool \
-             fallbacks verify_pages verify_mismatches bytes_pool; do
-        line="$line $c=$(cat "$S/$c" 2>/dev/null || echo 0)"
-    done
-    echo "$line"
-}
-(while :; do stats; sleep 1; done) &
-ticker=$!
+# shellcheck source=demo-report.sh
+. "$(dirname "$0")/demo-report.sh"
+demo_ticker_start
 # The host's monitor samples each guest's RAM (smaps) once this line is out:
 # that is the "before the workload" figure the summary's increment starts at.
 echo "DEMO-PHASE ready"
@@ -42,14 +34,4 @@ for ns in $namespaces; do
         p=$((p + 1))
     done
 done
-kill "$ticker" 2>/dev/null
-wait "$ticker" 2>/dev/null
-stats
-# What this guest's memory holds now (kB), for the summary's account of the
-# host memory the workload added; and the lower pages the module dropped.
-sync; sleep 3
-echo "DEMO-MEMINFO $(grep -E '^(MemTotal|MemFree|Cached|Buffers|AnonPages|Shmem|Slab):' /proc/meminfo \
-    | tr -d ' ' | sed 's/kB$//' | tr ':' '=' | tr '\n' ' ')lower_pages_dropped=$(cat $S/lower_pages_dropped 2>/dev/null || echo 0)"
-[ "$(cat $S/verify_mismatches 2>/dev/null || echo 0)" = 0 ] || { echo "DEMO-ERROR verify mismatches"; rc=1; }
-echo "DEMO-DONE rc=$rc"
-exit "$rc"
+demo_finish "$rc"

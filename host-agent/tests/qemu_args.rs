@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::process::spawn_agent;
+use common::process::{spawn_agent, AgentProcess};
 use common::TempDir;
 use serde_json::Value;
 
@@ -41,6 +41,24 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// An agent whose ring_dir is the real /dev/shm: once it has stopped, its
+/// ring-directory lock file there (`/dev/shm/vmdedup.lock`, holding its
+/// pid) goes too, unless it names another process by then (a real agent's
+/// lock is left alone).
+struct ShmAgent(Option<AgentProcess>);
+
+impl Drop for ShmAgent {
+    fn drop(&mut self) {
+        let Some(agent) = self.0.take() else { return };
+        let pid = agent.0.id().to_string();
+        drop(agent);
+        let lock = Path::new("/dev/shm/vmdedup.lock");
+        if std::fs::read_to_string(lock).is_ok_and(|p| p.trim() == pid) {
+            let _ = std::fs::remove_file(lock);
+        }
     }
 }
 
@@ -120,7 +138,7 @@ fn from_a_running_agent_in_every_format() {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--config", s(&file), "--ring-size", "1M"])
         .env("VMDEDUP_LOG", "warn");
-    let _agent = spawn_agent(cmd, &control, "the agent exited");
+    let _agent = ShmAgent(Some(spawn_agent(cmd, &control, "the agent exited")));
     let pool = pools.join("pool.tenant-a");
     let want = expected_args(&ring, 1 << 20, &pool, 2 << 20);
 

@@ -47,16 +47,26 @@ ktap_diag "file: $F ($(stat -c %s "$F") bytes)"
 pool_served "$F" >/dev/null 2>&1 || ktap_skip_from 1 "the agent never served $REL from the pool"
 for o in $OTHERS; do pool_served "$MNT/$o" >/dev/null 2>&1 || true; done
 
-mm0=$(stat_of mmap_pool); fp0=$(stat_of faults_pool)
-rm -f /tmp/fs_restart.stop
-"$WATCH" "$F" "$L" /tmp/fs_restart.stop 900 > /tmp/fs_restart.watch 2>&1 &
-W=$!
-for _ in $(seq 1 300); do
-    grep -q 'mmapwatch: mapped' /tmp/fs_restart.watch 2>/dev/null && break
-    kill -0 "$W" 2>/dev/null || break
-    sleep 0.1
-done
+# The other guest churns frames under a small budget, so the map may be
+# revoked between the read above and the mapping (which then maps the lower
+# file): stop that watcher and try again, a few times.
 mapped() { grep -q 'mmapwatch: mapped' /tmp/fs_restart.watch && [ "$(stat_of mmap_pool)" -gt "$mm0" ] && [ "$(stat_of faults_pool)" -gt "$fp0" ]; }
+for attempt in 1 2 3 4 5 6 7 8; do
+    pool_served "$F" >/dev/null 2>&1 || true
+    mm0=$(stat_of mmap_pool); fp0=$(stat_of faults_pool)
+    rm -f /tmp/fs_restart.stop
+    "$WATCH" "$F" "$L" /tmp/fs_restart.stop 900 > /tmp/fs_restart.watch 2>&1 &
+    W=$!
+    for _ in $(seq 1 300); do
+        grep -q 'mmapwatch: mapped' /tmp/fs_restart.watch 2>/dev/null && break
+        kill -0 "$W" 2>/dev/null || break
+        sleep 0.1
+    done
+    mapped && break
+    ktap_diag "attempt $attempt: the mapping did not come from the pool; again"
+    touch /tmp/fs_restart.stop
+    wait "$W" 2>/dev/null
+done
 if ! mapped; then
     cat /tmp/fs_restart.watch
     touch /tmp/fs_restart.stop

@@ -4,26 +4,21 @@
 #   bench.mode=lower|shared   read /lower/bench (no dedup, KSM) or /shared/bench
 #   bench.passes=N            times the workload goes through the tree
 #   bench.micro=none|cold|warm  in-guest read timing instead of the workload
+#   bench.ballast=MIB         private random memory held during the run
+#   bench.idle=SECS           an idle window after the reads (BENCH-IDLE)
 # Output lines (on the output port): BENCH-STATS (module counters),
-# BENCH-READS-DONE once the workload has read everything, MICRO lines.
-arg() { sed -n "s/.*bench\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
-mode=$(arg mode); passes=$(arg passes); micro=$(arg micro)
+# BENCH-READS-DONE once the workload has read everything, MICRO lines, and
+# those of bench-guest-lib.sh.
+# shellcheck source=bench-guest-lib.sh
+. "$(dirname "$0")/bench-guest-lib.sh"
+mode=$(bench_arg mode); passes=$(bench_arg passes); micro=$(bench_arg micro)
 [ -n "$passes" ] || passes=2
-S=/sys/kernel/vmdedup/stats
-stats() {
-    [ -d "$S" ] || return 0
-    line="BENCH-STATS $1"
-    for c in hints_sent answers_hit answers_miss_loading pages_pool pages_lower faults_pool mmap_pool mmap_lower \
-             fallbacks doorbells_needed requests_timed_out answers_late; do
-        line="$line $c=$(cat "$S/$c" 2>/dev/null || echo 0)"
-    done
-    echo "$line"
-}
 L=/lower/bench
 M=/lower/bench
 [ "$mode" = shared ] && M=/shared/bench
 echo "BENCH-START mode=$mode passes=$passes micro=$micro"
-stats start
+bench_ballast "$(bench_arg ballast)" /bench
+bench_stats start
 if [ "$micro" = cold ] || [ "$micro" = warm ]; then
     # Time with a fine clock: right after boot the guest may still count in
     # jiffies (4 ms steps) until it switches to the TSC.
@@ -61,7 +56,10 @@ warm)
     done
     ;;
 esac
-stats end
+bench_stats end
 echo "BENCH-READS-DONE"
+# Idle: a few seconds for the last answers and revocations, then the window.
+sleep 5
+bench_idle "$(bench_arg idle)"
 # Stay up (idle) until the host stops this guest.
 while :; do sleep 3600; done

@@ -242,7 +242,12 @@ pub struct NamespaceConfig {
 pub struct Namespace {
     cfg: NamespaceConfig,
     root: OwnedFd,
+    /// The root's device: what "the same filesystem" compares where the
+    /// kernel reports no mount id.
     root_dev: u64,
+    /// The root's mount id (`statx` `STATX_MNT_ID`, Linux 5.8): nothing on
+    /// another mount is part of the namespace.
+    root_mnt: Option<u64>,
     mode: ResolveMode,
     no_openat2: AtomicBool,
 }
@@ -262,6 +267,40 @@ fn fstat(fd: RawFd) -> io::Result<libc::stat> {
         return Err(io::Error::last_os_error());
     }
     Ok(st)
+}
+
+/// The mount id of what `name` names relative to `dirfd` (`None`: `dirfd`
+/// itself), without following a final symlink, with its file type; the
+/// mount id is `None` where the kernel does not report one (before 5.8).
+fn statx_mount(
+    dirfd: RawFd,
+    name: Option<&std::ffi::CStr>,
+) -> io::Result<(libc::mode_t, Option<u64>)> {
+    // SAFETY: an all-zero statx is a valid value to be overwritten.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let (path, flags) = match name {
+        Some(n) => (n.as_ptr(), libc::AT_SYMLINK_NOFOLLOW),
+        None => (
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        ),
+    };
+    // SAFETY: `dirfd` is an open descriptor owned by the caller, `path` is
+    // NUL-terminated and outlives the call, `stx` is a valid out-pointer.
+    let r = unsafe {
+        libc::statx(
+            dirfd,
+            path,
+            flags,
+            libc::STATX_TYPE | libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mnt = (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id);
+    Ok((libc::mode_t::from(stx.stx_mode) & libc::S_IFMT, mnt))
 }
 
 fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
@@ -343,10 +382,12 @@ impl Namespace {
         })
         .map_err(root_err)?;
         let st = fstat(root.as_raw_fd()).map_err(root_err)?;
+        let (_, root_mnt) = statx_mount(root.as_raw_fd(), None).map_err(root_err)?;
         Ok(Namespace {
             cfg,
             root,
             root_dev: st.st_dev,
+            root_mnt,
             mode,
             no_openat2: AtomicBool::new(false),
         })
@@ -375,6 +416,20 @@ impl Namespace {
     /// Whether VMs of trust domain `domain` may use it.
     pub fn allows(&self, domain: &str) -> bool {
         self.cfg.domains.iter().any(|d| d == "*" || d == domain)
+    }
+
+    /// Whether `fd` (with its `st`) is on the root's mount: the same mount id
+    /// where the kernel reports one, so that an overlayfs root, whose
+    /// non-directories report the device of their layer, is one namespace;
+    /// the same device otherwise.
+    fn on_root_mount(&self, fd: RawFd, st: &libc::stat) -> Result<bool, ResolveError> {
+        match self.root_mnt {
+            Some(root) => {
+                let (_, mnt) = statx_mount(fd, None).map_err(ResolveError::Io)?;
+                Ok(mnt == Some(root))
+            }
+            None => Ok(st.st_dev == self.root_dev),
+        }
     }
 
     /// Opens the regular file at `rel` strictly beneath the root.
@@ -419,7 +474,7 @@ impl Namespace {
             (libc::S_IFLNK, _) => return Err(ResolveError::Symlink),
             _ => return Err(ResolveError::NotRegular),
         };
-        if st.st_dev != self.root_dev {
+        if !self.on_root_mount(probe.as_raw_fd(), &st)? {
             return Err(ResolveError::Escape);
         }
         let fd = open(flags).map_err(map_open_err)?;
@@ -459,7 +514,7 @@ impl Namespace {
                 libc::S_IFLNK => return Err(ResolveError::Symlink),
                 _ => return Err(ResolveError::NotFound),
             }
-            if st.st_dev != self.root_dev {
+            if !self.on_root_mount(probe.as_raw_fd(), &st)? {
                 return Err(ResolveError::Escape);
             }
             dir = probe;
@@ -505,13 +560,18 @@ impl Namespace {
                     },
                 },
             };
-            for (name, kind, dev) in dir_entries(fd) {
+            for (name, kind, mount) in dir_entries(fd, self.root_mnt.is_some()) {
                 let mut r = rel.clone();
                 if !r.is_empty() {
                     r.push(b'/');
                 }
                 r.extend_from_slice(&name);
-                if dev != self.root_dev || r.len() > MAX_REL_PATH {
+                let here = match (self.root_mnt, mount) {
+                    (Some(root), EntryMount::Id(id)) => id == root,
+                    (None, EntryMount::Dev(dev)) => dev == self.root_dev,
+                    _ => false,
+                };
+                if !here || r.len() > MAX_REL_PATH {
                     continue;
                 }
                 match kind {
@@ -543,11 +603,20 @@ struct Opened {
     st: libc::stat,
 }
 
+/// Where a directory entry lives: its mount id, or its device on kernels
+/// that report no mount id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryMount {
+    Id(u64),
+    Dev(u64),
+}
+
 /// The entries of directory `fd` (consumed) but `.` and `..`: each name,
-/// with its file type and device as `fstatat(AT_SYMLINK_NOFOLLOW)` sees
-/// them (a symlink is a symlink, never what it points to). Entries that
-/// vanish meanwhile are left out.
-fn dir_entries(fd: OwnedFd) -> Vec<(Vec<u8>, libc::mode_t, u64)> {
+/// with its file type and its mount id (`by_mount_id`) or device, as
+/// `statx`/`fstatat` with `AT_SYMLINK_NOFOLLOW` see them (a symlink is a
+/// symlink, never what it points to). Entries that vanish meanwhile are
+/// left out.
+fn dir_entries(fd: OwnedFd, by_mount_id: bool) -> Vec<(Vec<u8>, libc::mode_t, EntryMount)> {
     use std::os::fd::IntoRawFd;
     let raw = fd.into_raw_fd();
     // SAFETY: `raw` is an open directory descriptor we own; on success the
@@ -573,6 +642,14 @@ fn dir_entries(fd: OwnedFd) -> Vec<(Vec<u8>, libc::mode_t, u64)> {
         if bytes == b"." || bytes == b".." {
             continue;
         }
+        if by_mount_id {
+            // SAFETY: `dir` is a valid stream until the closedir below.
+            let dfd = unsafe { libc::dirfd(dir) };
+            if let Ok((kind, Some(id))) = statx_mount(dfd, Some(name)) {
+                out.push((bytes.to_vec(), kind, EntryMount::Id(id)));
+            }
+            continue;
+        }
         // SAFETY: an all-zero stat is a valid value to be overwritten.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `dirfd` of a valid stream; `name` is NUL-terminated; `st`
@@ -586,7 +663,11 @@ fn dir_entries(fd: OwnedFd) -> Vec<(Vec<u8>, libc::mode_t, u64)> {
             )
         };
         if r == 0 {
-            out.push((bytes.to_vec(), st.st_mode & libc::S_IFMT, st.st_dev));
+            out.push((
+                bytes.to_vec(),
+                st.st_mode & libc::S_IFMT,
+                EntryMount::Dev(st.st_dev),
+            ));
         }
     }
     // SAFETY: `dir` came from fdopendir and is closed once (closing `raw`).

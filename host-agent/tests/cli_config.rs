@@ -10,6 +10,7 @@ use vmdedup_host_agent::namespace::NamespaceConfig;
 
 mod common;
 use common::agent::vm;
+use common::process::s;
 use common::process::spawn_agent;
 use common::service::ns_config;
 use common::TempDir;
@@ -28,10 +29,6 @@ fn ok_stdout(args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8(o.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// What `scripts/guest-run` describes: two namespaces compared at whole

@@ -1,23 +1,14 @@
 //! `--json` on every listing command (`status`, `vms`, `files`): each
 //! prints one JSON document that says what the human table says.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
 use common::process::spawn_ready;
+use common::process::{s, vmdedup};
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
-
-fn vmdedup(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("VMDEDUP_LOG", "warn")
-        .env_remove("VMDEDUP_CONTROL")
-        .output()
-        .unwrap()
-}
 
 fn json(args: &[&str]) -> serde_json::Value {
     let o = vmdedup(args);
@@ -32,10 +23,6 @@ fn json(args: &[&str]) -> serde_json::Value {
             String::from_utf8_lossy(&o.stdout)
         )
     })
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

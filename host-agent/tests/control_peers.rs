@@ -8,14 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
+use common::process::s;
 use common::process::spawn_agent;
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A configuration for one VM and one namespace, everything inside `dir`.
 fn config(dir: &Path, control_group: Option<&str>) -> (PathBuf, PathBuf) {

@@ -1,27 +1,14 @@
 //! The exit status of each kind of failure, as `vmdedup --help` and the
 //! man page document it.
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
 use common::process::spawn_ready;
+use common::process::{s, vmdedup};
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
-
-fn vmdedup(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("VMDEDUP_LOG", "warn")
-        .env_remove("VMDEDUP_CONTROL")
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn code(o: &Output) -> Option<i32> {
     o.status.code()

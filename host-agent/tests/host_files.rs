@@ -16,16 +16,13 @@ use vmdedup_host_agent::hostfile::group_id;
 use vmdedup_host_agent::region;
 
 mod common;
+use common::process::s;
 use common::process::{spawn_agent, AgentProcess};
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
 const POOL_SIZE: u64 = 1 << 20;
 const NOBODY: u32 = 65534;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod common;
 use common::agent::Guest;
+use common::process::s;
 use common::process::spawn_agent;
 use common::TempDir;
 use serde_json::Value;
@@ -18,10 +18,6 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
 /// Debian's interpreter, where `python3-prometheus-client` installs.
 const PYTHON: &str = "/usr/bin/python3";
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// GET /metrics with or without asking for OpenMetrics: (content type, body).
 fn scrape(addr: &str, openmetrics: bool) -> (String, String) {

@@ -9,15 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
+use common::process::s;
 use common::process::{spawn_agent, AgentProcess};
 use common::TempDir;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn vmdedup(args: &[&str]) -> Output {
     Command::new(BIN)

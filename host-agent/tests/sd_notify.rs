@@ -3,18 +3,14 @@
 //! STOPPING=1 on shutdown.
 
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 mod common;
+use common::process::s;
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A free loopback TCP port (free when this returns; nothing else here
 /// binds loopback ports).

@@ -3,28 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::SystemTime;
 
 mod common;
+use common::process::{s, vmdedup};
 use common::{SmallTmpfs, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
 
 /// The exit status of a configuration (or host) that is not fit to serve.
 const EXIT_CONFIG: i32 = 78;
-
-fn vmdedup(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("VMDEDUP_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Every file under `dir` with its kind, size and modification time.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (bool, u64, SystemTime)> {

@@ -5,26 +5,14 @@
 //! and checks nothing).
 
 use std::io::Write;
-use std::path::Path;
 use std::process::Command;
 
 mod common;
 use common::process::spawn_agent;
+use common::process::{s, vmdedup};
 use common::{SmallTmpfs, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
-
-fn vmdedup(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("VMDEDUP_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn status_shows_a_full_pool_filesystem_per_domain() {

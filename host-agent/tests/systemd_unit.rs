@@ -20,16 +20,13 @@ use std::time::Duration;
 
 mod common;
 use common::agent::Guest;
+use common::process::s;
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
 
 fn unit_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/vmdedup.service")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn systemd_analyze(args: &[&str], env: &[(&str, &Path)]) -> Output {

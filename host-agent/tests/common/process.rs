@@ -75,3 +75,22 @@ pub fn spawn_ready(mut cmd: Command, dir: &Path, exited: &str) -> AgentProcess {
         assert!(Instant::now() < give_up, "the agent never sent READY=1");
     }
 }
+
+/// The `vmdedup` binary Cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
+
+/// Runs `vmdedup ARGS` to completion: logs at warn, and no control socket
+/// taken from the test's environment.
+pub fn vmdedup(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("VMDEDUP_LOG", "warn")
+        .env_remove("VMDEDUP_CONTROL")
+        .output()
+        .unwrap()
+}
+
+/// A path as a command-line argument (the tests' paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

@@ -172,6 +172,9 @@ fn has_counter(logs: &[String], name: &str) -> bool {
         .any(|s| get(&s, name).is_some())
 }
 
+/// The module's count of its periodic timer's runs.
+const WAKEUP_COUNTER: &str = "timer_wakeups";
+
 /// Upper bounds (us) of the module's hint round-trip buckets, in order;
 /// the last bucket (`hint_rtt_us_over`) has none.
 const RTT_BUCKETS: [u64; 15] = [
@@ -362,6 +365,9 @@ fn config_result(run: &Path, cfg: &str, ideal: u64, one_copy: u64) -> Option<Val
     }
     if let Some(idle) = idle_guests(&logs) {
         r["idle_guest"] = idle;
+        // Without a count of its timer's runs the module's own idle
+        // wake-ups cannot be told from the tick's.
+        r["module_counts_timer_wakeups"] = json!(has_counter(&logs, WAKEUP_COUNTER));
     }
     if is_vmdedup(cfg) {
         if let Some((n, (p50, p90, p99))) = hint_rtt(&logs) {
@@ -871,13 +877,22 @@ fn markdown(
                 "- at most 0.01 doorbells per hint under load, {c}: no doorbell device (ivshmem-plain ring); the guests found the poller parked at {n:.4} per hint, and those hints waited for its park timeout — **missed**"
             );
         }
-        if let Some(ig) = r.get("idle_guest") {
+        let counted = r
+            .get("module_counts_timer_wakeups")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if r.get("idle_guest").is_some() && !counted {
+            let _ = writeln!(
+                m,
+                "- no idle wake-ups from the module, {c}: not measured — this module does not count its timer's runs (`{WAKEUP_COUNTER}`), and the guest's timer interrupts include the tick"
+            );
+        } else if let Some(ig) = r.get("idle_guest") {
             let mod_irqs = f(ig, "module_irqs_per_s");
             let counters = ig
                 .get("module_counters_per_s")
                 .and_then(Value::as_object)
                 .map(|o| {
-                    ["timer_wakeups", "doorbells_rung", "irqs_received"]
+                    [WAKEUP_COUNTER, "doorbells_rung", "irqs_received"]
                         .iter()
                         .map(|k| o.get(*k).and_then(Value::as_f64).unwrap_or(0.0))
                         .sum::<f64>()

@@ -373,7 +373,8 @@ static int vmdedup_file_open(struct inode *inode, struct file *file)
 	struct vmdedup_sb *sbi = VSB(inode->i_sb);
 	struct path *lp = lower_path(file->f_path.dentry);
 	struct inode *lower = VI(inode)->lower;
-	struct vmdedup_ident id;
+	struct vmdedup_ident id = {};
+	struct timespec64 mt, ct;
 	struct file *lf;
 	char *buf, *path;
 
@@ -386,18 +387,25 @@ static int vmdedup_file_open(struct inode *inode, struct file *file)
 	if (!VI(inode)->rs)
 		return 0;
 
+	mt = inode_get_mtime(lower);
+	ct = inode_get_ctime(lower);
+	id.size = i_size_read(lower);
+	id.mtime_ns = timespec64_to_ns(&mt);
+	id.ctime_ns = timespec64_to_ns(&ct);
+	id.ino = lower->i_ino;
+	/*
+	 * A file whose answer is kept (or known missing) and whose lower inode
+	 * did not change needs no hint: skip the path and the attribute.
+	 */
+	if (vmdedup_rs_open_settled(sbi->rs, VI(inode)->rs, &id))
+		return 0;
+
 	/* The hint: the path below the mount root (symlinks already resolved). */
 	buf = __getname();
 	if (!buf)
 		return 0; /* no hint: served from lower */
 	path = dentry_path_raw(file->f_path.dentry, buf, PATH_MAX);
 	if (!IS_ERR(path)) {
-		struct timespec64 mt = inode_get_mtime(lower), ct = inode_get_ctime(lower);
-
-		id.size = i_size_read(lower);
-		id.mtime_ns = timespec64_to_ns(&mt);
-		id.ctime_ns = timespec64_to_ns(&ct);
-		id.ino = lower->i_ino;
 		vmdedup_read_fingerprint(lp->dentry, &id);
 		vmdedup_rs_open(sbi->rs, VI(inode)->rs, &id, path, strlen(path));
 	}

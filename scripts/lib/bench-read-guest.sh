@@ -45,8 +45,9 @@ for m in "$OFF" "$SAMPLE"; do
     echo "BENCH-WARM $m passes=$((n + 1)) pages_lower_last=$(( $(stat_of pages_lower) - before ))"
 done
 # measure LABEL PROGRAM ARGS...: prints a warm run with the module's pool
-# and lower page counters over it. Three rounds of every measurement,
-# interleaved: the host keeps the best of each (the machine may be busy).
+# and lower page counters over it. Rounds (/bench/rounds, default three) of
+# every measurement, interleaved: the host keeps the best of each (the
+# machine may be busy).
 measure() {
     label=$1; shift
     p0=$(stat_of pages_pool); l0=$(stat_of pages_lower); f0=$(stat_of faults_pool); a0=$(stat_of faults_around_pages)
@@ -54,7 +55,10 @@ measure() {
     echo "$out"
     echo "BENCH-STATS $label pages_pool=$(( $(stat_of pages_pool) - p0 )) pages_lower=$(( $(stat_of pages_lower) - l0 )) faults_pool=$(( $(stat_of faults_pool) - f0 )) faults_around_pages=$(( $(stat_of faults_around_pages) - a0 ))"
 }
-for round in 1 2 3; do
+rounds=$(cat /bench/rounds 2>/dev/null || echo 3)
+round=0
+while [ "$round" -lt "$rounds" ]; do
+    round=$((round + 1))
     echo "BENCH-ROUND $round"
     measure lower_warm_4k /bench/readbench lower_warm_4k 4096 /bench/lower.list "$L"
     measure pool_off_4k /bench/readbench pool_off_4k 4096 /bench/pool.list "$OFF"

@@ -190,6 +190,21 @@ impl Run<'_> {
     }
 }
 
+/// What [`InodeState::fast_run`] found for a read.
+pub(crate) enum Fast<'s> {
+    /// The run of pool frames serving the read's first byte, the byte of
+    /// the run that is, how many bytes of the read the run serves (at most
+    /// those asked, none past the end of the file; fewer where the frames
+    /// stop being consecutive), and whether that is all the read can get
+    /// (all bytes asked, or all up to the end of the file).
+    Run(Run<'s>, usize, usize, bool),
+    /// The read starts at or past the end of the file the kept answer
+    /// describes: nothing to read. The answer was kept for the lower
+    /// file's identity (size included) as of the last open, and every byte
+    /// before the end is served from it; the end is its end too.
+    End,
+}
+
 /// What a miss means for the next open.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MissKind {
@@ -367,34 +382,35 @@ impl InodeState {
         m.run(page, max_pages)
     }
 
-    /// A read's fast path: if no request is pending and the kept answer
-    /// passed its install check and covers byte `pos`, the run of pool
-    /// frames serving `pos..` (at most `count` bytes, none past the end of
-    /// the file), with the byte of the run `pos` is at and how many bytes
-    /// of the read the run serves (fewer than asked where the frames stop
-    /// being consecutive). Everything the read needs under one lock, taken
-    /// inside `section` as in [`InodeState::run`]; `None` when the read
-    /// must take the general path.
+    /// A read's fast path, if no request is pending and the kept answer
+    /// passed its install check: [`Fast::Run`] when the answer covers byte
+    /// `pos`, [`Fast::End`] when `pos` is at or past the end of the file it
+    /// describes. Everything the read needs under one lock, taken inside
+    /// `section` as in [`InodeState::run`]; `None` when the read must take
+    /// the general path.
     pub(crate) fn fast_run<'s>(
         &self,
         _section: &'s PoolReadSection,
         pos: u64,
         count: usize,
-    ) -> Option<(Run<'s>, usize, usize)> {
+    ) -> Option<Fast<'s>> {
         let s = self.inner.lock();
         if s.pending {
             return None;
         }
         let m = s.map.as_ref()?;
-        if s.checked_map != Some(m.file_map_id) || pos >= m.file_size {
+        if s.checked_map != Some(m.file_map_id) {
             return None;
         }
-        let len = count.min(usize::try_from(m.file_size - pos).unwrap_or(usize::MAX));
+        if pos >= m.file_size {
+            return Some(Fast::End);
+        }
+        let want = count.min(usize::try_from(m.file_size - pos).unwrap_or(usize::MAX));
         let in_page = (pos % FRAME_SIZE) as usize;
-        let max_pages = (in_page.checked_add(len)?).div_ceil(FRAME_SIZE as usize) as u64;
+        let max_pages = (in_page.checked_add(want)?).div_ceil(FRAME_SIZE as usize) as u64;
         let run = m.run(pos / FRAME_SIZE, max_pages)?;
-        let len = len.min(run.bytes() - in_page);
-        Some((run, in_page, len))
+        let len = want.min(run.bytes() - in_page);
+        Some(Fast::Run(run, in_page, len, len == want))
     }
 
     /// Maps the pool frame of page `pgoff` of file map `id` with `insert`

@@ -13,7 +13,7 @@ use kernel::sync::{Arc, ArcBorrow};
 use kernel::time::Ktime;
 
 use crate::ffi::{self, Io, MmapPlan, PoolReadSection, VmFault, VmFlags};
-use crate::file::{Ident, InodeState};
+use crate::file::{Fast, Ident, InodeState};
 use crate::link::Shared;
 use crate::pool::FRAME_SIZE;
 use crate::stats::{self, Counter};
@@ -220,8 +220,8 @@ impl Mount {
         let mut done = 0usize;
         if self.verify != Verify::Full {
             match self.read_fast(file, io, upos, count) {
-                Some(n) if n == count => return Ok(n as isize),
-                Some(n) => done = n,
+                Some((n, true)) => return Ok(n as isize),
+                Some((n, false)) => done = n,
                 None => {}
             }
         }
@@ -281,11 +281,12 @@ impl Mount {
     /// inside a pool read section finds the run of frames serving `pos..`
     /// ([`InodeState::fast_run`]), one `copy_to_iter()` copies it, and one
     /// check of the table after the copy decides whether the bytes stand.
-    /// Returns how many bytes it served (a prefix of the read, all of it
-    /// when the run covers it), `None` when the read must take the general
-    /// path from `pos`: no checked answer covering `pos`, a request pending,
-    /// the table dead after the copy (reverted), or a destination to fault
-    /// in.
+    /// Returns how many bytes it served (a prefix of the read) and whether
+    /// that is the whole read (all bytes asked, or the end of the file:
+    /// then no lower read, and no lower file opened, for the call that
+    /// finds the end); `None` when the read must take the general path
+    /// from `pos`: no checked answer, a request pending, the table dead
+    /// after the copy (reverted), or a destination to fault in.
     ///
     /// One check, after the copy, is what the general path's two checks
     /// guarantee: the host zeroes a table's magic before it reuses any of
@@ -294,9 +295,21 @@ impl Mount {
     /// described it, and its frames held the map's bytes, for the whole
     /// copy. (A check before the copy only spares the copy of a table that
     /// is already dead; the one after would revert it.)
-    fn read_fast(&self, file: &InodeState, io: &mut Io, pos: u64, count: usize) -> Option<usize> {
+    fn read_fast(
+        &self,
+        file: &InodeState,
+        io: &mut Io,
+        pos: u64,
+        count: usize,
+    ) -> Option<(usize, bool)> {
         let section = PoolReadSection::enter();
-        let (run, in_page, len) = file.fast_run(&section, pos, count)?;
+        let (run, in_page, len, all) = match file.fast_run(&section, pos, count)? {
+            Fast::Run(run, in_page, len, all) => (run, in_page, len, all),
+            Fast::End => {
+                stats::inc(Counter::reads_fast);
+                return Some((0, true));
+            }
+        };
         let copied = run.copy_out(io, in_page, len)?;
         let (live, id) = (run.live(), run.map_id());
         drop(section);
@@ -313,7 +326,7 @@ impl Mount {
         stats::inc(Counter::reads_fast);
         stats::add(Counter::pages_pool, run_pages(in_page, copied));
         stats::add(Counter::bytes_pool, copied as u64);
-        Some(copied)
+        Some((copied, all && copied == len))
     }
 
     /// Serves bytes `p..p + left` of `file` from the run of consecutive

@@ -50,8 +50,13 @@ static_assert(offsetof(struct vmdedup_ident, mtime_ns) == 8);
 static_assert(offsetof(struct vmdedup_ident, ctime_ns) == 16);
 static_assert(offsetof(struct vmdedup_ident, ino) == 24);
 
-/* One read in progress: opaque to Rust, passed back to the helpers in fs.c. */
+/*
+ * One read in progress: opaque to Rust, passed back to the helpers in fs.c.
+ * `lower` is NULL until a helper needs the lower file (opened then if the
+ * open of `file` left it for later).
+ */
 struct vmdedup_io {
+	struct file *file;
 	struct file *lower;
 	struct iov_iter *iter;
 };

@@ -307,6 +307,31 @@ unsafe extern "C" fn vmdedup_rs_open(
     m.open(file, id.into(), path);
 }
 
+/// An open's fast path: 1 if the file needs nothing from this open (see
+/// [`Mount::open_settled`]), so the caller skips the path and the
+/// fingerprint and does not call [`vmdedup_rs_open`]; 0 otherwise.
+///
+/// # Safety
+/// `m` and `ist` are live (as above, `ist` may be NULL); `id` points to a
+/// valid identity (its fingerprint is not read).
+#[no_mangle]
+unsafe extern "C" fn vmdedup_rs_open_settled(
+    m: *mut c_void,
+    ist: *mut c_void,
+    id: *const IdentC,
+) -> c_int {
+    if ist.is_null() || id.is_null() {
+        return 0;
+    }
+    // SAFETY: forwarded caller contract; the borrow ends with this call,
+    // while the inode still holds its reference.
+    let (m, file) = unsafe { (mount(m), inode_state(ist)) };
+    let Some(file) = file else { return 0 };
+    // SAFETY: `id` points to a valid identity (caller contract).
+    let id = unsafe { *id };
+    c_int::from(m.open_settled(&file, &id.into()))
+}
+
 /// Serves a read. Returns bytes read or a negative errno.
 ///
 /// # Safety

@@ -17,7 +17,7 @@ use core::marker::PhantomData;
 use crate::abi::{parse_fingerprint_text, Fingerprint};
 use crate::ffi::{self, Io, PoolReadSection, VmFault};
 use crate::mapping::{Mapping, PoolWindow};
-use crate::pool::{PoolGeometry, TableHeader, FRAME_SIZE, TABLE_HEADER_SIZE};
+use crate::pool::{table_off, PoolGeometry, TableHeader, FRAME_SIZE, TABLE_HEADER_SIZE};
 
 /// Set when a file state let go of a map outside the client (eviction,
 /// verify mismatch, identity change, a dead table found by a read): the
@@ -59,7 +59,45 @@ impl FileMap {
             pool_generation: self.pool_generation,
         }
     }
+
+    /// The run of consecutive frames serving pages `page..`, at most
+    /// `max_pages` (at least one) of them, if the map covers `page`. Called
+    /// under the lock of the file that keeps the map, inside the pool read
+    /// section `'s`.
+    fn run<'s>(&self, page: u64, max_pages: u64) -> Option<Run<'s>> {
+        let i = usize::try_from(page).ok()?;
+        let first = *self.frames.get(i)?;
+        let mut pages = 1u64;
+        while pages < max_pages {
+            let next = self.frames.get(i + pages as usize).copied();
+            if next.is_none() || next != first.checked_add(pages as u32) {
+                break;
+            }
+            pages += 1;
+        }
+        // Every frame of the run is in the pool: the first and the last are.
+        let off = self.geom.frame_offset(first).ok()?;
+        self.geom.frame_offset(first + (pages - 1) as u32).ok()?;
+        let off = usize::try_from(off).ok()?;
+        self.window.range(off, (pages * FRAME_SIZE) as usize)?;
+        Some(Run {
+            window: self.window,
+            off,
+            pages,
+            key: self.key(),
+            _section: PhantomData,
+        })
+    }
 }
+
+/// The bytes of a table header that say whether it is live: magic, file map
+/// id and, last, the pool generation.
+const LIVE_BYTES: usize = table_off::POOL_GENERATION + 8;
+const _: () = assert!(
+    table_off::MAGIC < LIVE_BYTES
+        && table_off::FILE_MAP_ID < LIVE_BYTES
+        && LIVE_BYTES <= TABLE_HEADER_SIZE
+);
 
 /// Which pool table a kept answer was copied from: enough to check, around a
 /// copy or a fault, that the table is still live and still this file map's.
@@ -77,10 +115,13 @@ impl TableKey {
         self.live_with(|off, b| pool.read_bytes(off, b))
     }
 
-    /// As [`TableKey::live`], reading the header with `read`.
+    /// As [`TableKey::live`], reading the header with `read`: only its
+    /// words up to the pool generation, all that [`TableHeader::describes`]
+    /// looks at (the rest stays zero in the copy).
     fn live_with(&self, read: impl FnOnce(usize, &mut [u8]) -> bool) -> bool {
         let mut b = [0u8; TABLE_HEADER_SIZE];
-        usize::try_from(self.offset).is_ok_and(|off| read(off, &mut b))
+        usize::try_from(self.offset)
+            .is_ok_and(|off| b.get_mut(..LIVE_BYTES).is_some_and(|w| read(off, w)))
             && TableHeader::from_le_bytes(&b).describes(self.file_map_id, self.pool_generation)
     }
 }
@@ -147,6 +188,21 @@ impl Run<'_> {
         // SAFETY: as in `copy_out`.
         unsafe { ffi::pool_equal(src, buf) }
     }
+}
+
+/// What [`InodeState::fast_run`] found for a read.
+pub(crate) enum Fast<'s> {
+    /// The run of pool frames serving the read's first byte, the byte of
+    /// the run that is, how many bytes of the read the run serves (at most
+    /// those asked, none past the end of the file; fewer where the frames
+    /// stop being consecutive), and whether that is all the read can get
+    /// (all bytes asked, or all up to the end of the file).
+    Run(Run<'s>, usize, usize, bool),
+    /// The read starts at or past the end of the file the kept answer
+    /// describes: nothing to read. The answer was kept for the lower
+    /// file's identity (size included) as of the last open, and every byte
+    /// before the end is served from it; the end is its end too.
+    End,
 }
 
 /// What a miss means for the next open.
@@ -216,21 +272,30 @@ impl InodeState {
             s.miss = None;
         }
         s.ident = Some(ident);
-        if s.lower_only || s.map.is_some() || s.pending {
+        if !hint_due(&s) {
             return false;
-        }
-        match s.miss {
-            Some((MissKind::Final, _)) => return false,
-            Some((MissKind::Retry, at)) => {
-                let wait = i64::from(ffi::param(ffi::Param::RehintMs));
-                if kernel::time::ktime_ms_delta(Ktime::ktime_get(), at) < wait {
-                    return false;
-                }
-            }
-            None => {}
         }
         s.pending = true;
         true
+    }
+
+    /// An open's fast path: whether the file needs nothing from this open,
+    /// so that it may skip what a hint needs (the path, the fingerprint
+    /// attribute). True when the recorded identity has `ident`'s size,
+    /// times and inode number and [`InodeState::want_hint`] would send no
+    /// hint: an answer kept, a request pending, a final miss, a recent one,
+    /// the file on lower for good. The fingerprint is not compared: it is
+    /// an attribute of the lower file, and setting one moves the file's
+    /// ctime (every Linux filesystem's setxattr does), which is compared.
+    pub(crate) fn open_settled(&self, ident: &Ident) -> bool {
+        let s = self.inner.lock();
+        let same = s.ident.is_some_and(|i| {
+            i.size == ident.size
+                && i.mtime_ns == ident.mtime_ns
+                && i.ctime_ns == ident.ctime_ns
+                && i.ino == ident.ino
+        });
+        same && !hint_due(&s)
     }
 
     pub(crate) fn is_pending(&self) -> bool {
@@ -314,28 +379,38 @@ impl InodeState {
     ) -> Option<Run<'s>> {
         let s = self.inner.lock();
         let m = s.map.as_ref().filter(|m| m.file_map_id == want)?;
-        let i = usize::try_from(page).ok()?;
-        let first = *m.frames.get(i)?;
-        let mut pages = 1u64;
-        while pages < max_pages {
-            let next = m.frames.get(i + pages as usize).copied();
-            if next.is_none() || next != first.checked_add(pages as u32) {
-                break;
-            }
-            pages += 1;
+        m.run(page, max_pages)
+    }
+
+    /// A read's fast path, if no request is pending and the kept answer
+    /// passed its install check: [`Fast::Run`] when the answer covers byte
+    /// `pos`, [`Fast::End`] when `pos` is at or past the end of the file it
+    /// describes. Everything the read needs under one lock, taken inside
+    /// `section` as in [`InodeState::run`]; `None` when the read must take
+    /// the general path.
+    pub(crate) fn fast_run<'s>(
+        &self,
+        _section: &'s PoolReadSection,
+        pos: u64,
+        count: usize,
+    ) -> Option<Fast<'s>> {
+        let s = self.inner.lock();
+        if s.pending {
+            return None;
         }
-        // Every frame of the run is in the pool: the first and the last are.
-        let off = m.geom.frame_offset(first).ok()?;
-        m.geom.frame_offset(first + (pages - 1) as u32).ok()?;
-        let off = usize::try_from(off).ok()?;
-        m.window.range(off, (pages * FRAME_SIZE) as usize)?;
-        Some(Run {
-            window: m.window,
-            off,
-            pages,
-            key: m.key(),
-            _section: PhantomData,
-        })
+        let m = s.map.as_ref()?;
+        if s.checked_map != Some(m.file_map_id) {
+            return None;
+        }
+        if pos >= m.file_size {
+            return Some(Fast::End);
+        }
+        let want = count.min(usize::try_from(m.file_size - pos).unwrap_or(usize::MAX));
+        let in_page = (pos % FRAME_SIZE) as usize;
+        let max_pages = (in_page.checked_add(want)?).div_ceil(FRAME_SIZE as usize) as u64;
+        let run = m.run(pos / FRAME_SIZE, max_pages)?;
+        let len = want.min(run.bytes() - in_page);
+        Some(Fast::Run(run, in_page, len, len == want))
     }
 
     /// Maps the pool frame of page `pgoff` of file map `id` with `insert`
@@ -444,6 +519,22 @@ impl InodeState {
         if s.map.take().is_some() {
             SWEEP_NEEDED.store(true, Ordering::Release);
         }
+    }
+}
+
+/// Whether an open should send a hint for the file, given its state `s`
+/// (its identity already recorded).
+fn hint_due(s: &FileState) -> bool {
+    if s.lower_only || s.map.is_some() || s.pending {
+        return false;
+    }
+    match s.miss {
+        Some((MissKind::Final, _)) => false,
+        Some((MissKind::Retry, at)) => {
+            let wait = i64::from(ffi::param(ffi::Param::RehintMs));
+            kernel::time::ktime_ms_delta(Ktime::ktime_get(), at) >= wait
+        }
+        None => true,
     }
 }
 

@@ -368,18 +368,73 @@ static void vmdedup_read_fingerprint(struct dentry *lower, struct vmdedup_ident 
 	id->reserved = 0;
 }
 
+/* Opens the lower file behind `file` (a regular file of ours). */
+static struct file *vmdedup_open_lower(struct file *file)
+{
+	struct path *lp = lower_path(file->f_path.dentry);
+
+	if (!lp)
+		return ERR_PTR(-ESTALE);
+	return backing_file_open(file, file->f_flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC), lp,
+				 VSB(file_inode(file)->i_sb)->cred);
+}
+
+/*
+ * The lower file behind `file`, opened now if the open left it for later
+ * (a settled file, see vmdedup_file_open()). Two callers may race to open
+ * it: the first to publish wins, the other drops its copy. Once set,
+ * file->private_data stays until release: faults and ->access of a mapping
+ * read it without this (vmdedup_mmap() opens it before a mapping exists).
+ */
+static struct file *vmdedup_lower_file(struct file *file)
+{
+	struct file *lf = smp_load_acquire(&file->private_data), *old;
+
+	if (lf)
+		return lf;
+	lf = vmdedup_open_lower(file);
+	if (IS_ERR(lf))
+		return lf;
+	/* Full barrier: the opened file is visible before its pointer. */
+	old = cmpxchg(&file->private_data, NULL, lf);
+	if (old) {
+		fput(lf);
+		return old;
+	}
+	return lf;
+}
+
 static int vmdedup_file_open(struct inode *inode, struct file *file)
 {
 	struct vmdedup_sb *sbi = VSB(inode->i_sb);
 	struct path *lp = lower_path(file->f_path.dentry);
 	struct inode *lower = VI(inode)->lower;
-	struct vmdedup_ident id;
+	struct vmdedup_ident id = {};
+	struct timespec64 mt, ct;
 	struct file *lf;
 	char *buf, *path;
 
 	if (!lp)
 		return -ESTALE;
-	lf = backing_file_open(file, file->f_flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC), lp, sbi->cred);
+	if (VI(inode)->rs) {
+		mt = inode_get_mtime(lower);
+		ct = inode_get_ctime(lower);
+		id.size = i_size_read(lower);
+		id.mtime_ns = timespec64_to_ns(&mt);
+		id.ctime_ns = timespec64_to_ns(&ct);
+		id.ino = lower->i_ino;
+		/*
+		 * A file whose answer is kept (or known missing) and whose
+		 * lower inode did not change needs no hint: skip the path and
+		 * the attribute, and leave the lower file to the first read,
+		 * mapping or fault that needs it (a read the pool serves up to
+		 * the end of the file never does). An earlier open of the same
+		 * inode opened it successfully.
+		 */
+		if (vmdedup_rs_open_settled(sbi->rs, VI(inode)->rs, &id))
+			return 0;
+	}
+	lf = vmdedup_open_lower(file);
 	if (IS_ERR(lf))
 		return PTR_ERR(lf);
 	file->private_data = lf;
@@ -392,12 +447,6 @@ static int vmdedup_file_open(struct inode *inode, struct file *file)
 		return 0; /* no hint: served from lower */
 	path = dentry_path_raw(file->f_path.dentry, buf, PATH_MAX);
 	if (!IS_ERR(path)) {
-		struct timespec64 mt = inode_get_mtime(lower), ct = inode_get_ctime(lower);
-
-		id.size = i_size_read(lower);
-		id.mtime_ns = timespec64_to_ns(&mt);
-		id.ctime_ns = timespec64_to_ns(&ct);
-		id.ino = lower->i_ino;
 		vmdedup_read_fingerprint(lp->dentry, &id);
 		vmdedup_rs_open(sbi->rs, VI(inode)->rs, &id, path, strlen(path));
 	}
@@ -405,23 +454,43 @@ static int vmdedup_file_open(struct inode *inode, struct file *file)
 	return 0;
 }
 
+/* The lower file of the read or mapping `io` serves, opened if need be. */
+static struct file *vmdedup_io_lower(struct vmdedup_io *io)
+{
+	if (!io->lower) {
+		struct file *lf = vmdedup_lower_file(io->file);
+
+		if (IS_ERR(lf))
+			return lf;
+		io->lower = lf;
+	}
+	return io->lower;
+}
+
 /* Helpers Rust calls while it serves one read (see ffi.rs). */
 ssize_t vmdedup_glue_read_lower(struct vmdedup_io *io, loff_t pos, size_t len)
 {
+	struct file *lf = vmdedup_io_lower(io);
 	size_t left = iov_iter_count(io->iter);
 	ssize_t ret;
 
+	if (IS_ERR(lf))
+		return PTR_ERR(lf);
 	if (len > left)
 		len = left;
 	iov_iter_truncate(io->iter, len);
-	ret = vfs_iter_read(io->lower, io->iter, &pos, 0);
+	ret = vfs_iter_read(lf, io->iter, &pos, 0);
 	iov_iter_reexpand(io->iter, left - (ret > 0 ? ret : 0));
 	return ret;
 }
 
 ssize_t vmdedup_glue_read_lower_buf(struct vmdedup_io *io, loff_t pos, void *buf, size_t len)
 {
-	return kernel_read(io->lower, buf, len, &pos);
+	struct file *lf = vmdedup_io_lower(io);
+
+	if (IS_ERR(lf))
+		return PTR_ERR(lf);
+	return kernel_read(lf, buf, len, &pos);
 }
 
 /*
@@ -439,13 +508,15 @@ ssize_t vmdedup_glue_read_lower_buf(struct vmdedup_io *io, loff_t pos, void *buf
  */
 unsigned long vmdedup_glue_drop_lower_pages(struct vmdedup_io *io, loff_t start, loff_t end)
 {
-	struct address_space *mapping = io->lower->f_mapping;
+	struct file *lf = vmdedup_io_lower(io);
+	struct address_space *mapping;
 	unsigned long before, after;
 
-	if (start < 0 || end <= start)
+	if (IS_ERR(lf) || start < 0 || end <= start)
 		return 0;
+	mapping = lf->f_mapping;
 	before = READ_ONCE(mapping->nrpages);
-	if (vfs_fadvise(io->lower, start, end - start, POSIX_FADV_DONTNEED))
+	if (vfs_fadvise(lf, start, end - start, POSIX_FADV_DONTNEED))
 		return invalidate_mapping_pages(mapping, start >> PAGE_SHIFT,
 						(end - 1) >> PAGE_SHIFT);
 	after = READ_ONCE(mapping->nrpages);
@@ -499,7 +570,7 @@ static ssize_t vmdedup_read_iter(struct kiocb *iocb, struct iov_iter *to)
 {
 	struct file *file = iocb->ki_filp;
 	struct inode *inode = file_inode(file);
-	struct vmdedup_io io = { .lower = file->private_data, .iter = to };
+	struct vmdedup_io io = { .file = file, .lower = smp_load_acquire(&file->private_data), .iter = to };
 	ssize_t ret;
 
 	if (!iov_iter_count(to))
@@ -640,8 +711,17 @@ static int vmdedup_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct inode *inode = file_inode(file);
 	struct backing_file_ctx ctx = { .cred = VSB(inode->i_sb)->cred, .user_file = file };
-	struct vmdedup_io io = { .lower = file->private_data, .iter = NULL };
+	struct file *lf = vmdedup_lower_file(file);
+	struct vmdedup_io io = { .file = file, .lower = lf, .iter = NULL };
 	struct vmdedup_mmap_plan plan = { 0 };
+
+	/*
+	 * The lower file first, whatever the mapping serves: a pool mapping
+	 * falls back to it (faults after a revocation, ->access), and its
+	 * faults find it in private_data without opening anything.
+	 */
+	if (IS_ERR(lf))
+		return PTR_ERR(lf);
 
 	/*
 	 * Rust decides from the mapping's flags and the kept answer: pool
@@ -659,7 +739,7 @@ static int vmdedup_mmap(struct file *file, struct vm_area_struct *vma)
 		return 0;
 	}
 	/* Everything else the way overlayfs does it: the lower file maps. */
-	return backing_file_mmap(file->private_data, vma, &ctx);
+	return backing_file_mmap(lf, vma, &ctx);
 }
 
 static const struct file_operations vmdedup_file_fops = {

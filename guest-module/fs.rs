@@ -13,7 +13,7 @@ use kernel::sync::{Arc, ArcBorrow};
 use kernel::time::Ktime;
 
 use crate::ffi::{self, Io, MmapPlan, PoolReadSection, VmFault, VmFlags};
-use crate::file::{Ident, InodeState};
+use crate::file::{Fast, Ident, InodeState};
 use crate::link::Shared;
 use crate::pool::FRAME_SIZE;
 use crate::stats::{self, Counter};
@@ -153,6 +153,22 @@ impl Mount {
         )
     }
 
+    /// Whether an open of `file`, whose lower inode has identity `ident`
+    /// (its fingerprint not read), needs nothing more: no hint can be sent
+    /// from this mount, or the file's state needs none
+    /// ([`InodeState::open_settled`]). Then fs.c skips [`Mount::open`] and
+    /// what it needs (the path, the fingerprint attribute).
+    pub(crate) fn open_settled(&self, file: &InodeState, ident: &Ident) -> bool {
+        if self.ns_id.is_none() {
+            return true;
+        }
+        let settled = file.open_settled(ident);
+        if settled {
+            stats::inc(Counter::opens_settled);
+        }
+        settled
+    }
+
     /// A regular file was opened: hint the host unless its answer is already
     /// kept (or known to be a miss), then poll briefly for the answer.
     pub(crate) fn open(&self, file: ArcBorrow<'_, InodeState>, ident: Ident, path: &[u8]) {
@@ -198,6 +214,17 @@ impl Mount {
         let Some(file) = file else {
             return io.read_lower(pos, count);
         };
+        let Ok(upos) = u64::try_from(pos) else {
+            return Err(EINVAL);
+        };
+        let mut done = 0usize;
+        if self.verify != Verify::Full {
+            match self.read_fast(file, io, upos, count) {
+                Some((n, true)) => return Ok(n as isize),
+                Some((n, false)) => done = n,
+                None => {}
+            }
+        }
         // Take an answer that arrived after the open stopped polling.
         let (pending, mut current, mut size) = file.read_state();
         if pending {
@@ -208,11 +235,14 @@ impl Mount {
             }
             (_, current, size) = file.read_state();
         }
-        let Ok(upos) = u64::try_from(pos) else {
-            return Err(EINVAL);
-        };
         let map_id = self.ready_map_of(file, io, current);
-        let Some(map_id) = map_id.filter(|_| upos < size) else {
+        let at = upos + done as u64;
+        let Some(map_id) = map_id.filter(|_| at < size) else {
+            if done > 0 {
+                // The fast path served the start; the file ends (or its
+                // map went) since: the next call reads on.
+                return Ok(done as isize);
+            }
             stats::inc(Counter::pages_lower);
             return io.read_lower(pos, count);
         };
@@ -221,7 +251,6 @@ impl Mount {
         // of contiguous memory may not be there under pressure, and a read
         // must not fail for it (kvmalloc falls back to vmalloc, silently).
         let mut lower = KVVec::new();
-        let mut done = 0usize;
         while done < count {
             let p = upos + done as u64;
             let left = count - done;
@@ -245,6 +274,59 @@ impl Mount {
             return Err(EFAULT);
         }
         Ok(done as isize)
+    }
+
+    /// The fast path of a read with `verify=off` or `sample` (where the
+    /// install check is done once per kept answer, not per read): one lock
+    /// inside a pool read section finds the run of frames serving `pos..`
+    /// ([`InodeState::fast_run`]), one `copy_to_iter()` copies it, and one
+    /// check of the table after the copy decides whether the bytes stand.
+    /// Returns how many bytes it served (a prefix of the read) and whether
+    /// that is the whole read (all bytes asked, or the end of the file:
+    /// then no lower read, and no lower file opened, for the call that
+    /// finds the end); `None` when the read must take the general path
+    /// from `pos`: no checked answer, a request pending, the table dead
+    /// after the copy (reverted), or a destination to fault in.
+    ///
+    /// One check, after the copy, is what the general path's two checks
+    /// guarantee: the host zeroes a table's magic before it reuses any of
+    /// its frames, and never gives a file map id twice within one pool
+    /// generation, so a table that describes the map after the copy
+    /// described it, and its frames held the map's bytes, for the whole
+    /// copy. (A check before the copy only spares the copy of a table that
+    /// is already dead; the one after would revert it.)
+    fn read_fast(
+        &self,
+        file: &InodeState,
+        io: &mut Io,
+        pos: u64,
+        count: usize,
+    ) -> Option<(usize, bool)> {
+        let section = PoolReadSection::enter();
+        let (run, in_page, len, all) = match file.fast_run(&section, pos, count)? {
+            Fast::Run(run, in_page, len, all) => (run, in_page, len, all),
+            Fast::End => {
+                stats::inc(Counter::reads_fast);
+                return Some((0, true));
+            }
+        };
+        let copied = run.copy_out(io, in_page, len)?;
+        let (live, id) = (run.live(), run.map_id());
+        drop(section);
+        if !live {
+            // Revoked (or its slot reused) by the end of the copy: take it
+            // back; the general path reads lower.
+            io.revert(copied);
+            self.table_dead(file, id);
+            return None;
+        }
+        if copied == 0 {
+            return None;
+        }
+        stats::inc(Counter::reads_fast);
+        stats::add(Counter::pages_pool, run_pages(in_page, copied));
+        stats::add(Counter::bytes_pool, copied as u64);
+        Some((copied, all && copied == len))
     }
 
     /// Serves bytes `p..p + left` of `file` from the run of consecutive

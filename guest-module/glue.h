@@ -50,8 +50,13 @@ static_assert(offsetof(struct vmdedup_ident, mtime_ns) == 8);
 static_assert(offsetof(struct vmdedup_ident, ctime_ns) == 16);
 static_assert(offsetof(struct vmdedup_ident, ino) == 24);
 
-/* One read in progress: opaque to Rust, passed back to the helpers in fs.c. */
+/*
+ * One read in progress: opaque to Rust, passed back to the helpers in fs.c.
+ * `lower` is NULL until a helper needs the lower file (opened then if the
+ * open of `file` left it for later).
+ */
 struct vmdedup_io {
+	struct file *file;
 	struct file *lower;
 	struct iov_iter *iter;
 };
@@ -121,6 +126,7 @@ long vmdedup_rs_mount_show(void *mnt, char *buf, size_t len);
 void *vmdedup_rs_inode_new(struct address_space *mapping);
 void vmdedup_rs_inode_free(void *ist);
 void vmdedup_rs_open(void *mnt, void *ist, const struct vmdedup_ident *id, const char *path, size_t len);
+int vmdedup_rs_open_settled(void *mnt, void *ist, const struct vmdedup_ident *id);
 ssize_t vmdedup_rs_read_iter(void *mnt, void *ist, struct vmdedup_io *io, loff_t pos, size_t count);
 int vmdedup_rs_mmap(void *mnt, void *ist, struct vmdedup_io *io, vm_flags_t vm_flags, unsigned long pgoff,
 		    unsigned long npages, struct vmdedup_mmap_plan *plan);

@@ -85,6 +85,8 @@ counters! {
     hint_rtt_us_le_524288: "Hints answered within 524288 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
     hint_rtt_us_le_1048576: "Hints answered within 1048576 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
     hint_rtt_us_over: "Hints answered more than 1048576 us after being sent.",
+    reads_fast: "read(2) calls (or their first run of frames) served by the fast path: one lock, one copy, the table checked after it.",
+    opens_settled: "Opens of files needing no hint (answer kept, request pending, miss known, identity unchanged): no path, no fingerprint read.",
 }
 
 static VALUES: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];

@@ -23,7 +23,7 @@
 . /tests/lib/ktap.sh
 # shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
-ktap_header 10
+ktap_header 11
 
 T1="the guest has at least two CPUs online"
 T2="the workers ran on every CPU"
@@ -35,6 +35,7 @@ T7="every treecheck pass saw only lower's bytes (read, pread, shared and private
 T8="every mapping read lower's bytes throughout (shared and private, written pages kept)"
 T9="no verify mismatch, no failed fault; the tree is identical to lower afterwards"
 T10="reads copied straight from pool frames (verify=off) raced the revocations and saw only lower's bytes"
+T11="those reads took the fast path (one lock, one check after the copy) and opens of kept files sent nothing"
 [ "${FS_REVOKE_HOST:-0}" = 1 ] || ktap_skip_from 1 "no host evicting on request (tests/run --suite concurrency)"
 fs_load 2>/dev/null
 KNOB=/sys/module/vmdedup/parameters/fault_no_ack
@@ -60,6 +61,7 @@ ktap_diag "mapped and evicted: $(echo "$FILES" | tr '\n' ' ')"
 
 rv0=$(stat_of revocations); rs0=$(stat_of releases_sent); g0=$(stat_of generation_changes)
 fp0=$(stat_of faults_pool); pp0=$(stat_of pages_pool); vm0=$(stat_of verify_mismatches); ff0=$(stat_of faults_failed)
+rf0=$(stat_of reads_fast); os0=$(stat_of opens_settled)
 STOP=/tmp/conc.stop
 rm -f "$STOP" /tmp/conc.*
 # Mappers: a shared and a private mapping of each evicted file.
@@ -91,7 +93,9 @@ done
 # namespace (the host's map reaches both mounts' inodes, so a revocation
 # drops it from both), compared by treecheck with lower; only the table
 # checks around each copy and the wait for readers before each
-# acknowledgement keep it from reading a revoked frame.
+# acknowledgement keep it from reading a revoked frame. Its reads take the
+# fast path (one file lock, one copy, the table checked after it: T11), and
+# its opens of files whose answer is kept skip the hint's path and attribute.
 OFF=/tmp/conc.offmnt
 mkdir -p "$OFF"
 offmounted=0
@@ -254,6 +258,13 @@ offreads() {
     ! grep -q '^pass [1-9]' /tmp/conc.offtree || { head -n 5 /tmp/conc.offtree.failed; return 1; }
 }
 ktap_check "$T10" offreads
+ktap_diag "reads_fast $rf0 -> $(stat_of reads_fast), opens_settled $os0 -> $(stat_of opens_settled)"
+fastpath() {
+    [ "$offmounted" = 1 ] || { echo "could not mount $NS again with verify=off"; return 1; }
+    { [ "$(stat_of reads_fast)" -gt "$rf0" ] && [ "$(stat_of opens_settled)" -gt "$os0" ]; } ||
+        { echo "reads_fast $rf0 -> $(stat_of reads_fast), opens_settled $os0 -> $(stat_of opens_settled)"; return 1; }
+}
+ktap_check "$T11" fastpath
 [ "$offmounted" = 1 ] && umount "$OFF"
 ktap_diag "counters: $(cd /sys/kernel/vmdedup/stats && grep -- . * | tr '\n' ' ')"
 ktap_finish

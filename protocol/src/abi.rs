@@ -318,6 +318,17 @@ pub const HOST_FLAG_CUT_OFF: u32 = 1 << 3;
 /// free the frames the VM still had charged. Never cleared while the ring
 /// lives.
 pub const GUEST_FLAG_CUT_OFF_ACK: u32 = 1 << 0;
+/// `guest_flags` bit: the guest rings a doorbell (an `ivshmem-doorbell`
+/// device's Doorbell register, which reaches the agent's eventfd) whenever
+/// the NEED_WAKEUP handshake asks for one, attachment and cut-off
+/// acknowledgement included. Set with Release (a `fetch_or`) once the guest
+/// has found the register, before it stores `guest_attached`; cleared
+/// (`fetch_and`, Release) if it loses the device. A host poller parks with
+/// its long safety timeout only while every ring it serves has the bit set
+/// *and* a connected doorbell; a ring without it is looked at every short
+/// park timeout, as with `ivshmem-plain`. The host only reads it (Relaxed: it
+/// chooses a timeout, nothing is read through it).
+pub const GUEST_FLAG_DOORBELL: u32 = 1 << 1;
 
 wire_struct! {
     /// Where one ring lives in the region, as written in the header.
@@ -419,7 +430,8 @@ wire_struct! {
         pub host_flags: FlagsLine = HOST_FLAGS @ 512,
         /// Writer: guest, atomic read-modify-writes only (`GUEST_FLAG_*`):
         /// CUT_OFF_ACK set Release after the guest's zap; the host loads the
-        /// word with Acquire. Other bits zero; reserved.
+        /// word with Acquire. DOORBELL set/cleared Release, read Relaxed by
+        /// the host. Other bits zero; reserved.
         pub guest_flags: FlagsLine = GUEST_FLAGS @ 576,
         /// Writer: guest, Release, once after attach (after it dropped every
         /// map of an older generation and wrote `guest_features`): the low

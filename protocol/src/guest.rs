@@ -38,9 +38,10 @@ use core::sync::atomic::Ordering;
 
 use crate::abi::{
     ring_off, CompletionEntry, EventEntry, LayoutError, PrefixError, RegionKind, RegionPrefix,
-    RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, GUEST_FLAG_CUT_OFF_ACK, HINT_FLAG_FINGERPRINT,
-    HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP,
-    MAX_PATH_LEN, MAX_PATH_SLOTS, OP_HINT, SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
+    RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, GUEST_FLAG_CUT_OFF_ACK, GUEST_FLAG_DOORBELL,
+    HINT_FLAG_FINGERPRINT, HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST,
+    HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, MAX_PATH_SLOTS, OP_HINT, SQE_INLINE_PATH_MAX,
+    SQE_INLINE_PATH_OFF,
 };
 use crate::spsc::{self, Consumer, Corrupt, Producer, SharedU32};
 
@@ -322,6 +323,22 @@ impl GuestEnd {
         lo.store(f as u32, Ordering::Relaxed);
         hi.store((f >> 32) as u32, Ordering::Relaxed);
         att.store(self.generation as u32, Ordering::Release);
+        true
+    }
+
+    /// Sets (or clears) [`GUEST_FLAG_DOORBELL`]: whether this guest rings a
+    /// doorbell whenever [`HOST_FLAG_NEED_WAKEUP`] asks for one. Set it
+    /// before [`GuestEnd::announce`], so a host that sees the attachment
+    /// sees the bit too (Release on both sides of the word's users).
+    pub fn set_rings_doorbell<R: SharedRegion + ?Sized>(&self, region: &R, on: bool) -> bool {
+        let Ok(f) = word(region, ring_off::GUEST_FLAGS) else {
+            return false;
+        };
+        if on {
+            f.fetch_or(GUEST_FLAG_DOORBELL, Ordering::Release);
+        } else {
+            f.fetch_and(!GUEST_FLAG_DOORBELL, Ordering::Release);
+        }
         true
     }
 

@@ -89,6 +89,15 @@ struct ConfigArgs {
     /// Directory of the VMs' ring region files (default /dev/shm).
     #[arg(long)]
     ring_dir: Option<PathBuf>,
+    /// Rings are ivshmem-doorbell devices with the agent as their ivshmem
+    /// server (a socket per VM in the ring directory): each side wakes the
+    /// other only when it sleeps (configuration key `doorbell`).
+    #[arg(long, conflicts_with = "no_doorbell")]
+    doorbell: bool,
+    /// Rings are ivshmem-plain devices, polled (`doorbell = false`); for
+    /// `qemu-args`, print the ring as ivshmem-plain whatever the agent does.
+    #[arg(long)]
+    no_doorbell: bool,
     /// Control socket path (default /run/vmdedup/control.sock).
     #[arg(long)]
     control: Option<PathBuf>,
@@ -168,6 +177,12 @@ impl ConfigArgs {
         }
         if let Some(d) = &self.ring_dir {
             cfg.ring_dir = d.clone();
+        }
+        if self.doorbell {
+            cfg.doorbell = true;
+        }
+        if self.no_doorbell {
+            cfg.doorbell = false;
         }
         if let Some(c) = &self.control {
             cfg.control_socket = c.clone();

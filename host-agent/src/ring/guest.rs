@@ -69,6 +69,13 @@ impl GuestRing {
         self.always_doorbell = on;
     }
 
+    /// Says in the ring whether this guest rings its doorbell whenever the
+    /// poller asks ([`GuestEnd::set_rings_doorbell`]), as the module does
+    /// when its ring is an ivshmem-doorbell device.
+    pub fn set_rings_doorbell(&self, on: bool) -> bool {
+        self.end.set_rings_doorbell(&*self.map, on)
+    }
+
     /// Doorbells this guest has rung.
     pub fn doorbells_rung(&self) -> u64 {
         self.doorbells_rung

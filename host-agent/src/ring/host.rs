@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use vmdedup_protocol::abi::{
     check_path, prefix_off, ring_off, AnswerStatus, CompletionEntry, EventEntry, RingLayout,
     RingSizes, SubmissionEntry, ANSWER_FLAG_MAP_OP, CQE_SIZE, EQE_SIZE, EVENT_NOTICE,
-    GUEST_FLAG_CUT_OFF_ACK, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP,
-    MAX_PATH_LEN, NOTICE_EVENTS_LOST, OP_ACK_REVOKE, OP_HOLD, OP_HOLDS_DONE, OP_RELEASE,
-    RING_HEADER_SIZE, RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
+    GUEST_FLAG_CUT_OFF_ACK, GUEST_FLAG_DOORBELL, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST,
+    HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, NOTICE_EVENTS_LOST, OP_ACK_REVOKE, OP_HOLD, OP_HOLDS_DONE,
+    OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::spsc::{self, Consumer, Producer};
 
@@ -69,6 +69,9 @@ pub struct RingShared {
     pub stats: RingStats,
     /// The doorbell the guest rings when it sees NEED_WAKEUP.
     pub doorbell: EventFd,
+    /// Whether something delivers the guest's doorbell to [`Self::doorbell`]
+    /// now (an ivshmem client is connected; see [`HostRing::with_doorbell`]).
+    doorbell_live: Arc<AtomicBool>,
     events: Mutex<VecDeque<EventEntry>>,
     events_pending: AtomicBool,
     events_lost: AtomicBool,
@@ -91,6 +94,7 @@ impl RingShared {
         Ok(Arc::new(RingShared {
             stats: RingStats::default(),
             doorbell: EventFd::new()?,
+            doorbell_live: Arc::new(AtomicBool::new(false)),
             events: Mutex::new(VecDeque::new()),
             events_pending: AtomicBool::new(false),
             events_lost: AtomicBool::new(false),
@@ -129,6 +133,12 @@ impl RingShared {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake_poller();
+    }
+
+    /// Whether something delivers the guest's doorbell now (see
+    /// [`HostRing::with_doorbell`]).
+    pub fn doorbell_live(&self) -> bool {
+        self.doorbell_live.load(Ordering::Acquire)
     }
 
     /// Whether [`RingShared::close`] was called.
@@ -367,6 +377,26 @@ impl HostRing {
             done_on_first_entry: false,
             map,
         })
+    }
+
+    /// Makes `doorbell` the eventfd the poller waits on for this ring, and
+    /// `live` the flag that says whether a guest's doorbell can reach it now
+    /// (the ivshmem server sets it while QEMU is connected). Call it before
+    /// the ring is handed to a poller; later it changes nothing.
+    pub fn with_doorbell(mut self, doorbell: EventFd, live: Arc<AtomicBool>) -> HostRing {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.doorbell = doorbell;
+            s.doorbell_live = live;
+        }
+        self
+    }
+
+    /// Whether a parked poller will be woken by this ring's doorbell: the
+    /// guest says it rings ([`GUEST_FLAG_DOORBELL`], Relaxed: it only picks
+    /// a timeout) and the doorbell is delivered now.
+    pub fn doorbell_delivers(&self) -> bool {
+        self.shared.doorbell_live()
+            && word!(self.guest_flags).load(Ordering::Relaxed) & GUEST_FLAG_DOORBELL != 0
     }
 
     /// The generation in the ring's prefix (kept by [`HostRing::adopt`]).

@@ -739,7 +739,45 @@ impl Agent {
                 bell
             }
         };
-        Ok(ring.with_doorbell(bell.ring_doorbell().map_err(ring_err)?, bell.live()))
+        Ok(ring.with_doorbell(
+            bell.ring_doorbell().map_err(ring_err)?,
+            bell.live(),
+            Some(bell.guest_interrupt().map_err(ring_err)?),
+        ))
+    }
+
+    /// Every VM's ring device and the wake-ups over it, in VM id order.
+    pub fn ring_reports(&self) -> Vec<vmdedup_protocol::control::RingReport> {
+        let rings: Vec<(VmId, Arc<RingShared>)> = self
+            .inner
+            .rings
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, Arc::clone(v))).collect())
+            .unwrap_or_default();
+        let bells = self
+            .inner
+            .bells
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        rings
+            .into_iter()
+            .filter_map(|(id, r)| {
+                let name = self.inner.domains.vms(Some(id)).first()?.name.clone();
+                let bell = bells.get(&id);
+                Some(vmdedup_protocol::control::RingReport {
+                    name: vmdedup_protocol::control::bounded_str(&name),
+                    doorbell: bell.is_some(),
+                    connected: bell.is_some_and(|b| b.connected()),
+                    guest_rings: r.guest_rings_doorbell(),
+                    doorbells: r.stats.doorbells.load(std::sync::atomic::Ordering::Relaxed),
+                    interrupts: r
+                        .stats
+                        .interrupts
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                })
+            })
+            .collect()
     }
 
     /// VM `vm`'s doorbell (`doorbell = true`), for its counters.

@@ -66,15 +66,15 @@ use crate::ring::{EventFd, RingError};
 pub const PROTOCOL_VERSION: i64 = 0;
 /// The agent's peer id: the VM rings it with `(AGENT_PEER_ID << 16) | vector`
 /// in its Doorbell register. It must be 0 (see the module doc).
-pub const AGENT_PEER_ID: u16 = 0;
+pub const AGENT_PEER_ID: u16 = vmdedup_protocol::abi::DOORBELL_HOST_PEER;
 /// The VM's peer id (what its IVPosition register reads).
-pub const VM_PEER_ID: u16 = 1;
+pub const VM_PEER_ID: u16 = vmdedup_protocol::abi::DOORBELL_GUEST_PEER;
 /// Interrupt vectors per peer (`vectors=` of the QEMU device).
-pub const VECTORS: usize = 1;
+pub const VECTORS: usize = vmdedup_protocol::abi::DOORBELL_VECTORS as usize;
 /// The vector of the ring: a guest rings the agent's with new work or room
 /// while the poller is parked; the agent raises the guest's when the guest
 /// said it waits.
-pub const RING_VECTOR: usize = 0;
+pub const RING_VECTOR: usize = vmdedup_protocol::abi::DOORBELL_RING_VECTOR as usize;
 /// Largest number of connections taken per listener wake-up.
 const ACCEPT_BATCH: usize = 8;
 
@@ -141,6 +141,15 @@ impl VmDoorbell {
     /// ring's poller waits on.
     pub fn ring_doorbell(&self) -> Result<EventFd, RingError> {
         self.to_agent
+            .get(RING_VECTOR)
+            .ok_or(RingError::BadSize(0))?
+            .try_clone()
+    }
+
+    /// Another handle to the VM's eventfd of the ring vector: writing it
+    /// raises the guest's ring interrupt (while a client is connected).
+    pub fn guest_interrupt(&self) -> Result<EventFd, RingError> {
+        self.to_vm
             .get(RING_VECTOR)
             .ok_or(RingError::BadSize(0))?
             .try_clone()

@@ -818,6 +818,7 @@ fn cmd_serve(
     let reinstate_agent = agent.clone();
     let remove_agent = agent.clone();
     let attachment_agent = agent.clone();
+    let rings_agent = agent.clone();
     let ctx = Arc::new(ControlContext {
         domains: agent.domains().clone(),
         vm_add: Some(Box::new(move |name: &str, domain: &str| {
@@ -834,6 +835,7 @@ fn cmd_serve(
         vm_attachment: Some(Box::new(move |name: &str| {
             attachment_agent.attachment(name).map_err(|e| e.to_string())
         })),
+        vm_rings: Some(Box::new(move || rings_agent.ring_reports())),
     });
     let socket = cfg.control_socket.clone();
     let mut guest_sockets = Vec::new();
@@ -916,10 +918,33 @@ fn ready_message(cfg: &AgentConfig, socket: &Path) -> String {
 /// `vmdedup status`.
 fn cmd_status(control: &Path, json: bool) -> anyhow::Result<()> {
     let r = rpc!(control, Request::Status, Response::Status(r) => r)?;
+    // An older agent does not know the request: its VMs get no "ring".
+    let rings = rpc!(control, Request::VmRings, Response::VmRings(v) => v).unwrap_or_default();
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats::status_json(&r))?);
+        let mut doc = stats::status_json(&r);
+        stats::add_rings_json(&mut doc, &rings);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print_status(&r);
+        for g in &rings {
+            println!(
+                "ring {}: {}{}, {} doorbells received, {} interrupts sent",
+                g.name.as_str(),
+                if g.doorbell {
+                    "ivshmem-doorbell"
+                } else {
+                    "ivshmem-plain (polled)"
+                },
+                match (g.doorbell, g.connected, g.guest_rings) {
+                    (false, _, _) => "",
+                    (true, false, _) => " (QEMU not connected: polled)",
+                    (true, true, false) => " (the guest does not ring: polled)",
+                    (true, true, true) => "",
+                },
+                g.doorbells,
+                g.interrupts
+            );
+        }
     }
     Ok(())
 }

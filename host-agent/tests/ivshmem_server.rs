@@ -210,7 +210,11 @@ fn a_parked_poller_wakes_on_the_doorbell_it_served() {
     let map = SharedMapping::open(&d.0.join("vmdedup-vm1.ring")).unwrap();
     let ring = HostRing::create(map, RingConfig::new(RingId(1), 7))
         .unwrap()
-        .with_doorbell(bell.ring_doorbell().unwrap(), bell.live());
+        .with_doorbell(
+            bell.ring_doorbell().unwrap(),
+            bell.live(),
+            Some(bell.guest_interrupt().unwrap()),
+        );
     let pcfg = PollerConfig {
         spin: Duration::ZERO,
         yield_for: Duration::ZERO,
@@ -240,6 +244,42 @@ fn a_parked_poller_wakes_on_the_doorbell_it_served() {
         });
     }
     assert!(guest.doorbells_rung() > 0);
+
+    // The other way: a guest that says it waits gets the ring's interrupt
+    // with the answer; one that does not, none.
+    wait_for("the host says it raises interrupts", || {
+        guest.announce_wait().then_some(())
+    });
+    guest.stage(hint(100, 1, 0, 0), b"c/d").unwrap();
+    guest.publish();
+    assert!(g.own[0].wait(30_000) >= 1, "no interrupt");
+    guest.cancel_wait();
+    wait_for("the answer", || {
+        let mut got = false;
+        guest.reap(|c| got |= c.request_id == 100);
+        got.then_some(())
+    });
+    g.own[0].drain();
+    guest.stage(hint(101, 1, 0, 0), b"e/f").unwrap();
+    guest.publish();
+    wait_for("the answer", || {
+        let mut got = false;
+        guest.reap(|c| got |= c.request_id == 101);
+        got.then_some(())
+    });
+    assert_eq!(
+        g.own[0].drain(),
+        0,
+        "an interrupt for a guest that did not wait"
+    );
+    assert!(
+        handle
+            .shared()
+            .stats
+            .interrupts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
     let received = handle
         .shared()
         .stats

@@ -27,7 +27,8 @@ extern "C" {
     /// `vmdedup_rs_region_attach`, and that region not detached yet.
     fn vmdedup_glue_doorbell(reg: *mut c_void, value: u32);
 
-    /// Schedules the event work within `event_poll_ms` unless it is pending.
+    /// Schedules the event work in `event_poll_ms` (also when it is pending
+    /// later: the safety run of a wait).
     ///
     /// # Safety
     /// Only between [`vmdedup_glue_init`] and [`vmdedup_glue_exit`].

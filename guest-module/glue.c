@@ -64,6 +64,10 @@ static unsigned int event_poll_ms = 50;
 module_param(event_poll_ms, uint, 0444);
 MODULE_PARM_DESC(event_poll_ms, "Period (ms) of the timer that applies revocation events and late answers while the module polls (default 50; with an ivshmem-doorbell ring an idle module waits for the host's interrupt instead)");
 
+static unsigned int wait_timeout_ms = 30000;
+module_param(wait_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(wait_timeout_ms, "Longest sleep (ms) of the event work while it waits for the host's interrupt (ivshmem-doorbell): a safety net for a host that can no longer raise it, e.g. after an agent restart, which the guest then notices; 0: none, the idle module never wakes by itself (default 30000)");
+
 static unsigned int *const vmdedup_params[] = {
 	[VMDEDUP_PARAM_POLL_US] = &poll_us,
 	[VMDEDUP_PARAM_REHINT_MS] = &rehint_ms,
@@ -146,16 +150,24 @@ static void vmdedup_tick_fn(struct work_struct *w)
 {
 	/* false: Rust waits for the host's interrupt (GUEST_FLAG_WAITING). */
 	bool again = vmdedup_rs_tick(vmdedup_ctx);
+	unsigned int safety = READ_ONCE(wait_timeout_ms);
 
-	if (again && !READ_ONCE(vmdedup_tick_stop))
+	if (READ_ONCE(vmdedup_tick_stop))
+		return;
+	if (again)
 		schedule_delayed_work(&vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
+	else if (safety)
+		schedule_delayed_work(&vmdedup_tick_work, msecs_to_jiffies(safety));
 }
 
-/* The event work within event_poll_ms, unless it is pending already. */
+/*
+ * The event work in event_poll_ms, also when its wait_timeout_ms safety run
+ * is pending (Rust calls this once, when it stops waiting).
+ */
 void vmdedup_glue_tick_soon(void)
 {
 	if (!READ_ONCE(vmdedup_tick_stop))
-		schedule_delayed_work(&vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
+		mod_delayed_work(system_wq, &vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
 }
 
 /* The ring's vector: the host published something while we waited. */
@@ -179,10 +191,15 @@ static bool vmdedup_setup_irq(struct pci_dev *pdev, struct vmdedup_dev *vd)
 {
 	if (!vd->regs)
 		return false;
-	if (pci_alloc_irq_vectors(pdev, 1, 1, PCI_IRQ_MSIX) < 1)
+	/* An MSI-X message is a write by the device: it needs bus mastering. */
+	pci_set_master(pdev);
+	if (pci_alloc_irq_vectors(pdev, 1, 1, PCI_IRQ_MSIX) < 1) {
+		pci_clear_master(pdev);
 		return false;
+	}
 	if (request_irq(pci_irq_vector(pdev, 0), vmdedup_irq, 0, "vmdedup", vd)) {
 		pci_free_irq_vectors(pdev);
+		pci_clear_master(pdev);
 		return false;
 	}
 	return true;
@@ -194,6 +211,7 @@ static void vmdedup_free_irq(struct pci_dev *pdev, struct vmdedup_dev *vd)
 		return;
 	free_irq(pci_irq_vector(pdev, 0), vd);
 	pci_free_irq_vectors(pdev);
+	pci_clear_master(pdev);
 	vd->irq = false;
 }
 

@@ -954,7 +954,11 @@ fn cmd_vms(control: &Path, json: bool) -> anyhow::Result<()> {
     let vms = rpc!(control, Request::Vms, Response::Vms(v) => v)?;
     if json {
         let list: Vec<serde_json::Value> = vms.iter().map(stats::vm_json).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        // The same objects as status --json lists, ring included.
+        let rings = rpc!(control, Request::VmRings, Response::VmRings(v) => v).unwrap_or_default();
+        let mut doc = serde_json::json!({ "vms": list });
+        stats::add_rings_json(&mut doc, &rings);
+        println!("{}", serde_json::to_string_pretty(&doc["vms"])?);
         return Ok(());
     }
     println!(

@@ -291,6 +291,10 @@ unsafe extern "C" fn vmdedup_rs_inode_free(ist: *mut c_void) {
     // borrow of it outlives the entry point that made it.
     if let Some(file) = unsafe { <Arc<InodeState> as ForeignOwnable>::try_from_foreign(ist) } {
         file.evicted();
+        // Its map is released by the event work, which may be asleep.
+        if crate::file::SWEEP_NEEDED.load(core::sync::atomic::Ordering::Acquire) {
+            ffi::sweep_soon();
+        }
     }
 }
 

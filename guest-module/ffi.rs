@@ -34,6 +34,13 @@ extern "C" {
     /// Only between [`vmdedup_glue_init`] and [`vmdedup_glue_exit`].
     fn vmdedup_glue_tick_soon();
 
+    /// Runs the event work within `event_poll_ms` if it sleeps waiting for
+    /// the interrupt. Takes no lock: callable from memory reclaim.
+    ///
+    /// # Safety
+    /// Only between [`vmdedup_glue_init`] and [`vmdedup_glue_exit`].
+    fn vmdedup_glue_sweep_soon();
+
     /// Registers the ivshmem PCI driver, `/sys/kernel/vmdedup`, the event
     /// timer and the vmdedupfs file system type. Returns 0 or a negative
     /// errno; on error nothing stays registered.
@@ -346,6 +353,13 @@ pub(crate) fn tick_soon() {
     // SAFETY: Rust runs only while the glue is initialised (module init to
     // exit).
     unsafe { vmdedup_glue_tick_soon() }
+}
+
+/// A map waits to be released (`SWEEP_NEEDED`): the event work runs soon
+/// even if it sleeps waiting for the host's interrupt. No lock taken.
+pub(crate) fn sweep_soon() {
+    // SAFETY: Rust runs only while the glue is initialised.
+    unsafe { vmdedup_glue_sweep_soon() }
 }
 
 /// Whether `len` bytes at `pool` equal `buf`.

@@ -145,6 +145,8 @@ unsigned int vmdedup_glue_param(enum vmdedup_param which)
 static void vmdedup_tick_fn(struct work_struct *w);
 static DECLARE_DELAYED_WORK(vmdedup_tick_work, vmdedup_tick_fn);
 static bool vmdedup_tick_stop;
+/* The last run of the event work went to sleep waiting for the interrupt. */
+static bool vmdedup_tick_waiting;
 
 static void vmdedup_tick_fn(struct work_struct *w)
 {
@@ -154,6 +156,7 @@ static void vmdedup_tick_fn(struct work_struct *w)
 
 	if (READ_ONCE(vmdedup_tick_stop))
 		return;
+	WRITE_ONCE(vmdedup_tick_waiting, !again);
 	if (again)
 		schedule_delayed_work(&vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
 	else if (safety)
@@ -167,6 +170,19 @@ static void vmdedup_tick_fn(struct work_struct *w)
 void vmdedup_glue_tick_soon(void)
 {
 	if (!READ_ONCE(vmdedup_tick_stop))
+		mod_delayed_work(system_wq, &vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
+}
+
+/*
+ * Work for the event work that no interrupt announces (an evicted inode's
+ * map to release): if it sleeps waiting for the interrupt, it runs within
+ * event_poll_ms; if it polls, its timer comes anyway. No lock: callable
+ * from memory reclaim. (One racing with the event work going to sleep waits
+ * for the safety run, wait_timeout_ms.)
+ */
+void vmdedup_glue_sweep_soon(void)
+{
+	if (READ_ONCE(vmdedup_tick_waiting) && !READ_ONCE(vmdedup_tick_stop))
 		mod_delayed_work(system_wq, &vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
 }
 

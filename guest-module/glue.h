@@ -88,6 +88,7 @@ void vmdedup_glue_pool_read_unlock(int idx);
 void vmdedup_glue_pool_sync(void);
 void vmdedup_glue_doorbell(void *reg, u32 value);
 void vmdedup_glue_tick_soon(void);
+void vmdedup_glue_sweep_soon(void);
 
 /* glue.c, called from fs.c. */
 const void *vmdedup_glue_ctx(void);

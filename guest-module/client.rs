@@ -13,11 +13,16 @@
 //! loads before they are decoded and validated, and anything doubtful makes the
 //! file fall back to the lower file.
 //!
-//! There is no doorbell hardware with `ivshmem-plain` (no interrupt/doorbell
-//! registers are driven), so when the host poller advertises
-//! [`HOST_FLAG_NEED_WAKEUP`](crate::abi::HOST_FLAG_NEED_WAKEUP) the client
-//! only counts a "doorbell needed"; the host poller's timed re-check picks
-//! the hint up.
+//! Doorbells: when the host poller advertises
+//! [`HOST_FLAG_NEED_WAKEUP`](crate::abi::HOST_FLAG_NEED_WAKEUP) after a
+//! publish (the fence-and-check of [`guest`](crate::guest)) the client counts
+//! a "doorbell needed" and, when the ring is an `ivshmem-doorbell` device,
+//! writes its Doorbell register (the host's peer, the ring vector): the write
+//! reaches the agent's eventfd and wakes the parked poller. It says so to the
+//! host with [`GUEST_FLAG_DOORBELL`](crate::abi::GUEST_FLAG_DOORBELL) before
+//! it announces its attachment, and rings once after the announcement so a
+//! parked poller sees it. With `ivshmem-plain` there is nothing to ring: the
+//! host poller's timed re-check picks the work up.
 //!
 //! Map operations: after a revocation has been applied (every pool PTE of
 //! the file zapped, the answer dropped) the client sends
@@ -62,9 +67,10 @@ use kernel::sync::Arc;
 use kernel::time::Ktime;
 
 use crate::abi::{
-    AnswerStatus, CompletionEntry, EventEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP, EVENT_NOTICE,
-    EVENT_REVOKE, FEATURES_KNOWN, MAX_PATH_LEN, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING,
-    NOTICE_REANNOUNCE, OP_ACK_REVOKE, OP_HINT, OP_HOLD, OP_HOLDS_DONE, OP_RELEASE,
+    AnswerStatus, CompletionEntry, EventEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP,
+    DOORBELL_HOST_PEER, DOORBELL_RING_VECTOR, EVENT_NOTICE, EVENT_REVOKE, FEATURES_KNOWN,
+    MAX_PATH_LEN, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING, NOTICE_REANNOUNCE, OP_ACK_REVOKE,
+    OP_HINT, OP_HOLD, OP_HOLDS_DONE, OP_RELEASE,
 };
 use crate::ffi;
 use crate::file::{FileMap, Ident, InodeState, MissKind, TableKey, SWEEP_NEEDED};
@@ -206,6 +212,23 @@ pub(crate) struct Client {
     /// frames, so nothing that lets the host reuse frames goes out before
     /// the next one.
     unsynced: bool,
+    /// The ring device's Doorbell register (`ivshmem-doorbell`), if any.
+    doorbell: Option<ffi::Doorbell>,
+    /// The ring device's interrupt reaches the event work.
+    irq: bool,
+    /// The event work went to sleep without a timer, with
+    /// [`GUEST_FLAG_WAITING`](crate::abi::GUEST_FLAG_WAITING) set.
+    waiting: bool,
+}
+
+/// A doorbell is due (NEED_WAKEUP was seen after a fence): counted, and rung
+/// if the ring has a Doorbell register.
+fn doorbell_due(doorbell: &Option<ffi::Doorbell>) {
+    stats::inc(Counter::doorbells_needed);
+    if let Some(d) = doorbell {
+        d.ring(DOORBELL_HOST_PEER, DOORBELL_RING_VECTOR);
+        stats::inc(Counter::doorbells_rung);
+    }
 }
 
 impl Client {
@@ -223,7 +246,65 @@ impl Client {
             reannounce: 0,
             reannounce_next: 0,
             unsynced: false,
+            doorbell: None,
+            irq: false,
+            waiting: false,
         }
+    }
+
+    /// Uses `doorbell` (the ring device's register, or none) from now on;
+    /// `irq`: the device's interrupt reaches the event work.
+    pub(crate) fn set_doorbell(&mut self, doorbell: Option<ffi::Doorbell>, irq: bool) {
+        self.irq = irq && doorbell.is_some();
+        self.doorbell = doorbell;
+    }
+
+    /// Gives the doorbell and the interrupt up (the ring is going away, or
+    /// the client is being replaced).
+    pub(crate) fn take_doorbell(&mut self) -> (Option<ffi::Doorbell>, bool) {
+        let irq = core::mem::replace(&mut self.irq, false);
+        (self.doorbell.take(), irq)
+    }
+
+    /// The client is active again (a hint): it stops waiting for the host's
+    /// interrupt and the event work runs on its timer until it is idle.
+    fn stop_waiting(&mut self, ring: &Mapping) {
+        if !self.waiting {
+            return;
+        }
+        self.waiting = false;
+        if let Some(conn) = self.conn.as_ref() {
+            conn.end.cancel_wait(ring);
+        }
+        ffi::tick_soon();
+    }
+
+    /// Whether the event work may sleep without its timer: only with the
+    /// ring's interrupt, while the host says it raises it, and with nothing
+    /// only a timer would retry (queued map operations, a sweep or a
+    /// re-announce to finish, test knobs that play a stuck guest). Sets
+    /// [`GUEST_FLAG_WAITING`](crate::abi::GUEST_FLAG_WAITING) (the guest half
+    /// of the handshake) when it says yes.
+    fn may_wait(&mut self, ring: Option<&Mapping>) -> bool {
+        if !self.irq
+            || self.ops.len > 0
+            || self.reannounce != 0
+            || self.ring_corrupt
+            || SWEEP_NEEDED.load(Ordering::Relaxed)
+            || ffi::param(ffi::Param::FaultNoAck) != 0
+            || ffi::param(ffi::Param::FaultHoldAnswers) != 0
+        {
+            return false;
+        }
+        let (Some(conn), Some(ring)) = (self.conn.as_mut(), ring) else {
+            return false;
+        };
+        if !conn.end.announce_wait(ring) {
+            return false;
+        }
+        self.waiting = true;
+        stats::inc(Counter::waits);
+        true
     }
 
     /// Waits for every pool read section that may still copy from a frame
@@ -310,7 +391,13 @@ impl Client {
         // before the ring went away): the host may release what this VM held
         // through it once it sees this, so no reader may still copy from it.
         self.sync_readers();
+        end.set_rings_doorbell(ring, self.doorbell.is_some());
         end.announce(ring, FEATURES_KNOWN);
+        if self.doorbell.is_some() {
+            // A parked poller learns of the attachment now, not at its
+            // safety timeout.
+            doorbell_due(&self.doorbell);
+        }
         self.conn = Some(Conn { end });
         true
     }
@@ -343,7 +430,7 @@ impl Client {
         self.sync_readers();
         if let Some(conn) = self.conn.as_ref() {
             if conn.end.acknowledge_cut_off(ring) {
-                stats::inc(Counter::doorbells_needed);
+                doorbell_due(&self.doorbell);
             }
         }
     }
@@ -446,7 +533,7 @@ impl Client {
             stats::inc(Counter::map_ops_deferred);
         }
         if doorbell {
-            stats::inc(Counter::doorbells_needed);
+            doorbell_due(&self.doorbell);
         }
     }
 
@@ -481,6 +568,7 @@ impl Client {
             return false;
         }
         let Some(ring) = ring else { return false };
+        self.stop_waiting(ring);
         self.poll_events(Some(ring));
         self.sweep();
         self.flush_ops(Some(ring));
@@ -537,7 +625,7 @@ impl Client {
         };
         let (_, doorbell) = conn.end.publish(ring);
         if doorbell {
-            stats::inc(Counter::doorbells_needed);
+            doorbell_due(&self.doorbell);
         }
         self.next_id = self.next_id.wrapping_add(1).max(1);
         if let Some(p) = self.pending.get_mut(idx) {
@@ -628,7 +716,7 @@ impl Client {
         }
         if let Some(conn) = self.conn.as_mut() {
             if conn.end.release_answers(ring, n) {
-                stats::inc(Counter::doorbells_needed);
+                doorbell_due(&self.doorbell);
             }
         }
     }
@@ -850,7 +938,7 @@ impl Client {
         }
         if let Some(conn) = self.conn.as_mut() {
             if conn.end.release_events(ring, n) {
-                stats::inc(Counter::doorbells_needed);
+                doorbell_due(&self.doorbell);
             }
         }
         // Acknowledgements go out as soon as there is room.
@@ -918,10 +1006,19 @@ impl Client {
 
     /// Timer work: events, late answers, expiry, releases, queued map
     /// operations.
-    pub(crate) fn tick(&mut self, ring: Option<&Mapping>, pool: Option<&Mapping>) {
+    pub(crate) fn tick(&mut self, ring: Option<&Mapping>, pool: Option<&Mapping>) -> bool {
+        stats::inc(Counter::ticks);
+        if self.waiting {
+            // Woken (the interrupt, or a hint): the host need not raise it
+            // again until we sleep once more.
+            self.waiting = false;
+            if let (Some(conn), Some(ring)) = (self.conn.as_ref(), ring) {
+                conn.end.cancel_wait(ring);
+            }
+        }
         // A corrupt ring is looked at again: the host may have written a new one.
         if self.conn.is_none() && !self.has_pending() && !self.ring_corrupt {
-            return;
+            return true;
         }
         self.expire();
         self.reap(ring, pool, true);
@@ -937,6 +1034,7 @@ impl Client {
         if let Some(ring) = ring {
             self.reclaim_slots(ring);
         }
+        !self.may_wait(ring)
     }
 
     /// Queues one [`OP_HOLD`] per held map, then [`OP_HOLDS_DONE`] (see the

@@ -77,16 +77,21 @@ unsafe extern "C" fn vmdedup_rs_region_attach(
     len: u64,
     phys: u64,
     dev_name: *const c_char,
+    doorbell: *mut c_void,
+    irq: bool,
 ) -> c_int {
     // SAFETY: forwarded caller contract.
     let (sh, name) = unsafe { (shared(ctx), name_bytes(dev_name)) };
+    // SAFETY: `doorbell` is NULL or the device's Doorbell register, mapped
+    // until detach (caller contract); the link drops it at the ring's detach.
+    let doorbell = unsafe { crate::ffi::Doorbell::new(doorbell) };
     let dev = DevName::new(name);
     let (Some(base), Ok(len)) = (NonNull::new(base.cast::<u8>()), usize::try_from(len)) else {
         return EINVAL.to_errno();
     };
     // SAFETY: `base` maps `len` bytes until detach, by the caller's contract.
     let map = unsafe { Mapping::new(base, len, phys) };
-    match sh.link.lock().attach(map, dev) {
+    match sh.link.lock().attach(map, dev, doorbell, irq) {
         Ok(slot) => slot as c_int,
         Err(e) => e.to_errno(),
     }
@@ -159,17 +164,26 @@ unsafe extern "C" fn vmdedup_rs_stat_name(index: c_int, buf: *mut c_char, len: u
     0
 }
 
-/// Timer callback (`event_poll_ms`): events, late answers, expiry.
+/// The event work (its timer, `event_poll_ms`, or the ring's interrupt):
+/// events, late answers, expiry. Returns whether to run again after
+/// `event_poll_ms` (false: the client waits for the host's interrupt).
 ///
 /// # Safety
 /// `ctx` is the registered context.
 #[no_mangle]
-unsafe extern "C" fn vmdedup_rs_tick(ctx: *const c_void) {
+unsafe extern "C" fn vmdedup_rs_tick(ctx: *const c_void) -> bool {
     // SAFETY: forwarded caller contract.
     let sh = unsafe { shared(ctx) };
     let mut link = sh.link.lock();
     let (ring, pool, client) = link.parts();
-    client.tick(ring, pool);
+    client.tick(ring, pool)
+}
+
+/// The ring device's interrupt (hard IRQ context: counts only; the glue
+/// queues the event work).
+#[no_mangle]
+extern "C" fn vmdedup_rs_irq() {
+    stats::inc(stats::Counter::irqs_received);
 }
 
 /// Parses the mount options in `data` and creates the mount's state in `*out`.
@@ -277,6 +291,10 @@ unsafe extern "C" fn vmdedup_rs_inode_free(ist: *mut c_void) {
     // borrow of it outlives the entry point that made it.
     if let Some(file) = unsafe { <Arc<InodeState> as ForeignOwnable>::try_from_foreign(ist) } {
         file.evicted();
+        // Its map is released by the event work, which may be asleep.
+        if crate::file::SWEEP_NEEDED.load(core::sync::atomic::Ordering::Acquire) {
+            ffi::sweep_soon();
+        }
     }
 }
 

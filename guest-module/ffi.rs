@@ -20,6 +20,27 @@ use kernel::ffi::{c_int, c_uint, c_ulong};
 use kernel::prelude::*;
 
 extern "C" {
+    /// Writes `value` to the Doorbell register at `reg` (`writel`).
+    ///
+    /// # Safety
+    /// `reg` must be the Doorbell register the glue passed to
+    /// `vmdedup_rs_region_attach`, and that region not detached yet.
+    fn vmdedup_glue_doorbell(reg: *mut c_void, value: u32);
+
+    /// Schedules the event work in `event_poll_ms` (also when it is pending
+    /// later: the safety run of a wait).
+    ///
+    /// # Safety
+    /// Only between [`vmdedup_glue_init`] and [`vmdedup_glue_exit`].
+    fn vmdedup_glue_tick_soon();
+
+    /// Runs the event work within `event_poll_ms` if it sleeps waiting for
+    /// the interrupt. Takes no lock: callable from memory reclaim.
+    ///
+    /// # Safety
+    /// Only between [`vmdedup_glue_init`] and [`vmdedup_glue_exit`].
+    fn vmdedup_glue_sweep_soon();
+
     /// Registers the ivshmem PCI driver, `/sys/kernel/vmdedup`, the event
     /// timer and the vmdedupfs file system type. Returns 0 or a negative
     /// errno; on error nothing stays registered.
@@ -286,6 +307,59 @@ impl Drop for PoolReadSection {
 pub(crate) fn pool_sync() {
     // SAFETY: called from process context (every caller holds a mutex).
     unsafe { vmdedup_glue_pool_sync() }
+}
+
+/// The Doorbell register of the ring's ivshmem-doorbell device.
+///
+/// # Invariants
+/// `reg` is the register the glue mapped for the ring region, valid until
+/// that region is detached; [`crate::link::Link`] drops the doorbell when
+/// it detaches the ring.
+pub(crate) struct Doorbell {
+    reg: NonNull<c_void>,
+}
+
+// SAFETY: the register is MMIO, written with single `writel`s from any
+// thread; nothing in `Doorbell` is tied to a thread.
+unsafe impl Send for Doorbell {}
+
+impl Doorbell {
+    /// The doorbell at `reg`, if any.
+    ///
+    /// # Safety
+    /// `reg` is NULL or the Doorbell register of a region the glue is
+    /// attaching, mapped until that region is detached; the caller drops the
+    /// value no later than that.
+    pub(crate) unsafe fn new(reg: *mut c_void) -> Option<Doorbell> {
+        // INVARIANT: the caller's contract.
+        NonNull::new(reg).map(|reg| Doorbell { reg })
+    }
+
+    /// Rings `vector` of ivshmem peer `peer`.
+    pub(crate) fn ring(&self, peer: u16, vector: u16) {
+        // SAFETY: by the type invariant the register is mapped.
+        unsafe {
+            vmdedup_glue_doorbell(
+                self.reg.as_ptr(),
+                (u32::from(peer) << 16) | u32::from(vector),
+            )
+        }
+    }
+}
+
+/// Brings the periodic event work back (the client stopped waiting for
+/// the host's interrupt).
+pub(crate) fn tick_soon() {
+    // SAFETY: Rust runs only while the glue is initialised (module init to
+    // exit).
+    unsafe { vmdedup_glue_tick_soon() }
+}
+
+/// A map waits to be released (`SWEEP_NEEDED`): the event work runs soon
+/// even if it sleeps waiting for the host's interrupt. No lock taken.
+pub(crate) fn sweep_soon() {
+    // SAFETY: Rust runs only while the glue is initialised.
+    unsafe { vmdedup_glue_sweep_soon() }
 }
 
 /// Whether `len` bytes at `pool` equal `buf`.

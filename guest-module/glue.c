@@ -6,7 +6,9 @@
  *    memremap BAR2, then hand the mapping to Rust, which decides what it is;
  *  - /sys/kernel/vmdedup/{ring,pool,stats}/...: each show() is a call into Rust;
  *  - the module parameters (read by Rust through vmdedup_glue_param());
- *  - the event timer (a delayed work that calls vmdedup_rs_tick());
+ *  - the event work (a delayed work that calls vmdedup_rs_tick()): every
+ *    event_poll_ms while Rust asks for it, else only when the ring's MSI-X
+ *    interrupt (ivshmem-doorbell) or a new hint kicks it;
  *  - the SRCU domain that orders copies from pool frames before the host is
  *    told it may reuse them.
  * The vmdedupfs operation tables are in fs.c.
@@ -15,6 +17,7 @@
  * its imports in guest-module/ffi.rs and its entry points in
  * guest-module/entry.rs.
  */
+#include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/kobject.h>
 #include <linux/module.h>
@@ -29,6 +32,10 @@
 #define IVSHMEM_VENDOR 0x1af4
 #define IVSHMEM_DEVICE 0x1110
 #define IVSHMEM_SHM_BAR 2
+/* BAR0 of an ivshmem device: its registers; Doorbell is (peer << 16) | vector. */
+#define IVSHMEM_REG_BAR 0
+#define IVSHMEM_REG_LEN 0x100
+#define IVSHMEM_DOORBELL 12
 
 static const void *vmdedup_ctx;
 
@@ -55,7 +62,11 @@ module_param(fault_hold_answers, uint, 0644);
 MODULE_PARM_DESC(fault_hold_answers, "Fault injection for tests: 1 leaves the host's answers unread, so requests time out and their answers arrive late once it is 0 again (default 0; never set it otherwise)");
 static unsigned int event_poll_ms = 50;
 module_param(event_poll_ms, uint, 0444);
-MODULE_PARM_DESC(event_poll_ms, "Period (ms) of the timer that applies revocation events and late answers (default 50)");
+MODULE_PARM_DESC(event_poll_ms, "Period (ms) of the timer that applies revocation events and late answers while the module polls (default 50; with an ivshmem-doorbell ring an idle module waits for the host's interrupt instead)");
+
+static unsigned int wait_timeout_ms = 30000;
+module_param(wait_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(wait_timeout_ms, "Longest sleep (ms) of the event work while it waits for the host's interrupt (ivshmem-doorbell): a safety net for a host that can no longer raise it, e.g. after an agent restart, which the guest then notices; 0: none, the idle module never wakes by itself (default 30000)");
 
 static unsigned int *const vmdedup_params[] = {
 	[VMDEDUP_PARAM_POLL_US] = &poll_us,
@@ -117,6 +128,12 @@ void vmdedup_glue_pool_sync(void)
 	synchronize_srcu(&vmdedup_pool_srcu);
 }
 
+/* One write to an ivshmem-doorbell device's Doorbell register. */
+void vmdedup_glue_doorbell(void *reg, u32 value)
+{
+	writel(value, (void __iomem *)reg);
+}
+
 unsigned int vmdedup_glue_param(enum vmdedup_param which)
 {
 	if ((unsigned int)which >= VMDEDUP_PARAM_COUNT)
@@ -128,18 +145,118 @@ unsigned int vmdedup_glue_param(enum vmdedup_param which)
 static void vmdedup_tick_fn(struct work_struct *w);
 static DECLARE_DELAYED_WORK(vmdedup_tick_work, vmdedup_tick_fn);
 static bool vmdedup_tick_stop;
+/* The last run of the event work went to sleep waiting for the interrupt. */
+static bool vmdedup_tick_waiting;
 
 static void vmdedup_tick_fn(struct work_struct *w)
 {
-	vmdedup_rs_tick(vmdedup_ctx);
-	if (!READ_ONCE(vmdedup_tick_stop))
+	/* false: Rust waits for the host's interrupt (GUEST_FLAG_WAITING). */
+	bool again = vmdedup_rs_tick(vmdedup_ctx);
+	unsigned int safety = READ_ONCE(wait_timeout_ms);
+
+	if (READ_ONCE(vmdedup_tick_stop))
+		return;
+	WRITE_ONCE(vmdedup_tick_waiting, !again);
+	if (again)
 		schedule_delayed_work(&vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
+	else if (safety)
+		schedule_delayed_work(&vmdedup_tick_work, msecs_to_jiffies(safety));
+}
+
+/*
+ * The event work in event_poll_ms, also when its wait_timeout_ms safety run
+ * is pending (Rust calls this once, when it stops waiting).
+ */
+void vmdedup_glue_tick_soon(void)
+{
+	if (!READ_ONCE(vmdedup_tick_stop))
+		mod_delayed_work(system_wq, &vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
+}
+
+/*
+ * Work for the event work that no interrupt announces (an evicted inode's
+ * map to release): if it sleeps waiting for the interrupt, it runs within
+ * event_poll_ms; if it polls, its timer comes anyway. No lock: callable
+ * from memory reclaim. (One racing with the event work going to sleep waits
+ * for the safety run, wait_timeout_ms.)
+ */
+void vmdedup_glue_sweep_soon(void)
+{
+	if (READ_ONCE(vmdedup_tick_waiting) && !READ_ONCE(vmdedup_tick_stop))
+		mod_delayed_work(system_wq, &vmdedup_tick_work, msecs_to_jiffies(max(event_poll_ms, 1U)));
+}
+
+/* The ring's vector: the host published something while we waited. */
+static irqreturn_t vmdedup_irq(int irq, void *data)
+{
+	vmdedup_rs_irq();
+	if (!READ_ONCE(vmdedup_tick_stop))
+		mod_delayed_work(system_wq, &vmdedup_tick_work, 0);
+	return IRQ_HANDLED;
 }
 
 struct vmdedup_dev {
 	void *base;
+	void __iomem *regs; /* BAR0 of an ivshmem-doorbell device, else NULL */
+	bool irq; /* its MSI-X vector 0 is requested */
 	int slot;
 };
+
+/* The ring vector of an ivshmem-doorbell device, wired to vmdedup_irq(). */
+static bool vmdedup_setup_irq(struct pci_dev *pdev, struct vmdedup_dev *vd)
+{
+	if (!vd->regs)
+		return false;
+	/* An MSI-X message is a write by the device: it needs bus mastering. */
+	pci_set_master(pdev);
+	if (pci_alloc_irq_vectors(pdev, 1, 1, PCI_IRQ_MSIX) < 1) {
+		pci_clear_master(pdev);
+		return false;
+	}
+	if (request_irq(pci_irq_vector(pdev, 0), vmdedup_irq, 0, "vmdedup", vd)) {
+		pci_free_irq_vectors(pdev);
+		pci_clear_master(pdev);
+		return false;
+	}
+	return true;
+}
+
+static void vmdedup_free_irq(struct pci_dev *pdev, struct vmdedup_dev *vd)
+{
+	if (!vd->irq)
+		return;
+	free_irq(pci_irq_vector(pdev, 0), vd);
+	pci_free_irq_vectors(pdev);
+	pci_clear_master(pdev);
+	vd->irq = false;
+}
+
+/*
+ * BAR0 (the registers) of an ivshmem-doorbell device, or NULL: only a device
+ * with MSI-X (QEMU gives ivshmem-plain none) has peers whose doorbells reach
+ * anyone. Without it the ring is polled, as before.
+ */
+static void __iomem *vmdedup_map_regs(struct pci_dev *pdev)
+{
+	void __iomem *regs;
+
+	if (!pdev->msix_cap || pci_resource_len(pdev, IVSHMEM_REG_BAR) < IVSHMEM_REG_LEN)
+		return NULL;
+	if (pci_request_region(pdev, IVSHMEM_REG_BAR, "vmdedup-regs"))
+		return NULL;
+	regs = pci_iomap(pdev, IVSHMEM_REG_BAR, IVSHMEM_REG_LEN);
+	if (!regs)
+		pci_release_region(pdev, IVSHMEM_REG_BAR);
+	return regs;
+}
+
+static void vmdedup_unmap_regs(struct pci_dev *pdev, void __iomem *regs)
+{
+	if (!regs)
+		return;
+	pci_iounmap(pdev, regs);
+	pci_release_region(pdev, IVSHMEM_REG_BAR);
+}
 
 static int vmdedup_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
@@ -168,7 +285,11 @@ static int vmdedup_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		err = -ENOMEM;
 		goto out_release;
 	}
-	vd->slot = vmdedup_rs_region_attach(vmdedup_ctx, vd->base, len, start, pci_name(pdev));
+	vd->regs = vmdedup_map_regs(pdev);
+	vd->irq = vmdedup_setup_irq(pdev, vd);
+	vd->slot = vmdedup_rs_region_attach(vmdedup_ctx, vd->base, len, start, pci_name(pdev),
+					    vd->regs ? (void __force *)(vd->regs + IVSHMEM_DOORBELL) : NULL,
+					    vd->irq);
 	if (vd->slot < 0) {
 		err = vd->slot;
 		goto out_unmap;
@@ -177,6 +298,8 @@ static int vmdedup_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	return 0;
 
 out_unmap:
+	vmdedup_free_irq(pdev, vd);
+	vmdedup_unmap_regs(pdev, vd->regs);
 	memunmap(vd->base);
 out_release:
 	pci_release_region(pdev, IVSHMEM_SHM_BAR);
@@ -191,7 +314,10 @@ static void vmdedup_remove(struct pci_dev *pdev)
 {
 	struct vmdedup_dev *vd = pci_get_drvdata(pdev);
 
+	/* No interrupt runs once it is freed; the work may: it finds no ring. */
+	vmdedup_free_irq(pdev, vd);
 	vmdedup_rs_region_detach(vmdedup_ctx, vd->slot);
+	vmdedup_unmap_regs(pdev, vd->regs);
 	memunmap(vd->base);
 	pci_release_region(pdev, IVSHMEM_SHM_BAR);
 	pci_disable_device(pdev);
@@ -356,6 +482,8 @@ void vmdedup_glue_exit(void)
 	WRITE_ONCE(vmdedup_tick_stop, true);
 	cancel_delayed_work_sync(&vmdedup_tick_work);
 	pci_unregister_driver(&vmdedup_pci_driver);
+	/* An interrupt that raced with the stop flag may have queued it. */
+	cancel_delayed_work_sync(&vmdedup_tick_work);
 	vmdedup_sysfs_exit();
 	vmdedup_ctx = NULL;
 }

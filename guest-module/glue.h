@@ -91,6 +91,9 @@ unsigned int vmdedup_glue_param(enum vmdedup_param which);
 int vmdedup_glue_pool_read_lock(void);
 void vmdedup_glue_pool_read_unlock(int idx);
 void vmdedup_glue_pool_sync(void);
+void vmdedup_glue_doorbell(void *reg, u32 value);
+void vmdedup_glue_tick_soon(void);
+void vmdedup_glue_sweep_soon(void);
 
 /* glue.c, called from fs.c. */
 const void *vmdedup_glue_ctx(void);
@@ -113,11 +116,20 @@ int vmdedup_fs_init(void);
 void vmdedup_fs_exit(void);
 
 /* Rust (entry.rs), called from glue.c. */
-int vmdedup_rs_region_attach(const void *ctx, void *base, u64 len, u64 phys, const char *dev_name);
+/*
+ * `doorbell`: the Doorbell register of an ivshmem-doorbell device (BAR0 +
+ * 12), mapped until vmdedup_rs_region_detach() has returned; NULL for an
+ * ivshmem-plain device (no MSI-X: nothing would deliver a doorbell).
+ * `irq`: the device's ring vector is wired to vmdedup_rs_irq() and the event
+ * work (so the module may sleep without its timer).
+ */
+int vmdedup_rs_region_attach(const void *ctx, void *base, u64 len, u64 phys, const char *dev_name,
+			     void *doorbell, bool irq);
 void vmdedup_rs_region_detach(const void *ctx, int slot);
 long vmdedup_rs_sysfs_show(const void *ctx, const char *dir, const char *attr, char *buf, size_t len);
 int vmdedup_rs_stat_name(int index, char *buf, size_t len);
-void vmdedup_rs_tick(const void *ctx);
+bool vmdedup_rs_tick(const void *ctx);
+void vmdedup_rs_irq(void);
 
 /* Rust (entry.rs), called from fs.c. */
 int vmdedup_rs_mount_new(const void *ctx, const char *data, char *lower, size_t lower_len, void **out);

@@ -8,6 +8,7 @@ use kernel::prelude::*;
 use kernel::sync::Mutex;
 
 use crate::client::Client;
+use crate::ffi::Doorbell;
 use crate::mapping::Mapping;
 use crate::regions::{DevName, Regions, Slot};
 
@@ -36,9 +37,31 @@ impl Link {
     }
 
     /// Validates a freshly mapped device and takes it as the ring or the
-    /// pool region (see [`Regions::attach`]).
-    pub(crate) fn attach(&mut self, map: Mapping, dev: DevName) -> Result<Slot> {
-        self.regions.attach(map, dev)
+    /// pool region (see [`Regions::attach`]). A ring device's `doorbell`
+    /// goes to the client, which rings it when the host poller asks.
+    pub(crate) fn attach(
+        &mut self,
+        map: Mapping,
+        dev: DevName,
+        doorbell: Option<Doorbell>,
+        irq: bool,
+    ) -> Result<Slot> {
+        let slot = self.regions.attach(map, dev)?;
+        if slot == Slot::Ring {
+            if doorbell.is_some() {
+                pr_info!(
+                    "{}: ring on ivshmem-doorbell: doorbells rung when the host parks\n",
+                    dev.as_str()
+                );
+            } else {
+                pr_info!(
+                    "{}: ring on ivshmem-plain: polled, no doorbell\n",
+                    dev.as_str()
+                );
+            }
+            self.client.set_doorbell(doorbell, irq);
+        }
+        Ok(slot)
     }
 
     /// Forgets the region in `slot`; afterwards the glue unmaps it.
@@ -49,7 +72,13 @@ impl Link {
             // still copy from their frames has ended before the glue unmaps it.
             self.client.reset();
             crate::ffi::pool_sync();
+            // The ring's doorbell stays with the ring: it goes only when the
+            // ring itself is detached (its register is unmapped after this).
+            let (doorbell, irq) = self.client.take_doorbell();
             self.client = Client::new();
+            if slot == Slot::Pool {
+                self.client.set_doorbell(doorbell, irq);
+            }
             pr_info!("{}: region detached\n", dev.as_str());
         }
     }

@@ -44,7 +44,7 @@ counters! {
     faults_around_pages: "Neighbouring pool frames a read fault on a pool mapping mapped too (fault-around: up to 16 pages in the aligned block around the fault, within the VMA, the file and the map the mapping was checked against; a page already mapped counts too).",
     faults_lower: "Page faults on a pool mapping served with the lower file's page (map revoked or replaced).",
     faults_failed: "Page faults on a pool mapping that could not be served.",
-    doorbells_needed: "Times NEED_WAKEUP was set after publishing (no doorbell hardware: counted only).",
+    doorbells_needed: "Times NEED_WAKEUP was set after publishing (a doorbell was due; rung only with an ivshmem-doorbell ring, see doorbells_rung).",
     fallbacks: "Times a file map was dropped and the file went back to lower.",
     verify_pages: "Pool pages compared with the lower file.",
     verify_mismatches: "Pool pages that differed from the lower file.",
@@ -87,6 +87,10 @@ counters! {
     hint_rtt_us_over: "Hints answered more than 1048576 us after being sent.",
     reads_fast: "read(2) calls (or their first run of frames) served by the fast path: one lock, one copy, the table checked after it.",
     opens_settled: "Opens of files needing no hint (answer kept, request pending, miss known, identity unchanged): no path, no fingerprint read.",
+    doorbells_rung: "Doorbells rung: writes to the ring device's Doorbell register (ivshmem-doorbell) after NEED_WAKEUP was seen.",
+    irqs_received: "Interrupts received on the ring device's vector (the host published while this guest waited).",
+    ticks: "Runs of the event work (its timer every event_poll_ms while polling, or an interrupt or a hint after waiting).",
+    waits: "Times the event work went to sleep without a timer, waiting for the host's interrupt (GUEST_FLAG_WAITING).",
 }
 
 static VALUES: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];

@@ -15,6 +15,7 @@ use vmdedup_protocol::pool::TableRef;
 use crate::config::AgentConfig;
 use crate::domain::{Domain, Domains};
 use crate::hostfile::{FileAccess, HostFileError};
+use crate::ivshmem::{DoorbellServer, VmDoorbell};
 use crate::namespace::{Namespace, NamespaceError};
 use crate::pool::{PoolBacking, PoolMemory, PoolMemoryError, PoolSpec};
 use crate::ring::handler::RingId;
@@ -146,6 +147,11 @@ struct Inner {
     ring_paths: Mutex<BTreeMap<VmId, PathBuf>>,
     /// Rings created while no poller runs yet.
     pending: Mutex<Vec<HostRing>>,
+    /// The ivshmem server of the rings (`doorbell = true`).
+    doorbells: Mutex<Option<DoorbellServer>>,
+    /// Each VM's doorbells, kept for the VM's life in this agent (a
+    /// reinstated ring gets the same ones: QEMU holds them).
+    bells: Mutex<BTreeMap<VmId, Arc<VmDoorbell>>>,
     /// Rings started over by [`Agent::reinstate_vm`] (for their generations).
     reinstated: std::sync::atomic::AtomicU64,
     /// Serialises adding, removing and reinstating VMs (ids, domains).
@@ -348,6 +354,14 @@ impl Agent {
                 }
             })?,
         );
+        let doorbells = if config.doorbell {
+            Some(DoorbellServer::start().map_err(|cause| AgentError::Ring {
+                path: PathBuf::from("(ivshmem server)"),
+                cause,
+            })?)
+        } else {
+            None
+        };
         let agent = Agent {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -359,6 +373,8 @@ impl Agent {
                 rings,
                 ring_paths: Mutex::new(BTreeMap::new()),
                 pending: Mutex::new(Vec::new()),
+                doorbells: Mutex::new(doorbells),
+                bells: Mutex::new(BTreeMap::new()),
                 reinstated: std::sync::atomic::AtomicU64::new(0),
                 admin: Mutex::new(()),
                 added: Mutex::new(Vec::new()),
@@ -413,6 +429,7 @@ impl Agent {
             namespaces = config.namespaces.len(),
             pollers = agent.inner.opts.pollers.threads,
             generation = agent.inner.opts.generation,
+            ring_device = if config.doorbell { "ivshmem-doorbell" } else { "ivshmem-plain" },
             "agent started"
         );
         Ok(agent)
@@ -644,21 +661,129 @@ impl Agent {
                 }
             }
         };
-        let (ring, how) = match setup() {
-            Ok(r) => r,
-            Err(e) => {
-                svc.remove_vm(id);
-                self.inner.domains.unbind_vm(id);
-                self.close_domain_if_empty(domain);
-                return Err(e);
-            }
-        };
+        let (ring, how) =
+            match setup().and_then(|(r, how)| Ok((self.doorbell_for(id, name, &path, r)?, how))) {
+                Ok(r) => r,
+                Err(e) => {
+                    svc.remove_vm(id);
+                    self.inner.domains.unbind_vm(id);
+                    self.close_domain_if_empty(domain);
+                    return Err(e);
+                }
+            };
         let poller = self.install_ring(id, ring)?;
         if let Ok(mut p) = self.inner.ring_paths.lock() {
             p.insert(id, path.clone());
         }
         tracing::info!(vm = name, id, domain, ring = %path.display(), ?poller, how, "VM added");
         Ok(path)
+    }
+
+    /// With `doorbell = true`: the ring of VM `id` with its doorbell, made
+    /// (with its socket beside the ring region at `ring_path`) the first
+    /// time. Without: the ring as it is, and a doorbell socket an earlier
+    /// agent left for the VM is removed (`qemu-args` reads its presence as
+    /// "doorbell on").
+    fn doorbell_for(
+        &self,
+        id: VmId,
+        name: &str,
+        ring_path: &Path,
+        ring: HostRing,
+    ) -> Result<HostRing, AgentError> {
+        let sock = self.inner.config.doorbell_path(name);
+        let server = self
+            .inner
+            .doorbells
+            .lock()
+            .map_err(|_| AgentError::Config("lock poisoned".into()))?;
+        let Some(server) = server.as_ref() else {
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(&sock);
+            }
+            return Ok(ring);
+        };
+        let mut bells = self
+            .inner
+            .bells
+            .lock()
+            .map_err(|_| AgentError::Config("lock poisoned".into()))?;
+        let ring_err = |cause| AgentError::Ring {
+            path: ring_path.to_path_buf(),
+            cause,
+        };
+        let bell = match bells.get(&id) {
+            Some(b) => Arc::clone(b),
+            None => {
+                // The memory QEMU gets from the server: the ring region
+                // file, which ensure_ring_file checked (regular, ours, one
+                // link); never through a symlink.
+                let shm = {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(ring_path)
+                        .map_err(|cause| AgentError::RingFile {
+                            path: ring_path.to_path_buf(),
+                            cause,
+                        })?
+                };
+                let bell = VmDoorbell::new(name, shm).map_err(ring_err)?;
+                let listener = self.inner.files.bind_socket(&sock, "doorbell socket")?;
+                server.add(Arc::clone(&bell), listener).map_err(ring_err)?;
+                tracing::info!(vm = name, socket = %sock.display(), "ring doorbell socket ready (ivshmem-doorbell)");
+                bells.insert(id, Arc::clone(&bell));
+                bell
+            }
+        };
+        Ok(ring.with_doorbell(
+            bell.ring_doorbell().map_err(ring_err)?,
+            bell.live(),
+            Some(bell.guest_interrupt().map_err(ring_err)?),
+        ))
+    }
+
+    /// Every VM's ring device and the wake-ups over it, in VM id order.
+    pub fn ring_reports(&self) -> Vec<vmdedup_protocol::control::RingReport> {
+        let rings: Vec<(VmId, Arc<RingShared>)> = self
+            .inner
+            .rings
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, Arc::clone(v))).collect())
+            .unwrap_or_default();
+        let bells = self
+            .inner
+            .bells
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        rings
+            .into_iter()
+            .filter_map(|(id, r)| {
+                let name = self.inner.domains.vms(Some(id)).first()?.name.clone();
+                let bell = bells.get(&id);
+                Some(vmdedup_protocol::control::RingReport {
+                    name: vmdedup_protocol::control::bounded_str(&name),
+                    doorbell: bell.is_some(),
+                    connected: bell.is_some_and(|b| b.connected()),
+                    guest_rings: r.guest_rings_doorbell(),
+                    doorbells: r.stats.doorbells.load(std::sync::atomic::Ordering::Relaxed),
+                    interrupts: r
+                        .stats
+                        .interrupts
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// VM `vm`'s doorbell (`doorbell = true`), for its counters.
+    pub fn doorbell(&self, vm: &str) -> Option<Arc<VmDoorbell>> {
+        let id = self.inner.domains.vm_id(vm)?;
+        self.inner.bells.lock().ok()?.get(&id).cloned()
     }
 
     /// Hands a new ring to a poller (or keeps it until the pollers start)
@@ -723,6 +848,19 @@ impl Agent {
         }
         svc.remove_vm(id);
         self.inner.domains.unbind_vm(id);
+        if let Some(bell) = self.inner.bells.lock().ok().and_then(|mut b| b.remove(&id)) {
+            if let Some(server) = self
+                .inner
+                .doorbells
+                .lock()
+                .ok()
+                .as_ref()
+                .and_then(|s| s.as_ref())
+            {
+                server.remove(bell.vm());
+            }
+            let _ = std::fs::remove_file(self.inner.config.doorbell_path(name));
+        }
         if let Ok(mut added) = self.inner.added.lock() {
             if added.iter().any(|(n, _)| n == name) {
                 added.retain(|(n, _)| n != name);
@@ -774,6 +912,11 @@ impl Agent {
                 self.inner.config.domain_pool_size(dom.name()),
             ),
             pool_path: dom.pool_path().to_path_buf(),
+            doorbell: self
+                .inner
+                .config
+                .doorbell
+                .then(|| self.inner.config.doorbell_path(name)),
         })
     }
 
@@ -828,7 +971,7 @@ impl Agent {
             .and_then(|p| p.get(&id).cloned())
             .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))?;
         let generation = self.next_ring_generation();
-        let ring = create_ring(&path, id, generation)?;
+        let ring = self.doorbell_for(id, name, &path, create_ring(&path, id, generation)?)?;
         // Before a poller has the ring: the guest's attachment, which makes
         // the service release what the VM held through the old ring, must
         // find the VM reinstated.
@@ -865,6 +1008,9 @@ impl Agent {
         if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
             p.shutdown();
         }
+        if let Some(s) = self.inner.doorbells.lock().ok().and_then(|mut s| s.take()) {
+            s.shutdown();
+        }
         for d in self.inner.domains.all() {
             d.service().shutdown();
         }
@@ -883,6 +1029,11 @@ impl Agent {
         }
         if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
             p.shutdown();
+        }
+        // The sockets stay: a QEMU keeps reconnecting until the next agent
+        // binds them again.
+        if let Some(s) = self.inner.doorbells.lock().ok().and_then(|mut s| s.take()) {
+            s.shutdown();
         }
         for d in self.inner.domains.all() {
             d.service().shutdown();

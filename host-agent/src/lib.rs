@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod domain;
 pub mod hostfile;
+pub mod ivshmem;
 pub mod metrics;
 pub mod namespace;
 pub mod pool;

@@ -89,6 +89,15 @@ struct ConfigArgs {
     /// Directory of the VMs' ring region files (default /dev/shm).
     #[arg(long)]
     ring_dir: Option<PathBuf>,
+    /// Rings are ivshmem-doorbell devices with the agent as their ivshmem
+    /// server (a socket per VM in the ring directory): each side wakes the
+    /// other only when it sleeps (configuration key `doorbell`).
+    #[arg(long, conflicts_with = "no_doorbell")]
+    doorbell: bool,
+    /// Rings are ivshmem-plain devices, polled (`doorbell = false`); for
+    /// `qemu-args`, print the ring as ivshmem-plain whatever the agent does.
+    #[arg(long)]
+    no_doorbell: bool,
     /// Control socket path (default /run/vmdedup/control.sock).
     #[arg(long)]
     control: Option<PathBuf>,
@@ -168,6 +177,12 @@ impl ConfigArgs {
         }
         if let Some(d) = &self.ring_dir {
             cfg.ring_dir = d.clone();
+        }
+        if self.doorbell {
+            cfg.doorbell = true;
+        }
+        if self.no_doorbell {
+            cfg.doorbell = false;
         }
         if let Some(c) = &self.control {
             cfg.control_socket = c.clone();
@@ -803,6 +818,7 @@ fn cmd_serve(
     let reinstate_agent = agent.clone();
     let remove_agent = agent.clone();
     let attachment_agent = agent.clone();
+    let rings_agent = agent.clone();
     let ctx = Arc::new(ControlContext {
         domains: agent.domains().clone(),
         vm_add: Some(Box::new(move |name: &str, domain: &str| {
@@ -819,6 +835,7 @@ fn cmd_serve(
         vm_attachment: Some(Box::new(move |name: &str| {
             attachment_agent.attachment(name).map_err(|e| e.to_string())
         })),
+        vm_rings: Some(Box::new(move || rings_agent.ring_reports())),
     });
     let socket = cfg.control_socket.clone();
     let mut guest_sockets = Vec::new();
@@ -901,10 +918,33 @@ fn ready_message(cfg: &AgentConfig, socket: &Path) -> String {
 /// `vmdedup status`.
 fn cmd_status(control: &Path, json: bool) -> anyhow::Result<()> {
     let r = rpc!(control, Request::Status, Response::Status(r) => r)?;
+    // An older agent does not know the request: its VMs get no "ring".
+    let rings = rpc!(control, Request::VmRings, Response::VmRings(v) => v).unwrap_or_default();
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats::status_json(&r))?);
+        let mut doc = stats::status_json(&r);
+        stats::add_rings_json(&mut doc, &rings);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print_status(&r);
+        for g in &rings {
+            println!(
+                "ring {}: {}{}, {} doorbells received, {} interrupts sent",
+                g.name.as_str(),
+                if g.doorbell {
+                    "ivshmem-doorbell"
+                } else {
+                    "ivshmem-plain (polled)"
+                },
+                match (g.doorbell, g.connected, g.guest_rings) {
+                    (false, _, _) => "",
+                    (true, false, _) => " (QEMU not connected: polled)",
+                    (true, true, false) => " (the guest does not ring: polled)",
+                    (true, true, true) => "",
+                },
+                g.doorbells,
+                g.interrupts
+            );
+        }
     }
     Ok(())
 }
@@ -914,7 +954,11 @@ fn cmd_vms(control: &Path, json: bool) -> anyhow::Result<()> {
     let vms = rpc!(control, Request::Vms, Response::Vms(v) => v)?;
     if json {
         let list: Vec<serde_json::Value> = vms.iter().map(stats::vm_json).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        // The same objects as status --json lists, ring included.
+        let rings = rpc!(control, Request::VmRings, Response::VmRings(v) => v).unwrap_or_default();
+        let mut doc = serde_json::json!({ "vms": list });
+        stats::add_rings_json(&mut doc, &rings);
+        println!("{}", serde_json::to_string_pretty(&doc["vms"])?);
         return Ok(());
     }
     println!(

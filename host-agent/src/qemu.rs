@@ -25,7 +25,13 @@ pub struct Attachment {
     pub pool_path: PathBuf,
     /// The pool's size in bytes.
     pub pool_size: u64,
+    /// The agent's ivshmem server socket for the ring when the ring is an
+    /// `ivshmem-doorbell` device; `None`: `ivshmem-plain`.
+    pub doorbell: Option<PathBuf>,
 }
+
+/// Interrupt vectors of the ring's `ivshmem-doorbell` device.
+pub const DOORBELL_VECTORS: usize = crate::ivshmem::VECTORS;
 
 /// The directory whose files libvirt's `<shmem>` names (`/dev/shm/NAME`).
 pub const LIBVIRT_SHMEM_DIR: &str = "/dev/shm";
@@ -73,16 +79,46 @@ impl Attachment {
             ring_size,
             pool_path: cfg.pool_path(&domain),
             pool_size: cfg.domain_pool_size(&domain),
+            doorbell: cfg.doorbell.then(|| cfg.doorbell_path(vm)),
             domain,
         }
     }
 
-    /// As the agent reported it.
+    /// The same attachment with the ring as `ivshmem-plain` (`qemu-args
+    /// --no-doorbell`): the agent still serves it, polled with its short
+    /// park timeout.
+    pub fn without_doorbell(mut self) -> Self {
+        self.doorbell = None;
+        self
+    }
+
+    /// Which device the ring is, for humans.
+    pub fn ring_device(&self) -> &'static str {
+        if self.doorbell.is_some() {
+            "ivshmem-doorbell"
+        } else {
+            "ivshmem-plain"
+        }
+    }
+
+    /// As the agent reported it. The ring is an `ivshmem-doorbell` device
+    /// when the agent's ivshmem socket for the VM is beside the ring region
+    /// (the agent makes it only with `doorbell = true`, and removes it
+    /// otherwise).
     pub fn from_report(r: &AttachmentReport) -> Self {
+        let ring_path = PathBuf::from(r.ring_path.as_str());
+        let doorbell = ring_path
+            .parent()
+            .map(|d| crate::ivshmem::socket_path(d, r.name.as_str()))
+            .filter(|p| {
+                use std::os::unix::fs::FileTypeExt;
+                std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
+            });
         Attachment {
+            doorbell,
             vm: r.name.to_string(),
             domain: r.domain.to_string(),
-            ring_path: PathBuf::from(r.ring_path.as_str()),
+            ring_path,
             ring_size: r.ring_size,
             pool_path: PathBuf::from(r.pool_path.as_str()),
             pool_size: r.pool_size,
@@ -114,9 +150,21 @@ impl Attachment {
         })
     }
 
-    /// The ring's QEMU arguments: a file memory backend shared read-write
-    /// and the ivshmem-plain device over it.
+    /// The ring's QEMU arguments: with a doorbell, the agent's socket as a
+    /// chardev and the ivshmem-doorbell device over it (no `reconnect=`:
+    /// QEMU 7.2 then connects in the background while the device waits for
+    /// the memory in the foreground, and never starts; after an agent
+    /// restart the ring works on, polled, until the VM's QEMU restarts); else a file memory backend shared
+    /// read-write and the ivshmem-plain device over it.
     fn ring_args(&self) -> [String; 4] {
+        if let Some(sock) = &self.doorbell {
+            return [
+                "-chardev".into(),
+                format!("socket,id=vmdedup-ring,path={}", qemu_opt_path(sock)),
+                "-device".into(),
+                format!("ivshmem-doorbell,chardev=vmdedup-ring,vectors={DOORBELL_VECTORS}"),
+            ];
+        }
         [
             "-object".into(),
             format!(
@@ -167,7 +215,12 @@ impl Attachment {
             "vm": self.vm,
             "domain": self.domain,
             "source": source,
-            "ring": { "path": self.ring_path.display().to_string(), "size": self.ring_size },
+            "ring": {
+                "path": self.ring_path.display().to_string(),
+                "size": self.ring_size,
+                "device": self.ring_device(),
+                "doorbell_socket": self.doorbell.as_ref().map(|p| p.display().to_string()),
+            },
             "pool": {
                 "path": self.pool_path.display().to_string(),
                 "size": self.pool_size,
@@ -195,7 +248,15 @@ impl Attachment {
         let mut devices = String::new();
         let mut args: Vec<String> = Vec::new();
         let mut notes = Vec::new();
-        if self.ring_fits_shmem() {
+        if let Some(sock) = &self.doorbell {
+            // The agent is the ivshmem server: libvirt's <shmem> names its
+            // socket; QEMU gets the ring memory from it.
+            devices.push_str(&format!(
+                "<shmem name='{}'>\n  <model type='ivshmem-doorbell'/>\n  <server path='{}'/>\n  <msi vectors='{DOORBELL_VECTORS}'/>\n</shmem>\n",
+                xml_attr(&format!("vmdedup-{}", self.vm)),
+                xml_attr(&sock.display().to_string()),
+            ));
+        } else if self.ring_fits_shmem() {
             let name = self
                 .ring_path
                 .file_name()
@@ -239,11 +300,17 @@ impl Attachment {
         let ring = shell_quote(&self.ring_path.display().to_string());
         let pool = shell_quote(&self.pool_path.display().to_string());
         let user = shell_quote(user);
-        vec![
+        let mut c = vec![
             format!("chown {user} {ring} {pool}"),
             format!("chmod 0600 {ring}"),
             format!("chmod 0400 {pool}"),
-        ]
+        ];
+        if let Some(sock) = &self.doorbell {
+            let sock = shell_quote(&sock.display().to_string());
+            c.push(format!("chown {user} {sock}"));
+            c.push(format!("chmod 0600 {sock}"));
+        }
+        c
     }
 }
 
@@ -344,7 +411,47 @@ mod tests {
             ring_size,
             pool_path: "/dev/shm/a,b'<&>.pool".into(),
             pool_size: 64 << 20,
+            doorbell: None,
         }
+    }
+
+    #[test]
+    fn a_doorbell_ring_is_an_ivshmem_doorbell_device_on_the_agents_socket() {
+        let mut a = attachment("/run/x", 1 << 20);
+        a.doorbell = Some(PathBuf::from("/run/x/vmdedup-vm1.doorbell"));
+        let args = a.qemu_args(false);
+        assert_eq!(
+            &args[..4],
+            [
+                "-chardev",
+                "socket,id=vmdedup-ring,path=/run/x/vmdedup-vm1.doorbell",
+                "-device",
+                "ivshmem-doorbell,chardev=vmdedup-ring,vectors=1",
+            ]
+        );
+        assert!(!args.iter().any(|x| x.contains("vmdedup-vm1.ring")));
+        // The pool stays ivshmem-plain, read-only.
+        assert!(args
+            .iter()
+            .any(|x| x == "ivshmem-plain,memdev=vmdedup-pool"));
+        let x = a.libvirt(false);
+        assert!(
+            x.devices.contains("<model type='ivshmem-doorbell'/>"),
+            "{x:?}"
+        );
+        assert!(x
+            .devices
+            .contains("<server path='/run/x/vmdedup-vm1.doorbell'/>"));
+        assert!(!x.commandline.contains("vmdedup-ring"));
+        assert_eq!(
+            a.json(false, "config")["ring"]["device"],
+            "ivshmem-doorbell"
+        );
+        let plain = a.without_doorbell();
+        assert_eq!(
+            plain.qemu_args(false)[3],
+            "ivshmem-plain,memdev=vmdedup-ring"
+        );
     }
 
     #[test]

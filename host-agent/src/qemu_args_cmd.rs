@@ -44,6 +44,11 @@ pub(crate) fn cmd_qemu_args(
         }
     }
     let (a, from_agent, source) = qemu_attachment(name, domain, config, ring_size)?;
+    let a = if config.no_doorbell {
+        a.without_doorbell()
+    } else {
+        a
+    };
     match format {
         QemuFormat::Lines => {
             for arg in a.qemu_args(balloon) {
@@ -75,6 +80,15 @@ pub(crate) fn cmd_qemu_args(
         }
     }
     eprintln!("vmdedup: qemu-args: {name}'s paths and sizes from {source}");
+    match &a.doorbell {
+        Some(sock) => eprintln!(
+            "vmdedup: qemu-args: {name}'s ring is an ivshmem-doorbell device served by the agent at {} (--no-doorbell: ivshmem-plain)",
+            sock.display()
+        ),
+        None => eprintln!(
+            "vmdedup: qemu-args: {name}'s ring is an ivshmem-plain device, polled (no doorbell)"
+        ),
+    }
     Ok(())
 }
 

@@ -290,6 +290,32 @@ pub fn vm_json(v: &vmdedup_protocol::control::VmReport) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
+/// Adds each VM's `ring` object (device and wake-ups, see
+/// [`vmdedup_protocol::control::RingReport`]) to a `status --json`
+/// document's `vms`.
+pub fn add_rings_json(
+    doc: &mut serde_json::Value,
+    rings: &[vmdedup_protocol::control::RingReport],
+) {
+    let Some(vms) = doc.get_mut("vms").and_then(|v| v.as_array_mut()) else {
+        return;
+    };
+    for v in vms {
+        let Some(name) = v.get("name").and_then(|n| n.as_str()).map(str::to_string) else {
+            continue;
+        };
+        if let Some(g) = rings.iter().find(|g| g.name.as_str() == name) {
+            v["ring"] = serde_json::json!({
+                "device": if g.doorbell { "ivshmem-doorbell" } else { "ivshmem-plain" },
+                "connected": g.connected,
+                "guest_rings": g.guest_rings,
+                "doorbells": g.doorbells,
+                "interrupts": g.interrupts,
+            });
+        }
+    }
+}
+
 /// The documented `status --json` document of a status report.
 pub fn status_json(r: &StatusReport) -> serde_json::Value {
     let mut o = serde_json::Map::new();

@@ -89,6 +89,7 @@ fn start(tag: &str) -> Agent {
         // The paths are the agent's (tests/qemu_args.rs); here only that
         // guests may not ask.
         vm_attachment: Some(Box::new(|name: &str| Err(format!("no VM called {name:?}")))),
+        vm_rings: None,
     });
     let host = dir.join("control.sock");
     let vm1 = dir.join("vm1.vsock_5555");

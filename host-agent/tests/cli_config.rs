@@ -111,6 +111,7 @@ fn qemu_args_prints_one_argument_per_line_for_the_ring_the_pool_and_the_balloon(
         s(&file),
         "--ring-size",
         "256K",
+        "--no-doorbell",
     ]);
     let lines: Vec<&str> = out.lines().collect();
     let ring = d.0.join("vmdedup-vm2.ring");
@@ -216,6 +217,7 @@ fn qemu_args_refuses_names_that_are_not_vm_names() {
         s(&dir),
         "--pool",
         s(&dir.join("p")),
+        "--no-doorbell",
     ]);
     assert!(out.contains("a,,b/vmdedup-vm-1.x_y.ring"), "{out}");
     assert!(out.contains("a,,b/p,"), "{out}");

@@ -69,6 +69,11 @@ fn listings_print_json() {
     // The same objects as status --json lists.
     let status = json(&["status", "--json", "--control", c]);
     assert_eq!(status["vms"], vms);
+    // Each with its ring device and wake-ups.
+    for v in list {
+        assert!(v["ring"]["device"].is_string(), "{v}");
+        assert_eq!(v["ring"]["doorbells"], 0, "{v}");
+    }
 
     // Warmed into both domains' pools: one entry per domain.
     let files = json(&["files", "sys", "--json", "--control", c]);

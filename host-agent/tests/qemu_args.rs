@@ -125,7 +125,7 @@ fn from_a_running_agent_in_every_format() {
     std::fs::write(
         &file,
         format!(
-            "pool = \"{p}/pool\"\npool_size = \"2M\"\nring_dir = \"/dev/shm\"\nworkers = 1\n\
+            "pool = \"{p}/pool\"\npool_size = \"2M\"\nring_dir = \"/dev/shm\"\ndoorbell = false\nworkers = 1\n\
              control_socket = \"{c}\"\n[[vm]]\nname = \"{vm}\"\ndomain = \"tenant-a\"\n",
             p = s(&pools),
             c = s(&control)
@@ -221,7 +221,7 @@ fn from_a_configuration_without_an_agent_in_every_format() {
     std::fs::write(
         &file,
         format!(
-            "pool = \"{d}/pool\"\npool_size = \"4M\"\nring_dir = \"{r}\"\n\
+            "pool = \"{d}/pool\"\npool_size = \"4M\"\nring_dir = \"{r}\"\ndoorbell = false\n\
              control_socket = \"{c}\"\n[[vm]]\nname = \"vm1\"\n",
             d = s(&dir.0),
             r = s(&rings),
@@ -290,6 +290,53 @@ fn from_a_configuration_without_an_agent_in_every_format() {
     assert!(!o.status.success() && o.stdout.is_empty());
     assert!(err.contains("no agent answers at"), "{err}");
     assert!(err.contains("give --config FILE"), "{err}");
+}
+
+/// With doorbells (the default) the ring is an ivshmem-doorbell device on
+/// the agent's socket, in every format; libvirt's schema takes its
+/// `<shmem>` with `<server>`; `--no-doorbell` prints the plain ring.
+#[test]
+fn a_doorbell_ring_in_every_format() {
+    let dir = TempDir::new("qemu-args-doorbell");
+    let file = dir.0.join("agent.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "pool = \"{d}/pool\"\npool_size = \"4M\"\nring_dir = \"{d}\"\n\
+             control_socket = \"{d}/no-agent.sock\"\n[[vm]]\nname = \"vm1\"\n",
+            d = s(&dir.0)
+        ),
+    )
+    .unwrap();
+    let f = s(&file);
+    let sock = dir.0.join("vmdedup-vm1.doorbell");
+    let (out, err) = ok(&["qemu-args", "vm1", "--config", f]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "-chardev");
+    assert_eq!(
+        lines[1],
+        format!("socket,id=vmdedup-ring,path={}", s(&sock))
+    );
+    assert_eq!(lines[3], "ivshmem-doorbell,chardev=vmdedup-ring,vectors=1");
+    assert!(
+        lines.contains(&"ivshmem-plain,memdev=vmdedup-pool"),
+        "{out}"
+    );
+    assert!(
+        err.contains("ivshmem-doorbell device served by the agent"),
+        "{err}"
+    );
+    let (json, _) = ok(&["qemu-args", "vm1", "--config", f, "--format", "json"]);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["ring"]["device"], "ivshmem-doorbell");
+    assert_eq!(v["ring"]["doorbell_socket"], s(&sock));
+    let (xml, _) = ok(&["qemu-args", "vm1", "--config", f, "--format", "libvirt"]);
+    assert!(xml.contains("<model type='ivshmem-doorbell'/>"), "{xml}");
+    assert_libvirt_validates(&xml, &dir.0);
+    let (out, err) = ok(&["qemu-args", "vm1", "--config", f, "--no-doorbell"]);
+    assert!(out.contains("ivshmem-plain,memdev=vmdedup-ring"), "{out}");
+    assert!(!out.contains("chardev"), "{out}");
+    assert!(err.contains("ivshmem-plain device, polled"), "{err}");
 }
 
 #[test]

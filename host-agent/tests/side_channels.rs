@@ -105,6 +105,7 @@ fn warm_stays_beneath(mode: ResolveMode) {
         vm_reinstate: None,
         vm_remove: None,
         vm_attachment: None,
+        vm_rings: None,
     };
     // The whole namespace and a directory: the two regular files, nothing
     // through or of a symlink.

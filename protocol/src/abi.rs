@@ -224,6 +224,21 @@ impl RegionPrefix {
 // index", so at least one side sees the other: no lost wake-up. While the
 // poller is awake the flag is clear and the guest rings no doorbell at all.
 //
+// # Guest wake-up (WAITING): the same handshake the other way round
+// Guest, before it sleeps with no timer (it waits for a late answer, or has
+// nothing to do but events may come):
+//   1. set [`GUEST_FLAG_WAITING`] in `guest_flags` (SeqCst RMW),
+//   2. full fence (SeqCst),
+//   3. re-load `cq_tail`, `eq_tail` and `host_flags`; if there is an answer,
+//      an event or a new host flag, clear the flag and go on, else sleep
+//      until the ring's interrupt. After waking it clears the flag (Relaxed).
+// Host, after every store to `cq_tail` or `eq_tail` and after setting
+//   [`HOST_FLAG_CUT_OFF`]:
+//   1. full fence (SeqCst),
+//   2. load `guest_flags`; if WAITING is set, raise the guest's ring vector.
+// It only sleeps so while the host says it can raise that vector
+// ([`HOST_FLAG_INTERRUPTS`]); otherwise it keeps its periodic timer.
+//
 // # Host-side flow control
 // The host consumes a submission only when the completion ring has room for its
 // answer, so it never overwrites an answer the guest has not consumed. A guest
@@ -311,6 +326,13 @@ pub const HOST_FLAG_STOPPING: u32 = 1 << 2;
 /// map it holds, sends no release (the host keeps them charged), serves from
 /// lower and sends no more hints; then it sets [`GUEST_FLAG_CUT_OFF_ACK`].
 pub const HOST_FLAG_CUT_OFF: u32 = 1 << 3;
+/// `host_flags` bit: the host raises the guest's ring interrupt when it sees
+/// [`GUEST_FLAG_WAITING`] (its `ivshmem-doorbell` peer is connected). Set
+/// and cleared by the host (Release RMWs) as the connection comes and goes;
+/// a guest loads it (Acquire) before it sleeps without a timer, and keeps a
+/// timer while it is clear. A host that takes a ring over after a restart
+/// clears it until its own peer connects.
+pub const HOST_FLAG_INTERRUPTS: u32 = 1 << 4;
 
 /// `guest_flags` bit: the guest has applied [`HOST_FLAG_CUT_OFF`]: no page
 /// table of this VM maps a pool frame any more. Set with Release (a
@@ -318,6 +340,36 @@ pub const HOST_FLAG_CUT_OFF: u32 = 1 << 3;
 /// free the frames the VM still had charged. Never cleared while the ring
 /// lives.
 pub const GUEST_FLAG_CUT_OFF_ACK: u32 = 1 << 0;
+/// `guest_flags` bit: the guest rings a doorbell (an `ivshmem-doorbell`
+/// device's Doorbell register, which reaches the agent's eventfd) whenever
+/// the NEED_WAKEUP handshake asks for one, attachment and cut-off
+/// acknowledgement included. Set with Release (a `fetch_or`) once the guest
+/// has found the register, before it stores `guest_attached`; cleared
+/// (`fetch_and`, Release) if it loses the device. A host poller parks with
+/// its long safety timeout only while every ring it serves has the bit set
+/// *and* a connected doorbell; a ring without it is looked at every short
+/// park timeout, as with `ivshmem-plain`. The host only reads it (Relaxed: it
+/// chooses a timeout, nothing is read through it).
+pub const GUEST_FLAG_DOORBELL: u32 = 1 << 1;
+/// `guest_flags` bit: the guest is (about to be) asleep waiting for the
+/// host: the host must raise the guest's ring interrupt after it publishes
+/// an answer or an event, or sets [`HOST_FLAG_CUT_OFF`]. Set SeqCst and
+/// cleared Relaxed by the guest (the "Guest wake-up" handshake above); the
+/// host loads it after a full fence.
+pub const GUEST_FLAG_WAITING: u32 = 1 << 2;
+
+/// The host agent's peer id on a ring's `ivshmem-doorbell` device: a guest
+/// rings the host by writing `(DOORBELL_HOST_PEER << 16) | vector` to the
+/// device's Doorbell register. It is 0 because QEMU reads the server's
+/// version message (0) as "peer 0 left" when it reconnects.
+pub const DOORBELL_HOST_PEER: u16 = 0;
+/// The guest's peer id on that device (what its IVPosition register reads).
+pub const DOORBELL_GUEST_PEER: u16 = 1;
+/// The interrupt vector of the ring, both ways: the host's for new work or
+/// room, the guest's for answers and events it waits for.
+pub const DOORBELL_RING_VECTOR: u16 = 0;
+/// Interrupt vectors of a ring's `ivshmem-doorbell` device.
+pub const DOORBELL_VECTORS: u16 = 1;
 
 wire_struct! {
     /// Where one ring lives in the region, as written in the header.
@@ -419,7 +471,9 @@ wire_struct! {
         pub host_flags: FlagsLine = HOST_FLAGS @ 512,
         /// Writer: guest, atomic read-modify-writes only (`GUEST_FLAG_*`):
         /// CUT_OFF_ACK set Release after the guest's zap; the host loads the
-        /// word with Acquire. Other bits zero; reserved.
+        /// word with Acquire. DOORBELL set/cleared Release, read Relaxed by
+        /// the host. WAITING set SeqCst, cleared Relaxed, read by the host
+        /// after a full fence. Other bits zero; reserved.
         pub guest_flags: FlagsLine = GUEST_FLAGS @ 576,
         /// Writer: guest, Release, once after attach (after it dropped every
         /// map of an older generation and wrote `guest_features`): the low

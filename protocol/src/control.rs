@@ -120,6 +120,10 @@ pub enum Request {
         /// Name of the VM.
         name: Name,
     },
+    /// Every VM's ring device and its wake-ups ([`Response::VmRings`]).
+    /// Host CLI only. (Appended last: variant indices are the wire format;
+    /// an agent that does not know it cannot decode it and says so.)
+    VmRings,
 }
 
 /// Why a hint was answered with a miss. Also the keys of [`MissCounts`].
@@ -418,6 +422,27 @@ pub enum Response {
     /// Answer to [`Request::VmAttachment`]. (Appended last: variant indices
     /// are the wire format.)
     VmAttachment(AttachmentReport),
+    /// Answer to [`Request::VmRings`]. (Appended last.)
+    VmRings(Vec<RingReport, MAX_VMS>),
+}
+
+/// One VM's ring device and the wake-ups over it ([`Response::VmRings`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingReport {
+    /// Name of the VM.
+    pub name: Name,
+    /// The ring is served as an `ivshmem-doorbell` device (the agent is its
+    /// ivshmem server); false: `ivshmem-plain`, polled.
+    pub doorbell: bool,
+    /// The VM's QEMU is connected to the agent's ivshmem socket now.
+    pub connected: bool,
+    /// The guest said it rings when the poller parks (its module found the
+    /// Doorbell register).
+    pub guest_rings: bool,
+    /// Doorbells received from the guest (eventfd counts the poller drained).
+    pub doorbells: u64,
+    /// Interrupts raised in the guest.
+    pub interrupts: u64,
 }
 
 /// The files a VM's QEMU maps, as the running agent serves them

@@ -38,9 +38,10 @@ use core::sync::atomic::Ordering;
 
 use crate::abi::{
     ring_off, CompletionEntry, EventEntry, LayoutError, PrefixError, RegionKind, RegionPrefix,
-    RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, GUEST_FLAG_CUT_OFF_ACK, HINT_FLAG_FINGERPRINT,
-    HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP,
-    MAX_PATH_LEN, MAX_PATH_SLOTS, OP_HINT, SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
+    RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, GUEST_FLAG_CUT_OFF_ACK, GUEST_FLAG_DOORBELL,
+    GUEST_FLAG_WAITING, HINT_FLAG_FINGERPRINT, HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_CUT_OFF,
+    HOST_FLAG_EVENTS_LOST, HOST_FLAG_INTERRUPTS, HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN,
+    MAX_PATH_SLOTS, OP_HINT, SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
 };
 use crate::spsc::{self, Consumer, Corrupt, Producer, SharedU32};
 
@@ -323,6 +324,53 @@ impl GuestEnd {
         hi.store((f >> 32) as u32, Ordering::Relaxed);
         att.store(self.generation as u32, Ordering::Release);
         true
+    }
+
+    /// Sets (or clears) [`GUEST_FLAG_DOORBELL`]: whether this guest rings a
+    /// doorbell whenever [`HOST_FLAG_NEED_WAKEUP`] asks for one. Set it
+    /// before [`GuestEnd::announce`], so a host that sees the attachment
+    /// sees the bit too (Release on both sides of the word's users).
+    pub fn set_rings_doorbell<R: SharedRegion + ?Sized>(&self, region: &R, on: bool) -> bool {
+        let Ok(f) = word(region, ring_off::GUEST_FLAGS) else {
+            return false;
+        };
+        if on {
+            f.fetch_or(GUEST_FLAG_DOORBELL, Ordering::Release);
+        } else {
+            f.fetch_and(!GUEST_FLAG_DOORBELL, Ordering::Release);
+        }
+        true
+    }
+
+    /// Guest wake-up, steps 1-3 (see the ring region comment in
+    /// [`crate::abi`]): sets [`GUEST_FLAG_WAITING`], fences, and re-checks.
+    /// Returns `true` when the guest may sleep until the ring's interrupt:
+    /// the host says it raises it ([`HOST_FLAG_INTERRUPTS`]) and no answer,
+    /// event or news of a cut-off arrived meanwhile. On `false` the flag is
+    /// cleared again and the caller keeps polling (its timer).
+    pub fn announce_wait<R: SharedRegion + ?Sized>(&mut self, region: &R) -> bool {
+        let Ok(f) = word(region, ring_off::GUEST_FLAGS) else {
+            return false;
+        };
+        spsc::announce_park(f, GUEST_FLAG_WAITING);
+        spsc::park_fence::<R::Word>();
+        let host = self.host_flags(region);
+        let news = host & HOST_FLAG_CUT_OFF != 0 && !self.cut_off_seen;
+        let sleep = host & HOST_FLAG_INTERRUPTS != 0
+            && !news
+            && self.answers(region) == Ok(0)
+            && self.events(region) == Ok(0);
+        if !sleep {
+            spsc::cancel_park(f, GUEST_FLAG_WAITING);
+        }
+        sleep
+    }
+
+    /// Clears [`GUEST_FLAG_WAITING`] (the guest woke up).
+    pub fn cancel_wait<R: SharedRegion + ?Sized>(&self, region: &R) {
+        if let Ok(f) = word(region, ring_off::GUEST_FLAGS) {
+            spsc::cancel_park(f, GUEST_FLAG_WAITING);
+        }
     }
 
     /// The validated layout.

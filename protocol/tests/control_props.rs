@@ -29,7 +29,38 @@ fn request() -> impl Strategy<Value = Request> {
         name().prop_map(|name| Request::VmReinstate { name }),
         name().prop_map(|name| Request::VmRemove { name }),
         name().prop_map(|name| Request::VmAttachment { name }),
+        Just(Request::VmRings),
     ]
+}
+
+fn rings() -> impl Strategy<Value = Response> {
+    prop::collection::vec(
+        (
+            name(),
+            any::<(bool, bool, bool)>(),
+            any::<u64>(),
+            any::<u64>(),
+        ),
+        0..=MAX_VMS,
+    )
+    .prop_map(|v| {
+        Response::VmRings(
+            v.into_iter()
+                .map(
+                    |(name, (doorbell, connected, guest_rings), doorbells, interrupts)| {
+                        RingReport {
+                            name,
+                            doorbell,
+                            connected,
+                            guest_rings,
+                            doorbells,
+                            interrupts,
+                        }
+                    },
+                )
+                .collect(),
+        )
+    })
 }
 
 fn attachment() -> impl Strategy<Value = Response> {
@@ -106,6 +137,19 @@ proptest! {
     }
 
     #[test]
+    fn ring_reports_round_trip_and_damage_is_refused(resp in rings(), cut in any::<usize>(), at in any::<usize>(), byte in any::<u8>()) {
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let n = resp.encode(&mut buf).unwrap();
+        let frame = &buf[..n];
+        prop_assert_eq!(Response::decode(frame), Ok(resp.clone()));
+        prop_assert!(Response::decode(&frame[..cut % n]).is_err());
+        let mut damaged = frame.to_vec();
+        let at = FRAME_HEADER_LEN + at % (n - FRAME_HEADER_LEN);
+        damaged[at] = byte;
+        let _ = Response::decode(&damaged);
+    }
+
+    #[test]
     fn a_damaged_attachment_never_panics(resp in attachment(), at in any::<usize>(), byte in any::<u8>()) {
         let mut buf = vec![0u8; MAX_FRAME_LEN];
         let n = resp.encode(&mut buf).unwrap();
@@ -144,6 +188,7 @@ fn older_messages_keep_their_encoding() {
             Request::VmAttachment { name: name.clone() },
             vec![9, 3, b'v', b'm', b'1'],
         ),
+        (Request::VmRings, vec![10]),
     ] {
         let n = msg.encode(&mut buf).unwrap();
         assert_eq!(&buf[FRAME_HEADER_LEN..n], &body[..], "{msg:?}");

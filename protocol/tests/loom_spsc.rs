@@ -61,6 +61,11 @@ fn builder() -> loom::model::Builder {
 /// Produces `values` into the ring, yielding while it is full, and rings the
 /// doorbell when the consumer asked for it (if `doorbell`).
 fn produce(s: &Shared, values: &[u64], start: u32, doorbell: bool) {
+    produce_bit(s, values, start, doorbell, NEED_WAKEUP)
+}
+
+/// [`produce`] with the consumer's flag `bit`.
+fn produce_bit(s: &Shared, values: &[u64], start: u32, doorbell: bool, bit: u32) {
     let cap = s.slots.len() as u32;
     let mut p = Producer::new(cap, start, start).unwrap();
     for &v in values {
@@ -70,7 +75,7 @@ fn produce(s: &Shared, values: &[u64], start: u32, doorbell: bool) {
         let slot = p.slot(0) as usize;
         write_slot(&s.slots[slot], v);
         assert_eq!(p.publish(&s.tail, 1), 1);
-        if doorbell && spsc::needs_doorbell(&s.flags, NEED_WAKEUP) {
+        if doorbell && spsc::needs_doorbell(&s.flags, bit) {
             s.bell.ring();
         }
     }
@@ -106,6 +111,11 @@ fn entries_are_handed_over_in_order_without_races() {
 /// The poller: consume `n` entries; when the ring is empty, park the way the
 /// host poller does (announce, fence, re-check, sleep until the doorbell).
 fn poll_and_park(s: &Shared, n: usize, start: u32) -> Vec<u64> {
+    poll_and_park_bit(s, n, start, NEED_WAKEUP)
+}
+
+/// [`poll_and_park`] announcing `bit`.
+fn poll_and_park_bit(s: &Shared, n: usize, start: u32, bit: u32) -> Vec<u64> {
     let mut c = Consumer::new(s.slots.len() as u32, start).unwrap();
     let mut got = Vec::new();
     while got.len() < n {
@@ -117,16 +127,34 @@ fn poll_and_park(s: &Shared, n: usize, start: u32) -> Vec<u64> {
             c.release(&s.head, avail);
             continue;
         }
-        spsc::announce_park(&s.flags, NEED_WAKEUP);
+        spsc::announce_park(&s.flags, bit);
         spsc::park_fence::<LoomU32>();
         if c.has_work(&s.tail) {
-            spsc::cancel_park(&s.flags, NEED_WAKEUP);
+            spsc::cancel_park(&s.flags, bit);
             continue;
         }
         s.bell.wait();
-        spsc::cancel_park(&s.flags, NEED_WAKEUP);
+        spsc::cancel_park(&s.flags, bit);
     }
     got
+}
+
+#[test]
+fn no_lost_interrupt_around_guest_waiting() {
+    // The other direction (the "Guest wake-up" handshake of the ABI): the
+    // guest consumes answers and sleeps with GUEST_FLAG_WAITING in its own
+    // flags word; the host publishes answers, fences and raises the guest's
+    // interrupt when the bit is set. The guest waits on the interrupt
+    // only, never on a timer: a lost interrupt is a deadlock loom reports.
+    use vmdedup_protocol::abi::GUEST_FLAG_WAITING;
+    builder().check(|| {
+        let s = Shared::new(2, 3);
+        let s2 = s.clone();
+        let host = thread::spawn(move || produce_bit(&s2, &[8, 9], 3, true, GUEST_FLAG_WAITING));
+        let got = poll_and_park_bit(&s, 2, 3, GUEST_FLAG_WAITING);
+        host.join().unwrap();
+        assert_eq!(got, vec![8, 9]);
+    });
 }
 
 #[test]

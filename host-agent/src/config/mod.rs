@@ -16,6 +16,9 @@
 //! control_socket = "/run/vmdedup/control.sock"
 //! control_group = "kvm"              # may use the control socket (mode 0660)
 //! ring_dir = "/dev/shm"              # where `vm add` creates ring regions
+//! doorbell = true                    # true: rings are ivshmem-doorbell devices whose
+//!                                    # ivshmem server is the agent (a socket per VM
+//!                                    # in ring_dir); false: ivshmem-plain, polled
 //! file_owner = "libvirt-qemu"        # pools, rings and guest sockets are chowned
 //! file_group = "kvm"                 # to these and 0660, pools 0640 (default: 0600)
 //!
@@ -310,6 +313,7 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
     ring_dir: Option<PathBuf>,
+    doorbell: Option<bool>,
     file_owner: Option<String>,
     file_group: Option<String>,
     #[serde(default)]
@@ -344,6 +348,10 @@ pub struct AgentConfig {
     pub control_group: Option<String>,
     /// Directory of ring region files.
     pub ring_dir: PathBuf,
+    /// Whether each VM's ring is an `ivshmem-doorbell` device served by the
+    /// agent (its socket `vmdedup-VM.doorbell` in `ring_dir`), so that each
+    /// side wakes the other only when it sleeps; else `ivshmem-plain`.
+    pub doorbell: bool,
     /// User that pools, ring regions and guest sockets are chowned to (mode
     /// 0660), e.g. the user QEMU runs as; `None`: the agent's (mode 0600
     /// unless `file_group` is set). A number is taken as a uid.
@@ -374,6 +382,7 @@ impl Default for AgentConfig {
             control_socket: PathBuf::from("/run/vmdedup/control.sock"),
             control_group: None,
             ring_dir: PathBuf::from("/dev/shm"),
+            doorbell: DEFAULT_DOORBELL,
             file_owner: None,
             file_group: None,
             service: ServiceLimits::default(),
@@ -511,6 +520,7 @@ impl AgentConfig {
             control_socket: raw.control_socket.unwrap_or(d.control_socket),
             control_group: raw.control_group,
             ring_dir: raw.ring_dir.unwrap_or(d.ring_dir),
+            doorbell: raw.doorbell.unwrap_or(d.doorbell),
             file_owner: raw.file_owner,
             file_group: raw.file_group,
             service: raw.service.cook()?,
@@ -813,7 +823,12 @@ impl AgentConfig {
             .map_or(DEFAULT_DOMAIN, |v| v.domain.as_str())
     }
 
-    /// Path of a VM's ring region file.
+    /// The ivshmem server socket of VM `vm` (with [`doorbell`](Self::doorbell)).
+    pub fn doorbell_path(&self, vm: &str) -> PathBuf {
+        crate::ivshmem::socket_path(&self.ring_dir, vm)
+    }
+
+    /// The ring region file of VM `vm`.
     pub fn ring_path(&self, vm: &str) -> PathBuf {
         self.ring_dir.join(format!("vmdedup-{vm}.ring"))
     }
@@ -825,6 +840,10 @@ impl AgentConfig {
         crate::qemu::Attachment::from_config(self, vm, domain, ring_size).region_args()
     }
 }
+
+/// Whether rings are `ivshmem-doorbell` devices when the configuration
+/// does not say (`doorbell`).
+pub const DEFAULT_DOORBELL: bool = true;
 
 /// The QEMU arguments of the virtio-balloon device a VM gets for free page
 /// reporting (`vmdedup qemu-args`, `scripts/guest-run`): it never inflates,
@@ -892,6 +911,7 @@ max_held = "1M"
             pool: "/dev/shm/a,b.pool".into(),
             pool_size: 64 << 20,
             ring_dir: "/run/x".into(),
+            doorbell: false,
             ..AgentConfig::default()
         };
         assert_eq!(

@@ -98,6 +98,7 @@ impl AgentConfig {
             let _ = writeln!(t, "control_group = {}", quoted(g));
         }
         let _ = writeln!(t, "ring_dir = {}", path("ring_dir", &self.ring_dir)?);
+        let _ = writeln!(t, "doorbell = {}", self.doorbell);
         if let Some(u) = &self.file_owner {
             let _ = writeln!(t, "file_owner = {}", quoted(u));
         }
@@ -309,6 +310,7 @@ mod tests {
             control in text(),
             group in prop::option::of(text()),
             ring_dir in text(),
+            doorbell in any::<bool>(),
             files in (prop::option::of(text()), prop::option::of(text())),
             limits in (1..=i64::MAX as u64, 4096..=i64::MAX as u64, 0..=i64::MAX as u64,
                        1..=i64::MAX as u64, 1..=i64::MAX as u64, 0..=i64::MAX as u64),
@@ -331,6 +333,7 @@ mod tests {
                 control_socket: control.into(),
                 control_group: group,
                 ring_dir: ring_dir.into(),
+                doorbell,
                 file_owner: files.0,
                 file_group: files.1,
                 service: ServiceLimits {

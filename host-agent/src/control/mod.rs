@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use vmdedup_protocol::control::{
     bounded_str, frame_body_len, ControlError, ErrorCode, Request, Response, CONTROL_VERSION,
-    MAX_FILES, MAX_FRAME_LEN,
+    MAX_FILES, MAX_FRAME_LEN, MAX_VMS,
 };
 
 use crate::domain::Domains;
@@ -61,6 +61,10 @@ pub type VmRemoveHook = dyn Fn(&str) -> Result<u32, String> + Send + Sync;
 /// rings).
 pub type VmAttachmentHook = dyn Fn(&str) -> Result<crate::qemu::Attachment, String> + Send + Sync;
 
+/// Every VM's ring device and wake-ups. Given by the binary (it owns the
+/// rings).
+pub type VmRingsHook = dyn Fn() -> Vec<vmdedup_protocol::control::RingReport> + Send + Sync;
+
 /// What requests act on.
 pub struct ControlContext {
     /// The trust domains: a VM's requests go to its own domain's service,
@@ -74,6 +78,8 @@ pub struct ControlContext {
     pub vm_remove: Option<Box<VmRemoveHook>>,
     /// `qemu-args`; `None`: refused.
     pub vm_attachment: Option<Box<VmAttachmentHook>>,
+    /// Every VM's ring device and wake-ups (`status`); `None`: refused.
+    pub vm_rings: Option<Box<VmRingsHook>>,
 }
 
 impl std::fmt::Debug for ControlContext {
@@ -198,6 +204,15 @@ pub fn handle_request(ctx: &ControlContext, caller: Caller, req: Request) -> Res
                 },
                 Err(e) => Response::error(ErrorCode::NotFound, &e),
             }
+        }
+        Request::VmRings => {
+            if vm.is_some() {
+                return Response::error(ErrorCode::Denied, "ring reports are for the host only");
+            }
+            let Some(hook) = &ctx.vm_rings else {
+                return Response::error(ErrorCode::Denied, "ring reports are not enabled");
+            };
+            Response::VmRings(hook().into_iter().take(MAX_VMS).collect())
         }
     }
 }

@@ -69,6 +69,25 @@ impl GuestRing {
         self.always_doorbell = on;
     }
 
+    /// Says in the ring whether this guest rings its doorbell whenever the
+    /// poller asks ([`GuestEnd::set_rings_doorbell`]), as the module does
+    /// when its ring is an ivshmem-doorbell device.
+    pub fn set_rings_doorbell(&self, on: bool) -> bool {
+        self.end.set_rings_doorbell(&*self.map, on)
+    }
+
+    /// Says it goes to sleep until the host's interrupt
+    /// ([`GuestEnd::announce_wait`]): `true` if it may (the host raises
+    /// interrupts and nothing arrived meanwhile).
+    pub fn announce_wait(&mut self) -> bool {
+        self.end.announce_wait(&*self.map)
+    }
+
+    /// Woke up ([`GuestEnd::cancel_wait`]).
+    pub fn cancel_wait(&self) {
+        self.end.cancel_wait(&*self.map)
+    }
+
     /// Doorbells this guest has rung.
     pub fn doorbells_rung(&self) -> u64 {
         self.doorbells_rung

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use vmdedup_protocol::abi::{
     check_path, prefix_off, ring_off, AnswerStatus, CompletionEntry, EventEntry, RingLayout,
     RingSizes, SubmissionEntry, ANSWER_FLAG_MAP_OP, CQE_SIZE, EQE_SIZE, EVENT_NOTICE,
-    GUEST_FLAG_CUT_OFF_ACK, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_NEED_WAKEUP,
-    MAX_PATH_LEN, NOTICE_EVENTS_LOST, OP_ACK_REVOKE, OP_HOLD, OP_HOLDS_DONE, OP_RELEASE,
-    RING_HEADER_SIZE, RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
+    GUEST_FLAG_CUT_OFF_ACK, GUEST_FLAG_DOORBELL, GUEST_FLAG_WAITING, HOST_FLAG_CUT_OFF,
+    HOST_FLAG_EVENTS_LOST, HOST_FLAG_INTERRUPTS, HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN,
+    NOTICE_EVENTS_LOST, OP_ACK_REVOKE, OP_HOLD, OP_HOLDS_DONE, OP_RELEASE, RING_HEADER_SIZE,
+    RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::spsc::{self, Consumer, Producer};
 
@@ -69,6 +70,14 @@ pub struct RingShared {
     pub stats: RingStats,
     /// The doorbell the guest rings when it sees NEED_WAKEUP.
     pub doorbell: EventFd,
+    /// Whether something delivers the guest's doorbell to [`Self::doorbell`]
+    /// now (an ivshmem client is connected; see [`HostRing::with_doorbell`]).
+    doorbell_live: Arc<AtomicBool>,
+    /// The guest's [`GUEST_FLAG_DOORBELL`] as the poller last saw it.
+    guest_rings: AtomicBool,
+    /// What raises the guest's ring interrupt (the VM's ivshmem eventfd),
+    /// delivered while `doorbell_live`.
+    guest_irq: Option<EventFd>,
     events: Mutex<VecDeque<EventEntry>>,
     events_pending: AtomicBool,
     events_lost: AtomicBool,
@@ -91,6 +100,9 @@ impl RingShared {
         Ok(Arc::new(RingShared {
             stats: RingStats::default(),
             doorbell: EventFd::new()?,
+            doorbell_live: Arc::new(AtomicBool::new(false)),
+            guest_rings: AtomicBool::new(false),
+            guest_irq: None,
             events: Mutex::new(VecDeque::new()),
             events_pending: AtomicBool::new(false),
             events_lost: AtomicBool::new(false),
@@ -129,6 +141,18 @@ impl RingShared {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake_poller();
+    }
+
+    /// Whether something delivers the guest's doorbell now (see
+    /// [`HostRing::with_doorbell`]).
+    pub fn doorbell_live(&self) -> bool {
+        self.doorbell_live.load(Ordering::Acquire)
+    }
+
+    /// Whether the guest says it rings its doorbell ([`GUEST_FLAG_DOORBELL`]
+    /// as the poller last saw it).
+    pub fn guest_rings_doorbell(&self) -> bool {
+        self.guest_rings.load(Ordering::Relaxed)
     }
 
     /// Whether [`RingShared::close`] was called.
@@ -369,6 +393,71 @@ impl HostRing {
         })
     }
 
+    /// Makes `doorbell` the eventfd the poller waits on for this ring, and
+    /// `live` the flag that says whether a guest's doorbell can reach it now
+    /// (the ivshmem server sets it while QEMU is connected). Call it before
+    /// the ring is handed to a poller; later it changes nothing.
+    /// `guest_irq`, if given, is what raises the guest's ring interrupt
+    /// (the VM's ivshmem eventfd): the poller writes it after publishing
+    /// answers or events while the guest says it waits
+    /// ([`GUEST_FLAG_WAITING`]), and tells the guest it does so with
+    /// [`HOST_FLAG_INTERRUPTS`] while `live`.
+    pub fn with_doorbell(
+        mut self,
+        doorbell: EventFd,
+        live: Arc<AtomicBool>,
+        guest_irq: Option<EventFd>,
+    ) -> HostRing {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.doorbell = doorbell;
+            s.doorbell_live = live;
+            s.guest_irq = guest_irq;
+        }
+        self
+    }
+
+    /// After an answer, an event or the cut-off flag was published: a full
+    /// fence, then the guest's interrupt if it said it waits (the host half
+    /// of the "Guest wake-up" handshake in [`vmdedup_protocol::abi`]).
+    fn interrupt_if_waiting(&self) {
+        let Some(irq) = &self.shared.guest_irq else {
+            return;
+        };
+        if !self.shared.doorbell_live() {
+            return;
+        }
+        if spsc::needs_doorbell(word!(self.guest_flags), GUEST_FLAG_WAITING) {
+            irq.notify();
+            self.shared.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps [`HOST_FLAG_INTERRUPTS`] equal to whether the guest's interrupt
+    /// can be raised now. The bit is read back (only hosts write
+    /// `host_flags`): a taken-over ring may still carry an older agent's,
+    /// which is cleared unless this agent's peer is connected.
+    fn update_interrupts_flag(&mut self) {
+        let live = self.shared.guest_irq.is_some() && self.shared.doorbell_live();
+        let flags = word!(self.host_flags);
+        if live == (flags.load(Ordering::Relaxed) & HOST_FLAG_INTERRUPTS != 0) {
+            return;
+        }
+        if live {
+            flags.fetch_or(HOST_FLAG_INTERRUPTS, Ordering::Release);
+        } else {
+            flags.fetch_and(!HOST_FLAG_INTERRUPTS, Ordering::Release);
+        }
+    }
+
+    /// Whether a parked poller will be woken by this ring's doorbell: the
+    /// guest says it rings ([`GUEST_FLAG_DOORBELL`], Relaxed: it only picks
+    /// a timeout) and the doorbell is delivered now.
+    pub fn doorbell_delivers(&self) -> bool {
+        let rings = word!(self.guest_flags).load(Ordering::Relaxed) & GUEST_FLAG_DOORBELL != 0;
+        self.shared.guest_rings.store(rings, Ordering::Relaxed);
+        self.shared.doorbell_live() && rings
+    }
+
     /// The generation in the ring's prefix (kept by [`HostRing::adopt`]).
     pub fn generation(&self) -> u64 {
         self.generation
@@ -491,6 +580,9 @@ impl HostRing {
         // (`GuestEnd::reclaim_slots`). No path slot is read after this.
         self.cq.publish(word!(self.cq_tail), n);
         self.sq.release(word!(self.sq_head), n);
+        if n > 0 {
+            self.interrupt_if_waiting();
+        }
         let st = &self.shared.stats;
         st.hints.fetch_add(n as u64, Ordering::Relaxed);
         if hits > 0 {
@@ -527,6 +619,7 @@ impl HostRing {
     /// edge reaches the handler once. Cheap (two loads) once settled; also
     /// run by a parked poller at every park timeout.
     pub fn lifecycle<H: Handler + ?Sized>(&mut self, handler: &H) {
+        self.update_interrupts_flag();
         if !self.attached {
             // Acquire: pairs with the guest's Release store after it dropped
             // what it held through an older ring.
@@ -546,6 +639,7 @@ impl HostRing {
             // visible to a guest that sees the flag with Acquire.
             word!(self.host_flags).fetch_or(HOST_FLAG_CUT_OFF, Ordering::Release);
             self.cut_off_flagged = true;
+            self.interrupt_if_waiting();
         }
         if !self.cut_off_acked
             && word!(self.guest_flags).load(Ordering::Acquire) & GUEST_FLAG_CUT_OFF_ACK != 0
@@ -686,6 +780,9 @@ impl HostRing {
             self.map.write_bytes(off, &ev.to_le_bytes());
         }
         self.eq.publish(word!(self.eq_tail), n);
+        if n > 0 {
+            self.interrupt_if_waiting();
+        }
         shared
             .stats
             .events_sent

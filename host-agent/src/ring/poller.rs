@@ -32,9 +32,14 @@ pub struct PollerConfig {
     pub sleep_for: Duration,
     /// Sleep between polls while backing off.
     pub sleep_step: Duration,
-    /// Longest park; `None` parks until woken. A park that times out and then
+    /// Longest park while a ring the poller serves has no doorbell that
+    /// reaches it (an `ivshmem-plain` ring, or an ivshmem client not
+    /// connected); `None` parks until woken. A park that times out and then
     /// finds work is counted as a lost wake-up ([`PollerStats::lost_wakeups`]).
     pub park_timeout: Option<Duration>,
+    /// Longest park while every ring has a delivered doorbell
+    /// ([`HostRing::doorbell_delivers`]): only a safety net.
+    pub doorbell_park_timeout: Option<Duration>,
 }
 
 impl Default for PollerConfig {
@@ -47,6 +52,7 @@ impl Default for PollerConfig {
             sleep_for: Duration::from_millis(10),
             sleep_step: Duration::from_micros(200),
             park_timeout: Some(Duration::from_secs(1)),
+            doorbell_park_timeout: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -297,6 +303,12 @@ impl<H: Handler + 'static> Poller<H> {
         let tid = unsafe { libc::gettid() };
         self.ctl.stats.tid.store(tid as u64, Ordering::Relaxed);
         let mut idle_since: Option<Instant> = None;
+        // When work last arrived after an idle spell, and the mean time
+        // between such arrivals (exponentially weighted): the poller spins
+        // and backs off only about as long as work is expected to take to
+        // come, then parks.
+        let mut last_arrival: Option<Instant> = None;
+        let mut gap: Option<Duration> = None;
         let mut rounds = 0u64;
         let spin = self.config.spin;
         let yield_end = spin + self.config.yield_for;
@@ -323,18 +335,24 @@ impl<H: Handler + 'static> Poller<H> {
             if work > 0 {
                 if idle_since.is_some() {
                     idle_since = None;
+                    let now = Instant::now();
+                    if let Some(prev) = last_arrival {
+                        gap = Some(next_gap(gap, now - prev));
+                    }
+                    last_arrival = Some(now);
                     self.set_state(PollerState::Running);
                 }
                 continue;
             }
             let now = Instant::now();
             let idle = now - *idle_since.get_or_insert(now);
-            if idle < spin {
+            let window = idle_window(gap, spin, sleep_end);
+            if idle < spin.min(window) {
                 std::hint::spin_loop();
-            } else if idle < yield_end {
+            } else if idle < yield_end.min(window) {
                 self.set_state(PollerState::BackingOff);
                 std::thread::yield_now();
-            } else if idle < sleep_end {
+            } else if idle < sleep_end.min(window) {
                 std::thread::sleep(self.config.sleep_step);
             } else if self.park() {
                 idle_since = None;
@@ -393,10 +411,14 @@ impl<H: Handler + 'static> Poller<H> {
         }
         self.ctl.stats.parks.fetch_add(1, Ordering::Relaxed);
         self.set_state(PollerState::Parked);
-        let timeout = self
-            .config
-            .park_timeout
-            .map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
+        // The long safety timeout only when every ring's guest will ring.
+        let all_ring = self.set.rings.iter().all(|r| r.doorbell_delivers());
+        let timeout = if all_ring {
+            self.config.doorbell_park_timeout
+        } else {
+            self.config.park_timeout
+        }
+        .map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
         let n = self.epoll.wait(&mut events, timeout);
         for r in &self.set.rings {
@@ -434,6 +456,28 @@ impl<H: Handler + 'static> Poller<H> {
             r.drain_doorbell();
         }
         true
+    }
+}
+
+/// The mean time between arrivals of work after `sample`: weight 1/4 on
+/// the newest.
+fn next_gap(gap: Option<Duration>, sample: Duration) -> Duration {
+    match gap {
+        None => sample,
+        Some(g) => (g * 3 + sample) / 4,
+    }
+}
+
+/// How long an idle poller keeps polling (spinning, yielding, sleeping
+/// briefly) before it parks: all of `sleep_end` while nothing is known, about
+/// twice the mean arrival gap when work comes that often, and only the
+/// `spin` phase when work comes more rarely than `sleep_end` (polling longer
+/// would only burn CPU before the park anyway).
+fn idle_window(gap: Option<Duration>, spin: Duration, sleep_end: Duration) -> Duration {
+    match gap {
+        None => sleep_end,
+        Some(g) if g.saturating_mul(2) <= sleep_end => g.saturating_mul(2).max(spin),
+        Some(_) => spin,
     }
 }
 

@@ -18,6 +18,8 @@ pub struct RingStats {
     pub completion_full: AtomicU64,
     /// Doorbells received (eventfd counts drained by the poller).
     pub doorbells: AtomicU64,
+    /// Interrupts raised in the guest (it said it waits: `GUEST_FLAG_WAITING`).
+    pub interrupts: AtomicU64,
     /// Events written to the event ring.
     pub events_sent: AtomicU64,
     /// Events dropped because the pending queue overflowed.
@@ -38,6 +40,7 @@ pub struct RingStatsSnapshot {
     pub corrupt_indices: u64,
     pub completion_full: u64,
     pub doorbells: u64,
+    pub interrupts: u64,
     pub events_sent: u64,
     pub events_dropped: u64,
     pub cut_off_acks: u64,
@@ -55,6 +58,7 @@ impl RingStats {
             corrupt_indices: l(&self.corrupt_indices),
             completion_full: l(&self.completion_full),
             doorbells: l(&self.doorbells),
+            interrupts: l(&self.interrupts),
             events_sent: l(&self.events_sent),
             events_dropped: l(&self.events_dropped),
             cut_off_acks: l(&self.cut_off_acks),

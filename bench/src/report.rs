@@ -172,8 +172,9 @@ fn has_counter(logs: &[String], name: &str) -> bool {
         .any(|s| get(&s, name).is_some())
 }
 
-/// The module's count of its periodic timer's runs.
-const WAKEUP_COUNTER: &str = "timer_wakeups";
+/// The module's count of its event work's runs (its timer, an interrupt or
+/// a hint): what wakes an idle guest because of the module.
+const WAKEUP_COUNTER: &str = "ticks";
 
 /// Upper bounds (us) of the module's hint round-trip buckets, in order;
 /// the last bucket (`hint_rtt_us_over`) has none.
@@ -884,7 +885,7 @@ fn markdown(
         if r.get("idle_guest").is_some() && !counted {
             let _ = writeln!(
                 m,
-                "- no idle wake-ups from the module, {c}: not measured — this module does not count its timer's runs (`{WAKEUP_COUNTER}`), and the guest's timer interrupts include the tick"
+                "- no idle wake-ups from the module, {c}: not measured — this module does not count its event work's runs (`{WAKEUP_COUNTER}`), and the guest's timer interrupts include the tick"
             );
         } else if let Some(ig) = r.get("idle_guest") {
             let mod_irqs = f(ig, "module_irqs_per_s");
@@ -900,7 +901,7 @@ fn markdown(
                 .unwrap_or(0.0);
             let _ = writeln!(
                 m,
-                "- no idle wake-ups from the module, {c}: {mod_irqs:.2} interrupts/s on its lines, {counters:.2}/s timer wake-ups, doorbells and interrupts in its counters — **{}**",
+                "- no idle wake-ups from the module, {c}: {mod_irqs:.2} interrupts/s on its lines, {counters:.2}/s runs of its event work (`ticks`), doorbells and interrupts in its counters — **{}**",
                 verdict(mod_irqs == 0.0 && counters == 0.0)
             );
         }

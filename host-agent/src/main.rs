@@ -859,7 +859,9 @@ fn cmd_serve(
         }
         if let Some(addr) = metrics {
             let l = vmdedup_host_agent::metrics::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen there: {e}"))?;
-            tokio::spawn(vmdedup_host_agent::metrics::serve(l, agent.domains().clone()));
+            let metrics_agent = agent.clone();
+            let rings: vmdedup_host_agent::metrics::RingsSource = Arc::new(move || metrics_agent.ring_reports());
+            tokio::spawn(vmdedup_host_agent::metrics::serve(l, agent.domains().clone(), rings));
         }
         if guest.af_vsock {
             // Bound here, so that READY=1 comes after it listens.

@@ -16,10 +16,11 @@
 
 use std::fmt::{Display, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vmdedup_protocol::control::{StatusReport, VmReport, MAX_DOMAINS, MAX_VMS};
+use vmdedup_protocol::control::{RingReport, StatusReport, VmReport, MAX_DOMAINS, MAX_VMS};
 use vmdedup_protocol::pool::FRAME_SIZE;
 
 use crate::domain::Domains;
@@ -164,16 +165,30 @@ impl Exposition {
 }
 
 /// What [`render`] reports: the status and, per VM of `status.vms` (same
-/// order, same length), its hint latency histogram.
+/// order, same length), its hint latency histogram; and each VM's ring
+/// device with its wake-ups, by VM name.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// The host's status report (every domain and VM).
     pub status: StatusReport,
     /// The hint latency of each VM of `status.vms`, in the same order.
     pub latency: Vec<LatencyBuckets>,
+    /// Each VM's ring device and its wake-ups (doorbells, interrupts).
+    pub rings: Vec<RingReport>,
 }
 
+/// Where the endpoint reads the rings' wake-ups from (the agent's
+/// [`ring_reports`](crate::agent::Agent::ring_reports)).
+pub type RingsSource = Arc<dyn Fn() -> Vec<RingReport> + Send + Sync>;
+
 impl Snapshot {
+    /// Reads the agent's state once, with its rings' wake-ups from `rings`.
+    pub fn take_with_rings(domains: &Domains, rings: &RingsSource) -> Snapshot {
+        let mut s = Snapshot::take(domains);
+        s.rings = rings();
+        s
+    }
+
     /// Reads the agent's state once.
     pub fn take(domains: &Domains) -> Snapshot {
         let status = domains.status(None);
@@ -187,7 +202,11 @@ impl Snapshot {
                     .unwrap_or_default()
             })
             .collect();
-        Snapshot { status, latency }
+        Snapshot {
+            status,
+            latency,
+            rings: Vec::new(),
+        }
     }
 }
 
@@ -341,6 +360,39 @@ pub fn render(snap: &Snapshot, format: Format) -> String {
             e.sample("", &pairs(&l), get(v));
         }
     }
+    // Per VM: its ring device's wake-ups.
+    type RingGet = fn(&RingReport) -> u64;
+    let ring_counters: [(&'static str, &str, RingGet); 2] = [
+        (
+            "vmdedup_ring_doorbells",
+            "Doorbells the VM rang (a parked poller woken through ivshmem-doorbell).",
+            |r| r.doorbells,
+        ),
+        (
+            "vmdedup_ring_interrupts",
+            "Interrupts the agent raised in the VM (it said it waited).",
+            |r| r.interrupts,
+        ),
+    ];
+    let ring_of = |v: &VmReport| snap.rings.iter().find(|r| r.name == v.name);
+    for (name, help, get) in ring_counters {
+        e.family(name, Kind::Counter, None, help);
+        for v in &vms {
+            let l = labels(v);
+            e.sample("_total", &pairs(&l), ring_of(v).map(get).unwrap_or(0));
+        }
+    }
+    e.family(
+        "vmdedup_ring_doorbell_connected",
+        Kind::Gauge,
+        None,
+        "1 if the VM's ring is an ivshmem-doorbell device whose QEMU is connected to the agent now, else 0 (ivshmem-plain, or not connected: polled on the park timeout).",
+    );
+    for v in &vms {
+        let l = labels(v);
+        let up = ring_of(v).is_some_and(|r| r.doorbell && r.connected);
+        e.sample("", &pairs(&l), u64::from(up));
+    }
     e.family(
         "vmdedup_hint_latency_seconds",
         Kind::Histogram,
@@ -390,7 +442,7 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, MetricsEr
 
 /// Serves `GET /metrics` (any path, in fact) on `listener` until the task
 /// is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, domains: Domains) {
+pub async fn serve(listener: tokio::net::TcpListener, domains: Domains, rings: RingsSource) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics endpoint ready");
     }
@@ -400,6 +452,7 @@ pub async fn serve(listener: tokio::net::TcpListener, domains: Domains) {
             continue;
         };
         let svc = domains.clone();
+        let rings = Arc::clone(&rings);
         tokio::spawn(async move {
             // Read the request head (for its Accept header), bounded in
             // size and time; what is left unread when the connection
@@ -417,13 +470,14 @@ pub async fn serve(listener: tokio::net::TcpListener, domains: Domains) {
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), head).await;
             let format = Format::from_request(&buf[..n]);
-            let body =
-                match tokio::task::spawn_blocking(move || render(&Snapshot::take(&svc), format))
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(_) => return,
-                };
+            let body = match tokio::task::spawn_blocking(move || {
+                render(&Snapshot::take_with_rings(&svc, &rings), format)
+            })
+            .await
+            {
+                Ok(b) => b,
+                Err(_) => return,
+            };
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 format.content_type(),
@@ -473,7 +527,19 @@ mod tests {
             }
             latency.push(h.exported());
         }
-        Snapshot { status: r, latency }
+        let rings = vec![RingReport {
+            name: bounded_str("vm2"),
+            doorbell: true,
+            connected: true,
+            guest_rings: true,
+            doorbells: 4,
+            interrupts: 1,
+        }];
+        Snapshot {
+            status: r,
+            latency,
+            rings,
+        }
     }
 
     /// The family each sample line belongs to, in order; every family's
@@ -523,6 +589,14 @@ mod tests {
                 "\nvmdedup_misses_total{vm=\"vm2\",domain=\"tenant-a\",reason=\"loading\"} 2\n"
             ));
             assert!(text.contains("\nvmdedup_cut_off{vm=\"vm2\",domain=\"tenant-a\"} 1\n"));
+            assert!(
+                text.contains("\nvmdedup_ring_doorbells_total{vm=\"vm2\",domain=\"tenant-a\"} 4\n")
+            );
+            assert!(text.contains(
+                "\nvmdedup_ring_interrupts_total{vm=\"vm\\\"1\",domain=\"default\"} 0\n"
+            ));
+            assert!(text
+                .contains("\nvmdedup_ring_doorbell_connected{vm=\"vm2\",domain=\"tenant-a\"} 1\n"));
             assert!(text.contains("\nvmdedup_pool_generation{domain=\"tenant-a\"} 9\n"));
             assert!(text.contains("\nvmdedup_pool_used_bytes{domain=\"default\"} 40960\n"));
             // The histogram: 3 µs is below 4 µs, 50 and 70 below 128 µs,
@@ -554,7 +628,7 @@ mod tests {
     #[test]
     fn an_empty_agent_still_renders_every_family() {
         let text = render(&Snapshot::default(), Format::OpenMetrics);
-        assert_eq!(families(&text, Format::OpenMetrics).len(), 15, "{text}");
+        assert_eq!(families(&text, Format::OpenMetrics).len(), 18, "{text}");
     }
 
     #[test]

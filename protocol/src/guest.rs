@@ -260,7 +260,9 @@ pub struct GuestEnd {
 
 impl GuestEnd {
     /// Attaches to an initialised ring region: copies the prefix and layout
-    /// out, validates them and starts from the indices as found.
+    /// out, validates them and starts from the indices as found, except the
+    /// guest's own where they cannot belong with the host's (then from the
+    /// host's, written back).
     pub fn attach<R: SharedRegion + ?Sized>(region: &R) -> Result<GuestEnd, AttachError> {
         let prefix = read_prefix(region)?;
         let mut l = [0u8; 96];
@@ -278,20 +280,42 @@ impl GuestEnd {
             w(ring_off::CQ_HEAD)?,
             w(ring_off::EQ_HEAD)?,
         );
-        w(ring_off::CQ_TAIL)?;
-        w(ring_off::EQ_TAIL)?;
+        let (cq_tail, eq_tail) = (w(ring_off::CQ_TAIL)?, w(ring_off::EQ_TAIL)?);
         w(ring_off::HOST_FLAGS)?;
+        // The guest's own indices are taken as found, unless they cannot
+        // belong with the host's: a store this guest made to the ring of
+        // the previous generation can land after the host re-created the
+        // region (the host cannot stop it). Such an index starts again from
+        // the host's (Release: the host reads it with Acquire), which drops
+        // nothing: the guest staged nothing in this generation, and an
+        // answer or event cannot be past a tail the guest never saw.
         // Acquire: what the host wrote before these indices is visible.
-        let sq = Producer::new(
-            layout.sq.entries,
-            sq_head.load(Ordering::Acquire),
-            sq_tail.load(Ordering::Acquire),
+        let sq_h = sq_head.load(Ordering::Acquire);
+        let mut sq_t = sq_tail.load(Ordering::Acquire);
+        if sq_t.wrapping_sub(sq_h) > layout.sq.entries {
+            sq_t = sq_h;
+            sq_tail.store(sq_t, Ordering::Release);
+        }
+        let sq = Producer::new(layout.sq.entries, sq_h, sq_t).ok_or(AttachError::Indices)?;
+        let own_head = |head: &R::Word, tail: &R::Word, entries: u32| {
+            let (h, t) = (head.load(Ordering::Acquire), tail.load(Ordering::Acquire));
+            if t.wrapping_sub(h) > entries {
+                head.store(t, Ordering::Release);
+                t
+            } else {
+                h
+            }
+        };
+        let cq = Consumer::new(
+            layout.cq.entries,
+            own_head(cq_head, cq_tail, layout.cq.entries),
         )
         .ok_or(AttachError::Indices)?;
-        let cq = Consumer::new(layout.cq.entries, cq_head.load(Ordering::Acquire))
-            .ok_or(AttachError::Indices)?;
-        let eq = Consumer::new(layout.eq.entries, eq_head.load(Ordering::Acquire))
-            .ok_or(AttachError::Indices)?;
+        let eq = Consumer::new(
+            layout.eq.entries,
+            own_head(eq_head, eq_tail, layout.eq.entries),
+        )
+        .ok_or(AttachError::Indices)?;
         // INVARIANT: layout validated, words checked, nothing staged.
         Ok(GuestEnd {
             layout,

@@ -472,3 +472,40 @@ proptest! {
         );
     }
 }
+
+proptest! {
+    /// A guest's own indices left by a store of the previous generation
+    /// (they cannot belong with the host's fresh ones) start again from the
+    /// host's at attach, and are written back; indices that fit are kept.
+    #[test]
+    fn attach_restarts_own_indices_that_cannot_fit(
+        sizes in sizes(),
+        start in any::<u32>(),
+        sq_off in prop_oneof![0u32..12, any::<u32>()],
+        cq_off in prop_oneof![0u32..12, any::<u32>()],
+        eq_off in prop_oneof![0u32..12, any::<u32>()],
+    ) {
+        let b = valid_region(&sizes, 3);
+        let r = MemRegion::new(&b);
+        for off in [ring_off::SQ_HEAD, ring_off::CQ_TAIL, ring_off::EQ_TAIL] {
+            r.set(off, start);
+        }
+        // The guest's own: tail ahead of the host's head by sq_off, heads
+        // behind the host's tails by cq_off / eq_off.
+        r.set(ring_off::SQ_TAIL, start.wrapping_add(sq_off));
+        r.set(ring_off::CQ_HEAD, start.wrapping_sub(cq_off));
+        r.set(ring_off::EQ_HEAD, start.wrapping_sub(eq_off));
+        let mut g = GuestEnd::attach(&r).unwrap();
+        let word = |off: usize| r.word(off).unwrap().load(Ordering::Relaxed);
+        let want = |off: u32, cap: u32, found: u32| if off > cap { start } else { found };
+        prop_assert_eq!(word(ring_off::SQ_TAIL), want(sq_off, sizes.sq_entries, start.wrapping_add(sq_off)));
+        prop_assert_eq!(word(ring_off::CQ_HEAD), want(cq_off, sizes.cq_entries, start.wrapping_sub(cq_off)));
+        prop_assert_eq!(word(ring_off::EQ_HEAD), want(eq_off, sizes.eq_entries, start.wrapping_sub(eq_off)));
+        // What was kept is consistent: the answers and events counted are
+        // those between the (kept or restarted) head and the host's tail.
+        let n = g.answers(&r);
+        prop_assert_eq!(n, Ok(if cq_off > sizes.cq_entries { 0 } else { cq_off }));
+        let e = g.events(&r);
+        prop_assert_eq!(e, Ok(if eq_off > sizes.eq_entries { 0 } else { eq_off }));
+    }
+}

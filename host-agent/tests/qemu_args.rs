@@ -292,7 +292,7 @@ fn from_a_configuration_without_an_agent_in_every_format() {
     assert!(err.contains("give --config FILE"), "{err}");
 }
 
-/// With doorbells (the default) the ring is an ivshmem-doorbell device on
+/// With doorbells (`doorbell = true`) the ring is an ivshmem-doorbell device on
 /// the agent's socket, in every format; libvirt's schema takes its
 /// `<shmem>` with `<server>`; `--no-doorbell` prints the plain ring.
 #[test]
@@ -303,7 +303,7 @@ fn a_doorbell_ring_in_every_format() {
         &file,
         format!(
             "pool = \"{d}/pool\"\npool_size = \"4M\"\nring_dir = \"{d}\"\n\
-             control_socket = \"{d}/no-agent.sock\"\n[[vm]]\nname = \"vm1\"\n",
+             doorbell = true\ncontrol_socket = \"{d}/no-agent.sock\"\n[[vm]]\nname = \"vm1\"\n",
             d = s(&dir.0)
         ),
     )

@@ -50,10 +50,11 @@
 //! message as "peer 0 left" before taking the agent's new eventfds, which
 //! is why [`AGENT_PEER_ID`] is 0.)
 
+use crate::ring::epoll::Epoll;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -497,7 +498,7 @@ impl Server {
     }
 
     fn client_event(&mut self, key: u64) {
-        let epoll_fd = self.epoll.fd.as_raw_fd();
+        let epoll_fd = self.epoll.as_raw_fd();
         let Some(s) = self.by_key(key) else {
             return;
         };
@@ -526,66 +527,6 @@ impl Server {
                 vm = s.bell.vm(),
                 "doorbell client gone: the ring falls back to timeouts"
             );
-        }
-    }
-}
-
-/// A minimal epoll wrapper.
-struct Epoll {
-    fd: OwnedFd,
-}
-
-impl Epoll {
-    fn new() -> Result<Epoll, RingError> {
-        // SAFETY: epoll_create1 has no memory-safety preconditions.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(RingError::Os {
-                what: "epoll_create1",
-                cause: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `fd` was just created and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Epoll { fd })
-    }
-
-    fn add(&self, fd: RawFd, token: u64) -> Result<(), RingError> {
-        self.add_flags(fd, token, libc::EPOLLIN as u32)
-    }
-
-    fn add_flags(&self, fd: RawFd, token: u64, events: u32) -> Result<(), RingError> {
-        let mut ev = libc::epoll_event { events, u64: token };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if r < 0 {
-            return Err(RingError::Os {
-                what: "epoll_ctl",
-                cause: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
-    }
-
-    fn del(&self, fd: RawFd) {
-        Epoll::del_raw(self.fd.as_raw_fd(), fd);
-    }
-
-    fn del_raw(epfd: RawFd, fd: RawFd) {
-        // SAFETY: a NULL event is allowed for EPOLL_CTL_DEL since Linux 2.6.9.
-        unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
-    }
-
-    /// Waits; returns the number of events written (0 on error or EINTR).
-    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
-        let max = events.len().min(i32::MAX as usize) as i32;
-        // SAFETY: `events` is valid for `max` entries.
-        let r =
-            unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
-        if r < 0 {
-            0
-        } else {
-            r as usize
         }
     }
 }

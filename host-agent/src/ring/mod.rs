@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod epoll;
 pub mod eventfd;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod guest;

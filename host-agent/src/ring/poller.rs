@@ -2,7 +2,7 @@
 //! batch per ring, spins while there is work, backs off, then parks with
 //! NEED_WAKEUP set until a doorbell (or a new ring, an event, shutdown).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use super::epoll::Epoll;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -478,67 +478,5 @@ fn idle_window(gap: Option<Duration>, spin: Duration, sleep_end: Duration) -> Du
         None => sleep_end,
         Some(g) if g.saturating_mul(2) <= sleep_end => g.saturating_mul(2).max(spin),
         Some(_) => spin,
-    }
-}
-
-/// A minimal epoll wrapper.
-struct Epoll {
-    fd: OwnedFd,
-}
-
-impl Epoll {
-    fn new() -> Result<Epoll, RingError> {
-        // SAFETY: epoll_create1 has no memory-safety preconditions.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(RingError::Os {
-                what: "epoll_create1",
-                cause: std::io::Error::last_os_error(),
-            });
-        }
-        // SAFETY: `fd` was just created and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Epoll { fd })
-    }
-
-    fn add(&self, fd: i32, token: u64) -> Result<(), RingError> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if r < 0 {
-            return Err(RingError::Os {
-                what: "epoll_ctl",
-                cause: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
-    }
-
-    fn del(&self, fd: i32) {
-        // SAFETY: a NULL event is allowed for EPOLL_CTL_DEL since Linux 2.6.9.
-        unsafe {
-            libc::epoll_ctl(
-                self.fd.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            )
-        };
-    }
-
-    /// Waits; returns the number of events written (0 on timeout or error).
-    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
-        let max = events.len().min(i32::MAX as usize) as i32;
-        // SAFETY: `events` is valid for `max` entries.
-        let r =
-            unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
-        if r < 0 {
-            0
-        } else {
-            r as usize
-        }
     }
 }

@@ -295,6 +295,73 @@ fn a_parked_poller_wakes_on_the_doorbell_it_served() {
     drop(pool);
 }
 
+/// A guest asleep until interrupted loses its `GUEST_FLAG_WAITING` when the
+/// host writes a new ring over the old one (a reinstated VM). The agent wakes
+/// it once anyway, so that it finds the new ring without sending a hint, and
+/// not again once it attached; the cut-off flag interrupts a guest that does
+/// not wait too.
+#[test]
+fn a_ring_written_over_a_sleeping_guest_wakes_it_once() {
+    let d = TempDir::new("ivshmem-kick");
+    let server = DoorbellServer::start().unwrap();
+    let (bell, sock) = serve(&server, &d.0, "vm1");
+    let ring_path = d.0.join("vmdedup-vm1.ring");
+    let host_ring = |generation: u64| {
+        HostRing::create(
+            SharedMapping::open(&ring_path).unwrap(),
+            RingConfig::new(RingId(1), generation),
+        )
+        .unwrap()
+        .with_doorbell(
+            bell.ring_doorbell().unwrap(),
+            bell.live(),
+            Some(bell.guest_interrupt().unwrap()),
+        )
+    };
+    let first = host_ring(7);
+    let pool = PollerPool::start(PollerConfig::default(), echo).unwrap();
+    let (_qemu, g) = connect(&sock);
+    let guest_map = Arc::new(SharedMapping::open(&ring_path).unwrap());
+    let mut guest = GuestRing::attach(Arc::clone(&guest_map), None).unwrap();
+    let handle = pool.add_ring(first);
+    wait_for("the guest may sleep", || {
+        guest.announce_wait().then_some(())
+    });
+    // Nothing was published and the guest attached before the poller saw
+    // the ring: no interrupt so far.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(g.own[0].drain(), 0, "an interrupt with nothing to say");
+
+    // Reinstate: the old ring is dropped, a new one is written over it.
+    handle.shared().close();
+    wait_for("the old ring dropped", || {
+        handle.shared().is_dropped().then_some(())
+    });
+    let second = pool.add_ring(host_ring(8));
+    assert!(
+        g.own[0].wait(30_000) >= 1,
+        "the sleeping guest was not woken for the new ring"
+    );
+    let mut guest = GuestRing::attach(Arc::clone(&guest_map), None).unwrap();
+    assert_eq!(guest.generation(), 8);
+    wait_for("the host saw the attach", || {
+        second.shared().guest_attached().then_some(())
+    });
+    g.own[0].drain();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(g.own[0].drain(), 0, "woken again after it attached");
+
+    // The cut-off reaches a guest that does not say it waits.
+    guest.cancel_wait();
+    second.shared().cut_off();
+    assert!(
+        g.own[0].wait(30_000) >= 1,
+        "no interrupt with the cut-off flag"
+    );
+    wait_for("the cut-off flag", || guest.cut_off_news().then_some(()));
+    drop(pool);
+}
+
 /// With `doorbell = true` the agent makes a socket beside each ring, with
 /// the ring's mode, serves the ring over it, and `qemu-args` says so; with
 /// `doorbell = false` there is none.

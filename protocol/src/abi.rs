@@ -229,13 +229,17 @@ impl RegionPrefix {
 // nothing to do but events may come):
 //   1. set [`GUEST_FLAG_WAITING`] in `guest_flags` (SeqCst RMW),
 //   2. full fence (SeqCst),
-//   3. re-load `cq_tail`, `eq_tail` and `host_flags`; if there is an answer,
-//      an event or a new host flag, clear the flag and go on, else sleep
-//      until the ring's interrupt. After waking it clears the flag (Relaxed).
-// Host, after every store to `cq_tail` or `eq_tail` and after setting
-//   [`HOST_FLAG_CUT_OFF`]:
+//   3. re-load `cq_tail`, `eq_tail`, `host_flags` and the prefix's
+//      generation; if there is an answer, an event, a new host flag or
+//      another ring, clear the flag and go on, else sleep until the ring's
+//      interrupt. After waking it clears the flag (Relaxed).
+// Host, after every store to `cq_tail` or `eq_tail`:
 //   1. full fence (SeqCst),
 //   2. load `guest_flags`; if WAITING is set, raise the guest's ring vector.
+// Host, after setting [`HOST_FLAG_CUT_OFF`], and once after writing a new
+//   ring over an old one (until the guest attaches it): raise the vector
+//   whatever `guest_flags` says. Writing a ring zeroes `guest_flags`, so a
+//   guest that slept over the old ring has no WAITING left to be seen by.
 // It only sleeps so while the host says it can raise that vector
 // ([`HOST_FLAG_INTERRUPTS`]); otherwise it keeps its periodic timer.
 //

@@ -369,9 +369,12 @@ impl GuestEnd {
     /// Guest wake-up, steps 1-3 (see the ring region comment in
     /// [`crate::abi`]): sets [`GUEST_FLAG_WAITING`], fences, and re-checks.
     /// Returns `true` when the guest may sleep until the ring's interrupt:
-    /// the host says it raises it ([`HOST_FLAG_INTERRUPTS`]) and no answer,
-    /// event or news of a cut-off arrived meanwhile. On `false` the flag is
-    /// cleared again and the caller keeps polling (its timer).
+    /// the host says it raises it ([`HOST_FLAG_INTERRUPTS`]), no answer,
+    /// event or news of a cut-off arrived meanwhile, and the region still
+    /// holds the ring this end attached (a host that writes a new ring over
+    /// it zeroes the flag just set, so the guest must not count on it). On
+    /// `false` the flag is cleared again and the caller keeps polling (its
+    /// timer).
     pub fn announce_wait<R: SharedRegion + ?Sized>(&mut self, region: &R) -> bool {
         let Ok(f) = word(region, ring_off::GUEST_FLAGS) else {
             return false;
@@ -383,7 +386,8 @@ impl GuestEnd {
         let sleep = host & HOST_FLAG_INTERRUPTS != 0
             && !news
             && self.answers(region) == Ok(0)
-            && self.events(region) == Ok(0);
+            && self.events(region) == Ok(0)
+            && ring_generation(region) == Some(self.generation);
         if !sleep {
             spsc::cancel_park(f, GUEST_FLAG_WAITING);
         }

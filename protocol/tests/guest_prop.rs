@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use proptest::prelude::*;
 use vmdedup_protocol::abi::{
     prefix_off, ring_off, RingLayout, RingSizes, SubmissionEntry, FEATURES_KNOWN,
-    GUEST_FLAG_CUT_OFF_ACK, HOST_FLAG_CUT_OFF, HOST_FLAG_NEED_WAKEUP, OP_RELEASE, RING_HEADER_SIZE,
-    RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
+    GUEST_FLAG_CUT_OFF_ACK, GUEST_FLAG_WAITING, HOST_FLAG_CUT_OFF, HOST_FLAG_INTERRUPTS,
+    HOST_FLAG_NEED_WAKEUP, OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
+    SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::guest::{ring_generation, GuestEnd, SharedRegion, StageError};
 
@@ -507,5 +508,44 @@ proptest! {
         prop_assert_eq!(n, Ok(if cq_off > sizes.cq_entries { 0 } else { cq_off }));
         let e = g.events(&r);
         prop_assert_eq!(e, Ok(if eq_off > sizes.eq_entries { 0 } else { eq_off }));
+    }
+}
+
+proptest! {
+    /// A guest may sleep until interrupted only while the region holds the
+    /// ring it attached, the host raises interrupts and nothing is waiting
+    /// for it. A host that wrote a new ring (another generation) over it,
+    /// or a prefix that no longer validates, keeps it polling with its flag
+    /// cleared.
+    #[test]
+    fn a_guest_sleeps_only_on_the_ring_it_attached(
+        sizes in sizes(),
+        other in any::<u64>(),
+        interrupts in any::<bool>(),
+        answers in 0u32..3,
+        rewrite in 0u8..3,
+    ) {
+        let r = MemRegion::new(&valid_region(&sizes, 5));
+        let mut g = GuestEnd::attach(&r).unwrap();
+        if interrupts {
+            r.set(ring_off::HOST_FLAGS, HOST_FLAG_INTERRUPTS);
+        }
+        let answers = answers.min(sizes.cq_entries);
+        r.set(ring_off::CQ_TAIL, answers);
+        match rewrite {
+            // A new ring of another generation written over this one.
+            1 => {
+                let generation = if other == 5 { 6 } else { other };
+                r.set(prefix_off::GENERATION, generation as u32);
+                r.set(prefix_off::GENERATION + 4, (generation >> 32) as u32);
+            }
+            // Torn or zeroed by a host in the middle of writing one.
+            2 => r.set(prefix_off::MAGIC, 0),
+            _ => {}
+        }
+        let may = interrupts && answers == 0 && rewrite == 0;
+        prop_assert_eq!(g.announce_wait(&r), may);
+        let waiting = r.0[ring_off::GUEST_FLAGS / 4].load(Ordering::Relaxed) & GUEST_FLAG_WAITING != 0;
+        prop_assert_eq!(waiting, may);
     }
 }

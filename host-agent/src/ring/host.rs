@@ -236,6 +236,9 @@ pub struct HostRing {
     cut_off_acked: bool,
     /// The guest's attachment was seen (and passed to the handler).
     attached: bool,
+    /// The guest's interrupt was raised once for this ring before it
+    /// attached (see [`HostRing::lifecycle`]).
+    kicked: bool,
     path_buf: Box<[u8]>,
     shared: Arc<RingShared>,
     /// See [`HostRing::set_done_on_first_entry`].
@@ -296,6 +299,7 @@ impl HostRing {
             cut_off_flagged: false,
             cut_off_acked: false,
             attached: false,
+            kicked: false,
             path_buf: vec![0u8; MAX_PATH_LEN as usize].into_boxed_slice(),
             shared: RingShared::new()?,
             done_on_first_entry: false,
@@ -386,6 +390,7 @@ impl HostRing {
             cut_off_flagged: false,
             cut_off_acked: false,
             attached: false,
+            kicked: false,
             path_buf: vec![0u8; MAX_PATH_LEN as usize].into_boxed_slice(),
             shared: RingShared::new()?,
             done_on_first_entry: false,
@@ -416,20 +421,33 @@ impl HostRing {
         self
     }
 
-    /// After an answer, an event or the cut-off flag was published: a full
+    /// After an answer or an event was published: a full
     /// fence, then the guest's interrupt if it said it waits (the host half
     /// of the "Guest wake-up" handshake in [`vmdedup_protocol::abi`]).
     fn interrupt_if_waiting(&self) {
+        if self.shared.guest_irq.is_some()
+            && self.shared.doorbell_live()
+            && spsc::needs_doorbell(word!(self.guest_flags), GUEST_FLAG_WAITING)
+        {
+            self.interrupt();
+        }
+    }
+
+    /// Raises the guest's interrupt whatever its flags say, for the edges a
+    /// sleeping guest must see although its `GUEST_FLAG_WAITING` may be gone:
+    /// a ring written over its old one (re-creating a ring zeroes the guest's
+    /// flags with the rest) and the cut-off flag. Returns whether it could
+    /// (an interrupt line and a connected QEMU).
+    fn interrupt(&self) -> bool {
         let Some(irq) = &self.shared.guest_irq else {
-            return;
+            return false;
         };
         if !self.shared.doorbell_live() {
-            return;
+            return false;
         }
-        if spsc::needs_doorbell(word!(self.guest_flags), GUEST_FLAG_WAITING) {
-            irq.notify();
-            self.shared.stats.interrupts.fetch_add(1, Ordering::Relaxed);
-        }
+        irq.notify();
+        self.shared.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Keeps [`HOST_FLAG_INTERRUPTS`] equal to whether the guest's interrupt
@@ -631,6 +649,18 @@ impl HostRing {
                 handler.reconnected(self.id);
             }
         }
+        if !self.attached && !self.kicked {
+            // A guest that slept until interrupted over the ring this one
+            // replaced (a reinstated VM, a ring restarted after corrupt
+            // indices) lost its `GUEST_FLAG_WAITING` with the old contents,
+            // and may send no hint for a long time: wake it once, after the
+            // ring is written (create ends with a Release of the magic; the
+            // eventfd write is a syscall after it), so that its event work
+            // finds the new generation and attaches. Retried each round
+            // until QEMU is connected; a guest that is not asleep only runs
+            // its event work once more.
+            self.kicked = self.interrupt();
+        }
         if !self.cut_off_flagged {
             if !self.shared.cut_off.load(Ordering::Acquire) {
                 return;
@@ -639,7 +669,10 @@ impl HostRing {
             // visible to a guest that sees the flag with Acquire.
             word!(self.host_flags).fetch_or(HOST_FLAG_CUT_OFF, Ordering::Release);
             self.cut_off_flagged = true;
-            self.interrupt_if_waiting();
+            // Whatever the guest's flags say: its event work must run to zap
+            // its mappings and acknowledge, and a ring re-created under it
+            // may have cleared the flag that says it sleeps.
+            self.interrupt();
         }
         if !self.cut_off_acked
             && word!(self.guest_flags).load(Ordering::Acquire) & GUEST_FLAG_CUT_OFF_ACK != 0

@@ -16,7 +16,7 @@
 //! control_socket = "/run/vmdedup/control.sock"
 //! control_group = "kvm"              # may use the control socket (mode 0660)
 //! ring_dir = "/dev/shm"              # where `vm add` creates ring regions
-//! doorbell = false                   # true: rings are ivshmem-doorbell devices whose
+//! doorbell = true                    # true: rings are ivshmem-doorbell devices whose
 //!                                    # ivshmem server is the agent (a socket per VM
 //!                                    # in ring_dir); false: ivshmem-plain, polled
 //! file_owner = "libvirt-qemu"        # pools, rings and guest sockets are chowned
@@ -843,7 +843,7 @@ impl AgentConfig {
 
 /// Whether rings are `ivshmem-doorbell` devices when the configuration
 /// does not say (`doorbell`).
-pub const DEFAULT_DOORBELL: bool = false;
+pub const DEFAULT_DOORBELL: bool = true;
 
 /// The QEMU arguments of the virtio-balloon device a VM gets for free page
 /// reporting (`vmdedup qemu-args`, `scripts/guest-run`): it never inflates,

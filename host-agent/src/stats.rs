@@ -403,6 +403,87 @@ mod tests {
         }
     }
 
+    /// The documented keys, each with its own value: the pool figures of
+    /// the host and of each domain, the counters, the VMs.
+    #[test]
+    fn status_json_keeps_its_keys_and_values() {
+        use vmdedup_protocol::control::{bounded_str, DomainReport, VmReport};
+        let counters = HintCounters {
+            hints: 20,
+            hits: 21,
+            misses: MissCounts {
+                loading: 22,
+                over_quota: 200,
+                ..MissCounts::default()
+            },
+            pages_mapped: 23,
+            hint_latency_us_p50: 24,
+            hint_latency_us_p99: 25,
+        };
+        let mut r = StatusReport {
+            pool_generation: 1,
+            frames_total: 300,
+            frames_budget: 3,
+            frames_used: 4,
+            file_maps: 5,
+            bytes_saved: 6,
+            counters,
+            ..StatusReport::default()
+        };
+        r.vms
+            .push(VmReport {
+                name: bounded_str("vm1"),
+                domain: bounded_str("d"),
+                cut_off: true,
+                maps_held: 26,
+                revocations_pending: 27,
+                counters,
+            })
+            .unwrap();
+        r.domains
+            .push(DomainReport {
+                name: bounded_str("d"),
+                pool_generation: 11,
+                frames_total: 12,
+                frames_budget: 13,
+                frames_used: 14,
+                file_maps: 15,
+                bytes_saved: 16,
+                vms: 1,
+                filesystem_full: 17,
+            })
+            .unwrap();
+        let c = serde_json::json!({
+            "pages_mapped": 23, "hints": 20, "hits": 21,
+            "misses": {
+                "identity_mismatch": 0, "not_found": 0, "not_regular": 0, "bad_path": 0,
+                "no_namespace": 0, "loading": 22, "pool_full": 0, "too_large": 0,
+                "cut_off": 0, "io_error": 0, "over_quota": 200,
+            },
+            "hint_latency_us": { "p50": 24, "p99": 25 },
+        });
+        let mut vm = serde_json::json!({
+            "name": "vm1", "domain": "d", "cut_off": true, "maps_held": 26,
+            "revocations_pending": 27,
+        });
+        let mut want = serde_json::json!({
+            "pool_generation": 1, "frames_total": 300, "frames_budget": 3, "frames_used": 4,
+            "file_maps": 5, "bytes_saved": 6,
+            "domains": [{
+                "name": "d", "pool_generation": 11, "frames_total": 12, "frames_budget": 13,
+                "frames_used": 14, "file_maps": 15, "bytes_saved": 16, "vms": 1,
+                "filesystem_full": 17,
+            }],
+        });
+        for o in [&mut vm, &mut want] {
+            o.as_object_mut()
+                .unwrap()
+                .extend(c.as_object().unwrap().clone());
+        }
+        want["vms"] = serde_json::json!([vm]);
+        assert_eq!(status_json(&r), want);
+    }
+
     #[test]
     fn bytes_saved_is_never_negative() {
         assert_eq!(bytes_saved(3, 5), 0);

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use vmdedup_protocol::control::{HintCounters, MissCounts, MissReason, StatusReport};
+use vmdedup_protocol::control::{HintCounters, MissCounts, MissReason, PoolFigures, StatusReport};
 use vmdedup_protocol::pool::FRAME_SIZE;
 
 const SUB: usize = 4;
@@ -316,15 +316,22 @@ pub fn add_rings_json(
     }
 }
 
+/// A pool's figures, as `status --json` shows them for the host and for
+/// each domain.
+fn pool_json(p: &PoolFigures) -> serde_json::Map<String, serde_json::Value> {
+    let mut o = serde_json::Map::new();
+    o.insert("pool_generation".into(), p.generation.into());
+    o.insert("frames_total".into(), p.frames_total.into());
+    o.insert("frames_budget".into(), p.frames_budget.into());
+    o.insert("frames_used".into(), p.frames_used.into());
+    o.insert("file_maps".into(), p.file_maps.into());
+    o.insert("bytes_saved".into(), p.bytes_saved.into());
+    o
+}
+
 /// The documented `status --json` document of a status report.
 pub fn status_json(r: &StatusReport) -> serde_json::Value {
-    let mut o = serde_json::Map::new();
-    o.insert("pool_generation".into(), r.pool_generation.into());
-    o.insert("frames_total".into(), r.frames_total.into());
-    o.insert("frames_budget".into(), r.frames_budget.into());
-    o.insert("frames_used".into(), r.frames_used.into());
-    o.insert("file_maps".into(), r.file_maps.into());
-    o.insert("bytes_saved".into(), r.bytes_saved.into());
+    let mut o = pool_json(&r.pool);
     o.extend(counters_json(&r.counters));
     let vms: Vec<serde_json::Value> = r.vms.iter().map(vm_json).collect();
     o.insert("vms".into(), vms.into());
@@ -332,17 +339,11 @@ pub fn status_json(r: &StatusReport) -> serde_json::Value {
         .domains
         .iter()
         .map(|d| {
-            serde_json::json!({
-                "name": d.name.as_str(),
-                "pool_generation": d.pool_generation,
-                "frames_total": d.frames_total,
-                "frames_budget": d.frames_budget,
-                "frames_used": d.frames_used,
-                "file_maps": d.file_maps,
-                "bytes_saved": d.bytes_saved,
-                "vms": d.vms,
-                "filesystem_full": d.filesystem_full,
-            })
+            let mut o = pool_json(&d.pool);
+            o.insert("name".into(), d.name.as_str().into());
+            o.insert("vms".into(), d.vms.into());
+            o.insert("filesystem_full".into(), d.filesystem_full.into());
+            serde_json::Value::Object(o)
         })
         .collect();
     o.insert("domains".into(), domains.into());
@@ -421,12 +422,14 @@ mod tests {
             hint_latency_us_p99: 25,
         };
         let mut r = StatusReport {
-            pool_generation: 1,
-            frames_total: 300,
-            frames_budget: 3,
-            frames_used: 4,
-            file_maps: 5,
-            bytes_saved: 6,
+            pool: PoolFigures {
+                generation: 1,
+                frames_total: 300,
+                frames_budget: 3,
+                frames_used: 4,
+                file_maps: 5,
+                bytes_saved: 6,
+            },
             counters,
             ..StatusReport::default()
         };
@@ -443,12 +446,14 @@ mod tests {
         r.domains
             .push(DomainReport {
                 name: bounded_str("d"),
-                pool_generation: 11,
-                frames_total: 12,
-                frames_budget: 13,
-                frames_used: 14,
-                file_maps: 15,
-                bytes_saved: 16,
+                pool: PoolFigures {
+                    generation: 11,
+                    frames_total: 12,
+                    frames_budget: 13,
+                    frames_used: 14,
+                    file_maps: 15,
+                    bytes_saved: 16,
+                },
                 vms: 1,
                 filesystem_full: 17,
             })

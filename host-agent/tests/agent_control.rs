@@ -142,7 +142,7 @@ fn agent_control_host_and_vm_views() {
         Response::Status(s) => s,
         r => panic!("{r:?}"),
     };
-    assert_eq!(st.pool_generation, 5);
+    assert_eq!(st.pool.generation, 5);
     // warm over the host socket, then list
     let w = control::request(
         &a.host,
@@ -412,8 +412,8 @@ fn agent_control_answers_each_peer_in_its_version() {
     for (o, n) in old.domains.iter().zip(&now.domains) {
         assert_eq!(o.filesystem_full, 0);
         assert_eq!(o.name, n.name);
-        assert_eq!(o.frames_total, n.frames_total);
-        assert_eq!(o.frames_budget, n.frames_budget);
+        assert_eq!(o.pool.frames_total, n.pool.frames_total);
+        assert_eq!(o.pool.frames_budget, n.pool.frames_budget);
     }
-    assert_eq!(old.frames_total, now.frames_total);
+    assert_eq!(old.pool.frames_total, now.pool.frames_total);
 }

@@ -218,16 +218,23 @@ fn counters() -> impl Strategy<Value = HintCounters> {
     )
 }
 
+/// Pool figures from six numbers, in field order.
+fn pool(n: [u64; 6]) -> PoolFigures {
+    PoolFigures {
+        generation: n[0],
+        frames_total: n[1],
+        frames_budget: n[2],
+        frames_used: n[3],
+        file_maps: n[4],
+        bytes_saved: n[5],
+    }
+}
+
 fn domain_report() -> impl Strategy<Value = DomainReport> {
     (name(), any::<[u64; 6]>(), any::<u32>(), any::<u64>()).prop_map(|(name, n, vms, fs)| {
         DomainReport {
             name,
-            pool_generation: n[0],
-            frames_total: n[1],
-            frames_budget: n[2],
-            frames_used: n[3],
-            file_maps: n[4],
-            bytes_saved: n[5],
+            pool: pool(n),
             vms,
             filesystem_full: fs,
         }
@@ -252,12 +259,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
         proptest::collection::vec(domain_report(), 0..5),
     )
         .prop_map(|(n, counters, vms, domains)| StatusReport {
-            pool_generation: n[0],
-            frames_total: n[1],
-            frames_budget: n[2],
-            frames_used: n[3],
-            file_maps: n[4],
-            bytes_saved: n[5],
+            pool: pool(n),
             counters,
             vms: vms.into_iter().collect(),
             domains: domains.into_iter().collect(),
@@ -305,12 +307,12 @@ mod v3 {
 /// `r` as a version 3 build encodes `Response::Status(r)`, as a whole frame.
 fn v3_status_frame(r: &StatusReport) -> Vec<u8> {
     let old = v3::Response::Status(v3::StatusReport {
-        pool_generation: r.pool_generation,
-        frames_total: r.frames_total,
-        frames_budget: r.frames_budget,
-        frames_used: r.frames_used,
-        file_maps: r.file_maps,
-        bytes_saved: r.bytes_saved,
+        pool_generation: r.pool.generation,
+        frames_total: r.pool.frames_total,
+        frames_budget: r.pool.frames_budget,
+        frames_used: r.pool.frames_used,
+        file_maps: r.pool.file_maps,
+        bytes_saved: r.pool.bytes_saved,
         counters: r.counters,
         vms: r.vms.clone(),
         domains: r
@@ -318,12 +320,12 @@ fn v3_status_frame(r: &StatusReport) -> Vec<u8> {
             .iter()
             .map(|d| v3::DomainReport {
                 name: d.name.clone(),
-                pool_generation: d.pool_generation,
-                frames_total: d.frames_total,
-                frames_budget: d.frames_budget,
-                frames_used: d.frames_used,
-                file_maps: d.file_maps,
-                bytes_saved: d.bytes_saved,
+                pool_generation: d.pool.generation,
+                frames_total: d.pool.frames_total,
+                frames_budget: d.pool.frames_budget,
+                frames_used: d.pool.frames_used,
+                file_maps: d.pool.file_maps,
+                bytes_saved: d.pool.bytes_saved,
                 vms: d.vms,
             })
             .collect(),
@@ -459,24 +461,14 @@ fn largest_messages_fit_in_one_frame() {
     while vms.push(vm.clone()).is_ok() {}
     let domain = DomainReport {
         name: full_name.clone(),
-        pool_generation: u64::MAX,
-        frames_total: u64::MAX,
-        frames_budget: u64::MAX,
-        frames_used: u64::MAX,
-        file_maps: u64::MAX,
-        bytes_saved: u64::MAX,
+        pool: pool([u64::MAX; 6]),
         vms: u32::MAX,
         filesystem_full: u64::MAX,
     };
     let mut domains = heapless::Vec::new();
     while domains.push(domain.clone()).is_ok() {}
     let status = Response::Status(StatusReport {
-        pool_generation: u64::MAX,
-        frames_total: u64::MAX,
-        frames_budget: u64::MAX,
-        frames_used: u64::MAX,
-        file_maps: u64::MAX,
-        bytes_saved: u64::MAX,
+        pool: pool([u64::MAX; 6]),
         counters,
         vms: vms.clone(),
         domains,
@@ -532,12 +524,7 @@ fn sample_status() -> StatusReport {
         hint_latency_us_p99: 25,
     };
     let mut r = StatusReport {
-        pool_generation: 1,
-        frames_total: 300,
-        frames_budget: 3,
-        frames_used: 4,
-        file_maps: 5,
-        bytes_saved: 6,
+        pool: pool([1, 300, 3, 4, 5, 6]),
         counters,
         ..StatusReport::default()
     };
@@ -554,12 +541,7 @@ fn sample_status() -> StatusReport {
     r.domains
         .push(DomainReport {
             name: bounded_str("d"),
-            pool_generation: 11,
-            frames_total: 12,
-            frames_budget: 13,
-            frames_used: 14,
-            file_maps: 15,
-            bytes_saved: 16,
+            pool: pool([11, 12, 13, 14, 15, 16]),
             vms: 1,
             filesystem_full: 17,
         })
@@ -586,4 +568,43 @@ fn a_status_keeps_its_encoding() {
     assert_eq!(Response::decode(&buf[..n]), Ok(msg.clone()));
     let n = msg.encode_version(3, &mut buf).unwrap();
     assert_eq!(&buf[FRAME_HEADER_LEN..n], &head[..]);
+}
+
+/// The host's figures are the domains' summed (saturating, never a
+/// panic), with the first domain's generation; a VM's keep the geometry.
+#[test]
+fn pool_figures_sum_and_keep_their_geometry() {
+    let mut host = PoolFigures::default();
+    host.add(&pool([0, 1, 1, 1, 1, 1]));
+    host.add(&pool([7, 10, 20, 30, 40, 50]));
+    host.add(&pool([9, 100, 200, 300, 400, 500]));
+    assert_eq!(host, pool([7, 111, 221, 331, 441, 551]));
+    host.add(&pool([u64::MAX; 6]));
+    assert_eq!(
+        host,
+        pool([7, u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX])
+    );
+    assert_eq!(
+        pool([7, 10, 20, 30, 40, 50]).geometry(),
+        pool([7, 10, 20, 0, 0, 0])
+    );
+}
+
+proptest! {
+    /// Pool figures are their six fields in order, alone or in a domain's
+    /// report, and round-trip.
+    #[test]
+    fn pool_figures_are_their_fields_in_order(n in any::<[u64; 6]>(), d in domain_report()) {
+        let mut a = [0u8; 256];
+        let mut b = [0u8; 256];
+        let figures = postcard::to_slice(&pool(n), &mut a).unwrap();
+        prop_assert_eq!(&*figures, &*postcard::to_slice(&n, &mut b).unwrap());
+        prop_assert_eq!(postcard::from_bytes::<PoolFigures>(figures), Ok(pool(n)));
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let flat = (&d.name, d.pool.generation, d.pool.frames_total, d.pool.frames_budget,
+            d.pool.frames_used, d.pool.file_maps, d.pool.bytes_saved, d.vms, d.filesystem_full);
+        let nested = postcard::to_slice(&d, &mut a).unwrap().to_vec();
+        prop_assert_eq!(&nested[..], &*postcard::to_slice(&flat, &mut buf).unwrap());
+        prop_assert_eq!(postcard::from_bytes::<DomainReport>(&nested), Ok(d));
+    }
 }

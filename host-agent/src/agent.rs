@@ -820,13 +820,8 @@ impl Agent {
             .map_err(|_| AgentError::Config("lock poisoned".into()))
     }
 
-    /// The VM is gone for good (its QEMU exited, or the operator says so):
-    /// its ring is closed and forgotten, and everything it held is released,
-    /// including what a cut-off VM kept charged because its page tables might
-    /// still map it. Its ring region file stays; its id is not reused.
-    /// Returns how many file maps it still held.
-    pub fn remove_vm(&self, name: &str) -> Result<u32, AgentError> {
-        let _admin = self.admin()?;
+    /// VM `name`'s id and trust domain; an error names what is missing.
+    fn vm_named(&self, name: &str) -> Result<(VmId, Arc<Domain>), AgentError> {
         let id = self.inner.domains.vm_id(name).ok_or_else(|| {
             AgentError::Config(format!("no VM called {name:?} (`vmdedup vms` lists them)"))
         })?;
@@ -835,6 +830,17 @@ impl Agent {
             .domains
             .of_vm(id)
             .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no domain")))?;
+        Ok((id, dom))
+    }
+
+    /// The VM is gone for good (its QEMU exited, or the operator says so):
+    /// its ring is closed and forgotten, and everything it held is released,
+    /// including what a cut-off VM kept charged because its page tables might
+    /// still map it. Its ring region file stays; its id is not reused.
+    /// Returns how many file maps it still held.
+    pub fn remove_vm(&self, name: &str) -> Result<u32, AgentError> {
+        let _admin = self.admin()?;
+        let (id, dom) = self.vm_named(name)?;
         let svc = dom.service();
         let held = svc.vms(Some(id)).first().map_or(0, |v| v.maps_held);
         if let Some(r) = self.inner.rings.lock().ok().and_then(|mut m| m.remove(&id)) {
@@ -884,16 +890,7 @@ impl Agent {
     /// pool, with the sizes of the files as they are (what QEMU maps), or
     /// as configured if a file cannot be read.
     pub fn attachment(&self, name: &str) -> Result<crate::qemu::Attachment, AgentError> {
-        let id = self
-            .inner
-            .domains
-            .vm_id(name)
-            .ok_or_else(|| AgentError::Config(format!("no VM called {name:?}")))?;
-        let dom = self
-            .inner
-            .domains
-            .of_vm(id)
-            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no domain")))?;
+        let (id, dom) = self.vm_named(name)?;
         let ring_path = self
             .inner
             .ring_paths
@@ -930,14 +927,8 @@ impl Agent {
     /// the old ring within a few seconds (try again).
     pub fn reinstate_vm(&self, name: &str) -> Result<bool, AgentError> {
         let _admin = self.admin()?;
-        let id = self.inner.domains.vm_id(name).ok_or_else(|| {
-            AgentError::Config(format!("no VM called {name:?} (`vmdedup vms` lists them)"))
-        })?;
-        let svc = self
-            .inner
-            .domains
-            .service_of_vm(id)
-            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no domain")))?;
+        let (id, dom) = self.vm_named(name)?;
+        let svc = dom.service();
         let old = self
             .inner
             .rings

@@ -513,6 +513,7 @@ fn adopted_map(id: MapId, t: &FoundTable, state: MapState) -> FileMap {
 mod tests {
     use super::*;
     use crate::pool::{PoolBacking, PoolSpec};
+    use crate::store::tests::{file, key, label};
     use crate::store::StoreError;
     use proptest::prelude::*;
 
@@ -550,28 +551,6 @@ mod tests {
             ack_timeout_ms: 1000,
             ..StoreConfig::default()
         }
-    }
-
-    fn key(ino: u64, size: u64) -> FileKey {
-        FileKey {
-            dev: 1,
-            ino,
-            size,
-            mtime_ns: 0,
-        }
-    }
-
-    fn label(p: &str) -> MapLabel {
-        MapLabel {
-            ns: 1,
-            path: p.into(),
-        }
-    }
-
-    fn file(seed: u8, pages: usize) -> Vec<u8> {
-        (0..pages * 4096)
-            .map(|i| seed.wrapping_add((i / 4096) as u8).wrapping_mul(31) ^ (i as u8))
-            .collect()
     }
 
     fn frames_bytes(s: &PageStore, frames: &[u32]) -> Vec<u8> {

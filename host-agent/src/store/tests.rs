@@ -21,7 +21,7 @@ fn store(frames_budget: u64, ack_timeout_ms: u64) -> PageStore {
     )
 }
 
-fn key(ino: u64, size: u64) -> FileKey {
+pub(super) fn key(ino: u64, size: u64) -> FileKey {
     FileKey {
         dev: 1,
         ino,
@@ -30,14 +30,14 @@ fn key(ino: u64, size: u64) -> FileKey {
     }
 }
 
-fn label(p: &str) -> MapLabel {
+pub(super) fn label(p: &str) -> MapLabel {
     MapLabel {
         ns: 1,
         path: p.into(),
     }
 }
 
-fn file(seed: u8, pages: usize) -> Vec<u8> {
+pub(super) fn file(seed: u8, pages: usize) -> Vec<u8> {
     (0..pages * 4096)
         .map(|i| seed.wrapping_add((i / 4096) as u8).wrapping_mul(31) ^ (i as u8))
         .collect()

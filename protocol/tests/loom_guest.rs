@@ -264,6 +264,20 @@ fn guest(r: &LoomRegion, ids: &[u64], batch: usize, bell_on_reap: bool) -> Vec<u
     got
 }
 
+/// One run of the model: a host thread answers `ids.len()` hints (parking
+/// when idle if `park`) while the guest sends `ids` one at a time (ringing
+/// after reaping if `bell_on_reap`), on rings whose indices start at
+/// `start`; returns what the guest reaped.
+fn exchange(sizes: RingSizes, start: u32, ids: &[u64], park: bool, bell_on_reap: bool) -> Vec<u64> {
+    let (r, l) = LoomRegion::new(sizes, start);
+    let r2 = r.clone();
+    let n = ids.len();
+    let h = thread::spawn(move || host(&r2, &l, start, n, park));
+    let got = guest(&r, ids, 1, bell_on_reap);
+    h.join().unwrap();
+    got
+}
+
 #[test]
 fn hints_and_answers_wrap_without_races() {
     builder().check(|| {
@@ -274,12 +288,7 @@ fn hints_and_answers_wrap_without_races() {
             eq_entries: 1,
             path_slots: 1,
         };
-        let (r, l) = LoomRegion::new(sizes, start);
-        let r2 = r.clone();
-        let h = thread::spawn(move || host(&r2, &l, start, 3, false));
-        let got = guest(&r, &[1, 2, 3], 1, true);
-        h.join().unwrap();
-        assert_eq!(got, vec![1, 2, 3]);
+        assert_eq!(exchange(sizes, start, &[1, 2, 3], false, true), [1, 2, 3]);
     });
 }
 
@@ -292,14 +301,9 @@ fn no_lost_wakeup_for_a_parked_poller() {
             eq_entries: 1,
             path_slots: 0,
         };
-        let (r, l) = LoomRegion::new(sizes, 0);
-        let r2 = r.clone();
         // A lost wake-up leaves the poller in `Bell::wait` forever: loom
         // reports that as a deadlock and fails the test.
-        let h = thread::spawn(move || host(&r2, &l, 0, 2, true));
-        let got = guest(&r, &[2, 3], 1, true);
-        h.join().unwrap();
-        assert_eq!(got, vec![2, 3]);
+        assert_eq!(exchange(sizes, 0, &[2, 3], true, true), [2, 3]);
     });
 }
 
@@ -312,15 +316,10 @@ fn no_lost_wakeup_when_the_poller_waits_for_completion_room() {
             eq_entries: 1,
             path_slots: 0,
         };
-        let (r, l) = LoomRegion::new(sizes, 5);
-        let r2 = r.clone();
-        let h = thread::spawn(move || host(&r2, &l, 5, 2, true));
         // The poller answers the first hint, then may park for completion
         // room with the second one taken, until the guest frees the room and
         // rings.
-        let got = guest(&r, &[2, 3], 1, true);
-        h.join().unwrap();
-        assert_eq!(got, vec![2, 3]);
+        assert_eq!(exchange(sizes, 5, &[2, 3], true, true), [2, 3]);
     });
 }
 
@@ -339,11 +338,7 @@ fn the_model_catches_a_missing_doorbell_after_reaping() {
                 eq_entries: 1,
                 path_slots: 0,
             };
-            let (r, l) = LoomRegion::new(sizes, 5);
-            let r2 = r.clone();
-            let h = thread::spawn(move || host(&r2, &l, 5, 2, true));
-            guest(&r, &[2, 3], 1, false);
-            h.join().unwrap();
+            exchange(sizes, 5, &[2, 3], true, false);
         });
     });
     assert!(

@@ -996,9 +996,17 @@ impl Agent {
     /// start another agent over the same files afterwards.
     #[cfg(any(test, feature = "test-utils"))]
     pub fn abandon(&self) {
+        self.stop_threads();
+    }
+
+    /// Stops the pollers, the ivshmem server and every domain's service
+    /// threads (loaders, ticker).
+    fn stop_threads(&self) {
         if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
             p.shutdown();
         }
+        // The sockets stay: a QEMU keeps reconnecting until the next agent
+        // binds them again.
         if let Some(s) = self.inner.doorbells.lock().ok().and_then(|mut s| s.take()) {
             s.shutdown();
         }
@@ -1018,17 +1026,7 @@ impl Agent {
                 r.close();
             }
         }
-        if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
-            p.shutdown();
-        }
-        // The sockets stay: a QEMU keeps reconnecting until the next agent
-        // binds them again.
-        if let Some(s) = self.inner.doorbells.lock().ok().and_then(|mut s| s.take()) {
-            s.shutdown();
-        }
-        for d in self.inner.domains.all() {
-            d.service().shutdown();
-        }
+        self.stop_threads();
         tracing::info!("agent stopped");
     }
 }

@@ -101,10 +101,7 @@ charged() {
 }
 ktap_check "$T3" charged
 echo 2 > "$KNOB"
-for _ in $(seq 1 100); do
-    [ "$(stat_of cut_offs)" -gt "$co0" ] && break
-    sleep 0.1
-done
+stat_above cut_offs "$co0" 100 || true
 acked() {
     { [ "$(stat_of cut_offs)" -gt "$co0" ] && [ "$(stat_of revocations)" = "$rv0" ]; } ||
         { echo "cut_offs $co0 -> $(stat_of cut_offs), revocations $rv0 -> $(stat_of revocations)"; return 1; }

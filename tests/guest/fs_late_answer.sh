@@ -43,10 +43,7 @@ for round in 1 2 3 4 5; do
     echo 1 > "$KNOB"
     t0=$(stat_of requests_timed_out); s0=$(stat_of hints_sent)
     cat "$M/$REL" > /dev/null
-    for _ in $(seq 1 100); do
-        [ "$(stat_of requests_timed_out)" -gt "$t0" ] && break
-        sleep 0.1
-    done
+    stat_above requests_timed_out "$t0" 100 || true
     cat "$M/$REL" > /dev/null
     s1=$(stat_of hints_sent); t1=$(stat_of requests_timed_out)
     u0=$(stat_of answers_unknown); r0=$(stat_of releases_sent); h0=$(stat_of answers_hit)

@@ -88,10 +88,7 @@ lowered() {
 }
 ktap_check "$T3" lowered
 # Acknowledgements go out on the next submission or the 50 ms timer.
-for _ in $(seq 1 50); do
-    [ "$(stat_of acks_sent)" -gt "$ack0" ] && break
-    sleep 0.1
-done
+stat_above acks_sent "$ack0" 50 || true
 revoked() {
     { [ "$(stat_of revocations)" -gt "$rv0" ] && [ "$(stat_of acks_sent)" -gt "$ack0" ]; } ||
         { echo "revocations $rv0 -> $(stat_of revocations), acks_sent $ack0 -> $(stat_of acks_sent)"; return 1; }

@@ -122,10 +122,7 @@ holds_run() {
         pool_served "$M/${big#./}" > /dev/null 2>&1 && BIG="$BIG ${big#./}"
     done
     ktap_diag "large files served: ${BIG:-none}"
-    for _ in $(seq 1 50); do
-        [ "$(stat_of acks_sent)" -gt "$ack0" ] && break
-        sleep 0.1
-    done
+    stat_above acks_sent "$ack0" 50 || true
     revoked() {
         { [ "$(stat_of revocations)" -gt "$rv0" ] && [ "$(stat_of acks_sent)" -gt "$ack0" ]; } ||
             { echo "revocations $rv0 -> $(stat_of revocations), acks_sent $ack0 -> $(stat_of acks_sent) (large file: $BIG)"; return 1; }

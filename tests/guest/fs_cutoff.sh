@@ -71,12 +71,8 @@ stat_above cut_offs "$co1" 50 || true
 told() { [ "$(stat_of cut_offs)" -gt "$co1" ] || { echo "cut_offs $co1 -> $(stat_of cut_offs)"; return 1; }; }
 ktap_check "$T3" told
 sleep 1
-touch /tmp/cutoff.stop
-wait "$W1"; r1=$?
-wait "$W2"; r2=$?
-ktap_diag "mmapwatch shared (status $r1): $(tr '\n' ' ' < /tmp/cutoff.shared)"
-ktap_diag "mmapwatch private (status $r2): $(tr '\n' ' ' < /tmp/cutoff.private)"
-kept() { [ "$r1" = 0 ] && [ "$r2" = 0 ] && grep -q 'all equal' /tmp/cutoff.shared && grep -q 'all equal' /tmp/cutoff.private && [ "$(stat_of faults_failed)" = "$ff0" ]; }
+watch_end /tmp/cutoff.stop /tmp/cutoff; watched=$?
+kept() { [ "$watched" = 0 ] && [ "$(stat_of faults_failed)" = "$ff0" ]; }
 ktap_check "$T4" kept
 p0=$(stat_of pages_pool); f0=$(stat_of faults_pool)
 ktap_check "$T5" same_tree "$M" "$L"

@@ -7,6 +7,7 @@
 #   stat_above NAME BASE T  wait until counter NAME is above BASE, T tenths of a second at most
 #   same_tree A B           sha256 of every file under A equals the one under B
 #   pool_served FILE...     read each FILE until a read takes pool pages
+#   watch_both, watch_end   mmapwatch a file through a shared and a private mapping
 fs_load() {
     lsmod | grep -q '^vmdedup ' || insmod /lib/modules/vmdedup.ko
 }
@@ -85,6 +86,17 @@ watch_both() {
         sleep 0.1
     done
     return 1
+}
+# watch_end STOPFILE OUT: stops the watch_both processes (creates STOPFILE),
+# waits for both and shows what they printed; succeeds if both exited 0 and
+# read lower's bytes at every page throughout ("all equal").
+watch_end() {
+    touch "$1"
+    wait "$W1"; _r1=$?
+    wait "$W2"; _r2=$?
+    ktap_diag "mmapwatch shared (status $_r1): $(tr '\n' ' ' < "$2.shared")"
+    ktap_diag "mmapwatch private (status $_r2): $(tr '\n' ' ' < "$2.private")"
+    [ "$_r1" = 0 ] && [ "$_r2" = 0 ] && grep -q 'all equal' "$2.shared" && grep -q 'all equal' "$2.private"
 }
 # treecheck_tree MOUNT LOWER: every file under MOUNT through odd-sized reads,
 # pread at odd offsets, a shared and a private mmap, against LOWER

@@ -130,15 +130,8 @@ holds_run() {
     ktap_check "$T6" revoked
     # Let the watchers go over their mappings a few more times.
     sleep 2
-    touch /tmp/holds.stop
-    wait "$W1"; r1=$?
-    wait "$W2"; r2=$?
-    ktap_diag "mmapwatch shared (status $r1): $(tr '\n' ' ' < /tmp/holds.shared)"
-    ktap_diag "mmapwatch private (status $r2): $(tr '\n' ' ' < /tmp/holds.private)"
-    kept() {
-        [ "$r1" = 0 ] && [ "$r2" = 0 ] && grep -q 'all equal' /tmp/holds.shared &&
-            grep -q 'all equal' /tmp/holds.private && [ "$(stat_of faults_pool)" -gt "$fp0" ]
-    }
+    watch_end /tmp/holds.stop /tmp/holds; watched=$?
+    kept() { [ "$watched" = 0 ] && [ "$(stat_of faults_pool)" -gt "$fp0" ]; }
     ktap_check "$T7" kept
     if [ -n "${TREECHECK:-}" ]; then
         ktap_run "$T8" treecheck_tree "$M" "$L"

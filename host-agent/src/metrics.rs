@@ -308,22 +308,9 @@ pub fn render(snap: &Snapshot, format: Format) -> String {
     );
     for v in &vms {
         let l = labels(v);
-        let m = &v.counters.misses;
-        for (reason, n) in [
-            ("identity_mismatch", m.identity_mismatch),
-            ("not_found", m.not_found),
-            ("not_regular", m.not_regular),
-            ("bad_path", m.bad_path),
-            ("no_namespace", m.no_namespace),
-            ("loading", m.loading),
-            ("pool_full", m.pool_full),
-            ("too_large", m.too_large),
-            ("cut_off", m.cut_off),
-            ("io_error", m.io_error),
-            ("over_quota", m.over_quota),
-        ] {
+        for (reason, n) in v.counters.misses.by_reason() {
             let mut p = pairs(&l).to_vec();
-            p.push(("reason", reason));
+            p.push(("reason", reason.key()));
             e.sample("_total", &p, n);
         }
     }

@@ -150,29 +150,15 @@ impl LatencyHistogram {
 pub struct HintStats {
     hints: AtomicU64,
     hits: AtomicU64,
-    misses: [AtomicU64; 11],
+    misses: [AtomicU64; MissReason::ALL.len()],
     latency: LatencyHistogram,
 }
 
-const REASONS: [MissReason; 11] = [
-    MissReason::IdentityMismatch,
-    MissReason::NotFound,
-    MissReason::NotRegular,
-    MissReason::BadPath,
-    MissReason::NoNamespace,
-    MissReason::Loading,
-    MissReason::PoolFull,
-    MissReason::TooLarge,
-    MissReason::CutOff,
-    MissReason::IoError,
-    MissReason::OverQuota,
-];
-
 fn reason_index(r: MissReason) -> usize {
-    REASONS
+    MissReason::ALL
         .iter()
         .position(|x| *x == r)
-        .unwrap_or(REASONS.len() - 1)
+        .unwrap_or(MissReason::ALL.len() - 1)
 }
 
 impl HintStats {
@@ -194,7 +180,7 @@ impl HintStats {
     /// A plain copy (`pages_mapped` is filled in by the caller).
     pub fn snapshot(&self) -> HintCounters {
         let mut misses = MissCounts::default();
-        for (i, r) in REASONS.iter().enumerate() {
+        for (i, r) in MissReason::ALL.iter().enumerate() {
             *misses.get_mut(*r) = self.misses[i].load(Ordering::Relaxed);
         }
         HintCounters {
@@ -250,27 +236,16 @@ pub fn bytes_saved(pages_mapped: u64, frames_used: u64) -> u64 {
 }
 
 fn counters_json(c: &HintCounters) -> serde_json::Map<String, serde_json::Value> {
-    let m = &c.misses;
     let mut o = serde_json::Map::new();
     o.insert("pages_mapped".into(), c.pages_mapped.into());
     o.insert("hints".into(), c.hints.into());
     o.insert("hits".into(), c.hits.into());
-    o.insert(
-        "misses".into(),
-        serde_json::json!({
-            "identity_mismatch": m.identity_mismatch,
-            "not_found": m.not_found,
-            "not_regular": m.not_regular,
-            "bad_path": m.bad_path,
-            "no_namespace": m.no_namespace,
-            "loading": m.loading,
-            "pool_full": m.pool_full,
-            "too_large": m.too_large,
-            "cut_off": m.cut_off,
-            "io_error": m.io_error,
-            "over_quota": m.over_quota,
-        }),
-    );
+    let misses: serde_json::Map<String, serde_json::Value> = c
+        .misses
+        .by_reason()
+        .map(|(r, n)| (r.key().to_string(), n.into()))
+        .collect();
+    o.insert("misses".into(), misses.into());
     o.insert(
         "hint_latency_us".into(),
         serde_json::json!({ "p50": c.hint_latency_us_p50, "p99": c.hint_latency_us_p99 }),
@@ -487,6 +462,20 @@ mod tests {
         }
         want["vms"] = serde_json::json!([vm]);
         assert_eq!(status_json(&r), want);
+    }
+
+    /// A reason's key is the name of its counter's field.
+    #[test]
+    fn miss_keys_are_the_field_names() {
+        let mut m = MissCounts::default();
+        for (i, r) in MissReason::ALL.into_iter().enumerate() {
+            *m.get_mut(r) = i as u64 + 1;
+        }
+        let fields = serde_json::to_value(m).unwrap();
+        for (r, n) in m.by_reason() {
+            assert_eq!(fields[r.key()], n, "{r:?}");
+        }
+        assert_eq!(fields.as_object().unwrap().len(), MissReason::ALL.len());
     }
 
     #[test]

@@ -153,6 +153,42 @@ pub enum MissReason {
     OverQuota,
 }
 
+impl MissReason {
+    /// Every reason, in the order of the fields of [`MissCounts`].
+    pub const ALL: [MissReason; 11] = [
+        MissReason::IdentityMismatch,
+        MissReason::NotFound,
+        MissReason::NotRegular,
+        MissReason::BadPath,
+        MissReason::NoNamespace,
+        MissReason::Loading,
+        MissReason::PoolFull,
+        MissReason::TooLarge,
+        MissReason::CutOff,
+        MissReason::IoError,
+        MissReason::OverQuota,
+    ];
+
+    /// Its name where the agent shows it: a key of `status --json`'s
+    /// `misses`, the `reason` label of the metrics (the name of its field
+    /// in [`MissCounts`]).
+    pub const fn key(self) -> &'static str {
+        match self {
+            MissReason::IdentityMismatch => "identity_mismatch",
+            MissReason::NotFound => "not_found",
+            MissReason::NotRegular => "not_regular",
+            MissReason::BadPath => "bad_path",
+            MissReason::NoNamespace => "no_namespace",
+            MissReason::Loading => "loading",
+            MissReason::PoolFull => "pool_full",
+            MissReason::TooLarge => "too_large",
+            MissReason::CutOff => "cut_off",
+            MissReason::IoError => "io_error",
+            MissReason::OverQuota => "over_quota",
+        }
+    }
+}
+
 /// Miss counters by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MissCounts {
@@ -198,19 +234,21 @@ impl MissCounts {
         }
     }
 
-    /// Sum of all counters.
+    /// The counter for `r`, read.
+    pub fn get(&self, r: MissReason) -> u64 {
+        let mut copy = *self;
+        *copy.get_mut(r)
+    }
+
+    /// Each reason with its count, in [`MissReason::ALL`] order.
+    pub fn by_reason(&self) -> impl Iterator<Item = (MissReason, u64)> + '_ {
+        MissReason::ALL.into_iter().map(|r| (r, self.get(r)))
+    }
+
+    /// Sum of all counters (saturating).
     pub fn total(&self) -> u64 {
-        self.identity_mismatch
-            + self.not_found
-            + self.not_regular
-            + self.bad_path
-            + self.no_namespace
-            + self.loading
-            + self.pool_full
-            + self.too_large
-            + self.cut_off
-            + self.io_error
-            + self.over_quota
+        self.by_reason()
+            .fold(0u64, |sum, (_, n)| sum.saturating_add(n))
     }
 }
 

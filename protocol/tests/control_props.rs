@@ -607,3 +607,24 @@ proptest! {
         prop_assert_eq!(postcard::from_bytes::<DomainReport>(&nested), Ok(d));
     }
 }
+
+/// Every reason once, each with its own counter, and in the fields' order.
+#[test]
+fn miss_reasons_each_have_their_counter() {
+    let mut m = MissCounts::default();
+    for (i, r) in MissReason::ALL.into_iter().enumerate() {
+        *m.get_mut(r) = i as u64 + 1;
+    }
+    let got: Vec<(MissReason, u64)> = m.by_reason().collect();
+    let want: Vec<(MissReason, u64)> = MissReason::ALL.into_iter().zip(1..).collect();
+    assert_eq!(got, want);
+    assert_eq!(m.total(), 66);
+    // In field order: postcard writes the fields in order.
+    let mut buf = [0u8; 64];
+    let bytes = postcard::to_slice(&m, &mut buf).unwrap();
+    assert_eq!(&*bytes, &[1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    let mut keys: Vec<&str> = MissReason::ALL.iter().map(|r| r.key()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), MissReason::ALL.len());
+}

@@ -833,6 +833,16 @@ impl Agent {
         Ok((id, dom))
     }
 
+    /// The ring region file of VM `id` (called `name`).
+    fn ring_path(&self, id: VmId, name: &str) -> Result<PathBuf, AgentError> {
+        self.inner
+            .ring_paths
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&id).cloned())
+            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))
+    }
+
     /// The VM is gone for good (its QEMU exited, or the operator says so):
     /// its ring is closed and forgotten, and everything it held is released,
     /// including what a cut-off VM kept charged because its page tables might
@@ -891,13 +901,7 @@ impl Agent {
     /// as configured if a file cannot be read.
     pub fn attachment(&self, name: &str) -> Result<crate::qemu::Attachment, AgentError> {
         let (id, dom) = self.vm_named(name)?;
-        let ring_path = self
-            .inner
-            .ring_paths
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&id).cloned())
-            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))?;
+        let ring_path = self.ring_path(id, name)?;
         let size = |p: &Path, configured: u64| std::fs::metadata(p).map_or(configured, |m| m.len());
         Ok(crate::qemu::Attachment {
             vm: name.to_string(),
@@ -954,13 +958,7 @@ impl Agent {
             }
         }
         drop(old);
-        let path = self
-            .inner
-            .ring_paths
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&id).cloned())
-            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))?;
+        let path = self.ring_path(id, name)?;
         let generation = self.next_ring_generation();
         let ring = self.doorbell_for(id, name, &path, create_ring(&path, id, generation)?)?;
         // Before a poller has the ring: the guest's attachment, which makes

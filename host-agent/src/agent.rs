@@ -820,13 +820,8 @@ impl Agent {
             .map_err(|_| AgentError::Config("lock poisoned".into()))
     }
 
-    /// The VM is gone for good (its QEMU exited, or the operator says so):
-    /// its ring is closed and forgotten, and everything it held is released,
-    /// including what a cut-off VM kept charged because its page tables might
-    /// still map it. Its ring region file stays; its id is not reused.
-    /// Returns how many file maps it still held.
-    pub fn remove_vm(&self, name: &str) -> Result<u32, AgentError> {
-        let _admin = self.admin()?;
+    /// VM `name`'s id and trust domain; an error names what is missing.
+    fn vm_named(&self, name: &str) -> Result<(VmId, Arc<Domain>), AgentError> {
         let id = self.inner.domains.vm_id(name).ok_or_else(|| {
             AgentError::Config(format!("no VM called {name:?} (`vmdedup vms` lists them)"))
         })?;
@@ -835,6 +830,27 @@ impl Agent {
             .domains
             .of_vm(id)
             .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no domain")))?;
+        Ok((id, dom))
+    }
+
+    /// The ring region file of VM `id` (called `name`).
+    fn ring_path(&self, id: VmId, name: &str) -> Result<PathBuf, AgentError> {
+        self.inner
+            .ring_paths
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&id).cloned())
+            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))
+    }
+
+    /// The VM is gone for good (its QEMU exited, or the operator says so):
+    /// its ring is closed and forgotten, and everything it held is released,
+    /// including what a cut-off VM kept charged because its page tables might
+    /// still map it. Its ring region file stays; its id is not reused.
+    /// Returns how many file maps it still held.
+    pub fn remove_vm(&self, name: &str) -> Result<u32, AgentError> {
+        let _admin = self.admin()?;
+        let (id, dom) = self.vm_named(name)?;
         let svc = dom.service();
         let held = svc.vms(Some(id)).first().map_or(0, |v| v.maps_held);
         if let Some(r) = self.inner.rings.lock().ok().and_then(|mut m| m.remove(&id)) {
@@ -884,23 +900,8 @@ impl Agent {
     /// pool, with the sizes of the files as they are (what QEMU maps), or
     /// as configured if a file cannot be read.
     pub fn attachment(&self, name: &str) -> Result<crate::qemu::Attachment, AgentError> {
-        let id = self
-            .inner
-            .domains
-            .vm_id(name)
-            .ok_or_else(|| AgentError::Config(format!("no VM called {name:?}")))?;
-        let dom = self
-            .inner
-            .domains
-            .of_vm(id)
-            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no domain")))?;
-        let ring_path = self
-            .inner
-            .ring_paths
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&id).cloned())
-            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))?;
+        let (id, dom) = self.vm_named(name)?;
+        let ring_path = self.ring_path(id, name)?;
         let size = |p: &Path, configured: u64| std::fs::metadata(p).map_or(configured, |m| m.len());
         Ok(crate::qemu::Attachment {
             vm: name.to_string(),
@@ -930,14 +931,8 @@ impl Agent {
     /// the old ring within a few seconds (try again).
     pub fn reinstate_vm(&self, name: &str) -> Result<bool, AgentError> {
         let _admin = self.admin()?;
-        let id = self.inner.domains.vm_id(name).ok_or_else(|| {
-            AgentError::Config(format!("no VM called {name:?} (`vmdedup vms` lists them)"))
-        })?;
-        let svc = self
-            .inner
-            .domains
-            .service_of_vm(id)
-            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no domain")))?;
+        let (id, dom) = self.vm_named(name)?;
+        let svc = dom.service();
         let old = self
             .inner
             .rings
@@ -963,13 +958,7 @@ impl Agent {
             }
         }
         drop(old);
-        let path = self
-            .inner
-            .ring_paths
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&id).cloned())
-            .ok_or_else(|| AgentError::Config(format!("VM {name:?} has no ring region")))?;
+        let path = self.ring_path(id, name)?;
         let generation = self.next_ring_generation();
         let ring = self.doorbell_for(id, name, &path, create_ring(&path, id, generation)?)?;
         // Before a poller has the ring: the guest's attachment, which makes
@@ -1005,9 +994,17 @@ impl Agent {
     /// start another agent over the same files afterwards.
     #[cfg(any(test, feature = "test-utils"))]
     pub fn abandon(&self) {
+        self.stop_threads();
+    }
+
+    /// Stops the pollers, the ivshmem server and every domain's service
+    /// threads (loaders, ticker).
+    fn stop_threads(&self) {
         if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
             p.shutdown();
         }
+        // The sockets stay: a QEMU keeps reconnecting until the next agent
+        // binds them again.
         if let Some(s) = self.inner.doorbells.lock().ok().and_then(|mut s| s.take()) {
             s.shutdown();
         }
@@ -1027,17 +1024,7 @@ impl Agent {
                 r.close();
             }
         }
-        if let Some(p) = self.inner.pollers.lock().ok().and_then(|mut p| p.take()) {
-            p.shutdown();
-        }
-        // The sockets stay: a QEMU keeps reconnecting until the next agent
-        // binds them again.
-        if let Some(s) = self.inner.doorbells.lock().ok().and_then(|mut s| s.take()) {
-            s.shutdown();
-        }
-        for d in self.inner.domains.all() {
-            d.service().shutdown();
-        }
+        self.stop_threads();
         tracing::info!("agent stopped");
     }
 }

@@ -240,23 +240,11 @@ impl Domains {
         let mut pages_mapped = 0u64;
         for d in self.all() {
             let r = d.service.status(None);
-            report.frames_total += r.frames_total;
-            report.frames_budget += r.frames_budget;
-            report.frames_used += r.frames_used;
-            report.file_maps += r.file_maps;
-            report.bytes_saved += r.bytes_saved;
+            report.pool.add(&r.pool);
             pages_mapped += r.counters.pages_mapped;
-            if report.pool_generation == 0 {
-                report.pool_generation = r.pool_generation;
-            }
             let _ = report.domains.push(DomainReport {
                 name: bounded_str(&d.name),
-                pool_generation: r.pool_generation,
-                frames_total: r.frames_total,
-                frames_budget: r.frames_budget,
-                frames_used: r.frames_used,
-                file_maps: r.file_maps,
-                bytes_saved: r.bytes_saved,
+                pool: r.pool,
                 vms: r.vms.len() as u32,
                 filesystem_full: d.service.filesystem_full(),
             });

@@ -670,20 +670,15 @@ macro_rules! rpc {
 
 fn print_status(r: &StatusReport) {
     let c = &r.counters;
+    let p = &r.pool;
+    let used = format!(
+        "{} of {} frames used (budget {}), {} file maps",
+        p.frames_used, p.frames_total, p.frames_budget, p.file_maps
+    );
     if r.domains.is_empty() {
-        println!(
-            "pool: {} of {} frames used (budget {}), {} file maps, generation {}",
-            r.frames_used, r.frames_total, r.frames_budget, r.file_maps, r.pool_generation
-        );
+        println!("pool: {used}, generation {}", p.generation);
     } else {
-        println!(
-            "pools: {} of {} frames used (budget {}), {} file maps, in {} trust domain(s)",
-            r.frames_used,
-            r.frames_total,
-            r.frames_budget,
-            r.file_maps,
-            r.domains.len()
-        );
+        println!("pools: {used}, in {} trust domain(s)", r.domains.len());
         println!(
             "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4} {:>8}",
             "DOMAIN", "FRAMES", "BUDGET", "USED", "MAPS", "SAVED_MIB", "VMS", "FS_FULL"
@@ -692,11 +687,11 @@ fn print_status(r: &StatusReport) {
             println!(
                 "{:<16} {:>10} {:>10} {:>10} {:>8} {:>10} {:>4} {:>8}",
                 d.name.as_str(),
-                d.frames_total,
-                d.frames_budget,
-                d.frames_used,
-                d.file_maps,
-                d.bytes_saved >> 20,
+                d.pool.frames_total,
+                d.pool.frames_budget,
+                d.pool.frames_used,
+                d.pool.file_maps,
+                d.pool.bytes_saved >> 20,
                 d.vms,
                 d.filesystem_full
             );
@@ -711,9 +706,9 @@ fn print_status(r: &StatusReport) {
     }
     println!(
         "saved: {} MiB ({} pages mapped by VMs, {} frames held)",
-        r.bytes_saved >> 20,
+        p.bytes_saved >> 20,
         c.pages_mapped,
-        r.frames_used
+        p.frames_used
     );
     println!(
         "hints: {}  hits: {}  misses: {}  latency p50/p99: {}/{} us",
@@ -1043,11 +1038,11 @@ fn cmd_warm(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
         let mut first = None;
         while tty && !done2.load(Ordering::Relaxed) {
             if let Ok(Response::Status(r)) = control::request(&sock, &Request::Status) {
-                let base = *first.get_or_insert(r.frames_used);
+                let base = *first.get_or_insert(r.pool.frames_used);
                 eprint!(
                     "\rwarming: {} frames loaded, {} MiB, {:.0}s   ",
-                    r.frames_used.saturating_sub(base),
-                    (r.frames_used.saturating_sub(base) * 4096) >> 20,
+                    r.pool.frames_used.saturating_sub(base),
+                    (r.pool.frames_used.saturating_sub(base) * 4096) >> 20,
                     start.elapsed().as_secs_f64()
                 );
             }

@@ -243,37 +243,37 @@ pub fn render(snap: &Snapshot, format: Format) -> String {
             "vmdedup_pool_size_bytes",
             Some("bytes"),
             "Frame memory in the trust domain's pool.",
-            |d| d.frames_total.saturating_mul(FRAME_SIZE),
+            |d| d.pool.frames_total.saturating_mul(FRAME_SIZE),
         ),
         (
             "vmdedup_pool_budget_bytes",
             Some("bytes"),
             "Frame memory the agent may use in the trust domain's pool.",
-            |d| d.frames_budget.saturating_mul(FRAME_SIZE),
+            |d| d.pool.frames_budget.saturating_mul(FRAME_SIZE),
         ),
         (
             "vmdedup_pool_used_bytes",
             Some("bytes"),
             "Frame memory holding file pages in the trust domain's pool.",
-            |d| d.frames_used.saturating_mul(FRAME_SIZE),
+            |d| d.pool.frames_used.saturating_mul(FRAME_SIZE),
         ),
         (
             "vmdedup_pool_file_maps",
             None,
             "Files in the trust domain's pool (loading, live or being revoked).",
-            |d| d.file_maps,
+            |d| d.pool.file_maps,
         ),
         (
             "vmdedup_saved_bytes",
             Some("bytes"),
             "Memory saved in the trust domain: (pages its VMs map - frames used) * 4096, at least 0.",
-            |d| d.bytes_saved,
+            |d| d.pool.bytes_saved,
         ),
         (
             "vmdedup_pool_generation",
             None,
             "Generation of the trust domain's pool (changes when a new pool is made).",
-            |d| d.pool_generation,
+            |d| d.pool.generation,
         ),
     ];
     for (name, unit, help, get) in pools {
@@ -308,22 +308,9 @@ pub fn render(snap: &Snapshot, format: Format) -> String {
     );
     for v in &vms {
         let l = labels(v);
-        let m = &v.counters.misses;
-        for (reason, n) in [
-            ("identity_mismatch", m.identity_mismatch),
-            ("not_found", m.not_found),
-            ("not_regular", m.not_regular),
-            ("bad_path", m.bad_path),
-            ("no_namespace", m.no_namespace),
-            ("loading", m.loading),
-            ("pool_full", m.pool_full),
-            ("too_large", m.too_large),
-            ("cut_off", m.cut_off),
-            ("io_error", m.io_error),
-            ("over_quota", m.over_quota),
-        ] {
+        for (reason, n) in v.counters.misses.by_reason() {
             let mut p = pairs(&l).to_vec();
-            p.push(("reason", reason));
+            p.push(("reason", reason.key()));
             e.sample("_total", &p, n);
         }
     }
@@ -492,7 +479,7 @@ pub async fn serve(listener: tokio::net::TcpListener, domains: Domains, rings: R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmdedup_protocol::control::{bounded_str, DomainReport};
+    use vmdedup_protocol::control::{bounded_str, DomainReport, PoolFigures};
 
     fn snapshot() -> Snapshot {
         let mut r = StatusReport::default();
@@ -500,10 +487,13 @@ mod tests {
             r.domains
                 .push(DomainReport {
                     name: bounded_str(name),
-                    pool_generation: generation,
-                    frames_total: 100,
-                    frames_used: 10,
-                    bytes_saved: 8192,
+                    pool: PoolFigures {
+                        generation,
+                        frames_total: 100,
+                        frames_used: 10,
+                        bytes_saved: 8192,
+                        ..PoolFigures::default()
+                    },
                     ..DomainReport::default()
                 })
                 .unwrap();

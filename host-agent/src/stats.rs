@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use vmdedup_protocol::control::{HintCounters, MissCounts, MissReason, StatusReport};
+use vmdedup_protocol::control::{HintCounters, MissCounts, MissReason, PoolFigures, StatusReport};
 use vmdedup_protocol::pool::FRAME_SIZE;
 
 const SUB: usize = 4;
@@ -150,29 +150,15 @@ impl LatencyHistogram {
 pub struct HintStats {
     hints: AtomicU64,
     hits: AtomicU64,
-    misses: [AtomicU64; 11],
+    misses: [AtomicU64; MissReason::ALL.len()],
     latency: LatencyHistogram,
 }
 
-const REASONS: [MissReason; 11] = [
-    MissReason::IdentityMismatch,
-    MissReason::NotFound,
-    MissReason::NotRegular,
-    MissReason::BadPath,
-    MissReason::NoNamespace,
-    MissReason::Loading,
-    MissReason::PoolFull,
-    MissReason::TooLarge,
-    MissReason::CutOff,
-    MissReason::IoError,
-    MissReason::OverQuota,
-];
-
 fn reason_index(r: MissReason) -> usize {
-    REASONS
+    MissReason::ALL
         .iter()
         .position(|x| *x == r)
-        .unwrap_or(REASONS.len() - 1)
+        .unwrap_or(MissReason::ALL.len() - 1)
 }
 
 impl HintStats {
@@ -194,7 +180,7 @@ impl HintStats {
     /// A plain copy (`pages_mapped` is filled in by the caller).
     pub fn snapshot(&self) -> HintCounters {
         let mut misses = MissCounts::default();
-        for (i, r) in REASONS.iter().enumerate() {
+        for (i, r) in MissReason::ALL.iter().enumerate() {
             *misses.get_mut(*r) = self.misses[i].load(Ordering::Relaxed);
         }
         HintCounters {
@@ -250,27 +236,16 @@ pub fn bytes_saved(pages_mapped: u64, frames_used: u64) -> u64 {
 }
 
 fn counters_json(c: &HintCounters) -> serde_json::Map<String, serde_json::Value> {
-    let m = &c.misses;
     let mut o = serde_json::Map::new();
     o.insert("pages_mapped".into(), c.pages_mapped.into());
     o.insert("hints".into(), c.hints.into());
     o.insert("hits".into(), c.hits.into());
-    o.insert(
-        "misses".into(),
-        serde_json::json!({
-            "identity_mismatch": m.identity_mismatch,
-            "not_found": m.not_found,
-            "not_regular": m.not_regular,
-            "bad_path": m.bad_path,
-            "no_namespace": m.no_namespace,
-            "loading": m.loading,
-            "pool_full": m.pool_full,
-            "too_large": m.too_large,
-            "cut_off": m.cut_off,
-            "io_error": m.io_error,
-            "over_quota": m.over_quota,
-        }),
-    );
+    let misses: serde_json::Map<String, serde_json::Value> = c
+        .misses
+        .by_reason()
+        .map(|(r, n)| (r.key().to_string(), n.into()))
+        .collect();
+    o.insert("misses".into(), misses.into());
     o.insert(
         "hint_latency_us".into(),
         serde_json::json!({ "p50": c.hint_latency_us_p50, "p99": c.hint_latency_us_p99 }),
@@ -316,15 +291,22 @@ pub fn add_rings_json(
     }
 }
 
+/// A pool's figures, as `status --json` shows them for the host and for
+/// each domain.
+fn pool_json(p: &PoolFigures) -> serde_json::Map<String, serde_json::Value> {
+    let mut o = serde_json::Map::new();
+    o.insert("pool_generation".into(), p.generation.into());
+    o.insert("frames_total".into(), p.frames_total.into());
+    o.insert("frames_budget".into(), p.frames_budget.into());
+    o.insert("frames_used".into(), p.frames_used.into());
+    o.insert("file_maps".into(), p.file_maps.into());
+    o.insert("bytes_saved".into(), p.bytes_saved.into());
+    o
+}
+
 /// The documented `status --json` document of a status report.
 pub fn status_json(r: &StatusReport) -> serde_json::Value {
-    let mut o = serde_json::Map::new();
-    o.insert("pool_generation".into(), r.pool_generation.into());
-    o.insert("frames_total".into(), r.frames_total.into());
-    o.insert("frames_budget".into(), r.frames_budget.into());
-    o.insert("frames_used".into(), r.frames_used.into());
-    o.insert("file_maps".into(), r.file_maps.into());
-    o.insert("bytes_saved".into(), r.bytes_saved.into());
+    let mut o = pool_json(&r.pool);
     o.extend(counters_json(&r.counters));
     let vms: Vec<serde_json::Value> = r.vms.iter().map(vm_json).collect();
     o.insert("vms".into(), vms.into());
@@ -332,17 +314,11 @@ pub fn status_json(r: &StatusReport) -> serde_json::Value {
         .domains
         .iter()
         .map(|d| {
-            serde_json::json!({
-                "name": d.name.as_str(),
-                "pool_generation": d.pool_generation,
-                "frames_total": d.frames_total,
-                "frames_budget": d.frames_budget,
-                "frames_used": d.frames_used,
-                "file_maps": d.file_maps,
-                "bytes_saved": d.bytes_saved,
-                "vms": d.vms,
-                "filesystem_full": d.filesystem_full,
-            })
+            let mut o = pool_json(&d.pool);
+            o.insert("name".into(), d.name.as_str().into());
+            o.insert("vms".into(), d.vms.into());
+            o.insert("filesystem_full".into(), d.filesystem_full.into());
+            serde_json::Value::Object(o)
         })
         .collect();
     o.insert("domains".into(), domains.into());
@@ -401,6 +377,105 @@ mod tests {
             let want = samples.iter().filter(|&&s| s < *bound).count() as u64;
             assert_eq!(e.below[i], want, "below {bound}");
         }
+    }
+
+    /// The documented keys, each with its own value: the pool figures of
+    /// the host and of each domain, the counters, the VMs.
+    #[test]
+    fn status_json_keeps_its_keys_and_values() {
+        use vmdedup_protocol::control::{bounded_str, DomainReport, VmReport};
+        let counters = HintCounters {
+            hints: 20,
+            hits: 21,
+            misses: MissCounts {
+                loading: 22,
+                over_quota: 200,
+                ..MissCounts::default()
+            },
+            pages_mapped: 23,
+            hint_latency_us_p50: 24,
+            hint_latency_us_p99: 25,
+        };
+        let mut r = StatusReport {
+            pool: PoolFigures {
+                generation: 1,
+                frames_total: 300,
+                frames_budget: 3,
+                frames_used: 4,
+                file_maps: 5,
+                bytes_saved: 6,
+            },
+            counters,
+            ..StatusReport::default()
+        };
+        r.vms
+            .push(VmReport {
+                name: bounded_str("vm1"),
+                domain: bounded_str("d"),
+                cut_off: true,
+                maps_held: 26,
+                revocations_pending: 27,
+                counters,
+            })
+            .unwrap();
+        r.domains
+            .push(DomainReport {
+                name: bounded_str("d"),
+                pool: PoolFigures {
+                    generation: 11,
+                    frames_total: 12,
+                    frames_budget: 13,
+                    frames_used: 14,
+                    file_maps: 15,
+                    bytes_saved: 16,
+                },
+                vms: 1,
+                filesystem_full: 17,
+            })
+            .unwrap();
+        let c = serde_json::json!({
+            "pages_mapped": 23, "hints": 20, "hits": 21,
+            "misses": {
+                "identity_mismatch": 0, "not_found": 0, "not_regular": 0, "bad_path": 0,
+                "no_namespace": 0, "loading": 22, "pool_full": 0, "too_large": 0,
+                "cut_off": 0, "io_error": 0, "over_quota": 200,
+            },
+            "hint_latency_us": { "p50": 24, "p99": 25 },
+        });
+        let mut vm = serde_json::json!({
+            "name": "vm1", "domain": "d", "cut_off": true, "maps_held": 26,
+            "revocations_pending": 27,
+        });
+        let mut want = serde_json::json!({
+            "pool_generation": 1, "frames_total": 300, "frames_budget": 3, "frames_used": 4,
+            "file_maps": 5, "bytes_saved": 6,
+            "domains": [{
+                "name": "d", "pool_generation": 11, "frames_total": 12, "frames_budget": 13,
+                "frames_used": 14, "file_maps": 15, "bytes_saved": 16, "vms": 1,
+                "filesystem_full": 17,
+            }],
+        });
+        for o in [&mut vm, &mut want] {
+            o.as_object_mut()
+                .unwrap()
+                .extend(c.as_object().unwrap().clone());
+        }
+        want["vms"] = serde_json::json!([vm]);
+        assert_eq!(status_json(&r), want);
+    }
+
+    /// A reason's key is the name of its counter's field.
+    #[test]
+    fn miss_keys_are_the_field_names() {
+        let mut m = MissCounts::default();
+        for (i, r) in MissReason::ALL.into_iter().enumerate() {
+            *m.get_mut(r) = i as u64 + 1;
+        }
+        let fields = serde_json::to_value(m).unwrap();
+        for (r, n) in m.by_reason() {
+            assert_eq!(fields[r.key()], n, "{r:?}");
+        }
+        assert_eq!(fields.as_object().unwrap().len(), MissReason::ALL.len());
     }
 
     #[test]

@@ -117,7 +117,7 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
         "the hit / loading answer must not tell VM 2 that VM 1 loaded the file"
     );
     assert_eq!(
-        before.frames_used + before.file_maps + before.bytes_saved,
+        before.pool.frames_used + before.pool.file_maps + before.pool.bytes_saved,
         0,
         "{before:?}"
     );
@@ -139,10 +139,14 @@ fn each_domain_has_its_own_pool_and_sees_nothing_of_the_others() {
     let names: Vec<&str> = st.domains.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["tenant-a", "tenant-b"]);
     let (a, b) = (&st.domains[0], &st.domains[1]);
-    assert_eq!((a.file_maps, b.file_maps), (2, 1));
-    assert_eq!(a.frames_used, 5 + 1 + 3, "common (6 pages) + secret (3)");
-    assert_eq!(b.frames_used, 6);
-    assert_eq!(st.frames_used, a.frames_used + b.frames_used);
+    assert_eq!((a.pool.file_maps, b.pool.file_maps), (2, 1));
+    assert_eq!(
+        a.pool.frames_used,
+        5 + 1 + 3,
+        "common (6 pages) + secret (3)"
+    );
+    assert_eq!(b.pool.frames_used, 6);
+    assert_eq!(st.pool.frames_used, a.pool.frames_used + b.pool.frames_used);
     let (total, files) = agent.domains().files("common", None, 0, 10);
     assert_eq!(total, 2, "one map per domain's pool");
     let doms: Vec<&str> = files.iter().map(|f| f.domain.as_str()).collect();

@@ -68,7 +68,7 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
     // tables may map it.
     let vm1 = agent.domains().vms(Some(1)).pop().unwrap();
     assert_eq!(vm1.maps_held, 1, "{vm1:?}");
-    assert_eq!(agent.domains().status(None).file_maps, 1);
+    assert_eq!(agent.domains().status(None).pool.file_maps, 1);
     guest.ring.acknowledge_cut_off();
     let ring = agent.ring_shared(1).unwrap();
     wait_for("the acknowledgement seen", || {
@@ -77,7 +77,7 @@ fn a_cut_off_vm_is_told_and_can_be_reinstated() {
     // Acknowledged: what it held is released, and the revoked map dropped.
     wait_for("the charged map released", || {
         let held = agent.domains().vms(Some(1)).pop().unwrap().maps_held;
-        (held == 0 && agent.domains().status(None).file_maps == 0).then_some(())
+        (held == 0 && agent.domains().status(None).pool.file_maps == 0).then_some(())
     });
 
     // Reinstated: the ring starts over with another generation and the VM

@@ -102,9 +102,9 @@ fn agent_two_guests_share_frames_byte_for_byte() {
     assert_eq!(bytes2, data);
     assert_eq!(frames1, frames2);
     let st = s.svc.status(None);
-    assert_eq!(st.frames_used, 6);
+    assert_eq!(st.pool.frames_used, 6);
     assert_eq!(st.counters.pages_mapped, 12);
-    assert_eq!(st.bytes_saved, 6 * 4096);
+    assert_eq!(st.pool.bytes_saved, 6 * 4096);
     assert_eq!(st.counters.hits, 2);
     assert_eq!(st.counters.misses.loading, 2);
     assert_eq!(st.vms.len(), 3);
@@ -149,7 +149,7 @@ fn agent_identical_pages_in_different_files_and_namespaces_share_frames() {
     assert_eq!((bx, by, bz), (x, y, common));
     assert_eq!(fx[..3], fy[1..]);
     assert_eq!(fx[..3], fz[..]);
-    assert_eq!(s.svc.status(None).frames_used, 5);
+    assert_eq!(s.svc.status(None).pool.frames_used, 5);
 }
 
 #[test]
@@ -259,7 +259,7 @@ fn escapes(mode: ResolveMode) {
     let l = expect_hit(hint(&s.svc, 1, 1, b"d/ok", ident(&root.join("d/ok"))));
     assert_eq!(guest_read(&s.svc, &l).0, b"ok");
     assert_eq!(
-        s.svc.status(None).frames_used,
+        s.svc.status(None).pool.frames_used,
         1,
         "nothing from outside was loaded"
     );
@@ -295,7 +295,7 @@ fn agent_vm_may_not_use_foreign_namespace() {
         HintResult::Miss(MissReason::NoNamespace),
         "unknown VM"
     );
-    assert_eq!(s.svc.status(None).file_maps, 0);
+    assert_eq!(s.svc.status(None).pool.file_maps, 0);
     assert!(matches!(hint(&s.svc, 3, 2, b"f", id), HintResult::Hit(_)));
     // Listings are filtered the same way.
     assert_eq!(s.svc.files("", Some(1), 0, 64).0, 0);
@@ -570,9 +570,9 @@ fn agent_a_vm_sees_nothing_other_vms_did() {
             .map(|f| f.path.as_str().to_string())
             .collect();
         (
-            st.frames_used,
-            st.file_maps,
-            st.bytes_saved,
+            st.pool.frames_used,
+            st.pool.file_maps,
+            st.pool.bytes_saved,
             st.counters,
             ns.iter().map(|n| n.file_maps).collect::<Vec<_>>(),
             files,
@@ -587,7 +587,10 @@ fn agent_a_vm_sees_nothing_other_vms_did() {
     // VM 3 (another domain) loads in its own namespace.
     std::fs::write(s.dirs[1].0.join("f"), content(13, 4096)).unwrap();
     expect_hit(hint(&s.svc, 3, 2, b"f", ident(&s.dirs[1].0.join("f"))));
-    assert!(s.svc.status(None).file_maps >= 3, "the host sees them all");
+    assert!(
+        s.svc.status(None).pool.file_maps >= 3,
+        "the host sees them all"
+    );
     assert_eq!(seen(1), before, "VM 1's view did not move");
     // The same for the other way round: VM 2 does not see VM 1 let go.
     let vm2 = seen(2);

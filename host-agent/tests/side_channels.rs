@@ -120,7 +120,7 @@ fn warm_stays_beneath(mode: ResolveMode) {
     );
     assert_eq!(loaded(&svc, "a"), ["t/a", "t/sub/b"]);
     assert_eq!(guest_warm(&ctx, 1, "t"), whole);
-    assert_eq!(svc.status(None).file_maps, 2);
+    assert_eq!(svc.status(None).pool.file_maps, 2);
     // Everything that is not a file or directory beneath the namespace gets
     // the reply of a path that does not exist, word for word.
     let missing = guest_warm(&ctx, 1, "t/missing");
@@ -363,8 +363,8 @@ fn agent_is_warm_when_start_returns() {
     let config = agent_config(&dir.0, 4 << 20, vec![n], vec![vm("vm1", "default")]);
     let agent = start_agent(config, 1);
     let svc = agent.domains().service("default").unwrap();
-    assert_eq!(svc.status(None).file_maps, 5);
-    assert_eq!(svc.status(None).frames_used, 15);
+    assert_eq!(svc.status(None).pool.file_maps, 5);
+    assert_eq!(svc.status(None).pool.frames_used, 15);
     let id = svc.vm_id("vm1").unwrap();
     for i in 0..5 {
         let path = format!("lib/f{i}");

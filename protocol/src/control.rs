@@ -153,6 +153,42 @@ pub enum MissReason {
     OverQuota,
 }
 
+impl MissReason {
+    /// Every reason, in the order of the fields of [`MissCounts`].
+    pub const ALL: [MissReason; 11] = [
+        MissReason::IdentityMismatch,
+        MissReason::NotFound,
+        MissReason::NotRegular,
+        MissReason::BadPath,
+        MissReason::NoNamespace,
+        MissReason::Loading,
+        MissReason::PoolFull,
+        MissReason::TooLarge,
+        MissReason::CutOff,
+        MissReason::IoError,
+        MissReason::OverQuota,
+    ];
+
+    /// Its name where the agent shows it: a key of `status --json`'s
+    /// `misses`, the `reason` label of the metrics (the name of its field
+    /// in [`MissCounts`]).
+    pub const fn key(self) -> &'static str {
+        match self {
+            MissReason::IdentityMismatch => "identity_mismatch",
+            MissReason::NotFound => "not_found",
+            MissReason::NotRegular => "not_regular",
+            MissReason::BadPath => "bad_path",
+            MissReason::NoNamespace => "no_namespace",
+            MissReason::Loading => "loading",
+            MissReason::PoolFull => "pool_full",
+            MissReason::TooLarge => "too_large",
+            MissReason::CutOff => "cut_off",
+            MissReason::IoError => "io_error",
+            MissReason::OverQuota => "over_quota",
+        }
+    }
+}
+
 /// Miss counters by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MissCounts {
@@ -198,19 +234,21 @@ impl MissCounts {
         }
     }
 
-    /// Sum of all counters.
+    /// The counter for `r`, read.
+    pub fn get(&self, r: MissReason) -> u64 {
+        let mut copy = *self;
+        *copy.get_mut(r)
+    }
+
+    /// Each reason with its count, in [`MissReason::ALL`] order.
+    pub fn by_reason(&self) -> impl Iterator<Item = (MissReason, u64)> + '_ {
+        MissReason::ALL.into_iter().map(|r| (r, self.get(r)))
+    }
+
+    /// Sum of all counters (saturating).
     pub fn total(&self) -> u64 {
-        self.identity_mismatch
-            + self.not_found
-            + self.not_regular
-            + self.bad_path
-            + self.no_namespace
-            + self.loading
-            + self.pool_full
-            + self.too_large
-            + self.cut_off
-            + self.io_error
-            + self.over_quota
+        self.by_reason()
+            .fold(0u64, |sum, (_, n)| sum.saturating_add(n))
     }
 }
 
@@ -249,23 +287,63 @@ pub struct VmReport {
     pub counters: HintCounters,
 }
 
+/// The figures of a pool: one trust domain's ([`DomainReport::pool`]) or,
+/// for the host, their sums over the domains ([`StatusReport::pool`]).
+///
+/// Postcard writes a nested struct's fields in order with nothing around
+/// them, so a report that embeds this is the same bytes as one that listed
+/// these six fields in its place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolFigures {
+    /// The pool's generation (the host's sums: the first domain's).
+    pub generation: u64,
+    /// Frames in the pool.
+    pub frames_total: u64,
+    /// Frames that may be used under the memory budget.
+    pub frames_budget: u64,
+    /// Frames holding data.
+    pub frames_used: u64,
+    /// File maps in the pool.
+    pub file_maps: u64,
+    /// `max(0, pages_mapped - frames_used) * 4096` within the pool's trust
+    /// domain (pages mapped by VMs of other domains are not shared with it).
+    pub bytes_saved: u64,
+}
+
+impl PoolFigures {
+    /// Adds `other`'s counts to these, as the host sums its domains' pools;
+    /// the generation stays the first nonzero one.
+    pub fn add(&mut self, other: &PoolFigures) {
+        if self.generation == 0 {
+            self.generation = other.generation;
+        }
+        self.frames_total = self.frames_total.saturating_add(other.frames_total);
+        self.frames_budget = self.frames_budget.saturating_add(other.frames_budget);
+        self.frames_used = self.frames_used.saturating_add(other.frames_used);
+        self.file_maps = self.file_maps.saturating_add(other.file_maps);
+        self.bytes_saved = self.bytes_saved.saturating_add(other.bytes_saved);
+    }
+
+    /// Only the pool's fixed geometry (generation, size, budget), without
+    /// what its use depends on: what a VM may learn, since other VMs of
+    /// its domain load files into it too.
+    pub fn geometry(&self) -> PoolFigures {
+        PoolFigures {
+            generation: self.generation,
+            frames_total: self.frames_total,
+            frames_budget: self.frames_budget,
+            ..PoolFigures::default()
+        }
+    }
+}
+
 /// One trust domain's pool, as [`StatusReport::domains`] lists it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainReport {
     /// Name of the trust domain.
     pub name: Name,
-    /// Its pool's generation.
-    pub pool_generation: u64,
-    /// Frames in its pool.
-    pub frames_total: u64,
-    /// Frames that may be used under its budget.
-    pub frames_budget: u64,
-    /// Frames holding data.
-    pub frames_used: u64,
-    /// File maps in its pool.
-    pub file_maps: u64,
-    /// `max(0, pages_mapped - frames_used) * 4096` within the domain.
-    pub bytes_saved: u64,
+    /// Its pool.
+    pub pool: PoolFigures,
     /// VMs in the domain.
     pub vms: u32,
     /// Allocations refused (answered "pool full") because the filesystem
@@ -280,18 +358,9 @@ pub struct DomainReport {
 /// its own domain's pool geometry and its own counters only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
-    /// The pool generation.
-    pub pool_generation: u64,
-    /// Frames in the pool.
-    pub frames_total: u64,
-    /// Frames that may be used under the memory budget.
-    pub frames_budget: u64,
-    /// Frames holding data.
-    pub frames_used: u64,
-    /// File maps in the pool.
-    pub file_maps: u64,
-    /// `max(0, pages_mapped - frames_used) * 4096`.
-    pub bytes_saved: u64,
+    /// The pool (the host: the sums over the domains' pools; a VM: its
+    /// domain's pool's [`geometry`](PoolFigures::geometry)).
+    pub pool: PoolFigures,
     /// Counters over all VMs.
     pub counters: HintCounters,
     /// Per-VM entries (at most [`MAX_VMS`]; a VM caller sees only itself).
@@ -577,32 +646,21 @@ fn decode_payload<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, Contro
     Ok(msg)
 }
 
-/// Version 3 of the one message that changed in version 4.
+/// Version 3 of the one message that changed in version 4: the same
+/// fields, without [`DomainReport::filesystem_full`].
 mod v3 {
     use super::*;
 
-    /// [`super::DomainReport`] without `filesystem_full`.
     #[derive(Serialize, Deserialize)]
     pub(super) struct DomainReport {
         name: Name,
-        pool_generation: u64,
-        frames_total: u64,
-        frames_budget: u64,
-        frames_used: u64,
-        file_maps: u64,
-        bytes_saved: u64,
+        pool: PoolFigures,
         vms: u32,
     }
 
-    /// [`super::StatusReport`] of version 3 domain reports.
     #[derive(Serialize, Deserialize)]
     pub(super) struct StatusReport {
-        pool_generation: u64,
-        frames_total: u64,
-        frames_budget: u64,
-        frames_used: u64,
-        file_maps: u64,
-        bytes_saved: u64,
+        pool: PoolFigures,
         counters: HintCounters,
         vms: Vec<VmReport, MAX_VMS>,
         domains: Vec<DomainReport, MAX_DOMAINS>,
@@ -610,59 +668,33 @@ mod v3 {
 
     impl From<&super::StatusReport> for StatusReport {
         fn from(r: &super::StatusReport) -> Self {
+            let domains = r.domains.iter().map(|d| DomainReport {
+                name: d.name.clone(),
+                pool: d.pool,
+                vms: d.vms,
+            });
             StatusReport {
-                pool_generation: r.pool_generation,
-                frames_total: r.frames_total,
-                frames_budget: r.frames_budget,
-                frames_used: r.frames_used,
-                file_maps: r.file_maps,
-                bytes_saved: r.bytes_saved,
+                pool: r.pool,
                 counters: r.counters,
                 vms: r.vms.clone(),
-                domains: r
-                    .domains
-                    .iter()
-                    .map(|d| DomainReport {
-                        name: d.name.clone(),
-                        pool_generation: d.pool_generation,
-                        frames_total: d.frames_total,
-                        frames_budget: d.frames_budget,
-                        frames_used: d.frames_used,
-                        file_maps: d.file_maps,
-                        bytes_saved: d.bytes_saved,
-                        vms: d.vms,
-                    })
-                    .collect(),
+                domains: domains.collect(),
             }
         }
     }
 
     impl From<StatusReport> for super::StatusReport {
         fn from(r: StatusReport) -> Self {
+            let domains = r.domains.into_iter().map(|d| super::DomainReport {
+                name: d.name,
+                pool: d.pool,
+                vms: d.vms,
+                filesystem_full: 0,
+            });
             super::StatusReport {
-                pool_generation: r.pool_generation,
-                frames_total: r.frames_total,
-                frames_budget: r.frames_budget,
-                frames_used: r.frames_used,
-                file_maps: r.file_maps,
-                bytes_saved: r.bytes_saved,
+                pool: r.pool,
                 counters: r.counters,
                 vms: r.vms,
-                domains: r
-                    .domains
-                    .into_iter()
-                    .map(|d| super::DomainReport {
-                        name: d.name,
-                        pool_generation: d.pool_generation,
-                        frames_total: d.frames_total,
-                        frames_budget: d.frames_budget,
-                        frames_used: d.frames_used,
-                        file_maps: d.file_maps,
-                        bytes_saved: d.bytes_saved,
-                        vms: d.vms,
-                        filesystem_full: 0,
-                    })
-                    .collect(),
+                domains: domains.collect(),
             }
         }
     }

@@ -125,39 +125,38 @@ proptest! {
     }
 
     #[test]
-    fn attachments_round_trip_and_damage_is_refused(resp in attachment(), cut in any::<usize>(), junk in any::<u8>()) {
-        let mut buf = vec![0u8; MAX_FRAME_LEN];
-        let n = resp.encode(&mut buf).unwrap();
-        let frame = &buf[..n];
-        prop_assert_eq!(Response::decode(frame), Ok(resp.clone()));
-        prop_assert!(Response::decode(&frame[..cut % n]).is_err());
-        let mut longer = frame.to_vec();
-        longer.push(junk);
-        prop_assert_eq!(Response::decode(&longer), Err(ControlError::TrailingBytes));
+    fn attachments_round_trip_and_damage_is_refused(resp in attachment(), cut in any::<usize>(), junk in any::<u8>(), at in any::<usize>(), byte in any::<u8>()) {
+        round_trips_and_damage_is_refused(&resp, cut, junk, at, byte)?;
     }
 
     #[test]
-    fn ring_reports_round_trip_and_damage_is_refused(resp in rings(), cut in any::<usize>(), at in any::<usize>(), byte in any::<u8>()) {
-        let mut buf = vec![0u8; MAX_FRAME_LEN];
-        let n = resp.encode(&mut buf).unwrap();
-        let frame = &buf[..n];
-        prop_assert_eq!(Response::decode(frame), Ok(resp.clone()));
-        prop_assert!(Response::decode(&frame[..cut % n]).is_err());
-        let mut damaged = frame.to_vec();
-        let at = FRAME_HEADER_LEN + at % (n - FRAME_HEADER_LEN);
-        damaged[at] = byte;
-        let _ = Response::decode(&damaged);
+    fn ring_reports_round_trip_and_damage_is_refused(resp in rings(), cut in any::<usize>(), junk in any::<u8>(), at in any::<usize>(), byte in any::<u8>()) {
+        round_trips_and_damage_is_refused(&resp, cut, junk, at, byte)?;
     }
+}
 
-    #[test]
-    fn a_damaged_attachment_never_panics(resp in attachment(), at in any::<usize>(), byte in any::<u8>()) {
-        let mut buf = vec![0u8; MAX_FRAME_LEN];
-        let n = resp.encode(&mut buf).unwrap();
-        let mut frame = buf[..n].to_vec();
-        let at = FRAME_HEADER_LEN + at % (n - FRAME_HEADER_LEN);
-        frame[at] = byte;
-        let _ = Response::decode(&frame);
-    }
+/// `resp` round-trips; cut at `cut` (modulo its length) or with `junk`
+/// after it, it is refused; with the payload byte at `at` set to `byte`, it
+/// decodes to something or to an error, never a panic.
+fn round_trips_and_damage_is_refused(
+    resp: &Response,
+    cut: usize,
+    junk: u8,
+    at: usize,
+    byte: u8,
+) -> Result<(), TestCaseError> {
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let n = resp.encode(&mut buf).unwrap();
+    let frame = &buf[..n];
+    prop_assert_eq!(Response::decode(frame), Ok(resp.clone()));
+    prop_assert!(Response::decode(&frame[..cut % n]).is_err());
+    let mut longer = frame.to_vec();
+    longer.push(junk);
+    prop_assert_eq!(Response::decode(&longer), Err(ControlError::TrailingBytes));
+    let mut damaged = frame.to_vec();
+    damaged[FRAME_HEADER_LEN + at % (n - FRAME_HEADER_LEN)] = byte;
+    let _ = Response::decode(&damaged);
+    Ok(())
 }
 
 /// Messages added later are appended: the ones older clients and agents
@@ -218,16 +217,23 @@ fn counters() -> impl Strategy<Value = HintCounters> {
     )
 }
 
+/// Pool figures from six numbers, in field order.
+fn pool(n: [u64; 6]) -> PoolFigures {
+    PoolFigures {
+        generation: n[0],
+        frames_total: n[1],
+        frames_budget: n[2],
+        frames_used: n[3],
+        file_maps: n[4],
+        bytes_saved: n[5],
+    }
+}
+
 fn domain_report() -> impl Strategy<Value = DomainReport> {
     (name(), any::<[u64; 6]>(), any::<u32>(), any::<u64>()).prop_map(|(name, n, vms, fs)| {
         DomainReport {
             name,
-            pool_generation: n[0],
-            frames_total: n[1],
-            frames_budget: n[2],
-            frames_used: n[3],
-            file_maps: n[4],
-            bytes_saved: n[5],
+            pool: pool(n),
             vms,
             filesystem_full: fs,
         }
@@ -252,12 +258,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
         proptest::collection::vec(domain_report(), 0..5),
     )
         .prop_map(|(n, counters, vms, domains)| StatusReport {
-            pool_generation: n[0],
-            frames_total: n[1],
-            frames_budget: n[2],
-            frames_used: n[3],
-            file_maps: n[4],
-            bytes_saved: n[5],
+            pool: pool(n),
             counters,
             vms: vms.into_iter().collect(),
             domains: domains.into_iter().collect(),
@@ -305,12 +306,12 @@ mod v3 {
 /// `r` as a version 3 build encodes `Response::Status(r)`, as a whole frame.
 fn v3_status_frame(r: &StatusReport) -> Vec<u8> {
     let old = v3::Response::Status(v3::StatusReport {
-        pool_generation: r.pool_generation,
-        frames_total: r.frames_total,
-        frames_budget: r.frames_budget,
-        frames_used: r.frames_used,
-        file_maps: r.file_maps,
-        bytes_saved: r.bytes_saved,
+        pool_generation: r.pool.generation,
+        frames_total: r.pool.frames_total,
+        frames_budget: r.pool.frames_budget,
+        frames_used: r.pool.frames_used,
+        file_maps: r.pool.file_maps,
+        bytes_saved: r.pool.bytes_saved,
         counters: r.counters,
         vms: r.vms.clone(),
         domains: r
@@ -318,12 +319,12 @@ fn v3_status_frame(r: &StatusReport) -> Vec<u8> {
             .iter()
             .map(|d| v3::DomainReport {
                 name: d.name.clone(),
-                pool_generation: d.pool_generation,
-                frames_total: d.frames_total,
-                frames_budget: d.frames_budget,
-                frames_used: d.frames_used,
-                file_maps: d.file_maps,
-                bytes_saved: d.bytes_saved,
+                pool_generation: d.pool.generation,
+                frames_total: d.pool.frames_total,
+                frames_budget: d.pool.frames_budget,
+                frames_used: d.pool.frames_used,
+                file_maps: d.pool.file_maps,
+                bytes_saved: d.pool.bytes_saved,
                 vms: d.vms,
             })
             .collect(),
@@ -459,24 +460,14 @@ fn largest_messages_fit_in_one_frame() {
     while vms.push(vm.clone()).is_ok() {}
     let domain = DomainReport {
         name: full_name.clone(),
-        pool_generation: u64::MAX,
-        frames_total: u64::MAX,
-        frames_budget: u64::MAX,
-        frames_used: u64::MAX,
-        file_maps: u64::MAX,
-        bytes_saved: u64::MAX,
+        pool: pool([u64::MAX; 6]),
         vms: u32::MAX,
         filesystem_full: u64::MAX,
     };
     let mut domains = heapless::Vec::new();
     while domains.push(domain.clone()).is_ok() {}
     let status = Response::Status(StatusReport {
-        pool_generation: u64::MAX,
-        frames_total: u64::MAX,
-        frames_budget: u64::MAX,
-        frames_used: u64::MAX,
-        file_maps: u64::MAX,
-        bytes_saved: u64::MAX,
+        pool: pool([u64::MAX; 6]),
         counters,
         vms: vms.clone(),
         domains,
@@ -515,4 +506,125 @@ fn largest_messages_fit_in_one_frame() {
     assert!(Response::error(ErrorCode::Internal, "x")
         .encode(&mut [0u8; 3])
         .is_err());
+}
+
+/// A small status report with a distinct value in every field.
+fn sample_status() -> StatusReport {
+    let counters = HintCounters {
+        hints: 20,
+        hits: 21,
+        misses: MissCounts {
+            loading: 22,
+            over_quota: 200,
+            ..MissCounts::default()
+        },
+        pages_mapped: 23,
+        hint_latency_us_p50: 24,
+        hint_latency_us_p99: 25,
+    };
+    let mut r = StatusReport {
+        pool: pool([1, 300, 3, 4, 5, 6]),
+        counters,
+        ..StatusReport::default()
+    };
+    r.vms
+        .push(VmReport {
+            name: bounded_str("vm1"),
+            domain: bounded_str("d"),
+            cut_off: true,
+            maps_held: 26,
+            revocations_pending: 27,
+            counters,
+        })
+        .unwrap();
+    r.domains
+        .push(DomainReport {
+            name: bounded_str("d"),
+            pool: pool([11, 12, 13, 14, 15, 16]),
+            vms: 1,
+            filesystem_full: 17,
+        })
+        .unwrap();
+    r
+}
+
+/// A status report is the same bytes, field for field, in both versions,
+/// whatever Rust types hold its fields.
+#[test]
+fn a_status_keeps_its_encoding() {
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let msg = Response::Status(sample_status());
+    let counters = [20u8, 21, 0, 0, 0, 0, 0, 22, 0, 0, 0, 0, 200, 1, 23, 24, 25];
+    let mut head = vec![0u8, 1, 172, 2, 3, 4, 5, 6];
+    head.extend_from_slice(&counters);
+    head.extend_from_slice(&[1, 3, b'v', b'm', b'1', 1, b'd', 1, 26, 27]);
+    head.extend_from_slice(&counters);
+    head.extend_from_slice(&[1, 1, b'd', 11, 12, 13, 14, 15, 16, 1]);
+    let mut v4 = head.clone();
+    v4.push(17);
+    let n = msg.encode(&mut buf).unwrap();
+    assert_eq!(&buf[FRAME_HEADER_LEN..n], &v4[..]);
+    assert_eq!(Response::decode(&buf[..n]), Ok(msg.clone()));
+    let n = msg.encode_version(3, &mut buf).unwrap();
+    assert_eq!(&buf[FRAME_HEADER_LEN..n], &head[..]);
+}
+
+/// The host's figures are the domains' summed (saturating, never a
+/// panic), with the first domain's generation; a VM's keep the geometry.
+#[test]
+fn pool_figures_sum_and_keep_their_geometry() {
+    let mut host = PoolFigures::default();
+    host.add(&pool([0, 1, 1, 1, 1, 1]));
+    host.add(&pool([7, 10, 20, 30, 40, 50]));
+    host.add(&pool([9, 100, 200, 300, 400, 500]));
+    assert_eq!(host, pool([7, 111, 221, 331, 441, 551]));
+    host.add(&pool([u64::MAX; 6]));
+    assert_eq!(
+        host,
+        pool([7, u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX])
+    );
+    assert_eq!(
+        pool([7, 10, 20, 30, 40, 50]).geometry(),
+        pool([7, 10, 20, 0, 0, 0])
+    );
+}
+
+proptest! {
+    /// Pool figures are their six fields in order, alone or in a domain's
+    /// report, and round-trip.
+    #[test]
+    fn pool_figures_are_their_fields_in_order(n in any::<[u64; 6]>(), d in domain_report()) {
+        let mut a = [0u8; 256];
+        let mut b = [0u8; 256];
+        let figures = postcard::to_slice(&pool(n), &mut a).unwrap();
+        prop_assert_eq!(&*figures, &*postcard::to_slice(&n, &mut b).unwrap());
+        prop_assert_eq!(postcard::from_bytes::<PoolFigures>(figures), Ok(pool(n)));
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let flat = (&d.name, d.pool.generation, d.pool.frames_total, d.pool.frames_budget,
+            d.pool.frames_used, d.pool.file_maps, d.pool.bytes_saved, d.vms, d.filesystem_full);
+        let nested = postcard::to_slice(&d, &mut a).unwrap().to_vec();
+        prop_assert_eq!(&nested[..], &*postcard::to_slice(&flat, &mut buf).unwrap());
+        prop_assert_eq!(postcard::from_bytes::<DomainReport>(&nested), Ok(d));
+    }
+}
+
+/// Every reason once, each with its own counter, and in the fields' order.
+#[test]
+fn miss_reasons_each_have_their_counter() {
+    let mut m = MissCounts::default();
+    for (i, r) in MissReason::ALL.into_iter().enumerate() {
+        *m.get_mut(r) = i as u64 + 1;
+    }
+    let got: Vec<(MissReason, u64)> = m.by_reason().collect();
+    let want: Vec<(MissReason, u64)> = MissReason::ALL.into_iter().zip(1..).collect();
+    assert_eq!(got, want);
+    assert_eq!(m.total(), 66);
+    // In field order: postcard writes the fields in order.
+    let mut buf = [0u8; 64];
+    let bytes = postcard::to_slice(&m, &mut buf).unwrap();
+    assert_eq!(&*bytes, &[1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    let mut keys: Vec<&str> = MissReason::ALL.iter().map(|r| r.key()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), MissReason::ALL.len());
 }

@@ -264,63 +264,58 @@ fn guest(r: &LoomRegion, ids: &[u64], batch: usize, bell_on_reap: bool) -> Vec<u
     got
 }
 
+/// Submission and completion rings of `entries` each, one event entry,
+/// `path_slots` path slots: as small as each model can be.
+fn sizes(entries: u32, path_slots: u32) -> RingSizes {
+    RingSizes {
+        sq_entries: entries,
+        cq_entries: entries,
+        eq_entries: 1,
+        path_slots,
+    }
+}
+
+/// One run of the model: a host thread answers `ids.len()` hints (parking
+/// when idle if `park`) while the guest sends `ids` one at a time (ringing
+/// after reaping if `bell_on_reap`), on rings whose indices start at
+/// `start`; returns what the guest reaped.
+fn exchange(sizes: RingSizes, start: u32, ids: &[u64], park: bool, bell_on_reap: bool) -> Vec<u64> {
+    let (r, l) = LoomRegion::new(sizes, start);
+    let r2 = r.clone();
+    let n = ids.len();
+    let h = thread::spawn(move || host(&r2, &l, start, n, park));
+    let got = guest(&r, ids, 1, bell_on_reap);
+    h.join().unwrap();
+    got
+}
+
 #[test]
 fn hints_and_answers_wrap_without_races() {
     builder().check(|| {
         let start = u32::MAX - 1;
-        let sizes = RingSizes {
-            sq_entries: 2,
-            cq_entries: 2,
-            eq_entries: 1,
-            path_slots: 1,
-        };
-        let (r, l) = LoomRegion::new(sizes, start);
-        let r2 = r.clone();
-        let h = thread::spawn(move || host(&r2, &l, start, 3, false));
-        let got = guest(&r, &[1, 2, 3], 1, true);
-        h.join().unwrap();
-        assert_eq!(got, vec![1, 2, 3]);
+        assert_eq!(
+            exchange(sizes(2, 1), start, &[1, 2, 3], false, true),
+            [1, 2, 3]
+        );
     });
 }
 
 #[test]
 fn no_lost_wakeup_for_a_parked_poller() {
     builder().check(|| {
-        let sizes = RingSizes {
-            sq_entries: 2,
-            cq_entries: 2,
-            eq_entries: 1,
-            path_slots: 0,
-        };
-        let (r, l) = LoomRegion::new(sizes, 0);
-        let r2 = r.clone();
         // A lost wake-up leaves the poller in `Bell::wait` forever: loom
         // reports that as a deadlock and fails the test.
-        let h = thread::spawn(move || host(&r2, &l, 0, 2, true));
-        let got = guest(&r, &[2, 3], 1, true);
-        h.join().unwrap();
-        assert_eq!(got, vec![2, 3]);
+        assert_eq!(exchange(sizes(2, 0), 0, &[2, 3], true, true), [2, 3]);
     });
 }
 
 #[test]
 fn no_lost_wakeup_when_the_poller_waits_for_completion_room() {
     builder().check(|| {
-        let sizes = RingSizes {
-            sq_entries: 1,
-            cq_entries: 1,
-            eq_entries: 1,
-            path_slots: 0,
-        };
-        let (r, l) = LoomRegion::new(sizes, 5);
-        let r2 = r.clone();
-        let h = thread::spawn(move || host(&r2, &l, 5, 2, true));
         // The poller answers the first hint, then may park for completion
         // room with the second one taken, until the guest frees the room and
         // rings.
-        let got = guest(&r, &[2, 3], 1, true);
-        h.join().unwrap();
-        assert_eq!(got, vec![2, 3]);
+        assert_eq!(exchange(sizes(1, 0), 5, &[2, 3], true, true), [2, 3]);
     });
 }
 
@@ -333,17 +328,7 @@ fn the_model_catches_a_missing_doorbell_after_reaping() {
     // about that doorbell decision.
     let r = std::panic::catch_unwind(|| {
         builder().check(|| {
-            let sizes = RingSizes {
-                sq_entries: 1,
-                cq_entries: 1,
-                eq_entries: 1,
-                path_slots: 0,
-            };
-            let (r, l) = LoomRegion::new(sizes, 5);
-            let r2 = r.clone();
-            let h = thread::spawn(move || host(&r2, &l, 5, 2, true));
-            guest(&r, &[2, 3], 1, false);
-            h.join().unwrap();
+            exchange(sizes(1, 0), 5, &[2, 3], true, false);
         });
     });
     assert!(
@@ -358,13 +343,7 @@ fn an_abandoned_path_slot_is_written_again_only_after_the_host_read_it() {
     // guest reclaims the slot and writes the next long path into it. Loom
     // reports a race if that write is not ordered after the host's read.
     builder().check(|| {
-        let sizes = RingSizes {
-            sq_entries: 2,
-            cq_entries: 2,
-            eq_entries: 1,
-            path_slots: 1,
-        };
-        let (r, l) = LoomRegion::new(sizes, u32::MAX);
+        let (r, l) = LoomRegion::new(sizes(2, 1), u32::MAX);
         let h = {
             let r = Arc::clone(&r);
             thread::spawn(move || host(&r, &l, u32::MAX, 2, false))
@@ -398,13 +377,7 @@ fn a_cut_off_acknowledgement_orders_the_guests_last_use_before_reuse() {
     // sees the acknowledgement. Loom reports a race if the acknowledgement
     // does not order the guest's last read before the host's write.
     builder().check(|| {
-        let sizes = RingSizes {
-            sq_entries: 2,
-            cq_entries: 2,
-            eq_entries: 1,
-            path_slots: 1,
-        };
-        let (r, l) = LoomRegion::new(sizes, 0);
+        let (r, l) = LoomRegion::new(sizes(2, 1), 0);
         let frame = l.path_slot_offset(0).unwrap() as usize;
         let h = {
             let r = Arc::clone(&r);

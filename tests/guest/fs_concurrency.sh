@@ -177,10 +177,7 @@ wh0=$(stat_of acks_withheld)
 for r in 1 2 3; do
     for f in $FILES; do pool_served "$M/$f" > /dev/null 2>&1; done
     evict_round "3.$r"
-    for _ in $(seq 1 150); do
-        [ "$(stat_of acks_withheld)" -gt "$wh0" ] && break
-        sleep 0.2
-    done
+    stat_above acks_withheld "$wh0" 300 || true
     [ "$(stat_of acks_withheld)" -gt "$wh0" ] && break
 done
 cutoff_seen=0

@@ -51,10 +51,7 @@ watch_both "$M/$REL" "$L/$REL" /tmp/cutoff.stop /tmp/cutoff 300
 rv0=$(stat_of revocations); ack0=$(stat_of acks_sent); wh0=$(stat_of acks_withheld); ff0=$(stat_of faults_failed)
 echo 1 > "$KNOB"
 echo "# fs_revoke: evict cutoff-${VMDEDUP_GUEST:-vm}-$$ $NS $REL"
-for _ in $(seq 1 300); do
-    [ "$(stat_of acks_withheld)" -gt "$wh0" ] && break
-    sleep 0.1
-done
+stat_above acks_withheld "$wh0" 300 || true
 withheld() {
     { [ "$(stat_of revocations)" -gt "$rv0" ] && [ "$(stat_of acks_withheld)" -gt "$wh0" ] && [ "$(stat_of acks_sent)" = "$ack0" ]; } ||
         { echo "revocations $rv0 -> $(stat_of revocations), acks_withheld $wh0 -> $(stat_of acks_withheld), acks_sent $ack0 -> $(stat_of acks_sent)"; return 1; }
@@ -70,19 +67,12 @@ cut() {
     return 1
 }
 ktap_check "$T2" cut
-for _ in $(seq 1 50); do
-    [ "$(stat_of cut_offs)" -gt "$co1" ] && break
-    sleep 0.1
-done
+stat_above cut_offs "$co1" 50 || true
 told() { [ "$(stat_of cut_offs)" -gt "$co1" ] || { echo "cut_offs $co1 -> $(stat_of cut_offs)"; return 1; }; }
 ktap_check "$T3" told
 sleep 1
-touch /tmp/cutoff.stop
-wait "$W1"; r1=$?
-wait "$W2"; r2=$?
-ktap_diag "mmapwatch shared (status $r1): $(tr '\n' ' ' < /tmp/cutoff.shared)"
-ktap_diag "mmapwatch private (status $r2): $(tr '\n' ' ' < /tmp/cutoff.private)"
-kept() { [ "$r1" = 0 ] && [ "$r2" = 0 ] && grep -q 'all equal' /tmp/cutoff.shared && grep -q 'all equal' /tmp/cutoff.private && [ "$(stat_of faults_failed)" = "$ff0" ]; }
+watch_end /tmp/cutoff.stop /tmp/cutoff; watched=$?
+kept() { [ "$watched" = 0 ] && [ "$(stat_of faults_failed)" = "$ff0" ]; }
 ktap_check "$T4" kept
 p0=$(stat_of pages_pool); f0=$(stat_of faults_pool)
 ktap_check "$T5" same_tree "$M" "$L"

@@ -101,10 +101,7 @@ charged() {
 }
 ktap_check "$T3" charged
 echo 2 > "$KNOB"
-for _ in $(seq 1 100); do
-    [ "$(stat_of cut_offs)" -gt "$co0" ] && break
-    sleep 0.1
-done
+stat_above cut_offs "$co0" 100 || true
 acked() {
     { [ "$(stat_of cut_offs)" -gt "$co0" ] && [ "$(stat_of revocations)" = "$rv0" ]; } ||
         { echo "cut_offs $co0 -> $(stat_of cut_offs), revocations $rv0 -> $(stat_of revocations)"; return 1; }
@@ -120,14 +117,9 @@ dropped() {
 }
 ktap_check "$T5" dropped
 sleep 1
-touch /tmp/cutfull.stop
-wait "$W1"; r1=$?
-wait "$W2"; r2=$?
-ktap_diag "mmapwatch shared (status $r1): $(tr '\n' ' ' < /tmp/cutfull.shared)"
-ktap_diag "mmapwatch private (status $r2): $(tr '\n' ' ' < /tmp/cutfull.private)"
+watch_end /tmp/cutfull.stop /tmp/cutfull; watched=$?
 kept() {
-    { [ "$r1" = 0 ] && [ "$r2" = 0 ] && grep -q 'all equal' /tmp/cutfull.shared && grep -q 'all equal' /tmp/cutfull.private; } ||
-        { echo "mmapwatch failed"; return 1; }
+    [ "$watched" = 0 ] || { echo "mmapwatch failed"; return 1; }
     [ "$(stat_of faults_pool)" -gt "$f0" ] || { echo "no pool-served fault (faults_pool $f0)"; return 1; }
 }
 ktap_check "$T6" kept

@@ -88,10 +88,7 @@ lowered() {
 }
 ktap_check "$T3" lowered
 # Acknowledgements go out on the next submission or the 50 ms timer.
-for _ in $(seq 1 50); do
-    [ "$(stat_of acks_sent)" -gt "$ack0" ] && break
-    sleep 0.1
-done
+stat_above acks_sent "$ack0" 50 || true
 revoked() {
     { [ "$(stat_of revocations)" -gt "$rv0" ] && [ "$(stat_of acks_sent)" -gt "$ack0" ]; } ||
         { echo "revocations $rv0 -> $(stat_of revocations), acks_sent $ack0 -> $(stat_of acks_sent)"; return 1; }
@@ -101,12 +98,8 @@ ktap_check "$T4" revoked
 sleep 2
 faulted() { [ "$(stat_of faults_lower)" -gt "$fl0" ] || { echo "faults_lower $fl0 -> $(stat_of faults_lower): $REL was not revoked while mapped"; return 1; }; }
 ktap_check "$T5" faulted
-touch /tmp/pressure.stop
-wait "$W1"; r1=$?
-wait "$W2"; r2=$?
-ktap_diag "mmapwatch shared (status $r1): $(tr '\n' ' ' < /tmp/pressure.shared)"
-ktap_diag "mmapwatch private (status $r2): $(tr '\n' ' ' < /tmp/pressure.private)"
-kept() { [ "$r1" = 0 ] && [ "$r2" = 0 ] && grep -q 'all equal' /tmp/pressure.shared && grep -q 'all equal' /tmp/pressure.private; }
+watch_end /tmp/pressure.stop /tmp/pressure; watched=$?
+kept() { [ "$watched" = 0 ]; }
 ktap_check "$T6" kept
 clean() { [ "$(stat_of verify_mismatches)" = "$vm0" ] && [ "$(stat_of faults_failed)" = "$ff0" ]; }
 ktap_check "$T7" clean

@@ -64,16 +64,10 @@ if [ "${FS_REVOKE_HOST:-0}" != 1 ]; then
 fi
 
 echo "# fs_revoke: evict ${VMDEDUP_GUEST:-vm}-$$ $NS $REL"
-for _ in $(seq 1 600); do
-    [ "$(stat_of revocations)" -gt "$rv0" ] && break
-    sleep 0.1
-done
+stat_above revocations "$rv0" 600 || true
 revoked() { [ "$(stat_of revocations)" -gt "$rv0" ] || { echo "no revocation within 60 s (events_unknown $(stat_of events_unknown))" >&2; return 1; }; }
 ktap_check "$T3" revoked
-for _ in $(seq 1 50); do
-    [ "$(stat_of acks_sent)" -gt "$ack0" ] && break
-    sleep 0.1
-done
+stat_above acks_sent "$ack0" 50 || true
 acked() { [ "$(stat_of acks_sent)" -gt "$ack0" ] || { echo "acks_sent $ack0 -> $(stat_of acks_sent), map_ops_deferred $(stat_of map_ops_deferred), map_ops_dropped $(stat_of map_ops_dropped)" >&2; return 1; }; }
 ktap_check "$T4" acked
 

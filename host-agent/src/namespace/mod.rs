@@ -721,51 +721,27 @@ mod tests {
             mtime_ns: 1_500_000_123,
             fingerprint: None,
         };
-        assert!(h.matches(
-            &GuestIdentity {
-                size: 10,
-                mtime_ns: 1_500_000_123,
-                fingerprint: None
-            },
-            1,
-            false
-        ));
-        assert!(!h.matches(
-            &GuestIdentity {
-                size: 10,
-                mtime_ns: 1_500_000_124,
-                fingerprint: None
-            },
-            1,
-            false
-        ));
-        assert!(h.matches(
-            &GuestIdentity {
-                size: 10,
-                mtime_ns: 1_000_000_000,
-                fingerprint: None
-            },
-            1_000_000_000,
-            false
-        ));
-        assert!(!h.matches(
-            &GuestIdentity {
-                size: 11,
-                mtime_ns: 1_500_000_123,
-                fingerprint: None
-            },
-            1,
-            false
-        ));
-        assert!(h.matches(
-            &GuestIdentity {
-                size: 10,
-                mtime_ns: 1_500_000_123,
-                fingerprint: None
-            },
-            0,
-            false
-        ));
+        // (guest size, guest mtime, granularity, whether it matches)
+        for (size, mtime_ns, granularity, want) in [
+            (10, 1_500_000_123, 1, true),
+            (10, 1_500_000_124, 1, false),
+            // Both in the same whole second.
+            (10, 1_000_000_000, 1_000_000_000, true),
+            (11, 1_500_000_123, 1, false),
+            // 0 is taken as 1 ns.
+            (10, 1_500_000_123, 0, true),
+        ] {
+            let g = GuestIdentity {
+                size,
+                mtime_ns,
+                fingerprint: None,
+            };
+            assert_eq!(
+                h.matches(&g, granularity, false),
+                want,
+                "{g:?} at {granularity} ns"
+            );
+        }
     }
 
     #[test]

@@ -303,16 +303,11 @@ impl<H: Handler + 'static> Poller<H> {
         let tid = unsafe { libc::gettid() };
         self.ctl.stats.tid.store(tid as u64, Ordering::Relaxed);
         let mut idle_since: Option<Instant> = None;
-        // When work last arrived after an idle spell, and the mean time
-        // between such arrivals (exponentially weighted): the poller spins
-        // and backs off only about as long as work is expected to take to
-        // come, then parks.
+        // When work last arrived after an idle spell; the back-off keeps the
+        // mean time between such arrivals.
         let mut last_arrival: Option<Instant> = None;
-        let mut gap: Option<Duration> = None;
+        let mut backoff = Backoff::new(&self.config);
         let mut rounds = 0u64;
-        let spin = self.config.spin;
-        let yield_end = spin + self.config.yield_for;
-        let sleep_end = yield_end + self.config.sleep_for;
         loop {
             if self.ctl.stop.load(Ordering::Acquire) {
                 break;
@@ -337,7 +332,7 @@ impl<H: Handler + 'static> Poller<H> {
                     idle_since = None;
                     let now = Instant::now();
                     if let Some(prev) = last_arrival {
-                        gap = Some(next_gap(gap, now - prev));
+                        backoff.arrival(now.saturating_duration_since(prev));
                     }
                     last_arrival = Some(now);
                     self.set_state(PollerState::Running);
@@ -345,21 +340,24 @@ impl<H: Handler + 'static> Poller<H> {
                 continue;
             }
             let now = Instant::now();
-            let idle = now - *idle_since.get_or_insert(now);
-            let window = idle_window(gap, spin, sleep_end);
-            if idle < spin.min(window) {
-                std::hint::spin_loop();
-            } else if idle < yield_end.min(window) {
-                self.set_state(PollerState::BackingOff);
-                std::thread::yield_now();
-            } else if idle < sleep_end.min(window) {
-                std::thread::sleep(self.config.sleep_step);
-            } else if self.park() {
-                idle_since = None;
-                self.set_state(PollerState::Running);
+            let idle = now.saturating_duration_since(*idle_since.get_or_insert(now));
+            match backoff.step(idle) {
+                IdleStep::Spin => std::hint::spin_loop(),
+                IdleStep::Yield => {
+                    self.set_state(PollerState::BackingOff);
+                    std::thread::yield_now();
+                }
+                IdleStep::Sleep => std::thread::sleep(self.config.sleep_step),
+                // A park that timed out with nothing to do leaves the
+                // poller idle: it parks again at once instead of spinning
+                // (keeps an idle poller near 0 % CPU).
+                IdleStep::Park => {
+                    if self.park() {
+                        idle_since = None;
+                        self.set_state(PollerState::Running);
+                    }
+                }
             }
-            // else: a park timeout with nothing to do; park again at once
-            // instead of spinning (keeps an idle poller near 0 % CPU).
         }
         self.ctl
             .stats
@@ -459,12 +457,86 @@ impl<H: Handler + 'static> Poller<H> {
     }
 }
 
+/// What an idle poller does next, in the order it comes to them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum IdleStep {
+    /// Poll again at once.
+    Spin,
+    /// Poll again after `sched_yield`.
+    Yield,
+    /// Poll again after a short sleep.
+    Sleep,
+    /// Park until a doorbell (or a timeout).
+    Park,
+}
+
+/// How long an idle poller keeps polling before it parks: the ends of its
+/// spin, yield and sleep phases (from [`PollerConfig`], measured from the
+/// last work), cut short by the window that the mean time between arrivals
+/// of work allows ([`idle_window`]).
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    spin: Duration,
+    yield_end: Duration,
+    sleep_end: Duration,
+    /// The mean time between arrivals of work after an idle spell
+    /// (exponentially weighted); `None` until two have been seen.
+    gap: Option<Duration>,
+}
+
+impl Backoff {
+    fn new(config: &PollerConfig) -> Backoff {
+        let yield_end = config.spin.saturating_add(config.yield_for);
+        Backoff {
+            spin: config.spin,
+            yield_end,
+            sleep_end: yield_end.saturating_add(config.sleep_for),
+            gap: None,
+        }
+    }
+
+    /// Work arrived after an idle spell, `since_last` after the previous
+    /// such arrival.
+    fn arrival(&mut self, since_last: Duration) {
+        self.gap = Some(next_gap(self.gap, since_last));
+    }
+
+    /// How long the poller polls, idle, before it parks.
+    fn window(&self) -> Duration {
+        idle_window(self.gap, self.spin, self.sleep_end)
+    }
+
+    /// What the poller does after `idle` without work.
+    fn step(&self, idle: Duration) -> IdleStep {
+        let window = self.window();
+        if idle < self.spin.min(window) {
+            IdleStep::Spin
+        } else if idle < self.yield_end.min(window) {
+            IdleStep::Yield
+        } else if idle < self.sleep_end.min(window) {
+            IdleStep::Sleep
+        } else {
+            IdleStep::Park
+        }
+    }
+}
+
 /// The mean time between arrivals of work after `sample`: weight 1/4 on
 /// the newest.
+///
+/// Computed in nanoseconds as `u128`, so that no gap, however long, can
+/// overflow (the mean is at most the larger of the two, which fits).
 fn next_gap(gap: Option<Duration>, sample: Duration) -> Duration {
+    const NANOS: u128 = 1_000_000_000;
     match gap {
         None => sample,
-        Some(g) => (g * 3 + sample) / 4,
+        Some(g) => {
+            let mean = (g.as_nanos() * 3 + sample.as_nanos()) / 4;
+            Duration::new(
+                u64::try_from(mean / NANOS).unwrap_or(u64::MAX),
+                (mean % NANOS) as u32,
+            )
+        }
     }
 }
 
@@ -478,5 +550,217 @@ fn idle_window(gap: Option<Duration>, spin: Duration, sleep_end: Duration) -> Du
         None => sleep_end,
         Some(g) if g.saturating_mul(2) <= sleep_end => g.saturating_mul(2).max(spin),
         Some(_) => spin,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const US: Duration = Duration::from_micros(1);
+    const MS: Duration = Duration::from_millis(1);
+
+    /// The default tunables: spin to 200 us, yield to 1 ms, sleep to 11 ms.
+    fn backoff() -> Backoff {
+        let b = Backoff::new(&PollerConfig::default());
+        assert_eq!((b.spin, b.yield_end, b.sleep_end), (200 * US, MS, 11 * MS));
+        b
+    }
+
+    /// `b` after `n` arrivals, each `gap` after the one before.
+    fn arrivals(mut b: Backoff, gap: Duration, n: usize) -> Backoff {
+        for _ in 0..n {
+            b.arrival(gap);
+        }
+        b
+    }
+
+    #[test]
+    fn with_nothing_known_the_whole_back_off_runs() {
+        let b = backoff();
+        assert_eq!(b.window(), b.sleep_end);
+        assert_eq!(b.step(Duration::ZERO), IdleStep::Spin);
+        assert_eq!(b.step(b.spin - US), IdleStep::Spin);
+        assert_eq!(b.step(b.spin), IdleStep::Yield);
+        assert_eq!(b.step(b.yield_end), IdleStep::Sleep);
+        assert_eq!(b.step(b.sleep_end - US), IdleStep::Sleep);
+        assert_eq!(b.step(b.sleep_end), IdleStep::Park);
+        assert!(b.gap.is_none());
+    }
+
+    #[test]
+    fn steady_arrivals_poll_for_twice_the_gap() {
+        let b = arrivals(backoff(), 2 * MS, 5);
+        assert_eq!(b.gap, Some(2 * MS));
+        assert_eq!(b.window(), 4 * MS);
+        assert_eq!(b.step(4 * MS - US), IdleStep::Sleep);
+        assert_eq!(b.step(4 * MS), IdleStep::Park);
+    }
+
+    #[test]
+    fn the_mean_weighs_the_newest_gap_a_quarter() {
+        let mut b = arrivals(backoff(), 4 * MS, 1);
+        b.arrival(8 * MS);
+        assert_eq!(b.gap, Some(5 * MS));
+        b.arrival(Duration::ZERO);
+        assert_eq!(b.gap, Some(3750 * US));
+    }
+
+    #[test]
+    fn a_burst_of_close_arrivals_shortens_the_window() {
+        let mut b = arrivals(backoff(), 5 * MS, 3);
+        assert_eq!(b.window(), 10 * MS);
+        let mut last = b.window();
+        for _ in 0..60 {
+            b.arrival(300 * US);
+            assert!(b.window() <= last, "{:?} after {last:?}", b.window());
+            last = b.window();
+        }
+        assert_eq!(b.window(), 600 * US);
+        // Polled for 600 us: spun, yielded, parked; never slept.
+        assert_eq!(b.step(199 * US), IdleStep::Spin);
+        assert_eq!(b.step(599 * US), IdleStep::Yield);
+        assert_eq!(b.step(600 * US), IdleStep::Park);
+    }
+
+    #[test]
+    fn the_window_never_drops_below_the_spin() {
+        let b = arrivals(backoff(), 10 * US, 40);
+        assert_eq!(b.gap, Some(10 * US));
+        assert_eq!(b.window(), b.spin);
+        assert_eq!(b.step(b.spin - US), IdleStep::Spin);
+        assert_eq!(b.step(b.spin), IdleStep::Park);
+    }
+
+    #[test]
+    fn longer_gaps_lengthen_the_window_up_to_the_bound() {
+        let mut b = arrivals(backoff(), 300 * US, 10);
+        let mut last = b.window();
+        for _ in 0..60 {
+            b.arrival(5 * MS);
+            assert!(b.window() >= last, "{:?} after {last:?}", b.window());
+            assert!(b.window() <= b.sleep_end);
+            last = b.window();
+        }
+        // Converged from below (the mean rounds down): within nanoseconds.
+        assert!(10 * MS - b.window() < US, "{:?}", b.window());
+        // A mean of exactly half the back-off still polls all of it.
+        let b = arrivals(backoff(), b.sleep_end / 2, 3);
+        assert_eq!(b.window(), b.sleep_end);
+    }
+
+    #[test]
+    fn work_rarer_than_the_back_off_only_gets_the_spin() {
+        // Polling for longer than the back-off lasts would only burn CPU
+        // before the park anyway.
+        let b = arrivals(backoff(), b_half_plus(), 3);
+        assert_eq!(b.window(), b.spin);
+        let b = arrivals(backoff(), Duration::from_secs(1), 3);
+        assert_eq!(b.window(), b.spin);
+        assert_eq!(b.step(b.spin), IdleStep::Park);
+    }
+
+    /// Just over half the default back-off.
+    fn b_half_plus() -> Duration {
+        backoff().sleep_end / 2 + Duration::from_nanos(1)
+    }
+
+    #[test]
+    fn zero_and_huge_gaps_neither_overflow_nor_panic() {
+        assert_eq!(next_gap(Some(Duration::MAX), Duration::MAX), Duration::MAX);
+        assert_eq!(next_gap(None, Duration::MAX), Duration::MAX);
+        assert_eq!(
+            next_gap(Some(Duration::MAX), Duration::ZERO).as_nanos(),
+            Duration::MAX.as_nanos() * 3 / 4
+        );
+        let mut b = arrivals(backoff(), Duration::ZERO, 3);
+        assert_eq!(b.gap, Some(Duration::ZERO));
+        assert_eq!(b.window(), b.spin);
+        b = arrivals(b, Duration::MAX, 3);
+        assert_eq!(b.window(), b.spin);
+        assert_eq!(b.step(Duration::MAX), IdleStep::Park);
+        // Close arrivals bring the window back even from there.
+        b = arrivals(b, 300 * US, 400);
+        assert_eq!(b.window(), 600 * US);
+        // Tunables at their largest: the phase ends saturate.
+        let max = PollerConfig {
+            spin: Duration::MAX,
+            yield_for: Duration::MAX,
+            sleep_for: Duration::MAX,
+            ..PollerConfig::default()
+        };
+        let b = Backoff::new(&max);
+        assert_eq!(b.sleep_end, Duration::MAX);
+        assert_eq!(b.step(Duration::ZERO), IdleStep::Spin);
+        assert_eq!(b.step(Duration::MAX), IdleStep::Park);
+        let b = arrivals(b, Duration::MAX, 2);
+        assert_eq!(b.window(), Duration::MAX);
+    }
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..50_000_000).prop_map(Duration::from_nanos),
+            any::<u64>().prop_map(Duration::from_nanos),
+            (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        ]
+    }
+
+    fn config() -> impl Strategy<Value = PollerConfig> {
+        (duration(), duration(), duration()).prop_map(|(spin, yield_for, sleep_for)| PollerConfig {
+            spin,
+            yield_for,
+            sleep_for,
+            ..PollerConfig::default()
+        })
+    }
+
+    proptest! {
+        /// Whatever the tunables and the gaps, the poller polls at least
+        /// its spin and at most its whole back-off before it parks, and
+        /// goes through the phases in order.
+        #[test]
+        fn the_window_stays_within_the_tunables(
+            config in config(),
+            gaps in proptest::collection::vec(duration(), 0..40),
+            idle in proptest::collection::vec(duration(), 1..8),
+        ) {
+            let mut b = Backoff::new(&config);
+            for g in gaps {
+                b.arrival(g);
+                let w = b.window();
+                prop_assert!(b.spin <= w && w <= b.sleep_end, "{w:?} {b:?}");
+                prop_assert_eq!(b.step(w), IdleStep::Park);
+                prop_assert_eq!(b.step(b.sleep_end), IdleStep::Park);
+                let mut idle = idle.clone();
+                idle.sort();
+                let steps: Vec<IdleStep> = idle.iter().map(|&i| b.step(i)).collect();
+                prop_assert!(steps.windows(2).all(|p| p[0] <= p[1]), "{steps:?}");
+            }
+        }
+
+        /// The mean lies between the previous mean and the new gap, and
+        /// steady gaps keep it.
+        #[test]
+        fn the_mean_lies_between_old_and_new(g in duration(), s in duration()) {
+            let m = next_gap(Some(g), s);
+            prop_assert!(g.min(s) <= m && m <= g.max(s), "{m:?} from {g:?} and {s:?}");
+            prop_assert_eq!(next_gap(Some(s), s), s);
+        }
+
+        /// While the mean gap fits twice in the back-off, the poller polls
+        /// at least twice that long; otherwise only its spin.
+        #[test]
+        fn the_window_follows_the_mean(config in config(), gap in duration()) {
+            let b = Backoff { gap: Some(gap), ..Backoff::new(&config) };
+            let w = b.window();
+            if gap.saturating_mul(2) <= b.sleep_end {
+                prop_assert!(w >= gap.saturating_mul(2));
+            } else {
+                prop_assert_eq!(w, b.spin);
+            }
+        }
     }
 }

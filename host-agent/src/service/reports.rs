@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use vmdedup_protocol::control::{
-    bounded_str, FileReport, NamespaceReport, StatusReport, VmReport, MAX_VMS,
+    bounded_str, FileReport, NamespaceReport, PoolFigures, StatusReport, VmReport, MAX_VMS,
 };
 
 use super::{lock, read, HintService};
@@ -23,12 +23,14 @@ impl HintService {
         let c = store.counts();
         let generation = store.pool().geometry().generation;
         let mut report = StatusReport {
-            pool_generation: generation,
-            frames_total: c.frames_total,
-            frames_budget: c.frames_budget,
-            frames_used: c.frames_used,
-            file_maps: c.file_maps,
-            bytes_saved: bytes_saved(c.pages_mapped, c.frames_used),
+            pool: PoolFigures {
+                generation,
+                frames_total: c.frames_total,
+                frames_budget: c.frames_budget,
+                frames_used: c.frames_used,
+                file_maps: c.file_maps,
+                bytes_saved: bytes_saved(c.pages_mapped, c.frames_used),
+            },
             counters: self.shared.stats.total.snapshot(),
             vms: heapless::Vec::new(),
             domains: heapless::Vec::new(),
@@ -58,9 +60,7 @@ impl HintService {
             // geometry stays.
             let mine = report.vms.first().map(|v| v.counters).unwrap_or_default();
             report.counters = mine;
-            report.bytes_saved = 0;
-            report.frames_used = 0;
-            report.file_maps = 0;
+            report.pool = report.pool.geometry();
         }
         report
     }

@@ -513,6 +513,7 @@ fn adopted_map(id: MapId, t: &FoundTable, state: MapState) -> FileMap {
 mod tests {
     use super::*;
     use crate::pool::{PoolBacking, PoolSpec};
+    use crate::store::tests::{file, key, label, load};
     use crate::store::StoreError;
     use proptest::prelude::*;
 
@@ -552,28 +553,6 @@ mod tests {
         }
     }
 
-    fn key(ino: u64, size: u64) -> FileKey {
-        FileKey {
-            dev: 1,
-            ino,
-            size,
-            mtime_ns: 0,
-        }
-    }
-
-    fn label(p: &str) -> MapLabel {
-        MapLabel {
-            ns: 1,
-            path: p.into(),
-        }
-    }
-
-    fn file(seed: u8, pages: usize) -> Vec<u8> {
-        (0..pages * 4096)
-            .map(|i| seed.wrapping_add((i / 4096) as u8).wrapping_mul(31) ^ (i as u8))
-            .collect()
-    }
-
     fn frames_bytes(s: &PageStore, frames: &[u32]) -> Vec<u8> {
         frames
             .iter()
@@ -586,12 +565,8 @@ mod tests {
     fn previous(t: &Tmp) -> (TableRef, TableRef, TableRef) {
         let mut s = PageStore::new(PoolMemory::create(&spec(t, 7)).unwrap(), cfg(0));
         s.add_vm(1);
-        let a = s
-            .load_bytes(key(1, 3 * 4096), label("a"), &file(1, 3), 0)
-            .unwrap();
-        let b = s
-            .load_bytes(key(2, 2 * 4096), label("b"), &file(10, 2), 0)
-            .unwrap();
+        let a = load(&mut s, 1, "a", 1, 3);
+        let b = load(&mut s, 2, "b", 10, 2);
         let c = s
             .load_bytes(key(3, 4096 + 9), label("c"), &file(20, 2)[..4096 + 9], 0)
             .unwrap();
@@ -667,9 +642,7 @@ mod tests {
 
         // The same content loaded again dedups against the adopted frames,
         // under a new map id.
-        let a2 = s
-            .load_bytes(key(1, 3 * 4096), label("a"), &file(1, 3), 0)
-            .unwrap();
+        let a2 = load(&mut s, 1, "a", 1, 3);
         assert!(a2.file_map_id > c.file_map_id + 1);
         assert_eq!(s.frames_of(a2.file_map_id).unwrap(), &fa[..]);
         assert_eq!(s.counts().pages_deduplicated, 3);
@@ -723,8 +696,7 @@ mod tests {
         assert_eq!(s.vm_holdings(1).unwrap().maps_held, 1);
         assert_eq!(frames_bytes(&s, &fa), bytes_a);
         // Now there is room.
-        s.load_bytes(key(9, 3 * 4096), label("new"), &file(30, 3), 0)
-            .unwrap();
+        load(&mut s, 9, "new", 30, 3);
         assert_eq!(frames_bytes(&s, &fa), bytes_a, "held frames never reused");
     }
 

@@ -21,7 +21,7 @@ fn store(frames_budget: u64, ack_timeout_ms: u64) -> PageStore {
     )
 }
 
-fn key(ino: u64, size: u64) -> FileKey {
+pub(super) fn key(ino: u64, size: u64) -> FileKey {
     FileKey {
         dev: 1,
         ino,
@@ -30,17 +30,29 @@ fn key(ino: u64, size: u64) -> FileKey {
     }
 }
 
-fn label(p: &str) -> MapLabel {
+pub(super) fn label(p: &str) -> MapLabel {
     MapLabel {
         ns: 1,
         path: p.into(),
     }
 }
 
-fn file(seed: u8, pages: usize) -> Vec<u8> {
+pub(super) fn file(seed: u8, pages: usize) -> Vec<u8> {
     (0..pages * 4096)
         .map(|i| seed.wrapping_add((i / 4096) as u8).wrapping_mul(31) ^ (i as u8))
         .collect()
+}
+
+/// Loads `pages` pages of `file(seed, pages)` as file `ino` called `name`,
+/// at time 0.
+pub(super) fn load(s: &mut PageStore, ino: u64, name: &str, seed: u8, pages: usize) -> TableRef {
+    s.load_bytes(
+        key(ino, (pages * 4096) as u64),
+        label(name),
+        &file(seed, pages),
+        0,
+    )
+    .unwrap()
 }
 
 fn check_served(s: &PageStore, loc: &TableRef, data: &[u8]) {
@@ -86,18 +98,12 @@ fn identical_pages_share_one_frame_and_tails_are_zero_padded() {
 #[test]
 fn unreferenced_maps_are_evicted_lru_first() {
     let mut s = store(4, 1000);
-    let l1 = s
-        .load_bytes(key(1, 8192), label("1"), &file(1, 2), 0)
-        .unwrap();
-    let l2 = s
-        .load_bytes(key(2, 8192), label("2"), &file(50, 2), 0)
-        .unwrap();
+    let l1 = load(&mut s, 1, "1", 1, 2);
+    let l2 = load(&mut s, 2, "2", 50, 2);
     s.add_vm(7);
     s.hold(7, l1.file_map_id).unwrap();
     s.release(7, l1.file_map_id, 0); // touched more recently than 2
-    let _l3 = s
-        .load_bytes(key(3, 8192), label("3"), &file(100, 2), 0)
-        .unwrap();
+    let _l3 = load(&mut s, 3, "3", 100, 2);
     assert!(
         s.lookup(&key(2, 8192)).is_none(),
         "2 was least recently used"
@@ -163,15 +169,9 @@ fn pressure_revokes_only_the_requesters_own_maps() {
     let mut s = store(6, 1000);
     s.add_vm(1);
     s.add_vm(2);
-    let a = s
-        .load_bytes(key(1, 2 * 4096), label("a"), &file(1, 2), 0)
-        .unwrap();
-    let b = s
-        .load_bytes(key(2, 2 * 4096), label("b"), &file(60, 2), 0)
-        .unwrap();
-    let c = s
-        .load_bytes(key(3, 2 * 4096), label("c"), &file(120, 2), 0)
-        .unwrap();
+    let a = load(&mut s, 1, "a", 1, 2);
+    let b = load(&mut s, 2, "b", 60, 2);
+    let c = load(&mut s, 3, "c", 120, 2);
     s.hold(1, a.file_map_id).unwrap(); // 1's own
     s.hold(2, b.file_map_id).unwrap(); // 2's own
     s.hold(1, c.file_map_id).unwrap(); // shared
@@ -215,9 +215,7 @@ fn a_vm_that_never_acks_is_cut_off_and_keeps_its_frames_charged() {
     s.add_vm(2);
     let da = file(1, 3);
     let a = s.load_bytes(key(1, 3 * 4096), label("a"), &da, 0).unwrap();
-    let b = s
-        .load_bytes(key(2, 3 * 4096), label("b"), &file(60, 3), 0)
-        .unwrap();
+    let b = load(&mut s, 2, "b", 60, 3);
     s.hold(1, a.file_map_id).unwrap();
     s.hold(2, a.file_map_id).unwrap();
     s.hold(2, b.file_map_id).unwrap();
@@ -269,12 +267,8 @@ fn a_vm_that_never_acks_is_cut_off_and_keeps_its_frames_charged() {
 fn a_reinstated_vm_keeps_old_holdings_until_it_reconnects() {
     let mut s = store(0, 100);
     s.add_vm(1);
-    let a = s
-        .load_bytes(key(1, 4096), label("a"), &file(1, 1), 0)
-        .unwrap();
-    let b = s
-        .load_bytes(key(2, 4096), label("b"), &file(2, 1), 0)
-        .unwrap();
+    let a = load(&mut s, 1, "a", 1, 1);
+    let b = load(&mut s, 2, "b", 2, 1);
     s.hold(1, a.file_map_id).unwrap();
     s.hold(1, a.file_map_id).unwrap();
     s.cut_off(1, 0);
@@ -315,12 +309,8 @@ fn a_reinstated_vm_keeps_old_holdings_until_it_reconnects() {
 fn a_reinstated_vm_owes_no_old_acknowledgement() {
     let mut s = store(0, 100);
     s.add_vm(1);
-    let a = s
-        .load_bytes(key(1, 4096), label("a"), &file(1, 1), 0)
-        .unwrap();
-    let b = s
-        .load_bytes(key(2, 4096), label("b"), &file(2, 1), 0)
-        .unwrap();
+    let a = load(&mut s, 1, "a", 1, 1);
+    let b = load(&mut s, 2, "b", 2, 1);
     s.hold(1, a.file_map_id).unwrap();
     s.hold(1, b.file_map_id).unwrap();
     s.revoke(a.file_map_id, 0);
@@ -350,9 +340,7 @@ fn holds_are_counted_per_answer() {
     let mut s = store(0, 100);
     s.add_vm(1);
     s.add_vm(2);
-    let a = s
-        .load_bytes(key(1, 2 * 4096), label("a"), &file(1, 2), 0)
-        .unwrap();
+    let a = load(&mut s, 1, "a", 1, 2);
     let id = a.file_map_id;
     // Two inodes (two mounts, two hardlinks, a late answer) of one map.
     s.hold(1, id).unwrap();
@@ -380,9 +368,7 @@ fn holds_are_counted_per_answer() {
 fn a_pinned_count_is_never_lowered_by_releases() {
     let mut s = store(0, 100);
     s.add_vm(1);
-    let a = s
-        .load_bytes(key(1, 4096), label("a"), &file(1, 1), 0)
-        .unwrap();
+    let a = load(&mut s, 1, "a", 1, 1);
     let id = a.file_map_id;
     s.hold(1, id).unwrap();
     // As if 2^32 - 2 more answers had been given.
@@ -405,15 +391,9 @@ fn quotas_refuse_hits_beyond_a_vms_limit() {
     s.add_vm(1);
     s.add_vm(2);
     s.set_vm_quota(1, Some(3));
-    let a = s
-        .load_bytes(key(1, 2 * 4096), label("a"), &file(1, 2), 0)
-        .unwrap();
-    let b = s
-        .load_bytes(key(2, 2 * 4096), label("b"), &file(2, 2), 0)
-        .unwrap();
-    let big = s
-        .load_bytes(key(3, 4 * 4096), label("big"), &file(3, 4), 0)
-        .unwrap();
+    let a = load(&mut s, 1, "a", 1, 2);
+    let b = load(&mut s, 2, "b", 2, 2);
+    let big = load(&mut s, 3, "big", 3, 4);
     s.hold(1, a.file_map_id).unwrap();
     s.hold(1, a.file_map_id).unwrap(); // already charged: no more pages
     assert_eq!(s.hold(1, b.file_map_id), Err(StoreError::OverQuota(1)));
@@ -464,9 +444,7 @@ fn hostile_acks_and_releases_are_ignored() {
     let mut s = store(0, 1000);
     s.add_vm(1);
     s.add_vm(2);
-    let l = s
-        .load_bytes(key(1, 4096), label("a"), &file(1, 1), 0)
-        .unwrap();
+    let l = load(&mut s, 1, "a", 1, 1);
     s.hold(1, l.file_map_id).unwrap();
     assert!(!s.ack(2, l.file_map_id, 0));
     assert!(!s.ack(1, l.file_map_id, 0), "no revocation pending");
@@ -566,9 +544,7 @@ fn an_unfilled_or_foreign_batch_is_refused_and_released() {
 #[test]
 fn freed_frames_are_not_reused_while_being_discarded() {
     let mut s = store(2, 100);
-    let l = s
-        .load_bytes(key(1, 8192), label("a"), &file(1, 2), 0)
-        .unwrap();
+    let l = load(&mut s, 1, "a", 1, 2);
     let old: BTreeSet<u32> = s
         .frames_of(l.file_map_id)
         .unwrap()
@@ -592,9 +568,7 @@ fn freed_frames_are_not_reused_while_being_discarded() {
     }
     s.finish_discards(taken);
     // The same bytes load again: no stale index entry survived the free.
-    let l2 = s
-        .load_bytes(key(3, 8192), label("c"), &file(1, 2), 0)
-        .unwrap();
+    let l2 = load(&mut s, 3, "c", 1, 2);
     check_served(&s, &l2, &file(1, 2));
     assert_eq!(s.counts().frames_used, 2);
 }

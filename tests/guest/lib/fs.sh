@@ -4,8 +4,10 @@
 #   fs_make_tree DIR        fill DIR with a test tree from the initramfs
 #   fs_nsid NAME            the agent's id of namespace NAME (empty if none)
 #   stat_of NAME            one counter from /sys/kernel/vmdedup/stats
+#   stat_above NAME BASE T  wait until counter NAME is above BASE, T tenths of a second at most
 #   same_tree A B           sha256 of every file under A equals the one under B
 #   pool_served FILE...     read each FILE until a read takes pool pages
+#   watch_both, watch_end   mmapwatch a file through a shared and a private mapping
 fs_load() {
     lsmod | grep -q '^vmdedup ' || insmod /lib/modules/vmdedup.ko
 }
@@ -29,6 +31,16 @@ fs_nsid() {
     sed -n "s/^$1 \([0-9]*\)$/\1/p" /etc/vmdedup/namespace-ids 2>/dev/null
 }
 stat_of() { cat "/sys/kernel/vmdedup/stats/$1" 2>/dev/null || echo 0; }
+# stat_above NAME BASE TENTHS: polls counter NAME every 0.1 s until it is
+# above BASE; fails if it is not within TENTHS tenths of a second (the
+# caller's check that follows says what it expected).
+stat_above() {
+    for _ in $(seq 1 "$3"); do
+        [ "$(stat_of "$1")" -gt "$2" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
 same_tree() {
     # -exec, not xargs: names may hold spaces and quotes.
     (cd "$1" && find . -type f -exec sha256sum {} + | sort -k 2) > /tmp/same.a 2>&1 || { tail -n 3 /tmp/same.a; return 1; }
@@ -74,6 +86,17 @@ watch_both() {
         sleep 0.1
     done
     return 1
+}
+# watch_end STOPFILE OUT: stops the watch_both processes (creates STOPFILE),
+# waits for both and shows what they printed; succeeds if both exited 0 and
+# read lower's bytes at every page throughout ("all equal").
+watch_end() {
+    touch "$1"
+    wait "$W1"; _r1=$?
+    wait "$W2"; _r2=$?
+    ktap_diag "mmapwatch shared (status $_r1): $(tr '\n' ' ' < "$2.shared")"
+    ktap_diag "mmapwatch private (status $_r2): $(tr '\n' ' ' < "$2.private")"
+    [ "$_r1" = 0 ] && [ "$_r2" = 0 ] && grep -q 'all equal' "$2.shared" && grep -q 'all equal' "$2.private"
 }
 # treecheck_tree MOUNT LOWER: every file under MOUNT through odd-sized reads,
 # pread at odd offsets, a shared and a private mmap, against LOWER

@@ -122,10 +122,7 @@ holds_run() {
         pool_served "$M/${big#./}" > /dev/null 2>&1 && BIG="$BIG ${big#./}"
     done
     ktap_diag "large files served: ${BIG:-none}"
-    for _ in $(seq 1 50); do
-        [ "$(stat_of acks_sent)" -gt "$ack0" ] && break
-        sleep 0.1
-    done
+    stat_above acks_sent "$ack0" 50 || true
     revoked() {
         { [ "$(stat_of revocations)" -gt "$rv0" ] && [ "$(stat_of acks_sent)" -gt "$ack0" ]; } ||
             { echo "revocations $rv0 -> $(stat_of revocations), acks_sent $ack0 -> $(stat_of acks_sent) (large file: $BIG)"; return 1; }
@@ -133,15 +130,8 @@ holds_run() {
     ktap_check "$T6" revoked
     # Let the watchers go over their mappings a few more times.
     sleep 2
-    touch /tmp/holds.stop
-    wait "$W1"; r1=$?
-    wait "$W2"; r2=$?
-    ktap_diag "mmapwatch shared (status $r1): $(tr '\n' ' ' < /tmp/holds.shared)"
-    ktap_diag "mmapwatch private (status $r2): $(tr '\n' ' ' < /tmp/holds.private)"
-    kept() {
-        [ "$r1" = 0 ] && [ "$r2" = 0 ] && grep -q 'all equal' /tmp/holds.shared &&
-            grep -q 'all equal' /tmp/holds.private && [ "$(stat_of faults_pool)" -gt "$fp0" ]
-    }
+    watch_end /tmp/holds.stop /tmp/holds; watched=$?
+    kept() { [ "$watched" = 0 ] && [ "$(stat_of faults_pool)" -gt "$fp0" ]; }
     ktap_check "$T7" kept
     if [ -n "${TREECHECK:-}" ]; then
         ktap_run "$T8" treecheck_tree "$M" "$L"

@@ -514,7 +514,12 @@ impl Agent {
             Arc::clone(self.inner.domains.stats()),
         );
         service.set_event_sink(Arc::clone(&self.inner.events) as Arc<dyn EventSink>);
-        service.spawn_ticker(std::time::Duration::from_millis(100));
+        // Deadlines are enforced within 100 ms while one runs; with none,
+        // a new one waits at most a fifth of the acknowledgement timeout
+        // (up to a second) for its first tick.
+        let idle_tick =
+            std::time::Duration::from_millis((config.ack_timeout_ms / 5).clamp(100, 1000));
+        service.spawn_ticker(std::time::Duration::from_millis(100), idle_tick);
         // Namespaces marked warm_at_start are loaded into this domain's pool
         // before any VM of the domain is served: at start, before the
         // control socket exists; for a domain opened by `vm add`, before the

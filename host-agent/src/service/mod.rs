@@ -348,6 +348,8 @@ impl HintService {
         self.shared.jobs_cv.notify_all();
         let threads = std::mem::take(&mut *lock(&self.threads));
         for t in threads {
+            // The tick thread waits parked, up to a second.
+            t.thread().unpark();
             let _ = t.join();
         }
     }

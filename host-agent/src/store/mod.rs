@@ -658,8 +658,13 @@ impl PageStore {
     }
 
     /// Cuts off every VM that let a revocation deadline pass.
-    pub fn tick(&mut self, now_ms: u64) {
+    ///
+    /// Returns whether a deadline is still running afterwards (a map being
+    /// revoked from a VM not cut off, or acknowledgements owed to an adopted
+    /// pool): the caller ticks again soon only then.
+    pub fn tick(&mut self, now_ms: u64) -> bool {
         let owed_late = self.pins_late(now_ms);
+        let mut revoking = false;
         let late: BTreeSet<VmId> = self
             .maps
             .values()
@@ -667,7 +672,10 @@ impl PageStore {
                 MapState::Revoking {
                     waiting,
                     deadline_ms,
-                } if *deadline_ms <= now_ms => Some(waiting.clone()),
+                } => {
+                    revoking = true;
+                    (*deadline_ms <= now_ms).then(|| waiting.clone())
+                }
                 _ => None,
             })
             .flatten()
@@ -677,6 +685,14 @@ impl PageStore {
         for vm in late {
             self.cut_off(vm, now_ms);
         }
+        // A revocation waiting only for VMs already cut off has nothing
+        // left to enforce.
+        let waits = revoking
+            && self.maps.values().any(|m| {
+                matches!(&m.state, MapState::Revoking { waiting, .. }
+                    if waiting.iter().any(|vm| !self.is_cut_off(*vm)))
+            });
+        waits || self.pins.is_some()
     }
 
     /// Cuts `vm` off: refuses it further maps. What it holds stays held and

@@ -220,17 +220,21 @@ fn a_vm_that_never_acks_is_cut_off_and_keeps_its_frames_charged() {
     s.hold(2, a.file_map_id).unwrap();
     s.hold(2, b.file_map_id).unwrap();
     s.hold(1, b.file_map_id).unwrap();
+    assert!(!s.tick(900), "no deadline runs before a revocation");
     assert_eq!(s.evict_where(|l| l.path == "a", 1000), (0, 1));
     let _ = s.take_events();
     assert!(s.ack(2, a.file_map_id, 1050));
-    s.tick(1099);
+    assert!(s.tick(1099), "the revocation's deadline runs");
     assert_eq!(
         s.counts().frames_used,
         6,
         "before the deadline nothing is freed"
     );
     assert!(s.take_events().is_empty());
-    s.tick(1100);
+    assert!(
+        !s.tick(1100),
+        "a revocation waiting only for a VM cut off has no deadline left"
+    );
     assert_eq!(s.take_events(), vec![StoreEvent::CutOff { vm: 1 }]);
     s.tick(1200);
     assert!(s.take_events().is_empty(), "cut off once");

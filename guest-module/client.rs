@@ -1084,6 +1084,18 @@ impl Client {
             SWEEP_NEEDED.store(true, Ordering::Release);
             self.sweep();
             self.flush_ops(ring);
+            if let (Some(c), Some(ring)) = (self.conn.as_ref(), ring) {
+                // Nobody answers NEED_WAKEUP once the module is gone: say
+                // so, and ring once so that a parked poller sees it now.
+                // The host then polls this ring on its short park timeout,
+                // whoever writes it next (a later load says it rings again).
+                c.end.cancel_wait(ring);
+                c.end.set_rings_doorbell(ring, false);
+                if let Some(d) = &self.doorbell {
+                    d.ring(DOORBELL_HOST_PEER, DOORBELL_RING_VECTOR);
+                    stats::inc(Counter::doorbells_rung);
+                }
+            }
         }
         if self.ops.len > 0 {
             stats::add(Counter::map_ops_dropped, self.ops.len as u64);

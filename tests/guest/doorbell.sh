@@ -5,7 +5,9 @@
 # no interrupt, no doorbell for 10 s); a revocation then reaches it by the
 # ring's interrupt and is acknowledged. The host side (tests/host/
 # check-doorbell) evicts on this test's marker and checks the agent's own
-# counters: doorbells received, interrupts raised.
+# counters: doorbells received, interrupts raised. Last, the module unloads
+# and takes back its "I ring" flag, which the host side checks too (a ring
+# nobody rings any more is polled on the short park timeout again).
 #
 # Run it with scripts/guest-run --doorbell --ns NAME=DIR and
 # DOORBELL_HOST=1 --host-cmd tests/host/check-doorbell.
@@ -13,13 +15,14 @@
 . /tests/lib/ktap.sh
 # shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
-ktap_header 5
+ktap_header 6
 
 T1="the ring is an ivshmem-doorbell device with its interrupt"
 T2="hints sent while the host poller is parked ring its doorbell and are answered"
 T3="an idle guest gets no wake-up from the module for 10 s"
 T4="a revocation reaches the idle guest by the ring's interrupt and is acknowledged"
 T5="the revoked file still reads the same bytes as lower"
+T6="the module unloads (the host then sees that nobody rings this ring)"
 fs_load 2>/dev/null
 served_mount || ktap_skip_from 1 "no /shared/NAME mount served by an agent (run with --ns NAME=DIR)"
 NS=$(awk -v m="$M" '$2 == m { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] ~ /^ns=/) print substr(o[i], 4) }' /proc/mounts)
@@ -93,4 +96,12 @@ by_irq() {
 ktap_check "$T4" by_irq
 same() { [ "$(sha256sum < "$M/$REL")" = "$(sha256sum < "$L/$REL")" ]; }
 ktap_check "$T5" same
+unload() {
+    # shellcheck disable=SC2013 # mount points made by guest-run have no spaces
+    for m in $(awk '$3 == "vmdedupfs" { print $2 }' /proc/mounts); do
+        umount "$m" || return 1
+    done
+    rmmod vmdedup
+}
+ktap_check "$T6" unload
 ktap_finish

@@ -304,8 +304,13 @@ impl<H: Handler + 'static> Poller<H> {
         self.ctl.stats.tid.store(tid as u64, Ordering::Relaxed);
         let mut idle_since: Option<Instant> = None;
         // When work last arrived after an idle spell; the back-off keeps the
-        // mean time between such arrivals.
+        // mean time between such arrivals. An arrival found only when a park
+        // timed out (a ring nobody rings) came at an unknown time: the
+        // estimate starts over, with the whole back-off, so that the poller
+        // goes on catching such a guest's work while backing off instead of
+        // once per park timeout.
         let mut last_arrival: Option<Instant> = None;
+        let mut arrival_unknown = false;
         let mut backoff = Backoff::new(&self.config);
         let mut rounds = 0u64;
         loop {
@@ -328,10 +333,16 @@ impl<H: Handler + 'static> Poller<H> {
                 self.ctl.stats.rounds.fetch_add(1024, Ordering::Relaxed);
             }
             if work > 0 {
-                if idle_since.is_some() {
-                    idle_since = None;
+                // Every arrival after an idle spell counts, those that woke
+                // a parked poller included: leaving them out kept the mean
+                // from the last arrival caught while backing off, and a
+                // poller that only spun (work rarer than its back-off) then
+                // never saw another one.
+                if idle_since.take().is_some() {
                     let now = Instant::now();
-                    if let Some(prev) = last_arrival {
+                    if std::mem::take(&mut arrival_unknown) {
+                        backoff.forget();
+                    } else if let Some(prev) = last_arrival {
                         backoff.arrival(now.saturating_duration_since(prev));
                     }
                     last_arrival = Some(now);
@@ -351,12 +362,14 @@ impl<H: Handler + 'static> Poller<H> {
                 // A park that timed out with nothing to do leaves the
                 // poller idle: it parks again at once instead of spinning
                 // (keeps an idle poller near 0 % CPU).
-                IdleStep::Park => {
-                    if self.park() {
-                        idle_since = None;
+                IdleStep::Park => match self.park() {
+                    Parked::Idle => {}
+                    Parked::Woken => self.set_state(PollerState::Running),
+                    Parked::Late => {
+                        arrival_unknown = true;
                         self.set_state(PollerState::Running);
                     }
-                }
+                },
             }
         }
         self.ctl
@@ -390,9 +403,8 @@ impl<H: Handler + 'static> Poller<H> {
     }
 
     /// Sets NEED_WAKEUP on every ring, fences, re-checks, and sleeps in
-    /// `epoll_wait` only if nothing arrived meanwhile. Returns `false` only if
-    /// the park timed out and there is still nothing to do.
-    fn park(&mut self) -> bool {
+    /// `epoll_wait` only if nothing arrived meanwhile. Says how it ended.
+    fn park(&mut self) -> Parked {
         for r in &self.set.rings {
             r.announce_park();
         }
@@ -405,7 +417,7 @@ impl<H: Handler + 'static> Poller<H> {
             for r in &self.set.rings {
                 r.cancel_park();
             }
-            return true;
+            return Parked::Woken;
         }
         self.ctl.stats.parks.fetch_add(1, Ordering::Relaxed);
         self.set_state(PollerState::Parked);
@@ -431,9 +443,9 @@ impl<H: Handler + 'static> Poller<H> {
             }
             if self.set.rings.iter_mut().any(|r| r.has_work()) {
                 self.ctl.stats.lost_wakeups.fetch_add(1, Ordering::Relaxed);
-                return true;
+                return Parked::Late;
             }
-            return false;
+            return Parked::Idle;
         }
         for ev in events.iter().take(n) {
             let token = ev.u64;
@@ -453,8 +465,21 @@ impl<H: Handler + 'static> Poller<H> {
         for r in &self.set.rings {
             r.drain_doorbell();
         }
-        true
+        Parked::Woken
     }
+}
+
+/// How a park ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Parked {
+    /// It timed out and there is still nothing to do.
+    Idle,
+    /// Work or a wake-up came (a doorbell, a new ring, stop), or was there
+    /// before it slept: the poller looks at once.
+    Woken,
+    /// It timed out and found work that rang nothing: it arrived at some
+    /// time during the park.
+    Late,
 }
 
 /// What an idle poller does next, in the order it comes to them.
@@ -499,6 +524,13 @@ impl Backoff {
     /// such arrival.
     fn arrival(&mut self, since_last: Duration) {
         self.gap = Some(next_gap(self.gap, since_last));
+    }
+
+    /// Work arrived at a time not known (found when a park timed out):
+    /// what was learnt no longer says when the next comes, so the poller
+    /// backs off in full again until two arrivals are seen.
+    fn forget(&mut self) {
+        self.gap = None;
     }
 
     /// How long the poller polls, idle, before it parks.
@@ -659,6 +691,23 @@ mod tests {
         let b = arrivals(backoff(), Duration::from_secs(1), 3);
         assert_eq!(b.window(), b.spin);
         assert_eq!(b.step(b.spin), IdleStep::Park);
+    }
+
+    #[test]
+    fn an_arrival_at_an_unknown_time_brings_the_whole_back_off_back() {
+        // A guest that never rings, whose work the poller found only when a
+        // park timed out: its gaps looked as long as the park timeout, and
+        // the poller only spun. Forgetting them lets it back off in full
+        // again, and catch such work while it does.
+        let mut b = arrivals(backoff(), Duration::from_millis(20), 5);
+        assert_eq!(b.window(), b.spin);
+        b.forget();
+        assert_eq!(b.window(), b.sleep_end);
+        assert_eq!(b.step(b.spin), IdleStep::Yield);
+        assert_eq!(b.step(b.yield_end), IdleStep::Sleep);
+        // Then the close arrivals it catches are learnt as usual.
+        let b = arrivals(b, Duration::from_millis(1), 2);
+        assert_eq!(b.window(), Duration::from_millis(2));
     }
 
     /// Just over half the default back-off.

@@ -383,56 +383,7 @@ mod tests {
     /// the host and of each domain, the counters, the VMs.
     #[test]
     fn status_json_keeps_its_keys_and_values() {
-        use vmdedup_protocol::control::{bounded_str, DomainReport, VmReport};
-        let counters = HintCounters {
-            hints: 20,
-            hits: 21,
-            misses: MissCounts {
-                loading: 22,
-                over_quota: 200,
-                ..MissCounts::default()
-            },
-            pages_mapped: 23,
-            hint_latency_us_p50: 24,
-            hint_latency_us_p99: 25,
-        };
-        let mut r = StatusReport {
-            pool: PoolFigures {
-                generation: 1,
-                frames_total: 300,
-                frames_budget: 3,
-                frames_used: 4,
-                file_maps: 5,
-                bytes_saved: 6,
-            },
-            counters,
-            ..StatusReport::default()
-        };
-        r.vms
-            .push(VmReport {
-                name: bounded_str("vm1"),
-                domain: bounded_str("d"),
-                cut_off: true,
-                maps_held: 26,
-                revocations_pending: 27,
-                counters,
-            })
-            .unwrap();
-        r.domains
-            .push(DomainReport {
-                name: bounded_str("d"),
-                pool: PoolFigures {
-                    generation: 11,
-                    frames_total: 12,
-                    frames_budget: 13,
-                    frames_used: 14,
-                    file_maps: 15,
-                    bytes_saved: 16,
-                },
-                vms: 1,
-                filesystem_full: 17,
-            })
-            .unwrap();
+        let r = StatusReport::sample();
         let c = serde_json::json!({
             "pages_mapped": 23, "hints": 20, "hits": 21,
             "misses": {

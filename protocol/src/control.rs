@@ -369,6 +369,64 @@ pub struct StatusReport {
     pub domains: Vec<DomainReport, MAX_DOMAINS>,
 }
 
+/// Pool figures from six numbers in field order: generation, frames total,
+/// budget and used, file maps, bytes saved (the order postcard writes them).
+impl From<[u64; 6]> for PoolFigures {
+    fn from(n: [u64; 6]) -> PoolFigures {
+        let [generation, frames_total, frames_budget, frames_used, file_maps, bytes_saved] = n;
+        PoolFigures {
+            generation,
+            frames_total,
+            frames_budget,
+            frames_used,
+            file_maps,
+            bytes_saved,
+        }
+    }
+}
+
+impl StatusReport {
+    /// A small report with a distinct value in every field (one VM, one
+    /// domain): the fixture that the codec's tests and the agent's JSON and
+    /// metrics tests compare against, so that a field shown in the wrong
+    /// place cannot go unnoticed.
+    pub fn sample() -> StatusReport {
+        let counters = HintCounters {
+            hints: 20,
+            hits: 21,
+            misses: MissCounts {
+                loading: 22,
+                over_quota: 200,
+                ..MissCounts::default()
+            },
+            pages_mapped: 23,
+            hint_latency_us_p50: 24,
+            hint_latency_us_p99: 25,
+        };
+        let mut r = StatusReport {
+            pool: PoolFigures::from([1, 300, 3, 4, 5, 6]),
+            counters,
+            ..StatusReport::default()
+        };
+        // One entry each: within MAX_VMS and MAX_DOMAINS (both at least 1).
+        let _ = r.vms.push(VmReport {
+            name: bounded_str("vm1"),
+            domain: bounded_str("d"),
+            cut_off: true,
+            maps_held: 26,
+            revocations_pending: 27,
+            counters,
+        });
+        let _ = r.domains.push(DomainReport {
+            name: bounded_str("d"),
+            pool: PoolFigures::from([11, 12, 13, 14, 15, 16]),
+            vms: 1,
+            filesystem_full: 17,
+        });
+        r
+    }
+}
+
 /// One file map, as [`Response::Files`] lists it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileReport {

@@ -217,23 +217,11 @@ fn counters() -> impl Strategy<Value = HintCounters> {
     )
 }
 
-/// Pool figures from six numbers, in field order.
-fn pool(n: [u64; 6]) -> PoolFigures {
-    PoolFigures {
-        generation: n[0],
-        frames_total: n[1],
-        frames_budget: n[2],
-        frames_used: n[3],
-        file_maps: n[4],
-        bytes_saved: n[5],
-    }
-}
-
 fn domain_report() -> impl Strategy<Value = DomainReport> {
     (name(), any::<[u64; 6]>(), any::<u32>(), any::<u64>()).prop_map(|(name, n, vms, fs)| {
         DomainReport {
             name,
-            pool: pool(n),
+            pool: PoolFigures::from(n),
             vms,
             filesystem_full: fs,
         }
@@ -258,7 +246,7 @@ fn status_report() -> impl Strategy<Value = StatusReport> {
         proptest::collection::vec(domain_report(), 0..5),
     )
         .prop_map(|(n, counters, vms, domains)| StatusReport {
-            pool: pool(n),
+            pool: PoolFigures::from(n),
             counters,
             vms: vms.into_iter().collect(),
             domains: domains.into_iter().collect(),
@@ -460,14 +448,14 @@ fn largest_messages_fit_in_one_frame() {
     while vms.push(vm.clone()).is_ok() {}
     let domain = DomainReport {
         name: full_name.clone(),
-        pool: pool([u64::MAX; 6]),
+        pool: PoolFigures::from([u64::MAX; 6]),
         vms: u32::MAX,
         filesystem_full: u64::MAX,
     };
     let mut domains = heapless::Vec::new();
     while domains.push(domain.clone()).is_ok() {}
     let status = Response::Status(StatusReport {
-        pool: pool([u64::MAX; 6]),
+        pool: PoolFigures::from([u64::MAX; 6]),
         counters,
         vms: vms.clone(),
         domains,
@@ -508,52 +496,12 @@ fn largest_messages_fit_in_one_frame() {
         .is_err());
 }
 
-/// A small status report with a distinct value in every field.
-fn sample_status() -> StatusReport {
-    let counters = HintCounters {
-        hints: 20,
-        hits: 21,
-        misses: MissCounts {
-            loading: 22,
-            over_quota: 200,
-            ..MissCounts::default()
-        },
-        pages_mapped: 23,
-        hint_latency_us_p50: 24,
-        hint_latency_us_p99: 25,
-    };
-    let mut r = StatusReport {
-        pool: pool([1, 300, 3, 4, 5, 6]),
-        counters,
-        ..StatusReport::default()
-    };
-    r.vms
-        .push(VmReport {
-            name: bounded_str("vm1"),
-            domain: bounded_str("d"),
-            cut_off: true,
-            maps_held: 26,
-            revocations_pending: 27,
-            counters,
-        })
-        .unwrap();
-    r.domains
-        .push(DomainReport {
-            name: bounded_str("d"),
-            pool: pool([11, 12, 13, 14, 15, 16]),
-            vms: 1,
-            filesystem_full: 17,
-        })
-        .unwrap();
-    r
-}
-
 /// A status report is the same bytes, field for field, in both versions,
 /// whatever Rust types hold its fields.
 #[test]
 fn a_status_keeps_its_encoding() {
     let mut buf = vec![0u8; MAX_FRAME_LEN];
-    let msg = Response::Status(sample_status());
+    let msg = Response::Status(StatusReport::sample());
     let counters = [20u8, 21, 0, 0, 0, 0, 0, 22, 0, 0, 0, 0, 200, 1, 23, 24, 25];
     let mut head = vec![0u8, 1, 172, 2, 3, 4, 5, 6];
     head.extend_from_slice(&counters);
@@ -574,18 +522,18 @@ fn a_status_keeps_its_encoding() {
 #[test]
 fn pool_figures_sum_and_keep_their_geometry() {
     let mut host = PoolFigures::default();
-    host.add(&pool([0, 1, 1, 1, 1, 1]));
-    host.add(&pool([7, 10, 20, 30, 40, 50]));
-    host.add(&pool([9, 100, 200, 300, 400, 500]));
-    assert_eq!(host, pool([7, 111, 221, 331, 441, 551]));
-    host.add(&pool([u64::MAX; 6]));
+    host.add(&PoolFigures::from([0, 1, 1, 1, 1, 1]));
+    host.add(&PoolFigures::from([7, 10, 20, 30, 40, 50]));
+    host.add(&PoolFigures::from([9, 100, 200, 300, 400, 500]));
+    assert_eq!(host, PoolFigures::from([7, 111, 221, 331, 441, 551]));
+    host.add(&PoolFigures::from([u64::MAX; 6]));
     assert_eq!(
         host,
-        pool([7, u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX])
+        PoolFigures::from([7, u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX])
     );
     assert_eq!(
-        pool([7, 10, 20, 30, 40, 50]).geometry(),
-        pool([7, 10, 20, 0, 0, 0])
+        PoolFigures::from([7, 10, 20, 30, 40, 50]).geometry(),
+        PoolFigures::from([7, 10, 20, 0, 0, 0])
     );
 }
 
@@ -596,9 +544,9 @@ proptest! {
     fn pool_figures_are_their_fields_in_order(n in any::<[u64; 6]>(), d in domain_report()) {
         let mut a = [0u8; 256];
         let mut b = [0u8; 256];
-        let figures = postcard::to_slice(&pool(n), &mut a).unwrap();
+        let figures = postcard::to_slice(&PoolFigures::from(n), &mut a).unwrap();
         prop_assert_eq!(&*figures, &*postcard::to_slice(&n, &mut b).unwrap());
-        prop_assert_eq!(postcard::from_bytes::<PoolFigures>(figures), Ok(pool(n)));
+        prop_assert_eq!(postcard::from_bytes::<PoolFigures>(figures), Ok(PoolFigures::from(n)));
         let mut buf = vec![0u8; MAX_FRAME_LEN];
         let flat = (&d.name, d.pool.generation, d.pool.frames_total, d.pool.frames_budget,
             d.pool.frames_used, d.pool.file_maps, d.pool.bytes_saved, d.vms, d.filesystem_full);

@@ -362,6 +362,96 @@ fn a_ring_written_over_a_sleeping_guest_wakes_it_once() {
     drop(pool);
 }
 
+/// A guest that says it rings its doorbell but does not (or whose doorbells
+/// are lost on the way) is not left to the long safety timeout: the first
+/// hint that waits for a park timeout makes the agent park on the short
+/// timeout for that ring, once, until a doorbell of it arrives.
+#[test]
+fn a_guest_whose_doorbells_never_come_is_polled_on_the_short_timeout() {
+    let d = TempDir::new("ivshmem-missed");
+    let server = DoorbellServer::start().unwrap();
+    let (bell, sock) = serve(&server, &d.0, "vm1");
+    let ring_path = d.0.join("vmdedup-vm1.ring");
+    let ring = HostRing::create(
+        SharedMapping::open(&ring_path).unwrap(),
+        RingConfig::new(RingId(1), 7),
+    )
+    .unwrap()
+    .with_doorbell(
+        bell.ring_doorbell().unwrap(),
+        bell.live(),
+        Some(bell.guest_interrupt().unwrap()),
+    );
+    let pcfg = PollerConfig {
+        spin: Duration::ZERO,
+        yield_for: Duration::ZERO,
+        sleep_for: Duration::ZERO,
+        park_timeout: Some(Duration::from_millis(20)),
+        doorbell_park_timeout: Some(Duration::from_secs(2)),
+        ..PollerConfig::default()
+    };
+    let pool = PollerPool::start(pcfg, echo).unwrap();
+    let (_qemu, g) = connect(&sock);
+    let guest_map = Arc::new(SharedMapping::open(&ring_path).unwrap());
+    // No doorbell eventfd: this guest never rings, though it says it does.
+    let mut guest = GuestRing::attach(guest_map, None).unwrap();
+    assert!(guest.set_rings_doorbell(true));
+    let handle = pool.add_ring(ring);
+    let stats = pool.stats();
+    let missed = || {
+        handle
+            .shared()
+            .stats
+            .doorbells_missed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for req in 1..=6u64 {
+        wait_for("the poller parked", || {
+            (stats[0].state() == vmdedup_host_agent::ring::PollerState::Parked).then_some(())
+        });
+        guest.stage(hint(req, 1, 0, 0), b"a/b").unwrap();
+        guest.publish();
+        wait_for("the answer", || {
+            let mut got = false;
+            guest.reap(|c| got |= c.request_id == req);
+            got.then_some(())
+        });
+        assert_eq!(missed(), 1, "after hint {req}");
+    }
+    assert_eq!(
+        handle
+            .shared()
+            .stats
+            .doorbells
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // A doorbell that does come makes the ring a ringing one again; the
+    // next silent hint is noticed anew.
+    g.agent[0].notify();
+    wait_for("the doorbell counted", || {
+        (handle
+            .shared()
+            .stats
+            .doorbells
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0)
+        .then_some(())
+    });
+    wait_for("the poller parked", || {
+        (stats[0].state() == vmdedup_host_agent::ring::PollerState::Parked).then_some(())
+    });
+    guest.stage(hint(7, 1, 0, 0), b"a/b").unwrap();
+    guest.publish();
+    wait_for("the answer", || {
+        let mut got = false;
+        guest.reap(|c| got |= c.request_id == 7);
+        got.then_some(())
+    });
+    assert_eq!(missed(), 2);
+    drop(pool);
+}
+
 /// With `doorbell = true` the agent makes a socket beside each ring, with
 /// the ring's mode, serves the ring over it, and `qemu-args` says so; with
 /// `doorbell = false` there is none.

@@ -441,7 +441,15 @@ impl<H: Handler + 'static> Poller<H> {
             for r in self.set.rings.iter_mut() {
                 r.lifecycle(&*self.handler);
             }
-            if self.set.rings.iter_mut().any(|r| r.has_work()) {
+            let mut late = false;
+            for r in self.set.rings.iter_mut() {
+                if r.has_work() {
+                    // Its guest may have said it rings: it did not.
+                    r.note_missed_doorbell();
+                    late = true;
+                }
+            }
+            if late {
                 self.ctl.stats.lost_wakeups.fetch_add(1, Ordering::Relaxed);
                 return Parked::Late;
             }
@@ -454,7 +462,7 @@ impl<H: Handler + 'static> Poller<H> {
             } else if let Some(r) = self
                 .set
                 .rings
-                .iter()
+                .iter_mut()
                 .find(|r| r.shared().key.load(Ordering::Relaxed) == token)
             {
                 r.drain_doorbell();
@@ -462,7 +470,7 @@ impl<H: Handler + 'static> Poller<H> {
         }
         // Doorbells rung while we were awake are counted too, so that a stale
         // count cannot make the next park return at once.
-        for r in &self.set.rings {
+        for r in self.set.rings.iter_mut() {
             r.drain_doorbell();
         }
         Parked::Woken

@@ -239,8 +239,6 @@ pub struct HostRing {
     /// The guest's interrupt was raised once for this ring before it
     /// attached (see [`HostRing::lifecycle`]).
     kicked: bool,
-    /// See [`HostRing::note_missed_doorbell`].
-    doorbell_missed: bool,
     path_buf: Box<[u8]>,
     shared: Arc<RingShared>,
     /// See [`HostRing::set_done_on_first_entry`].
@@ -302,7 +300,6 @@ impl HostRing {
             cut_off_acked: false,
             attached: false,
             kicked: false,
-            doorbell_missed: false,
             path_buf: vec![0u8; MAX_PATH_LEN as usize].into_boxed_slice(),
             shared: RingShared::new()?,
             done_on_first_entry: false,
@@ -394,7 +391,6 @@ impl HostRing {
             cut_off_acked: false,
             attached: false,
             kicked: false,
-            doorbell_missed: false,
             path_buf: vec![0u8; MAX_PATH_LEN as usize].into_boxed_slice(),
             shared: RingShared::new()?,
             done_on_first_entry: false,
@@ -473,42 +469,11 @@ impl HostRing {
 
     /// Whether a parked poller will be woken by this ring's doorbell: the
     /// guest says it rings ([`GUEST_FLAG_DOORBELL`], Relaxed: it only picks
-    /// a timeout), the doorbell is delivered now, and no work of this ring
-    /// has waited for a park timeout since its last doorbell came (see
-    /// [`HostRing::doorbell_missed`]).
+    /// a timeout) and the doorbell is delivered now.
     pub fn doorbell_delivers(&self) -> bool {
         let rings = word!(self.guest_flags).load(Ordering::Relaxed) & GUEST_FLAG_DOORBELL != 0;
         self.shared.guest_rings.store(rings, Ordering::Relaxed);
-        self.shared.doorbell_live() && rings && !self.doorbell_missed
-    }
-
-    /// A park timed out and found work on this ring: if its guest says it
-    /// rings, the doorbell did not come (a guest that does not ring as it
-    /// says, or a path that loses it). The ring is then parked on like a
-    /// plain one, on the short timeout, until a doorbell of it arrives.
-    pub fn note_missed_doorbell(&mut self) {
-        // Only the guest's own submissions count: events and flags are the
-        // host's work, which wakes the poller by other means.
-        if !self.doorbell_missed
-            && self.sq.has_work(word!(self.sq_tail))
-            && self.shared.doorbell_live()
-            && word!(self.guest_flags).load(Ordering::Relaxed) & GUEST_FLAG_DOORBELL != 0
-        {
-            self.doorbell_missed = true;
-            let before = self
-                .shared
-                .stats
-                .doorbells_missed
-                .fetch_add(1, Ordering::Relaxed);
-            if before == 0 {
-                // Once per ring: a guest could make this happen at will.
-                tracing::warn!(
-                    ring = self.id.0,
-                    "the guest says it rings its doorbell, but a hint waited for a park \
-                     timeout: its ring is parked on with the short timeout until a doorbell comes"
-                );
-            }
-        }
+        self.shared.doorbell_live() && rings
     }
 
     /// The generation in the ring's prefix (kept by [`HostRing::adopt`]).
@@ -888,11 +853,10 @@ impl HostRing {
     }
 
     /// Drains the doorbell and counts what it held.
-    pub fn drain_doorbell(&mut self) -> u64 {
+    pub fn drain_doorbell(&self) -> u64 {
         let n = self.shared.doorbell.drain();
         if n > 0 {
             self.shared.stats.doorbells.fetch_add(n, Ordering::Relaxed);
-            self.doorbell_missed = false;
         }
         n
     }

@@ -441,15 +441,7 @@ impl<H: Handler + 'static> Poller<H> {
             for r in self.set.rings.iter_mut() {
                 r.lifecycle(&*self.handler);
             }
-            let mut late = false;
-            for r in self.set.rings.iter_mut() {
-                if r.has_work() {
-                    // Its guest may have said it rings: it did not.
-                    r.note_missed_doorbell();
-                    late = true;
-                }
-            }
-            if late {
+            if self.set.rings.iter_mut().any(|r| r.has_work()) {
                 self.ctl.stats.lost_wakeups.fetch_add(1, Ordering::Relaxed);
                 return Parked::Late;
             }
@@ -462,7 +454,7 @@ impl<H: Handler + 'static> Poller<H> {
             } else if let Some(r) = self
                 .set
                 .rings
-                .iter_mut()
+                .iter()
                 .find(|r| r.shared().key.load(Ordering::Relaxed) == token)
             {
                 r.drain_doorbell();
@@ -470,7 +462,7 @@ impl<H: Handler + 'static> Poller<H> {
         }
         // Doorbells rung while we were awake are counted too, so that a stale
         // count cannot make the next park return at once.
-        for r in self.set.rings.iter_mut() {
+        for r in &self.set.rings {
             r.drain_doorbell();
         }
         Parked::Woken

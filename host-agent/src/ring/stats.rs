@@ -20,10 +20,6 @@ pub struct RingStats {
     pub doorbells: AtomicU64,
     /// Interrupts raised in the guest (it said it waits: `GUEST_FLAG_WAITING`).
     pub interrupts: AtomicU64,
-    /// Times work of a guest that says it rings waited for a park timeout
-    /// (its doorbell did not come); the ring is then parked on with the
-    /// short timeout until a doorbell arrives.
-    pub doorbells_missed: AtomicU64,
     /// Events written to the event ring.
     pub events_sent: AtomicU64,
     /// Events dropped because the pending queue overflowed.
@@ -45,7 +41,6 @@ pub struct RingStatsSnapshot {
     pub completion_full: u64,
     pub doorbells: u64,
     pub interrupts: u64,
-    pub doorbells_missed: u64,
     pub events_sent: u64,
     pub events_dropped: u64,
     pub cut_off_acks: u64,
@@ -64,7 +59,6 @@ impl RingStats {
             completion_full: l(&self.completion_full),
             doorbells: l(&self.doorbells),
             interrupts: l(&self.interrupts),
-            doorbells_missed: l(&self.doorbells_missed),
             events_sent: l(&self.events_sent),
             events_dropped: l(&self.events_dropped),
             cut_off_acks: l(&self.cut_off_acks),

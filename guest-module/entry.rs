@@ -78,6 +78,7 @@ unsafe extern "C" fn vmdedup_rs_region_attach(
     phys: u64,
     dev_name: *const c_char,
     doorbell: *mut c_void,
+    ivposition: i64,
     irq: bool,
 ) -> c_int {
     // SAFETY: forwarded caller contract.
@@ -91,7 +92,7 @@ unsafe extern "C" fn vmdedup_rs_region_attach(
     };
     // SAFETY: `base` maps `len` bytes until detach, by the caller's contract.
     let map = unsafe { Mapping::new(base, len, phys) };
-    match sh.link.lock().attach(map, dev, doorbell, irq) {
+    match sh.link.lock().attach(map, dev, doorbell, ivposition, irq) {
         Ok(slot) => slot as c_int,
         Err(e) => e.to_errno(),
     }

@@ -35,6 +35,7 @@
 /* BAR0 of an ivshmem device: its registers; Doorbell is (peer << 16) | vector. */
 #define IVSHMEM_REG_BAR 0
 #define IVSHMEM_REG_LEN 0x100
+#define IVSHMEM_IVPOSITION 8
 #define IVSHMEM_DOORBELL 12
 
 static const void *vmdedup_ctx;
@@ -289,6 +290,7 @@ static int vmdedup_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	vd->irq = vmdedup_setup_irq(pdev, vd);
 	vd->slot = vmdedup_rs_region_attach(vmdedup_ctx, vd->base, len, start, pci_name(pdev),
 					    vd->regs ? (void __force *)(vd->regs + IVSHMEM_DOORBELL) : NULL,
+					    vd->regs ? (s64)ioread32(vd->regs + IVSHMEM_IVPOSITION) : -1,
 					    vd->irq);
 	if (vd->slot < 0) {
 		err = vd->slot;

@@ -120,11 +120,13 @@ void vmdedup_fs_exit(void);
  * `doorbell`: the Doorbell register of an ivshmem-doorbell device (BAR0 +
  * 12), mapped until vmdedup_rs_region_detach() has returned; NULL for an
  * ivshmem-plain device (no MSI-X: nothing would deliver a doorbell).
+ * `ivposition`: what that device's IVPosition register (BAR0 + 8) read at
+ * probe (its peer id), or -1 without a doorbell.
  * `irq`: the device's ring vector is wired to vmdedup_rs_irq() and the event
  * work (so the module may sleep without its timer).
  */
 int vmdedup_rs_region_attach(const void *ctx, void *base, u64 len, u64 phys, const char *dev_name,
-			     void *doorbell, bool irq);
+			     void *doorbell, s64 ivposition, bool irq);
 void vmdedup_rs_region_detach(const void *ctx, int slot);
 long vmdedup_rs_sysfs_show(const void *ctx, const char *dir, const char *attr, char *buf, size_t len);
 int vmdedup_rs_stat_name(int index, char *buf, size_t len);

@@ -7,6 +7,7 @@
 use kernel::prelude::*;
 use kernel::sync::Mutex;
 
+use crate::abi::DOORBELL_GUEST_PEER;
 use crate::client::Client;
 use crate::ffi::Doorbell;
 use crate::mapping::Mapping;
@@ -38,22 +39,43 @@ impl Link {
 
     /// Validates a freshly mapped device and takes it as the ring or the
     /// pool region (see [`Regions::attach`]). A ring device's `doorbell`
-    /// goes to the client, which rings it when the host poller asks.
+    /// goes to the client, which rings it when the host poller asks, if the
+    /// device's IVPosition register read `ivposition` as the guest's peer id
+    /// ([`DOORBELL_GUEST_PEER`], what the agent's greeting gives QEMU).
+    /// Anything else means the register BAR does not reach the device
+    /// (a kernel that moved BAR0 onto another device's MMIO, as
+    /// `pci=noacpi` can) or that its server is not a vmdedup agent: the
+    /// doorbells would go nowhere, so the ring is polled instead.
     pub(crate) fn attach(
         &mut self,
         map: Mapping,
         dev: DevName,
         doorbell: Option<Doorbell>,
+        ivposition: i64,
         irq: bool,
     ) -> Result<Slot> {
         let slot = self.regions.attach(map, dev)?;
         if slot == Slot::Ring {
+            let doorbell = match doorbell {
+                Some(_) if ivposition != i64::from(DOORBELL_GUEST_PEER) => {
+                    pr_warn!(
+                        "{}: ivshmem-doorbell registers read IVPosition {}, not {}: they do not reach the device or its server is no vmdedup agent; ring polled, no doorbell\n",
+                        dev.as_str(),
+                        ivposition,
+                        DOORBELL_GUEST_PEER
+                    );
+                    crate::stats::inc(crate::stats::Counter::doorbell_refused);
+                    None
+                }
+                d => d,
+            };
+            let refused = doorbell.is_none() && ivposition >= 0;
             if doorbell.is_some() {
                 pr_info!(
                     "{}: ring on ivshmem-doorbell: doorbells rung when the host parks\n",
                     dev.as_str()
                 );
-            } else {
+            } else if !refused {
                 pr_info!(
                     "{}: ring on ivshmem-plain: polled, no doorbell\n",
                     dev.as_str()

@@ -44,6 +44,7 @@ counters! {
     faults_around_pages: "Neighbouring pool frames a read fault on a pool mapping mapped too (fault-around: up to 16 pages in the aligned block around the fault, within the VMA, the file and the map the mapping was checked against; a page already mapped counts too).",
     faults_lower: "Page faults on a pool mapping served with the lower file's page (map revoked or replaced).",
     faults_failed: "Page faults on a pool mapping that could not be served.",
+    doorbell_refused: "Ring devices whose doorbell was not used: their IVPosition register did not read the guest's peer id (the register BAR does not reach the device, or no vmdedup agent serves it), so the ring is polled.",
     doorbells_needed: "Times NEED_WAKEUP was set after publishing (a doorbell was due; rung only with an ivshmem-doorbell ring, see doorbells_rung).",
     fallbacks: "Times a file map was dropped and the file went back to lower.",
     verify_pages: "Pool pages compared with the lower file.",

@@ -310,6 +310,15 @@ pub const FEATURE_NEED_WAKEUP: u64 = 1 << 3;
 pub const FEATURES_KNOWN: u64 =
     FEATURE_HINTS | FEATURE_PATH_SLOTS | FEATURE_EVENTS | FEATURE_NEED_WAKEUP;
 
+/// Option bit (`host_options`): the host may tell a guest when a file it
+/// answered [`AnswerStatus::Loading`] for is in the pool ([`NOTICE_LOADED`]),
+/// for hints that ask with [`HINT_FLAG_NOTIFY_LOADED`].
+pub const OPTION_LOADED_NOTICE: u64 = 1 << 0;
+/// Every option bit this version of the ABI knows. Unlike a feature bit, an
+/// option a guest does not know is ignored (an older guest reads these
+/// bytes as reserved), so a newer host can offer one to every guest.
+pub const OPTIONS_KNOWN: u64 = OPTION_LOADED_NOTICE;
+
 /// `host_flags` bit: the poller is (about to be) asleep; the guest must ring
 /// the doorbell after publishing work.
 pub const HOST_FLAG_NEED_WAKEUP: u32 = 1 << 0;
@@ -454,8 +463,11 @@ wire_struct! {
         pub eq: RingArea = EQ_AREA @ 80,
         /// Writer: host at init. The path slot area.
         pub slots: SlotArea = SLOT_AREA @ 96,
+        /// Writer: host at init. Option bits the host offers (`OPTION_*`);
+        /// a guest ignores those it does not know.
+        pub host_options: u64 = HOST_OPTIONS @ 112,
         /// Zero; reserved for configuration of later versions.
-        pub reserved_config: [u8; 16] = RESERVED_CONFIG @ 112,
+        pub reserved_config: [u8; 8] = RESERVED_CONFIG @ 120,
         /// Writer: host (consumer), Release. Submission ring head.
         pub sq_head: IndexLine = SQ_HEAD @ 128,
         /// Writer: guest (producer), Release. Submission ring tail.
@@ -509,6 +521,11 @@ const _: () = {
 /// [`OP_RELEASE`]); `status` is [`AnswerStatus::Hit`] when it was taken,
 /// `file_map_id` echoes the map. Nothing else in the answer is meaningful.
 pub const ANSWER_FLAG_MAP_OP: u16 = 1 << 0;
+/// Answer flag: on an [`AnswerStatus::Loading`] answer to a hint that asked
+/// with [`HINT_FLAG_NOTIFY_LOADED`], the host recorded the request and a
+/// [`NOTICE_LOADED`] follows if the load succeeds (without it, none will:
+/// no load of the file was queued, e.g. the VM has its bound of loads).
+pub const ANSWER_FLAG_NOTICE_COMING: u16 = 1 << 1;
 
 /// Size of one submission ring slot: a [`SubmissionEntry`] followed by
 /// [`SQE_INLINE_PATH_MAX`] bytes of inline path.
@@ -549,8 +566,13 @@ pub const HINT_FLAG_PATH_IN_SLOT: u32 = 1 << 0;
 /// ([`FINGERPRINT_LEN`] bytes, see [`SubmissionEntry::fingerprint`]). Without
 /// it `reserved` is zero.
 pub const HINT_FLAG_FINGERPRINT: u32 = 1 << 1;
+/// Hint flag: if the answer is [`AnswerStatus::Loading`], the guest would
+/// like a [`NOTICE_LOADED`] naming this hint's `request_id` once the file is
+/// in the pool. Set only when the host offers [`OPTION_LOADED_NOTICE`].
+pub const HINT_FLAG_NOTIFY_LOADED: u32 = 1 << 2;
 /// Every hint flag this version knows; others must be zero.
-pub const HINT_FLAGS_KNOWN: u32 = HINT_FLAG_PATH_IN_SLOT | HINT_FLAG_FINGERPRINT;
+pub const HINT_FLAGS_KNOWN: u32 =
+    HINT_FLAG_PATH_IN_SLOT | HINT_FLAG_FINGERPRINT | HINT_FLAG_NOTIFY_LOADED;
 
 /// Length of a file's content fingerprint: the first 24 bytes of the BLAKE3
 /// hash of the whole file (192 bits: no accidental collision, and finding
@@ -996,6 +1018,13 @@ pub const NOTICE_POOL_PRESSURE: u32 = 3;
 /// echoing this event's `file_map_id` (a non-zero token). Until then the host
 /// rewrites none of the frames the adopted tables name.
 pub const NOTICE_REANNOUNCE: u32 = 4;
+/// Notice: the file of hint `request_id`, answered
+/// [`AnswerStatus::Loading`] with [`HINT_FLAG_NOTIFY_LOADED`], is in the
+/// pool now: a new hint for it may hit. Advisory: the host sends at most
+/// one per such hint, none when the load failed, when the VM asked for too
+/// many or when its event ring is busy, and nothing is held for the guest
+/// until it hints again, so a guest that ignores or loses one leaks nothing.
+pub const NOTICE_LOADED: u32 = 5;
 
 wire_struct! {
     /// One event.
@@ -1016,7 +1045,9 @@ wire_struct! {
         pub table_offset: u64 = TABLE_OFFSET @ 16,
         /// For [`EVENT_REVOKE`]: the revoked generation of that file map.
         pub map_generation: u64 = MAP_GENERATION @ 24,
+        /// For [`NOTICE_LOADED`]: the hint's `request_id`; else zero.
+        pub request_id: u64 = REQUEST_ID @ 32,
         /// Zero; reserved (revocation sequence numbers).
-        pub reserved: [u64; 4] = RESERVED @ 32,
+        pub reserved: [u64; 3] = RESERVED @ 40,
     }
 }

@@ -39,9 +39,10 @@ use core::sync::atomic::Ordering;
 use crate::abi::{
     ring_off, CompletionEntry, EventEntry, LayoutError, PrefixError, RegionKind, RegionPrefix,
     RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, GUEST_FLAG_CUT_OFF_ACK, GUEST_FLAG_DOORBELL,
-    GUEST_FLAG_WAITING, HINT_FLAG_FINGERPRINT, HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_CUT_OFF,
-    HOST_FLAG_EVENTS_LOST, HOST_FLAG_INTERRUPTS, HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN,
-    MAX_PATH_SLOTS, OP_HINT, SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
+    GUEST_FLAG_WAITING, HINT_FLAG_FINGERPRINT, HINT_FLAG_NOTIFY_LOADED, HINT_FLAG_PATH_IN_SLOT,
+    HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_INTERRUPTS, HOST_FLAG_NEED_WAKEUP,
+    MAX_PATH_LEN, MAX_PATH_SLOTS, OPTION_LOADED_NOTICE, OP_HINT, SQE_INLINE_PATH_MAX,
+    SQE_INLINE_PATH_OFF,
 };
 use crate::spsc::{self, Consumer, Corrupt, Producer, SharedU32};
 
@@ -401,7 +402,14 @@ impl GuestEnd {
         }
     }
 
-    /// The validated layout.
+    /// Whether the host offers [`OPTION_LOADED_NOTICE`]: hints may ask with
+    /// [`HINT_FLAG_NOTIFY_LOADED`] to be told when a file answered
+    /// "loading" is in the pool.
+    pub fn loaded_notices(&self) -> bool {
+        self.layout.options & OPTION_LOADED_NOTICE != 0
+    }
+
+    /// The layout the host wrote (validated at attach).
     pub fn layout(&self) -> &RingLayout {
         &self.layout
     }
@@ -439,7 +447,9 @@ impl GuestEnd {
     /// Writes a hint into the next free submission slot, not yet visible to
     /// the host (see [`GuestEnd::publish`]). Fills in `entry`'s opcode, path
     /// length, path flag and path slot (a fingerprint set with
-    /// [`SubmissionEntry::set_fingerprint`] stays). A path longer than
+    /// [`SubmissionEntry::set_fingerprint`] stays, and so does
+    /// [`HINT_FLAG_NOTIFY_LOADED`] if the host offers
+    /// [`OPTION_LOADED_NOTICE`]; see [`GuestEnd::loaded_notices`]). A path longer than
     /// [`SQE_INLINE_PATH_MAX`] goes to a path slot, which is returned: the
     /// caller gives it back with [`GuestEnd::free_slot`] once the answer is
     /// read. A path longer than [`MAX_PATH_LEN`] is still sent, with no
@@ -454,8 +464,13 @@ impl GuestEnd {
         let len = u16::try_from(path.len()).map_err(|_| StageError::PathTooLong)?;
         entry.opcode = OP_HINT;
         entry.path_len = len;
-        // The caller's fingerprint flag stays; the path flag is ours.
-        entry.flags &= HINT_FLAG_FINGERPRINT;
+        // The caller's fingerprint and notice flags stay (the notice only
+        // if the host offers it); the path flag is ours.
+        let mut keep = HINT_FLAG_FINGERPRINT;
+        if self.loaded_notices() {
+            keep |= HINT_FLAG_NOTIFY_LOADED;
+        }
+        entry.flags &= keep;
         entry.path_slot = 0;
         let sqe = self.layout.sqe_offset(at) as usize;
         let mut slot = None;

@@ -10,7 +10,7 @@
 use crate::abi::{
     ring_off, RingArea, SlotArea, CACHE_LINE, CQE_SIZE, EQE_SIZE, FEATURES_KNOWN, FEATURE_EVENTS,
     FEATURE_HINTS, FEATURE_NEED_WAKEUP, FEATURE_PATH_SLOTS, MAX_PATH_SLOTS, MAX_RING_ENTRIES,
-    PATH_SLOT_SIZE, RING_HEADER_SIZE, SQE_SIZE,
+    OPTIONS_KNOWN, PATH_SLOT_SIZE, RING_HEADER_SIZE, SQE_SIZE,
 };
 use crate::wire::Wire;
 
@@ -65,6 +65,9 @@ impl core::fmt::Display for LayoutError {
 pub struct RingLayout {
     /// Feature bits the host offers.
     pub features: u64,
+    /// Option bits the host offers (`OPTION_*`; unknown ones are ignored,
+    /// not refused).
+    pub options: u64,
     /// The submission ring.
     pub sq: RingArea,
     /// The completion ring.
@@ -157,6 +160,7 @@ impl RingLayout {
         };
         let layout = RingLayout {
             features,
+            options: OPTIONS_KNOWN,
             sq: area(sq_off, s.sq_entries, SQE_SIZE),
             cq: area(cq_off, s.cq_entries, CQE_SIZE),
             eq: area(eq_off, s.eq_entries, EQE_SIZE),
@@ -239,6 +243,7 @@ impl RingLayout {
         let at = |o: usize| o - ring_off::HOST_FEATURES;
         RingLayout {
             features: u64::get(b, at(ring_off::HOST_FEATURES)),
+            options: u64::get(b, at(ring_off::HOST_OPTIONS)),
             sq: RingArea::get(b, at(ring_off::SQ_AREA)),
             cq: RingArea::get(b, at(ring_off::CQ_AREA)),
             eq: RingArea::get(b, at(ring_off::EQ_AREA)),
@@ -253,6 +258,7 @@ impl RingLayout {
         let mut b = [0u8; LAYOUT_BYTES];
         let at = |o: usize| o - ring_off::HOST_FEATURES;
         self.features.put(&mut b, at(ring_off::HOST_FEATURES));
+        self.options.put(&mut b, at(ring_off::HOST_OPTIONS));
         self.sq.put(&mut b, at(ring_off::SQ_AREA));
         self.cq.put(&mut b, at(ring_off::CQ_AREA));
         self.eq.put(&mut b, at(ring_off::EQ_AREA));

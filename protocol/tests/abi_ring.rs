@@ -102,7 +102,7 @@ proptest! {
     #[test]
     fn completion_and_event_entries_round_trip(
         c in any::<(u64, u16, u16, u32, u64, u64, u64, u64, [u64; 2])>(),
-        ev in any::<(u16, u16, u32, u64, u64, u64, [u64; 4])>(),
+        ev in any::<(u16, u16, u32, u64, u64, u64, u64, [u64; 3])>(),
     ) {
         let c = CompletionEntry {
             request_id: c.0, status: c.1, flags: c.2, page_count: c.3, table_offset: c.4,
@@ -111,7 +111,7 @@ proptest! {
         prop_assert_eq!(CompletionEntry::from_le_bytes(&c.to_le_bytes()), c);
         let ev = EventEntry {
             kind: ev.0, flags: ev.1, notice: ev.2, file_map_id: ev.3, table_offset: ev.4,
-            map_generation: ev.5, reserved: ev.6,
+            map_generation: ev.5, request_id: ev.6, reserved: ev.7,
         };
         prop_assert_eq!(EventEntry::from_le_bytes(&ev.to_le_bytes()), ev);
     }

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use proptest::prelude::*;
 use vmdedup_protocol::abi::{
     prefix_off, ring_off, RingLayout, RingSizes, SubmissionEntry, FEATURES_KNOWN,
-    GUEST_FLAG_CUT_OFF_ACK, GUEST_FLAG_WAITING, HOST_FLAG_CUT_OFF, HOST_FLAG_INTERRUPTS,
-    HOST_FLAG_NEED_WAKEUP, OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
+    GUEST_FLAG_CUT_OFF_ACK, GUEST_FLAG_WAITING, HINT_FLAG_FINGERPRINT, HINT_FLAG_NOTIFY_LOADED,
+    HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_CUT_OFF, HOST_FLAG_INTERRUPTS, HOST_FLAG_NEED_WAKEUP,
+    OPTION_LOADED_NOTICE, OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
     SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::guest::{ring_generation, GuestEnd, SharedRegion, StageError};
@@ -471,6 +472,37 @@ proptest! {
             r.0[ring_off::GUEST_FLAGS / 4].load(Ordering::Relaxed),
             (guest_flags & !GUEST_FLAG_CUT_OFF_ACK) | GUEST_FLAG_CUT_OFF_ACK
         );
+    }
+
+    /// A hint asks for a loaded notice only where the host offers them, and
+    /// keeps no other flag of the caller's but the fingerprint's; options a
+    /// guest does not know are ignored, not refused.
+    #[test]
+    fn a_hint_asks_for_a_notice_only_where_the_host_offers_one(
+        options in any::<u64>(),
+        flags in any::<u32>(),
+        long in any::<bool>(),
+    ) {
+        let sizes = RingSizes { sq_entries: 4, cq_entries: 4, eq_entries: 2, path_slots: 1 };
+        let r = MemRegion::new(&valid_region(&sizes, 3));
+        r.write_bytes(ring_off::HOST_OPTIONS, &options.to_le_bytes());
+        let mut g = GuestEnd::attach(&r).unwrap();
+        prop_assert_eq!(g.layout().options, options);
+        prop_assert_eq!(g.loaded_notices(), options & OPTION_LOADED_NOTICE != 0);
+        let path = vec![b'p'; if long { 300 } else { 10 }];
+        let entry = SubmissionEntry { flags, ..SubmissionEntry::default() };
+        g.stage_hint(&r, entry, &path).unwrap();
+        let mut b = [0u8; SQE_INLINE_PATH_OFF as usize];
+        r.read_bytes(g.layout().sqe_offset(0) as usize, &mut b);
+        let sent = SubmissionEntry::from_le_bytes(&b).flags;
+        let mut want = flags & HINT_FLAG_FINGERPRINT;
+        if options & OPTION_LOADED_NOTICE != 0 {
+            want |= flags & HINT_FLAG_NOTIFY_LOADED;
+        }
+        if long {
+            want |= HINT_FLAG_PATH_IN_SLOT;
+        }
+        prop_assert_eq!(sent, want);
     }
 }
 

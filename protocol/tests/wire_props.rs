@@ -114,7 +114,10 @@ fn ring_header() -> impl Strategy<Value = RingHeader> {
             [area(), area(), area()],
             slots(),
         ),
-        (bytes::<16>(), [index_line(), index_line(), index_line()]),
+        (
+            (any::<u64>(), bytes::<8>()),
+            [index_line(), index_line(), index_line()],
+        ),
         ([index_line(), index_line(), index_line()], flags_line()),
         (flags_line(), index_line(), bytes::<320>()),
     )
@@ -126,7 +129,8 @@ fn ring_header() -> impl Strategy<Value = RingHeader> {
             cq: a.2[1],
             eq: a.2[2],
             slots: a.3,
-            reserved_config: b.0,
+            host_options: b.0 .0,
+            reserved_config: b.0 .1,
             sq_head: b.1[0],
             sq_tail: b.1[1],
             cq_head: b.1[2],
@@ -197,7 +201,7 @@ proptest! {
         prop_assert_eq!(format!("{h2:?}"), format!("{h:?}"));
         prop_assert_eq!(PoolHeader::from_le_bytes(&ph.to_le_bytes()), ph);
         prop_assert_eq!(TableHeader::from_le_bytes(&th.to_le_bytes()), th);
-        let l = RingLayout { features: h.host_features, sq: h.sq, cq: h.cq, eq: h.eq, slots: h.slots };
+        let l = RingLayout { features: h.host_features, options: h.host_options, sq: h.sq, cq: h.cq, eq: h.eq, slots: h.slots };
         prop_assert_eq!(RingLayout::from_le_bytes(&l.to_le_bytes()), l);
     }
 
@@ -217,10 +221,11 @@ proptest! {
         let mut a = [0u8; 96];
         a.copy_from_slice(&b[..96]);
         // The layout bytes hold `guest_features` at [8, 16) and reserved bytes
-        // at [80, 96), which the layout does not carry: the rest comes back.
+        // at [88, 96), which the layout does not carry: the rest (the host's
+        // options at [80, 88) included) comes back.
         let mut expect = a;
         expect[8..16].fill(0);
-        expect[80..].fill(0);
+        expect[88..].fill(0);
         prop_assert_eq!(RingLayout::from_le_bytes(&a).to_le_bytes(), expect);
     }
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use vmdedup_protocol::abi::{
-    EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_HOST_RESTARTING, NOTICE_REANNOUNCE,
+    EventEntry, EVENT_NOTICE, EVENT_REVOKE, NOTICE_HOST_RESTARTING, NOTICE_LOADED,
+    NOTICE_REANNOUNCE,
 };
 use vmdedup_protocol::pool::TableRef;
 
@@ -103,6 +104,19 @@ impl RingEvents {
 }
 
 impl EventSink for RingEvents {
+    fn loaded(&self, vm: VmId, request_id: u64) {
+        let ring = self.rings.lock().ok().and_then(|m| m.get(&vm).cloned());
+        let posted = ring.is_some_and(|r| {
+            r.post_advisory(EventEntry {
+                kind: EVENT_NOTICE,
+                notice: NOTICE_LOADED,
+                request_id,
+                ..EventEntry::default()
+            })
+        });
+        tracing::debug!(vm, request_id, posted, "file loaded: guest told");
+    }
+
     fn revoke(&self, vm: VmId, map: &TableRef) {
         tracing::info!(vm, map = map.file_map_id, "revoking file map");
         self.post(

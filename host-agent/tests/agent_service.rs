@@ -33,6 +33,9 @@ impl EventSink for Events {
     fn cut_off(&self, vm: VmId) {
         self.0.lock().unwrap().push(('c', vm, 0));
     }
+    fn loaded(&self, vm: VmId, request_id: u64) {
+        self.0.lock().unwrap().push(('l', vm, request_id));
+    }
 }
 
 struct Setup {
@@ -423,6 +426,83 @@ fn agent_warm_then_first_hint_hits_and_evict() {
     assert_eq!(s.svc.evict("a", "t").unwrap(), (1, 1));
     assert_eq!(s.svc.load_pending(), 0);
     assert!(s.svc.wait_idle(Duration::from_secs(1)));
+}
+
+/// What `events` has been told about loads, sorted.
+fn loaded(events: &Events) -> Vec<(VmId, u64)> {
+    let mut v: Vec<_> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.0 == 'l')
+        .map(|e| (e.1, e.2))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn agent_hints_answered_loading_that_asked_are_told_when_their_file_is_in() {
+    let s = setup(0, ResolveMode::Openat2);
+    let dir = &s.dirs[0].0;
+    std::fs::write(dir.join("f"), content(3, 3 * 4096)).unwrap();
+    std::fs::write(dir.join("g"), content(4, 4096)).unwrap();
+    let asking = |path: &'static [u8], request_id: u64| {
+        let mut h = req(
+            1,
+            path,
+            ident(&dir.join(std::str::from_utf8(path).unwrap())),
+        );
+        h.request_id = request_id;
+        h.notify_loaded = true;
+        h
+    };
+    let loading = HintResult::Miss(MissReason::Loading);
+    // Two VMs ask about the same load; a third hint does not ask; a hint
+    // for a file that is not there asks about a load that will fail.
+    assert_eq!(s.svc.answer_noting(1, &asking(b"f", 41)), (loading, true));
+    assert_eq!(s.svc.answer_noting(2, &asking(b"f", 7)), (loading, true));
+    let mut quiet = req(1, b"g", ident(&dir.join("g")));
+    quiet.request_id = 42;
+    assert_eq!(s.svc.answer_noting(1, &quiet), (loading, false));
+    let mut gone = asking(b"f", 43);
+    gone.path = b"not-there";
+    assert_eq!(s.svc.answer(1, &gone), loading);
+    assert_eq!(s.svc.load_waiters(1).0, 2);
+    assert_eq!(loaded(&s.events), vec![], "told before the load ran");
+    assert_eq!(s.svc.load_pending(), 3);
+    assert_eq!(loaded(&s.events), vec![(1, 41), (2, 7)]);
+    assert_eq!((s.svc.load_waiters(1).0, s.svc.load_waiters(2).0), (0, 0));
+    // Told, and nothing is held for them until they hint again.
+    assert_eq!(s.svc.status(Some(1)).vms[0].maps_held, 0);
+    let l = expect_hit(s.svc.answer(1, &asking(b"f", 44)));
+    assert_eq!(guest_read(&s.svc, &l).0, content(3, 3 * 4096));
+    // A hit, or a miss with nothing loading (a file not there, known now),
+    // leaves no waiter behind.
+    assert_eq!(
+        s.svc.answer(1, &gone),
+        HintResult::Miss(MissReason::NotFound)
+    );
+    assert_eq!(s.svc.load_waiters(1).0, 0);
+    assert_eq!(s.svc.load_pending(), 0);
+    assert_eq!(loaded(&s.events), vec![(1, 41), (2, 7)]);
+}
+
+#[test]
+fn agent_a_removed_vm_waits_for_no_load() {
+    let s = setup(0, ResolveMode::Openat2);
+    let dir = &s.dirs[0].0;
+    std::fs::write(dir.join("f"), content(3, 4096)).unwrap();
+    let mut h = req(1, b"f", ident(&dir.join("f")));
+    h.notify_loaded = true;
+    h.request_id = 5;
+    assert_eq!(s.svc.answer(2, &h), HintResult::Miss(MissReason::Loading));
+    assert_eq!(s.svc.load_waiters(2).0, 1);
+    s.svc.remove_vm(2);
+    assert_eq!(s.svc.load_waiters(2).0, 0);
+    assert_eq!(s.svc.load_pending(), 1);
+    assert_eq!(loaded(&s.events), vec![]);
 }
 
 #[test]

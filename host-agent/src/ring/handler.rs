@@ -31,6 +31,11 @@ pub struct Hint<'a> {
     pub page_count: u32,
     /// Guest copy: content fingerprint from its lower image, if it sent one.
     pub fingerprint: Option<vmdedup_protocol::abi::Fingerprint>,
+    /// If answered "loading", the guest would like to be told when the
+    /// file is loaded ([`HINT_FLAG_NOTIFY_LOADED`]).
+    ///
+    /// [`HINT_FLAG_NOTIFY_LOADED`]: vmdedup_protocol::abi::HINT_FLAG_NOTIFY_LOADED
+    pub notify_loaded: bool,
 }
 
 /// A handler's answer to a hint.
@@ -41,6 +46,10 @@ pub enum Answer {
     /// Not served, with the reason. `Miss(AnswerStatus::Hit)` is turned into
     /// [`AnswerStatus::HostError`].
     Miss(AnswerStatus),
+    /// [`AnswerStatus::Loading`], and the guest will be told when the file
+    /// is loaded (the hint asked; the answer carries
+    /// [`ANSWER_FLAG_NOTICE_COMING`](vmdedup_protocol::abi::ANSWER_FLAG_NOTICE_COMING)).
+    LoadingNotice,
 }
 
 /// Turns hints into answers. Called on the poller threads, so it must be quick

@@ -137,6 +137,25 @@ impl RingShared {
         ok
     }
 
+    /// Queues an advisory event (a [`NOTICE_LOADED`]) if fewer than half of
+    /// [`MAX_PENDING_EVENTS`] are waiting: it never crowds out a revocation
+    /// and is never the reason a guest is told events were lost. Returns
+    /// whether it was queued.
+    ///
+    /// [`NOTICE_LOADED`]: vmdedup_protocol::abi::NOTICE_LOADED
+    pub fn post_advisory(&self, ev: EventEntry) -> bool {
+        {
+            let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= MAX_PENDING_EVENTS / 2 {
+                return false;
+            }
+            q.push_back(ev);
+        }
+        self.events_pending.store(true, Ordering::Release);
+        self.wake_poller();
+        true
+    }
+
     /// Asks the poller to drop the ring (and unmap it) at its next round.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -758,6 +777,7 @@ impl HostRing {
             ctime_ns: e.ctime_ns,
             inode: e.inode,
             first_page: e.first_page,
+            notify_loaded: e.flags & vmdedup_protocol::abi::HINT_FLAG_NOTIFY_LOADED != 0,
             page_count: e.page_count,
             fingerprint: e.fingerprint(),
         };
@@ -777,6 +797,10 @@ impl HostRing {
                 CompletionEntry::miss(e.request_id, AnswerStatus::HostError)
             }
             Answer::Miss(s) => CompletionEntry::miss(e.request_id, s),
+            Answer::LoadingNotice => CompletionEntry {
+                flags: vmdedup_protocol::abi::ANSWER_FLAG_NOTICE_COMING,
+                ..CompletionEntry::miss(e.request_id, AnswerStatus::Loading)
+            },
         }
     }
 

@@ -39,15 +39,25 @@ fn guest_identity(hint: &Hint<'_>) -> GuestIdentity {
 impl HintService {
     /// Answers one hint of VM `vm`. Never blocks on I/O, never panics on input.
     pub fn answer(&self, vm: VmId, hint: &Hint<'_>) -> HintResult {
+        self.answer_noting(vm, hint).0
+    }
+
+    /// [`HintService::answer`], and whether the VM will be told when the
+    /// file is loaded: a "loading" answer to a hint that asked, with a load
+    /// of the file queued or running (see [`notify`](super::notify)).
+    pub fn answer_noting(&self, vm: VmId, hint: &Hint<'_>) -> (HintResult, bool) {
         let t0 = Instant::now();
         let r = self.answer_inner(vm, hint);
+        let noted = hint.notify_loaded
+            && r == HintResult::Miss(MissReason::Loading)
+            && self.wait_for_load(vm, hint);
         let us = t0.elapsed().as_micros() as u64;
         let miss = match r {
             HintResult::Hit(_) => None,
             HintResult::Miss(m) => Some(m),
         };
         self.shared.stats.record(vm, miss, us);
-        r
+        (r, noted)
     }
 
     fn answer_inner(&self, vm: VmId, hint: &Hint<'_>) -> HintResult {
@@ -73,6 +83,16 @@ impl HintService {
             lock(&self.shared.told).set(vm, hint.namespace_id, hint.path, Told::Pending);
         }
         r
+    }
+
+    /// Records that `hint`, answered "loading", waits to be told when its
+    /// file is loaded, if a load of it is queued or running (a full pool
+    /// or quota is answered "loading" too, with nothing to wait for).
+    /// Returns whether it was recorded.
+    fn wait_for_load(&self, vm: VmId, hint: &Hint<'_>) -> bool {
+        let key: CacheKey = (hint.namespace_id, hint.path.into());
+        let jobs = lock(&self.shared.jobs);
+        jobs.contains(&key) && lock(&self.shared.waiters).add(&key, vm, hint.request_id)
     }
 
     /// In an `always_loading` namespace: "loading" if this is `vm`'s first

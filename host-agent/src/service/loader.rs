@@ -37,8 +37,8 @@ impl HintService {
             let Some(job) = lock(&self.shared.jobs).pop() else {
                 break;
             };
-            run_job(&self.shared, &job);
-            lock(&self.shared.jobs).done(&job);
+            let entry = run_job(&self.shared, &job);
+            finish_job(&self.shared, &job, &entry);
             n += 1;
         }
         n
@@ -71,7 +71,7 @@ impl HintService {
         let counted = lock(&self.shared.jobs).begin(&job);
         let entry = run_job(&self.shared, &job);
         if counted {
-            lock(&self.shared.jobs).done(&job);
+            finish_job(&self.shared, &job, &entry);
         }
         match entry {
             CacheEntry::Ready { host, .. } => Ok(pages_for_size(host.size) as u32),
@@ -100,8 +100,27 @@ fn worker(shared: &Shared) {
                     .unwrap_or_else(|e| e.into_inner().0);
             }
         };
-        run_job(shared, &job);
-        lock(&shared.jobs).done(&job);
+        let entry = run_job(shared, &job);
+        finish_job(shared, &job, &entry);
+    }
+}
+
+/// Marks `job` done, and tells the hints that waited for it (see
+/// [`notify`](super::notify)) if it left its file in the pool (`entry`).
+fn finish_job(shared: &Shared, job: &LoadJob, entry: &CacheEntry) {
+    let waiters = {
+        let mut q = lock(&shared.jobs);
+        q.done(job);
+        lock(&shared.waiters).take(&job.key)
+    };
+    if waiters.is_empty() || !matches!(entry, CacheEntry::Ready { .. }) {
+        return;
+    }
+    let Some(sink) = read(&shared.sink).clone() else {
+        return;
+    };
+    for (vm, request_id) in waiters {
+        sink.loaded(vm, request_id);
     }
 }
 

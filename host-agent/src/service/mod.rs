@@ -15,6 +15,7 @@
 //! | [`cache`] | the path cache, bounded and aged |
 //! | [`queue`] | per-VM load queues, bounded, served in turn |
 //! | [`loader`] | loader threads: a file read, hashed and stored |
+//! | [`notify`] | hints waiting to hear that their file is loaded |
 //! | [`warm`] | preloading and evicting namespace trees |
 //! | [`reports`] | status, VM, namespace and file listings |
 //! | [`ticker`] | revocation deadlines |
@@ -37,8 +38,9 @@
 //! # Locks
 //! Each lock is held briefly. Where two are held at once they are taken in
 //! this order: `cache`, `vms`, `store`, and `cache`, `jobs` (a path is
-//! queued and marked loading at once); `jobs` is never held with `vms` or
-//! `store`; `sink`, `warming` and `told` are taken alone;
+//! queued and marked loading at once), and `jobs`, `waiters` (a waiter is
+//! recorded and taken with its load's state); `jobs` is never held with
+//! `vms` or `store`; `sink`, `warming` and `told` are taken alone;
 //! `namespaces` is written only at construction. Events the store queued are
 //! delivered to the [`EventSink`] after the store lock was released, and the
 //! memory of frames it freed is returned to the OS then too
@@ -62,6 +64,7 @@ pub mod always_loading;
 pub mod cache;
 pub mod hints;
 pub mod loader;
+pub mod notify;
 pub mod queue;
 pub mod reports;
 pub mod ring;
@@ -82,6 +85,12 @@ pub trait EventSink: Send + Sync {
     fn revoke(&self, vm: VmId, map: &TableRef);
     /// `vm` was cut off from the pool (it did not acknowledge in time).
     fn cut_off(&self, vm: VmId);
+    /// The file `vm`'s hint `request_id` was answered "loading" for is in
+    /// the pool now (the hint asked to be told). Advisory: a sink may drop
+    /// it.
+    fn loaded(&self, vm: VmId, request_id: u64) {
+        let _ = (vm, request_id);
+    }
 }
 
 /// Tunables.
@@ -191,6 +200,8 @@ struct Shared {
     warming: Mutex<BTreeSet<VmId>>,
     /// What each VM was answered "loading" for (`always_loading` namespaces).
     told: Mutex<always_loading::ToldLoading>,
+    /// Hints answered "loading" that wait to be told it is done.
+    waiters: Mutex<notify::LoadWaiters>,
     /// Hints of loaded files answered "loading" by `always_loading`.
     masked_hits: AtomicU64,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
@@ -306,6 +317,7 @@ impl HintService {
             told: Mutex::new(always_loading::ToldLoading::new(
                 always_loading::TOLD_PER_VM,
             )),
+            waiters: Mutex::new(notify::LoadWaiters::default()),
             masked_hits: AtomicU64::new(0),
             sink: RwLock::new(None),
             stats,
@@ -389,6 +401,13 @@ impl HintService {
     /// [`always_loading::TOLD_PER_VM`]).
     pub fn told_loading_len(&self, vm: VmId) -> usize {
         lock(&self.shared.told).len(vm)
+    }
+
+    /// Hints of `vm` waiting to be told their file is loaded, and hints of
+    /// every VM refused a wait past their VM's bound so far.
+    pub fn load_waiters(&self, vm: VmId) -> (usize, u64) {
+        let w = lock(&self.shared.waiters);
+        (w.len(vm), w.refused())
     }
 
     /// Runs `f` on the store (tests, fake guests reading the pool).

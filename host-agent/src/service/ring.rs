@@ -9,9 +9,10 @@ use crate::ring::handler::{Answer, Handler, Hint, RingId};
 
 impl Handler for HintService {
     fn handle(&self, ring: RingId, hint: &Hint<'_>) -> Answer {
-        match self.answer(ring.0, hint) {
-            HintResult::Hit(r) => Answer::Hit(r),
-            HintResult::Miss(m) => Answer::Miss(answer_status(m)),
+        match self.answer_noting(ring.0, hint) {
+            (HintResult::Hit(r), _) => Answer::Hit(r),
+            (HintResult::Miss(_), true) => Answer::LoadingNotice,
+            (HintResult::Miss(m), false) => Answer::Miss(answer_status(m)),
         }
     }
 

@@ -49,6 +49,7 @@ impl HintService {
     pub fn remove_vm(&self, id: VmId) {
         write(&self.shared.vms).remove(&id);
         lock(&self.shared.told).remove_vm(id);
+        lock(&self.shared.waiters).remove_vm(id);
         let now = self.now_ms();
         self.with_store(|s| s.remove_vm(id, now));
     }
@@ -76,6 +77,8 @@ impl HintService {
     /// The guest of VM `id` connected to its reinstated ring: what it held on
     /// the old ring is released. Returns whether anything was released.
     pub fn vm_reconnected(&self, id: VmId) -> bool {
+        // Its request ids belong to the guest that went away.
+        lock(&self.shared.waiters).remove_vm(id);
         self.with_store(|s| s.vm_reconnected(id))
     }
 

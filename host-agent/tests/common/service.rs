@@ -87,6 +87,7 @@ pub fn req(ns: u32, path: &[u8], id: GuestIdentity) -> Hint<'_> {
         first_page: 0,
         page_count: 0,
         fingerprint: id.fingerprint,
+        notify_loaded: false,
     }
 }
 

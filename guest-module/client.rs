@@ -68,9 +68,10 @@ use kernel::time::Ktime;
 
 use crate::abi::{
     AnswerStatus, CompletionEntry, EventEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP,
-    DOORBELL_HOST_PEER, DOORBELL_RING_VECTOR, EVENT_NOTICE, EVENT_REVOKE, FEATURES_KNOWN,
-    MAX_PATH_LEN, NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING, NOTICE_REANNOUNCE, OP_ACK_REVOKE,
-    OP_HINT, OP_HOLD, OP_HOLDS_DONE, OP_RELEASE,
+    ANSWER_FLAG_NOTICE_COMING, DOORBELL_HOST_PEER, DOORBELL_RING_VECTOR, EVENT_NOTICE,
+    EVENT_REVOKE, FEATURES_KNOWN, HINT_FLAG_NOTIFY_LOADED, MAX_PATH_LEN, NOTICE_EVENTS_LOST,
+    NOTICE_HOST_RESTARTING, NOTICE_LOADED, NOTICE_REANNOUNCE, OP_ACK_REVOKE, OP_HINT, OP_HOLD,
+    OP_HOLDS_DONE, OP_RELEASE,
 };
 use crate::ffi;
 use crate::file::{FileMap, Ident, InodeState, MissKind, TableKey, SWEEP_NEEDED};
@@ -90,6 +91,15 @@ const PENDING_TIMEOUT_MS: i64 = 2000;
 /// is cut off or removed.
 const OPS_MAX: usize = 512;
 
+/// Most files answered "loading" waiting for the host's [`NOTICE_LOADED`]
+/// at once (the host keeps as many per VM); a newer one takes the oldest
+/// one's place.
+const LOADING_MAX: usize = 256;
+/// A file answered "loading" is forgotten after this long without its
+/// notice (the load failed, or the notice was dropped): a later open hints
+/// again as before.
+const LOADING_TIMEOUT_MS: i64 = 60_000;
+
 /// How long module unload waits for answers to hints still in flight.
 const SHUTDOWN_WAIT_MS: i64 = 50;
 
@@ -100,6 +110,33 @@ struct Pending {
     sent: Ktime,
     size: u64,
     slot: Option<u32>,
+    /// What a new hint needs, kept if the hint asked for a
+    /// [`NOTICE_LOADED`] (see [`Loading`]).
+    again: Option<Again>,
+    /// The hint a [`NOTICE_LOADED`] asked for: its hit drops the lower
+    /// pages read meanwhile.
+    refetch: bool,
+}
+
+/// What a new hint for a file needs, where no open gives it.
+struct Again {
+    ns_id: u32,
+    ident: Ident,
+    path: KVec<u8>,
+}
+
+/// A file answered "loading" whose hint asked to be told once the host has
+/// it in the pool. When [`NOTICE_LOADED`] names it, the next tick hints
+/// again; that hit drops the lower pages the guest read meanwhile, so the
+/// file is not kept twice. Nothing is held for it until that hint is
+/// answered: a notice that never comes costs an entry until it times out.
+struct Loading {
+    id: u64,
+    file: Arc<InodeState>,
+    again: Again,
+    at: Ktime,
+    /// The notice came: hint again at the next tick.
+    due: bool,
 }
 
 /// A file map this guest holds (so a revocation can find its file).
@@ -195,6 +232,8 @@ pub(crate) struct Client {
     conn: Option<Conn>,
     next_id: u64,
     pending: KVec<Option<Pending>>,
+    /// Files answered "loading" that wait for their notice.
+    loading: KVec<Option<Loading>>,
     held: KVec<Option<Held>>,
     pool: Option<PoolView>,
     pool_checked: bool,
@@ -221,6 +260,14 @@ pub(crate) struct Client {
     waiting: bool,
 }
 
+/// A copy of `path` (`None` if there is no memory for it: the hint then asks
+/// for no notice).
+fn copy_path(path: &[u8]) -> Option<KVec<u8>> {
+    let mut v = KVec::with_capacity(path.len(), GFP_KERNEL).ok()?;
+    v.extend_from_slice(path, GFP_KERNEL).ok()?;
+    Some(v)
+}
+
 /// A doorbell is due (NEED_WAKEUP was seen after a fence): counted, and rung
 /// if the ring has a Doorbell register.
 fn doorbell_due(doorbell: &Option<ffi::Doorbell>) {
@@ -237,6 +284,7 @@ impl Client {
             conn: None,
             next_id: 1,
             pending: KVec::new(),
+            loading: KVec::new(),
             held: KVec::new(),
             pool: None,
             pool_checked: false,
@@ -291,6 +339,7 @@ impl Client {
             || self.reannounce != 0
             || self.ring_corrupt
             || SWEEP_NEEDED.load(Ordering::Relaxed)
+            || self.loading.iter().flatten().any(|l| l.due)
             || ffi::param(ffi::Param::FaultNoAck) != 0
             || ffi::param(ffi::Param::FaultHoldAnswers) != 0
         {
@@ -379,6 +428,11 @@ impl Client {
                 return false;
             }
         }
+        while self.loading.len() < LOADING_MAX {
+            if self.loading.push(None, GFP_KERNEL).is_err() {
+                return false;
+            }
+        }
         let layout = end.layout();
         pr_info!(
             "ring connected: generation {}, {} submission / {} completion / {} event entries\n",
@@ -448,6 +502,10 @@ impl Client {
             if let Some(p) = p.take() {
                 p.file.clear_pending();
             }
+        }
+        // Their notices would name requests of the old ring.
+        for l in self.loading.iter_mut() {
+            *l = None;
         }
         self.revoke_all(false);
         self.ops.clear();
@@ -562,6 +620,20 @@ impl Client {
         ident: &Ident,
         path: &[u8],
     ) -> bool {
+        self.send_hint(ring, file, ns_id, ident, path, false)
+    }
+
+    /// [`Client::submit`]; `refetch`: the hint a [`NOTICE_LOADED`] asked
+    /// for (it asks for no notice itself).
+    fn send_hint(
+        &mut self,
+        ring: Option<&Mapping>,
+        file: &Arc<InodeState>,
+        ns_id: u32,
+        ident: &Ident,
+        path: &[u8],
+        refetch: bool,
+    ) -> bool {
         self.expire();
         if !self.connect(ring) {
             stats::inc(Counter::hints_skipped_no_host);
@@ -607,6 +679,21 @@ impl Client {
         if let Some(fp) = &ident.fingerprint {
             entry.set_fingerprint(fp);
         }
+        // If the host offers it, a "loading" answer is followed by a notice
+        // once the file is in the pool; a new hint then needs the path,
+        // which no open will give again.
+        let again = if !refetch && conn.end.loaded_notices() {
+            copy_path(path).map(|path| Again {
+                ns_id,
+                ident: *ident,
+                path,
+            })
+        } else {
+            None
+        };
+        if again.is_some() {
+            entry.flags |= HINT_FLAG_NOTIFY_LOADED;
+        }
         let slot = match conn.end.stage_hint(ring, entry, path) {
             Ok(slot) => slot,
             Err(StageError::Full) => {
@@ -635,10 +722,67 @@ impl Client {
                 sent: Ktime::ktime_get(),
                 size: ident.size,
                 slot,
+                again,
+                refetch,
             });
         }
         stats::inc(Counter::hints_sent);
         true
+    }
+
+    /// Keeps `l` until its notice comes, in a free entry or in place of the
+    /// oldest.
+    fn await_load(&mut self, l: Loading) {
+        let mut at = None;
+        for (i, e) in self.loading.iter().enumerate() {
+            match e {
+                None => {
+                    at = Some(i);
+                    break;
+                }
+                Some(e) => {
+                    let older = at
+                        .and_then(|j: usize| self.loading.get(j))
+                        .and_then(|o| o.as_ref())
+                        .map_or(true, |o| kernel::time::ktime_ms_delta(o.at, e.at) > 0);
+                    if older {
+                        at = Some(i);
+                    }
+                }
+            }
+        }
+        if let Some(e) = at.and_then(|i| self.loading.get_mut(i)) {
+            if e.is_some() {
+                stats::inc(Counter::loading_forgotten);
+            }
+            *e = Some(l);
+        }
+    }
+
+    /// Hints again for every file whose [`NOTICE_LOADED`] came.
+    fn refetch(&mut self, ring: Option<&Mapping>) {
+        for i in 0..self.loading.len() {
+            let due = self
+                .loading
+                .get(i)
+                .is_some_and(|l| l.as_ref().is_some_and(|l| l.due));
+            if !due {
+                continue;
+            }
+            let Some(l) = self.loading.get_mut(i).and_then(|l| l.take()) else {
+                continue;
+            };
+            if !l.file.want_refetch(&l.again.ident) {
+                // Opened again meanwhile (and hinted), gone, or changed.
+                continue;
+            }
+            let a = &l.again;
+            if self.send_hint(ring, &l.file, a.ns_id, &a.ident, &a.path, true) {
+                stats::inc(Counter::refetches);
+            } else {
+                l.file.clear_pending();
+            }
+        }
     }
 
     fn corrupt(&mut self) {
@@ -666,6 +810,15 @@ impl Client {
                     q.file.clear_pending();
                     stats::inc(Counter::requests_timed_out);
                 }
+            }
+        }
+        for l in self.loading.iter_mut() {
+            let old = l
+                .as_ref()
+                .is_some_and(|l| kernel::time::ktime_ms_delta(now, l.at) > LOADING_TIMEOUT_MS);
+            if old {
+                *l = None;
+                stats::inc(Counter::loading_forgotten);
             }
         }
     }
@@ -749,7 +902,7 @@ impl Client {
         if let (Some(s), Some(conn)) = (p.slot, self.conn.as_mut()) {
             conn.end.free_slot(s);
         }
-        if late {
+        if late && !p.refetch {
             stats::inc(Counter::answers_late);
         }
         if self.cut_off() {
@@ -768,6 +921,13 @@ impl Client {
                         if p.file.install(map) {
                             self.hold(id, &p.file);
                             stats::inc(Counter::answers_hit);
+                            if p.refetch {
+                                // What was read from lower while the host
+                                // loaded it: the pool serves it now.
+                                stats::inc(Counter::refetch_hits);
+                                let dropped = p.file.drop_lower_cache();
+                                stats::add(Counter::lower_pages_dropped, dropped);
+                            }
                         } else {
                             // The file no longer wants it (evicted, lower
                             // for good, identity changed).
@@ -785,6 +945,18 @@ impl Client {
             }
             Some(AnswerStatus::Loading) => {
                 stats::inc(Counter::answers_miss_loading);
+                // Kept only if the host says a notice will come (it
+                // queued a load it will tell us about).
+                let coming = a.flags & ANSWER_FLAG_NOTICE_COMING != 0;
+                if let Some(again) = p.again.filter(|_| coming) {
+                    self.await_load(Loading {
+                        id: p.id,
+                        file: p.file.clone(),
+                        again,
+                        at: Ktime::ktime_get(),
+                        due: false,
+                    });
+                }
                 MissKind::Retry
             }
             Some(AnswerStatus::NotFound) => {
@@ -993,6 +1165,21 @@ impl Client {
                     self.reannounce_next = 0;
                 }
             }
+            (EVENT_NOTICE, NOTICE_LOADED) => {
+                let l = self
+                    .loading
+                    .iter_mut()
+                    .flatten()
+                    .find(|l| l.id == e.request_id && !l.due);
+                match l {
+                    Some(l) => {
+                        // Hinted again at the end of this tick.
+                        l.due = true;
+                        stats::inc(Counter::loaded_notices);
+                    }
+                    None => stats::inc(Counter::loaded_notices_unknown),
+                }
+            }
             (EVENT_NOTICE, NOTICE_HOST_RESTARTING) => {
                 // The generation changes: the new host knows none of these maps.
                 stats::inc(Counter::revocations);
@@ -1029,6 +1216,7 @@ impl Client {
             self.reap(ring, pool, true);
             self.send_holds();
         }
+        self.refetch(ring);
         self.sweep();
         self.flush_ops(ring);
         if let Some(ring) = ring {

@@ -148,6 +148,13 @@ extern "C" {
     /// `mapping` must be a live `struct address_space`.
     fn vmdedup_glue_unmap_all(mapping: *mut c_void);
 
+    /// Drops the clean, unmapped page cache pages of the lower file behind
+    /// the vmdedup inode of `mapping`; returns how many went.
+    ///
+    /// # Safety
+    /// `mapping` must be the live `struct address_space` of a vmdedup inode.
+    fn vmdedup_glue_drop_lower_cache(mapping: *mut c_void) -> c_ulong;
+
     /// `vmf_insert_mixed()` of `pfn` at the faulting address; returns its
     /// `vm_fault_t`.
     ///
@@ -384,6 +391,16 @@ pub(crate) fn random_below(ceil: u32) -> u32 {
 pub(crate) unsafe fn unmap_all(mapping: *mut c_void) {
     // SAFETY: forwarded caller contract.
     unsafe { vmdedup_glue_unmap_all(mapping) }
+}
+
+/// Drops the lower file's cached pages behind the vmdedup inode of
+/// `mapping` (see [`vmdedup_glue_drop_lower_cache`]); returns how many went.
+///
+/// # Safety
+/// `mapping` must be the live `struct address_space` of a vmdedup inode.
+pub(crate) unsafe fn drop_lower_cache(mapping: *mut c_void) -> u64 {
+    // SAFETY: forwarded caller contract.
+    unsafe { vmdedup_glue_drop_lower_cache(mapping) as u64 }
 }
 
 /// Inserts pool frame `pfn` at the faulting address of `vmf`.

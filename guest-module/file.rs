@@ -465,6 +465,39 @@ impl InodeState {
         Some((ret, mapped))
     }
 
+    /// A notice said the host loaded this file, which was answered
+    /// "loading" for `ident`: whether to hint again now (and marks the
+    /// request pending if so), without the `rehint_ms` wait of an open.
+    /// No if the identity changed, the file is on lower for good, has an
+    /// answer or a request, or its inode is going.
+    pub(crate) fn want_refetch(&self, ident: &Ident) -> bool {
+        let mut s = self.inner.lock();
+        let wanted = s.ident.as_ref() == Some(ident)
+            && !s.lower_only
+            && s.map.is_none()
+            && !s.pending
+            && !s.mapping.is_null()
+            && !matches!(s.miss, Some((MissKind::Final, _)));
+        if wanted {
+            s.pending = true;
+        }
+        wanted
+    }
+
+    /// Drops the lower file's clean, unmapped cached pages if the file has
+    /// an answer now (what was read from lower while the host loaded it).
+    /// Returns how many went.
+    pub(crate) fn drop_lower_cache(&self) -> u64 {
+        let s = self.inner.lock();
+        if s.map.is_none() || s.mapping.is_null() {
+            return 0;
+        }
+        // SAFETY: non-NULL `mapping` is the live vmdedup inode's
+        // address_space (cleared under this lock before the inode is
+        // evicted).
+        unsafe { ffi::drop_lower_cache(s.mapping) }
+    }
+
     /// Keeps a validated answer. Returns false if the file no longer wants one.
     pub(crate) fn install(&self, map: FileMap) -> bool {
         let mut s = self.inner.lock();

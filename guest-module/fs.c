@@ -898,6 +898,23 @@ void vmdedup_glue_unmap_all(struct address_space *mapping)
 	unmap_mapping_range(mapping, 0, 0, 0);
 }
 
+/*
+ * Drops the clean, unmapped page cache pages of the lower file behind the
+ * vmdedup inode whose mapping is `mapping`: what was read from lower while
+ * the host loaded the file, once the pool serves it. Returns how many went.
+ * No struct file here (the event work has none): invalidate_mapping_pages()
+ * alone, which skips a page still in a CPU's LRU batch; pages read while a
+ * load ran have long left those batches.
+ */
+unsigned long vmdedup_glue_drop_lower_cache(struct address_space *mapping)
+{
+	struct inode *lower = VI(mapping->host)->lower;
+
+	if (!lower)
+		return 0;
+	return invalidate_mapping_pages(lower->i_mapping, 0, -1);
+}
+
 void vmdedup_fs_exit(void)
 {
 	unregister_filesystem(&vmdedup_fs_type);

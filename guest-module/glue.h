@@ -106,6 +106,7 @@ bool vmdedup_glue_pool_equal(const void *pool, const void *buf, size_t len);
 void vmdedup_glue_revert(struct vmdedup_io *io, size_t len);
 size_t vmdedup_glue_fault_in(struct vmdedup_io *io, size_t len);
 void vmdedup_glue_unmap_all(struct address_space *mapping);
+unsigned long vmdedup_glue_drop_lower_cache(struct address_space *mapping);
 unsigned long vmdedup_glue_drop_lower_pages(struct vmdedup_io *io, loff_t start, loff_t end);
 u32 vmdedup_glue_random_below(u32 ceil);
 vm_fault_t vmdedup_glue_insert_pfn(struct vm_fault *vmf, unsigned long pfn);

@@ -8,13 +8,13 @@
 . /tests/lib/ktap.sh
 # shellcheck source=lib/fs.sh
 . /tests/lib/fs.sh
-ktap_header 7
+ktap_header 8
 pair=""
 for m in /shared/*; do
     grep -q " $m vmdedupfs " /proc/mounts && pair="$m" && break
 done
 if [ -z "$pair" ]; then
-    for t in "first pass" "second pass identical to lower" "odd reads and mmaps identical to lower" "interpreter runs from the mount" "pool pages served" "no verify mismatch" "no fallback"; do
+    for t in "first pass" "files answered loading were installed after the host's notice" "second pass identical to lower" "odd reads and mmaps identical to lower" "interpreter runs from the mount" "pool pages served" "no verify mismatch" "no fallback"; do
         ktap_skip "$t" "no vmdedupfs mount (run with scripts/guest-run --ns)"
     done
     ktap_finish; exit $?
@@ -24,6 +24,23 @@ lower=/lower/$ns
 ktap_diag "tree: $pair ($(find "$lower" -type f | wc -l) files)"
 first() { (cd "$pair" && find . -type f -exec cat {} + > /dev/null); }
 ktap_check "first pass over every file" first
+# A file answered "loading" in the first pass is read from lower then. Once
+# the host has loaded it, its notice makes the module hint again without an
+# open, install the answer and drop the lower pages it read meanwhile
+# (verify=full drops none by itself: these are the notice's).
+notified() {
+    n=$(stat_of answers_miss_loading)
+    ktap_diag "first pass: $n answered loading"
+    [ "$n" -gt 0 ] || return 0
+    stat_above refetch_hits 0 100 || { echo "no hint sent again after a notice hit (notices $(stat_of loaded_notices), refetches $(stat_of refetches))"; return 1; }
+    ktap_diag "notices $(stat_of loaded_notices), hinted again $(stat_of refetches), hits $(stat_of refetch_hits), lower pages dropped $(stat_of lower_pages_dropped)"
+    [ "$(stat_of lower_pages_dropped)" -gt 0 ] || { echo "no lower page dropped"; return 1; }
+}
+if [ "$(stat_of answers_miss_loading)" -gt 0 ]; then
+    ktap_check "files answered loading were installed after the host's notice, their lower pages dropped" notified
+else
+    ktap_skip "files answered loading were installed after the host's notice, their lower pages dropped" "no file was answered loading (the tree was loaded already)"
+fi
 # Give the host's loader a moment: a file still loading is a miss, not an error.
 sleep 2
 ktap_check "second pass identical to lower (sha256 of every file)" same_tree "$pair" "$lower"

@@ -513,6 +513,14 @@ fn guest_memory(cfg: &str, logs: &[String], last: &Value, ram_mib: u64) -> Optio
     m.insert("qemus".into(), json!(qemus));
     m.insert("host_pss_mib".into(), json!(pss));
     m.insert("host_rss_mib".into(), json!(rss));
+    // Older samples lack it.
+    m.insert(
+        "host_anon_huge_mib".into(),
+        last.get("guest_ram_anon_huge")
+            .and_then(Value::as_u64)
+            .map(|h| json!(h as f64 / 1048576.0 / qf))
+            .unwrap_or(Value::Null),
+    );
     m.insert(
         "pool_per_guest_mib".into(),
         if is_vmdedup(cfg) {
@@ -767,7 +775,7 @@ fn guest_memory_section(mems: &[(&str, &Value)]) -> String {
     let _ = writeln!(m, "## Guest memory, per guest\n");
     let _ = write!(
         m,
-        "| configuration | host memory | guest-RAM Pss | guest-RAM Rss | pool share |"
+        "| configuration | host memory | guest-RAM Pss | guest-RAM Rss | of it in 2 MiB pages | pool share |"
     );
     for (_, title) in GUEST_COLS.iter().chain(&host_cols) {
         let _ = write!(m, " {title} |");
@@ -775,15 +783,16 @@ fn guest_memory_section(mems: &[(&str, &Value)]) -> String {
     let _ = writeln!(
         m,
         "\n| --- |{}",
-        " ---: |".repeat(4 + GUEST_COLS.len() + host_cols.len())
+        " ---: |".repeat(5 + GUEST_COLS.len() + host_cols.len())
     );
     for (c, v) in mems {
         let _ = write!(
             m,
-            "| {c} | {} | {} | {} | {} |",
+            "| {c} | {} | {} | {} | {} | {} |",
             mib1(g(v, "host_mem_per_guest_mib")),
             mib1(g(v, "host_pss_mib")),
             mib1(g(v, "host_rss_mib")),
+            mib1(g(v, "host_anon_huge_mib")),
             mib1(g(v, "pool_per_guest_mib")),
         );
         for (k, _) in GUEST_COLS.iter().chain(&host_cols) {
@@ -808,7 +817,7 @@ fn guest_memory_section(mems: &[(&str, &Value)]) -> String {
     };
     let _ = writeln!(
         m,
-        "\nIn MiB per guest, each a mean over the guests. The guest's side is its `/proc/meminfo` {when}: **used** = MemTotal - MemFree, every page the guest's kernel does not count free; **page cache** = Cached - Shmem, file pages (what the guest read from the lower disk; a file that vmdedup serves is read from pool frames, which are not guest RAM, and its lower pages are dropped); **Buffers**: the block device's cache (file system metadata); **Shmem**: tmpfs (the busybox guests' root is their initramfs unpacked into tmpfs, as the kernel does when no `root=` is given: busybox, the bench's programs, `/tmp`; the Debian guests' `/run` and `/dev/shm`); **AnonPages**: processes' private memory (Python's heap, the ballast); **Slab**: SReclaimable + SUnreclaim (inodes, dentries, the module's per-file state); **kernel other**: PageTables + SecPageTables + Percpu + VmallocUsed (module code and the kernel stacks, which this kernel maps with vmalloc, so KernelStack is not added a second time); **rest of used**: used minus the columns before it, pages the kernel hands out without a meminfo counter (per-CPU free page lists, driver buffers; slightly negative when Percpu's first chunk, allocated at boot outside MemTotal, outweighs them); **not in MemTotal**: the guest's RAM (`-m`) minus MemTotal, what the kernel keeps from boot on (its image, the `struct page` array, other boot allocations, firmware areas), touched at boot and never freed. The host's side, from the last sample: **guest-RAM Pss / Rss**: the QEMU guest-RAM mapping's, over the guests (a page that KSM merged across k mappings counts 1/k in Pss and 1 in Rss); **pool share**: vmdedup's pool over the guests; **host memory** = Pss + pool share, the first table's host memory over the guests. Pss = used + (Rss - used) - (Rss - Pss): **Rss - used** is what the host holds for a guest beyond what the guest counts as used: the touched part of *not in MemTotal*, free pages the guest touched and has not reported back yet (free page reporting returns a freed page after a delay), and the untouched rest of 2 MiB pages (the host backs guest RAM with transparent huge pages where it can); **Rss - Pss** is what KSM merged away (0 without KSM); **Pss - used** is both together.\n"
+        "\nIn MiB per guest, each a mean over the guests. The guest's side is its `/proc/meminfo` {when}: **used** = MemTotal - MemFree, every page the guest's kernel does not count free; **page cache** = Cached - Shmem, file pages (what the guest read from the lower disk; a file that vmdedup serves is read from pool frames, which are not guest RAM, and its lower pages are dropped); **Buffers**: the block device's cache (file system metadata); **Shmem**: tmpfs (the busybox guests' root is their initramfs unpacked into tmpfs, as the kernel does when no `root=` is given: busybox, the bench's programs, `/tmp`; the Debian guests' `/run` and `/dev/shm`); **AnonPages**: processes' private memory (Python's heap, the ballast); **Slab**: SReclaimable + SUnreclaim (inodes, dentries, the module's per-file state); **kernel other**: PageTables + SecPageTables + Percpu + VmallocUsed (module code and the kernel stacks, which this kernel maps with vmalloc, so KernelStack is not added a second time); **rest of used**: used minus the columns before it, pages the kernel hands out without a meminfo counter (per-CPU free page lists, driver buffers; slightly negative when Percpu's first chunk, allocated at boot outside MemTotal, outweighs them); **not in MemTotal**: the guest's RAM (`-m`) minus MemTotal, what the kernel keeps from boot on (its image, the `struct page` array, other boot allocations, firmware areas), touched at boot and never freed. The host's side, from the last sample: **guest-RAM Pss / Rss**: the QEMU guest-RAM mapping's, over the guests (a page that KSM merged across k mappings counts 1/k in Pss and 1 in Rss); **of it in 2 MiB pages**: the mapping's `AnonHugePages`, Rss in transparent huge pages, each resident whole once the guest touched any of it (KSM splits the pages it merges, and free page reporting the pages a guest reports); **pool share**: vmdedup's pool over the guests; **host memory** = Pss + pool share, the first table's host memory over the guests. Pss = used + (Rss - used) - (Rss - Pss): **Rss - used** is what the host holds for a guest beyond what the guest counts as used: the touched part of *not in MemTotal*, free pages the guest touched and has not reported back yet (free page reporting returns a freed page after a delay), and the untouched rest of 2 MiB pages; **Rss - Pss** is what KSM merged away (0 without KSM); **Pss - used** is both together.\n"
     );
     let _ = writeln!(
         m,
@@ -842,7 +851,7 @@ fn guest_memory_section(mems: &[(&str, &Value)]) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             m,
-            "Per guest, vmdedup_warm minus ksm_default: host memory {} MiB = guest-RAM Pss {} + the pool's share {}. The Pss difference is {} MiB in what the guests count as used ({}{}), {} MiB in what the host holds beyond that (Rss - used; not in MemTotal differs by {}), and {} MiB that KSM merged in ksm_default's guests and not in vmdedup_warm's (Rss - Pss: {} vs {} MiB); Pss - used differs by {} MiB.\n",
+            "Per guest, vmdedup_warm minus ksm_default: host memory {} MiB = guest-RAM Pss {} + the pool's share {}. The Pss difference is {} MiB in what the guests count as used ({}{}), {} MiB in what the host holds beyond that (Rss - used; not in MemTotal differs by {}, Rss in 2 MiB pages by {}), and {} MiB that KSM merged in ksm_default's guests and not in vmdedup_warm's (Rss - Pss: {} vs {} MiB); Pss - used differs by {} MiB.\n",
             mib_diff(d("host_mem_per_guest_mib")),
             mib_diff(d("host_pss_mib")),
             mib_diff(g(v, "pool_per_guest_mib")),
@@ -851,6 +860,7 @@ fn guest_memory_section(mems: &[(&str, &Value)]) -> String {
             largest,
             mib_diff(d("rss_minus_used_mib")),
             mib_diff(d(GUEST_COLS[COL_NOT_IN_TOTAL].0)),
+            mib_diff(d("host_anon_huge_mib")),
             mib_diff(d("rss_minus_pss_mib").map(|x| -x)),
             mib1(g(k, "rss_minus_pss_mib")),
             mib1(g(v, "rss_minus_pss_mib")),
@@ -1614,7 +1624,7 @@ mod tests {
             + "\n";
         let ksm_last =
             json!({"guest_ram_pss": 60 * mib, "guest_ram_rss": 170 * mib, "qemu": {"vm1": {}}});
-        let warm_last = json!({"guest_ram_pss": 80 * mib, "guest_ram_rss": 80 * mib, "pool_allocated": 40 * mib, "qemu": {"vm1": {}}});
+        let warm_last = json!({"guest_ram_pss": 80 * mib, "guest_ram_rss": 80 * mib, "guest_ram_anon_huge": 64 * mib, "pool_allocated": 40 * mib, "qemu": {"vm1": {}}});
         let mut results = serde_json::Map::new();
         for (c, l, s) in [
             ("ksm_default", &log, &ksm_last),
@@ -1628,8 +1638,8 @@ mod tests {
         }
         let md = markdown(&json!({}), &results, &[], "");
         let sec = &md[md.find("## Guest memory, per guest").unwrap()..];
-        assert!(sec.contains("| ksm_default | 60.0 | 60.0 | 170.0 | - |"));
-        assert!(sec.contains("| vmdedup_warm | 120.0 | 80.0 | 80.0 | 40.0 |"));
+        assert!(sec.contains("| ksm_default | 60.0 | 60.0 | 170.0 | - | - |"));
+        assert!(sec.contains("| vmdedup_warm | 120.0 | 80.0 | 80.0 | 64.0 | 40.0 |"));
         // The page cache differs by 102400 kB, nothing else the guest uses.
         let diff = sec
             .lines()
@@ -1643,7 +1653,7 @@ mod tests {
         ));
         assert!(diff.contains("; largest: page cache)"));
         // Rss - used: 80 - (used - 100) against 170 - used.
-        assert!(diff.contains("+10.0 MiB in what the host holds beyond that"));
+        assert!(diff.contains("+10.0 MiB in what the host holds beyond that (Rss - used; not in MemTotal differs by +0.0, Rss in 2 MiB pages by ?)"));
         // KSM took 110 MiB off its guests' Rss.
         assert!(diff.contains("+110.0 MiB that KSM merged in ksm_default's guests and not in vmdedup_warm's (Rss - Pss: 110.0 vs 0.0 MiB)"));
         assert!(sec.contains("of which the kernel's image (code, rwdata, rodata, bss) is 24.6 MiB"));

@@ -823,6 +823,15 @@ fn guest_memory_section(mems: &[(&str, &Value)]) -> String {
         m,
         "How to read it: KSM merges every identical page of guest RAM: the page cache's copies of the same files, and also what vmdedup never sees: the guests' kernels (text, read-only data and identical boot allocations, in *not in MemTotal*), zero-filled pages, the same initramfs in Shmem, identical heaps. vmdedup removes only file data read through vmdedupfs: that page cache moves out of guest RAM into the pool, counted once. Everything else stays private to each guest: used minus that page cache, *not in MemTotal*, touched free pages. Between a vmdedup row and ksm_default: a difference in **page cache** is file data that vmdedup did not move (read from the lower disk: \"loading\" answers, verification, files outside vmdedupfs); one in the other columns of **used** is memory that the vmdedup guests use and the KSM guests do not (the module, its state); **Rss - used** compares what each keeps beyond its use; and ksm_default's **Rss - Pss** is what KSM took off, page cache included.\n"
     );
+    for (c, v) in mems {
+        let (n, q) = (uu(v, "guests"), uu(v, "qemus"));
+        if n != q {
+            let _ = writeln!(
+                m,
+                "{c}: {n} of its {q} guests printed their `/proc/meminfo`; the guest's columns are their mean, the host's are over all {q}.\n"
+            );
+        }
+    }
     if let Some(k) = mems.iter().find_map(|(_, v)| v.get("kernel_boot")) {
         let _ = writeln!(
             m,
@@ -1599,6 +1608,16 @@ mod tests {
         assert!(close(f(&gm, "host_pss_mib"), 0.0));
         let gm = guest_memory("none", &[g2], &json!({}), 0).unwrap();
         assert_eq!(gm["not_in_memtotal_mib"], Value::Null);
+        // One guest of three printed it: the section says so.
+        let three = json!({"guest_ram_pss": 3 * mib, "qemu": {"vm1": {}, "vm2": {}, "vm3": {}}});
+        let gm = guest_memory("none", &logs[..1], &three, 512).unwrap();
+        assert_eq!(
+            (gm["guests"].clone(), gm["qemus"].clone()),
+            (json!(1), json!(3))
+        );
+        assert!(close(f(&gm, "host_pss_mib"), 1.0));
+        assert!(guest_memory_section(&[("none", &gm)])
+            .contains("none: 1 of its 3 guests printed their `/proc/meminfo`"));
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub struct RamUse {
     pub pss: u64,
     /// The part of `rss` that is shared memory (`RssShmem`, memfd/shm RAM).
     pub rss_shmem: u64,
+    /// The part of `rss` in transparent huge pages (`AnonHugePages`): a
+    /// 2 MiB page is resident whole once the guest touched any of it.
+    pub anon_huge: u64,
 }
 
 /// One VMA of an smaps file.
@@ -26,6 +29,7 @@ struct Vma {
     rss_kb: u64,
     pss_kb: u64,
     shmem_kb: u64,
+    anon_huge_kb: u64,
 }
 
 fn parse_smaps(text: &str) -> Vec<Vma> {
@@ -59,6 +63,7 @@ fn parse_smaps(text: &str) -> Vec<Vma> {
             "Shared_Hugetlb:" => {}
             "Pss_Shmem:" => {}
             "RssShmem:" => vma.shmem_kb = kb,
+            "AnonHugePages:" => vma.anon_huge_kb = kb,
             _ => {}
         }
     }
@@ -90,6 +95,7 @@ pub fn guest_ram(pid: u32, ram_bytes: u64) -> Option<RamUse> {
         u.rss += v.rss_kb * 1024;
         u.pss += v.pss_kb * 1024;
         u.rss_shmem += v.shmem_kb * 1024;
+        u.anon_huge += v.anon_huge_kb * 1024;
     }
     found.then_some(u)
 }
@@ -188,6 +194,7 @@ Size:             524288 kB
 Rss:              102400 kB
 Pss:               51200 kB
 RssShmem:              0 kB
+AnonHugePages:     98304 kB
 7f1000000000-7f1040000000 rwxp 00000000 00:00 0 
 Size:            1048576 kB
 Rss:               20000 kB
@@ -210,6 +217,7 @@ Pss:                2048 kB
         let ram: Vec<&Vma> = v.iter().filter(|v| is_guest_ram(v, 524288)).collect();
         assert_eq!(ram.len(), 2);
         assert_eq!(ram[0].pss_kb, 51200);
+        assert_eq!(ram[0].anon_huge_kb, 98304);
         assert_eq!(ram[1].path, "/memfd:ram (deleted)");
         assert_eq!(ram[1].shmem_kb, 4096);
     }

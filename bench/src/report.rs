@@ -305,7 +305,269 @@ fn workload_increment(cfg: &str, samples: &[Value], ev: &Value) -> Option<f64> {
     Some(host_mem(cfg, b) as f64 - host_mem(cfg, a) as f64)
 }
 
-fn config_result(run: &Path, cfg: &str, ideal: u64, one_copy: u64) -> Option<Value> {
+/// The columns of a guest's memory as its kernel counts it, in MiB: JSON
+/// key and table heading, in table order. `not_in_memtotal` is the only one
+/// that needs the guest's RAM size besides its BENCH-MEMINFO line.
+const GUEST_COLS: [(&str, &str); 9] = [
+    ("used_mib", "used"),
+    ("page_cache_mib", "page cache"),
+    ("buffers_mib", "Buffers"),
+    ("shmem_mib", "Shmem"),
+    ("anon_mib", "AnonPages"),
+    ("slab_mib", "Slab"),
+    ("kernel_other_mib", "kernel other"),
+    ("rest_mib", "rest of used"),
+    ("not_in_memtotal_mib", "not in MemTotal"),
+];
+/// Indices in [`GUEST_COLS`]: `used` is the sum of the columns after it up
+/// to `rest`.
+const COL_USED: usize = 0;
+const COL_REST: usize = 7;
+const COL_NOT_IN_TOTAL: usize = 8;
+
+/// A meminfo field of a BENCH-MEMINFO line (kB) in MiB, `None` when the
+/// line lacks it or it is no number.
+fn meminfo_mib(kv: &[(String, String)], k: &str) -> Option<f64> {
+    get(kv, k)
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .map(|v| v / 1024.0)
+}
+
+/// One guest's memory from one BENCH-MEMINFO line, in the order of
+/// [`GUEST_COLS`], and its KernelStack; `boot_mib` is the RAM the guest was
+/// given (`not_in_memtotal` is NaN without it). `None` without MemTotal or
+/// MemFree.
+///
+/// - used = MemTotal - MemFree;
+/// - page cache = Cached - Shmem (Cached counts shmem and tmpfs pages);
+/// - Slab = SReclaimable + SUnreclaim (or Slab);
+/// - kernel other = PageTables + SecPageTables + Percpu + VmallocUsed, plus
+///   KernelStack only when VmallocUsed cannot hold it: with vmapped stacks
+///   (CONFIG_VMAP_STACK, the x86_64 default and the guest kernel's setting)
+///   the stacks' pages are counted in both;
+/// - rest = used minus the columns before it.
+fn guest_cols(kv: &[(String, String)], boot_mib: Option<f64>) -> Option<([f64; 9], f64)> {
+    let total = meminfo_mib(kv, "MemTotal").filter(|t| *t > 0.0)?;
+    let free = meminfo_mib(kv, "MemFree")?;
+    let z = |k: &str| meminfo_mib(kv, k).unwrap_or(0.0);
+    let used = total - free;
+    let shmem = z("Shmem");
+    let page_cache = z("Cached") - shmem;
+    let buffers = z("Buffers");
+    let anon = z("AnonPages");
+    let slab = match (
+        meminfo_mib(kv, "SReclaimable"),
+        meminfo_mib(kv, "SUnreclaim"),
+    ) {
+        (None, None) => z("Slab"),
+        (r, u) => r.unwrap_or(0.0) + u.unwrap_or(0.0),
+    };
+    let stack = z("KernelStack");
+    let vmalloc = meminfo_mib(kv, "VmallocUsed");
+    let stacks_apart = match vmalloc {
+        Some(v) => v < stack,
+        None => true,
+    };
+    let kernel_other = z("PageTables")
+        + z("SecPageTables")
+        + z("Percpu")
+        + vmalloc.unwrap_or(0.0)
+        + if stacks_apart { stack } else { 0.0 };
+    let rest = used - page_cache - buffers - shmem - anon - slab - kernel_other;
+    let outside = boot_mib.map(|b| b - total).unwrap_or(f64::NAN);
+    Some((
+        [
+            used,
+            page_cache,
+            buffers,
+            shmem,
+            anon,
+            slab,
+            kernel_other,
+            rest,
+            outside,
+        ],
+        stack,
+    ))
+}
+
+/// The BENCH-MEMINFO line a guest's memory is read from: the last `idle`
+/// one (printed when the host takes its last samples), else the last `end`
+/// one (after the workload). Lines without a label (older Debian guests
+/// printed six fields) are not used.
+fn guest_meminfo(log: &str) -> Option<(&'static str, Vec<(String, String)>)> {
+    let lines = tagged(log, "BENCH-MEMINFO ");
+    for label in ["idle", "end"] {
+        if let Some(l) = lines.iter().rfind(|l| get(l, "label") == Some(label)) {
+            return Some((label, l.clone()));
+        }
+    }
+    None
+}
+
+/// Per guest, mean over the guests: what its memory is made of (from its
+/// BENCH-MEMINFO lines) next to what the host holds for it (the last
+/// sample's guest-RAM Pss and Rss over the number of QEMUs, and the pool's
+/// share for vmdedup). `ram_mib` is the `-m` size (0: unknown, then each
+/// guest's BENCH-KERNELMEM total). `None` when no guest printed an end or
+/// idle BENCH-MEMINFO line (logs of older runs).
+fn guest_memory(cfg: &str, logs: &[String], last: &Value, ram_mib: u64) -> Option<Value> {
+    let mut sum = [0.0f64; 9];
+    let mut stack = 0.0;
+    let mut total = 0.0;
+    let mut free = 0.0;
+    let mut start_sum = [0.0f64; 9];
+    let mut starts = 0usize;
+    let mut n = 0usize;
+    let mut labels: Vec<&str> = Vec::new();
+    let mut kernel = [0.0f64; 4];
+    let mut kernels = 0usize;
+    for log in logs {
+        let Some((label, mi)) = guest_meminfo(log) else {
+            continue;
+        };
+        let km = tagged(log, "BENCH-KERNELMEM ").into_iter().next();
+        let boot = if ram_mib > 0 {
+            Some(ram_mib as f64)
+        } else {
+            km.as_ref()
+                .and_then(|k| meminfo_mib(k, "total"))
+                .filter(|t| *t > 0.0)
+        };
+        let Some((cols, st)) = guest_cols(&mi, boot) else {
+            continue;
+        };
+        for (s, c) in sum.iter_mut().zip(cols) {
+            *s += c;
+        }
+        stack += st;
+        total += meminfo_mib(&mi, "MemTotal").unwrap_or(0.0);
+        free += meminfo_mib(&mi, "MemFree").unwrap_or(0.0);
+        labels.push(label);
+        n += 1;
+        if let Some((c, _)) = tagged(log, "BENCH-MEMINFO ")
+            .iter()
+            .find(|l| get(l, "label") == Some("start"))
+            .and_then(|l| guest_cols(l, boot))
+        {
+            for (s, c) in start_sum.iter_mut().zip(c) {
+                *s += c;
+            }
+            starts += 1;
+        }
+        if let Some(k) = km.as_ref().filter(|k| get(k, "total").is_some()) {
+            let z = |key: &str| meminfo_mib(k, key).unwrap_or(0.0);
+            kernel[0] += z("total");
+            kernel[1] += z("available");
+            kernel[2] += z("reserved");
+            kernel[3] += z("kernel_code") + z("rwdata") + z("rodata") + z("bss");
+            kernels += 1;
+        }
+    }
+    if n == 0 {
+        return None;
+    }
+    let nf = n as f64;
+    let mut m = serde_json::Map::new();
+    let num = |v: f64| {
+        if v.is_finite() {
+            json!(v)
+        } else {
+            Value::Null
+        }
+    };
+    m.insert("guests".into(), json!(n));
+    labels.dedup();
+    m.insert(
+        "meminfo_at".into(),
+        json!(if labels.len() == 1 {
+            labels[0]
+        } else {
+            "idle or end"
+        }),
+    );
+    m.insert(
+        "boot_ram_from".into(),
+        json!(if ram_mib > 0 { "qemu -m" } else { "kernel log" }),
+    );
+    if ram_mib > 0 {
+        m.insert("boot_ram_mib".into(), json!(ram_mib));
+    }
+    m.insert("mem_total_mib".into(), json!(total / nf));
+    m.insert("mem_free_mib".into(), json!(free / nf));
+    m.insert("kernel_stack_mib".into(), json!(stack / nf));
+    for ((k, _), s) in GUEST_COLS.iter().zip(sum) {
+        m.insert((*k).into(), num(s / nf));
+    }
+    // The host's side, per QEMU.
+    let qemus = last
+        .get("qemu")
+        .and_then(Value::as_object)
+        .map(|o| o.len())
+        .filter(|q| *q > 0)
+        .unwrap_or(n);
+    let qf = qemus as f64;
+    let pss = uu(last, "guest_ram_pss") as f64 / 1048576.0 / qf;
+    let rss = uu(last, "guest_ram_rss") as f64 / 1048576.0 / qf;
+    m.insert("qemus".into(), json!(qemus));
+    m.insert("host_pss_mib".into(), json!(pss));
+    m.insert("host_rss_mib".into(), json!(rss));
+    // Older samples lack it.
+    m.insert(
+        "host_anon_huge_mib".into(),
+        last.get("guest_ram_anon_huge")
+            .and_then(Value::as_u64)
+            .map(|h| json!(h as f64 / 1048576.0 / qf))
+            .unwrap_or(Value::Null),
+    );
+    m.insert(
+        "pool_per_guest_mib".into(),
+        if is_vmdedup(cfg) {
+            json!(
+                host_mem(cfg, last).saturating_sub(uu(last, "guest_ram_pss")) as f64
+                    / 1048576.0
+                    / qf
+            )
+        } else {
+            Value::Null
+        },
+    );
+    m.insert(
+        "host_mem_per_guest_mib".into(),
+        json!(host_mem(cfg, last) as f64 / 1048576.0 / qf),
+    );
+    // Pss = used + (Rss - used) - (Rss - Pss): what the guest uses, what
+    // the host holds for it beyond that, and what KSM merged away.
+    m.insert("pss_minus_used_mib".into(), json!(pss - sum[COL_USED] / nf));
+    m.insert("rss_minus_used_mib".into(), json!(rss - sum[COL_USED] / nf));
+    m.insert("rss_minus_pss_mib".into(), json!(rss - pss));
+    if kernels > 0 {
+        let kf = kernels as f64;
+        m.insert(
+            "kernel_boot".into(),
+            json!({
+                "guests": kernels,
+                "total_mib": kernel[0] / kf,
+                "available_mib": kernel[1] / kf,
+                "reserved_mib": kernel[2] / kf,
+                "image_mib": kernel[3] / kf,
+            }),
+        );
+    }
+    if starts > 0 {
+        let sf = starts as f64;
+        let mut s = serde_json::Map::new();
+        s.insert("guests".into(), json!(starts));
+        for ((k, _), v) in GUEST_COLS.iter().zip(start_sum) {
+            s.insert((*k).into(), num(v / sf));
+        }
+        m.insert("start".into(), Value::Object(s));
+    }
+    Some(Value::Object(m))
+}
+
+fn config_result(run: &Path, cfg: &str, ideal: u64, one_copy: u64, ram_mib: u64) -> Option<Value> {
     let dir = run.join(cfg);
     let ev: Value = serde_json::from_slice(&fs::read(dir.join("events.json")).ok()?).ok()?;
     let samples = read_samples(&dir.join("samples.jsonl"));
@@ -363,6 +625,9 @@ fn config_result(run: &Path, cfg: &str, ideal: u64, one_copy: u64) -> Option<Val
             r["steady_agent_cpu_pct"] = json!(agent * 100.0 / dt);
             r["steady_ksmd_cpu_pct"] = json!(ksmd * 100.0 / dt);
         }
+    }
+    if let Some(gm) = guest_memory(cfg, &logs, last, ram_mib) {
+        r["guest_memory"] = gm;
     }
     if let Some(idle) = idle_guests(&logs) {
         r["idle_guest"] = idle;
@@ -480,6 +745,138 @@ fn ratio(a: f64, b: f64) -> String {
     } else {
         "-".into()
     }
+}
+
+/// A value in MiB with one decimal, "-" when it is missing.
+fn mib1(v: Option<f64>) -> String {
+    v.filter(|x| x.is_finite())
+        .map(|x| format!("{x:.1}"))
+        .unwrap_or("-".into())
+}
+
+/// A difference in MiB with its sign, "?" when a side is missing.
+fn mib_diff(v: Option<f64>) -> String {
+    v.filter(|x| x.is_finite())
+        .map(|x| format!("{x:+.1}"))
+        .unwrap_or("?".into())
+}
+
+/// The report's "Guest memory, per guest" section, from the configurations'
+/// `guest_memory` objects, in table order.
+fn guest_memory_section(mems: &[(&str, &Value)]) -> String {
+    let mut m = String::new();
+    let g = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
+    // The host's columns after the guest's.
+    let host_cols = [
+        ("pss_minus_used_mib", "Pss - used"),
+        ("rss_minus_used_mib", "Rss - used"),
+        ("rss_minus_pss_mib", "Rss - Pss"),
+    ];
+    let _ = writeln!(m, "## Guest memory, per guest\n");
+    let _ = write!(
+        m,
+        "| configuration | host memory | guest-RAM Pss | guest-RAM Rss | of it in 2 MiB pages | pool share |"
+    );
+    for (_, title) in GUEST_COLS.iter().chain(&host_cols) {
+        let _ = write!(m, " {title} |");
+    }
+    let _ = writeln!(
+        m,
+        "\n| --- |{}",
+        " ---: |".repeat(5 + GUEST_COLS.len() + host_cols.len())
+    );
+    for (c, v) in mems {
+        let _ = write!(
+            m,
+            "| {c} | {} | {} | {} | {} | {} |",
+            mib1(g(v, "host_mem_per_guest_mib")),
+            mib1(g(v, "host_pss_mib")),
+            mib1(g(v, "host_rss_mib")),
+            mib1(g(v, "host_anon_huge_mib")),
+            mib1(g(v, "pool_per_guest_mib")),
+        );
+        for (k, _) in GUEST_COLS.iter().chain(&host_cols) {
+            let _ = write!(m, " {} |", mib1(g(v, k)));
+        }
+        let _ = writeln!(m);
+    }
+    let at = mems
+        .iter()
+        .filter_map(|(_, v)| v.get("meminfo_at").and_then(Value::as_str))
+        .fold(String::new(), |a, l| {
+            if a.is_empty() || a == l {
+                l.to_string()
+            } else {
+                "idle or end".to_string()
+            }
+        });
+    let when = match at.as_str() {
+        "idle" => "at the end of its idle window, when the host took its last samples (`BENCH-MEMINFO idle`)",
+        "end" => "right after its workload (`BENCH-MEMINFO end`: these guests had no idle window, so the host's last sample is later)",
+        _ => "at the end of its idle window (`BENCH-MEMINFO idle`), or right after its workload (`end`) for a guest without one",
+    };
+    let _ = writeln!(
+        m,
+        "\nIn MiB per guest, each a mean over the guests. The guest's side is its `/proc/meminfo` {when}: **used** = MemTotal - MemFree, every page the guest's kernel does not count free; **page cache** = Cached - Shmem, file pages (what the guest read from the lower disk; a file that vmdedup serves is read from pool frames, which are not guest RAM, and its lower pages are dropped); **Buffers**: the block device's cache (file system metadata); **Shmem**: tmpfs (the busybox guests' root is their initramfs unpacked into tmpfs, as the kernel does when no `root=` is given: busybox, the bench's programs, `/tmp`; the Debian guests' `/run` and `/dev/shm`); **AnonPages**: processes' private memory (Python's heap, the ballast); **Slab**: SReclaimable + SUnreclaim (inodes, dentries, the module's per-file state); **kernel other**: PageTables + SecPageTables + Percpu + VmallocUsed (module code and the kernel stacks, which this kernel maps with vmalloc, so KernelStack is not added a second time); **rest of used**: used minus the columns before it, pages the kernel hands out without a meminfo counter (per-CPU free page lists, driver buffers; slightly negative when Percpu's first chunk, allocated at boot outside MemTotal, outweighs them); **not in MemTotal**: the guest's RAM (`-m`) minus MemTotal, what the kernel keeps from boot on (its image, the `struct page` array, other boot allocations, firmware areas), touched at boot and never freed. The host's side, from the last sample: **guest-RAM Pss / Rss**: the QEMU guest-RAM mapping's, over the guests (a page that KSM merged across k mappings counts 1/k in Pss and 1 in Rss); **of it in 2 MiB pages**: the mapping's `AnonHugePages`, Rss in transparent huge pages, each resident whole once the guest touched any of it (KSM splits the pages it merges, and free page reporting the pages a guest reports); **pool share**: vmdedup's pool over the guests; **host memory** = Pss + pool share, the first table's host memory over the guests. Pss = used + (Rss - used) - (Rss - Pss): **Rss - used** is what the host holds for a guest beyond what the guest counts as used: the touched part of *not in MemTotal*, free pages the guest touched and has not reported back yet (free page reporting returns a freed page after a delay), and the untouched rest of 2 MiB pages; **Rss - Pss** is what KSM merged away (0 without KSM); **Pss - used** is both together.\n"
+    );
+    let _ = writeln!(
+        m,
+        "How to read it: KSM merges every identical page of guest RAM: the page cache's copies of the same files, and also what vmdedup never sees: the guests' kernels (text, read-only data and identical boot allocations, in *not in MemTotal*), zero-filled pages, the same initramfs in Shmem, identical heaps. vmdedup removes only file data read through vmdedupfs: that page cache moves out of guest RAM into the pool, counted once. Everything else stays private to each guest: used minus that page cache, *not in MemTotal*, touched free pages. Between a vmdedup row and ksm_default: a difference in **page cache** is file data that vmdedup did not move (read from the lower disk: \"loading\" answers, verification, files outside vmdedupfs); one in the other columns of **used** is memory that the vmdedup guests use and the KSM guests do not (the module, its state); **Rss - used** compares what each keeps beyond its use; and ksm_default's **Rss - Pss** is what KSM took off, page cache included.\n"
+    );
+    for (c, v) in mems {
+        let (n, q) = (uu(v, "guests"), uu(v, "qemus"));
+        if n != q {
+            let _ = writeln!(
+                m,
+                "{c}: {n} of its {q} guests printed their `/proc/meminfo`; the guest's columns are their mean, the host's are over all {q}.\n"
+            );
+        }
+    }
+    if let Some(k) = mems.iter().find_map(|(_, v)| v.get("kernel_boot")) {
+        let _ = writeln!(
+            m,
+            "The guest kernel's boot message (`Memory: ...K/...K available`, BENCH-KERNELMEM): {} MiB of usable RAM, {} MiB of it reserved at boot, of which the kernel's image (code, rwdata, rodata, bss) is {} MiB; the init sections and the initramfs archive are given to MemTotal after boot.\n",
+            mib1(g(k, "total_mib")),
+            mib1(g(k, "reserved_mib")),
+            mib1(g(k, "image_mib")),
+        );
+    }
+    let find = |c: &str| mems.iter().find(|(n, _)| *n == c).map(|(_, v)| *v);
+    if let (Some(v), Some(k)) = (find("vmdedup_warm"), find("ksm_default")) {
+        let d = |key: &str| match (g(v, key), g(k, key)) {
+            (Some(a), Some(b)) => Some(a - b),
+            _ => None,
+        };
+        let used_cols = &GUEST_COLS[COL_USED + 1..=COL_REST];
+        let parts: Vec<String> = used_cols
+            .iter()
+            .map(|(key, title)| format!("{title} {}", mib_diff(d(key))))
+            .collect();
+        let largest = used_cols
+            .iter()
+            .filter_map(|(key, title)| d(key).filter(|x| x.is_finite()).map(|x| (title, x)))
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .map(|(t, _)| format!("; largest: {t}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            m,
+            "Per guest, vmdedup_warm minus ksm_default: host memory {} MiB = guest-RAM Pss {} + the pool's share {}. The Pss difference is {} MiB in what the guests count as used ({}{}), {} MiB in what the host holds beyond that (Rss - used; not in MemTotal differs by {}, Rss in 2 MiB pages by {}), and {} MiB that KSM merged in ksm_default's guests and not in vmdedup_warm's (Rss - Pss: {} vs {} MiB); Pss - used differs by {} MiB.\n",
+            mib_diff(d("host_mem_per_guest_mib")),
+            mib_diff(d("host_pss_mib")),
+            mib_diff(g(v, "pool_per_guest_mib")),
+            mib_diff(d(GUEST_COLS[COL_USED].0)),
+            parts.join(", "),
+            largest,
+            mib_diff(d("rss_minus_used_mib")),
+            mib_diff(d(GUEST_COLS[COL_NOT_IN_TOTAL].0)),
+            mib_diff(d("host_anon_huge_mib")),
+            mib_diff(d("rss_minus_pss_mib").map(|x| -x)),
+            mib1(g(k, "rss_minus_pss_mib")),
+            mib1(g(v, "rss_minus_pss_mib")),
+            mib_diff(d("pss_minus_used_mib")),
+        );
+    }
+    m
 }
 
 fn markdown(
@@ -615,6 +1012,19 @@ fn markdown(
         );
     }
     let _ = writeln!(m, "\nKSM counters are host-wide (`/sys/kernel/mm/ksm`); nothing else on the host marks memory mergeable unless another process does. Per hint, during the workload, summed over the guests' module counters: `doorbells_needed` (the guest found the poller parked, NEED_WAKEUP set), `doorbells_rung` (it wrote the ivshmem-doorbell register: a VM exit), `irqs_received` (interrupts from the agent) over `hints_sent`. With an ivshmem-plain ring there is no doorbell: the poller's park timeout picks the hint up.\n");
+
+    // What each guest's host memory is made of.
+    let mems: Vec<(&str, &Value)> = CONFIGS
+        .iter()
+        .filter_map(|c| {
+            get_r(c)
+                .and_then(|r| r.get("guest_memory"))
+                .map(|g| (*c, g))
+        })
+        .collect();
+    if !mems.is_empty() {
+        let _ = write!(m, "{}", guest_memory_section(&mems));
+    }
 
     // Time to share.
     let shares: Vec<(&str, &Value)> = CONFIGS
@@ -928,7 +1338,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let ideal = uu(&info, "ideal_saved_bytes");
     let mut results = serde_json::Map::new();
     for c in CONFIGS {
-        if let Some(r) = config_result(&a.run, c, ideal, uu(&info, "data_bytes_per_guest")) {
+        // The guests' RAM (`-m`): older run.json files lack ram_mib.
+        let ram_mib = match uu(&info, "ram_mib") {
+            0 => uu(&info, "mem_mib"),
+            r => r,
+        };
+        if let Some(r) = config_result(&a.run, c, ideal, uu(&info, "data_bytes_per_guest"), ram_mib)
+        {
             results.insert(c.to_string(), r);
         }
     }
@@ -1032,5 +1448,276 @@ mod tests {
         assert_eq!(saved("vmdedup_ksm", &s), 150);
         assert_eq!(saved("vmdedup_warm", &s), 50);
         assert_eq!(saved("ksm_default", &s), 100);
+    }
+
+    /// /proc/meminfo of a 512 MiB busybox guest (6.12) after the workload,
+    /// as bench_meminfo prints it.
+    const MEMINFO_END: &str = "BENCH-MEMINFO end MemTotal=434888 MemFree=221424 MemAvailable=344532 Buffers=2116 Cached=160828 SwapCached=0 Active=24680 Inactive=146404 Active_anon=13376 Inactive_anon=9624 Active_file=11304 Inactive_file=136780 Unevictable=0 Mlocked=0 SwapTotal=0 SwapFree=0 Zswap=0 Zswapped=0 Dirty=0 Writeback=0 AnonPages=9620 Mapped=7060 Shmem=13380 KReclaimable=6156 Slab=14880 SReclaimable=6156 SUnreclaim=8724 KernelStack=448 PageTables=388 SecPageTables=0 NFS_Unstable=0 Bounce=0 WritebackTmp=0 CommitLimit=217444 Committed_AS=34300 VmallocTotal=34359738367 VmallocUsed=2168 VmallocChunk=0 Percpu=216 AnonHugePages=0 ShmemHugePages=0 ShmemPmdMapped=0 FileHugePages=0 FilePmdMapped=0 HugePages_Total=0 HugePages_Free=0 HugePages_Rsvd=0 HugePages_Surp=0 Hugepagesize=2048 Hugetlb=0 DirectMap4k=14208 DirectMap2M=510976 DirectMap1G=0";
+    const KERNELMEM: &str = "BENCH-KERNELMEM available=429076 total=523768 kernel_code=14336 rwdata=2468 rodata=5260 init=2800 bss=3076 reserved=94436 cma_reserved=0";
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn guest_columns_come_from_meminfo() {
+        let kv = tagged(MEMINFO_END, "BENCH-MEMINFO ").remove(0);
+        assert_eq!(get(&kv, "label"), Some("end"));
+        assert_eq!(get(&kv, "Active_anon"), Some("13376"));
+        let (c, stack) = guest_cols(&kv, Some(512.0)).unwrap();
+        let kb = |v: f64| v / 1024.0;
+        // used = MemTotal - MemFree.
+        assert!(close(c[COL_USED], kb(434888.0 - 221424.0)));
+        // page cache = Cached - Shmem; Buffers; Shmem; AnonPages.
+        assert!(close(c[1], kb(160828.0 - 13380.0)));
+        assert!(close(c[2], kb(2116.0)));
+        assert!(close(c[3], kb(13380.0)));
+        assert!(close(c[4], kb(9620.0)));
+        // Slab = SReclaimable + SUnreclaim.
+        assert!(close(c[5], kb(6156.0 + 8724.0)));
+        // The stacks are inside VmallocUsed: not added again.
+        assert!(close(c[6], kb(388.0 + 216.0 + 2168.0)));
+        assert!(close(stack, kb(448.0)));
+        // The columns add up to used.
+        assert!(close(c[1..=COL_REST].iter().sum::<f64>(), c[COL_USED]));
+        assert!(close(c[COL_REST], kb(213464.0 - 190216.0)));
+        assert!(close(c[COL_NOT_IN_TOTAL], 512.0 - kb(434888.0)));
+        // No RAM size: that column alone is unknown.
+        let (c, _) = guest_cols(&kv, None).unwrap();
+        assert!(c[COL_NOT_IN_TOTAL].is_nan() && c[COL_USED] > 0.0);
+    }
+
+    #[test]
+    fn kernel_stacks_count_once_and_partial_lines_do_not_panic() {
+        let line = |s: &str| tagged(s, "BENCH-MEMINFO ").remove(0);
+        // No VmallocUsed (or less than the stacks): the stacks are apart.
+        let (c, _) = guest_cols(
+            &line(
+                "BENCH-MEMINFO end MemTotal=1024 MemFree=0 KernelStack=100 PageTables=24 Slab=200",
+            ),
+            None,
+        )
+        .unwrap();
+        assert!(close(c[6], 124.0 / 1024.0));
+        // Without SReclaimable and SUnreclaim, Slab itself.
+        assert!(close(c[5], 200.0 / 1024.0));
+        let (c, _) = guest_cols(
+            &line("BENCH-MEMINFO end MemTotal=1024 MemFree=0 KernelStack=100 VmallocUsed=50"),
+            None,
+        )
+        .unwrap();
+        assert!(close(c[6], 150.0 / 1024.0));
+        // No MemTotal, MemTotal 0, no MemFree, or no numbers: no columns.
+        for bad in [
+            "BENCH-MEMINFO end MemFree=5 Cached=3",
+            "BENCH-MEMINFO end MemTotal=0 MemFree=0",
+            "BENCH-MEMINFO end MemTotal=100",
+            "BENCH-MEMINFO end MemTotal=x MemFree=y",
+            "BENCH-MEMINFO end MemTotal=NaN MemFree=1",
+            "BENCH-MEMINFO end",
+        ] {
+            assert!(guest_cols(&line(bad), Some(512.0)).is_none(), "{bad}");
+        }
+        // Garbage in a field is 0, not a panic.
+        let (c, _) = guest_cols(
+            &line("BENCH-MEMINFO end MemTotal=2048 MemFree=1024 Cached=abc Shmem= x"),
+            None,
+        )
+        .unwrap();
+        assert!(close(c[COL_USED], 1.0) && close(c[1], 0.0));
+    }
+
+    #[test]
+    fn the_idle_line_wins_over_end_and_older_lines_are_not_used() {
+        let log = format!(
+            "BENCH-MEMINFO start MemTotal=1 MemFree=1\n{MEMINFO_END}\r\nBENCH-IDLE secs=30 irqs=1\nBENCH-MEMINFO idle MemTotal=434888 MemFree=1\n"
+        );
+        let (label, kv) = guest_meminfo(&log).unwrap();
+        assert_eq!((label, get(&kv, "MemFree")), ("idle", Some("1")));
+        let (label, _) = guest_meminfo(&format!("{MEMINFO_END}\n")).unwrap();
+        assert_eq!(label, "end");
+        // Only a start line, or the Debian guests' older line without a
+        // label: nothing.
+        assert!(guest_meminfo("BENCH-MEMINFO start MemTotal=1 MemFree=1\n").is_none());
+        assert!(guest_meminfo("BENCH-MEMINFO MemTotal=655360 MemFree=1 Cached=5\n").is_none());
+    }
+
+    #[test]
+    fn guest_memory_is_a_mean_per_guest_next_to_the_host_view() {
+        // Two guests, the second with less page cache and no kernel line.
+        let g1 = format!(
+            "BENCH-START mode=shared\n{KERNELMEM}\nBENCH-MEMINFO start MemTotal=434888 MemFree=400000 Cached=13380 Shmem=13380\n{MEMINFO_END}\n"
+        );
+        let g2 = MEMINFO_END
+            .replace("MemFree=221424", "MemFree=323824")
+            .replace("Cached=160828", "Cached=58428")
+            + "\n";
+        let mib = 1048576u64;
+        let last = json!({
+            "guest_ram_pss": 200 * mib, "guest_ram_rss": 300 * mib,
+            "pool_allocated": 90 * mib,
+            "qemu": {"vm1": {"pss": 100 * mib}, "vm2": {"pss": 100 * mib}},
+        });
+        let logs = [g1.clone(), g2.clone()];
+        let gm = guest_memory("vmdedup_warm", &logs, &last, 512).unwrap();
+        assert_eq!(gm["guests"], json!(2));
+        assert_eq!(gm["qemus"], json!(2));
+        assert_eq!(gm["meminfo_at"], json!("end"));
+        assert_eq!(gm["boot_ram_from"], json!("qemu -m"));
+        // Page cache: (147448 + 45048) / 2 kB.
+        assert!(close(
+            f(&gm, "page_cache_mib"),
+            (147448.0 + 45048.0) / 2.0 / 1024.0
+        ));
+        let used = f(&gm, "used_mib");
+        assert!(close(used, (213464.0 - 51200.0) / 1024.0));
+        assert!(close(f(&gm, "host_pss_mib"), 100.0));
+        assert!(close(f(&gm, "host_rss_mib"), 150.0));
+        assert!(close(f(&gm, "pool_per_guest_mib"), 45.0));
+        assert!(close(f(&gm, "host_mem_per_guest_mib"), 145.0));
+        assert!(close(f(&gm, "pss_minus_used_mib"), 100.0 - used));
+        assert!(close(f(&gm, "rss_minus_used_mib"), 150.0 - used));
+        assert!(close(f(&gm, "rss_minus_pss_mib"), 50.0));
+        assert!(close(
+            f(&gm, "not_in_memtotal_mib"),
+            512.0 - 434888.0 / 1024.0
+        ));
+        // The kernel's boot line, from the guest that printed it.
+        let kb = &gm["kernel_boot"];
+        assert_eq!(kb["guests"], json!(1));
+        assert!(close(f(kb, "total_mib"), 523768.0 / 1024.0));
+        assert!(close(f(kb, "reserved_mib"), 94436.0 / 1024.0));
+        assert!(close(
+            f(kb, "image_mib"),
+            (14336.0 + 2468.0 + 5260.0 + 3076.0) / 1024.0
+        ));
+        // Start: only the first guest had that line.
+        assert_eq!(gm["start"]["guests"], json!(1));
+        assert!(close(f(&gm["start"], "page_cache_mib"), 0.0));
+        // Without KSM or vmdedup: no pool share.
+        let gm = guest_memory("ksm_default", &logs, &last, 512).unwrap();
+        assert_eq!(gm["pool_per_guest_mib"], Value::Null);
+        assert!(close(f(&gm, "host_mem_per_guest_mib"), 100.0));
+        // No -m size: the kernel's usable RAM, for the guests that said it.
+        let gm = guest_memory("none", &[g1], &json!({}), 0).unwrap();
+        assert_eq!(gm["boot_ram_from"], json!("kernel log"));
+        assert!(close(
+            f(&gm, "not_in_memtotal_mib"),
+            (523768.0 - 434888.0) / 1024.0
+        ));
+        assert!(close(f(&gm, "host_pss_mib"), 0.0));
+        let gm = guest_memory("none", &[g2], &json!({}), 0).unwrap();
+        assert_eq!(gm["not_in_memtotal_mib"], Value::Null);
+        // One guest of three printed it: the section says so.
+        let three = json!({"guest_ram_pss": 3 * mib, "qemu": {"vm1": {}, "vm2": {}, "vm3": {}}});
+        let gm = guest_memory("none", &logs[..1], &three, 512).unwrap();
+        assert_eq!(
+            (gm["guests"].clone(), gm["qemus"].clone()),
+            (json!(1), json!(3))
+        );
+        assert!(close(f(&gm, "host_pss_mib"), 1.0));
+        assert!(guest_memory_section(&[("none", &gm)])
+            .contains("none: 1 of its 3 guests printed their `/proc/meminfo`"));
+    }
+
+    #[test]
+    fn older_logs_leave_the_section_out() {
+        let old = "BENCH-START mode=lower passes=1 micro=none\nBENCH-STATS start \nBENCH-STATS end \nBENCH-MEMINFO MemTotal=655360 MemFree=1000 Cached=5000 Shmem=10\nBENCH-READS-DONE\n".to_string();
+        let last = json!({"guest_ram_pss": 1, "guest_ram_rss": 1});
+        assert!(guest_memory("none", &[old], &last, 512).is_none());
+        assert!(guest_memory("none", &[], &last, 512).is_none());
+        let mut results = serde_json::Map::new();
+        results.insert("ksm_default".into(), json!({"host_mem_bytes_final": 1.0}));
+        results.insert("vmdedup_warm".into(), json!({"host_mem_bytes_final": 2.0}));
+        let md = markdown(&json!({}), &results, &[], "");
+        assert!(!md.contains("Guest memory"));
+    }
+
+    #[test]
+    fn the_section_compares_vmdedup_warm_with_ksm_default() {
+        let mib = 1048576u64;
+        let log = format!("{KERNELMEM}\n{MEMINFO_END}\n");
+        let warm_log = MEMINFO_END
+            .replace("MemFree=221424", "MemFree=323824")
+            .replace("Cached=160828", "Cached=58428")
+            + "\n";
+        let ksm_last =
+            json!({"guest_ram_pss": 60 * mib, "guest_ram_rss": 170 * mib, "qemu": {"vm1": {}}});
+        let warm_last = json!({"guest_ram_pss": 80 * mib, "guest_ram_rss": 80 * mib, "guest_ram_anon_huge": 64 * mib, "pool_allocated": 40 * mib, "qemu": {"vm1": {}}});
+        let mut results = serde_json::Map::new();
+        for (c, l, s) in [
+            ("ksm_default", &log, &ksm_last),
+            ("vmdedup_warm", &warm_log, &warm_last),
+        ] {
+            let gm = guest_memory(c, std::slice::from_ref(l), s, 512).unwrap();
+            results.insert(
+                c.into(),
+                json!({ "host_mem_bytes_final": 1.0, "guest_memory": gm }),
+            );
+        }
+        let md = markdown(&json!({}), &results, &[], "");
+        let sec = &md[md.find("## Guest memory, per guest").unwrap()..];
+        assert!(sec.contains("| ksm_default | 60.0 | 60.0 | 170.0 | - | - |"));
+        assert!(sec.contains("| vmdedup_warm | 120.0 | 80.0 | 80.0 | 64.0 | 40.0 |"));
+        // The page cache differs by 102400 kB, nothing else the guest uses.
+        let diff = sec
+            .lines()
+            .find(|l| l.starts_with("Per guest, vmdedup_warm minus ksm_default"))
+            .unwrap();
+        assert!(
+            diff.contains("host memory +60.0 MiB = guest-RAM Pss +20.0 + the pool's share +40.0")
+        );
+        assert!(diff.contains(
+            "-100.0 MiB in what the guests count as used (page cache -100.0, Buffers +0.0"
+        ));
+        assert!(diff.contains("; largest: page cache)"));
+        // Rss - used: 80 - (used - 100) against 170 - used.
+        assert!(diff.contains("+10.0 MiB in what the host holds beyond that (Rss - used; not in MemTotal differs by +0.0, Rss in 2 MiB pages by ?)"));
+        // KSM took 110 MiB off its guests' Rss.
+        assert!(diff.contains("+110.0 MiB that KSM merged in ksm_default's guests and not in vmdedup_warm's (Rss - Pss: 110.0 vs 0.0 MiB)"));
+        assert!(sec.contains("of which the kernel's image (code, rwdata, rodata, bss) is 24.6 MiB"));
+    }
+
+    /// The guest helpers, run by a POSIX shell on this machine, print lines
+    /// that the report parses: every field of this host's /proc/meminfo,
+    /// and the 6.12 boot message from a stand-in dmesg.
+    #[test]
+    fn the_guest_helpers_print_what_the_report_reads() {
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/bench-guest-lib.sh");
+        let script = r#". "$0"
+dmesg() { echo '[    0.000000] BIOS-provided physical RAM map:'; echo '[    0.021341] Memory: 429076K/523768K available (14336K kernel code, 2468K rwdata, 5260K rodata, 2800K init, 3076K bss, 94436K reserved, 0K cma-reserved)'; }
+bench_kernelmem
+bench_meminfo end"#;
+        let Ok(out) = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(&lib)
+            .output()
+        else {
+            // No shell to run it with: nothing to check here.
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let km = tagged(&text, "BENCH-KERNELMEM ");
+        assert_eq!(km.len(), 1, "{text}");
+        for (k, v) in [
+            ("available", 429076.0),
+            ("total", 523768.0),
+            ("kernel_code", 14336.0),
+            ("init", 2800.0),
+            ("reserved", 94436.0),
+            ("cma_reserved", 0.0),
+        ] {
+            assert_eq!(getn(&km[0], k), v, "{k}");
+        }
+        let Ok(meminfo) = fs::read_to_string("/proc/meminfo") else {
+            return;
+        };
+        let (label, kv) = guest_meminfo(&text).unwrap();
+        assert_eq!(label, "end");
+        // One k=v per meminfo line, named as meminfo names it.
+        assert_eq!(kv.len() - 1, meminfo.lines().count(), "{text}");
+        assert!(get(&kv, "MemTotal").is_some() && get(&kv, "Active_anon").is_some());
+        assert!(guest_cols(&kv, None).is_some());
     }
 }

@@ -61,7 +61,7 @@ fn now() -> f64 {
 fn one(a: &Args, ksmd: Option<u32>) -> Value {
     let t = now();
     let mut qemu = Map::new();
-    let (mut rss, mut pss, mut shmem) = (0u64, 0u64, 0u64);
+    let (mut rss, mut pss, mut shmem, mut huge) = (0u64, 0u64, 0u64, 0u64);
     let pids = std::fs::read_to_string(&a.pids_file).unwrap_or_default();
     for line in pids.lines() {
         let mut it = line.split_whitespace();
@@ -73,9 +73,10 @@ fn one(a: &Args, ksmd: Option<u32>) -> Value {
             rss += u.rss;
             pss += u.pss;
             shmem += u.rss_shmem;
+            huge += u.anon_huge;
             qemu.insert(
                 name.into(),
-                json!({"pid": pid, "rss": u.rss, "pss": u.pss, "rss_shmem": u.rss_shmem}),
+                json!({"pid": pid, "rss": u.rss, "pss": u.pss, "rss_shmem": u.rss_shmem, "anon_huge": u.anon_huge}),
             );
         }
     }
@@ -97,6 +98,7 @@ fn one(a: &Args, ksmd: Option<u32>) -> Value {
         "guest_ram_rss": rss,
         "guest_ram_pss": pss,
         "guest_ram_rss_shmem": shmem,
+        "guest_ram_anon_huge": huge,
         "ksm": ksm,
         "ksmd_cpu_s": ksmd.and_then(procfs::cpu_seconds),
     });

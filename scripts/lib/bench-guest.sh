@@ -6,9 +6,10 @@
 #   bench.micro=none|cold|warm  in-guest read timing instead of the workload
 #   bench.ballast=MIB         private random memory held during the run
 #   bench.idle=SECS           an idle window after the reads (BENCH-IDLE)
-# Output lines (on the output port): BENCH-STATS (module counters),
-# BENCH-READS-DONE once the workload has read everything, MICRO lines, and
-# those of bench-guest-lib.sh.
+# Output lines (on the output port): BENCH-STATS (module counters) and
+# BENCH-MEMINFO (/proc/meminfo) before and after the workload,
+# BENCH-KERNELMEM, BENCH-READS-DONE once the workload has read everything,
+# MICRO lines, and those of bench-guest-lib.sh.
 # shellcheck source=bench-guest-lib.sh
 . "$(dirname "$0")/bench-guest-lib.sh"
 mode=$(bench_arg mode); passes=$(bench_arg passes); micro=$(bench_arg micro)
@@ -17,8 +18,10 @@ L=/lower/bench
 M=/lower/bench
 [ "$mode" = shared ] && M=/shared/bench
 echo "BENCH-START mode=$mode passes=$passes micro=$micro"
+bench_kernelmem
 bench_ballast "$(bench_arg ballast)" /bench
 bench_stats start
+bench_meminfo start
 if [ "$micro" = cold ] || [ "$micro" = warm ]; then
     # Time with a fine clock: right after boot the guest may still count in
     # jiffies (4 ms steps) until it switches to the TSC.
@@ -57,6 +60,7 @@ warm)
     ;;
 esac
 bench_stats end
+bench_meminfo end
 echo "BENCH-READS-DONE"
 # Idle: a few seconds for the last answers and revocations, then the window.
 sleep 5

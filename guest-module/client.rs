@@ -113,9 +113,10 @@ struct Pending {
     /// What a new hint needs, kept if the hint asked for a
     /// [`NOTICE_LOADED`] (see [`Loading`]).
     again: Option<Again>,
-    /// The hint a [`NOTICE_LOADED`] asked for: its hit drops the lower
+    /// The hint a [`NOTICE_LOADED`] asked for, with when the first hint
+    /// for the file (answered "loading") was sent: its hit drops the lower
     /// pages read meanwhile.
-    refetch: bool,
+    refetch: Option<Ktime>,
 }
 
 /// What a new hint for a file needs, where no open gives it.
@@ -134,6 +135,8 @@ struct Loading {
     id: u64,
     file: Arc<InodeState>,
     again: Again,
+    /// When the hint answered "loading" was sent.
+    sent: Ktime,
     at: Ktime,
     /// The notice came: hint again at the next tick.
     due: bool,
@@ -620,11 +623,12 @@ impl Client {
         ident: &Ident,
         path: &[u8],
     ) -> bool {
-        self.send_hint(ring, file, ns_id, ident, path, false)
+        self.send_hint(ring, file, ns_id, ident, path, None)
     }
 
     /// [`Client::submit`]; `refetch`: the hint a [`NOTICE_LOADED`] asked
-    /// for (it asks for no notice itself).
+    /// for, with when the first one was sent (it asks for no notice
+    /// itself).
     fn send_hint(
         &mut self,
         ring: Option<&Mapping>,
@@ -632,7 +636,7 @@ impl Client {
         ns_id: u32,
         ident: &Ident,
         path: &[u8],
-        refetch: bool,
+        refetch: Option<Ktime>,
     ) -> bool {
         self.expire();
         if !self.connect(ring) {
@@ -682,7 +686,7 @@ impl Client {
         // If the host offers it, a "loading" answer is followed by a notice
         // once the file is in the pool; a new hint then needs the path,
         // which no open will give again.
-        let again = if !refetch && conn.end.loaded_notices() {
+        let again = if refetch.is_none() && conn.end.loaded_notices() {
             copy_path(path).map(|path| Again {
                 ns_id,
                 ident: *ident,
@@ -777,7 +781,7 @@ impl Client {
                 continue;
             }
             let a = &l.again;
-            if self.send_hint(ring, &l.file, a.ns_id, &a.ident, &a.path, true) {
+            if self.send_hint(ring, &l.file, a.ns_id, &a.ident, &a.path, Some(l.sent)) {
                 stats::inc(Counter::refetches);
             } else {
                 l.file.clear_pending();
@@ -902,7 +906,7 @@ impl Client {
         if let (Some(s), Some(conn)) = (p.slot, self.conn.as_mut()) {
             conn.end.free_slot(s);
         }
-        if late && !p.refetch {
+        if late && p.refetch.is_none() {
             stats::inc(Counter::answers_late);
         }
         if self.cut_off() {
@@ -921,10 +925,12 @@ impl Client {
                         if p.file.install(map) {
                             self.hold(id, &p.file);
                             stats::inc(Counter::answers_hit);
-                            if p.refetch {
+                            if let Some(first) = p.refetch {
                                 // What was read from lower while the host
                                 // loaded it: the pool serves it now.
                                 stats::inc(Counter::refetch_hits);
+                                let ms = (Ktime::ktime_get() - first).to_ms();
+                                stats::record_loaded_share(u64::try_from(ms).unwrap_or(0));
                                 let dropped = p.file.drop_lower_cache();
                                 stats::add(Counter::lower_pages_dropped, dropped);
                             }
@@ -953,6 +959,7 @@ impl Client {
                         id: p.id,
                         file: p.file.clone(),
                         again,
+                        sent: p.sent,
                         at: Ktime::ktime_get(),
                         due: false,
                     });

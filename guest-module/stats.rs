@@ -91,6 +91,18 @@ counters! {
     hint_rtt_us_le_524288: "Hints answered within 524288 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
     hint_rtt_us_le_1048576: "Hints answered within 1048576 us of being sent (round trip as this guest saw it; one bucket each, powers of two).",
     hint_rtt_us_over: "Hints answered more than 1048576 us after being sent.",
+    loaded_share_ms_le_1: "Files answered \"loading\" whose second hint, after the host's notice, hit within 1 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_le_2: "Files answered \"loading\" whose second hint, after the host's notice, hit within 2 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_le_4: "Files answered \"loading\" whose second hint, after the host's notice, hit within 4 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_le_8: "Files answered \"loading\" whose second hint, after the host's notice, hit within 8 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_le_16: "Files answered \"loading\" whose second hint, after the host's notice, hit within 16 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_le_32: "Files answered \"loading\" whose second hint, after the host's notice, hit within 32 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_le_64: "Files answered \"loading\" whose second hint, after the host's notice, hit within 64 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_le_128: "Files answered \"loading\" whose second hint, after the host's notice, hit within 128 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_le_256: "Files answered \"loading\" whose second hint, after the host's notice, hit within 256 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_le_512: "Files answered \"loading\" whose second hint, after the host's notice, hit within 512 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_le_1024: "Files answered \"loading\" whose second hint, after the host's notice, hit within 1024 ms of the first hint (the time to share of a cold file; one bucket each, powers of two).",
+    loaded_share_ms_over: "Such files shared more than 1024 ms after their first hint.",
     reads_fast: "read(2) calls (or their first run of frames) served by the fast path: one lock, one copy, the table checked after it.",
     opens_settled: "Opens of files needing no hint (answer kept, request pending, miss known, identity unchanged): no path, no fingerprint read.",
     doorbells_rung: "Doorbells rung: writes to the ring device's Doorbell register (ivshmem-doorbell) after NEED_WAKEUP was seen.",
@@ -125,6 +137,22 @@ pub(crate) fn record_hint_rtt(us: u64) {
     };
     let bucket = (log.saturating_sub(6) as usize).min(15);
     if let Some(v) = VALUES.get(Counter::hint_rtt_us_le_64 as usize + bucket) {
+        v.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one file answered "loading" and shared `ms` milliseconds after
+/// its first hint, in the `loaded_share_ms_le_*` bucket of the smallest
+/// power of two not below it, or in `loaded_share_ms_over`.
+pub(crate) fn record_loaded_share(ms: u64) {
+    // Buckets 2^0 ..= 2^10, then "over": 12 counters in a row.
+    let log = if ms <= 1 {
+        0
+    } else {
+        64 - (ms - 1).leading_zeros()
+    };
+    let bucket = (log as usize).min(11);
+    if let Some(v) = VALUES.get(Counter::loaded_share_ms_le_1 as usize + bucket) {
         v.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -35,6 +35,9 @@ notified() {
     stat_above refetch_hits 0 100 || { echo "no hint sent again after a notice hit (notices $(stat_of loaded_notices), refetches $(stat_of refetches))"; return 1; }
     ktap_diag "notices $(stat_of loaded_notices), hinted again $(stat_of refetches), hits $(stat_of refetch_hits), lower pages dropped $(stat_of lower_pages_dropped)"
     [ "$(stat_of lower_pages_dropped)" -gt 0 ] || { echo "no lower page dropped"; return 1; }
+    # Each such hit is timed once, from the first hint (loaded_share_ms_*).
+    timed=$(cat /sys/kernel/vmdedup/stats/loaded_share_ms_* | awk '{ s += $1 } END { print s + 0 }')
+    [ "$timed" = "$(stat_of refetch_hits)" ] || { echo "$timed hits after a notice timed, $(stat_of refetch_hits) counted"; return 1; }
 }
 if [ "$(stat_of answers_miss_loading)" -gt 0 ]; then
     ktap_check "files answered loading were installed after the host's notice, their lower pages dropped" notified

@@ -362,13 +362,19 @@ fn memory_summary(t: &mut String, mem: &Memory, vms: usize, one_copy: Option<u64
         mib(ga),
         mib(pa)
     );
-    let inc = (ga + pa).saturating_sub(gb + pb);
+    // Signed: the guests may give back more (boot memory they freed and
+    // reported) than the pool took.
+    let inc = (ga + pa) as i64 - (gb + pb) as i64;
+    let added = if inc < 0 {
+        format!("-{}", mib(inc.unsigned_abs()))
+    } else {
+        mib(inc as u64)
+    };
     match one_copy.filter(|&c| c > 0) {
         Some(c) => {
             let _ = writeln!(
                 t,
-                "      the workload added {}: {:.2}x one copy of the files the guests read ({}); without sharing each of the {} guests caches its own copy (up to {:.0}x).",
-                mib(inc),
+                "      the workload added {added}: {:.2}x one copy of the files the guests read ({}); without sharing each of the {} guests caches its own copy (up to {:.0}x).",
                 inc as f64 / c as f64,
                 mib(c),
                 vms,
@@ -376,12 +382,12 @@ fn memory_summary(t: &mut String, mem: &Memory, vms: usize, one_copy: Option<u64
             );
         }
         None => {
-            let _ = writeln!(t, "      the workload added {}", mib(inc));
+            let _ = writeln!(t, "      the workload added {added}");
         }
     }
     let _ = writeln!(
         t,
-        "      (guest RAM a guest frees stays resident on the host; a page counted in the pool is counted once, however many guests map it)"
+        "      (guest RAM a guest frees goes back to the host through free page reporting, a moment later; a page counted in the pool is counted once, however many guests map it)"
     );
 }
 
@@ -451,7 +457,7 @@ fn summary(
         );
         let _ = writeln!(
             t,
-            "      {} hints, {} hits, {} answered \"loading\" (first open of a file while the host loads it; those reads came from the lower disk)",
+            "      {} hints, {} hits, {} answered \"loading\" (first open of a file while the host loads it: read from the lower disk, then, once the host said it was loaded, served from the pool and those lower pages dropped)",
             agent::u(s, "hints"),
             agent::u(s, "hits"),
             agent::misses(s, "loading"),

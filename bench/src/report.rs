@@ -1066,53 +1066,18 @@ fn markdown(
         .collect();
     if !shares.is_empty() {
         let _ = writeln!(m, "## Time to share, per file\n");
-        let _ = writeln!(
-            m,
-            "| configuration | hints | p50 (ms) | p90 (ms) | p99 (ms) |"
-        );
-        let _ = writeln!(m, "| --- | ---: | ---: | ---: | ---: |");
-        let ms = |v: Option<&Value>| match v.and_then(Value::as_f64) {
-            Some(x) => format!("<= {x}"),
-            None => "> 1048".into(),
-        };
-        for (c, r) in &shares {
-            let _ = writeln!(
-                m,
-                "| {c} | {:.0} | {} | {} | {} |",
-                f(r, "share_hints"),
-                ms(r.get("share_ms_p50")),
-                ms(r.get("share_ms_p90")),
-                ms(r.get("share_ms_p99")),
-            );
-        }
-        let after_notice: Vec<&(&str, &Value)> = shares
+        percentile_table(&mut m, &shares, "hints", "share", "> 1048");
+        let after_notice: Vec<(&str, &Value)> = shares
             .iter()
             .filter(|(_, r)| r.get("loaded_share_files").is_some())
+            .copied()
             .collect();
         if !after_notice.is_empty() {
             let _ = writeln!(
                 m,
                 "\nFiles answered \"loading\", shared once the host's notice brought a second hint (first hint to that hit, `loaded_share_ms_le_*`, powers of two from 1 ms):\n"
             );
-            let _ = writeln!(
-                m,
-                "| configuration | files | p50 (ms) | p90 (ms) | p99 (ms) |"
-            );
-            let _ = writeln!(m, "| --- | ---: | ---: | ---: | ---: |");
-            let ms = |v: Option<&Value>| match v.and_then(Value::as_f64) {
-                Some(x) => format!("<= {x}"),
-                None => "> 1024".into(),
-            };
-            for (c, r) in after_notice {
-                let _ = writeln!(
-                    m,
-                    "| {c} | {:.0} | {} | {} | {} |",
-                    f(r, "loaded_share_files"),
-                    ms(r.get("loaded_share_ms_p50")),
-                    ms(r.get("loaded_share_ms_p90")),
-                    ms(r.get("loaded_share_ms_p99")),
-                );
-            }
+            percentile_table(&mut m, &after_notice, "files", "loaded_share", "> 1024");
         }
         let _ = writeln!(m, "\nvmdedup shares a file's pages when the guest gets its answer: a hit maps pool frames that the other guests map too. This is the round trip from a guest's hint (sent at open) to its answer, as the guest's module measured it (`hint_rtt_us_le_*`, powers of two from 64 us: each figure is its bucket's upper bound), over every hint of the run, boot included. A file answered \"loading\" is shared later, when the host's notice that it is loaded makes the guest hint again (its round trip is in the histogram too, from that second hint), or at a later open: vmdedup_warm answers every hint from a preloaded pool. KSM has no per-file moment: its figure is the time to 90% of the ideal in the table above, sampled every second.\n");
     }
@@ -1393,6 +1358,31 @@ fn markdown(
     }
     let _ = writeln!(m, "\n![host memory over time](memory.png)\n");
     m
+}
+
+/// A table of per-configuration percentiles: `{key}_ms_p50/p90/p99` (each a
+/// bucket's upper bound, `past` when beyond the last) and the count in
+/// `{key}_{count}` (`share_hints`, `loaded_share_files`).
+fn percentile_table(m: &mut String, rows: &[(&str, &Value)], count: &str, key: &str, past: &str) {
+    let _ = writeln!(
+        m,
+        "| configuration | {count} | p50 (ms) | p90 (ms) | p99 (ms) |"
+    );
+    let _ = writeln!(m, "| --- | ---: | ---: | ---: | ---: |");
+    let ms = |r: &Value, p: &str| match r.get(format!("{key}_ms_{p}")).and_then(Value::as_f64) {
+        Some(x) => format!("<= {x}"),
+        None => past.to_string(),
+    };
+    for (c, r) in rows {
+        let _ = writeln!(
+            m,
+            "| {c} | {:.0} | {} | {} | {} |",
+            f(r, &format!("{key}_{count}")),
+            ms(r, "p50"),
+            ms(r, "p90"),
+            ms(r, "p99"),
+        );
+    }
 }
 
 /// Runs `report`.

@@ -126,13 +126,14 @@ fn a_divergent_guest_rechecks_a_path_at_most_once_per_interval() {
 }
 
 #[test]
-fn a_vm_past_its_load_bound_is_told_loading_without_queueing() {
+fn a_vm_past_its_load_bound_waits_in_its_backlog_then_is_told_loading_without_queueing() {
     let dir = TempDir::new("bounds-queue");
     let svc = service(
         &dir.0,
         ServiceConfig {
             workers: 0,
             vm_max_loads: 4,
+            vm_load_backlog: 8,
             ..ServiceConfig::default()
         },
     );
@@ -150,22 +151,30 @@ fn a_vm_past_its_load_bound_is_told_loading_without_queueing() {
         );
     }
     assert_eq!(svc.loads_in_flight(Some(1)), 4);
-    assert_eq!(svc.load_queue_size(), (4, 96));
-    // The other VM has a queue of its own.
+    assert_eq!(svc.load_backlog(Some(1)), (8, 8));
+    assert_eq!(svc.load_queue_size(), (4, 88));
+    // The other VM has a queue of its own, and waits behind none of VM 1's
+    // backlog.
     let id = ident(&dir.0.join("honest"));
     assert_eq!(
         svc.answer(2, &req(1, b"honest", id)),
         HintResult::Miss(MissReason::Loading)
     );
     assert_eq!(svc.loads_in_flight(Some(2)), 1);
-    assert_eq!(svc.load_pending(), 5);
+    assert_eq!(svc.load_pending(), 4 + 8 + 1, "the backlog followed");
+    assert_eq!(svc.load_backlog(Some(1)).0, 0);
     expect_hit(svc.answer(2, &req(1, b"honest", id)));
+    // What waited in the backlog was loaded: known now, with no new load.
+    assert_eq!(
+        svc.answer(1, &req(1, b"nope/11", none)),
+        HintResult::Miss(MissReason::NotFound)
+    );
     // What was refused is asked for again and loaded then.
     assert_eq!(
         svc.answer(1, &req(1, b"nope/99", none)),
         HintResult::Miss(MissReason::Loading)
     );
-    svc.load_pending();
+    assert_eq!(svc.load_pending(), 1);
     assert_eq!(
         svc.answer(1, &req(1, b"nope/99", none)),
         HintResult::Miss(MissReason::NotFound)

@@ -490,6 +490,36 @@ fn agent_hints_answered_loading_that_asked_are_told_when_their_file_is_in() {
 }
 
 #[test]
+fn agent_hints_past_the_load_bound_wait_in_the_backlog_and_are_told_too() {
+    let s = setup(0, ResolveMode::Openat2);
+    let dir = &s.dirs[0].0;
+    let bound = ServiceConfig::default().vm_max_loads;
+    let names: Vec<String> = (0..bound + 3).map(|i| format!("b{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        std::fs::write(dir.join(n), content(i as u32, 4096)).unwrap();
+    }
+    let loading = HintResult::Miss(MissReason::Loading);
+    for (i, n) in names.iter().enumerate() {
+        let mut h = req(1, n.as_bytes(), ident(&dir.join(n)));
+        h.request_id = 100 + i as u64;
+        h.notify_loaded = true;
+        assert_eq!(s.svc.answer_noting(1, &h), (loading, true), "{n}");
+    }
+    assert_eq!(s.svc.loads_in_flight(Some(1)), bound);
+    assert_eq!(s.svc.load_backlog(Some(1)).0, 3);
+    assert_eq!(s.svc.load_waiters(1).0, bound + 3);
+    assert_eq!(s.svc.load_pending(), bound + 3);
+    let want: Vec<_> = (0..bound + 3).map(|i| (1, 100 + i as u64)).collect();
+    assert_eq!(loaded(&s.events), want, "every hint that asked was told");
+    assert_eq!(s.svc.load_waiters(1).0, 0);
+    // And each is in the pool with its own bytes.
+    for (i, n) in names.iter().enumerate().skip(bound) {
+        let l = expect_hit(s.svc.answer(1, &req(1, n.as_bytes(), ident(&dir.join(n)))));
+        assert_eq!(guest_read(&s.svc, &l).0, content(i as u32, 4096));
+    }
+}
+
+#[test]
 fn agent_a_removed_vm_waits_for_no_load() {
     let s = setup(0, ResolveMode::Openat2);
     let dir = &s.dirs[0].0;
@@ -499,9 +529,21 @@ fn agent_a_removed_vm_waits_for_no_load() {
     h.request_id = 5;
     assert_eq!(s.svc.answer(2, &h), HintResult::Miss(MissReason::Loading));
     assert_eq!(s.svc.load_waiters(2).0, 1);
+    // Past its bound of loads, more wait in its backlog.
+    let bound = ServiceConfig::default().vm_max_loads;
+    for i in 0..bound {
+        let p = format!("missing{i}");
+        assert_eq!(
+            s.svc
+                .answer(2, &req(1, p.as_bytes(), ident(&dir.join("f")))),
+            HintResult::Miss(MissReason::Loading)
+        );
+    }
+    assert_eq!(s.svc.load_backlog(Some(2)).0, 1);
     s.svc.remove_vm(2);
     assert_eq!(s.svc.load_waiters(2).0, 0);
-    assert_eq!(s.svc.load_pending(), 1);
+    assert_eq!(s.svc.load_backlog(Some(2)).0, 0, "its backlog is dropped");
+    assert_eq!(s.svc.load_pending(), bound, "what was queued still runs");
     assert_eq!(loaded(&s.events), vec![]);
 }
 

@@ -412,14 +412,16 @@ fn always_loading_past_the_load_bound_stays_loading() {
     assert!(is_hit(
         hint_until_done(&svc, 1, 1, b"f", f, 4).last().unwrap()
     ));
-    // VM 2 fills its load queue with misses of its own.
-    let bound = ServiceConfig::default().vm_max_loads;
-    for i in 0..bound {
+    // VM 2 fills its load queue and its backlog with misses of its own.
+    let cfg = ServiceConfig::default();
+    let (bound, backlog) = (cfg.vm_max_loads, cfg.vm_load_backlog);
+    for i in 0..bound + backlog {
         let p = format!("missing{i}");
         let r = svc.answer(2, &req(1, p.as_bytes(), f));
         assert_eq!(r, HintResult::Miss(MissReason::Loading));
     }
     assert_eq!(svc.loads_in_flight(Some(2)), bound);
+    assert_eq!(svc.load_backlog(Some(2)).0, backlog);
     // Nothing can be queued for it: "loading", as a real miss would be,
     // and again on the next hint, until a load can be queued and has run.
     for _ in 0..3 {
@@ -432,4 +434,28 @@ fn always_loading_past_the_load_bound_stays_loading() {
     let after = hint_until_done(&svc, 2, 1, b"f", f, 4);
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(is_hit(&after[1]));
+
+    // VM 3 fills its load queue only: its masked load waits in its
+    // backlog, and it is "loading" until that load ran, as a real miss's.
+    svc.add_vm(3, "vm3", "default").unwrap();
+    for i in 0..bound {
+        let p = format!("absent{i}");
+        let r = svc.answer(3, &req(1, p.as_bytes(), f));
+        assert_eq!(r, HintResult::Miss(MissReason::Loading));
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            svc.answer(3, &req(1, b"f", f)),
+            HintResult::Miss(MissReason::Loading)
+        );
+    }
+    assert_eq!(svc.load_backlog(Some(3)).0, 1);
+    assert_eq!(
+        svc.load_pending(),
+        bound + 1,
+        "its backlog followed its loads"
+    );
+    let after = hint_until_done(&svc, 3, 1, b"f", f, 4);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(is_hit(&after[0]));
 }

@@ -27,6 +27,7 @@
 //! path_cache_size = "16M"            # bytes of paths remembered (+192 per entry)
 //! path_cache_idle_ms = 600000        # a path not hinted for this long is forgotten
 //! vm_max_loads = 16                  # loads one VM may have queued and running
+//! vm_load_backlog = 256              # paths waiting behind those, queued as they end
 //! warm_max_files = 4096              # files one `warm` of a guest loads at most
 //! recheck_ms = 1000                  # how often a path is re-resolved for a guest
 //!                                    # whose copy differs from the cached version
@@ -178,6 +179,8 @@ pub struct ServiceLimits {
     pub path_cache_idle_ms: u64,
     /// Most loads one VM may have queued and running.
     pub vm_max_loads: u64,
+    /// Most paths waiting in one VM's backlog behind those.
+    pub vm_load_backlog: u64,
     /// Most files one `warm` of a guest loads.
     pub warm_max_files: u64,
     /// Least time between two re-resolutions of a path for guests whose
@@ -193,6 +196,7 @@ impl Default for ServiceLimits {
             path_cache_size: d.cache.bytes as u64,
             path_cache_idle_ms: d.cache.idle_ms,
             vm_max_loads: d.vm_max_loads as u64,
+            vm_load_backlog: d.vm_load_backlog as u64,
             warm_max_files: d.warm_max_files as u64,
             recheck_ms: d.recheck_ms,
         }
@@ -207,6 +211,7 @@ impl ServiceLimits {
         c.cache.bytes = us(self.path_cache_size);
         c.cache.idle_ms = self.path_cache_idle_ms;
         c.vm_max_loads = us(self.vm_max_loads);
+        c.vm_load_backlog = us(self.vm_load_backlog);
         c.warm_max_files = us(self.warm_max_files);
         c.recheck_ms = self.recheck_ms;
     }
@@ -235,6 +240,7 @@ struct RawService {
     path_cache_size: Option<String>,
     path_cache_idle_ms: Option<u64>,
     vm_max_loads: Option<u64>,
+    vm_load_backlog: Option<u64>,
     warm_max_files: Option<u64>,
     recheck_ms: Option<u64>,
 }
@@ -252,6 +258,7 @@ impl RawService {
                 .unwrap_or(d.path_cache_size),
             path_cache_idle_ms: self.path_cache_idle_ms.unwrap_or(d.path_cache_idle_ms),
             vm_max_loads: self.vm_max_loads.unwrap_or(d.vm_max_loads),
+            vm_load_backlog: self.vm_load_backlog.unwrap_or(d.vm_load_backlog),
             warm_max_files: self.warm_max_files.unwrap_or(d.warm_max_files),
             recheck_ms: self.recheck_ms.unwrap_or(d.recheck_ms),
         })

@@ -111,6 +111,7 @@ impl AgentConfig {
             ("path_cache_entries", l.path_cache_entries),
             ("path_cache_idle_ms", l.path_cache_idle_ms),
             ("vm_max_loads", l.vm_max_loads),
+            ("vm_load_backlog", l.vm_load_backlog),
             ("warm_max_files", l.warm_max_files),
             ("recheck_ms", l.recheck_ms),
         ] {
@@ -313,7 +314,8 @@ mod tests {
             doorbell in any::<bool>(),
             files in (prop::option::of(text()), prop::option::of(text())),
             limits in (1..=i64::MAX as u64, 4096..=i64::MAX as u64, 0..=i64::MAX as u64,
-                       1..=i64::MAX as u64, 1..=i64::MAX as u64, 0..=i64::MAX as u64),
+                       1..=i64::MAX as u64, 1..=i64::MAX as u64, 0..=i64::MAX as u64,
+                       0..=i64::MAX as u64),
             namespaces in prop::collection::vec(namespace(), 0..4),
             vms in prop::collection::vec(vm(), 0..4),
             domains in prop::collection::btree_map(
@@ -343,6 +345,7 @@ mod tests {
                     vm_max_loads: limits.3,
                     warm_max_files: limits.4,
                     recheck_ms: limits.5,
+                    vm_load_backlog: limits.6,
                 },
                 domains: domains
                     .into_iter()

@@ -86,13 +86,14 @@ impl HintService {
     }
 
     /// Records that `hint`, answered "loading", waits to be told when its
-    /// file is loaded, if a load of it is queued or running (a full pool
-    /// or quota is answered "loading" too, with nothing to wait for).
+    /// file is loaded, if a load of it is queued or running or waits in the
+    /// VM's backlog (a full pool or quota is answered "loading" too, with
+    /// nothing to wait for).
     /// Returns whether it was recorded.
     fn wait_for_load(&self, vm: VmId, hint: &Hint<'_>) -> bool {
         let key: CacheKey = (hint.namespace_id, hint.path.into());
         let jobs = lock(&self.shared.jobs);
-        jobs.contains(&key) && lock(&self.shared.waiters).add(&key, vm, hint.request_id)
+        jobs.will_load(&key, Some(vm)) && lock(&self.shared.waiters).add(&key, vm, hint.request_id)
     }
 
     /// In an `always_loading` namespace: "loading" if this is `vm`'s first
@@ -117,7 +118,7 @@ impl HintService {
         match told {
             Some(Told::Map(m)) if m == version => return None,
             Some(Told::Masked(m)) if m == version => {
-                if lock(&self.shared.jobs).contains(key) {
+                if lock(&self.shared.jobs).will_load(key, Some(vm)) {
                     return loading;
                 }
                 lock(&self.shared.told).set(vm, key.0, &key.1, Told::Map(version));
@@ -136,10 +137,10 @@ impl HintService {
         let push = self.push_job(key, Some(vm));
         match push {
             Push::Queued => self.shared.jobs_cv.notify_one(),
-            // Past its bound of loads a real miss queues nothing either and
-            // is masked again next time, until a load can be queued.
+            // Past its bounds a real miss keeps nothing either and is
+            // masked again next time, until a load can be queued.
             Push::Full => return loading,
-            Push::Duplicate => {}
+            Push::Duplicate | Push::Backlogged => {}
         }
         lock(&self.shared.told).set(vm, key.0, &key.1, Told::Masked(version));
         loading
@@ -220,21 +221,21 @@ impl HintService {
     }
 
     /// Puts a load of `key` for `by` on the queues, within `by`'s bound of
-    /// loads; the caller wakes a loader if it was queued. The one place a
+    /// loads, or in its backlog; the caller wakes a loader if it was
+    /// queued. The one place a
     /// load job is made: misses, rechecks and masked first hints.
     fn push_job(&self, key: &CacheKey, by: Requester) -> Push {
-        lock(&self.shared.jobs).push(
-            LoadJob {
-                key: key.clone(),
-                by,
-            },
-            self.shared.cfg.vm_max_loads,
-        )
+        lock(&self.shared.jobs).push(LoadJob {
+            key: key.clone(),
+            by,
+        })
     }
 
     /// Queues a load of `key` for `by` unless one is queued or running, and
-    /// marks it loading. Past `by`'s bound of loads nothing is queued or
-    /// cached: the guest is answered "loading" and asks again later.
+    /// marks it loading. Past `by`'s bound of loads it waits in `by`'s
+    /// backlog, not marked (another VM's hint queues it at once); past the
+    /// backlog nothing is kept: the guest is answered "loading" and asks
+    /// again later.
     pub(super) fn enqueue(&self, key: CacheKey, by: Requester) -> Push {
         let now = self.now_ms();
         let push = {
@@ -273,8 +274,8 @@ impl HintService {
                 self.shared.jobs_cv.notify_one();
                 true
             }
-            Push::Duplicate => true,
-            // This VM is at its bound: it asks again later.
+            Push::Duplicate | Push::Backlogged => true,
+            // This VM is at its bounds: it asks again later.
             Push::Full => true,
         }
     }

@@ -108,11 +108,14 @@ fn worker(shared: &Shared) {
 /// Marks `job` done, and tells the hints that waited for it (see
 /// [`notify`](super::notify)) if it left its file in the pool (`entry`).
 fn finish_job(shared: &Shared, job: &LoadJob, entry: &CacheEntry) {
-    let waiters = {
+    let (waiters, promoted) = {
         let mut q = lock(&shared.jobs);
-        q.done(job);
-        lock(&shared.waiters).take(&job.key)
+        let promoted = q.done(job);
+        (lock(&shared.waiters).take(&job.key), promoted)
     };
+    if promoted {
+        shared.jobs_cv.notify_one();
+    }
     if waiters.is_empty() || !matches!(entry, CacheEntry::Ready { .. }) {
         return;
     }

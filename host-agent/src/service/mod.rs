@@ -29,8 +29,10 @@
 //! Nothing a guest sends grows the agent without limit: the path cache is
 //! capped in entries and bytes and ages ([`CacheLimits`]); each VM has its
 //! own load queue, bounded in loads queued plus running
-//! ([`ServiceConfig::vm_max_loads`]; past it a hint is answered "loading"
-//! without queueing) and served in turn with the other VMs'; a VM warms one
+//! ([`ServiceConfig::vm_max_loads`]) and in paths waiting behind them
+//! ([`ServiceConfig::vm_load_backlog`]; past both a hint is answered
+//! "loading" without anything kept) and served in turn with the other
+//! VMs'; a VM warms one
 //! tree at a time, of at most [`ServiceConfig::warm_max_files`] files. The
 //! other per-VM state (counters, holdings) is keyed by VMs the operator
 //! registered, not by anything a guest names.
@@ -105,9 +107,13 @@ pub struct ServiceConfig {
     pub retry_after_ms: u64,
     /// Bounds of the path cache.
     pub cache: CacheLimits,
-    /// Most loads one VM may have queued and running; past it its hints
-    /// for paths not loaded are answered "loading" without queueing.
+    /// Most loads one VM may have queued and running; past it the paths
+    /// its hints ask for wait in its backlog.
     pub vm_max_loads: usize,
+    /// Most paths waiting in one VM's backlog, to be queued as its loads
+    /// finish; past it its hints for paths not loaded are answered
+    /// "loading" without anything kept (0: no backlog).
+    pub vm_load_backlog: usize,
     /// A guest whose copy of a loaded file differs from the cached host
     /// version has the path resolved again, at most this often per path
     /// (the host file may have changed too).
@@ -125,6 +131,7 @@ impl Default for ServiceConfig {
             retry_after_ms: 100,
             cache: CacheLimits::default(),
             vm_max_loads: 16,
+            vm_load_backlog: 256,
             recheck_ms: 1_000,
             warm_max_files: 4_096,
         }
@@ -311,7 +318,10 @@ impl HintService {
             namespaces: RwLock::new(ns),
             vms: RwLock::new(BTreeMap::new()),
             cache: Mutex::new(cache::PathCache::new(cfg.cache)),
-            jobs: Mutex::new(queue::LoadQueues::default()),
+            jobs: Mutex::new(queue::LoadQueues::new(
+                cfg.vm_max_loads,
+                cfg.vm_load_backlog,
+            )),
             jobs_cv: Condvar::new(),
             warming: Mutex::new(BTreeSet::new()),
             told: Mutex::new(always_loading::ToldLoading::new(
@@ -377,11 +387,18 @@ impl HintService {
         lock(&self.shared.cache).dropped()
     }
 
-    /// Loads queued (not running), and hints not queued because their VM
-    /// had its bound of loads so far.
+    /// Loads queued (not running), and hints neither queued nor backlogged
+    /// because their VM had its bounds of both so far.
     pub fn load_queue_size(&self) -> (usize, u64) {
         let q = lock(&self.shared.jobs);
         (q.queued(), q.refused())
+    }
+
+    /// Paths waiting in `by`'s backlog, and paths that waited in any
+    /// backlog so far.
+    pub fn load_backlog(&self, by: Requester) -> (usize, u64) {
+        let q = lock(&self.shared.jobs);
+        (q.backlog_len(by), q.deferred())
     }
 
     /// Loads queued or running for `by`.

@@ -50,6 +50,7 @@ impl HintService {
         write(&self.shared.vms).remove(&id);
         lock(&self.shared.told).remove_vm(id);
         lock(&self.shared.waiters).remove_vm(id);
+        lock(&self.shared.jobs).forget_backlog(Some(id));
         let now = self.now_ms();
         self.with_store(|s| s.remove_vm(id, now));
     }

@@ -121,20 +121,7 @@ impl RingShared {
     /// at its next round. Returns `false` (and makes the guest revoke
     /// everything) if too many events are already waiting.
     pub fn post_event(&self, ev: EventEntry) -> bool {
-        let ok = {
-            let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= MAX_PENDING_EVENTS {
-                self.events_lost.store(true, Ordering::Relaxed);
-                self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            } else {
-                q.push_back(ev);
-                true
-            }
-        };
-        self.events_pending.store(true, Ordering::Release);
-        self.wake_poller();
-        ok
+        self.queue_event(ev, false)
     }
 
     /// Queues an advisory event (a [`NOTICE_LOADED`]) if fewer than half of
@@ -144,16 +131,31 @@ impl RingShared {
     ///
     /// [`NOTICE_LOADED`]: vmdedup_protocol::abi::NOTICE_LOADED
     pub fn post_advisory(&self, ev: EventEntry) -> bool {
-        {
+        self.queue_event(ev, true)
+    }
+
+    fn queue_event(&self, ev: EventEntry, advisory: bool) -> bool {
+        let limit = if advisory {
+            MAX_PENDING_EVENTS / 2
+        } else {
+            MAX_PENDING_EVENTS
+        };
+        let queued = {
             let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= MAX_PENDING_EVENTS / 2 {
+            if q.len() < limit {
+                q.push_back(ev);
+                true
+            } else if advisory {
                 return false;
+            } else {
+                self.events_lost.store(true, Ordering::Relaxed);
+                self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+                false
             }
-            q.push_back(ev);
-        }
+        };
         self.events_pending.store(true, Ordering::Release);
         self.wake_poller();
-        true
+        queued
     }
 
     /// Asks the poller to drop the ring (and unmap it) at its next round.

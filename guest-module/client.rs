@@ -95,9 +95,9 @@ const OPS_MAX: usize = 512;
 /// at once (the host keeps as many per VM); a newer one takes the oldest
 /// one's place.
 const LOADING_MAX: usize = 256;
-/// A file answered "loading" is forgotten after this long without its
-/// notice (the load failed, or the notice was dropped): a later open hints
-/// again as before.
+/// A file answered "loading" is forgotten this long after its first hint
+/// if its notice did not come (the load failed, or the notice was
+/// dropped): a later open hints again as before.
 const LOADING_TIMEOUT_MS: i64 = 60_000;
 
 /// How long module unload waits for answers to hints still in flight.
@@ -135,9 +135,9 @@ struct Loading {
     id: u64,
     file: Arc<InodeState>,
     again: Again,
-    /// When the hint answered "loading" was sent.
+    /// When the first hint for the file was sent (the refetch keeps it):
+    /// what its time to share and its timeout count from.
     sent: Ktime,
-    at: Ktime,
     /// The notice came: hint again at the next tick.
     due: bool,
 }
@@ -735,30 +735,25 @@ impl Client {
     }
 
     /// Keeps `l` until its notice comes, in a free entry or in place of the
-    /// oldest.
+    /// one whose first hint is oldest.
     fn await_load(&mut self, l: Loading) {
-        let mut at = None;
-        for (i, e) in self.loading.iter().enumerate() {
-            match e {
-                None => {
-                    at = Some(i);
-                    break;
-                }
-                Some(e) => {
-                    let older = at
-                        .and_then(|j: usize| self.loading.get(j))
-                        .and_then(|o| o.as_ref())
-                        .map_or(true, |o| kernel::time::ktime_ms_delta(o.at, e.at) > 0);
-                    if older {
-                        at = Some(i);
+        let i = match self.loading.iter().position(|e| e.is_none()) {
+            Some(i) => i,
+            None => {
+                let mut oldest = 0;
+                for (i, e) in self.loading.iter().enumerate() {
+                    let o = self.loading.get(oldest).and_then(|o| o.as_ref());
+                    if let (Some(e), Some(o)) = (e, o) {
+                        if kernel::time::ktime_ms_delta(o.sent, e.sent) > 0 {
+                            oldest = i;
+                        }
                     }
                 }
-            }
-        }
-        if let Some(e) = at.and_then(|i| self.loading.get_mut(i)) {
-            if e.is_some() {
                 stats::inc(Counter::loading_forgotten);
+                oldest
             }
+        };
+        if let Some(e) = self.loading.get_mut(i) {
             *e = Some(l);
         }
     }
@@ -819,7 +814,7 @@ impl Client {
         for l in self.loading.iter_mut() {
             let old = l
                 .as_ref()
-                .is_some_and(|l| kernel::time::ktime_ms_delta(now, l.at) > LOADING_TIMEOUT_MS);
+                .is_some_and(|l| kernel::time::ktime_ms_delta(now, l.sent) > LOADING_TIMEOUT_MS);
             if old {
                 *l = None;
                 stats::inc(Counter::loading_forgotten);
@@ -959,8 +954,7 @@ impl Client {
                         id: p.id,
                         file: p.file.clone(),
                         again,
-                        sent: p.sent,
-                        at: Ktime::ktime_get(),
+                        sent: p.refetch.unwrap_or(p.sent),
                         due: false,
                     });
                 }

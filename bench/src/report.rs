@@ -148,13 +148,21 @@ fn guest_logs(dir: &Path) -> Vec<String> {
 /// The module's counters during the workload, summed over guests
 /// (BENCH-STATS end minus start), for the names asked.
 fn workload_counters(logs: &[String], names: &[&str]) -> Vec<f64> {
+    counters_between(logs, names, &["end"])
+}
+
+/// The module's counters from the workload's start to the first of the
+/// `until` labels a guest printed, summed over guests (a guest with
+/// neither counts nothing).
+fn counters_between(logs: &[String], names: &[&str], until: &[&str]) -> Vec<f64> {
     let mut out = vec![0.0; names.len()];
     for log in logs {
         let st = tagged(log, "BENCH-STATS ");
-        let (Some(a), Some(b)) = (
-            st.iter().find(|s| get(s, "label") == Some("start")),
-            st.iter().find(|s| get(s, "label") == Some("end")),
-        ) else {
+        let a = st.iter().find(|s| get(s, "label") == Some("start"));
+        let b = until
+            .iter()
+            .find_map(|u| st.iter().find(|s| get(s, "label") == Some(*u)));
+        let (Some(a), Some(b)) = (a, b) else {
             continue;
         };
         for (o, n) in out.iter_mut().zip(names) {
@@ -196,7 +204,7 @@ fn hint_rtt(logs: &[String]) -> Option<(f64, Percentiles)> {
 const LOADED_SHARE_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 
 /// Files answered "loading" and shared after the host's notice, from the
-/// module's `loaded_share_ms_*` histogram at the end of the workload,
+/// module's `loaded_share_ms_*` histogram once the workload settled,
 /// summed over guests: (count, p50, p90, p99) in milliseconds, as
 /// [`hint_rtt`].
 fn loaded_share(logs: &[String]) -> Option<(f64, Percentiles)> {
@@ -204,9 +212,9 @@ fn loaded_share(logs: &[String]) -> Option<(f64, Percentiles)> {
 }
 
 /// A histogram of the module's counters `{name}_le_{bound}` and
-/// `{name}_over` at the end of the workload, summed over guests: its count
-/// and p50, p90, p99, each the upper bound of its bucket over `per_ms`
-/// (`None` past the last bound). `None` when it is empty.
+/// `{name}_over` once the workload settled (or at its end), summed over
+/// guests: its count and p50, p90, p99, each the upper bound of its bucket
+/// over `per_ms` (`None` past the last bound). `None` when it is empty.
 fn histogram(
     logs: &[String],
     name: &str,
@@ -216,7 +224,12 @@ fn histogram(
     let mut counts = vec![0.0f64; bounds.len() + 1];
     for log in logs {
         let st = tagged(log, "BENCH-STATS ");
-        let Some(end) = st.iter().rfind(|s| get(s, "label") == Some("end")) else {
+        // The settled stats (5 s after the reads) hold the hits that the
+        // last loads' notices brought.
+        let Some(end) = ["settled", "end"]
+            .iter()
+            .find_map(|l| st.iter().rfind(|s| get(s, "label") == Some(*l)))
+        else {
             continue;
         };
         for (i, b) in bounds.iter().enumerate() {
@@ -701,6 +714,23 @@ fn config_result(run: &Path, cfg: &str, ideal: u64, one_copy: u64, ram_mib: u64)
                 Value::Null
             }
         };
+        if has_counter(&logs, "loaded_notices") {
+            // Until the guests' settled stats (5 s after their reads): the
+            // last loads' notices come after the reads.
+            let names = [
+                "answers_miss_loading",
+                "loaded_notices",
+                "refetch_hits",
+                "loading_forgotten",
+            ];
+            let c = counters_between(&logs, &names, &["settled", "end"]);
+            r["notices"] = json!({
+                "loading_answers": c[0],
+                "notices": c[1],
+                "hits_after_notice": c[2],
+                "forgotten": c[3],
+            });
+        }
         r["doorbells_needed_per_hint"] = per_hint(needed, "doorbells_needed");
         r["doorbells_per_hint"] = per_hint(rung, "doorbells_rung");
         r["interrupts_per_hint"] = per_hint(irqs, "irqs_received");
@@ -791,6 +821,35 @@ fn mib_diff(v: Option<f64>) -> String {
     v.filter(|x| x.is_finite())
         .map(|x| format!("{x:+.1}"))
         .unwrap_or("?".into())
+}
+
+/// What became of the files answered "loading": the host's loaded
+/// notices, and the second hints they brought.
+fn notices_section(rows: &[(&str, &Value)]) -> String {
+    let mut m = String::new();
+    let _ = writeln!(m, "\nFiles answered \"loading\", summed over the guests from the workload's start to 5 s after its reads (module counters): the answers, the host's loaded notices, the second hints that then hit (the file's lower pages dropped), and the files forgotten without a notice (60 s, or more than 256 waiting).\n");
+    let _ = writeln!(
+        m,
+        "| configuration | \"loading\" answers | notices | hits after a notice | notices per \"loading\" answer | forgotten |"
+    );
+    let _ = writeln!(m, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (c, n) in rows {
+        let v = |k: &str| n.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        let per = if v("loading_answers") > 0.0 {
+            format!("{:.2}", v("notices") / v("loading_answers"))
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            m,
+            "| {c} | {:.0} | {:.0} | {:.0} | {per} | {:.0} |",
+            v("loading_answers"),
+            v("notices"),
+            v("hits_after_notice"),
+            v("forgotten"),
+        );
+    }
+    m
 }
 
 /// The report's "Guest memory, per guest" section, from the configurations'
@@ -1044,6 +1103,13 @@ fn markdown(
         );
     }
     let _ = writeln!(m, "\nKSM counters are host-wide (`/sys/kernel/mm/ksm`); nothing else on the host marks memory mergeable unless another process does. Per hint, during the workload, summed over the guests' module counters: `doorbells_needed` (the guest found the poller parked, NEED_WAKEUP set), `doorbells_rung` (it wrote the ivshmem-doorbell register: a VM exit), `irqs_received` (interrupts from the agent) over `hints_sent`. With an ivshmem-plain ring there is no doorbell: the poller's park timeout picks the hint up.\n");
+    let notices: Vec<(&str, &Value)> = CONFIGS
+        .iter()
+        .filter_map(|c| get_r(c).and_then(|r| r.get("notices")).map(|n| (*c, n)))
+        .collect();
+    if !notices.is_empty() {
+        let _ = write!(m, "{}", notices_section(&notices));
+    }
 
     // What each guest's host memory is made of.
     let mems: Vec<(&str, &Value)> = CONFIGS
@@ -1504,6 +1570,37 @@ mod tests {
         assert_eq!(p99, None);
         // No such counters (an older module): nothing to report.
         assert!(loaded_share(&["BENCH-STATS end hint_rtt_us_le_64=3\n".to_string()]).is_none());
+    }
+
+    #[test]
+    fn settled_stats_count_the_late_notices_and_end_stays_the_workload() {
+        let g = "BENCH-STATS start hints_sent=1 answers_miss_loading=0 loaded_notices=0 refetch_hits=0 loading_forgotten=0\n\
+                 BENCH-STATS end hints_sent=11 answers_miss_loading=4 loaded_notices=1 refetch_hits=1 loaded_share_ms_le_8=1\n\
+                 BENCH-STATS settled hints_sent=14 answers_miss_loading=4 loaded_notices=3 refetch_hits=3 loading_forgotten=1 loaded_share_ms_le_8=3\n"
+            .to_string();
+        let old = "BENCH-STATS start answers_miss_loading=0 loaded_notices=0\nBENCH-STATS end answers_miss_loading=2 loaded_notices=2\n".to_string();
+        assert_eq!(
+            workload_counters(std::slice::from_ref(&g), &["hints_sent"]),
+            vec![10.0]
+        );
+        let names = [
+            "answers_miss_loading",
+            "loaded_notices",
+            "refetch_hits",
+            "loading_forgotten",
+        ];
+        assert_eq!(
+            counters_between(&[g.clone(), old], &names, &["settled", "end"]),
+            vec![6.0, 5.0, 3.0, 1.0],
+            "a guest without settled stats counts to its end"
+        );
+        assert_eq!(loaded_share(&[g]).unwrap().0, 3.0);
+        let n = json!({"loading_answers": 6.0, "notices": 5.0, "hits_after_notice": 3.0, "forgotten": 1.0});
+        let md = notices_section(&[("vmdedup_cold", &n)]);
+        assert!(
+            md.contains("| vmdedup_cold | 6 | 5 | 3 | 0.83 | 1 |"),
+            "{md}"
+        );
     }
 
     #[test]

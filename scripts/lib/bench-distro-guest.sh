@@ -27,5 +27,6 @@ sync
 bench_meminfo end
 echo "BENCH-READS-DONE"
 sleep 5
+bench_stats settled
 bench_idle "$(bench_arg idle)"
 while :; do sleep 3600; done

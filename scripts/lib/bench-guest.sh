@@ -64,6 +64,7 @@ bench_meminfo end
 echo "BENCH-READS-DONE"
 # Idle: a few seconds for the last answers and revocations, then the window.
 sleep 5
+bench_stats settled
 bench_idle "$(bench_arg idle)"
 # Stay up (idle) until the host stops this guest.
 while :; do sleep 3600; done

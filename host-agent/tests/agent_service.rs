@@ -520,6 +520,54 @@ fn agent_hints_past_the_load_bound_wait_in_the_backlog_and_are_told_too() {
 }
 
 #[test]
+fn agent_every_hint_answered_loading_that_asked_is_told_with_loaders_running() {
+    // Loader threads run the loads while hints come: a small file may be
+    // loaded before the poller that queued it gets back (on a busy host it
+    // is descheduled when it wakes a loader). The hint waits for its load
+    // all the same, and is told.
+    let d = TempDir::new("notice-race");
+    let files = 600usize;
+    for i in 0..files {
+        std::fs::write(d.0.join(format!("f{i}")), content(i as u32, 100)).unwrap();
+    }
+    let ns =
+        Namespace::open_with(ns_config("a", 1, &d.0, &["default"]), ResolveMode::Openat2).unwrap();
+    let cfg = ServiceConfig {
+        workers: 2,
+        ..ServiceConfig::default()
+    };
+    let svc = service_over(vec![ns], 5, StoreConfig::default(), cfg);
+    let events = Arc::new(Events::default());
+    svc.set_event_sink(events.clone());
+    let loading = HintResult::Miss(MissReason::Loading);
+    let mut noted = 0;
+    for i in 0..files {
+        let p = format!("f{i}");
+        let mut h = req(1, p.as_bytes(), ident(&d.0.join(&p)));
+        h.request_id = i as u64;
+        h.notify_loaded = true;
+        let (r, n) = svc.answer_noting(1, &h);
+        assert_eq!(r, loading, "{p}: a file nobody loaded yet");
+        noted += n as usize;
+        // Within the VM's bounds of waiters and loads (past them a hint is
+        // not told, by design): the loaders catch up, as with a guest's reads.
+        while svc.load_waiters(1).0 >= 64 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(noted, files, "every hint that asked waits for its load");
+    // The last notices are sent just after their loads count as done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while loaded(&events).len() < files && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(svc.wait_idle(Duration::from_secs(60)));
+    let told = loaded(&events);
+    assert_eq!(told.len(), files, "and is told once");
+    assert_eq!(told, (0..files as u64).map(|i| (1, i)).collect::<Vec<_>>());
+}
+
+#[test]
 fn agent_a_removed_vm_waits_for_no_load() {
     let s = setup(0, ResolveMode::Openat2);
     let dir = &s.dirs[0].0;

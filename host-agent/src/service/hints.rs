@@ -36,6 +36,26 @@ fn guest_identity(hint: &Hint<'_>) -> GuestIdentity {
     }
 }
 
+/// A hint's wish to be told when its file is loaded
+/// ([`HINT_FLAG_NOTIFY_LOADED`](vmdedup_protocol::abi::HINT_FLAG_NOTIFY_LOADED)),
+/// and whether it was recorded.
+struct Notify {
+    /// The VM and its request id, if the hint asked.
+    asks: Option<(VmId, u64)>,
+    /// Recorded as a waiter of a load (see [`notify`](super::notify)).
+    noted: bool,
+}
+
+impl Notify {
+    /// Records the hint as waiting for the load of `key` the caller holds
+    /// the `jobs` lock over (queued, running or backlogged for its VM).
+    fn record(&mut self, waiters: &std::sync::Mutex<super::notify::LoadWaiters>, key: &CacheKey) {
+        if let Some((vm, request_id)) = self.asks.take() {
+            self.noted = lock(waiters).add(key, vm, request_id);
+        }
+    }
+}
+
 impl HintService {
     /// Answers one hint of VM `vm`. Never blocks on I/O, never panics on input.
     pub fn answer(&self, vm: VmId, hint: &Hint<'_>) -> HintResult {
@@ -44,13 +64,19 @@ impl HintService {
 
     /// [`HintService::answer`], and whether the VM will be told when the
     /// file is loaded: a "loading" answer to a hint that asked, with a load
-    /// of the file queued or running (see [`notify`](super::notify)).
+    /// of the file queued, running or in the VM's backlog (see
+    /// [`notify`](super::notify)).
     pub fn answer_noting(&self, vm: VmId, hint: &Hint<'_>) -> (HintResult, bool) {
         let t0 = Instant::now();
-        let r = self.answer_inner(vm, hint);
-        let noted = hint.notify_loaded
-            && r == HintResult::Miss(MissReason::Loading)
-            && self.wait_for_load(vm, hint);
+        let mut notify = Notify {
+            asks: hint.notify_loaded.then_some((vm, hint.request_id)),
+            noted: false,
+        };
+        let r = self.answer_inner(vm, hint, &mut notify);
+        // A waiter is recorded only with the load that makes the answer
+        // "loading".
+        debug_assert!(!notify.noted || r == HintResult::Miss(MissReason::Loading));
+        let noted = notify.noted;
         let us = t0.elapsed().as_micros() as u64;
         let miss = match r {
             HintResult::Hit(_) => None,
@@ -60,7 +86,7 @@ impl HintService {
         (r, noted)
     }
 
-    fn answer_inner(&self, vm: VmId, hint: &Hint<'_>) -> HintResult {
+    fn answer_inner(&self, vm: VmId, hint: &Hint<'_>, notify: &mut Notify) -> HintResult {
         let Some(ns) = self.namespace_for(vm, hint.namespace_id) else {
             return HintResult::Miss(MissReason::NoNamespace);
         };
@@ -72,28 +98,17 @@ impl HintService {
         let entry = lock(&self.shared.cache).get(&key, now);
         let masked = ns.config().always_loading;
         if masked {
-            if let Some(r) = self.mask_first_hint(vm, &key, entry.as_ref()) {
+            if let Some(r) = self.mask_first_hint(vm, &key, entry.as_ref(), notify) {
                 return r;
             }
         }
-        let r = self.answer_entry(vm, hint, &ns, key, entry, now);
+        let r = self.answer_entry(vm, hint, &ns, key, entry, now, notify);
         if masked && r == HintResult::Miss(MissReason::Loading) {
             // Told "loading" for real: the version loaded next is answered
             // normally, as it is after a masked "loading".
             lock(&self.shared.told).set(vm, hint.namespace_id, hint.path, Told::Pending);
         }
         r
-    }
-
-    /// Records that `hint`, answered "loading", waits to be told when its
-    /// file is loaded, if a load of it is queued or running or waits in the
-    /// VM's backlog (a full pool or quota is answered "loading" too, with
-    /// nothing to wait for).
-    /// Returns whether it was recorded.
-    fn wait_for_load(&self, vm: VmId, hint: &Hint<'_>) -> bool {
-        let key: CacheKey = (hint.namespace_id, hint.path.into());
-        let jobs = lock(&self.shared.jobs);
-        jobs.will_load(&key, Some(vm)) && lock(&self.shared.waiters).add(&key, vm, hint.request_id)
     }
 
     /// In an `always_loading` namespace: "loading" if this is `vm`'s first
@@ -106,6 +121,7 @@ impl HintService {
         vm: VmId,
         key: &CacheKey,
         entry: Option<&CacheEntry>,
+        notify: &mut Notify,
     ) -> Option<HintResult> {
         let loading = Some(HintResult::Miss(MissReason::Loading));
         let version = match entry {
@@ -118,9 +134,12 @@ impl HintService {
         match told {
             Some(Told::Map(m)) if m == version => return None,
             Some(Told::Masked(m)) if m == version => {
-                if lock(&self.shared.jobs).will_load(key, Some(vm)) {
+                let jobs = lock(&self.shared.jobs);
+                if jobs.will_load(key, Some(vm)) {
+                    notify.record(&self.shared.waiters, key);
                     return loading;
                 }
+                drop(jobs);
                 lock(&self.shared.told).set(vm, key.0, &key.1, Told::Map(version));
                 return None;
             }
@@ -134,7 +153,7 @@ impl HintService {
             _ => {}
         }
         self.shared.masked_hits.fetch_add(1, Ordering::Relaxed);
-        let push = self.push_job(key, Some(vm));
+        let push = self.push_job(key, Some(vm), notify);
         match push {
             Push::Queued => self.shared.jobs_cv.notify_one(),
             // Past its bounds a real miss keeps nothing either and is
@@ -147,6 +166,7 @@ impl HintService {
     }
 
     /// The ordinary answer for a hint whose path cache entry is `entry`.
+    #[allow(clippy::too_many_arguments)]
     fn answer_entry(
         &self,
         vm: VmId,
@@ -155,6 +175,7 @@ impl HintService {
         key: CacheKey,
         entry: Option<CacheEntry>,
         now: u64,
+        notify: &mut Notify,
     ) -> HintResult {
         match entry {
             Some(CacheEntry::Ready {
@@ -172,7 +193,7 @@ impl HintService {
                     // since it was resolved: look again (in a loader, at
                     // most every `recheck_ms` for this path). Until then
                     // the cached version stands.
-                    if recheck_at_ms <= now && self.recheck(key, vm, now) {
+                    if recheck_at_ms <= now && self.recheck(key, vm, now, notify) {
                         return HintResult::Miss(MissReason::Loading);
                     }
                     return HintResult::Miss(MissReason::IdentityMismatch);
@@ -186,17 +207,15 @@ impl HintService {
                     Err(StoreError::TooLarge(_)) => HintResult::Miss(MissReason::TooLarge),
                     Err(_) => {
                         // Evicted or revoked since: load it again.
-                        self.enqueue(key, Some(vm));
+                        self.enqueue(key, Some(vm), notify);
                         HintResult::Miss(MissReason::Loading)
                     }
                 }
             }
             Some(CacheEntry::Loading) => {
-                // Normally queued or running; if its job was lost (the
-                // entry outlived a bound), queue it again.
-                if !lock(&self.shared.jobs).contains(&key) {
-                    self.enqueue(key, Some(vm));
-                }
+                // Normally queued or running (found so, and waited for); if
+                // its job was lost (the entry outlived a bound), queued again.
+                self.enqueue(key, Some(vm), notify);
                 HintResult::Miss(MissReason::Loading)
             }
             Some(CacheEntry::Missing {
@@ -207,14 +226,14 @@ impl HintService {
                 let room =
                     drops_seen.is_some_and(|d| lock(&self.shared.store).counts().maps_dropped != d);
                 if room || retry_at_ms.is_some_and(|t| t <= now) {
-                    self.enqueue(key, Some(vm));
+                    self.enqueue(key, Some(vm), notify);
                     HintResult::Miss(MissReason::Loading)
                 } else {
                     HintResult::Miss(reason)
                 }
             }
             None => {
-                self.enqueue(key, Some(vm));
+                self.enqueue(key, Some(vm), notify);
                 HintResult::Miss(MissReason::Loading)
             }
         }
@@ -222,13 +241,21 @@ impl HintService {
 
     /// Puts a load of `key` for `by` on the queues, within `by`'s bound of
     /// loads, or in its backlog; the caller wakes a loader if it was
-    /// queued. The one place a
-    /// load job is made: misses, rechecks and masked first hints.
-    fn push_job(&self, key: &CacheKey, by: Requester) -> Push {
-        lock(&self.shared.jobs).push(LoadJob {
+    /// queued. The one place a load job is made: misses, rechecks and
+    /// masked first hints. A hint that asked to be told when its file is
+    /// loaded waits for this load, or the one found queued or running:
+    /// recorded under the same lock, before a loader can run it (a small
+    /// file loads faster than a descheduled poller gets back).
+    fn push_job(&self, key: &CacheKey, by: Requester, notify: &mut Notify) -> Push {
+        let mut jobs = lock(&self.shared.jobs);
+        let push = jobs.push(LoadJob {
             key: key.clone(),
             by,
-        })
+        });
+        if push != Push::Full {
+            notify.record(&self.shared.waiters, key);
+        }
+        push
     }
 
     /// Queues a load of `key` for `by` unless one is queued or running, and
@@ -236,11 +263,11 @@ impl HintService {
     /// backlog, not marked (another VM's hint queues it at once); past the
     /// backlog nothing is kept: the guest is answered "loading" and asks
     /// again later.
-    pub(super) fn enqueue(&self, key: CacheKey, by: Requester) -> Push {
+    fn enqueue(&self, key: CacheKey, by: Requester, notify: &mut Notify) -> Push {
         let now = self.now_ms();
         let push = {
             let mut c = lock(&self.shared.cache);
-            let push = self.push_job(&key, by);
+            let push = self.push_job(&key, by, notify);
             if push == Push::Queued {
                 c.insert(key, CacheEntry::Loading, now);
             }
@@ -255,9 +282,9 @@ impl HintService {
     /// Queues a second look at a `Ready` path whose host file may have
     /// changed, keeping the entry (other guests still hit it) but pushing
     /// its next recheck out. Returns whether a look is queued or running.
-    fn recheck(&self, key: CacheKey, vm: VmId, now: u64) -> bool {
+    fn recheck(&self, key: CacheKey, vm: VmId, now: u64, notify: &mut Notify) -> bool {
         let mut c = lock(&self.shared.cache);
-        let push = self.push_job(&key, Some(vm));
+        let push = self.push_job(&key, Some(vm), notify);
         match push {
             Push::Queued => {
                 if let Some(CacheEntry::Ready { host, map, .. }) = c.peek(&key).cloned() {

@@ -242,11 +242,6 @@ impl LoadQueues {
         }
     }
 
-    /// Whether `key` is queued or running.
-    pub(super) fn contains(&self, key: &CacheKey) -> bool {
-        self.keys.contains(key)
-    }
-
     /// Whether a load of `key` is queued or running, or waits in `by`'s
     /// backlog: one that will end, and tell those waiting for it.
     pub(super) fn will_load(&self, key: &CacheKey, by: Requester) -> bool {

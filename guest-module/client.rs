@@ -117,6 +117,10 @@ struct Pending {
     /// for the file (answered "loading") was sent: its hit drops the lower
     /// pages read meanwhile.
     refetch: Option<Ktime>,
+    /// The host's [`NOTICE_LOADED`] for this hint came before its answer
+    /// was taken (a small file loads in less time than the answer takes to
+    /// be reaped): the answer is followed by the new hint at once.
+    noticed: bool,
 }
 
 /// What a new hint for a file needs, where no open gives it.
@@ -728,6 +732,7 @@ impl Client {
                 slot,
                 again,
                 refetch,
+                noticed: false,
             });
         }
         stats::inc(Counter::hints_sent);
@@ -955,7 +960,7 @@ impl Client {
                         file: p.file.clone(),
                         again,
                         sent: p.refetch.unwrap_or(p.sent),
-                        due: false,
+                        due: p.noticed,
                     });
                 }
                 MissKind::Retry
@@ -1178,7 +1183,23 @@ impl Client {
                         l.due = true;
                         stats::inc(Counter::loaded_notices);
                     }
-                    None => stats::inc(Counter::loaded_notices_unknown),
+                    None => {
+                        // The answer may not be taken yet: the host
+                        // published it before the notice, and the tick
+                        // reaps again after the events.
+                        let p = self
+                            .pending
+                            .iter_mut()
+                            .flatten()
+                            .find(|p| p.id == e.request_id && p.again.is_some());
+                        match p {
+                            Some(p) => {
+                                p.noticed = true;
+                                stats::inc(Counter::loaded_notices);
+                            }
+                            None => stats::inc(Counter::loaded_notices_unknown),
+                        }
+                    }
                 }
             }
             (EVENT_NOTICE, NOTICE_HOST_RESTARTING) => {
@@ -1211,10 +1232,12 @@ impl Client {
         self.expire();
         self.reap(ring, pool, true);
         self.poll_events(ring);
+        // Every answer the host published before the events just read is in
+        // the completion ring by now: a notice that came before its hint's
+        // answer was taken finds the answer here, and a re-announce applies
+        // the old host's answers first.
+        self.reap(ring, pool, true);
         if self.reannounce != 0 {
-            // Every answer the old host published before the notice is in
-            // the completion ring by now: apply them first.
-            self.reap(ring, pool, true);
             self.send_holds();
         }
         self.refetch(ring);

@@ -2,10 +2,12 @@
 //! asked for a [`NOTICE_LOADED`](vmdedup_protocol::abi::NOTICE_LOADED)
 //! ([`HINT_FLAG_NOTIFY_LOADED`](vmdedup_protocol::abi::HINT_FLAG_NOTIFY_LOADED)).
 //!
-//! A waiter is recorded only while a load of its path is queued or running,
-//! under the `jobs` lock, and taken when that load is done, under the same
-//! lock: so every waiter is either taken by the load it waited for or never
-//! recorded. The notice is advisory and holds nothing: the guest hints
+//! A waiter is recorded with the push that queues its path's load, finds
+//! it queued or running, or puts it in the VM's backlog, under the `jobs`
+//! lock, so before any loader can take that load (a small file loads
+//! faster than a poller that woke a loader may get its core back); it is
+//! taken when a load of the path is done, under the same lock. So every
+//! waiter is either taken by the load it waited for or never recorded. The notice is advisory and holds nothing: the guest hints
 //! again and only that hint's answer makes it a holder. What a guest can
 //! make the agent keep here is bounded by [`WAITERS_PER_VM`].
 

@@ -62,6 +62,7 @@ fn setup(budget_frames: u64, mode: ResolveMode) -> Setup {
         workers: 0,
         chunk_pages: 3,
         retry_after_ms: 0,
+        vm_load_backlog: 256,
         ..ServiceConfig::default()
     };
     let svc = service_over(namespaces, 77, store, cfg);
@@ -551,7 +552,7 @@ fn agent_every_hint_answered_loading_that_asked_is_told_with_loaders_running() {
         noted += n as usize;
         // Within the VM's bounds of waiters and loads (past them a hint is
         // not told, by design): the loaders catch up, as with a guest's reads.
-        while svc.load_waiters(1).0 >= 64 {
+        while svc.loads_in_flight(Some(1)) >= 12 {
             std::thread::sleep(Duration::from_millis(1));
         }
     }

@@ -22,6 +22,9 @@ use common::TempDir;
 
 /// A service (no loader threads: tests run loads) over `namespaces`, with
 /// VMs 1 and 2 in domain default and a budget of `budget_frames` (0: all).
+/// Paths one VM's backlog holds in these services.
+const BACKLOG: usize = 8;
+
 fn service(namespaces: Vec<NamespaceConfig>, mode: ResolveMode, budget_frames: u64) -> HintService {
     let namespaces = namespaces
         .into_iter()
@@ -35,6 +38,7 @@ fn service(namespaces: Vec<NamespaceConfig>, mode: ResolveMode, budget_frames: u
         workers: 0,
         retry_after_ms: 0,
         recheck_ms: 0,
+        vm_load_backlog: BACKLOG,
         ..ServiceConfig::default()
     };
     service_over(namespaces, 5, store, cfg)
@@ -413,8 +417,7 @@ fn always_loading_past_the_load_bound_stays_loading() {
         hint_until_done(&svc, 1, 1, b"f", f, 4).last().unwrap()
     ));
     // VM 2 fills its load queue and its backlog with misses of its own.
-    let cfg = ServiceConfig::default();
-    let (bound, backlog) = (cfg.vm_max_loads, cfg.vm_load_backlog);
+    let (bound, backlog) = (ServiceConfig::default().vm_max_loads, BACKLOG);
     for i in 0..bound + backlog {
         let p = format!("missing{i}");
         let r = svc.answer(2, &req(1, p.as_bytes(), f));

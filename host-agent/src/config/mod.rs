@@ -27,7 +27,7 @@
 //! path_cache_size = "16M"            # bytes of paths remembered (+192 per entry)
 //! path_cache_idle_ms = 600000        # a path not hinted for this long is forgotten
 //! vm_max_loads = 16                  # loads one VM may have queued and running
-//! vm_load_backlog = 256              # paths waiting behind those, queued as they end
+//! vm_load_backlog = 0                # paths waiting behind those, queued as they end
 //! warm_max_files = 4096              # files one `warm` of a guest loads at most
 //! recheck_ms = 1000                  # how often a path is re-resolved for a guest
 //!                                    # whose copy differs from the cached version

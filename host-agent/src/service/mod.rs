@@ -112,7 +112,12 @@ pub struct ServiceConfig {
     pub vm_max_loads: usize,
     /// Most paths waiting in one VM's backlog, to be queued as its loads
     /// finish; past it its hints for paths not loaded are answered
-    /// "loading" without anything kept (0: no backlog).
+    /// "loading" without anything kept. 0, the default: no backlog. A
+    /// backlog tells every hint past the bound when its file is loaded,
+    /// but under a pool far smaller than what the guests read, its loads
+    /// run after the guest moved on and evict each other (the `restart`
+    /// suite's 2 MiB pool: the notices and hints again it brings filled
+    /// the guest's ring).
     pub vm_load_backlog: usize,
     /// A guest whose copy of a loaded file differs from the cached host
     /// version has the path resolved again, at most this often per path
@@ -131,7 +136,7 @@ impl Default for ServiceConfig {
             retry_after_ms: 100,
             cache: CacheLimits::default(),
             vm_max_loads: 16,
-            vm_load_backlog: 256,
+            vm_load_backlog: 0,
             recheck_ms: 1_000,
             warm_max_files: 4_096,
         }

@@ -74,9 +74,8 @@ impl HintService {
         };
         let r = self.answer_inner(vm, hint, &mut notify);
         // A waiter is recorded only with the load that makes the answer
-        // "loading".
-        debug_assert!(!notify.noted || r == HintResult::Miss(MissReason::Loading));
-        let noted = notify.noted;
+        // "loading"; the answer says so only then.
+        let noted = notify.noted && r == HintResult::Miss(MissReason::Loading);
         let us = t0.elapsed().as_micros() as u64;
         let miss = match r {
             HintResult::Hit(_) => None,

@@ -185,33 +185,23 @@ impl LoadQueues {
             return false;
         };
         lane.running = lane.running.saturating_sub(1);
-        // A backlog is kept only behind a full lane (this loop refills it
-        // from the backlog whenever one of its loads ends), so a lane with
-        // a backlog is never empty.
+        // A backlog is kept only behind a full lane (this refills it from
+        // the backlog whenever one of its loads ends), so a lane with a
+        // backlog is never empty.
         let mut promoted = false;
-        while lane.queued.len() + lane.running < self.limit {
-            let Some(key) = lane.backlog.pop_front() else {
-                break;
-            };
+        while let Some(key) = self.lanes.get_mut(&job.by).and_then(|lane| {
+            let room = lane.queued.len() + lane.running < self.limit;
+            room.then(|| lane.backlog.pop_front()).flatten()
+        }) {
+            self.unbacklog(&key);
             // Queued or running for another requester meanwhile: that load
             // takes it out of the backlogs and tells its waiters.
             if !self.keys.contains(&key) {
-                if lane.queued.is_empty() {
-                    self.turn.push_back(job.by);
-                }
-                lane.queued.push_back(key.clone());
-                self.keys.insert(key.clone());
-                self.queued += 1;
+                self.enqueue(job.by, key);
                 promoted = true;
             }
-            if let Some(n) = self.backlogged.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    self.backlogged.remove(&key);
-                }
-            }
         }
-        if lane.is_empty() {
+        if self.lanes.get(&job.by).is_some_and(Lane::is_empty) {
             self.lanes.remove(&job.by);
         }
         promoted

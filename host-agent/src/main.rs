@@ -2,9 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -21,6 +20,7 @@ use vmdedup_protocol::abi::RegionKind;
 use vmdedup_protocol::control::{Request, Response, StatusReport};
 
 mod qemu_args_cmd;
+mod warm_cmd;
 use qemu_args_cmd::{cmd_qemu_args, QemuFormat};
 #[path = "cli/exit.rs"]
 mod exit;
@@ -366,19 +366,38 @@ enum Command {
         /// `domain`, `size`, `pages` and `path`.
         #[arg(long)]
         json: bool,
+        /// Print every path of the namespace in the pool, one per line,
+        /// sorted: a profile of what guests read, for `vmdedup warm NS
+        /// --from`.
+        #[arg(long, conflicts_with_all = ["json", "offset", "limit"])]
+        paths: bool,
     },
-    /// Preload a namespace tree (or a subtree) into the pool, so the first VM
-    /// hits as well and hit/miss timing reveals nothing about other VMs.
+    /// Preload a namespace tree (or a subtree, or the paths of a profile)
+    /// into the pool, so the first VM hits as well and hit/miss timing
+    /// reveals nothing about other VMs.
     ///
     /// Example: vmdedup warm debian usr/lib
+    ///
+    /// A whole distribution image is mostly files no guest reads: warm what
+    /// guests read instead, from a profile that `vmdedup files NS --paths`
+    /// wrote after they ran:
+    ///
+    /// vmdedup files debian --paths > debian.profile;
+    /// vmdedup warm debian --from debian.profile
     Warm {
         #[command(flatten)]
         control: ControlArg,
         /// Namespace name.
         ns: String,
         /// Namespace-relative path (default: the whole tree).
-        #[arg(default_value = "")]
+        #[arg(default_value = "", conflicts_with = "from")]
         path: String,
+        /// Warm the paths FILE lists instead ("-": standard input): one
+        /// namespace-relative path per line, as `vmdedup files NS --paths`
+        /// prints them; empty lines and lines starting with # are skipped. A
+        /// path no longer in the namespace is counted and skipped.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
     },
     /// Drop a file (or a subtree) from the pool; VMs holding it are told to
     /// let go first.
@@ -615,6 +634,15 @@ fn rpc<T>(
     take: impl FnOnce(Response) -> Option<T>,
 ) -> anyhow::Result<T> {
     let resp = control::request(control, req).map_err(|e| unreachable(control, &e))?;
+    take_answer(req, resp, take)
+}
+
+/// [`rpc`]'s reading of the answer `resp` to `req`.
+fn take_answer<T>(
+    req: &Request,
+    resp: Response,
+    take: impl FnOnce(Response) -> Option<T>,
+) -> anyhow::Result<T> {
     match resp {
         Response::Error { code, message } => Err(exit::Refused(format!(
             "the agent refused{}: {}",
@@ -978,11 +1006,7 @@ fn cmd_vms(control: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `vmdedup files`.
 fn cmd_files(control: &Path, ns: &str, offset: u32, limit: u16, json: bool) -> anyhow::Result<()> {
-    let known = rpc!(control, Request::Namespaces, Response::Namespaces(n) => n)?;
-    if !known.iter().any(|n| n.name.as_str() == ns) {
-        let names: Vec<&str> = known.iter().map(|n| n.name.as_str()).collect();
-        bail!("no namespace {ns:?} (known: {})", names.join(", "));
-    }
+    warm_cmd::check_namespace(control, ns)?;
     let req = Request::Files {
         ns: bounded(ns, "namespace name too long")?,
         offset,
@@ -1019,49 +1043,6 @@ fn cmd_files(control: &Path, ns: &str, offset: u32, limit: u16, json: bool) -> a
             f.path.as_str()
         );
     }
-    Ok(())
-}
-
-/// `vmdedup warm`.
-fn cmd_warm(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
-    let req = Request::Warm {
-        ns: bounded(ns, "namespace name too long")?,
-        path: bounded(path, "path too long")?,
-    };
-    // The agent does the loading; meanwhile show the pool filling up.
-    let start = Instant::now();
-    let sock = control.to_path_buf();
-    let done = Arc::new(AtomicBool::new(false));
-    let done2 = Arc::clone(&done);
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let progress = std::thread::spawn(move || {
-        let mut first = None;
-        while tty && !done2.load(Ordering::Relaxed) {
-            if let Ok(Response::Status(r)) = control::request(&sock, &Request::Status) {
-                let base = *first.get_or_insert(r.pool.frames_used);
-                eprint!(
-                    "\rwarming: {} frames loaded, {} MiB, {:.0}s   ",
-                    r.pool.frames_used.saturating_sub(base),
-                    (r.pool.frames_used.saturating_sub(base) * 4096) >> 20,
-                    start.elapsed().as_secs_f64()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    });
-    let resp =
-        rpc!(control, req, Response::Warmed { files, pages, skipped } => (files, pages, skipped));
-    done.store(true, Ordering::Relaxed);
-    let _ = progress.join();
-    if tty {
-        eprintln!();
-    }
-    let (files, pages, skipped) =
-        resp.with_context(|| format!("warm {ns} {path}").trim_end().to_string())?;
-    println!(
-        "warmed {ns}/{path}: {files} files, {pages} pages, {skipped} skipped, in {:.1}s",
-        start.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 
@@ -1233,13 +1214,25 @@ fn run() -> anyhow::Result<()> {
         Command::Status { control, json } => cmd_status(&control.socket()?, json),
         Command::Vms { control, json } => cmd_vms(&control.socket()?, json),
         Command::Files {
+            control, ns, paths, ..
+        } if paths => warm_cmd::cmd_files_paths(&control.socket()?, &ns),
+        Command::Files {
             control,
             ns,
             offset,
             limit,
             json,
+            ..
         } => cmd_files(&control.socket()?, &ns, offset, limit, json),
-        Command::Warm { control, ns, path } => cmd_warm(&control.socket()?, &ns, &path),
+        Command::Warm {
+            control,
+            ns,
+            from: Some(from),
+            ..
+        } => warm_cmd::cmd_warm_from(&control.socket()?, &ns, &from),
+        Command::Warm {
+            control, ns, path, ..
+        } => warm_cmd::cmd_warm(&control.socket()?, &ns, &path),
         Command::Evict { control, ns, path } => cmd_evict(&control.socket()?, &ns, &path),
         Command::Vm(VmCommand::Add {
             control,

@@ -110,6 +110,18 @@ impl Progress {
     }
 }
 
+/// The files, pages and skipped files of a [`Response::Warmed`].
+fn warmed(r: Response) -> Option<(u64, u64, u64)> {
+    match r {
+        Response::Warmed {
+            files,
+            pages,
+            skipped,
+        } => Some((files, pages, skipped)),
+        _ => None,
+    }
+}
+
 /// `vmdedup warm NS [PATH]`.
 pub(crate) fn cmd_warm(control: &Path, ns: &str, path: &str) -> anyhow::Result<()> {
     let req = Request::Warm {
@@ -132,14 +144,7 @@ pub(crate) fn cmd_warm(control: &Path, ns: &str, path: &str) -> anyhow::Result<(
         }
         _ => None,
     });
-    let resp = rpc(control, &req, |r| match r {
-        Response::Warmed {
-            files,
-            pages,
-            skipped,
-        } => Some((files, pages, skipped)),
-        _ => None,
-    });
+    let resp = rpc(control, &req, warmed);
     progress.finish();
     let (files, pages, skipped) =
         resp.with_context(|| format!("warm {ns} {path}").trim_end().to_string())?;
@@ -225,14 +230,7 @@ pub(crate) fn cmd_warm_from(control: &Path, ns: &str, from: &Path) -> anyhow::Re
         {
             missing.push(*path);
         } else {
-            match take_answer(&req, resp, |r| match r {
-                Response::Warmed {
-                    files,
-                    pages,
-                    skipped,
-                } => Some((files, pages, skipped)),
-                _ => None,
-            }) {
+            match take_answer(&req, resp, warmed) {
                 Ok((f, p, s)) => {
                     files += f;
                     pages += p;

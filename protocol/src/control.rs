@@ -141,9 +141,7 @@ pub enum MissReason {
     NoNamespace,
     /// The file is being loaded; retry later.
     Loading,
-    /// The pool has no room now; retry later. Also a pool-only hint
-    /// (`HINT_FLAG_POOL_ONLY`) for a file the pool does not hold: it was
-    /// evicted again before the guest came for it.
+    /// The pool has no room now; retry later.
     PoolFull,
     /// The file is larger than a table may describe.
     TooLarge,

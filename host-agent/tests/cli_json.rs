@@ -1,10 +1,8 @@
 //! `--json` on every listing command (`status`, `vms`, `files`): each
 //! prints one JSON document that says what the human table says.
 
-use std::process::Command;
-
 mod common;
-use common::process::spawn_ready;
+use common::process::serve_two_domains;
 use common::process::{s, vmdedup};
 use common::TempDir;
 
@@ -33,22 +31,7 @@ fn listings_print_json() {
     // 3 pages and 1 byte: 4 pages in the pool.
     std::fs::write(tree.join("lib/a.so"), vec![7u8; 3 * 4096 + 1]).unwrap();
     let control = d.0.join("control.sock");
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--pool-size",
-        "4M",
-        "--vm",
-        "vm1",
-        "--vm",
-        "vm2:blue",
-    ])
-    .args(["--ns", &format!("sys={}", s(&tree))])
-    .args(["--ns-domains", "sys=default,blue"])
-    .args(["--pool", s(&d.0.join("pool")), "--ring-dir", s(&d.0)])
-    .args(["--control", s(&control)])
-    .env("VMDEDUP_LOG", "warn");
-    let _agent = spawn_ready(cmd, &d.0, "the agent exited");
+    let _agent = serve_two_domains(BIN, &d.0, "sys", &tree);
     let c = s(&control);
     let o = vmdedup(&["warm", "sys", "--control", c]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -7,31 +7,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod common;
-use common::process::{s, spawn_ready, vmdedup, AgentProcess};
+use common::process::{s, serve_two_domains, vmdedup, AgentProcess};
 use common::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vmdedup");
 
-/// An agent serving `tree` as namespace "img" to VMs in two domains (so a
-/// file can be in two pools), its state under `dir`.
+/// An agent serving `tree` as namespace "img" to VMs in two domains, its
+/// state under `dir`.
 fn agent(dir: &Path, tree: &Path) -> AgentProcess {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--pool-size",
-        "4M",
-        "--vm",
-        "vm1",
-        "--vm",
-        "vm2:blue",
-    ])
-    .args(["--ns", &format!("img={}", s(tree))])
-    .args(["--ns-domains", "img=default,blue"])
-    .args(["--pool", s(&dir.join("pool")), "--ring-dir", s(dir)])
-    .args(["--control", s(&dir.join("control.sock"))])
-    .env("VMDEDUP_LOG", "warn");
-    spawn_ready(cmd, dir, "the agent exited")
+    serve_two_domains(BIN, dir, "img", tree)
 }
 
 fn ok(args: &[&str]) -> String {

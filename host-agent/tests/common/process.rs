@@ -94,3 +94,27 @@ pub fn vmdedup(args: &[&str]) -> std::process::Output {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Starts `vmdedup serve` (the binary `bin`) on a 4 MiB pool with VMs
+/// "vm1" (domain default) and "vm2" (domain blue), serving `tree` as
+/// namespace `ns` to both domains (so a file can be in two pools), with
+/// its pool, rings and `control.sock` in `dir`; returns once it is ready.
+pub fn serve_two_domains(bin: &str, dir: &Path, ns: &str, tree: &Path) -> AgentProcess {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "serve",
+        "--pool-size",
+        "4M",
+        "--vm",
+        "vm1",
+        "--vm",
+        "vm2:blue",
+    ])
+    .args(["--ns", &format!("{ns}={}", s(tree))])
+    .args(["--ns-domains", &format!("{ns}=default,blue")])
+    .args(["--pool", s(&dir.join("pool")), "--ring-dir", s(dir)])
+    .args(["--control", s(&dir.join("control.sock"))])
+    .env("VMDEDUP_LOG", "warn");
+    spawn_ready(cmd, dir, "the agent exited")
+}

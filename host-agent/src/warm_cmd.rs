@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use vmdedup_host_agent::control;
-use vmdedup_protocol::control::{ErrorCode, Request, Response, MAX_FILES};
+use vmdedup_protocol::control::{ErrorCode, Name, RelPath, Request, Response, MAX_FILES};
 
 use crate::{bounded, rpc, take_answer};
 
@@ -157,7 +157,7 @@ pub(crate) fn cmd_warm(control: &Path, ns: &str, path: &str) -> anyhow::Result<(
 
 /// The paths of a profile: one per line; empty lines and lines that start
 /// with `#` are skipped. Errors name the line.
-fn profile_paths(text: &str) -> anyhow::Result<Vec<&str>> {
+fn profile_paths(text: &str) -> anyhow::Result<Vec<RelPath>> {
     let mut paths = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.is_empty() || line.starts_with('#') {
@@ -169,9 +169,7 @@ fn profile_paths(text: &str) -> anyhow::Result<Vec<&str>> {
                 i + 1
             );
         }
-        bounded::<{ vmdedup_protocol::control::MAX_PATH }>(line, "path too long")
-            .with_context(|| format!("line {}", i + 1))?;
-        paths.push(line);
+        paths.push(bounded(line, "path too long").with_context(|| format!("line {}", i + 1))?);
     }
     Ok(paths)
 }
@@ -211,15 +209,17 @@ pub(crate) fn cmd_warm_from(control: &Path, ns: &str, from: &Path) -> anyhow::Re
     let (mut files, mut pages, mut skipped) = (0u64, 0u64, 0u64);
     let mut missing = Vec::new();
     let mut failed = None;
-    for path in &paths {
+    let ns_name: Name = bounded(ns, "namespace name too long")?;
+    for p in &paths {
+        let path = p.as_str();
         let req = Request::Warm {
-            ns: bounded(ns, "namespace name too long")?,
-            path: bounded(path, "path too long")?,
+            ns: ns_name.clone(),
+            path: p.clone(),
         };
         let resp = match control::request(control, &req) {
             Ok(r) => r,
             Err(e) => {
-                failed = Some((*path, crate::unreachable(control, &e)));
+                failed = Some((path, crate::unreachable(control, &e)));
                 break;
             }
         };
@@ -228,7 +228,7 @@ pub(crate) fn cmd_warm_from(control: &Path, ns: &str, from: &Path) -> anyhow::Re
             ..
         } = resp
         {
-            missing.push(*path);
+            missing.push(path);
         } else {
             match take_answer(&req, resp, warmed) {
                 Ok((f, p, s)) => {
@@ -237,7 +237,7 @@ pub(crate) fn cmd_warm_from(control: &Path, ns: &str, from: &Path) -> anyhow::Re
                     skipped += s;
                 }
                 Err(e) => {
-                    failed = Some((*path, e));
+                    failed = Some((path, e));
                     break;
                 }
             }
@@ -275,6 +275,7 @@ mod tests {
     #[test]
     fn a_profile_skips_blanks_and_comments_and_refuses_what_is_no_path() {
         let p = profile_paths("usr/bin/python3\n\n# a comment\nusr/lib/x.so\n").unwrap();
+        let p: Vec<&str> = p.iter().map(|p| p.as_str()).collect();
         assert_eq!(p, ["usr/bin/python3", "usr/lib/x.so"]);
         let e = profile_paths("a\n/etc/passwd\n").unwrap_err();
         assert!(format!("{e:#}").contains("line 2"), "{e:#}");

@@ -403,6 +403,44 @@ fn agent_a_vms_huge_file_revokes_only_its_own_maps() {
 }
 
 #[test]
+fn agent_a_vm_within_its_share_gets_room_from_one_above_it() {
+    // 8 frames of budget and two VMs in the domain: under pressure, a fair
+    // share of 4 pages each.
+    let s = setup(8, ResolveMode::Openat2);
+    let d = &s.dirs[0].0;
+    let names: Vec<String> = (0..5).map(|i| format!("f{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        std::fs::write(d.join(n), content(10 + i as u32, 2 * 4096)).unwrap();
+    }
+    std::fs::write(d.join("big"), content(20, 3 * 4096)).unwrap();
+    let h = |vm, n: &str| hint(&s.svc, vm, 1, n.as_bytes(), ident(&d.join(n)));
+    // VM 1 fills the pool while nobody else wants room.
+    let held: Vec<TableRef> = names[..4].iter().map(|n| expect_hit(h(1, n))).collect();
+    // VM 2's file needs 3 frames: VM 1's two least recently used maps are
+    // asked back (its share is 4 pages).
+    assert_eq!(h(2, "big"), HintResult::Miss(MissReason::PoolFull));
+    assert_eq!(
+        s.events.0.lock().unwrap().clone(),
+        vec![('r', 1, held[0].file_map_id), ('r', 1, held[1].file_map_id)]
+    );
+    assert!(s.svc.ack(1, held[0].file_map_id));
+    assert!(s.svc.ack(1, held[1].file_map_id));
+    // While VM 2 waits, VM 1 is held to its share: its new file loads into
+    // the room but is not handed to it, so the room stays VM 2's.
+    assert_eq!(h(1, &names[4]), HintResult::Miss(MissReason::OverQuota));
+    let lb = expect_hit(h(2, "big"));
+    assert_eq!(guest_read(&s.svc, &lb).0, content(20, 3 * 4096));
+    // VM 1, at its share now, makes room only from its own maps again.
+    s.events.0.lock().unwrap().clear();
+    assert_eq!(h(1, &names[4]), HintResult::Miss(MissReason::PoolFull));
+    assert_eq!(
+        s.events.0.lock().unwrap().clone(),
+        vec![('r', 1, held[2].file_map_id)]
+    );
+    assert_eq!(guest_read(&s.svc, &held[3]).0, content(13, 2 * 4096));
+}
+
+#[test]
 fn agent_warm_then_first_hint_hits_and_evict() {
     let s = setup(0, ResolveMode::Openat2);
     let d = &s.dirs[0].0;

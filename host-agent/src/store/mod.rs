@@ -27,12 +27,21 @@
 //!   old ring (no deadline cuts it off again for one).
 //! - Each VM may hold at most its quota of pages (`vm_max_held_pages`, or
 //!   its own limit); a hit beyond it is a miss ([`StoreError::OverQuota`]).
-//! - Under pressure: unreferenced maps go first (least recently used first);
-//!   then the maps held by the VM whose load needs the room, and by no other
-//!   VM, are revoked (LRU too). Another VM's maps, and maps shared with
-//!   another VM, are never revoked for someone's load, and an operator's load
-//!   (no requesting VM) revokes nothing. The allocation that needed room fails
-//!   with [`StoreError::PoolFull`] meanwhile.
+//! - Under pressure: unreferenced maps go first (least recently used first).
+//!   Then, if the VM whose load needs the room stays within its fair share
+//!   with it (the budget divided among the VMs that hold pages or wait for
+//!   room), maps held only by VMs above their fair share are revoked (LRU),
+//!   without a deadline: such a VM is asked to give back, never cut off for
+//!   it (it may be paused). While such a VM waits for room
+//!   ([`FAIR_SHARE_WINDOW_MS`] since its last failed load, or until a load of
+//!   its own succeeds), a hit that would take another VM above its fair
+//!   share is refused ([`StoreError::OverQuota`]), so that the room made is
+//!   not taken again. Last, the maps held by the requesting VM and by no
+//!   other VM are revoked (LRU too). A VM within its share never loses a map
+//!   to someone else's load, a map shared with a VM within its share is never
+//!   revoked for pressure, and an operator's load (no requesting VM) revokes
+//!   nothing. The allocation that needed room fails with
+//!   [`StoreError::PoolFull`] meanwhile.
 //! - Nothing slow happens inside the store: a loader stages pages
 //!   ([`PageStore::stage_pages`]), writes and compares them with the caller's
 //!   lock released ([`StagedPages::fill`], which says why that is sound) and
@@ -48,6 +57,11 @@ use vmdedup_protocol::pool::{
 };
 
 use crate::pool::{FrameAccess, PoolMemory};
+
+/// How long a VM whose load found no room within its fair share keeps the
+/// other VMs at theirs, counted from its last such load: long enough for the
+/// VMs asked to give back to acknowledge and for its guest to ask again.
+pub const FAIR_SHARE_WINDOW_MS: u64 = 10_000;
 
 /// One page of a [`StagedPages`] batch.
 #[derive(Clone, Copy, Debug)]
@@ -211,7 +225,8 @@ enum MapState {
     /// Dead to new hints; dropped once no VM holds it. `waiting`: the
     /// holders that owe an acknowledgement by `deadline_ms` (not a holder
     /// whose every reference predates its reinstatement: its new ring knows
-    /// nothing of them).
+    /// nothing of them). `u64::MAX`: no deadline (a revocation for another
+    /// VM's fair share, a dead table of an adopted pool).
     Revoking {
         waiting: BTreeSet<VmId>,
         deadline_ms: u64,
@@ -323,6 +338,11 @@ pub struct StoreCounts {
     pub cut_offs: u64,
     /// Hits refused because the VM held its quota.
     pub over_quota: u64,
+    /// Hits refused because they would have taken the VM above its fair
+    /// share while another VM waited for room.
+    pub over_share: u64,
+    /// Revocations started for another VM's fair share.
+    pub share_revocations: u64,
     /// File maps dropped (evicted, revoked and acknowledged, aborted).
     pub maps_dropped: u64,
     /// Allocations answered "pool full" because the pool's filesystem had
@@ -402,6 +422,12 @@ pub struct PageStore {
     counts: StoreCounts,
     /// Frames pinned after taking over a served pool ([`PageStore::adopt`]).
     pins: Option<adopt::Pins>,
+    /// VMs whose load found no room within their fair share, and until when
+    /// the others are held to theirs.
+    pressed: BTreeMap<VmId, u64>,
+    /// The latest time a caller passed in: when a hit (which carries no
+    /// time) checks `pressed`.
+    clock_ms: u64,
 }
 
 impl PageStore {
@@ -439,6 +465,8 @@ impl PageStore {
                 ..StoreCounts::default()
             },
             pins: None,
+            pressed: BTreeMap::new(),
+            clock_ms: 0,
         }
     }
 
@@ -456,6 +484,7 @@ impl PageStore {
     pub fn remove_vm(&mut self, vm: VmId, _now_ms: u64) {
         self.drop_holdings(vm, false);
         self.vms.remove(&vm);
+        self.pressed.remove(&vm);
         self.pins_forget(vm, None);
     }
 
@@ -469,6 +498,29 @@ impl PageStore {
 
     fn quota_of(&self, v: &VmEntry) -> u64 {
         v.max_pages.unwrap_or(self.cfg.vm_max_held_pages)
+    }
+
+    /// The fair share of the budget, in pages, for `vm` and the other VMs
+    /// that hold pages or wait for room: the budget divided among them.
+    fn fair_share(&self, vm: VmId) -> u64 {
+        let n = self
+            .vms
+            .iter()
+            .filter(|(id, v)| **id == vm || v.pages_mapped > 0 || self.pressed.contains_key(id))
+            .count()
+            .max(1) as u64;
+        self.budget / n
+    }
+
+    /// Whether a VM other than `vm` waits for room within its fair share.
+    fn others_pressed(&self, vm: VmId) -> bool {
+        self.pressed
+            .iter()
+            .any(|(id, until)| *id != vm && *until > self.clock_ms)
+    }
+
+    fn advance_clock(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
     }
 
     /// A new ring was written for `vm` (it was cut off, or its ring
@@ -584,6 +636,11 @@ impl PageStore {
                 self.counts.over_quota += 1;
                 return Err(StoreError::OverQuota(vm));
             }
+            if self.others_pressed(vm) && v.pages_mapped.saturating_add(pages) > self.fair_share(vm)
+            {
+                self.counts.over_share += 1;
+                return Err(StoreError::OverQuota(vm));
+            }
         }
         let v = self.vms.get_mut(&vm).ok_or(StoreError::UnknownVm(vm))?;
         let h = v.holds.entry(id).or_default();
@@ -663,6 +720,8 @@ impl PageStore {
     /// revoked from a VM not cut off, or acknowledgements owed to an adopted
     /// pool): the caller ticks again soon only then.
     pub fn tick(&mut self, now_ms: u64) -> bool {
+        self.advance_clock(now_ms);
+        self.pressed.retain(|_, until| *until > now_ms);
         let owed_late = self.pins_late(now_ms);
         let mut revoking = false;
         let late: BTreeSet<VmId> = self
@@ -687,12 +746,16 @@ impl PageStore {
         }
         // A revocation waiting only for VMs already cut off has nothing
         // left to enforce.
+        // One without a deadline has nothing to enforce either.
         let waits = revoking
             && self.maps.values().any(|m| {
-                matches!(&m.state, MapState::Revoking { waiting, .. }
-                    if waiting.iter().any(|vm| !self.is_cut_off(*vm)))
+                matches!(&m.state, MapState::Revoking { waiting, deadline_ms }
+                    if *deadline_ms != u64::MAX
+                        && waiting.iter().any(|vm| !self.is_cut_off(*vm)))
             });
-        waits || self.pins.is_some()
+        // A VM waiting for room holds the others to their shares until its
+        // window ends: tick to end it on time.
+        waits || self.pins.is_some() || !self.pressed.is_empty()
     }
 
     /// Cuts `vm` off: refuses it further maps. What it holds stays held and
@@ -709,6 +772,7 @@ impl PageStore {
             self.counts.cut_offs += 1;
             self.events.push(StoreEvent::CutOff { vm });
         }
+        self.pressed.remove(&vm);
     }
 
     /// Ends `vm`'s references: all of them, or (`stale_only`) those taken
@@ -754,6 +818,7 @@ impl PageStore {
         requester: Option<VmId>,
         now_ms: u64,
     ) -> Result<MapId, StoreError> {
+        self.advance_clock(now_ms);
         let pages = pages_for_size(key.size);
         if pages > MAX_TABLE_PAGES as u64 || pages > self.budget {
             return Err(StoreError::TooLarge(pages));
@@ -771,7 +836,7 @@ impl PageStore {
                 self.counts.filesystem_full += 1;
             }
             if !self.evict_one_unreferenced() {
-                self.revoke_for_pressure(requester, pages, now_ms);
+                self.make_room(requester, pages, now_ms);
                 return Err(StoreError::PoolFull);
             }
         };
@@ -1004,6 +1069,10 @@ impl PageStore {
             reserved: [0; 2],
         };
         let (offset, key, frames) = (m.table_offset, m.key, m.frames.clone());
+        if let Some(vm) = m.requester {
+            // It found room: it no longer holds the others to their shares.
+            self.pressed.remove(&vm);
+        }
         self.pool.publish_table(offset, header, &frames);
         if let Some(m) = self.maps.get_mut(&id) {
             m.state = MapState::Live;
@@ -1060,7 +1129,7 @@ impl PageStore {
                 return Ok(f);
             }
             if !self.evict_one_unreferenced() {
-                self.revoke_for_pressure(requester, pages_wanted, now_ms);
+                self.make_room(requester, pages_wanted, now_ms);
                 return Err(StoreError::PoolFull);
             }
         }
@@ -1083,14 +1152,90 @@ impl PageStore {
         }
     }
 
-    /// Starts revoking live maps that `requester` alone holds, least
-    /// recently used first, until their pages cover `pages` (or none is
-    /// left). Maps another VM holds are never revoked here, and an
-    /// operator's load (`None`) revokes nothing: it waits for room.
-    fn revoke_for_pressure(&mut self, requester: Option<VmId>, pages: u64, now_ms: u64) {
+    /// A load for `requester` found no room (unreferenced maps are gone):
+    /// starts the revocations that make room for `pages` pages. A VM that
+    /// stays within its fair share with them takes the room from VMs above
+    /// theirs first ([`revoke_above_share`](Self::revoke_above_share)) and is
+    /// recorded as waiting; then, and for any other VM, its own unshared maps
+    /// are revoked ([`revoke_own`](Self::revoke_own)). An operator's load
+    /// (`None`) revokes nothing: it waits for room.
+    fn make_room(&mut self, requester: Option<VmId>, pages: u64, now_ms: u64) {
+        self.advance_clock(now_ms);
         let Some(vm) = requester else {
             return;
         };
+        let Some(v) = self.vms.get(&vm) else {
+            return;
+        };
+        let wanted = pages.max(1);
+        let entitled = !v.cut_off && v.pages_mapped.saturating_add(wanted) <= self.fair_share(vm);
+        let mut covered = 0;
+        if entitled {
+            self.pressed
+                .insert(vm, now_ms.saturating_add(FAIR_SHARE_WINDOW_MS));
+            covered = self.revoke_above_share(vm, wanted, now_ms);
+        }
+        if covered < wanted {
+            self.revoke_own(vm, wanted - covered, now_ms);
+        }
+    }
+
+    /// Starts revoking, least recently used first, live maps whose every
+    /// holder is above its fair share (as it will stand once its maps
+    /// already being revoked are gone) and which `vm` does not hold, until
+    /// their pages cover `pages`. No deadline: a holder is asked to give
+    /// back, and is never cut off for it. Returns the pages covered.
+    fn revoke_above_share(&mut self, vm: VmId, pages: u64, now_ms: u64) -> u64 {
+        let share = self.fair_share(vm);
+        // What each VM will hold once what it is asked to give back is gone.
+        let mut left: BTreeMap<VmId, u64> = self
+            .vms
+            .iter()
+            .map(|(&id, v)| (id, v.pages_mapped))
+            .collect();
+        for m in self.maps.values() {
+            if matches!(m.state, MapState::Revoking { .. }) {
+                for h in &m.holders {
+                    if let Some(l) = left.get_mut(h) {
+                        *l = l.saturating_sub(m.page_count as u64);
+                    }
+                }
+            }
+        }
+        let candidates: Vec<MapId> = self.lru.values().copied().collect();
+        let mut covered = 0;
+        for id in candidates {
+            if covered >= pages {
+                break;
+            }
+            let Some(m) = self.maps.get(&id) else {
+                continue;
+            };
+            let above = !m.holders.is_empty()
+                && !m.holders.contains(&vm)
+                && m.holders
+                    .iter()
+                    .all(|h| left.get(h).is_some_and(|&l| l > share));
+            if !above {
+                continue;
+            }
+            let n = m.page_count as u64;
+            for h in &m.holders {
+                if let Some(l) = left.get_mut(h) {
+                    *l = l.saturating_sub(n);
+                }
+            }
+            covered += n.max(1);
+            self.counts.share_revocations += 1;
+            self.revoke_until(id, now_ms, u64::MAX);
+        }
+        covered
+    }
+
+    /// Starts revoking live maps that `vm` alone holds, least recently used
+    /// first, until their pages cover `pages` (or none is left), each with
+    /// the usual deadline.
+    fn revoke_own(&mut self, vm: VmId, pages: u64, now_ms: u64) {
         let own: Vec<MapId> = self
             .lru
             .values()
@@ -1112,9 +1257,18 @@ impl PageStore {
     }
 
     /// Starts revoking live map `id`: new hints no longer find it, its table
-    /// is marked dead, and every holder is asked to let go. Returns whether
-    /// it was dropped at once (nobody held it).
+    /// is marked dead, and every holder is asked to let go within
+    /// `ack_timeout_ms`. Returns whether it was dropped at once (nobody held
+    /// it).
     pub fn revoke(&mut self, id: MapId, now_ms: u64) -> bool {
+        let deadline = now_ms.saturating_add(self.cfg.ack_timeout_ms);
+        self.revoke_until(id, now_ms, deadline)
+    }
+
+    /// [`revoke`](Self::revoke) with the holders' deadline (`u64::MAX`:
+    /// none).
+    fn revoke_until(&mut self, id: MapId, now_ms: u64, deadline_ms: u64) -> bool {
+        self.advance_clock(now_ms);
         let Some(m) = self.maps.get_mut(&id) else {
             return false;
         };
@@ -1135,7 +1289,7 @@ impl PageStore {
         let held = !m.holders.is_empty();
         m.state = MapState::Revoking {
             waiting: waiting.clone(),
-            deadline_ms: now_ms.saturating_add(self.cfg.ack_timeout_ms),
+            deadline_ms,
         };
         let (offset, key, tick) = (m.table_offset, m.key, m.lru_tick);
         self.lru.remove(&tick);

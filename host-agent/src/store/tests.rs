@@ -208,6 +208,132 @@ fn pressure_revokes_only_the_requesters_own_maps() {
     assert_eq!(s.vm_holdings(1).unwrap().maps_held, 2);
 }
 
+/// The revocations among `ev`, as (VM, map id), sorted.
+fn revoked(ev: &[StoreEvent]) -> Vec<(VmId, MapId)> {
+    let mut v: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            StoreEvent::Revoke { vm, map } => Some((*vm, map.file_map_id)),
+            StoreEvent::CutOff { .. } => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_vm_within_its_fair_share_takes_room_from_one_above_it() {
+    let mut s = store(8, 1000);
+    s.add_vm(1);
+    s.add_vm(2);
+    // VM 1 alone fills the pool: nobody else wanted room.
+    let held: Vec<TableRef> = (0..4)
+        .map(|i| load(&mut s, 10 + i, "mine", 10 * i as u8, 2))
+        .collect();
+    for l in &held {
+        s.hold(1, l.file_map_id).unwrap();
+    }
+    assert_eq!(s.vm_holdings(1).unwrap().pages_mapped, 8);
+    // VM 2 wants 3 pages; its fair share is 8 / 2 = 4. VM 1's least recently
+    // used maps go until they cover the 3 pages: two of them.
+    let want = file(99, 3);
+    assert_eq!(
+        s.load_bytes_for(Some(2), key(20, 3 * 4096), label("theirs"), &want, 5),
+        Err(StoreError::PoolFull)
+    );
+    assert_eq!(
+        revoked(&s.take_events()),
+        vec![(1, held[0].file_map_id), (1, held[1].file_map_id)]
+    );
+    assert_eq!(s.counts().share_revocations, 2);
+    // Asking again before VM 1 acknowledged takes nothing more: VM 1 will be
+    // at its share once they are gone.
+    assert_eq!(
+        s.load_bytes_for(Some(2), key(20, 3 * 4096), label("theirs"), &want, 6),
+        Err(StoreError::PoolFull)
+    );
+    assert!(revoked(&s.take_events()).is_empty());
+    // No deadline: a VM asked to give back for another's share (it may be
+    // paused) is never cut off for it.
+    assert!(s.tick(5 + 2 * 1000), "VM 2 still waits for room");
+    assert!(!s.is_cut_off(1));
+    assert_eq!(s.vm_holdings(1).unwrap().revocations_pending, 2);
+    assert!(s.ack(1, held[0].file_map_id, 2_001));
+    assert!(s.ack(1, held[1].file_map_id, 2_001));
+    // While VM 2 waits, VM 1 gets no hit that would take it above its share
+    // again (the room is VM 2's).
+    let op = load(&mut s, 30, "op", 77, 1);
+    assert_eq!(s.hold(1, op.file_map_id), Err(StoreError::OverQuota(1)));
+    assert_eq!(s.counts().over_share, 1);
+    // VM 2 gets its room, and VM 1 its hit once VM 2 waits no more.
+    let l = s
+        .load_bytes_for(Some(2), key(20, 3 * 4096), label("theirs"), &want, 2_002)
+        .unwrap();
+    s.hold(2, l.file_map_id).unwrap();
+    check_served(&s, &l, &want);
+    s.hold(1, op.file_map_id).unwrap();
+    assert_eq!(s.vm_holdings(1).unwrap().pages_mapped, 5);
+    for (i, l) in held.iter().enumerate().skip(2) {
+        check_served(&s, l, &file(10 * i as u8, 2));
+    }
+}
+
+#[test]
+fn fair_share_spares_vms_within_it_and_the_requesters_maps() {
+    let mut s = store(9, 1000);
+    for vm in 1..=3 {
+        s.add_vm(vm);
+    }
+    // Shares: 9 / 3 = 3. VM 1 will hold 9 (above), VMs 2 and 3 hold 2 each
+    // (within), each sharing a map with VM 1.
+    let shared_with_3 = load(&mut s, 1, "s3", 1, 2);
+    let own = load(&mut s, 2, "own", 30, 2);
+    let shared_with_2 = load(&mut s, 3, "s2", 60, 2);
+    s.hold(1, shared_with_3.file_map_id).unwrap();
+    s.hold(3, shared_with_3.file_map_id).unwrap();
+    s.hold(1, own.file_map_id).unwrap();
+    s.hold(1, shared_with_2.file_map_id).unwrap();
+    s.hold(2, shared_with_2.file_map_id).unwrap();
+    let filler = load(&mut s, 4, "f", 90, 3);
+    s.hold(1, filler.file_map_id).unwrap();
+    // VM 1: 9 pages. VM 2 (2 pages) wants 1 more: within its share. Only
+    // VM 1's maps that no VM within its share and not VM 2 holds may go.
+    assert_eq!(
+        s.load_bytes_for(Some(2), key(9, 4096), label("new"), &file(5, 1), 5),
+        Err(StoreError::PoolFull)
+    );
+    assert_eq!(revoked(&s.take_events()), vec![(1, own.file_map_id)]);
+    // A VM above its share asks for room: only its own maps go, with a
+    // deadline.
+    assert_eq!(
+        s.load_bytes_for(Some(1), key(10, 4096), label("more"), &file(6, 1), 6),
+        Err(StoreError::PoolFull)
+    );
+    assert_eq!(revoked(&s.take_events()), vec![(1, filler.file_map_id)]);
+    s.tick(6 + 1000);
+    assert!(s.is_cut_off(1), "its own revocation has a deadline");
+}
+
+#[test]
+fn waiting_for_room_ends_after_its_window() {
+    let mut s = store(4, 1000);
+    s.add_vm(1);
+    s.add_vm(2);
+    let a = load(&mut s, 1, "a", 1, 4);
+    s.hold(1, a.file_map_id).unwrap();
+    assert_eq!(
+        s.load_bytes_for(Some(2), key(2, 4096), label("b"), &file(200, 1), 100),
+        Err(StoreError::PoolFull)
+    );
+    assert_eq!(revoked(&s.take_events()), vec![(1, a.file_map_id)]);
+    assert!(s.ack(1, a.file_map_id, 101));
+    let op = load(&mut s, 3, "op", 150, 3);
+    assert_eq!(s.hold(1, op.file_map_id), Err(StoreError::OverQuota(1)));
+    assert!(s.tick(100 + FAIR_SHARE_WINDOW_MS - 1), "still waiting");
+    assert!(!s.tick(100 + FAIR_SHARE_WINDOW_MS), "nothing left to time");
+    s.hold(1, op.file_map_id).unwrap();
+}
+
 #[test]
 fn a_vm_that_never_acks_is_cut_off_and_keeps_its_frames_charged() {
     let mut s = store(6, 100);

@@ -69,9 +69,9 @@ use kernel::time::Ktime;
 use crate::abi::{
     AnswerStatus, CompletionEntry, EventEntry, SubmissionEntry, ANSWER_FLAG_MAP_OP,
     ANSWER_FLAG_NOTICE_COMING, DOORBELL_HOST_PEER, DOORBELL_RING_VECTOR, EVENT_NOTICE,
-    EVENT_REVOKE, FEATURES_KNOWN, HINT_FLAG_NOTIFY_LOADED, MAX_PATH_LEN, NOTICE_EVENTS_LOST,
-    NOTICE_HOST_RESTARTING, NOTICE_LOADED, NOTICE_REANNOUNCE, OP_ACK_REVOKE, OP_HINT, OP_HOLD,
-    OP_HOLDS_DONE, OP_RELEASE,
+    EVENT_REVOKE, FEATURES_KNOWN, HINT_FLAG_NOTIFY_LOADED, HINT_FLAG_POOL_ONLY, MAX_PATH_LEN,
+    NOTICE_EVENTS_LOST, NOTICE_HOST_RESTARTING, NOTICE_LOADED, NOTICE_REANNOUNCE, OP_ACK_REVOKE,
+    OP_HINT, OP_HOLD, OP_HOLDS_DONE, OP_RELEASE,
 };
 use crate::ffi;
 use crate::file::{FileMap, Ident, InodeState, MissKind, TableKey, SWEEP_NEEDED};
@@ -632,7 +632,8 @@ impl Client {
 
     /// [`Client::submit`]; `refetch`: the hint a [`NOTICE_LOADED`] asked
     /// for, with when the first one was sent (it asks for no notice
-    /// itself).
+    /// itself, and is answered from the pool alone:
+    /// [`HINT_FLAG_POOL_ONLY`]).
     fn send_hint(
         &mut self,
         ring: Option<&Mapping>,
@@ -701,6 +702,13 @@ impl Client {
         };
         if again.is_some() {
             entry.flags |= HINT_FLAG_NOTIFY_LOADED;
+        }
+        if refetch.is_some() {
+            // Only to take what was just loaded: if it is gone again, the
+            // pool has no room for it, and another load would only evict
+            // another file (the host drops the flag if it does not offer
+            // it).
+            entry.flags |= HINT_FLAG_POOL_ONLY;
         }
         let slot = match conn.end.stage_hint(ring, entry, path) {
             Ok(slot) => slot,

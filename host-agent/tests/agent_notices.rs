@@ -1,14 +1,16 @@
 //! The whole agent with an in-process fake guest: a hint answered "loading"
 //! that asked with `HINT_FLAG_NOTIFY_LOADED` is followed by a
 //! `NOTICE_LOADED` naming its request once the file is in the pool; one
-//! that did not ask is not; the ring header offers the option.
+//! that did not ask is not; the ring header offers the option. A
+//! pool-only hint queues no load.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use vmdedup_protocol::abi::{
     AnswerStatus, SubmissionEntry, ANSWER_FLAG_NOTICE_COMING, EVENT_NOTICE,
-    HINT_FLAG_NOTIFY_LOADED, NOTICE_LOADED, OPTION_LOADED_NOTICE,
+    HINT_FLAG_NOTIFY_LOADED, HINT_FLAG_POOL_ONLY, NOTICE_LOADED, OPTION_LOADED_NOTICE,
+    OPTION_POOL_ONLY,
 };
 
 mod common;
@@ -19,13 +21,19 @@ use common::{wait_for, TempDir};
 /// Publishes a hint for `rel` (host copy `file`) as request `id`, asking
 /// for a notice if `notify`, and returns its answer's status and flags.
 fn ask_flags(g: &mut Guest, rel: &str, file: &Path, id: u64, notify: bool) -> (u16, u16) {
+    let flags = if notify { HINT_FLAG_NOTIFY_LOADED } else { 0 };
+    ask_with(g, rel, file, id, flags)
+}
+
+/// [`ask_flags`] with the hint's `HINT_FLAG_*` bits.
+fn ask_with(g: &mut Guest, rel: &str, file: &Path, id: u64, flags: u32) -> (u16, u16) {
     let md = std::fs::metadata(file).unwrap();
     let e = SubmissionEntry {
         request_id: id,
         namespace_id: 1,
         file_size: md.size(),
         mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-        flags: if notify { HINT_FLAG_NOTIFY_LOADED } else { 0 },
+        flags,
         ..Default::default()
     };
     g.ring.stage(e, rel.as_bytes()).unwrap();
@@ -85,4 +93,15 @@ fn a_guest_that_asked_is_told_when_its_loading_file_is_in_the_pool() {
     std::thread::sleep(std::time::Duration::from_millis(50));
     guest.ring.reap_events(|e| notices.push(e.request_id));
     assert_eq!(notices, vec![11], "one notice, for the hint that asked");
+    // A pool-only hint takes what the pool holds, and for a file it does
+    // not hold queues no load: no notice is coming, though it asked.
+    assert_ne!(guest.ring.layout().options & OPTION_POOL_ONLY, 0);
+    let both = HINT_FLAG_NOTIFY_LOADED | HINT_FLAG_POOL_ONLY;
+    assert_eq!(
+        ask_with(&mut guest, "g", &g, 15, both).0,
+        AnswerStatus::Hit as u16
+    );
+    let h = dir.join("a/h");
+    std::fs::write(&h, vec![7u8; 4096]).unwrap();
+    assert_eq!(ask_with(&mut guest, "h", &h, 16, both), (loading, 0));
 }

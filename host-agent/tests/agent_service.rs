@@ -806,3 +806,56 @@ fn agent_a_vm_sees_nothing_other_vms_did() {
     s.svc.release(1, mine.file_map_id);
     assert_eq!(seen(2), vm2);
 }
+
+#[test]
+fn agent_a_pool_only_hint_takes_what_the_pool_holds_and_queues_no_load() {
+    // Room for one of the two files at a time: loading one evicts the other.
+    let s = setup(4, ResolveMode::Openat2);
+    let dir = &s.dirs[0].0;
+    std::fs::write(dir.join("f"), content(3, 3 * 4096)).unwrap();
+    std::fs::write(dir.join("g"), content(4, 3 * 4096)).unwrap();
+    let pool_only = |path: &'static [u8], request_id: u64| {
+        let mut h = req(
+            1,
+            path,
+            ident(&dir.join(std::str::from_utf8(path).unwrap())),
+        );
+        h.request_id = request_id;
+        h.pool_only = true;
+        // Asking for a notice as well changes nothing: no load, no waiter.
+        h.notify_loaded = true;
+        h
+    };
+    let pool_full = HintResult::Miss(MissReason::PoolFull);
+    // Never loaded: a miss, and nothing is queued.
+    assert_eq!(
+        s.svc.answer_noting(1, &pool_only(b"f", 1)),
+        (pool_full, false)
+    );
+    assert_eq!(s.svc.load_waiters(1).0, 0);
+    assert_eq!(s.svc.load_pending(), 0, "a pool-only miss queues no load");
+    // Loaded by an ordinary hint: the pool-only hint takes it.
+    let mine = expect_hit(hint(&s.svc, 1, 1, b"f", ident(&dir.join("f"))));
+    let l = expect_hit(s.svc.answer(2, &pool_only(b"f", 2)));
+    assert_eq!(guest_read(&s.svc, &l).0, content(3, 3 * 4096));
+    // Another VM's load of g evicts f once nobody holds it; f's cached
+    // answer still names the map that is gone. A pool-only hint does not
+    // load f again (which would evict g).
+    s.svc.release(1, mine.file_map_id);
+    s.svc.release(2, l.file_map_id);
+    let g = expect_hit(hint(&s.svc, 2, 1, b"g", ident(&dir.join("g"))));
+    assert_eq!(
+        s.svc.answer_noting(1, &pool_only(b"f", 3)),
+        (pool_full, false)
+    );
+    assert_eq!(s.svc.load_pending(), 0, "f is not loaded again");
+    assert_eq!(
+        expect_hit(s.svc.answer(1, &pool_only(b"g", 4))),
+        g,
+        "g stayed"
+    );
+    // An ordinary hint still loads it, once g is let go.
+    s.svc.release(1, g.file_map_id);
+    s.svc.release(2, g.file_map_id);
+    expect_hit(hint(&s.svc, 1, 1, b"f", ident(&dir.join("f"))));
+}

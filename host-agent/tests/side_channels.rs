@@ -281,6 +281,41 @@ fn always_loading_masks_whether_another_vm_loaded_a_file() {
 }
 
 #[test]
+fn always_loading_answers_a_pool_only_hint_alike_loaded_or_not() {
+    let masked = TempDir::new("sc-pool-only");
+    std::fs::write(masked.0.join("f"), vec![3u8; 10_000]).unwrap();
+    std::fs::write(masked.0.join("h"), vec![5u8; 10_000]).unwrap();
+    let mut paranoid = ns_config("m", 2, &masked.0, &["default"]);
+    paranoid.always_loading = true;
+    let svc = service(vec![paranoid], ResolveMode::Openat2, 0);
+    let (f, h) = (ident(&masked.0.join("f")), ident(&masked.0.join("h")));
+    let pool_only = |path: &'static [u8], id| {
+        let mut r = req(2, path, id);
+        r.pool_only = true;
+        r
+    };
+    let pool_full = HintResult::Miss(MissReason::PoolFull);
+    // VM 1 loads f; h is loaded by nobody.
+    let vm1 = hint_until_done(&svc, 1, 2, b"f", f, 4);
+    assert!(is_hit(vm1.last().unwrap()));
+    // VM 2's pool-only hints cannot tell them apart, and load nothing.
+    for _ in 0..2 {
+        assert_eq!(svc.answer(2, &pool_only(b"f", f)), pool_full);
+        assert_eq!(svc.answer(2, &pool_only(b"h", h)), pool_full);
+    }
+    assert_eq!(svc.load_queue_size().0, 0);
+    assert_eq!(svc.loads_in_flight(Some(2)), 0);
+    // Once VM 2's own hint was masked and its load ran, the pool-only
+    // hint takes the file, as its hint after the notice does.
+    assert_eq!(
+        svc.answer(2, &req(2, b"f", f)),
+        HintResult::Miss(MissReason::Loading)
+    );
+    assert_eq!(svc.load_pending(), 1);
+    assert_eq!(svc.answer(2, &pool_only(b"f", f)), *vm1.last().unwrap());
+}
+
+#[test]
 fn always_loading_masks_a_new_version_loaded_by_another_vm() {
     let d = TempDir::new("sc-version");
     let p = d.0.join("f");

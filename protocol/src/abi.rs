@@ -314,10 +314,12 @@ pub const FEATURES_KNOWN: u64 =
 /// answered [`AnswerStatus::Loading`] for is in the pool ([`NOTICE_LOADED`]),
 /// for hints that ask with [`HINT_FLAG_NOTIFY_LOADED`].
 pub const OPTION_LOADED_NOTICE: u64 = 1 << 0;
+/// Option bit (`host_options`): the host honours [`HINT_FLAG_POOL_ONLY`].
+pub const OPTION_POOL_ONLY: u64 = 1 << 1;
 /// Every option bit this version of the ABI knows. Unlike a feature bit, an
 /// option a guest does not know is ignored (an older guest reads these
 /// bytes as reserved), so a newer host can offer one to every guest.
-pub const OPTIONS_KNOWN: u64 = OPTION_LOADED_NOTICE;
+pub const OPTIONS_KNOWN: u64 = OPTION_LOADED_NOTICE | OPTION_POOL_ONLY;
 
 /// `host_flags` bit: the poller is (about to be) asleep; the guest must ring
 /// the doorbell after publishing work.
@@ -570,9 +572,17 @@ pub const HINT_FLAG_FINGERPRINT: u32 = 1 << 1;
 /// like a [`NOTICE_LOADED`] naming this hint's `request_id` once the file is
 /// in the pool. Set only when the host offers [`OPTION_LOADED_NOTICE`].
 pub const HINT_FLAG_NOTIFY_LOADED: u32 = 1 << 2;
+/// Hint flag: answer from what the pool holds now. A file that is not
+/// there is a miss ([`AnswerStatus::Loading`] where a load would have been
+/// queued) with no load queued for it, and no notice. The guest sets it on
+/// the hint a [`NOTICE_LOADED`] asks for: if the file was evicted again
+/// before that hint came, the pool has no room for it, and loading it once
+/// more would only evict another file. Set only when the host offers
+/// [`OPTION_POOL_ONLY`].
+pub const HINT_FLAG_POOL_ONLY: u32 = 1 << 3;
 /// Every hint flag this version knows; others must be zero.
 pub const HINT_FLAGS_KNOWN: u32 =
-    HINT_FLAG_PATH_IN_SLOT | HINT_FLAG_FINGERPRINT | HINT_FLAG_NOTIFY_LOADED;
+    HINT_FLAG_PATH_IN_SLOT | HINT_FLAG_FINGERPRINT | HINT_FLAG_NOTIFY_LOADED | HINT_FLAG_POOL_ONLY;
 
 /// Length of a file's content fingerprint: the first 24 bytes of the BLAKE3
 /// hash of the whole file (192 bits: no accidental collision, and finding

@@ -141,7 +141,9 @@ pub enum MissReason {
     NoNamespace,
     /// The file is being loaded; retry later.
     Loading,
-    /// The pool has no room now; retry later.
+    /// The pool has no room now; retry later. Also a pool-only hint
+    /// (`HINT_FLAG_POOL_ONLY`) for a file the pool does not hold: it was
+    /// evicted again before the guest came for it.
     PoolFull,
     /// The file is larger than a table may describe.
     TooLarge,

@@ -40,9 +40,9 @@ use crate::abi::{
     ring_off, CompletionEntry, EventEntry, LayoutError, PrefixError, RegionKind, RegionPrefix,
     RingLayout, SubmissionEntry, CQE_SIZE, EQE_SIZE, GUEST_FLAG_CUT_OFF_ACK, GUEST_FLAG_DOORBELL,
     GUEST_FLAG_WAITING, HINT_FLAG_FINGERPRINT, HINT_FLAG_NOTIFY_LOADED, HINT_FLAG_PATH_IN_SLOT,
-    HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_INTERRUPTS, HOST_FLAG_NEED_WAKEUP,
-    MAX_PATH_LEN, MAX_PATH_SLOTS, OPTION_LOADED_NOTICE, OP_HINT, SQE_INLINE_PATH_MAX,
-    SQE_INLINE_PATH_OFF,
+    HINT_FLAG_POOL_ONLY, HOST_FLAG_CUT_OFF, HOST_FLAG_EVENTS_LOST, HOST_FLAG_INTERRUPTS,
+    HOST_FLAG_NEED_WAKEUP, MAX_PATH_LEN, MAX_PATH_SLOTS, OPTION_LOADED_NOTICE, OPTION_POOL_ONLY,
+    OP_HINT, SQE_INLINE_PATH_MAX, SQE_INLINE_PATH_OFF,
 };
 use crate::spsc::{self, Consumer, Corrupt, Producer, SharedU32};
 
@@ -409,6 +409,12 @@ impl GuestEnd {
         self.layout.options & OPTION_LOADED_NOTICE != 0
     }
 
+    /// Whether the host offers [`OPTION_POOL_ONLY`]: a hint may ask with
+    /// [`HINT_FLAG_POOL_ONLY`] to be answered from the pool alone.
+    pub fn pool_only_hints(&self) -> bool {
+        self.layout.options & OPTION_POOL_ONLY != 0
+    }
+
     /// The layout the host wrote (validated at attach).
     pub fn layout(&self) -> &RingLayout {
         &self.layout
@@ -448,8 +454,9 @@ impl GuestEnd {
     /// the host (see [`GuestEnd::publish`]). Fills in `entry`'s opcode, path
     /// length, path flag and path slot (a fingerprint set with
     /// [`SubmissionEntry::set_fingerprint`] stays, and so does
-    /// [`HINT_FLAG_NOTIFY_LOADED`] if the host offers
-    /// [`OPTION_LOADED_NOTICE`]; see [`GuestEnd::loaded_notices`]). A path longer than
+    /// [`HINT_FLAG_NOTIFY_LOADED`] and [`HINT_FLAG_POOL_ONLY`] if the host
+    /// offers [`OPTION_LOADED_NOTICE`] and [`OPTION_POOL_ONLY`]; see
+    /// [`GuestEnd::loaded_notices`] and [`GuestEnd::pool_only_hints`]). A path longer than
     /// [`SQE_INLINE_PATH_MAX`] goes to a path slot, which is returned: the
     /// caller gives it back with [`GuestEnd::free_slot`] once the answer is
     /// read. A path longer than [`MAX_PATH_LEN`] is still sent, with no
@@ -464,11 +471,14 @@ impl GuestEnd {
         let len = u16::try_from(path.len()).map_err(|_| StageError::PathTooLong)?;
         entry.opcode = OP_HINT;
         entry.path_len = len;
-        // The caller's fingerprint and notice flags stay (the notice only
-        // if the host offers it); the path flag is ours.
+        // The caller's fingerprint, notice and pool-only flags stay (the
+        // last two only if the host offers them); the path flag is ours.
         let mut keep = HINT_FLAG_FINGERPRINT;
         if self.loaded_notices() {
             keep |= HINT_FLAG_NOTIFY_LOADED;
+        }
+        if self.pool_only_hints() {
+            keep |= HINT_FLAG_POOL_ONLY;
         }
         entry.flags &= keep;
         entry.path_slot = 0;

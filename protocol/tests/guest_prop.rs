@@ -9,9 +9,9 @@ use proptest::prelude::*;
 use vmdedup_protocol::abi::{
     prefix_off, ring_off, RingLayout, RingSizes, SubmissionEntry, FEATURES_KNOWN,
     GUEST_FLAG_CUT_OFF_ACK, GUEST_FLAG_WAITING, HINT_FLAG_FINGERPRINT, HINT_FLAG_NOTIFY_LOADED,
-    HINT_FLAG_PATH_IN_SLOT, HOST_FLAG_CUT_OFF, HOST_FLAG_INTERRUPTS, HOST_FLAG_NEED_WAKEUP,
-    OPTION_LOADED_NOTICE, OP_RELEASE, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
-    SQE_INLINE_PATH_OFF,
+    HINT_FLAG_PATH_IN_SLOT, HINT_FLAG_POOL_ONLY, HOST_FLAG_CUT_OFF, HOST_FLAG_INTERRUPTS,
+    HOST_FLAG_NEED_WAKEUP, OPTION_LOADED_NOTICE, OPTION_POOL_ONLY, OP_RELEASE, RING_HEADER_SIZE,
+    RING_MAGIC, RING_VERSION, SQE_INLINE_PATH_OFF,
 };
 use vmdedup_protocol::guest::{ring_generation, GuestEnd, SharedRegion, StageError};
 
@@ -478,7 +478,7 @@ proptest! {
     /// keeps no other flag of the caller's but the fingerprint's; options a
     /// guest does not know are ignored, not refused.
     #[test]
-    fn a_hint_asks_for_a_notice_only_where_the_host_offers_one(
+    fn a_hint_asks_for_a_notice_or_the_pool_alone_only_where_the_host_offers_it(
         options in any::<u64>(),
         flags in any::<u32>(),
         long in any::<bool>(),
@@ -489,6 +489,7 @@ proptest! {
         let mut g = GuestEnd::attach(&r).unwrap();
         prop_assert_eq!(g.layout().options, options);
         prop_assert_eq!(g.loaded_notices(), options & OPTION_LOADED_NOTICE != 0);
+        prop_assert_eq!(g.pool_only_hints(), options & OPTION_POOL_ONLY != 0);
         let path = vec![b'p'; if long { 300 } else { 10 }];
         let entry = SubmissionEntry { flags, ..SubmissionEntry::default() };
         g.stage_hint(&r, entry, &path).unwrap();
@@ -498,6 +499,9 @@ proptest! {
         let mut want = flags & HINT_FLAG_FINGERPRINT;
         if options & OPTION_LOADED_NOTICE != 0 {
             want |= flags & HINT_FLAG_NOTIFY_LOADED;
+        }
+        if options & OPTION_POOL_ONLY != 0 {
+            want |= flags & HINT_FLAG_POOL_ONLY;
         }
         if long {
             want |= HINT_FLAG_PATH_IN_SLOT;

@@ -36,6 +36,11 @@ pub struct Hint<'a> {
     ///
     /// [`HINT_FLAG_NOTIFY_LOADED`]: vmdedup_protocol::abi::HINT_FLAG_NOTIFY_LOADED
     pub notify_loaded: bool,
+    /// Answer from what the pool holds now: a miss queues no load
+    /// ([`HINT_FLAG_POOL_ONLY`]).
+    ///
+    /// [`HINT_FLAG_POOL_ONLY`]: vmdedup_protocol::abi::HINT_FLAG_POOL_ONLY
+    pub pool_only: bool,
 }
 
 /// A handler's answer to a hint.

@@ -780,6 +780,7 @@ impl HostRing {
             inode: e.inode,
             first_page: e.first_page,
             notify_loaded: e.flags & vmdedup_protocol::abi::HINT_FLAG_NOTIFY_LOADED != 0,
+            pool_only: e.flags & vmdedup_protocol::abi::HINT_FLAG_POOL_ONLY != 0,
             page_count: e.page_count,
             fingerprint: e.fingerprint(),
         };

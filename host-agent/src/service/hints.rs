@@ -36,14 +36,21 @@ fn guest_identity(hint: &Hint<'_>) -> GuestIdentity {
     }
 }
 
-/// A hint's wish to be told when its file is loaded
+/// What a hint asks of a load: to be told when it is done
 /// ([`HINT_FLAG_NOTIFY_LOADED`](vmdedup_protocol::abi::HINT_FLAG_NOTIFY_LOADED)),
-/// and whether it was recorded.
+/// or that none be queued for it
+/// ([`HINT_FLAG_POOL_ONLY`](vmdedup_protocol::abi::HINT_FLAG_POOL_ONLY));
+/// and what became of that.
 struct Notify {
-    /// The VM and its request id, if the hint asked.
+    /// The VM and its request id, if the hint asked to be told.
     asks: Option<(VmId, u64)>,
     /// Recorded as a waiter of a load (see [`notify`](super::notify)).
     noted: bool,
+    /// A pool-only hint: a miss queues no load.
+    pool_only: bool,
+    /// A load this hint would have queued (or joined) was not, because it
+    /// is pool-only.
+    declined: bool,
 }
 
 impl Notify {
@@ -71,8 +78,14 @@ impl HintService {
         let mut notify = Notify {
             asks: hint.notify_loaded.then_some((vm, hint.request_id)),
             noted: false,
+            pool_only: hint.pool_only,
+            declined: false,
         };
-        let r = self.answer_inner(vm, hint, &mut notify);
+        let mut r = self.answer_inner(vm, hint, &mut notify);
+        if notify.declined && r == HintResult::Miss(MissReason::Loading) {
+            // Nothing loads it: the pool had no room to keep it.
+            r = HintResult::Miss(MissReason::PoolFull);
+        }
         // A waiter is recorded only with the load that makes the answer
         // "loading"; the answer says so only then.
         let noted = notify.noted && r == HintResult::Miss(MissReason::Loading);
@@ -244,8 +257,13 @@ impl HintService {
     /// masked first hints. A hint that asked to be told when its file is
     /// loaded waits for this load, or the one found queued or running:
     /// recorded under the same lock, before a loader can run it (a small
-    /// file loads faster than a descheduled poller gets back).
+    /// file loads faster than a descheduled poller gets back). A pool-only
+    /// hint queues nothing: it is answered as past its VM's bounds.
     fn push_job(&self, key: &CacheKey, by: Requester, notify: &mut Notify) -> Push {
+        if notify.pool_only {
+            notify.declined = true;
+            return Push::Full;
+        }
         let mut jobs = lock(&self.shared.jobs);
         let push = jobs.push(LoadJob {
             key: key.clone(),

@@ -88,6 +88,7 @@ pub fn req(ns: u32, path: &[u8], id: GuestIdentity) -> Hint<'_> {
         page_count: 0,
         fingerprint: id.fingerprint,
         notify_loaded: false,
+        pool_only: false,
     }
 }
 

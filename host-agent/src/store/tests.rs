@@ -816,6 +816,60 @@ mod props {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
+        /// Guests that hold what they loaded (as the hint after a load
+        /// does) and acknowledge revocations now or later: a load revokes
+        /// another VM's maps only while that VM is above its fair share,
+        /// and such a VM is never cut off for it.
+        #[test]
+        fn loads_revoke_others_only_above_their_fair_share(
+            ops in prop::collection::vec((0u32..3, any::<u8>(), 1u8..5, any::<bool>()), 1..150)
+        ) {
+            let mut s = store(12, 100);
+            for vm in 0..3 {
+                s.add_vm(vm);
+            }
+            // Revocations not acknowledged yet: for another VM's load, and
+            // for the VM's own.
+            let mut for_others: Vec<(VmId, MapId)> = Vec::new();
+            let mut own: Vec<(VmId, MapId)> = Vec::new();
+            let mut now = 0u64;
+            for (n, (vm, seed, pages, ack)) in ops.into_iter().enumerate() {
+                let share = s.fair_share(vm);
+                let before: BTreeMap<VmId, u64> =
+                    s.vms.iter().map(|(&v, e)| (v, e.pages_mapped)).collect();
+                let d = file(seed, pages as usize);
+                let k = key(n as u64, d.len() as u64);
+                if let Ok(l) = s.load_bytes_for(Some(vm), k, label("f"), &d, now) {
+                    let _ = s.hold(vm, l.file_map_id);
+                }
+                for e in s.take_events() {
+                    if let StoreEvent::Revoke { vm: v, map } = e {
+                        if v == vm {
+                            own.push((v, map.file_map_id));
+                        } else {
+                            prop_assert!(before[&v] > share,
+                                "VM {} ({} pages) within its share of {} lost a map to VM {}'s load",
+                                v, before[&v], share, vm);
+                            for_others.push((v, map.file_map_id));
+                        }
+                    }
+                }
+                if ack {
+                    for (v, m) in for_others.drain(..).chain(own.drain(..)) {
+                        s.ack(v, m, now);
+                    }
+                }
+                now += 30;
+                s.tick(now);
+                for e in s.take_events() {
+                    if let StoreEvent::CutOff { vm: v } = e {
+                        prop_assert!(own.iter().any(|(o, _)| *o == v),
+                            "VM {} cut off with only revocations for others' loads owed", v);
+                    }
+                }
+            }
+        }
+
         /// However VMs (honest or not) and the operator interleave holds,
         /// releases, acks, revocations, cut-offs and reinstatements, a map a
         /// VM holds is never dropped and its frames keep its bytes; counts
@@ -840,9 +894,24 @@ mod props {
                         n += 1;
                         let d = file(seed, pages as usize);
                         let k = key(n, d.len() as u64);
-                        if let Ok(l) = s.load_bytes_for(who.map(u32::from), k, label("f"), &d, now) {
+                        let who = who.map(u32::from);
+                        let share = who.map(|w| s.fair_share(w));
+                        let before: BTreeMap<VmId, u64> =
+                            s.vms.iter().map(|(&v, e)| (v, e.pages_mapped)).collect();
+                        if let Ok(l) = s.load_bytes_for(who, k, label("f"), &d, now) {
                             data.insert(l.file_map_id, d);
                             ids.push(l.file_map_id);
+                        }
+                        // A load revokes another VM's maps only if that VM
+                        // was above its fair share; the operator's, nothing.
+                        for e in s.take_events() {
+                            if let StoreEvent::Revoke { vm, .. } = e {
+                                prop_assert!(who.is_some(), "the operator's load revoked");
+                                if Some(vm) != who {
+                                    prop_assert!(before[&vm] > share.unwrap_or(0),
+                                        "VM {} within its share lost a map to VM {:?}'s load", vm, who);
+                                }
+                            }
                         }
                     }
                     Op::Hold { vm, map } => {

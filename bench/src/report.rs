@@ -970,6 +970,18 @@ fn guest_memory_section(mems: &[(&str, &Value)]) -> String {
     m
 }
 
+/// The host's THP settings as the run recorded them (`host_thp` in
+/// run.json), for the report's prose.
+fn host_thp(run_info: &Value) -> String {
+    match run_info.get("host_thp").and_then(Value::as_str) {
+        Some(t) if !t.is_empty() => {
+            let parts: Vec<String> = t.split_whitespace().map(|kv| format!("`{kv}`")).collect();
+            parts.join(", ")
+        }
+        _ => "not recorded (runs before 2026-12-01: `enabled=madvise`, `max_ptes_none=511`)".into(),
+    }
+}
+
 fn markdown(
     run_info: &Value,
     results: &serde_json::Map<String, Value>,
@@ -1066,7 +1078,8 @@ fn markdown(
     }
     let _ = writeln!(
         m,
-        "\nHost memory: the sum over QEMUs of the `Pss` of the guest-RAM mapping in `/proc/PID/smaps` (a page KSM merged across k mappings counts 1/k in each, so the sum is physical memory; guest RAM is private anonymous memory, so `RssShmem` is 0), plus for vmdedup the pool, counted once: the pages allocated to the pool's memory file (its frames and frame tables; `st_blocks`). QEMU madvises guest RAM MADV_HUGEPAGE and the host's THP mode is `madvise`, so guest RAM becomes resident in 2 MiB steps. Saved: KSM and none: the guests' `Rss - Pss` of guest RAM; vmdedup: the agent's `bytes_saved` = (`pages_mapped` - `frames_used`) x 4 KiB; vmdedup_ksm: both. ksmd CPU: ksmd's CPU time during the configuration (`/proc/PID/stat` utime+stime); agent CPU: the agent's whole CPU time since it started, **poller threads included** (and loader threads, and the warm-up for vmdedup_warm). CPU per GiB saved: both together. Time to 90%: from the moment the last guest finished its reads until the saving reached 90% of the ideal (0 when it already had), sampled every second; the time to share of single files, in milliseconds, is in the next section. Workload added: host memory at the end of the sharing phase minus host memory just before every guest started its workload (booted, ballast written), over one copy of the data one guest reads. Boot: the guest's uptime when systemd reported the system running (`--distro` only).\n"
+        "\nHost memory: the sum over QEMUs of the `Pss` of the guest-RAM mapping in `/proc/PID/smaps` (a page KSM merged across k mappings counts 1/k in each, so the sum is physical memory; guest RAM is private anonymous memory, so `RssShmem` is 0), plus for vmdedup the pool, counted once: the pages allocated to the pool's memory file (its frames and frame tables; `st_blocks`). QEMU madvises guest RAM MADV_HUGEPAGE and the host's THP settings were {thp}, so guest RAM becomes resident in 2 MiB steps (`max_ptes_none`: how many empty 4 KiB pages khugepaged fills to collapse a 2 MiB region, pages a guest reported free included). Saved: KSM and none: the guests' `Rss - Pss` of guest RAM; vmdedup: the agent's `bytes_saved` = (`pages_mapped` - `frames_used`) x 4 KiB; vmdedup_ksm: both. ksmd CPU: ksmd's CPU time during the configuration (`/proc/PID/stat` utime+stime); agent CPU: the agent's whole CPU time since it started, **poller threads included** (and loader threads, and the warm-up for vmdedup_warm). CPU per GiB saved: both together. Time to 90%: from the moment the last guest finished its reads until the saving reached 90% of the ideal (0 when it already had), sampled every second; the time to share of single files, in milliseconds, is in the next section. Workload added: host memory at the end of the sharing phase minus host memory just before every guest started its workload (booted, ballast written), over one copy of the data one guest reads. Boot: the guest's uptime when systemd reported the system running (`--distro` only).\n",
+        thp = host_thp(run_info)
     );
     let _ = writeln!(m, "## KSM and vmdedup counters\n");
     let _ = writeln!(m, "| configuration | KSM pages_sharing | KSM general_profit (MiB) | KSM full scans | pool frames_used (MiB) | pages_mapped (MiB) | hints | hits | loading misses | NEED_WAKEUP seen per hint | doorbells per hint | interrupts per hint |");
@@ -1524,6 +1537,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hosts_thp_settings_are_quoted_from_the_run() {
+        let run = json!({"host_thp": "enabled=madvise defrag=madvise max_ptes_none=0"});
+        assert_eq!(
+            host_thp(&run),
+            "`enabled=madvise`, `defrag=madvise`, `max_ptes_none=0`"
+        );
+        assert!(host_thp(&json!({})).starts_with("not recorded"));
+    }
 
     #[test]
     fn time_to_90_is_zero_when_already_there_and_none_when_never() {

@@ -347,6 +347,9 @@ impl Agent {
             )));
         }
         let files = FileAccess::from_config(&config)?;
+        if let Some(note) = crate::preflight::thp_note() {
+            tracing::info!("{note}");
+        }
         // Every namespace directory must open before anything is created.
         for ns in &config.namespaces {
             Namespace::open(ns.clone())?;

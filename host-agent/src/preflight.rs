@@ -288,6 +288,34 @@ fn memory(out: &mut Vec<String>, cfg: &AgentConfig, opts: &ServeOptions) {
     }
 }
 
+/// Where the kernel keeps the transparent huge page settings.
+const THP_DIR: &str = "/sys/kernel/mm/transparent_hugepage";
+
+/// Advice on this host's transparent huge page settings, for the start-up
+/// log: khugepaged refills the pages guests report free when it may fill
+/// many empty pages of a 2 MiB region (docs/install.md). `None` when the
+/// settings cannot be read or need nothing.
+pub fn thp_note() -> Option<String> {
+    let read = |f: &str| std::fs::read_to_string(Path::new(THP_DIR).join(f)).ok();
+    thp_advice(&read("enabled")?, &read("khugepaged/max_ptes_none")?)
+}
+
+/// [`thp_note`] on the contents of `enabled` and `khugepaged/max_ptes_none`.
+fn thp_advice(enabled: &str, max_ptes_none: &str) -> Option<String> {
+    let mode = enabled
+        .split_whitespace()
+        .find(|w| w.starts_with('['))?
+        .trim_matches(|c| c == '[' || c == ']');
+    let n: u32 = max_ptes_none.trim().parse().ok()?;
+    (mode != "never" && n > 64).then(|| {
+        format!(
+            "khugepaged may fill {n} empty pages to collapse 2 MiB of guest RAM (THP {mode}): \
+             pages the guests reported free become resident again; \
+             write 0 to {THP_DIR}/khugepaged/max_ptes_none (docs/install.md)"
+        )
+    })
+}
+
 fn mib(n: u64) -> String {
     format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
 }
@@ -326,4 +354,20 @@ pub fn summary(cfg: &AgentConfig) -> String {
         },
         cfg.control_socket.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thp_advice_only_when_khugepaged_may_refill_reported_pages() {
+        let note = thp_advice("always [madvise] never\n", "511\n").unwrap();
+        assert!(note.contains("fill 511 empty pages") && note.contains("THP madvise"));
+        assert!(thp_advice("always madvise [never]\n", "511\n").is_none());
+        assert!(thp_advice("[always] madvise never\n", "0\n").is_none());
+        assert!(thp_advice("[always] madvise never\n", "64\n").is_none());
+        assert!(thp_advice("garbage", "511").is_none());
+        assert!(thp_advice("[always]", "lots").is_none());
+    }
 }

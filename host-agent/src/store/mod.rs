@@ -1171,21 +1171,15 @@ impl PageStore {
         let entitled = !v.cut_off && v.pages_mapped.saturating_add(wanted) <= self.fair_share(vm);
         let mut covered = 0;
         if entitled {
-            let share = self.fair_share(vm);
-            let until = now_ms.saturating_add(FAIR_SHARE_WINDOW_MS);
-            if self.pressed.insert(vm, until).is_none() {
-                tracing::info!(
-                    vm,
-                    share_pages = share,
-                    "pool full for a VM within its fair share: VMs above theirs give back, and get nothing more, while it waits"
-                );
-            }
+            self.pressed
+                .insert(vm, now_ms.saturating_add(FAIR_SHARE_WINDOW_MS));
             covered = self.revoke_above_share(vm, wanted, now_ms);
             if covered > 0 {
-                tracing::debug!(
+                tracing::info!(
                     vm,
+                    share_pages = self.fair_share(vm),
                     pages = covered,
-                    "maps of VMs above their fair share asked back"
+                    "pool full for a VM within its fair share: maps of VMs above theirs asked back"
                 );
             }
         }

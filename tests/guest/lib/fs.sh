@@ -8,6 +8,7 @@
 #   same_tree A B           sha256 of every file under A equals the one under B
 #   pool_served FILE...     read each FILE until a read takes pool pages
 #   watch_both, watch_end   mmapwatch a file through a shared and a private mapping
+#   host_settled            the agent's view: this VM owes no acknowledgement, not cut off
 fs_load() {
     lsmod | grep -q '^vmdedup ' || insmod /lib/modules/vmdedup.ko
 }
@@ -62,6 +63,20 @@ pool_served() {
         done
         [ "$_ok" = 1 ] || { echo "never served from the pool: $_pf (answers: $(cd /sys/kernel/vmdedup/stats && grep . answers_* | tr '\n' ' '))" >&2; return 1; }
     done
+}
+# host_settled: polls the agent's view of this VM (vmdedup-guest status) for
+# about 10 s until it owes no acknowledgement (revocations_pending 0) and is
+# not cut off; fails with the VM's lines otherwise.
+host_settled() {
+    for _ in $(seq 1 50); do
+        vmdedup-guest status > /tmp/host_settled.status 2>&1 || { tail -n 2 /tmp/host_settled.status; return 1; }
+        if grep -q 'revocations_pending 0$' /tmp/host_settled.status && ! grep -q 'CUT OFF' /tmp/host_settled.status; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    grep -A1 '^  vm ' /tmp/host_settled.status
+    return 1
 }
 # served_mount: sets M to the first vmdedupfs mount an agent serves (nsid=)
 # and L to its lower directory; fails (M empty) when there is none.

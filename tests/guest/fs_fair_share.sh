@@ -56,10 +56,6 @@ for f in "$SENTINEL" "$WANT" "$BIG"; do
 done
 vm0=$(stat_of verify_mismatches); ff0=$(stat_of faults_failed)
 
-# my_pages: the pool pages the host says this VM holds.
-my_pages() {
-    vmdedup-guest status 2> /dev/null | sed -n 's/.* pages_mapped \([0-9]*\) .*/\1/p' | head -n 1
-}
 clean() {
     [ "$(stat_of verify_mismatches)" = "$vm0" ] && [ "$(stat_of faults_failed)" = "$ff0" ] && return 0
     echo "verify_mismatches $vm0 -> $(stat_of verify_mismatches), faults_failed $ff0 -> $(stat_of faults_failed)"
@@ -76,7 +72,7 @@ if [ "$VMDEDUP_GUEST" = vm1 ]; then
         sleep 1
     done
     pool_served "$M/$BIG" > /dev/null 2>&1
-    held=$(my_pages)
+    held=$(host_count pages_mapped)
     ktap_diag "vm1 holds ${held:-?} pages after filling"
     full() {
         [ -n "$held" ] && [ "$held" -gt $((BUDGET_PAGES - WANT_PAGES)) ] && return 0

@@ -33,7 +33,6 @@ WATCH=$(command -v mmapwatch || true)
 REL=$(cd "$M" && find . -type f -size +64k -size -512k 2>/dev/null | grep -v '[^A-Za-z0-9._/+-]' | sort | sed -n 1p)
 REL=${REL#./}
 [ -n "$REL" ] || ktap_skip_from 1 "no file of 64 KiB to 512 KiB under $M"
-held_on_host() { vmdedup-guest status 2>/dev/null | sed -n 's/.*  maps_held \([0-9]*\).*/\1/p' | head -n 1; }
 
 # Up to a few rounds: the late answer must be a hit (the file loaded).
 late_ok=0
@@ -64,7 +63,7 @@ ktap_check "$T1" again
 late() { [ "$late_ok" = 1 ] || { echo "no late hit released next to an installed one in 5 rounds"; return 1; }; }
 ktap_check "$T2" late
 sleep 1
-H=$(held_on_host)
+H=$(host_count maps_held)
 held() { [ "${H:-0}" -ge 1 ] || { echo "the host counts ${H:-?} maps held by this VM"; return 1; }; }
 ktap_check "$T3" held
 

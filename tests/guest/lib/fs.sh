@@ -9,6 +9,7 @@
 #   pool_served FILE...     read each FILE until a read takes pool pages
 #   watch_both, watch_end   mmapwatch a file through a shared and a private mapping
 #   host_settled            the agent's view: this VM owes no acknowledgement, not cut off
+#   host_count NAME         the agent's view: this VM's pages_mapped, maps_held, ...
 fs_load() {
     lsmod | grep -q '^vmdedup ' || insmod /lib/modules/vmdedup.ko
 }
@@ -77,6 +78,12 @@ host_settled() {
     done
     grep -A1 '^  vm ' /tmp/host_settled.status
     return 1
+}
+# host_count NAME: this VM's NAME (pages_mapped, maps_held,
+# revocations_pending) as the agent reports it through vmdedup-guest status;
+# empty when the agent cannot be asked.
+host_count() {
+    vmdedup-guest status 2> /dev/null | sed -n "s/.*  $1 \([0-9]*\).*/\1/p" | head -n 1
 }
 # served_mount: sets M to the first vmdedupfs mount an agent serves (nsid=)
 # and L to its lower directory; fails (M empty) when there is none.
